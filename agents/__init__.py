@@ -1,0 +1,4 @@
+"""Agents: MPC planners (CEM, MPPI, gradient shooting) that query any ``WorldModel``,
+model-based RL loops, Stable-Baselines3 integration, and the ``lyagym`` command line."""
+
+# --- planners, costs, model-based RL (issue 5) ---

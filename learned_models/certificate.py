@@ -1,0 +1,184 @@
+"""What a world model guarantees, stated as data and checkable.
+
+A ``Certificate`` says *what* is claimed (e.g. global exponential stability of the ODE
+``xdot = f(x)`` towards ``equilibrium`` at rate ``alpha``), *where* (continuous time or the
+discrete step map with a given integrator and step ``h``), with which constants, for which
+exact weights (``weights_hash``: a certificate stops applying after fine-tuning), and on
+what ``evidence``:
+
+- ``"by_construction"``: the claim follows from the model's architecture (Manek & Kolter's
+  projection); no sample can violate it except through floating point error.
+- ``"falsification"``: a search for counterexamples (``Certificate.check``) found none.
+- ``"empirical"``: measured on held-out data (e.g. LyaNet's soft Lyapunov loss); a
+  statement about the data seen, not a proof.
+
+The exponential-stability constants follow eq. (2) of Manek & Kolter:
+``c1 ||x - x_eq||^2 <= V(x) <= c2 ||x - x_eq||^2`` and ``dV/dt <= -alpha V`` give
+``||x(t) - x_eq|| <= m ||x(0) - x_eq|| exp(-alpha t / 2)`` with overshoot
+``m = sqrt(c2 / c1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Certificate", "CLAIMS", "EVIDENCE", "weights_hash"]
+
+#: The claims a certificate can make.
+CLAIMS = (
+    "exponential_stability",  # of the continuous-time ODE xdot = f(x)
+    "discrete_exponential_stability",  # of the step map: V(x_{k+1}) <= exp(-alpha h) V(x_k)
+    "input_to_state_stability",  # with inputs: dV/dt <= -alpha V + sigma(x, u), sigma(x, 0) = 0
+    "lyapunov_convergence",  # LyaNet: inference ODE converges to its prediction at rate kappa
+)
+#: Kinds of evidence, strongest first.
+EVIDENCE = ("by_construction", "falsification", "empirical")
+
+FORMAT_VERSION = 1
+
+
+def weights_hash(module: torch.nn.Module | None) -> str:
+    """SHA-256 of a module's parameters and buffers (names, shapes, dtypes and values).
+
+    Device-independent: tensors are hashed from their CPU float64 values.
+    """
+    h = hashlib.sha256()
+    if module is None:
+        return h.hexdigest()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().to("cpu")
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.to(torch.float64).contiguous().numpy().tobytes() if t.is_floating_point() else t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Certificate:
+    """A checkable statement of what a model guarantees. See the module docstring.
+
+    Attributes:
+        claim: one of ``CLAIMS``.
+        alpha: the certified decay rate of ``V`` (``dV/dt <= -alpha V``).
+        c1: lower constant, ``V(x) >= c1 ||x - x_eq||^2`` (Manek & Kolter's ``eps``).
+        c2: upper constant ``V(x) <= c2 ||x - x_eq||^2`` where known (may be an estimate
+            over ``c2_region``), else ``None``.
+        equilibrium: the equilibrium ``x_eq`` as a list of floats.
+        time_domain: ``"continuous"`` or ``"discrete"``.
+        integrator: for discrete claims, the step method (e.g. ``"rk4+lyapunov_rescale"``).
+        h: for discrete claims, the step size.
+        iss_gain: for ISS claims, a description or bound of the input gain.
+        evidence: a subset of ``EVIDENCE``.
+        weights_hash: ``weights_hash(model)`` of the model the claim is about.
+        model_class: the model's class name.
+        details: free-form supporting numbers (falsification counts, measured rates, radii).
+    """
+
+    claim: str
+    alpha: float
+    c1: float | None = None
+    c2: float | None = None
+    equilibrium: list[float] = field(default_factory=list)
+    time_domain: str = "continuous"
+    integrator: str | None = None
+    h: float | None = None
+    iss_gain: Any = None
+    evidence: list[str] = field(default_factory=list)
+    weights_hash: str = ""
+    model_class: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.claim not in CLAIMS:
+            raise ValueError(f"claim must be one of {CLAIMS}, got {self.claim!r}")
+        bad = [e for e in self.evidence if e not in EVIDENCE]
+        if bad:
+            raise ValueError(f"evidence must be drawn from {EVIDENCE}, got {bad}")
+        if self.time_domain not in ("continuous", "discrete"):
+            raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {self.time_domain!r}")
+        if self.time_domain == "discrete" and (self.h is None or self.integrator is None):
+            raise ValueError("a discrete-time certificate needs both `integrator` and `h`")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    @property
+    def overshoot(self) -> float | None:
+        """``m = sqrt(c2 / c1)`` in ``||x(t) - x_eq|| <= m ||x(0) - x_eq|| exp(-alpha t / 2)``."""
+        if self.c1 is None or self.c2 is None or self.c1 <= 0:
+            return None
+        return math.sqrt(self.c2 / self.c1)
+
+    def applies_to(self, model: torch.nn.Module) -> bool:
+        """True if ``model`` has exactly the weights this certificate was issued for."""
+        return weights_hash(model) == self.weights_hash
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overshoot"] = self.overshoot
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Certificate":
+        d = dict(d)
+        d.pop("overshoot", None)
+        version = d.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"certificate format_version {version} is newer than this lyagym understands ({FORMAT_VERSION})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown certificate fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Certificate":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a valid certificate JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError("certificate JSON must be an object")
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the certificate as JSON, atomically (temp file + rename)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cert-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Certificate":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no certificate at {os.fspath(path)!r}")
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+    def check(self, model, **kwargs: Any):
+        """Try to falsify this certificate on ``model``; see ``lyagym.learned_models.falsification.falsify``.
+
+        Returns a report (counts, worst normalised violation, counterexamples).
+        """
+        from .falsification import falsify  # the falsifier is heavier; load on demand
+
+        return falsify(self, model, **kwargs)
