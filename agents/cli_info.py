@@ -21,7 +21,7 @@ def cache_dir() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"python        {platform.python_version()} ({platform.platform()})")
+    print(f"python            {platform.python_version()} ({platform.platform()})")
     for name in ("lyagym", "torch", "gymnasium", "stable_baselines3", "sympy", "scipy", "numpy", "torchdiffeq", "matplotlib", "tqdm"):
         try:
             from importlib.metadata import version
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                 v = getattr(importlib.import_module(name), "__version__", "?")
             except ImportError:
                 v = "not installed"
-        print(f"{name:<14}{v}")
+        print(f"{name:<18}{v}")
     import torch
 
     devices = ["cpu"]
@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")
-    print(f"torch devices {', '.join(devices)}  (threads: {torch.get_num_threads()})")
-    print(f"cache dir     {cache_dir()}")
+    print(f"torch devices     {', '.join(devices)}  (threads: {torch.get_num_threads()})")
+    print(f"cache dir         {cache_dir()}")
     return 0
