@@ -1,0 +1,28 @@
+"""The `lyagym` command line: help, info, and the reproduce registry."""
+
+import subprocess
+import sys
+
+from lyagym.agents import cli
+
+
+def test_help_lists_every_command(capsys):
+    try:
+        cli.main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_info_prints_versions_and_cache_dir():
+    out = subprocess.run([sys.executable, "-m", "lyagym.agents.cli", "info"], capture_output=True, text=True, check=True).stdout
+    assert "torch" in out and "gymnasium" in out
+    assert "cache" in out.lower()
+
+
+def test_unknown_command_fails():
+    proc = subprocess.run([sys.executable, "-m", "lyagym.agents.cli", "fly"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "fly" in proc.stderr
