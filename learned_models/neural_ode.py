@@ -1,0 +1,261 @@
+"""Data-controlled neural ODE (LyaNet paper, eq. 1-3) with early-terminated inference.
+
+::
+
+    eta(0)   = phi(x)                  (input layer, eq. 1; zero by default as in the paper)
+    deta/dt  = f_theta(eta, x, t)      (continuum of hidden layers, eq. 2)
+    y_hat(t) = psi(eta(t))             (output layer, eq. 3)
+
+Inference integrates eq. 2 with torchdiffeq's ``odeint`` from ``t = 0`` to any
+``t in (0, 1]``: stopping before ``t = 1`` is *early termination*; LyaNet-trained models
+(``lyagym.learned_models.lyanet``) are built so that the prediction is already good there.
+
+Solvers are picked by name from torchdiffeq's registry: fixed-step (``"euler"``,
+``"midpoint"``, ``"rk4"``, ... with ``step_size``) or adaptive (``"dopri5"``, ``"bosh3"``, ...
+with ``rtol``/``atol``). With a fixed step the cost of inference is proportional to ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+
+__all__ = ["NeuralODE", "DataControlledMLP", "FIXED_STEP_METHODS", "ADAPTIVE_METHODS"]
+
+#: torchdiffeq's fixed-grid solvers (take ``step_size``) and adaptive ones (take ``rtol``/``atol``).
+FIXED_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "relu": nn.ReLU,
+}
+
+
+class DataControlledMLP(nn.Module):
+    """``f_theta(eta, x, t) = MLP([eta, x, t])``, the dynamics of eq. 2.
+
+    Args:
+        hidden_dim: ``k``, the dimension of ``eta``.
+        input_dim: ``n``, the dimension of the input ``x``.
+        width: hidden layer width.
+        depth: number of hidden layers (>= 1).
+        activation: ``"silu"`` (default), ``"tanh"``, ``"softplus"`` or ``"relu"``; all
+            1-Lipschitz, so the MLP is globally Lipschitz as the paper assumes.
+        time_dependent: feed ``t`` to the network (eq. 2); ``False`` gives autonomous dynamics.
+        zero_init: zero the last layer so the initial dynamics are the constant zero
+            function, as appendix B does.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        input_dim: int,
+        width: int = 64,
+        depth: int = 2,
+        *,
+        activation: str = "silu",
+        time_dependent: bool = True,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("hidden_dim", hidden_dim), ("input_dim", input_dim), ("width", width), ("depth", depth)):
+            if not isinstance(value, int) or value < (0 if name == "input_dim" else 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.hidden_dim, self.input_dim, self.time_dependent = hidden_dim, input_dim, time_dependent
+        layers: list[nn.Module] = []
+        d = hidden_dim + input_dim + int(time_dependent)
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), _ACTIVATIONS[activation]()]
+            d = width
+        last = nn.Linear(d, hidden_dim)
+        if zero_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, eta: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """``eta: (batch, k)``, ``x: (batch, n)``, ``t``: scalar or ``(batch,)`` -> ``(batch, k)``."""
+        parts = [eta, x]
+        if self.time_dependent:
+            t = torch.as_tensor(t, dtype=eta.dtype, device=eta.device)
+            parts.append(t.expand(eta.shape[0]).unsqueeze(-1) if t.ndim == 0 else t.reshape(-1, 1))
+        return self.net(torch.cat(parts, dim=-1))
+
+
+def _grid_through(step_size: float) -> Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torchdiffeq ``grid_constructor``: steps of at most ``step_size`` hitting every time in ``t``."""
+
+    def construct(func: object, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        knots = t.tolist()  # a handful of output times, once per solve
+        pieces = [t[:1]]
+        for a, b in zip(knots[:-1], knots[1:]):
+            n = max(1, math.ceil((b - a) / step_size - 1e-9))
+            pieces.append(torch.linspace(a, b, n + 1, dtype=t.dtype, device=t.device)[1:])
+        return torch.cat(pieces)
+
+    return construct
+
+
+class _BoundDynamics(nn.Module):
+    """``eta -> f(eta, x, t)`` with ``x`` fixed: the right-hand side torchdiffeq integrates."""
+
+    def __init__(self, dynamics: nn.Module, x: torch.Tensor) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self.x = x
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.dynamics(eta, self.x, t)
+
+
+class NeuralODE(nn.Module):
+    """The data-controlled neural ODE of eq. 1-3.
+
+    Args:
+        dynamics: ``f_theta(eta, x, t) -> (batch, k)``, e.g. ``DataControlledMLP``.
+        hidden_dim: ``k``.
+        readout: ``psi``, ``(batch, k) -> (batch, m)``; identity by default (then ``eta`` is
+            the prediction itself, e.g. class logits with ``k = m`` as in the paper).
+        initial: ``phi``, ``(batch, n) -> (batch, k)``; ``None`` starts every solve at
+            ``eta(0) = 0`` (the paper's restriction for Monte Carlo training).
+        method: default torchdiffeq solver name (see ``FIXED_STEP_METHODS``,
+            ``ADAPTIVE_METHODS``).
+        step_size: default step for fixed-step solvers.
+        rtol, atol: default tolerances for adaptive solvers.
+    """
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        hidden_dim: int,
+        *,
+        readout: nn.Module | None = None,
+        initial: nn.Module | None = None,
+        method: str = "rk4",
+        step_size: float = 0.1,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive int, got {hidden_dim!r}")
+        self.dynamics = dynamics
+        self.hidden_dim = hidden_dim
+        self.readout = readout if readout is not None else nn.Identity()
+        self.initial = initial
+        self._check_solver(method, step_size)
+        self.method, self.step_size, self.rtol, self.atol = method, float(step_size), float(rtol), float(atol)
+        self.last_nfe = 0  # function evaluations of the last solve (cost of inference)
+
+    @staticmethod
+    def _check_solver(method: str, step_size: float | None) -> None:
+        if method not in _TORCHDIFFEQ_SOLVERS:
+            raise ValueError(f"method must be a torchdiffeq solver {sorted(_TORCHDIFFEQ_SOLVERS)}, got {method!r}")
+        if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def f(self, eta: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The dynamics ``f_theta(eta, x, t)`` (eq. 2); ``eta: (batch, k)``, ``x: (batch, n)``."""
+        return self.dynamics(eta, x, t)
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        """``eta(0) = phi(x)`` (eq. 1), ``(batch, k)``; zeros when ``initial`` is ``None``."""
+        if self.initial is None:
+            return x.new_zeros(x.shape[0], self.hidden_dim)
+        return self.initial(x)
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 2:
+            raise ValueError(f"x must be a tensor of shape (batch, input_dim), got {getattr(x, 'shape', type(x))}")
+        expected = getattr(self.dynamics, "input_dim", None)
+        if expected is not None and x.shape[1] != expected:
+            raise ValueError(f"x must have shape (batch, {expected}), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or inf")
+
+    def trajectory(
+        self,
+        x: torch.Tensor,
+        times: torch.Tensor | list[float] | float = 1.0,
+        *,
+        method: str | None = None,
+        step_size: float | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        adjoint: bool = False,
+    ) -> torch.Tensor:
+        """Hidden states ``eta(t)`` at each requested time.
+
+        Args:
+            x: ``(batch, n)`` inputs.
+            times: increasing times in ``[0, 1]``; a float ``t`` means ``[0, t]``.
+            method, step_size, rtol, atol: override the model's solver defaults.
+            adjoint: differentiate by the adjoint method (``odeint_adjoint``) instead of
+                backpropagating through the solver's operations.
+
+        Returns:
+            ``(len(times), batch, k)`` states (for a float ``t``: ``(2, batch, k)``).
+        """
+        self._check_x(x)
+        if isinstance(times, (int, float)):
+            if not (0.0 < float(times) <= 1.0):
+                raise ValueError(f"t must be in (0, 1], got {times!r}")
+            times = [0.0, float(times)]
+        times = torch.as_tensor(times, dtype=x.dtype, device=x.device)
+        if times.ndim != 1 or times.numel() < 2 or not bool((times[1:] > times[:-1]).all()):
+            raise ValueError(f"times must be a strictly increasing 1-D sequence of >= 2 times, got {times.tolist()}")
+        if float(times[0]) < 0.0 or float(times[-1]) > 1.0 + 1e-12:
+            raise ValueError(f"times must lie in [0, 1], got {times.tolist()}")
+        method = method or self.method
+        step_size = self.step_size if step_size is None else step_size
+        self._check_solver(method, step_size)
+        # A fixed grid that contains every requested time makes the returned states solver
+        # states rather than torchdiffeq's linear interpolation between grid points, so
+        # ``trajectory(x, 0.37)`` is the ODE solution at exactly t = 0.37.
+        options = {"grid_constructor": _grid_through(step_size)} if method in FIXED_STEP_METHODS else None
+        func = _BoundDynamics(self.dynamics, x)
+        eta0 = self.initial_state(x)
+        kwargs = dict(method=method, options=options, rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol)
+        if adjoint:
+            # x joins the adjoint parameters so input gradients (attacks) still flow.
+            params = tuple(p for p in func.parameters() if p.requires_grad)
+            if x.requires_grad:
+                params = params + (x,)
+            path = odeint_adjoint(func, eta0, times, adjoint_params=params, **kwargs)
+        else:
+            path = odeint(func, eta0, times, **kwargs)
+        self.last_nfe = func.nfe
+        return path
+
+    def forward(self, x: torch.Tensor, t: float = 1.0, **solver: object) -> torch.Tensor:
+        """Prediction ``y_hat(t) = psi(eta(t))`` for ``t in (0, 1]`` (eq. 3), ``(batch, m)``.
+
+        ``t < 1`` is early termination. ``solver`` takes the keyword arguments of
+        ``trajectory`` (``method``, ``step_size``, ``rtol``, ``atol``, ``adjoint``).
+        """
+        return self.readout(self.trajectory(x, t, **solver)[-1])
+
+    predict = forward
