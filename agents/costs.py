@@ -1,0 +1,201 @@
+"""Batched planning costs: the pendulum tasks (the env's own reward), quadratic costs, and a
+terminal cost from a certified Lyapunov function.
+
+Every running cost is a callable
+
+    cost(states: (N, H + 1, state_dim), actions: (N, H, action_dim)) -> (N,)
+
+evaluated on the model's device without leaving it; every terminal cost is
+``(N, state_dim) -> (N,)``. Each cost object declares its ``state_dim`` / ``action_dim`` so a
+planner can refuse a mismatched model with a clear error before planning.
+
+The pendulum costs call ``lyagym.envs.rewards.pendulum_cost``, the very function the env
+uses for its reward, so "minimise the planner's cost" and "maximise the env's return" are
+the same objective (up to the constant cost of the current state).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["PendulumCost", "QuadraticCost", "LyapunovTerminalCost", "COSTS", "make_cost"]
+
+
+class PendulumCost:
+    """The ``NLinkPendulumEnv`` task cost summed over a planned trajectory.
+
+    ``J = sum_{k=0}^{H-1} c(x_k, u_k) + terminal_weight * c(x_H, 0)`` with ``c`` the env's
+    per-step cost ``-reward`` (``lyagym.envs.rewards.pendulum_cost``): wrapped angle error
+    to the task's target, velocities and torques. The env scores the state *before* each
+    step together with the action, so ``c(x_k, u_k)`` is exactly minus the env's reward for
+    step ``k``; the final state, which the env would score on the next step, is added with
+    ``terminal_weight`` (1 by default) so the plan does not ignore where it ends.
+
+    Args:
+        n_links: number of links; ``state_dim = 2 * n_links``.
+        task: ``"swingup"`` or ``"regulate"`` (``"free"`` has nothing to plan for).
+        action_dim: torques the model takes (default ``n_links``, every joint actuated).
+        terminal_weight: weight of the final state's cost.
+        angle_weight, velocity_weight, torque_weight: the env's reward weights (defaults
+            are the env's own; pass the same values you gave the env).
+    """
+
+    def __init__(
+        self,
+        n_links: int,
+        task: str = "swingup",
+        *,
+        action_dim: int | None = None,
+        terminal_weight: float = 1.0,
+        angle_weight: float | None = None,
+        velocity_weight: float | None = None,
+        torque_weight: float | None = None,
+    ) -> None:
+        from lyagym.envs import rewards
+
+        if not isinstance(n_links, int) or n_links < 1:
+            raise ValueError(f"n_links must be an int >= 1, got {n_links!r}")
+        if task not in rewards.TASK_TARGETS or rewards.TASK_TARGETS[task] is None:
+            plannable = sorted(t for t, v in rewards.TASK_TARGETS.items() if v is not None)
+            raise ValueError(f"task must be one of {plannable}, got {task!r}")
+        self._cost_fn = rewards.pendulum_cost
+        self.task = task
+        self.n_links = n_links
+        self.state_dim = 2 * n_links
+        self.action_dim = n_links if action_dim is None else int(action_dim)
+        self.terminal_weight = float(terminal_weight)
+        self.weights = {
+            "angle_weight": rewards.ANGLE_WEIGHT if angle_weight is None else float(angle_weight),
+            "velocity_weight": rewards.VELOCITY_WEIGHT if velocity_weight is None else float(velocity_weight),
+            "torque_weight": rewards.TORQUE_WEIGHT if torque_weight is None else float(torque_weight),
+        }
+
+    def step_cost(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """The env's per-step cost ``-reward(x, u)``: ``(..., state_dim)``, ``(..., action_dim)`` -> ``(...)``."""
+        return self._cost_fn(x, u, self.task, **self.weights)
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        running = self.step_cost(states[:, :-1], actions).sum(-1)
+        if self.terminal_weight:
+            running = running + self.terminal_weight * self.step_cost(states[:, -1])
+        return running
+
+    def __repr__(self) -> str:
+        return f"PendulumCost(n_links={self.n_links}, task={self.task!r}, action_dim={self.action_dim})"
+
+
+class QuadraticCost:
+    """``J = sum_{k=0}^{H-1} (x_k - x*)^T Q (x_k - x*) + u_k^T R u_k + (x_H - x*)^T Q_f (x_H - x*)``.
+
+    Args:
+        state_dim, action_dim: dimensions.
+        Q, R, Q_f: scalars or diagonal vectors (``(state_dim,)`` / ``(action_dim,)``), or full
+            matrices; ``Q_f`` defaults to ``Q``.
+        target: ``x*``, default the origin.
+        device, dtype: where the weights live (the model's).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        *,
+        Q: float | Sequence[float] | torch.Tensor = 1.0,
+        R: float | Sequence[float] | torch.Tensor = 0.0,
+        Q_f: float | Sequence[float] | torch.Tensor | None = None,
+        target: Sequence[float] | torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+
+        def matrix(value, dim: int, name: str) -> torch.Tensor:
+            t = torch.as_tensor(value, dtype=dtype, device=device)
+            if t.ndim == 0:
+                t = t * torch.eye(dim, dtype=dtype, device=device)
+            elif t.ndim == 1 and t.shape == (dim,):
+                t = torch.diag(t)
+            if t.shape != (dim, dim):
+                raise ValueError(f"{name} must be a scalar, ({dim},) or ({dim}, {dim}), got {tuple(t.shape)}")
+            return t
+
+        self.Q = matrix(Q, self.state_dim, "Q")
+        self.R = matrix(R, self.action_dim, "R")
+        self.Q_f = self.Q if Q_f is None else matrix(Q_f, self.state_dim, "Q_f")
+        self.target = torch.zeros(self.state_dim, dtype=dtype, device=device) if target is None else torch.as_tensor(target, dtype=dtype, device=device)
+        if self.target.shape != (self.state_dim,):
+            raise ValueError(f"target must have shape ({self.state_dim},), got {tuple(self.target.shape)}")
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        e = states - self.target
+        running = torch.einsum("nhi,ij,nhj->n", e[:, :-1], self.Q, e[:, :-1])
+        control = torch.einsum("nhi,ij,nhj->n", actions, self.R, actions)
+        final = torch.einsum("ni,ij,nj->n", e[:, -1], self.Q_f, e[:, -1])
+        return running + control + final
+
+
+class LyapunovTerminalCost:
+    """``weight * V(x_H)`` from a model's certified Lyapunov function: the classic MPC
+    stability ingredient (a terminal cost that is a control Lyapunov function).
+
+    With ``V`` decreasing along the model's own flow (``dV/dt <= -alpha V``, or its ISS
+    version), a plan that ends with small ``V`` ends where the model can be left to itself
+    and still converge to ``V``'s equilibrium. ``V``'s minimum is the model's certified
+    equilibrium ``x_eq``; use it as a terminal cost for tasks whose goal is ``x_eq``
+    (e.g. ``regulate`` for a pendulum model certified towards hanging down). For a
+    swing-up, whose goal (upright) is *not* the certified equilibrium, it would pull the
+    plan the wrong way -- the planner cannot tell, so choose it deliberately.
+
+    Args:
+        source: a model with ``.lyapunov`` (``(N, n) -> (N,)``), or the ``V`` callable itself.
+        weight: scale of ``V`` relative to the running cost.
+        certificate: optional ``Certificate`` of ``source``; refused (``ValueError``) if it
+            was issued for other weights (``certificate.applies_to(model)`` is false),
+            because then ``V`` is no longer certified.
+        state_dim: declared state dimension (read from the model when it has one).
+    """
+
+    def __init__(self, source, *, weight: float = 1.0, certificate=None, state_dim: int | None = None) -> None:
+        V: Callable[[torch.Tensor], torch.Tensor] | None = getattr(source, "lyapunov", None)
+        if V is None:
+            if not callable(source):
+                raise TypeError(f"source must be a model with a `.lyapunov` or a callable V(x), got {type(source).__name__}")
+            V = source
+        if certificate is not None and isinstance(source, torch.nn.Module) and not certificate.applies_to(source):
+            raise ValueError(
+                "the certificate was issued for different weights than this model's (weights_hash mismatch: "
+                "the model was changed after certification); re-certify with model.certificate()"
+            )
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight!r}")
+        self.V = V
+        self.weight = float(weight)
+        self.certificate = certificate
+        declared = state_dim if state_dim is not None else getattr(source, "state_dim", None)
+        if declared is not None:
+            self.state_dim = int(declared)
+
+    def __call__(self, final_states: torch.Tensor) -> torch.Tensor:
+        return self.weight * self.V(final_states)
+
+    def __repr__(self) -> str:
+        return f"LyapunovTerminalCost(weight={self.weight})"
+
+
+#: name -> cost factory; ``make_cost("swingup", n_links=2)``.
+COSTS: dict[str, Callable[..., Callable]] = {
+    "swingup": lambda **kw: PendulumCost(task="swingup", **kw),
+    "regulate": lambda **kw: PendulumCost(task="regulate", **kw),
+    "quadratic": lambda **kw: QuadraticCost(**kw),
+}
+
+
+def make_cost(name: str, **kwargs):
+    """Build the stock cost called ``name`` (one of ``COSTS``) with ``kwargs``."""
+    try:
+        factory = COSTS[name]
+    except KeyError:
+        raise ValueError(f"unknown cost {name!r}; choose one of {sorted(COSTS)}") from None
+    return factory(**kwargs)
