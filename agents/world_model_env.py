@@ -1,0 +1,435 @@
+"""Environments that run inside a world model: "training in imagination".
+
+``WorldModelVectorEnv`` is a batched ``gymnasium.vector.VectorEnv`` whose ``step`` is one
+``model.step(x, u)`` over all ``num_envs`` states at once, on the model's device (no Python
+loop over envs, no host copy unless numpy output is asked for). ``WorldModelEnv`` is its
+single-env ``gymnasium.Env`` face (it passes Gymnasium's and Stable-Baselines3's
+``check_env``), and ``SB3WorldModelVecEnv`` hands the batched env to SB3 algorithms as an
+SB3 ``VecEnv``, so e.g. SAC trains on thousands of imagined transitions per step.
+
+What the env needs besides the model is what the real env would tell an agent:
+
+- ``reward_fn(x, u, x_next) -> (B,)``: torch, batched (e.g. ``pendulum_reward_fn``),
+- ``initial_state_fn(batch, generator) -> (B, state_dim)``: where episodes start (a box,
+  or states drawn from real data for Dyna/MBPO branching, see ``StateBank``),
+- ``observation_fn(x) -> (B, obs_dim)`` and its space, so the agent sees the same
+  observations as in the real env (identity by default),
+- action bounds (actions are clipped, as Gymnasium's classic-control envs do), an episode
+  length, and optionally ``terminated_fn(x_next) -> (B,) bool``.
+
+A learned model can leave the region it was trained on and run away; a state whose norm
+exceeds ``state_bound`` (or that is not finite) ends the episode (``terminated``) and is
+clamped, so imagination never feeds NaN to an agent.
+
+For the pendulum, ``pendulum_world_model_env(model, real_env)`` copies everything above
+from a real ``NLinkPendulumEnv``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from lyagym.learned_models import WorldModel
+
+__all__ = [
+    "WorldModelVectorEnv",
+    "WorldModelEnv",
+    "SB3WorldModelVecEnv",
+    "StateBank",
+    "box_initial_states",
+    "pendulum_reward_fn",
+    "pendulum_world_model_env",
+]
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+InitialStateFn = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def box_initial_states(low, high) -> InitialStateFn:
+    """Initial states uniform in the box ``[low, high]`` (arrays of shape ``(state_dim,)``)."""
+    low_t = torch.as_tensor(np.asarray(low, dtype=np.float64))
+    high_t = torch.as_tensor(np.asarray(high, dtype=np.float64))
+    if low_t.shape != high_t.shape or low_t.ndim != 1:
+        raise ValueError(f"low and high must both have shape (state_dim,), got {tuple(low_t.shape)} and {tuple(high_t.shape)}")
+
+    def sample(batch: int, generator: torch.Generator) -> torch.Tensor:
+        lo = low_t.to(generator.device)
+        hi = high_t.to(generator.device)
+        r = torch.rand((batch, lo.shape[0]), generator=generator, device=generator.device, dtype=torch.float64)
+        return lo + (hi - lo) * r
+
+    sample.state_dim = int(low_t.shape[0])  # type: ignore[attr-defined]
+    return sample
+
+
+class StateBank:
+    """Initial states drawn uniformly from a growing set of real states (Dyna/MBPO branching).
+
+    ``bank.add(states)`` appends ``(N, state_dim)`` states; calling the bank as an
+    ``initial_state_fn`` returns ``batch`` of them chosen with the env's generator.
+    """
+
+    def __init__(self, state_dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.state_dim = int(state_dim)
+        self.states = torch.empty(0, self.state_dim, device=device, dtype=dtype)
+
+    def add(self, states) -> None:
+        s = torch.as_tensor(np.asarray(states) if not isinstance(states, torch.Tensor) else states)
+        s = s.to(self.states.device, self.states.dtype).reshape(-1, self.state_dim)
+        if not torch.isfinite(s).all():
+            raise ValueError("StateBank.add: states contain NaN or inf")
+        self.states = torch.cat([self.states, s])
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def __call__(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        if len(self) == 0:
+            raise RuntimeError("StateBank is empty: add real states before resetting the world-model env")
+        idx = torch.randint(len(self), (batch,), generator=generator, device=generator.device)
+        return self.states[idx.to(self.states.device)]
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """``num_envs`` copies of an env whose dynamics are ``model.step``, batched on the model's device.
+
+    Args:
+        model: any ``WorldModel`` with ``action_dim >= 1``.
+        reward_fn: ``(x (B, n), u (B, m), x_next (B, n)) -> (B,)`` torch.
+        initial_state_fn: ``(batch, generator) -> (batch, n)``; see ``box_initial_states``
+            and ``StateBank``.
+        num_envs: batch size ``B``.
+        action_low, action_high: scalars or ``(m,)``; actions are clipped into them.
+        max_episode_steps: truncation length.
+        observation_fn: ``(B, n) -> (B, obs_dim)`` torch; identity by default.
+        observation_space: the single-env observation ``Box`` (required with
+            ``observation_fn``; by default an unbounded box of ``state_dim``).
+        terminated_fn: optional ``x_next (B, n) -> (B,)`` bool.
+        state_bound: states with ``max |x_i|`` above this end the episode (runaway model).
+        autoreset_mode: ``"next_step"`` (Gymnasium's default), ``"same_step"`` (final
+            observation in ``info["final_obs"]``, as SB3 expects) or ``"disabled"``.
+        return_torch: return observations, rewards and flags as torch tensors on the model's
+            device instead of numpy arrays (no host copy).
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        model: WorldModel,
+        reward_fn: RewardFn,
+        initial_state_fn: InitialStateFn,
+        num_envs: int = 1,
+        *,
+        action_low: float | np.ndarray = -1.0,
+        action_high: float | np.ndarray = 1.0,
+        max_episode_steps: int = 200,
+        observation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        observation_space: gym.spaces.Box | None = None,
+        terminated_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        state_bound: float = 1e3,
+        autoreset_mode: str | AutoresetMode = "next_step",
+        return_torch: bool = False,
+    ) -> None:
+        if not isinstance(model, WorldModel):
+            raise TypeError(f"model must be a WorldModel, got {type(model).__name__}")
+        if int(model.action_dim) < 1:
+            raise ValueError(f"model has action_dim={model.action_dim}; a world-model env needs a controlled model")
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be an int >= 1, got {max_episode_steps!r}")
+        if observation_fn is not None and observation_space is None:
+            raise ValueError("observation_space is required when observation_fn is given")
+        if isinstance(autoreset_mode, str):
+            modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP, "disabled": AutoresetMode.DISABLED}
+            if autoreset_mode not in modes:
+                raise ValueError(f"autoreset_mode must be one of {sorted(modes)}, got {autoreset_mode!r}")
+            autoreset_mode = modes[autoreset_mode]
+        self.model = model
+        self.reward_fn = reward_fn
+        self.initial_state_fn = initial_state_fn
+        self.observation_fn = observation_fn
+        self.terminated_fn = terminated_fn
+        self.num_envs = int(num_envs)
+        self.max_episode_steps = int(max_episode_steps)
+        self.state_bound = float(state_bound)
+        self.autoreset_mode = autoreset_mode
+        self.return_torch = bool(return_torch)
+        self.metadata = {**type(self).metadata, "autoreset_mode": autoreset_mode}
+        self.device = torch.device(model.device)
+        self.dtype = model.dtype
+        n, m = int(model.state_dim), int(model.action_dim)
+        self.state_dim, self.action_dim = n, m
+
+        low = np.broadcast_to(np.asarray(action_low, dtype=np.float32), (m,)).copy()
+        high = np.broadcast_to(np.asarray(action_high, dtype=np.float32), (m,)).copy()
+        if not (low < high).all():
+            raise ValueError(f"action_low must be < action_high, got {low} and {high}")
+        self.single_action_space = gym.spaces.Box(low, high, dtype=np.float32)
+        self.single_observation_space = observation_space or gym.spaces.Box(-np.inf, np.inf, (n,), dtype=np.float32)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self._low = torch.as_tensor(low, device=self.device, dtype=self.dtype)
+        self._high = torch.as_tensor(high, device=self.device, dtype=self.dtype)
+
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(np.random.SeedSequence().generate_state(1)[0]))
+        self.state: torch.Tensor | None = None  # (B, n) current model states
+        self.elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _initial_states(self, batch: int) -> torch.Tensor:
+        x0 = self.initial_state_fn(batch, self.generator)
+        x0 = torch.as_tensor(x0).to(self.device, self.dtype)
+        if x0.shape != (batch, self.state_dim):
+            raise ValueError(f"initial_state_fn returned shape {tuple(x0.shape)}, expected ({batch}, {self.state_dim})")
+        return x0
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """Observation ``(B, obs_dim)`` of model states ``(B, n)``, on the model's device."""
+        return x if self.observation_fn is None else self.observation_fn(x)
+
+    def _out(self, t: torch.Tensor, dtype=np.float32):
+        return t if self.return_torch else t.detach().to("cpu").numpy().astype(dtype, copy=False)
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start every env; ``options={"state": (B, n) or (n,)}`` sets the initial states."""
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+            self.action_space.seed(seed)
+        options = options or {}
+        if "state" in options:
+            x0 = torch.as_tensor(np.asarray(options["state"]) if not isinstance(options["state"], torch.Tensor) else options["state"])
+            x0 = x0.to(self.device, self.dtype)
+            if x0.ndim == 1:
+                x0 = x0.expand(self.num_envs, -1)
+            if x0.shape != (self.num_envs, self.state_dim):
+                raise ValueError(f"options['state'] must have shape ({self.state_dim},) or ({self.num_envs}, {self.state_dim}), got {tuple(x0.shape)}")
+            if not torch.isfinite(x0).all():
+                raise ValueError("options['state'] contains NaN or inf")
+            self.state = x0.clone()
+        else:
+            self.state = self._initial_states(self.num_envs)
+        self.elapsed.zero_()
+        self._needs_reset.zero_()
+        return self._out(self.observe(self.state)), {}
+
+    def step(self, actions):
+        """One model step for all envs: ``actions (B, m)`` -> ``(obs, reward, terminated, truncated, info)``."""
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        u = torch.as_tensor(actions) if not isinstance(actions, torch.Tensor) else actions
+        u = u.to(self.device, self.dtype).reshape(self.num_envs, self.action_dim)
+        # NaN actions are an agent bug: refuse instead of propagating (clipping would hide it).
+        if not isinstance(actions, torch.Tensor) and not np.isfinite(np.asarray(actions)).all():
+            raise ValueError("actions contain NaN or inf")
+        u = torch.maximum(torch.minimum(u, self._high), self._low)
+        x = self.state
+        with torch.no_grad():
+            x_next = self.model.step(x, u)
+            bad = ~torch.isfinite(x_next).all(-1) | (x_next.abs().amax(-1) > self.state_bound)
+            x_next = torch.nan_to_num(x_next, nan=0.0).clamp(-self.state_bound, self.state_bound)
+            reward = self.reward_fn(x, u, x_next)
+        terminated = bad if self.terminated_fn is None else (bad | self.terminated_fn(x_next).to(torch.bool))
+        self.elapsed += 1
+        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        info: dict[str, Any] = {}
+
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            # Envs that finished on the previous step restart now; their action is ignored.
+            restart = self._needs_reset
+            # Always draw fresh states and select with torch.where: no host sync to ask "any?".
+            fresh = self._initial_states(self.num_envs)
+            x_next = torch.where(restart[:, None], fresh, x_next)
+            reward = torch.where(restart, torch.zeros_like(reward), reward)
+            terminated = terminated & ~restart
+            truncated = truncated & ~restart
+            self.elapsed = torch.where(restart, torch.zeros_like(self.elapsed), self.elapsed)
+            self.state = x_next
+            self._needs_reset = terminated | truncated
+            obs = self.observe(x_next)
+        elif self.autoreset_mode == AutoresetMode.SAME_STEP:
+            done = terminated | truncated
+            final_obs = self.observe(x_next)
+            fresh = self._initial_states(self.num_envs)
+            x_next = torch.where(done[:, None], fresh, x_next)
+            self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
+            info["final_obs"] = self._out(final_obs)
+            info["_final_obs"] = self._out(done, bool)
+            self.state = x_next
+            obs = self.observe(x_next)
+        else:
+            self.state = x_next
+            obs = self.observe(x_next)
+        return self._out(obs), self._out(reward), self._out(terminated, bool), self._out(truncated, bool), info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.state = None
+
+
+class WorldModelEnv(gym.Env):
+    """A single ``gymnasium.Env`` whose dynamics are a ``WorldModel``. Same arguments as
+    ``WorldModelVectorEnv`` (without ``num_envs``/``autoreset_mode``/``return_torch``).
+
+    Observations are ``float32`` numpy arrays; ``reset(seed=..., options={"state": x0})``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, model: WorldModel, reward_fn: RewardFn, initial_state_fn: InitialStateFn, **kwargs: Any) -> None:
+        for bad in ("num_envs", "autoreset_mode", "return_torch"):
+            if bad in kwargs:
+                raise TypeError(f"WorldModelEnv does not take {bad!r}; use WorldModelVectorEnv for batches")
+        self.vector_env = WorldModelVectorEnv(model, reward_fn, initial_state_fn, 1, autoreset_mode="disabled", **kwargs)
+        self.observation_space = self.vector_env.single_observation_space
+        self.action_space = self.vector_env.single_action_space
+        self.max_episode_steps = self.vector_env.max_episode_steps
+        self._reset_done = False
+
+    @property
+    def model(self) -> WorldModel:
+        return self.vector_env.model
+
+    @property
+    def state(self) -> np.ndarray | None:
+        s = self.vector_env.state
+        return None if s is None else s[0].detach().cpu().numpy()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is None and not self._reset_done:
+            seed = int(self.np_random.integers(2**31 - 1))  # first reset without a seed: random but seeded by gymnasium
+        obs, info = self.vector_env.reset(seed=seed, options=options)
+        self._reset_done = True
+        return obs[0], info
+
+    def step(self, action):
+        if not self._reset_done:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"action contains NaN or inf: {a}")
+        obs, reward, terminated, truncated, info = self.vector_env.step(a[None])
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
+
+
+# ---------------------------------------------------------------------- SB3 adapter
+def _sb3_vec_env_base():
+    from stable_baselines3.common.vec_env import VecEnv
+
+    return VecEnv
+
+
+class SB3WorldModelVecEnv(_sb3_vec_env_base()):
+    """A ``WorldModelVectorEnv`` as a Stable-Baselines3 ``VecEnv`` (auto-reset in the same
+    step, final observation in ``info["terminal_observation"]``, time limits flagged with
+    ``info["TimeLimit.truncated"]`` so SAC bootstraps through truncation).
+
+    Args:
+        vector_env: a ``WorldModelVectorEnv`` (its autoreset mode is switched to same-step
+            and its output to numpy).
+    """
+
+    def __init__(self, vector_env: WorldModelVectorEnv) -> None:
+        vector_env.autoreset_mode = AutoresetMode.SAME_STEP
+        vector_env.metadata = {**vector_env.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        vector_env.return_torch = False
+        self.venv = vector_env
+        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        self._actions: np.ndarray | None = None
+        self._seed: int | None = None
+
+    def reset(self):
+        obs, _ = self.venv.reset(seed=self._seed)
+        self._seed = None
+        return obs
+
+    def seed(self, seed: int | None = None):
+        self._seed = seed
+        return [seed] * self.num_envs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self):
+        obs, reward, terminated, truncated, info = self.venv.step(self._actions)
+        dones = terminated | truncated
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if dones.any():
+            final = info["final_obs"]
+            for i in np.flatnonzero(dones):  # only finished envs need their own info dict
+                infos[i] = {"terminal_observation": final[i], "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
+        return obs, reward.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_attr(self, attr_name: str, indices=None):
+        return [getattr(self.venv, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs):
+        return [getattr(self.venv, method_name)(*method_args, **method_kwargs)] * len(self._get_indices(indices))
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._get_indices(indices))
+
+
+# ---------------------------------------------------------------------- pendulum
+def pendulum_reward_fn(task: str = "swingup", **weights: float) -> RewardFn:
+    """The ``NLinkPendulumEnv`` reward as a world-model ``reward_fn``: ``-cost(x, u)`` of the
+    state *before* the step and the clipped torque (the env's convention)."""
+    from lyagym.envs.rewards import pendulum_reward
+
+    def reward_fn(x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+        return pendulum_reward(x, u, task, **weights)
+
+    return reward_fn
+
+
+def pendulum_world_model_env(model: WorldModel, real_env: gym.Env, *, num_envs: int | None = None,
+                             initial_state_fn: InitialStateFn | None = None, **kwargs: Any):
+    """An imagined copy of a real ``NLinkPendulumEnv``: same task reward, observations,
+    torque limits and episode length, dynamics from ``model``.
+
+    Args:
+        model: a controlled ``WorldModel`` over the pendulum state ``(q, qdot)``.
+        real_env: the ``NLinkPendulumEnv`` (or ``gym.make`` of it) to mirror.
+        num_envs: ``None`` for a single ``WorldModelEnv``, else a ``WorldModelVectorEnv``.
+        initial_state_fn: default: the real env's own start distribution if it exposes
+            ``sample_initial_states``, else a small box around hanging down.
+        kwargs: override any ``WorldModelVectorEnv`` argument.
+    """
+    env = real_env.unwrapped
+    n = int(model.state_dim)
+    task = getattr(env, "task", "swingup")
+    weights = {k: getattr(env, k) for k in ("angle_weight", "velocity_weight", "torque_weight") if hasattr(env, k)}
+    options: dict[str, Any] = dict(
+        action_low=env.action_space.low,
+        action_high=env.action_space.high,
+        max_episode_steps=int(getattr(real_env.spec, "max_episode_steps", None) or getattr(env, "max_episode_steps", 200) or 200),
+    )
+    obs_fn = getattr(env, "observation_from_state", None)
+    if obs_fn is not None:
+        options["observation_fn"] = obs_fn
+        options["observation_space"] = env.observation_space
+    if initial_state_fn is None:
+        initial_state_fn = box_initial_states(np.full(n, -0.05), np.full(n, 0.05))
+    options.update(kwargs)
+    reward_fn = pendulum_reward_fn(task, **weights)
+    if num_envs is None:
+        return WorldModelEnv(model, reward_fn, initial_state_fn, **options)
+    return WorldModelVectorEnv(model, reward_fn, initial_state_fn, num_envs, **options)
