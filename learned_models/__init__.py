@@ -6,6 +6,12 @@ from .certificate import CLAIMS, EVIDENCE, Certificate, weights_hash
 from .world_model import WorldModel, check_world_model, rollout
 
 # --- stable dynamics (issue 3): icnn, lyapunov, stable, simple, training, falsification ---
+from .checkpoint import load_model, save_model
+from .icnn import ICNN, smooth_relu
+from .integrators import INTEGRATORS, integrate, lyapunov_rescale, odeint
+from .lyapunov import LyapunovFunction
+from .simple import SimpleDynamics
+from .stable import StableControlledDynamics, StableDynamics
 
 # --- LyaNet (issue 4) ---
 

@@ -1,0 +1,165 @@
+"""Input-convex neural network (Manek & Kolter eq. 11) and the smoothed ReLU of eq. 13.
+
+``g(x) = z_k`` with
+
+    z_1     = sigma(W_0 x + b_0)
+    z_{i+1} = sigma(U_i z_i + W_i x + b_i),   i = 1 .. k-1              (eq. 11)
+
+is convex in ``x`` when every ``U_i`` is elementwise non-negative and ``sigma`` is convex
+and non-decreasing. We keep ``U_i = softplus(U_raw_i)`` (the paper's choice, so gradient
+steps never leave the feasible set) and use the smoothed ReLU (eq. 13), which is convex,
+non-decreasing, continuously differentiable and 0 at 0:
+
+    sigma_d(t) = 0            for t <= 0
+               = t^2 / (2 d)  for 0 < t < d                              (eq. 13)
+               = t - d / 2    for t >= d
+
+``ICNN.forward_and_grad`` returns ``g`` and ``dg/dx`` for the whole batch with an explicit
+backward pass through the layers (``method="analytic"``, the default) -- plain tensor ops,
+so it needs no autograd graph at inference and is itself differentiable for training (a
+second backward pass through it replaces ``torch.autograd.grad(create_graph=True)``).
+``method="autograd"`` gives the same numbers through ``torch.autograd.grad`` and serves as
+the reference in tests. The analytic pass is what keeps the stable model's cost close to
+the plain MLP's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ICNN", "smooth_relu", "smooth_relu_grad", "SmoothReLU"]
+
+
+def smooth_relu(t: torch.Tensor, d: float = 0.1) -> torch.Tensor:
+    """Eq. 13: 0 below 0, ``t^2/(2d)`` on ``[0, d]``, ``t - d/2`` above ``d``."""
+    r = t.clamp(min=0.0)
+    # min(r, d) * (2r - min(r, d)) / (2d) equals both branches: r^2/2d when r < d, r - d/2 else.
+    m = r.clamp(max=d)
+    return m * (2.0 * r - m) / (2.0 * d)
+
+
+def smooth_relu_grad(t: torch.Tensor, d: float = 0.1) -> torch.Tensor:
+    """Derivative of ``smooth_relu``: ``clamp(t / d, 0, 1)`` (continuous, so V is C^1)."""
+    return (t / d).clamp(0.0, 1.0)
+
+
+class SmoothReLU(nn.Module):
+    """Module form of eq. 13 with width ``d``."""
+
+    def __init__(self, d: float = 0.1) -> None:
+        super().__init__()
+        if not (d > 0 and math.isfinite(d)):
+            raise ValueError(f"d must be a finite number > 0, got {d!r}")
+        self.d = float(d)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return smooth_relu(t, self.d)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}"
+
+
+class ICNN(nn.Module):
+    """Scalar input-convex network ``g: (batch, in_dim) -> (batch,)`` (eq. 11).
+
+    Args:
+        in_dim: input dimension.
+        hidden: widths of the hidden layers (the paper's V uses ``(60, 60)``); the output
+            layer of width 1 is added on top, so there are ``len(hidden) + 1`` layers.
+        d: width of the smoothed ReLU's quadratic region (eq. 13).
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int] = (60, 60), d: float = 0.1) -> None:
+        super().__init__()
+        if int(in_dim) < 1:
+            raise ValueError(f"in_dim must be >= 1, got {in_dim!r}")
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
+        if not (d > 0 and math.isfinite(d)):
+            raise ValueError(f"d must be a finite number > 0, got {d!r}")
+        self.in_dim = int(in_dim)
+        self.hidden = hidden
+        self.d = float(d)
+        widths = hidden + (1,)
+        # W_i x + b_i: one Linear per layer from the input.
+        self.W = nn.ModuleList(nn.Linear(self.in_dim, w) for w in widths)
+        # U_i = softplus(U_raw_i) >= 0 on the z-path (layers 1..k-1).
+        self.U_raw = nn.ParameterList(nn.Parameter(torch.empty(widths[i + 1], widths[i])) for i in range(len(widths) - 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in self.W:
+            lin.reset_parameters()
+        for u in self.U_raw:
+            # Kaiming-uniform like nn.Linear, then shifted down so softplus(U) starts ~ 1/fan_in
+            # scale instead of ~0.7 per entry (which makes deep ICNNs blow up at init).
+            nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+            with torch.no_grad():
+                u.sub_(math.log(u.shape[1]))
+
+    def positive_weights(self) -> list[torch.Tensor]:
+        """The non-negative z-path weights ``U_i = softplus(U_raw_i)``."""
+        return [F.softplus(u) for u in self.U_raw]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
+        U = self.positive_weights()
+        z = smooth_relu(self.W[0](x), self.d)
+        for i in range(1, len(self.W)):
+            z = smooth_relu(F.linear(z, U[i - 1]) + self.W[i](x), self.d)
+        return z.squeeze(-1)
+
+    def forward_and_grad(self, x: torch.Tensor, *, method: str = "analytic", create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g(x): (batch,)`` and ``dg/dx: (batch, in_dim)`` for the whole batch at once.
+
+        Args:
+            x: ``(batch, in_dim)``.
+            method: ``"analytic"`` (explicit reverse pass through the layers; differentiable
+                when grad mode is on, no autograd graph needed under ``torch.no_grad``) or
+                ``"autograd"`` (``torch.autograd.grad``; the reference).
+            create_graph: ``"autograd"`` only; default ``torch.is_grad_enabled()``.
+        """
+        if method == "autograd":
+            if create_graph is None:
+                create_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
+                g = self.forward(xg)
+                (grad,) = torch.autograd.grad(g.sum(), xg, create_graph=create_graph)
+            return (g, grad) if create_graph else (g.detach(), grad.detach())
+        if method != "analytic":
+            raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
+        U = self.positive_weights()
+        pre = [self.W[0](x)]
+        z = smooth_relu(pre[0], self.d)
+        for i in range(1, len(self.W)):
+            pre.append(F.linear(z, U[i - 1]) + self.W[i](x))
+            z = smooth_relu(pre[-1], self.d)
+        # Reverse pass: delta_i = dg/d(pre_i), dg/dx = sum_i delta_i W_i.
+        delta = smooth_relu_grad(pre[-1], self.d)  # (batch, 1)
+        grad = delta * self.W[-1].weight  # (batch, 1) * (1, in_dim)
+        for i in range(len(self.W) - 2, -1, -1):
+            delta = (delta @ U[i]) * smooth_relu_grad(pre[i], self.d)
+            grad = grad + delta @ self.W[i].weight
+        return z.squeeze(-1), grad
+
+    def lipschitz_bound(self) -> float:
+        """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).
+
+        ``sigma_d`` is 1-Lipschitz, so ``L_1 <= ||W_0||`` and ``L_{i+1} <= ||U_i|| L_i + ||W_i||``.
+        """
+        with torch.no_grad():
+            U = self.positive_weights()
+            L = torch.linalg.matrix_norm(self.W[0].weight.double(), ord=2)
+            for i in range(1, len(self.W)):
+                L = torch.linalg.matrix_norm(U[i - 1].double(), ord=2) * L + torch.linalg.matrix_norm(self.W[i].weight.double(), ord=2)
+        return float(L)
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, hidden={self.hidden}, d={self.d}"

@@ -1,0 +1,217 @@
+"""The learned Lyapunov function of Manek & Kolter (eq. 12 / eq. 14).
+
+    V(x) = sigma_d( g(F(x)) - g(F(x_eq)) ) + eps * ||x - x_eq||^2          (eq. 12 / 14)
+
+with ``g`` an ``ICNN`` (convex), ``sigma_d`` the smoothed ReLU (convex, non-decreasing,
+``sigma_d(0) = 0``), ``eps > 0`` and an optional invertible warp ``F``.
+
+Properties, and why each piece is there:
+
+- ``V(x_eq) = 0`` exactly and ``V(x) >= eps ||x - x_eq||^2``: ``sigma_d >= 0`` and the
+  shift by ``g(F(x_eq))``. The shift is recomputed on every call -- it depends on the
+  weights, so a value frozen at construction goes stale as soon as training moves ``g``.
+- Without a warp, ``V`` is convex (a convex non-decreasing function of a convex function,
+  plus a strongly convex quadratic), hence ``2 eps``-strongly convex with its unique
+  minimum at ``x_eq``; so ``||grad V(x)|| >= 2 eps ||x - x_eq||`` and the projection of
+  eq. 10 is defined everywhere except at ``x_eq`` itself, where it is not needed.
+  Convexity is also what makes ``V(x_eq + s (y - x_eq)) <= s V(y)`` for ``s in [0, 1]``,
+  the fact behind the guarantee-keeping discrete step (``integrators.lyapunov_rescale``).
+- ``V(x) <= c2 ||x - x_eq||^2`` with ``c2 = L^2 / (2d) + eps`` where ``L`` bounds the
+  Lipschitz constant of ``g o F``: ``sigma_d(t) <= t^2 / (2d)`` for all ``t``.
+
+Why the warp must be invertible (eq. 14): the sublevel sets of ``g`` are convex, and
+``F^{-1}`` maps them to the sublevel sets of ``g o F``. If ``F`` is a bijection these are
+connected and nested, and ``g o F`` has no local minima except the preimage of ``g``'s
+(which ``sigma_d(. - g(F(x_eq)))`` flattens to the set around ``x_eq``). A non-injective ``F``
+could fold the space so that two distant states map to the same point, giving ``V`` extra
+minima or flat valleys away from ``x_eq`` where ``grad V = 0`` while ``V > 0``: the
+projection of eq. 10 is then undefined (division by ``||grad V||^2 = 0``) and trajectories
+can get stuck. In short: a non-invertible warp can create spurious minima, and then ``V``
+is not a valid Lyapunov function. We use affine coupling layers
+(``F(x)_b = x_b * exp(s(x_a)) + t(x_a)`` on alternating halves), which are smooth
+bijections with an explicit inverse (``AffineCoupling.inverse``).
+
+Invertibility is necessary, not sufficient: with a warp ``V`` is no longer convex, and the
+``eps ||x - x_eq||^2`` term could in principle cancel the gradient of ``sigma(g o F)`` at
+some state. So warped models do not claim stability *by construction*: their certificates
+carry ``falsification`` evidence, and their discrete step checks the decrease of ``V``
+numerically instead of relying on convexity (see ``integrators.lyapunov_rescale``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .icnn import ICNN, smooth_relu, smooth_relu_grad
+
+__all__ = ["LyapunovFunction", "AffineCoupling", "CouplingWarp", "WARPS"]
+
+
+class AffineCoupling(nn.Module):
+    """One invertible affine coupling layer on ``(batch, dim)``.
+
+    The coordinates where ``mask == 1`` pass through unchanged and condition a scale and
+    shift for the others: ``y = x_a + (1 - mask) * (x * exp(s(x_a)) + t(x_a))`` with
+    ``x_a = mask * x`` and ``s = scale * tanh(.)`` bounded, so the layer and its inverse
+    ``x = x_a + (1 - mask) * (y - t(x_a)) * exp(-s(x_a))`` are smooth and bi-Lipschitz.
+    For ``dim == 1`` one of the halves is empty and the layer is an elementwise affine map.
+    """
+
+    def __init__(self, dim: int, mask: torch.Tensor, hidden: int = 32, max_log_scale: float = 1.0) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("mask", mask.to(torch.get_default_dtype()))
+        self.max_log_scale = float(max_log_scale)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * dim))
+        # Start at the identity map.
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _scale_shift(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, t = self.net(xa).chunk(2, dim=-1)
+        keep = 1.0 - self.mask
+        return self.max_log_scale * torch.tanh(s) * keep, t * keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xa = x * self.mask
+        s, t = self._scale_shift(xa)
+        return xa + (1.0 - self.mask) * (x * torch.exp(s) + t)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        ya = y * self.mask
+        s, t = self._scale_shift(ya)
+        return ya + (1.0 - self.mask) * ((y - t) * torch.exp(-s))
+
+
+class CouplingWarp(nn.Module):
+    """``F``: a stack of ``AffineCoupling`` layers with alternating masks (a smooth bijection)."""
+
+    def __init__(self, dim: int, layers: int = 4, hidden: int = 32) -> None:
+        super().__init__()
+        even = (torch.arange(dim) % 2 == 0).float()
+        self.layers = nn.ModuleList(AffineCoupling(dim, even if i % 2 == 0 else 1.0 - even, hidden) for i in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(self.layers):
+            y = layer.inverse(y)
+        return y
+
+
+#: Registry of input warps by name.
+WARPS = {"coupling": CouplingWarp}
+
+
+class LyapunovFunction(nn.Module):
+    """``V: (batch, state_dim) -> (batch,)``, eq. 12 (no warp) or eq. 14 (``warp="coupling"``).
+
+    Args:
+        state_dim: dimension of ``x``.
+        hidden: ICNN widths (paper: ``(60, 60)``).
+        eps: weight of ``eps ||x - x_eq||^2``; the certified lower constant ``c1``
+            (0.01, the value of the paper's released code).
+        d: smoothed-ReLU width (eq. 13) used in the ICNN and the outer ``sigma``.
+        warp: ``None`` or ``"coupling"`` (invertible affine coupling layers, see module doc).
+        x_eq: the equilibrium, ``(state_dim,)``; default the origin. Stored as a buffer.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        hidden: Sequence[int] = (60, 60),
+        *,
+        eps: float = 0.01,
+        d: float = 0.1,
+        warp: str | None = None,
+        x_eq: torch.Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if int(state_dim) < 1:
+            raise ValueError(f"state_dim must be >= 1, got {state_dim!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a finite number > 0 (it makes V positive definite), got {eps!r}")
+        if warp is not None and warp not in WARPS:
+            raise ValueError(f"warp must be None or one of {sorted(WARPS)}, got {warp!r}")
+        self.state_dim = int(state_dim)
+        self.eps = float(eps)
+        self.d = float(d)
+        self.warp_name = warp
+        self.g = ICNN(self.state_dim, hidden, d=d)
+        self.warp = WARPS[warp](self.state_dim) if warp is not None else None
+        if x_eq is None:
+            x_eq = torch.zeros(self.state_dim)
+        x_eq = torch.as_tensor(x_eq, dtype=torch.get_default_dtype()).detach().clone().reshape(-1)
+        if x_eq.numel() != self.state_dim or not torch.isfinite(x_eq).all():
+            raise ValueError(f"x_eq must be {self.state_dim} finite numbers, got {x_eq.tolist()}")
+        self.register_buffer("x_eq", x_eq)
+
+    @property
+    def convex(self) -> bool:
+        """True when ``V`` is convex (no warp): the rescaled step is then exact without checks."""
+        return self.warp is None
+
+    def _with_eq(self, x: torch.Tensor) -> torch.Tensor:
+        # One batched pass over [x; x_eq] instead of two calls: g(F(x_eq)) is recomputed
+        # with the current weights every time, at the cost of one extra row.
+        return torch.cat([x, self.x_eq.to(x.dtype).unsqueeze(0)], dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (batch, state_dim)`` -> ``V(x): (batch,)``."""
+        xx = self._with_eq(x)
+        gx = self.g(self.warp(xx) if self.warp is not None else xx)
+        shifted = gx[:-1] - gx[-1]
+        dx = x - self.x_eq
+        return smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
+
+    def forward_and_grad(self, x: torch.Tensor, *, create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V(x): (batch,)`` and ``grad V(x): (batch, state_dim)`` for the whole batch.
+
+        Without a warp the gradient is the ICNN's explicit reverse pass (fast; no autograd
+        graph under ``torch.no_grad``, and differentiable when grad mode is on, which is how
+        training back-propagates through ``grad V``). With a warp it goes through
+        ``torch.autograd.grad`` on ``V.sum()``; ``create_graph`` defaults to
+        ``torch.is_grad_enabled()`` (on while training, off under ``torch.no_grad``).
+        """
+        dx = x - self.x_eq
+        if self.warp is None:
+            xx = self._with_eq(x)
+            gx, dg = self.g.forward_and_grad(xx)
+            shifted = gx[:-1] - gx[-1]
+            V = smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
+            grad = smooth_relu_grad(shifted, self.d).unsqueeze(-1) * dg[:-1] + 2.0 * self.eps * dx
+            return V, grad
+        if create_graph is None:
+            create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
+            V = self.forward(xg)
+            (grad,) = torch.autograd.grad(V.sum(), xg, create_graph=create_graph)
+        if not create_graph:
+            V, grad = V.detach(), grad.detach()
+        return V, grad
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``grad V(x): (batch, state_dim)``; see ``forward_and_grad``."""
+        return self.forward_and_grad(x)[1]
+
+    def upper_constant(self) -> float | None:
+        """A proven ``c2`` with ``V(x) <= c2 ||x - x_eq||^2`` everywhere, or ``None`` with a warp.
+
+        ``sigma_d(t) <= t^2 / (2d)`` and ``|g(x) - g(x_eq)| <= L ||x - x_eq||`` give
+        ``c2 = L^2 / (2d) + eps`` with ``L = ICNN.lipschitz_bound()`` (loose but rigorous).
+        """
+        if self.warp is not None:
+            return None
+        L = self.g.lipschitz_bound()
+        return L * L / (2.0 * self.d) + self.eps
+
+    def extra_repr(self) -> str:
+        return f"state_dim={self.state_dim}, eps={self.eps}, d={self.d}, warp={self.warp_name!r}"
