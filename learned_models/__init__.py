@@ -16,3 +16,5 @@ from .stable import StableControlledDynamics, StableDynamics
 # --- LyaNet (issue 4) ---
 
 # --- video VAE (issue 6) ---
+from .video_training import fit_video
+from .video_vae import VideoVAE

@@ -145,6 +145,9 @@ class VideoVAE(nn.Module):
         dynamics_kwargs: keyword arguments for the dynamics model (e.g. ``hidden``,
             ``lyap_hidden``, ``alpha``, ``eps``); default an Euler step of length 1 per frame.
         kl_weight: weight of the KL term of eq. 21 (1.0 is the paper's loss).
+        latent_weight: weight of an optional latent prediction term
+            ``||z_t + f(z_t) - mu_{t+1}||^2`` (``mu_{t+1}`` the encoder mean of frame t + 1,
+            gradient stopped) added to eq. 21; 0 (default) is the paper's loss.
 
     Attributes:
         dynamics: the latent dynamics model (a ``WorldModel`` on ``(batch, latent_dim)``).
@@ -163,6 +166,7 @@ class VideoVAE(nn.Module):
         dynamics: str = "stable",
         dynamics_kwargs: dict[str, Any] | None = None,
         kl_weight: float = 1.0,
+        latent_weight: float = 0.0,
         label_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -182,11 +186,17 @@ class VideoVAE(nn.Module):
         self.channels = tuple(int(c) for c in channels)
         self.dynamics_name = dynamics
         self.dynamics_kwargs = dict(dynamics_kwargs or {})
+        if not (latent_weight >= 0 and math.isfinite(latent_weight)):
+            raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight}")
         self.kl_weight = float(kl_weight)
+        self.latent_weight = float(latent_weight)
         self.label_names = tuple(str(n) for n in label_names)
         self.encoder = _Encoder(frame_size, latent_dim, self.channels)
         self.decoder = _Decoder(frame_size, latent_dim, self.channels)
         self.dynamics = LATENT_DYNAMICS[dynamics](latent_dim, **self.dynamics_kwargs)
+        # latents come from our own encoder, checked at the frame boundary: skip the dynamics'
+        # per-call NaN check, which costs a host sync per step in training and the vector env
+        self.dynamics.validate_finite = False
         self.register_buffer("reference_latents", torch.zeros(0, latent_dim))
         self.register_buffer("reference_labels", torch.zeros(0, dtype=torch.long))
 
@@ -262,11 +272,19 @@ class VideoVAE(nn.Module):
         recon = (y_hat - y_t).square().flatten(1).sum(-1).mean()
         pred = (y_next_hat - y_next).square().flatten(1).sum(-1).mean()
         n_pixels = y_t[0].numel()
+        loss = self.kl_weight * kl + recon + pred  # eq. 21
+        latent = torch.zeros((), device=kl.device, dtype=kl.dtype)
+        if self.latent_weight > 0:
+            with torch.no_grad():
+                mean_next = self.encode(y_next)[0]
+            latent = (z_next - mean_next).square().sum(-1).mean()
+            loss = loss + self.latent_weight * latent
         return {
-            "loss": self.kl_weight * kl + recon + pred,  # eq. 21
+            "loss": loss,
             "kl": kl.detach(),
             "recon": recon.detach() / n_pixels,
             "pred": pred.detach() / n_pixels,
+            "latent": latent.detach(),
         }
 
     # --------------------------------------------------------------------- generation
@@ -318,6 +336,7 @@ class VideoVAE(nn.Module):
             "dynamics": self.dynamics_name,
             "dynamics_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.dynamics_kwargs.items()},
             "kl_weight": self.kl_weight,
+            "latent_weight": self.latent_weight,
             "label_names": list(self.label_names),
         }
 
