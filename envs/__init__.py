@@ -7,3 +7,19 @@ vector env) and video textures. Importing this module registers ``lyagym/NLinkPe
 # --- pendulum environments and registration (issue 2) ---
 
 # --- video texture (issue 6) ---
+from .video_texture import VideoTextureEnv, VideoTextureVectorEnv
+
+
+def _register_video_texture() -> None:
+    from gymnasium.envs.registration import register, registry
+
+    if "lyagym/VideoTexture-v0" not in registry:
+        register(
+            id="lyagym/VideoTexture-v0",
+            entry_point="lyagym.envs.video_texture:VideoTextureEnv",
+            vector_entry_point="lyagym.envs.video_texture:VideoTextureVectorEnv",
+            max_episode_steps=200,
+        )
+
+
+_register_video_texture()
