@@ -12,6 +12,8 @@ from .integrators import INTEGRATORS, integrate, lyapunov_rescale, odeint
 from .lyapunov import LyapunovFunction
 from .simple import SimpleDynamics
 from .stable import StableControlledDynamics, StableDynamics
+from .training import fit
+from .falsification import FalsificationReport, empirical_certificate, falsify
 
 # --- LyaNet (issue 4) ---
 
