@@ -148,6 +148,12 @@ class VideoVAE(nn.Module):
         latent_weight: weight of an optional latent prediction term
             ``||z_t + f(z_t) - mu_{t+1}||^2`` (``mu_{t+1}`` the encoder mean of frame t + 1,
             gradient stopped) added to eq. 21; 0 (default) is the paper's loss.
+        predict_from: ``"sample"`` (eq. 21: the prediction branch starts from the sampled
+            ``z_t``) or ``"mean"`` (it starts from ``mu_t``). Sampling noise on the input of a
+            regression shrinks its prediction toward the data mean; one step shrinks little,
+            but a 1000-step rollout compounds it, and the generated texture fades to the mean
+            frame. Starting from ``mu_t`` removes that bias; the reconstruction term keeps
+            the sampled ``z_t``.
 
     Attributes:
         dynamics: the latent dynamics model (a ``WorldModel`` on ``(batch, latent_dim)``).
@@ -167,6 +173,7 @@ class VideoVAE(nn.Module):
         dynamics_kwargs: dict[str, Any] | None = None,
         kl_weight: float = 1.0,
         latent_weight: float = 0.0,
+        predict_from: str = "sample",
         label_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -188,6 +195,9 @@ class VideoVAE(nn.Module):
         self.dynamics_kwargs = dict(dynamics_kwargs or {})
         if not (latent_weight >= 0 and math.isfinite(latent_weight)):
             raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight}")
+        if predict_from not in ("sample", "mean"):
+            raise ValueError(f"predict_from must be 'sample' or 'mean', got {predict_from!r}")
+        self.predict_from = predict_from
         self.kl_weight = float(kl_weight)
         self.latent_weight = float(latent_weight)
         self.label_names = tuple(str(n) for n in label_names)
@@ -266,7 +276,7 @@ class VideoVAE(nn.Module):
         mean, log_var = self.encode(y_t)
         # z_t ~ N(mu_t, sigma_t^2 I) by reparameterisation: E_z in eq. 21 is a one-sample estimate
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        z_next = self.latent_step(z)  # z_{t+1} = z_t + f(z_t)
+        z_next = self.latent_step(z if self.predict_from == "sample" else mean)  # z_{t+1} = z_t + f(z_t)
         y_hat, y_next_hat = self.decode(torch.cat([z, z_next])).chunk(2)
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1).mean()
         recon = (y_hat - y_t).square().flatten(1).sum(-1).mean()
@@ -337,6 +347,7 @@ class VideoVAE(nn.Module):
             "dynamics_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.dynamics_kwargs.items()},
             "kl_weight": self.kl_weight,
             "latent_weight": self.latent_weight,
+            "predict_from": self.predict_from,
             "label_names": list(self.label_names),
         }
 
