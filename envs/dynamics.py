@@ -1,0 +1,467 @@
+"""True physics of the planar n-link pendulum: ``PendulumDynamics``.
+
+A pure function of state and action, separate from any environment shell. The equations come
+from :mod:`lyagym.envs.symbolic` (Kane's method, compiled once per structure and cached on
+disk); this module adds parameters, validation, integrators and the three backends:
+
+- numpy float64, batched (``derivative``/``step``/``energy`` on ``(..., 2n)`` arrays,
+  ``simulate`` for whole trajectories -- the evaluation reference);
+- torch, batched, any device and dtype, differentiable (also the ``WorldModel`` interface:
+  ``step``/``rollout`` on ``(batch, 2n)`` tensors);
+- plain Python floats for one state (``step_single``), the single environment's fast path.
+
+Example::
+
+    >>> import numpy as np
+    >>> from lyagym.envs import PendulumDynamics
+    >>> dyn = PendulumDynamics(n_links=2, damping=0.0)
+    >>> x0 = np.array([1.0, 0.5, 0.0, 0.0])
+    >>> traj = dyn.simulate(x0[None], 100)          # (1, 101, 4), RK4 at dt = 0.01
+    >>> bool(abs(dyn.energy(traj[0, -1]) - dyn.energy(x0)) < 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from lyagym.learned_models.world_model import rollout as _shared_rollout
+
+from .symbolic import DAMPING_MODES, compile_pendulum
+
+__all__ = ["PendulumDynamics", "INTEGRATORS"]
+
+
+# ----------------------------------------------------------------------------- integrators
+# Each takes ``f`` (state -> time derivative), a state ``x`` (numpy array or tensor of any
+# layout ``f`` understands) and a step ``h``; one registry for every backend.
+
+
+def _euler(f: Callable, x, h: float):
+    return x + h * f(x)
+
+
+def _rk4(f: Callable, x, h: float):
+    k1 = f(x)
+    k2 = f(x + (0.5 * h) * k1)
+    k3 = f(x + (0.5 * h) * k2)
+    k4 = f(x + h * k3)
+    return x + (h / 6.0) * (k1 + 2.0 * (k2 + k3) + k4)
+
+
+INTEGRATORS: dict[str, Callable] = {"euler": _euler, "rk4": _rk4}
+
+
+def _per_link(value, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or a sequence of n_links={n} values, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be finite and > 0, got {arr.tolist()}")
+    return arr
+
+
+class PendulumDynamics:
+    """Planar n-link pendulum (point masses on massless rods), absolute angles from the
+    downward vertical; state ``x = (q_1..q_n, qdot_1..qdot_n)``, action ``u`` = torques of
+    the actuated joints (joint 0 is the pivot; a torque at joint ``j`` acts ``+u`` on link
+    ``j`` and ``-u`` on link ``j - 1``).
+
+    Args:
+        n_links: number of links ``n >= 1``.
+        masses: bob masses, scalar or ``(n,)``; default 1.
+        lengths: rod lengths, scalar or ``(n,)``; default ``1 / n`` each (total length 1).
+        gravity: ``g`` (m/s^2), ``>= 0``.
+        damping: friction coefficient ``b >= 0``.
+        damping_mode: ``"absolute"`` (``-b qdot_i`` on every link, the paper's data) or
+            ``"joint"`` (``-b (qdot_i - qdot_{i-1})`` at every joint, with reaction).
+        actuated: joint indices with motors; ``None`` = all, ``()`` = autonomous,
+            ``(1,)`` on two links = acrobot.
+        dt: time step of ``step``/``rollout``/``simulate`` (seconds).
+
+    Torch calls follow the input tensor's device and dtype; ``device``/``dtype`` (default
+    cpu/float32, changed with :meth:`to`) are what :func:`check_world_model` and callers
+    creating fresh tensors should use.
+    """
+
+    def __init__(
+        self,
+        n_links: int = 2,
+        masses: float | Sequence[float] | None = None,
+        lengths: float | Sequence[float] | None = None,
+        gravity: float = 9.81,
+        damping: float = 0.3,
+        damping_mode: str = "absolute",
+        actuated: Sequence[int] | None = None,
+        dt: float = 0.01,
+    ) -> None:
+        if isinstance(n_links, bool) or not isinstance(n_links, (int, np.integer)) or n_links < 1:
+            raise ValueError(f"n_links must be an int >= 1, got {n_links!r}")
+        n = int(n_links)
+        self.n_links = n
+        self.masses = _per_link(1.0 if masses is None else masses, n, "masses")
+        self.lengths = _per_link(1.0 / n if lengths is None else lengths, n, "lengths")
+        for name, value in (("gravity", gravity), ("damping", damping)):
+            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.gravity = float(gravity)
+        self.damping = float(damping)
+        if damping_mode not in DAMPING_MODES:
+            raise ValueError(f"damping_mode must be one of {DAMPING_MODES}, got {damping_mode!r}")
+        self.damping_mode = damping_mode
+        if actuated is None:
+            actuated = tuple(range(n))
+        try:
+            act = tuple(int(j) for j in actuated)
+        except TypeError:
+            raise ValueError(f"actuated must be None or a sequence of joint indices, got {actuated!r}") from None
+        if any(j < 0 or j >= n for j in act) or len(set(act)) != len(act):
+            raise ValueError(f"actuated must hold distinct joint indices in [0, {n - 1}], got {act}")
+        self.actuated = tuple(sorted(act))
+        if not isinstance(dt, (int, float, np.floating)) or not math.isfinite(dt) or dt <= 0:
+            raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+        self.dt = float(dt)
+        self.state_dim = 2 * n
+        self.action_dim = len(self.actuated)
+        self._device = torch.device("cpu")
+        self._dtype = torch.float32
+
+        compiled = compile_pendulum(n, damping_mode, self.actuated)
+        self._K = compiled.constants(self.masses, self.lengths, self.gravity, self.damping)
+        self._np_accel = compiled.numpy["accel"]
+        self._np_energy = compiled.numpy["energy"]
+        self._th_accel = compiled.torch["accel"]
+        self._th_energy = compiled.torch["energy"]
+        self._py_accel = compiled.scalar["accel"]
+        self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
+        self._zero_u = (0.0,) * self.action_dim
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "PendulumDynamics":
+        """Set the default torch device/dtype (the physics itself has no tensors); returns self."""
+        if device is not None:
+            self._device = torch.device(device)
+        if dtype is not None:
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+            self._dtype = dtype
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments reproducing this model (JSON-serialisable)."""
+        return {
+            "n_links": self.n_links,
+            "masses": self.masses.tolist(),
+            "lengths": self.lengths.tolist(),
+            "gravity": self.gravity,
+            "damping": self.damping,
+            "damping_mode": self.damping_mode,
+            "actuated": list(self.actuated),
+            "dt": self.dt,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"PendulumDynamics(n_links={self.n_links}, masses={self.masses.tolist()}, lengths={self.lengths.tolist()}, "
+            f"gravity={self.gravity}, damping={self.damping}, damping_mode={self.damping_mode!r}, "
+            f"actuated={self.actuated}, dt={self.dt})"
+        )
+
+    # ------------------------------------------------------------------ validation
+    def _check_x(self, x, name: str = "x"):
+        if isinstance(x, torch.Tensor):
+            if x.ndim < 1 or x.shape[-1] != self.state_dim:
+                raise ValueError(f"{name} must have shape (..., state_dim={self.state_dim}), got {tuple(x.shape)}")
+            if not x.is_floating_point():
+                raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+            # a finiteness check on an accelerator would sync the host every step
+            if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or inf")
+            return x
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim < 1 or arr.shape[-1] != self.state_dim:
+            raise ValueError(f"{name} must have shape (..., state_dim={self.state_dim}), got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        return arr
+
+    def _check_u(self, u, x, name: str = "u"):
+        """``None`` -> zero torques; otherwise ``(..., action_dim)`` broadcastable to ``x``'s batch."""
+        if u is None:
+            return None
+        is_torch = isinstance(x, torch.Tensor)
+        if is_torch:
+            u = torch.as_tensor(u, dtype=x.dtype, device=x.device)
+        else:
+            u = np.asarray(u, dtype=np.float64)
+        if self.action_dim == 0:
+            if u.numel() if is_torch else u.size:
+                raise ValueError(f"{name} must be None (or empty): this model has no actuated joints, got shape {tuple(u.shape)}")
+            return None
+        if u.ndim < 1 or u.shape[-1] != self.action_dim:
+            raise ValueError(f"{name} must have shape (..., action_dim={self.action_dim}), got {tuple(u.shape)}")
+        try:
+            np.broadcast_shapes(tuple(u.shape[:-1]), tuple(x.shape[:-1]))
+        except ValueError:
+            raise ValueError(f"{name} batch shape {tuple(u.shape[:-1])} does not broadcast with x batch shape {tuple(x.shape[:-1])}") from None
+        if is_torch:
+            if u.device.type == "cpu" and not bool(torch.isfinite(u).all()):
+                raise ValueError(f"{name} contains NaN or inf")
+        elif not np.isfinite(u).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        return u
+
+    def _check_method(self, method: str, dt, substeps: int) -> float:
+        if method not in INTEGRATORS:
+            raise ValueError(f"method must be one of {sorted(INTEGRATORS)}, got {method!r}")
+        if isinstance(substeps, bool) or not isinstance(substeps, (int, np.integer)) or substeps < 1:
+            raise ValueError(f"substeps must be an int >= 1, got {substeps!r}")
+        h = self.dt if dt is None else dt
+        if not isinstance(h, (int, float, np.floating)) or not math.isfinite(h) or h <= 0:
+            raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+        return float(h) / int(substeps)
+
+    # ------------------------------------------------------------------ right-hand sides
+    def _rhs_numpy_T(self, X: np.ndarray, U: tuple) -> np.ndarray:
+        """``X: (2n, *batch)`` -> ``(2n, *batch)``; ``U``: per-joint arrays or floats."""
+        n = self.n_links
+        acc = self._np_accel(*X, *U, self._K)
+        out = np.empty_like(X)
+        out[:n] = X[n:]
+        for i, a in enumerate(acc):
+            out[n + i] = a
+        return out
+
+    def _u_rows_numpy(self, u, batch_shape) -> tuple:
+        if u is None:
+            return self._zero_u
+        u = np.broadcast_to(u, (*batch_shape, self.action_dim))
+        return tuple(np.moveaxis(u, -1, 0))
+
+    def _rhs_torch(self, x: torch.Tensor, U: tuple) -> torch.Tensor:
+        n = self.n_links
+        cols = x.unbind(-1)
+        acc = self._th_accel(*cols, *U, self._K)
+        return torch.stack((*cols[n:], *acc), dim=-1)
+
+    def _u_cols_torch(self, u, batch_shape) -> tuple:
+        if u is None:
+            return self._zero_u
+        return tuple(u.expand(*batch_shape, self.action_dim).unbind(-1))
+
+    # ------------------------------------------------------------------ public physics
+    def derivative(self, x, u=None):
+        """Time derivative ``xdot = (qdot, qddot)``.
+
+        Args:
+            x: ``(..., 2n)`` numpy array or torch tensor.
+            u: ``(..., action_dim)`` torques (broadcast over the batch) or ``None`` (zero).
+
+        Returns:
+            ``(..., 2n)``, same type (and for torch same device/dtype) as ``x``.
+        """
+        x = self._check_x(x)
+        u = self._check_u(u, x)
+        if isinstance(x, torch.Tensor):
+            return self._rhs_torch(x, self._u_cols_torch(u, x.shape[:-1]))
+        X = np.ascontiguousarray(np.moveaxis(x, -1, 0))
+        return np.moveaxis(self._rhs_numpy_T(X, self._u_rows_numpy(u, x.shape[:-1])), 0, -1)
+
+    def step(self, x, u=None, dt: float | None = None, method: str = "rk4", substeps: int = 1):
+        """Advance ``x`` by ``dt`` (default ``self.dt``) with zero-order-hold torques ``u``.
+
+        Args:
+            x: ``(..., 2n)`` numpy array or torch tensor (``(batch, 2n)`` for ``WorldModel`` use).
+            u: ``(..., action_dim)`` or ``None``.
+            dt: step length; ``None`` means ``self.dt``.
+            method: ``"rk4"`` or ``"euler"`` (see :data:`INTEGRATORS`).
+            substeps: integrator steps of ``dt / substeps`` each.
+
+        Returns:
+            the next state, same shape and type as ``x``; differentiable for torch.
+        """
+        h = self._check_method(method, dt, substeps)
+        x = self._check_x(x)
+        u = self._check_u(u, x)
+        integrate = INTEGRATORS[method]
+        if isinstance(x, torch.Tensor):
+            U = self._u_cols_torch(u, x.shape[:-1])
+            f = lambda s: self._rhs_torch(s, U)  # noqa: E731
+            for _ in range(substeps):
+                x = integrate(f, x, h)
+            return x
+        X = np.ascontiguousarray(np.moveaxis(x, -1, 0))
+        U = self._u_rows_numpy(u, x.shape[:-1])
+        f = lambda s: self._rhs_numpy_T(s, U)  # noqa: E731
+        for _ in range(substeps):
+            X = integrate(f, X, h)
+        return np.ascontiguousarray(np.moveaxis(X, 0, -1))
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
+        """``WorldModel.rollout``: ``x0: (batch, 2n)``, ``actions: (batch, horizon, action_dim)``
+        (or an int horizon when ``action_dim == 0``) -> ``(batch, horizon + 1, 2n)``."""
+        if not isinstance(x0, torch.Tensor):
+            raise ValueError(f"x0 must be a torch.Tensor of shape (batch, {self.state_dim}), got {type(x0).__name__}")
+        self._check_x(x0, "x0")
+        if isinstance(actions, torch.Tensor):
+            self._check_u(actions, x0[:, None, :], "actions")
+        return _shared_rollout(self, x0, actions)
+
+    def step_single(self, x, u=None, dt: float | None = None, method: str = "rk4", substeps: int = 1) -> np.ndarray:
+        """Fast path for ONE state on plain Python floats (the single environment).
+
+        Args:
+            x: ``(2n,)`` array or sequence.
+            u: ``(action_dim,)`` array or sequence, or ``None``.
+
+        Returns:
+            ``(2n,)`` float64 array.
+        """
+        xs = x.tolist() if isinstance(x, np.ndarray) else list(x)
+        if len(xs) != self.state_dim or (xs and isinstance(xs[0], list)):
+            raise ValueError(f"x must have shape ({self.state_dim},), got {np.shape(x)}")
+        if u is None:
+            us = self._zero_u
+        else:
+            us = u.tolist() if isinstance(u, np.ndarray) else list(u)
+            if len(us) != self.action_dim or (us and isinstance(us[0], list)):
+                raise ValueError(f"u must have shape ({self.action_dim},), got {np.shape(u)}")
+            if not math.isfinite(math.fsum(us)):
+                raise ValueError(f"u contains NaN or inf: {us}")
+        if not math.isfinite(math.fsum(xs)):
+            raise ValueError(f"x contains NaN or inf: {xs}")
+        if dt is None and substeps == 1 and method == "rk4":
+            xs = self._py_steps["rk4"](xs, us, self.dt, self._K)
+        else:
+            h = self._check_method(method, dt, substeps)
+            stepper = self._py_steps[method]
+            for _ in range(substeps):
+                xs = stepper(xs, us, h, self._K)
+        return np.array(xs)
+
+    def energy(self, x):
+        """Total energy, kinetic + potential (potential zero at the pivot's height, so the
+        pendulum hanging at rest has ``-g * sum_i m_i * (l_1 + .. + l_i)``).
+
+        Args:
+            x: ``(..., 2n)`` numpy array or torch tensor.
+
+        Returns:
+            ``(...)`` of the same type.
+        """
+        x = self._check_x(x)
+        if isinstance(x, torch.Tensor):
+            return self._th_energy(*x.unbind(-1), self._K)
+        e = self._np_energy(*np.moveaxis(x, -1, 0), self._K)
+        return np.asarray(e, dtype=np.float64) if np.ndim(e) == 0 else e
+
+    def positions(self, x):
+        """Positions of the link ends (the bobs), pivot at the origin, ``x`` right, ``y`` up.
+
+        Args:
+            x: ``(..., 2n)`` numpy array or torch tensor.
+
+        Returns:
+            ``(..., n, 2)`` of the same type.
+        """
+        x = self._check_x(x)
+        n = self.n_links
+        q = x[..., :n]
+        if isinstance(x, torch.Tensor):
+            lengths = torch.as_tensor(self.lengths, dtype=x.dtype, device=x.device)
+            return torch.stack((torch.cumsum(lengths * torch.sin(q), -1), torch.cumsum(-lengths * torch.cos(q), -1)), -1)
+        return np.stack((np.cumsum(self.lengths * np.sin(q), -1), np.cumsum(-self.lengths * np.cos(q), -1)), -1)
+
+    # ------------------------------------------------------------------ evaluation
+    def simulate(self, x0, n_steps: int, dt: float | None = None, method: str = "rk4", u=None) -> np.ndarray:
+        """Batched numpy float64 trajectories with constant torques (the evaluation reference:
+        the paper uses 1000 initial states, 999 RK4 steps of ``h = 0.01``).
+
+        Args:
+            x0: ``(batch, 2n)`` (or ``(2n,)``) initial states.
+            n_steps: number of steps.
+            dt: step length, default ``self.dt``.
+            method: ``"rk4"`` or ``"euler"``.
+            u: ``(batch, action_dim)``/``(action_dim,)`` torques held constant, or ``None``.
+
+        Returns:
+            ``(batch, n_steps + 1, 2n)`` (``(n_steps + 1, 2n)`` for a single ``x0``), ``x0`` first.
+        """
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
+            raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+        h = self._check_method(method, dt, 1)
+        if isinstance(x0, torch.Tensor):
+            x0 = x0.detach().cpu().numpy()
+        x0 = self._check_x(x0, "x0")
+        single = x0.ndim == 1
+        X0 = np.atleast_2d(x0)
+        if X0.ndim != 2:
+            raise ValueError(f"x0 must have shape (batch, {self.state_dim}) or ({self.state_dim},), got {x0.shape}")
+        u = self._check_u(u, X0)
+        U = tuple(np.ascontiguousarray(r) for r in self._u_rows_numpy(u, X0.shape[:-1])) if u is not None else self._zero_u
+        integrate = INTEGRATORS[method]
+        out = np.empty((n_steps + 1, self.state_dim, X0.shape[0]))
+        out[0] = X0.T
+        X = out[0]
+        f = lambda s: self._rhs_numpy_T(s, U)  # noqa: E731
+        for k in range(n_steps):
+            X = out[k + 1] = integrate(f, X, h)
+        traj = np.ascontiguousarray(out.transpose(2, 0, 1))
+        return traj[0] if single else traj
+
+    def reference_solve(self, x0, times, u=None, *, rtol: float = 1e-10, atol: float = 1e-10) -> np.ndarray:
+        """High-accuracy reference by ``scipy.integrate.solve_ivp`` (DOP853), one state at a time.
+
+        Args:
+            x0: ``(2n,)`` or ``(batch, 2n)`` initial states.
+            times: an int ``n_steps`` (times ``0, dt, .., n_steps * dt``) or an increasing
+                1-D array of output times starting at 0.
+            u: constant torques ``(action_dim,)`` or ``(batch, action_dim)``, or ``None``.
+
+        Returns:
+            ``(len(times), 2n)`` or ``(batch, len(times), 2n)``.
+        """
+        from scipy.integrate import solve_ivp
+
+        if isinstance(times, (int, np.integer)) and not isinstance(times, bool):
+            if times < 0:
+                raise ValueError(f"times (n_steps) must be >= 0, got {times}")
+            t_eval = self.dt * np.arange(int(times) + 1)
+        else:
+            t_eval = np.asarray(times, dtype=np.float64)
+            if t_eval.ndim != 1 or t_eval.size == 0 or not np.all(np.isfinite(t_eval)) or np.any(np.diff(t_eval) <= 0) or t_eval[0] < 0:
+                raise ValueError("times must be an int n_steps or a finite, strictly increasing 1-D array of times >= 0")
+        x0 = self._check_x(x0, "x0")
+        single = x0.ndim == 1
+        X0 = np.atleast_2d(x0)
+        u = self._check_u(u, X0)
+        U = np.zeros((X0.shape[0], self.action_dim)) if u is None else np.broadcast_to(u, (X0.shape[0], self.action_dim))
+        accel = self._py_accel
+        n = self.n_links
+        out = np.empty((X0.shape[0], t_eval.size, self.state_dim))
+        for b, (x_init, ub) in enumerate(zip(X0, U)):
+            us = ub.tolist()
+
+            def f(t, y, us=us):
+                ys = y.tolist()
+                return np.array(ys[n:] + list(accel(*ys, *us, self._K)))
+
+            sol = solve_ivp(f, (0.0, float(t_eval[-1])), x_init, method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)
+            if not sol.success:
+                raise RuntimeError(f"reference_solve failed for initial state {b}: {sol.message}")
+            out[b] = sol.y.T
+        return out[0] if single else out
