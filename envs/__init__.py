@@ -3,6 +3,8 @@ vector env) and video textures. Importing this module registers ``lyagym/NLinkPe
 (and ``lyagym/VideoTexture-v0``)."""
 
 # --- pendulum dynamics and datasets (issue 2) ---
+from .datasets import DerivativeData, sample_derivative_dataset, trajectory_dataset
+from .dynamics import PendulumDynamics
 
 # --- pendulum environments and registration (issue 2) ---
 
