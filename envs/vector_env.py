@@ -1,0 +1,327 @@
+"""``NLinkPendulumVectorEnv``: many n-link pendulums stepped as one torch batch.
+
+The ``vector_entry_point`` of ``lyagym/NLinkPendulum-v0``::
+
+    envs = gym.make_vec("lyagym/NLinkPendulum-v0", num_envs=4096,
+                        vectorization_mode="vector_entry_point", device="cuda")
+
+Every sub-environment is the same :class:`~lyagym.envs.NLinkPendulumEnv` (same arguments,
+same reward, same starting-state box); the whole batch is one ``(num_envs, 2 * n_links)``
+tensor advanced by ``PendulumDynamics``' torch path, with no Python loop over envs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from . import rewards
+from .dynamics import PendulumDynamics
+from .n_link_pendulum import NLinkPendulumEnv
+
+__all__ = ["NLinkPendulumVectorEnv"]
+
+_AUTORESET_MODES = {
+    AutoresetMode.NEXT_STEP: AutoresetMode.NEXT_STEP,
+    AutoresetMode.SAME_STEP: AutoresetMode.SAME_STEP,
+    "next_step": AutoresetMode.NEXT_STEP,
+    "same_step": AutoresetMode.SAME_STEP,
+}
+
+
+class NLinkPendulumVectorEnv(VectorEnv):
+    """``num_envs`` independent n-link pendulums in one torch batch, on any device.
+
+    ## Description
+
+    The batched twin of :class:`lyagym.envs.NLinkPendulumEnv`: the same physics, spaces,
+    reward, action clipping and starting states, for ``num_envs`` environments at once.
+    The state is one ``(num_envs, 2 * n_links)`` tensor on ``device`` in ``dtype``, and a
+    step is a handful of batched tensor operations under ``torch.no_grad()``.
+
+    ## Spaces
+
+    ``single_action_space`` / ``single_observation_space`` are the single env's;
+    ``action_space`` / ``observation_space`` are those batched to ``(num_envs, ...)``.
+
+    ## Returns
+
+    ``step`` and ``reset`` return numpy arrays by default (zero-copy views on CPU; one
+    device-to-host copy per step on CUDA), or torch tensors on ``device`` with
+    ``return_torch=True`` (no host copy at all). Actions may be numpy arrays or tensors of
+    shape ``(num_envs, action_dim)``; out-of-range actions are clipped to the torque
+    limits, NaN/inf actions raise ``ValueError`` (when ``validate_actions``; on CUDA that
+    check costs one device sync per step, so hot GPU loops may turn it off).
+
+    ## Episode End and autoreset
+
+    Sub-environments never terminate; each is truncated after ``max_episode_steps`` of its
+    own steps (500 by default under ``gym.make_vec``; ``None`` never truncates).
+    ``metadata["autoreset_mode"]`` is ``AutoresetMode.NEXT_STEP`` by default, as in
+    Gymnasium's own vector envs: the step *after* a truncation resets that sub-env, ignores
+    its action and returns its new first observation with reward 0. With
+    ``autoreset_mode="same_step"`` the truncating step already returns the new first
+    observation, and ``info["final_obs"]`` (``(num_envs, obs_dim)``, valid where the
+    mask ``info["_final_obs"]`` is true) holds the last observation of the old episode.
+    Autoreset starting states are drawn on ``device`` from a torch generator seeded by
+    ``reset(seed=...)``.
+
+    ## Seeding
+
+    ``reset(seed=s)`` draws the first states with ``numpy.random.default_rng``-style
+    ``self.np_random`` exactly as the single env does, so sub-env 0 starts where
+    ``NLinkPendulumEnv.reset(seed=s)`` starts; the same seed gives the same batch of episodes.
+    ``reset(options={"state": x0})`` takes a ``(2 * n_links,)`` state for every env or a
+    ``(num_envs, 2 * n_links)`` batch; ``options={"reset_mask": mask}`` (``(num_envs,)``
+    bool) resets only some envs.
+
+    ## Arguments
+
+    ``num_envs`` plus every argument of :class:`NLinkPendulumEnv`, and:
+
+    - ``device`` (``"cpu"``): torch device of the state and of returned tensors.
+    - ``dtype`` (``torch.float32``): dtype of the state; use ``torch.float64`` to match the
+      single env to round-off.
+    - ``return_torch`` (``False``): return torch tensors instead of numpy arrays.
+    - ``autoreset_mode`` (``"next_step"``): ``"next_step"`` or ``"same_step"``.
+    - ``validate_actions`` (``True``): reject NaN/inf actions.
+    - ``render_mode`` (``None`` or ``"rgb_array"``): ``render()`` returns a one-frame tuple
+      showing sub-env 0.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 100, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        max_episode_steps: int | None = 500,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        return_torch: bool = False,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        validate_actions: bool = True,
+        render_mode: str | None = None,
+        **env_kwargs: Any,
+    ):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if autoreset_mode not in _AUTORESET_MODES:
+            raise ValueError(f"autoreset_mode must be 'next_step' or 'same_step', got {autoreset_mode!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array' for the vector env, got {render_mode!r}")
+        # The single env validates every physics/task argument once and gives us the spaces,
+        # the starting-state box and the reward weights; it also renders sub-env 0.
+        self._template = NLinkPendulumEnv(
+            max_episode_steps=max_episode_steps,
+            render_mode=None if render_mode is None else "rgb_array",
+            **env_kwargs,
+        )
+        t = self._template
+        self.num_envs = int(num_envs)
+        self.max_episode_steps = t.max_episode_steps
+        self.n_links, self.state_dim, self.action_dim = t.n_links, t.state_dim, t.action_dim
+        self.dt, self.substeps, self.integrator = t.dt, t.substeps, t.integrator
+        self.task, self.observation_mode, self.max_velocity = t.task, t.observation_mode, t.max_velocity
+        self.render_mode = render_mode
+        self.return_torch = bool(return_torch)
+        self.validate_actions = bool(validate_actions)
+        self.device = torch.device("cpu" if device is None else device)
+        self.dtype = dtype
+        self.metadata = {
+            **self.metadata,
+            "autoreset_mode": _AUTORESET_MODES[autoreset_mode],
+            "render_fps": t.metadata["render_fps"],
+        }
+
+        self.single_action_space = t.action_space
+        self.single_observation_space = t.observation_space
+        self.action_space = batch_space(t.action_space, self.num_envs)
+        self.observation_space = batch_space(t.observation_space, self.num_envs)
+
+        # Its own physics object: `.to()` sets the default device/dtype of the torch path.
+        self.dynamics = PendulumDynamics(**t.dynamics.config()).to(self.device, self.dtype)
+
+        as_tensor = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
+        self._u_high = as_tensor(t.max_torque)
+        self._u_low = -self._u_high
+        self._init_low = as_tensor(t.init_low)
+        self._init_span = as_tensor(t.init_high - t.init_low)
+        self._weights = t.weights
+        self._generator = torch.Generator(device=self.device)
+
+        b = self.num_envs
+        self._x: torch.Tensor | None = None
+        self._elapsed = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self._needs_reset = torch.zeros(b, dtype=torch.bool, device=self.device)
+        # Host-side bookkeeping that keeps the hot loop free of device syncs: an upper bound
+        # on every env's step count (so truncation is only checked when it can happen) and
+        # whether some env waits for a next-step autoreset.
+        self._max_elapsed = 0
+        self._reset_pending = False
+
+    # ----------------------------------------------------------------- Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Reset all (or ``options["reset_mask"]``) sub-envs; returns ``(obs, info)``."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        first = self._x is None
+        super().reset(seed=seed)
+        options = {} if options is None else dict(options)
+        unknown = set(options) - {"state", "reset_mask"}
+        if unknown:
+            raise ValueError(f"options accepts only 'state' and 'reset_mask', got unknown keys {sorted(unknown)}")
+        mask = self._reset_mask(options.get("reset_mask"))
+        if mask is not None and first:
+            raise gym.error.ResetNeeded("reset_mask needs a full reset() first")
+
+        b, d = self.num_envs, self.state_dim
+        if options.get("state") is not None:
+            state = torch.as_tensor(options["state"]).to(device=self.device, dtype=self.dtype)
+            if state.shape not in ((d,), (b, d)):
+                raise ValueError(
+                    f"options['state'] must have shape ({d},) or (num_envs={b}, {d}), got {tuple(state.shape)}"
+                )
+            if not bool(torch.isfinite(state).all()):
+                raise ValueError("options['state'] must be finite")
+            x0 = state.expand(b, d).clone()
+        else:
+            # One numpy draw of shape (num_envs, state_dim): row 0 is the single env's draw
+            # for the same seed.
+            x0 = torch.as_tensor(
+                self.np_random.uniform(self._template.init_low, self._template.init_high, size=(b, d))
+            ).to(device=self.device, dtype=self.dtype)
+
+        if seed is not None or first:
+            # Drawn after the first states so that sub-env 0 matches the single env's draw.
+            self._generator.manual_seed(int(self.np_random.integers(2**62)))
+        if mask is None:
+            self._x = x0
+            self._elapsed.zero_()
+            self._needs_reset.zero_()
+            self._max_elapsed = 0
+            self._reset_pending = False
+        else:
+            self._x = torch.where(mask[:, None], x0, self._x)
+            self._elapsed.masked_fill_(mask, 0)
+            self._needs_reset &= ~mask
+        return self._out(self._observe(self._x)), {}
+
+    @torch.no_grad()
+    def step(self, actions):
+        """Step every sub-env; returns batched ``(obs, reward, terminated, truncated, info)``."""
+        if self._x is None:
+            raise gym.error.ResetNeeded("NLinkPendulumVectorEnv: call reset() before step()")
+        u = self._clip_actions(actions)
+        x = self._x
+        reward = rewards.pendulum_reward(x, u, self.task, **self._weights) if self.task != "free" else x.new_zeros(self.num_envs)
+        x = self.dynamics.step(x, u, dt=self.dt, method=self.integrator, substeps=self.substeps)
+        self._elapsed += 1
+        self._max_elapsed += 1
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        info: dict[str, Any] = {}
+        same_step = self.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
+
+        if self._reset_pending:  # next-step autoreset of the envs that ended last step
+            mask = self._needs_reset
+            x = torch.where(mask[:, None], self._fresh_states(), x)
+            self._elapsed.masked_fill_(mask, 0)
+            reward = reward.masked_fill(mask, 0.0)
+            self._needs_reset = torch.zeros_like(mask)
+            self._reset_pending = False
+
+        if self.max_episode_steps is not None and self._max_elapsed >= self.max_episode_steps:
+            truncated = self._elapsed >= self.max_episode_steps
+            if same_step:
+                info = {"final_obs": self._out(self._observe(x)), "_final_obs": self._out(truncated)}
+                x = torch.where(truncated[:, None], self._fresh_states(), x)
+                self._elapsed.masked_fill_(truncated, 0)
+            else:
+                self._needs_reset = truncated.clone()
+                self._reset_pending = True
+            # One host sync per episode end (never per step) to tighten the bound again.
+            self._max_elapsed = int(self._elapsed.masked_fill(truncated, 0).max())
+        else:
+            truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+        self._x = x
+        return (
+            self._out(self._observe(x)),
+            self._out(reward),
+            self._out(terminated),
+            self._out(truncated),
+            info,
+        )
+
+    def render(self):
+        """A one-frame tuple: sub-env 0 as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without render_mode='rgb_array'")
+            return None
+        if self._x is None:
+            raise gym.error.ResetNeeded("NLinkPendulumVectorEnv: call reset() before render()")
+        self._template._state = self._x[0].detach().cpu().double().numpy()
+        return (self._template.render(),)
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def state(self) -> torch.Tensor | None:
+        """The physical states ``(num_envs, 2 * n_links)`` on ``device``, a copy."""
+        return None if self._x is None else self._x.clone()
+
+    def _out(self, t: torch.Tensor):
+        return t if self.return_torch else t.cpu().numpy()
+
+    def _reset_mask(self, mask) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask, device=self.device)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (self.num_envs,):
+            raise ValueError(
+                f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
+                f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
+            )
+        return mask
+
+    def _clip_actions(self, actions) -> torch.Tensor:
+        shape = (self.num_envs, self.action_dim)
+        if isinstance(actions, torch.Tensor):
+            u = actions.detach().to(device=self.device, dtype=self.dtype)
+            if tuple(u.shape) != shape:
+                raise ValueError(f"actions must have shape {shape}, got {tuple(u.shape)}")
+            if self.validate_actions and not bool(torch.isfinite(u).all()):
+                raise ValueError("actions must be finite (got NaN or inf)")
+        else:
+            try:
+                a = np.asarray(actions, dtype=np.float32 if self.dtype == torch.float32 else np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"actions must be a numeric array of shape {shape}") from None
+            if a.shape != shape:
+                raise ValueError(f"actions must have shape {shape}, got {a.shape}")
+            if self.validate_actions and not np.isfinite(a).all():
+                raise ValueError("actions must be finite (got NaN or inf)")
+            u = torch.as_tensor(a, device=self.device)
+        return torch.clamp(u, self._u_low, self._u_high)
+
+    def _fresh_states(self) -> torch.Tensor:
+        r = torch.rand(
+            (self.num_envs, self.state_dim), generator=self._generator, device=self.device, dtype=self.dtype
+        )
+        return r.mul_(self._init_span).add_(self._init_low)
+
+    def _observe(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.n_links
+        q, qdot = x[:, :n], x[:, n:].clamp(-self.max_velocity, self.max_velocity)
+        if self.observation_mode == "trig":
+            obs = torch.cat([torch.cos(q), torch.sin(q), qdot], dim=1)
+        else:
+            obs = torch.cat([rewards.wrap_angle(q), qdot], dim=1)
+        return obs.to(torch.float32)
