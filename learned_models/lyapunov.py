@@ -167,9 +167,16 @@ class LyapunovFunction(nn.Module):
         """``x: (batch, state_dim)`` -> ``V(x): (batch,)``."""
         xx = self._with_eq(x)
         gx = self.g(self.warp(xx) if self.warp is not None else xx)
-        shifted = gx[:-1] - gx[-1]
         dx = x - self.x_eq
+        shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx)
         return smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
+
+    @staticmethod
+    def _exact_at_eq(shifted: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        # The same row through a matrix product can round differently depending on its
+        # position in the batch, so g(F(x)) - g(F(x_eq)) may be 1e-16 instead of 0 at
+        # x = x_eq exactly; pin it, so that V(x_eq) = 0 and grad V(x_eq) = 0 exactly.
+        return torch.where((dx == 0).all(-1), torch.zeros_like(shifted), shifted)
 
     def forward_and_grad(self, x: torch.Tensor, *, create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``V(x): (batch,)`` and ``grad V(x): (batch, state_dim)`` for the whole batch.
@@ -184,7 +191,7 @@ class LyapunovFunction(nn.Module):
         if self.warp is None:
             xx = self._with_eq(x)
             gx, dg = self.g.forward_and_grad(xx)
-            shifted = gx[:-1] - gx[-1]
+            shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx)
             V = smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
             grad = smooth_relu_grad(shifted, self.d).unsqueeze(-1) * dg[:-1] + 2.0 * self.eps * dx
             return V, grad

@@ -167,6 +167,9 @@ class StableDynamics(ODEWorldModel):
         Accuracy cost: ``y`` is unchanged wherever the integrator already meets the bound;
         elsewhere the move is of the order of the integrator's local error (``O(dt^5)`` for
         RK4), so the step keeps the integrator's order. Differentiable in ``x`` (and ``u``).
+        Precision: the bound holds for ``V`` as evaluated; in float32, ``g(F(x)) - g(F(x_eq))``
+        loses digits to cancellation, so within ~1e-3 of ``x_eq`` ``V`` (and hence the
+        bound) is only good to ~1e-3 relative; use float64 where that matters.
         """
         return super().step(x, u)
 

@@ -1,0 +1,140 @@
+"""ICNN (eq. 11), smoothed ReLU (eq. 13) and the Lyapunov function (eq. 12/14) as properties."""
+
+import pytest
+import torch
+
+from lyagym.learned_models import ICNN, LyapunovFunction, smooth_relu
+from lyagym.learned_models.icnn import smooth_relu_grad
+
+SIZES = [(1, (8,)), (2, (60, 60)), (4, (16, 16, 16)), (8, (32, 32))]
+
+
+def test_smooth_relu_is_eq13_and_c1():
+    d = 0.3
+    t = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    expected = torch.where(t <= 0, torch.zeros_like(t), torch.where(t < d, t * t / (2 * d), t - d / 2))
+    torch.testing.assert_close(smooth_relu(t, d), expected, rtol=0, atol=1e-15)
+    tg = t.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(smooth_relu(tg, d).sum(), tg)
+    torch.testing.assert_close(g, smooth_relu_grad(t, d))
+    # C^1: the derivative is continuous at both kinks.
+    for kink in (0.0, d):
+        k = torch.tensor([kink - 1e-9, kink + 1e-9], dtype=torch.float64)
+        assert abs(float(smooth_relu_grad(k, d).diff())) < 1e-7
+
+
+@pytest.mark.parametrize("n,hidden", SIZES)
+def test_icnn_is_convex_with_nonnegative_z_weights(n, hidden):
+    g = ICNN(n, hidden, d=0.1).double()
+    assert all((U >= 0).all() for U in g.positive_weights())
+    a, b = torch.randn(2000, n, dtype=torch.float64) * 3, torch.randn(2000, n, dtype=torch.float64) * 3
+    lam = torch.rand(2000, 1, dtype=torch.float64)
+    lhs = g(lam * a + (1 - lam) * b)
+    rhs = lam.squeeze(-1) * g(a) + (1 - lam.squeeze(-1)) * g(b)
+    assert (lhs <= rhs + 1e-12).all()
+
+
+@pytest.mark.parametrize("n,hidden", SIZES)
+def test_icnn_analytic_gradient_matches_autograd_including_second_order(n, hidden):
+    g = ICNN(n, hidden).double()
+    with torch.no_grad():  # move the biases so that the quadratic region of sigma is exercised
+        for lin in g.W:
+            lin.bias.mul_(5.0)
+    x = torch.randn(64, n, dtype=torch.float64)
+    v1, g1 = g.forward_and_grad(x)
+    v2, g2 = g.forward_and_grad(x, method="autograd", create_graph=True)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(g1, g2)
+    # Training back-propagates through grad g: both paths give the same parameter gradients.
+    w = torch.randn(64, n, dtype=torch.float64)
+    p1 = torch.autograd.grad((g1 * w).sum(), list(g.parameters()), allow_unused=True)
+    p2 = torch.autograd.grad((g2 * w).sum(), list(g.parameters()), allow_unused=True)
+    for a, b in zip(p1, p2):
+        if a is None or b is None:
+            assert a is None and b is None or (a if a is not None else b).abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b)
+
+
+def test_icnn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="in_dim"):
+        ICNN(0)
+    with pytest.raises(ValueError, match="d must be"):
+        ICNN(2, (4,), d=0.0)
+    with pytest.raises(ValueError, match="method"):
+        ICNN(2).forward_and_grad(torch.zeros(1, 2), method="finite-differences")
+
+
+@pytest.mark.parametrize("warp", [None, "coupling"])
+@pytest.mark.parametrize("n,hidden", SIZES)
+def test_lyapunov_positive_definite_with_arbitrary_equilibrium(n, hidden, warp):
+    x_eq = torch.randn(n, dtype=torch.float64)
+    V = LyapunovFunction(n, hidden, eps=0.01, warp=warp, x_eq=x_eq).double()
+    x_eq = V.x_eq  # stored in the default dtype, then converted with the module
+    torch.testing.assert_close(x_eq, x_eq.float().double())
+    with torch.no_grad():
+        assert V(x_eq.unsqueeze(0)).shape == (1,)
+        assert float(V(x_eq.unsqueeze(0))) == 0.0
+        assert float(V.grad(x_eq.unsqueeze(0)).abs().max()) == 0.0
+    for radius in (1e-6, 1e-2, 1.0, 1e3):
+        dx = torch.randn(500, n, dtype=torch.float64)
+        dx = dx / dx.norm(dim=-1, keepdim=True) * radius
+        v = V(x_eq + dx)
+        assert v.shape == (500,)
+        assert (v > 0).all()
+        assert (v >= 0.01 * radius**2 * (1 - 1e-9)).all()  # V >= eps ||x - x_eq||^2
+
+
+def test_lyapunov_offset_is_recomputed_after_weights_change():
+    V = LyapunovFunction(3).double()
+    x0 = torch.zeros(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        for p in V.parameters():
+            p.add_(torch.randn_like(p))
+    # A g(x_eq) frozen at construction would now give V(x_eq) != 0 (and V < 0 nearby).
+    assert float(V(x0).detach()) == 0.0
+    assert (V(torch.randn(100, 3, dtype=torch.float64) * 1e-3) > 0).all()
+
+
+def test_lyapunov_without_warp_is_convex_and_bounded_by_c2():
+    V = LyapunovFunction(4).double()
+    a, b = torch.randn(1000, 4, dtype=torch.float64) * 2, torch.randn(1000, 4, dtype=torch.float64) * 2
+    assert (V(0.5 * (a + b)) <= 0.5 * (V(a) + V(b)) + 1e-12).all()
+    c2 = V.upper_constant()
+    x = torch.randn(5000, 4, dtype=torch.float64) * torch.logspace(-4, 4, 5000, dtype=torch.float64).unsqueeze(-1)
+    assert (V(x) <= c2 * (x * x).sum(-1) * (1 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("warp", [None, "coupling"])
+def test_lyapunov_batched_gradient_matches_autograd(warp):
+    V = LyapunovFunction(5, (20, 20), warp=warp).double()
+    if warp:
+        with torch.no_grad():
+            for p in V.warp.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(200, 5, dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(V(xg).sum(), xg)
+    torch.testing.assert_close(V.grad(x), ref)
+    v, g = V.forward_and_grad(x)
+    torch.testing.assert_close(v, V(x))
+
+
+def test_coupling_warp_is_invertible():
+    V = LyapunovFunction(5, warp="coupling").double()
+    with torch.no_grad():
+        for p in V.warp.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.randn(300, 5, dtype=torch.float64) * 3
+    y = V.warp(x)
+    assert not torch.allclose(y, x)
+    torch.testing.assert_close(V.warp.inverse(y), x)
+
+
+def test_lyapunov_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="eps"):
+        LyapunovFunction(2, eps=0.0)
+    with pytest.raises(ValueError, match="warp"):
+        LyapunovFunction(2, warp="mlp")
+    with pytest.raises(ValueError, match="x_eq"):
+        LyapunovFunction(2, x_eq=[0.0, float("nan")])
