@@ -52,6 +52,7 @@ class CEMPlanner(Planner):
         best_cost = torch.full((b,), float("inf"), device=self.device, dtype=self.dtype)
         for _ in range(self.iterations):
             noise = self.sample_noise((k, h, m))  # shared by all B states
+            noise[0] = 0  # sample 0 is the mean itself (the warm start on the first iteration)
             candidates = self.clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise)  # (B, K, H, m)
             cost = self.sequence_cost(x0, candidates)  # (B, K)
             elite_cost, elite_idx = torch.topk(cost, self.num_elites, dim=1, largest=False)

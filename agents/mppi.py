@@ -3,7 +3,7 @@
 Each iteration perturbs the warm-start sequence with Gaussian noise, rolls all candidates
 out through the world model and averages them with exponentiated-cost weights:
 
-    u^k = clip(mean + eps^k),            eps^k ~ N(0, diag(sigma^2))
+    u^k = clip(mean + eps^k),            eps^k ~ N(0, diag(sigma^2)),  eps^0 = 0
     w_k = exp(-(S_k - min_j S_j) / lambda) / sum_j exp(-(S_j - min_j S_j) / lambda)
     mean <- sum_k w_k u^k
 
@@ -40,6 +40,7 @@ class MPPIPlanner(Planner):
         k, h, m = self.num_samples, self.horizon, self.action_dim
         for _ in range(self.iterations):
             noise = self.sample_noise((k, h, m)) * self.noise_std  # shared by all B states
+            noise[0] = 0  # sample 0 is the warm start itself, so a good plan is never lost to noise
             candidates = self.clamp(mean.unsqueeze(1) + noise)  # (B, K, H, m)
             cost = self.sequence_cost(x0, candidates)  # (B, K)
             weights = torch.softmax(-cost / self.temperature, dim=1)  # softmax subtracts the max itself

@@ -43,6 +43,7 @@ __all__ = [
     "StateBank",
     "box_initial_states",
     "pendulum_reward_fn",
+    "pendulum_observation_fn",
     "pendulum_world_model_env",
 ]
 
@@ -400,36 +401,60 @@ def pendulum_reward_fn(task: str = "swingup", **weights: float) -> RewardFn:
     return reward_fn
 
 
+def pendulum_observation_fn(real_env: gym.Env) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``NLinkPendulumEnv`` observation of a batch of states, in torch: ``(B, 2n) -> (B, obs_dim)``.
+
+    ``"trig"``: ``(cos q, sin q, clip(qdot))``; ``"raw"``: ``(wrap(q), clip(qdot))`` -- the
+    env's ``_observe``, batched.
+    """
+    from lyagym.envs.rewards import wrap_angle
+
+    env = real_env.unwrapped
+    n, v, mode = int(env.n_links), float(env.max_velocity), getattr(env, "observation_mode", "trig")
+
+    def observe(x: torch.Tensor) -> torch.Tensor:
+        q, qdot = x[:, :n], x[:, n:].clamp(-v, v)
+        if mode == "trig":
+            return torch.cat([torch.cos(q), torch.sin(q), qdot], -1)
+        return torch.cat([wrap_angle(q), qdot], -1)
+
+    return observe
+
+
 def pendulum_world_model_env(model: WorldModel, real_env: gym.Env, *, num_envs: int | None = None,
                              initial_state_fn: InitialStateFn | None = None, **kwargs: Any):
     """An imagined copy of a real ``NLinkPendulumEnv``: same task reward, observations,
     torque limits and episode length, dynamics from ``model``.
 
     Args:
-        model: a controlled ``WorldModel`` over the pendulum state ``(q, qdot)``.
+        model: a controlled ``WorldModel`` over the pendulum state ``(q, qdot)`` whose
+            ``dt`` is the env's step.
         real_env: the ``NLinkPendulumEnv`` (or ``gym.make`` of it) to mirror.
         num_envs: ``None`` for a single ``WorldModelEnv``, else a ``WorldModelVectorEnv``.
-        initial_state_fn: default: the real env's own start distribution if it exposes
-            ``sample_initial_states``, else a small box around hanging down.
+        initial_state_fn: default: the real env's own starting-state box.
         kwargs: override any ``WorldModelVectorEnv`` argument.
     """
     env = real_env.unwrapped
-    n = int(model.state_dim)
-    task = getattr(env, "task", "swingup")
-    weights = {k: getattr(env, k) for k in ("angle_weight", "velocity_weight", "torque_weight") if hasattr(env, k)}
+    if int(model.state_dim) != int(env.state_dim) or int(model.action_dim) != int(env.action_dim):
+        raise ValueError(
+            f"model (state_dim={model.state_dim}, action_dim={model.action_dim}) does not match the env "
+            f"(state_dim={env.state_dim}, action_dim={env.action_dim})"
+        )
+    if abs(float(model.dt) - float(env.dt)) > 1e-12:
+        raise ValueError(f"model.dt={model.dt} differs from the env's step dt={env.dt}")
+    spec_steps = getattr(getattr(real_env, "spec", None), "max_episode_steps", None)
     options: dict[str, Any] = dict(
         action_low=env.action_space.low,
         action_high=env.action_space.high,
-        max_episode_steps=int(getattr(real_env.spec, "max_episode_steps", None) or getattr(env, "max_episode_steps", 200) or 200),
+        max_episode_steps=int(spec_steps or env.max_episode_steps or 200),
+        observation_fn=pendulum_observation_fn(real_env),
+        observation_space=env.observation_space,
+        state_bound=10.0 * float(env.max_velocity),
     )
-    obs_fn = getattr(env, "observation_from_state", None)
-    if obs_fn is not None:
-        options["observation_fn"] = obs_fn
-        options["observation_space"] = env.observation_space
     if initial_state_fn is None:
-        initial_state_fn = box_initial_states(np.full(n, -0.05), np.full(n, 0.05))
+        initial_state_fn = box_initial_states(env.init_low, env.init_high)
     options.update(kwargs)
-    reward_fn = pendulum_reward_fn(task, **weights)
+    reward_fn = pendulum_reward_fn(env.task, **env.weights)
     if num_envs is None:
         return WorldModelEnv(model, reward_fn, initial_state_fn, **options)
     return WorldModelVectorEnv(model, reward_fn, initial_state_fn, num_envs, **options)

@@ -1,0 +1,499 @@
+"""Model-based RL on the pendulum: a PETS-style MPC loop and a Dyna/MBPO-style loop.
+
+PETS (Chua et al. 2018), without the ensemble -- any ``WorldModel`` plays the model::
+
+    D <- episodes of random torques on the real env
+    repeat:
+        fit the world model to D                      (one-step loss through model.step)
+        run one real episode with MPC (CEM/MPPI/...) planning on the world model
+        D <- D + that episode
+
+Dyna / MBPO (Sutton 1991; Janner et al. 2019) with Stable-Baselines3 SAC::
+
+    D <- random episodes;  fit the world model
+    repeat:
+        SAC learns on short imagined rollouts branched from real states of D
+            (a batched ``WorldModelVectorEnv`` whose episodes start at states of D)
+        run one real episode with SAC's policy;  D <- D + episode;  refit the model
+
+Both loops log one CSV row per real episode (return, real steps so far, final angle error,
+model validation loss, wall time), save a checkpoint of the model and the data after every
+episode (``resume=True`` continues from it), seed everything, and show progress bars.
+
+States fed to models are the env's physical state with angles wrapped to ``[-pi, pi)``
+(``wrap_state``): a learned model never sees angles beyond one turn it was not trained on,
+and a transition is stored as ``(wrap(x), u, wrap(x) + (x' - x))`` so it never jumps by 2 pi.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .planners import make_planner
+
+__all__ = [
+    "MBRLConfig",
+    "WORLD_MODELS",
+    "make_world_model",
+    "make_pendulum_env",
+    "true_physics_model",
+    "mpc_episode",
+    "TransitionBuffer",
+    "MPCController",
+    "wrap_state",
+    "collect_episode",
+    "fit_transitions",
+    "angle_error",
+    "run_pets",
+    "run_dyna",
+    "write_csv",
+]
+
+
+@dataclass
+class MBRLConfig:
+    """Hyper-parameters of both loops (defaults: n = 1 swing-up at ``dt = 0.05``)."""
+
+    episodes: int = 5  #: real episodes after the random ones
+    random_episodes: int = 1  #: episodes of uniform random torques to start the data
+    episode_steps: int = 200  #: real env steps per episode
+    seed: int = 0
+    # world-model fitting (one-step loss through model.step)
+    fit_epochs: int = 60
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    patience: int = 15
+    # PETS planner
+    planner: str = "mppi"
+    horizon: int = 30
+    num_samples: int = 500
+    iterations: int = 2
+    noise_std: float | None = None  #: default: a quarter of the torque range
+    temperature: float = 0.5
+    # Dyna / MBPO
+    imagined_envs: int = 128  #: parallel imagined rollouts
+    imagined_horizon: int = 20  #: steps of each rollout branched from a real state
+    imagined_steps: int = 3000  #: SAC env steps (per imagined env batch) per real episode
+    sac_gradient_steps: int = 1
+    sac_batch_size: int = 256
+
+
+def wrap_state(x, n_links: int):
+    """Wrap the ``n_links`` angles of ``x: (..., 2 n)`` to ``[-pi, pi)``; numpy or torch."""
+    from lyagym.envs.rewards import wrap_angle
+
+    if isinstance(x, torch.Tensor):
+        return torch.cat([wrap_angle(x[..., :n_links]), x[..., n_links:]], -1)
+    return np.concatenate([wrap_angle(x[..., :n_links]), x[..., n_links:]], -1)
+
+
+def angle_error(x: np.ndarray, n_links: int, target: float) -> np.ndarray:
+    """``max_i |wrap(q_i - target)|`` of states ``(..., 2 n)`` -> ``(...)``."""
+    from lyagym.envs.rewards import wrap_angle
+
+    return np.abs(wrap_angle(np.asarray(x)[..., :n_links] - target)).max(-1)
+
+
+def make_pendulum_env(n_links: int, *, task: str = "swingup", dt: float = 0.05, max_torque: float = 5.0,
+                      episode_steps: int = 200, render_mode: str | None = None, **env_kwargs: Any) -> gym.Env:
+    """The real env of the MBRL/MPC experiments: ``lyagym/NLinkPendulum-v0`` with a control
+    step ``dt`` (physics integrated at 0.01 s substeps), ``trig`` observations, truncated
+    after ``episode_steps``."""
+    import lyagym.envs  # noqa: F401  (registers the env id)
+
+    substeps = max(1, int(round(dt / 0.01)))
+    return gym.make("lyagym/NLinkPendulum-v0", n_links=n_links, task=task, dt=dt, substeps=substeps, max_torque=max_torque,
+                    max_episode_steps=episode_steps, render_mode=render_mode, **env_kwargs)
+
+
+def true_physics_model(env: gym.Env, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """``PendulumDynamics`` with the env's physical parameters, one RK4 step per env step:
+    the "perfect world model" an MPC planner can use."""
+    from lyagym.envs import PendulumDynamics
+
+    dyn = env.unwrapped.dynamics
+    params = {k: getattr(dyn, k) for k in ("masses", "lengths", "gravity", "damping", "damping_mode", "actuated") if hasattr(dyn, k)}
+    for k in ("masses", "lengths", "actuated"):
+        if k in params and params[k] is not None:
+            params[k] = [v.item() if hasattr(v, "item") else v for v in np.asarray(params[k]).ravel()]
+    model = PendulumDynamics(n_links=int(env.unwrapped.n_links), dt=float(env.unwrapped.dt), **params)
+    return model.to(device, dtype)
+
+
+#: world-model kinds for the pendulum experiments: name -> factory(state_dim, action_dim, dt, **kw)
+WORLD_MODELS: dict[str, Callable[..., Any]] = {}
+
+
+def _register_world_models() -> None:
+    from lyagym.learned_models import SimpleDynamics, StableControlledDynamics
+
+    WORLD_MODELS["simple"] = lambda n, m, dt, **kw: SimpleDynamics(n, m, dt=dt, **kw)
+    # Certified towards hanging at rest (x_eq = 0) without input, ISS with input.
+    WORLD_MODELS["stable"] = lambda n, m, dt, **kw: StableControlledDynamics(n, m, dt=dt, **kw)
+
+
+def make_world_model(kind: str, state_dim: int, action_dim: int, dt: float, *, seed: int = 0,
+                     device: str | torch.device = "cpu", **kwargs: Any):
+    """A fresh controlled world model ``kind`` (``"simple"`` or ``"stable"``), seeded, on ``device``."""
+    if not WORLD_MODELS:
+        _register_world_models()
+    if kind not in WORLD_MODELS:
+        raise ValueError(f"unknown world model {kind!r}; choose one of {sorted(WORLD_MODELS)}")
+    torch.manual_seed(seed)
+    return WORLD_MODELS[kind](state_dim, action_dim, dt, **kwargs).to(device)
+
+
+class TransitionBuffer:
+    """Real transitions ``(x, u, x')`` (``x`` angle-wrapped, see the module docstring)."""
+
+    def __init__(self, state_dim: int, action_dim: int) -> None:
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+        self.states = np.empty((0, self.state_dim))
+        self.actions = np.empty((0, self.action_dim))
+        self.next_states = np.empty((0, self.state_dim))
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def add_trajectory(self, states: np.ndarray, actions: np.ndarray) -> None:
+        """``states: (T + 1, n)`` physical states, ``actions: (T, m)`` applied (clipped) torques."""
+        states, actions = np.asarray(states, np.float64), np.asarray(actions, np.float64)
+        if states.ndim != 2 or states.shape[1] != self.state_dim or actions.shape != (len(states) - 1, self.action_dim):
+            raise ValueError(f"expected states (T+1, {self.state_dim}) and actions (T, {self.action_dim}), got {states.shape} and {actions.shape}")
+        n = self.state_dim // 2
+        x = wrap_state(states[:-1], n)
+        x_next = x + (states[1:] - states[:-1])
+        self.states = np.concatenate([self.states, x])
+        self.actions = np.concatenate([self.actions, actions])
+        self.next_states = np.concatenate([self.next_states, x_next])
+
+    def tensors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(torch.as_tensor(a, device=device, dtype=dtype) for a in (self.states, self.actions, self.next_states))  # type: ignore[return-value]
+
+    def save(self, path: str) -> None:
+        _atomic(path, lambda f: np.savez(f, states=self.states, actions=self.actions, next_states=self.next_states))
+
+    @classmethod
+    def load(cls, path: str) -> "TransitionBuffer":
+        try:
+            with np.load(path) as data:
+                buf = cls(data["states"].shape[1], data["actions"].shape[1])
+                buf.states, buf.actions, buf.next_states = data["states"], data["actions"], data["next_states"]
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"corrupt or incomplete transition buffer {path!r}: {e}") from None
+        return buf
+
+
+def _atomic(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts with the same keys) as CSV, atomically."""
+    if not rows:
+        return
+    fields = list(rows[0])
+    for row in rows[1:]:
+        fields += [k for k in row if k not in fields]
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+    _atomic(path, write, mode="w")
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(v: str):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    except (TypeError, ValueError):
+        return v
+
+
+# ---------------------------------------------------------------------- acting
+class MPCController:
+    """Receding-horizon control of a real pendulum env with a planner on a world model.
+
+    ``controller(state)`` takes the env's physical state ``(2 n,)`` (numpy), wraps its
+    angles, plans, and returns the first action as numpy ``(m,)``.
+    """
+
+    def __init__(self, planner, n_links: int) -> None:
+        self.planner = planner
+        self.n_links = int(n_links)
+
+    def reset(self) -> None:
+        self.planner.reset()
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        x = wrap_state(np.asarray(state, dtype=np.float64), self.n_links)
+        return self.planner.plan(x).detach().cpu().numpy().astype(np.float32)
+
+
+def mpc_episode(env: gym.Env, model, *, planner: str = "mppi", cost=None, horizon: int = 30, num_samples: int = 500,
+                iterations: int = 2, steps: int = 200, seed: int = 0, frames: bool = False, progress: bool = True,
+                **planner_kwargs: Any) -> dict[str, Any]:
+    """One real episode of MPC with ``planner`` on ``model`` (see ``collect_episode`` for the
+    result; adds ``plans_per_s``). ``cost`` defaults to the env's own task cost."""
+    from .costs import PendulumCost
+
+    base = env.unwrapped
+    n = int(base.n_links)
+    cost = cost or PendulumCost(n, base.task, action_dim=base.action_dim, **base.weights)
+    plan = make_planner(planner, model, cost, horizon=horizon, num_samples=num_samples, iterations=iterations,
+                        action_low=base.action_space.low, action_high=base.action_space.high, seed=seed, **planner_kwargs)
+    controller = MPCController(plan, n)
+    t0 = time.perf_counter()
+    ep = collect_episode(env, lambda s, o: controller(s), steps=steps, seed=seed, frames=frames, progress=progress,
+                         desc=f"MPC ({planner})")
+    ep["plans_per_s"] = len(ep["actions"]) / max(1e-9, time.perf_counter() - t0)
+    return ep
+
+
+def collect_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, *, steps: int,
+                    seed: int | None = None, frames: bool = False, progress: bool = False,
+                    desc: str = "episode") -> dict[str, Any]:
+    """Run one episode of ``steps`` on the real ``env``.
+
+    Args:
+        env: an ``NLinkPendulumEnv`` (possibly wrapped).
+        act: ``act(state, obs) -> action``; ``None`` for uniform random torques (seeded by
+            the env's action space).
+        steps: episode length (the env's own time limit may end it earlier).
+        seed: passed to ``env.reset``.
+        frames: also return rendered frames (needs ``render_mode="rgb_array"``).
+        progress: show a step progress bar.
+
+    Returns:
+        dict with ``states (T+1, 2n)``, ``actions (T, m)`` (clipped as applied),
+        ``rewards (T,)``, ``return``, ``frames``.
+    """
+    base = env.unwrapped
+    obs, _ = env.reset(seed=seed)
+    if seed is not None:
+        env.action_space.seed(seed)
+    states, actions, rewards, images = [base.state], [], [], []
+    if frames:
+        images.append(env.render())
+    low, high = env.action_space.low, env.action_space.high
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        a = env.action_space.sample() if act is None else np.asarray(act(states[-1], obs), dtype=np.float32)
+        obs, r, terminated, truncated, _ = env.step(a)
+        states.append(base.state)
+        actions.append(np.clip(a, low, high))
+        rewards.append(r)
+        if frames:
+            images.append(env.render())
+        if terminated or truncated:
+            break
+    return {
+        "states": np.asarray(states),
+        "actions": np.asarray(actions, dtype=np.float64).reshape(len(actions), -1),
+        "rewards": np.asarray(rewards),
+        "return": float(np.sum(rewards)),
+        "frames": images,
+    }
+
+
+# ---------------------------------------------------------------------- fitting
+def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs: int = 60, batch_size: int = 256,
+                    lr: float = 1e-3, val_fraction: float = 0.1, patience: int = 15, seed: int = 0,
+                    progress: bool = True) -> dict[str, Any]:
+    """Fit a controlled world model to real transitions with ``lyagym.learned_models.fit``:
+    each transition is a one-step trajectory, so the loss is ``||model.step(x, u) - x'||^2``
+    through the model's own integrator at the env's ``dt`` (no finite differences).
+    Returns ``fit``'s history (validation split, early stopping, best weights restored).
+    """
+    from lyagym.learned_models import fit
+
+    if len(buffer) < 2:
+        raise ValueError(f"need at least 2 transitions to fit, got {len(buffer)}")
+    x, u, y = buffer.tensors(model.device, model.dtype)
+    states = torch.stack([x, y], dim=1)  # (N, 2, n)
+    return fit(model, (states, u.unsqueeze(1)), epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+               patience=patience, seed=seed, progress=progress)
+
+
+# ---------------------------------------------------------------------- loops
+def _episode_row(method: str, seed: int, episode: int, real_steps: int, ep: dict, task_target: float | None,
+                 n_links: int, fit_loss: float | None, t0: float) -> dict[str, Any]:
+    states = ep["states"]
+    tail = states[-max(1, len(states) // 5):]
+    row = {"method": method, "seed": seed, "episode": episode, "real_steps": real_steps, "return": ep["return"]}
+    if task_target is not None:
+        row["final_angle_error"] = float(angle_error(states[-1], n_links, task_target))
+        row["hold_angle_error"] = float(angle_error(tail, n_links, task_target).max())
+    row["model_val_loss"] = float("nan") if fit_loss is None else fit_loss
+    row["wall_s"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _resume(out_dir: str | None, model, resume: bool):
+    """Load ``(rows, buffer)`` from ``out_dir`` when resuming, else ``([], None)``."""
+    if not (resume and out_dir and os.path.exists(os.path.join(out_dir, "episodes.csv"))):
+        return [], None
+    state = torch.load(os.path.join(out_dir, "model_weights.pt"), map_location=model.device, weights_only=True)
+    model.load_state_dict(state)
+    return read_csv(os.path.join(out_dir, "episodes.csv")), TransitionBuffer.load(os.path.join(out_dir, "buffer.npz"))
+
+
+def _checkpoint(out_dir: str | None, model, buffer: TransitionBuffer, rows: list[dict]) -> None:
+    if not out_dir:
+        return
+    _atomic(os.path.join(out_dir, "model_weights.pt"), lambda f: torch.save(model.state_dict(), f))
+    buffer.save(os.path.join(out_dir, "buffer.npz"))
+    write_csv(os.path.join(out_dir, "episodes.csv"), rows)
+
+
+def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, out_dir: str | None = None,
+             method: str = "pets", resume: bool = False, progress: bool = True,
+             on_episode: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """PETS-style loop (module docstring) on a real pendulum ``env`` with ``model``.
+
+    Args:
+        env: real ``NLinkPendulumEnv`` (its ``dt`` must equal ``model.dt``).
+        model: a controlled ``WorldModel`` (``nn.Module``) over the wrapped state; trained in place.
+        cost: planning cost, e.g. ``PendulumCost(n_links, env.task)``.
+        config: ``MBRLConfig``.
+        out_dir: where ``episodes.csv``, ``model_weights.pt`` and ``buffer.npz`` go
+            (after every episode); ``None`` writes nothing.
+        method: label of the CSV rows.
+        resume: continue from ``out_dir``'s checkpoint when present.
+
+    Returns:
+        the per-episode rows (also in ``episodes.csv``).
+    """
+    base = env.unwrapped
+    n = int(base.n_links)
+    target = _task_target(base)
+    if abs(float(model.dt) - float(base.dt)) > 1e-12:
+        raise ValueError(f"model.dt={model.dt} must equal the env's step dt={base.dt}")
+    torch.manual_seed(config.seed)
+    rows, buffer = _resume(out_dir, model, resume)
+    buffer = buffer or TransitionBuffer(base.state_dim, base.action_dim)
+    real_steps = int(rows[-1]["real_steps"]) if rows else 0
+    t0 = time.perf_counter()
+    total = config.random_episodes + config.episodes
+    fit_loss = None
+    bar = tqdm(range(len(rows), total), desc=f"{method} episodes", disable=not progress, initial=len(rows), total=total)
+    for episode in bar:
+        ep_seed = config.seed * 10_000 + episode
+        if episode < config.random_episodes:
+            ep = collect_episode(env, None, steps=config.episode_steps, seed=ep_seed)
+        else:
+            if episode == config.random_episodes or fit_loss is None:
+                fit_loss = _fit(model, buffer, config, progress)
+            planner = make_planner(
+                config.planner, model, cost, horizon=config.horizon, num_samples=config.num_samples,
+                iterations=config.iterations, action_low=base.action_space.low, action_high=base.action_space.high,
+                noise_std=config.noise_std, seed=ep_seed, **({"temperature": config.temperature} if config.planner == "mppi" else {}),
+            )
+            controller = MPCController(planner, n)
+            ep = collect_episode(env, lambda s, o: controller(s), steps=config.episode_steps, seed=ep_seed)
+        buffer.add_trajectory(ep["states"], ep["actions"])
+        real_steps += len(ep["actions"])
+        row = _episode_row(method, config.seed, episode, real_steps, ep, target, n, fit_loss, t0)
+        rows.append(row)
+        if episode >= config.random_episodes - 1 and episode < total - 1:
+            fit_loss = _fit(model, buffer, config, progress)
+        _checkpoint(out_dir, model, buffer, rows)
+        bar.set_postfix(ret=f"{row['return']:.1f}", err=f"{row.get('final_angle_error', float('nan')):.2f}")
+        if on_episode is not None:
+            on_episode(row)
+    return rows
+
+
+def _task_target(base) -> float | None:
+    from lyagym.envs.rewards import TASK_TARGETS
+
+    return TASK_TARGETS.get(getattr(base, "task", "swingup"))
+
+
+def _fit(model, buffer: TransitionBuffer, config: MBRLConfig, progress: bool) -> float:
+    history = fit_transitions(model, buffer, epochs=config.fit_epochs, batch_size=config.batch_size, lr=config.lr,
+                              val_fraction=config.val_fraction, patience=config.patience, seed=config.seed, progress=progress)
+    losses = history["val_loss"] or history["train_loss"]
+    return float(min(losses))
+
+
+def run_dyna(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, out_dir: str | None = None,
+             method: str = "dyna-sac", progress: bool = True, device: str = "cpu",
+             on_episode: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Dyna/MBPO-style loop (module docstring): SB3 SAC trained only on imagined rollouts
+    of ``model`` branched from real states, acting on the real ``env``.
+
+    Returns the per-episode rows; writes ``episodes.csv``, ``model_weights.pt``,
+    ``buffer.npz`` and ``sac.zip`` to ``out_dir`` after every episode when given.
+    """
+    from stable_baselines3 import SAC
+
+    from .world_model_env import SB3WorldModelVecEnv, StateBank, pendulum_world_model_env
+
+    base = env.unwrapped
+    n = int(base.n_links)
+    target = _task_target(base)
+    torch.manual_seed(config.seed)
+    buffer = TransitionBuffer(base.state_dim, base.action_dim)
+    bank = StateBank(base.state_dim, device=model.device, dtype=model.dtype)
+    imagined = pendulum_world_model_env(model, env, num_envs=config.imagined_envs, initial_state_fn=bank,
+                                        max_episode_steps=config.imagined_horizon)
+    sac = SAC("MlpPolicy", SB3WorldModelVecEnv(imagined), seed=config.seed, device=device, batch_size=config.sac_batch_size,
+              gradient_steps=config.sac_gradient_steps, learning_starts=config.imagined_envs * 2, verbose=0)
+    rows: list[dict[str, Any]] = []
+    real_steps, fit_loss, t0 = 0, None, time.perf_counter()
+    total = config.random_episodes + config.episodes
+    for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
+        ep_seed = config.seed * 10_000 + episode
+        if episode < config.random_episodes:
+            ep = collect_episode(env, None, steps=config.episode_steps, seed=ep_seed)
+        else:
+            sac.learn(total_timesteps=config.imagined_steps * config.imagined_envs, reset_num_timesteps=False)
+            ep = collect_episode(env, lambda s, o: sac.predict(o, deterministic=False)[0], steps=config.episode_steps, seed=ep_seed)
+        buffer.add_trajectory(ep["states"], ep["actions"])
+        bank.add(buffer.states[-len(ep["actions"]):])
+        real_steps += len(ep["actions"])
+        fit_loss = _fit(model, buffer, config, progress)
+        rows.append(_episode_row(method, config.seed, episode, real_steps, ep, target, n, fit_loss, t0))
+        _checkpoint(out_dir, model, buffer, rows)
+        if out_dir:
+            sac.save(os.path.join(out_dir, "sac.zip"))
+        if on_episode is not None:
+            on_episode(rows[-1])
+    return rows
+
+
+def config_from_args(args, **overrides) -> MBRLConfig:
+    """An ``MBRLConfig`` from argparse ``args`` attributes with the same names."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(MBRLConfig) if getattr(args, f.name, None) is not None}
+    values.update(overrides)
+    return MBRLConfig(**values)
