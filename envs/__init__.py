@@ -7,6 +7,24 @@ from .datasets import DerivativeData, sample_derivative_dataset, trajectory_data
 from .dynamics import PendulumDynamics
 
 # --- pendulum environments and registration (issue 2) ---
+from .n_link_pendulum import NLinkPendulumEnv
+from .vector_env import NLinkPendulumVectorEnv
+
+
+def _register_pendulum() -> None:
+    from gymnasium.envs.registration import register, registry
+
+    # A reload (or a second import path) must not register the id twice.
+    if "lyagym/NLinkPendulum-v0" not in registry:
+        register(
+            id="lyagym/NLinkPendulum-v0",
+            entry_point="lyagym.envs.n_link_pendulum:NLinkPendulumEnv",
+            vector_entry_point="lyagym.envs.vector_env:NLinkPendulumVectorEnv",
+            max_episode_steps=500,
+        )
+
+
+_register_pendulum()
 
 # --- video texture (issue 6) ---
 from .video_texture import VideoTextureEnv, VideoTextureVectorEnv
