@@ -52,6 +52,11 @@ class DataControlledMLP(nn.Module):
         time_dependent: feed ``t`` to the network (eq. 2); ``False`` gives autonomous dynamics.
         zero_init: zero the last layer so the initial dynamics are the constant zero
             function, as appendix B does.
+        max_speed: if given, ``f = max_speed * tanh(MLP / max_speed)``, so
+            ``|f_i| < max_speed`` and every path from ``eta(0) = 0`` stays in the cube
+            ``[-max_speed, max_speed]^k`` for ``t in [0, 1]``. With the cube as the Monte
+            Carlo state box (appendix B), training then covers every state inference
+            can visit; unbounded dynamics learn to leave the box, where they are untrained.
     """
 
     def __init__(
@@ -64,8 +69,12 @@ class DataControlledMLP(nn.Module):
         activation: str = "silu",
         time_dependent: bool = True,
         zero_init: bool = True,
+        max_speed: float | None = None,
     ) -> None:
         super().__init__()
+        if max_speed is not None and not (isinstance(max_speed, (int, float)) and math.isfinite(max_speed) and max_speed > 0):
+            raise ValueError(f"max_speed must be a finite number > 0 or None, got {max_speed!r}")
+        self.max_speed = None if max_speed is None else float(max_speed)
         for name, value in (("hidden_dim", hidden_dim), ("input_dim", input_dim), ("width", width), ("depth", depth)):
             if not isinstance(value, int) or value < (0 if name == "input_dim" else 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -90,7 +99,8 @@ class DataControlledMLP(nn.Module):
         if self.time_dependent:
             t = torch.as_tensor(t, dtype=eta.dtype, device=eta.device)
             parts.append(t.expand(eta.shape[0]).unsqueeze(-1) if t.ndim == 0 else t.reshape(-1, 1))
-        return self.net(torch.cat(parts, dim=-1))
+        out = self.net(torch.cat(parts, dim=-1))
+        return out if self.max_speed is None else self.max_speed * torch.tanh(out / self.max_speed)
 
 
 def _grid_through(step_size: float) -> Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -259,3 +269,25 @@ class NeuralODE(nn.Module):
         return self.readout(self.trajectory(x, t, **solver)[-1])
 
     predict = forward
+
+    @classmethod
+    def mlp(
+        cls,
+        input_dim: int,
+        output_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        activation: str = "silu",
+        zero_init: bool = True,
+        time_dependent: bool = True,
+        max_speed: float | None = None,
+        **solver: object,
+    ) -> "NeuralODE":
+        """The paper's setting: ``k = m`` hidden dimensions, identity readout, ``eta(0) = 0``,
+        and ``f_theta = DataControlledMLP``. ``solver`` sets ``method``, ``step_size``, ``rtol``, ``atol``."""
+        dynamics = DataControlledMLP(
+            output_dim, input_dim, width, depth, activation=activation, zero_init=zero_init, time_dependent=time_dependent,
+            max_speed=max_speed,
+        )
+        return cls(dynamics, output_dim, **solver)

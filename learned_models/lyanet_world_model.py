@@ -1,0 +1,334 @@
+"""A world model whose every prediction is a LyaNet inference (Rodriguez et al. 2022).
+
+``LyaNetWorldModel`` regresses the next state (or the state derivative) of a system from
+``(state, action)``. Each prediction solves the inference ODE of ``neural_ode.py``
+
+    eta(0) = 0,   deta/dt = f_theta(eta, [x, u], t),   y_hat = eta(t_exit)
+
+in normalised target units, trained with the Lyapunov loss on the regression potential
+``V_y(eta) = ||eta - y||^2`` (eq. 11-12) so that ``V_y(eta(t)) <= V_y(0) exp(-kappa t)``: the
+inference converges exponentially to its prediction, and a planner may stop it early
+(``early_exit_t < 1``) for a cheaper, slightly less accurate step.
+
+The guarantee is about *inference* (the ODE inside one prediction), not about the
+stability of the predicted state dynamics. It is measured, never proven:
+``certificate()`` reports the convergence rate observed on held-out inputs and the
+Theorem-3 radius (with a sampled Lipschitz estimate), with evidence ``"empirical"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from .certificate import Certificate, weights_hash
+from .lyanet import FitHistory, convergence_rates, fit, lipschitz_estimate, regression_box, robustness_radius
+from .lyapunov_loss import _check_kappa
+from .neural_ode import NeuralODE
+from .world_model import rollout as _rollout
+
+__all__ = ["LyaNetWorldModel"]
+
+_TARGETS = ("next_state", "derivative")
+_INTEGRATORS = ("euler", "rk4")
+
+
+class LyaNetWorldModel(nn.Module):
+    """``x_{k+1} = step(x_k, u_k)`` predicted by a LyaNet inference ODE; a ``WorldModel``.
+
+    Args:
+        state_dim: dimension of the state ``x`` (>= 1).
+        action_dim: dimension of the action ``u`` (0 for an autonomous system).
+        dt: time step of ``step`` (seconds, > 0).
+        target: ``"next_state"`` (learn ``(x_{k+1} - x_k) / dt``, a residual, from transition
+            data) or ``"derivative"`` (learn ``xdot = g(x, u)`` and integrate it over ``dt``
+            with ``integrator``).
+        integrator: ``"euler"`` or ``"rk4"`` (derivative target only; ``u`` held constant).
+        width, depth: the MLP of the inference dynamics ``f_theta``.
+        kappa: convergence rate of the Lyapunov loss (> 0).
+        method, step_size: fixed-step torchdiffeq solver of the inference ODE.
+        early_exit_t: inference time ``t in (0, 1]`` used by ``step``; ``< 1`` is early
+            termination (fewer solver steps).
+        dtype, device: of the parameters.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int = 0,
+        *,
+        dt: float = 0.01,
+        target: str = "next_state",
+        integrator: str = "rk4",
+        width: int = 128,
+        depth: int = 2,
+        kappa: float = 4.0,
+        method: str = "rk4",
+        step_size: float = 0.25,
+        early_exit_t: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(state_dim, int) or state_dim < 1:
+            raise ValueError(f"state_dim must be a positive int, got {state_dim!r}")
+        if not isinstance(action_dim, int) or action_dim < 0:
+            raise ValueError(f"action_dim must be an int >= 0, got {action_dim!r}")
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+        if target not in _TARGETS:
+            raise ValueError(f"target must be one of {_TARGETS}, got {target!r}")
+        if integrator not in _INTEGRATORS:
+            raise ValueError(f"integrator must be one of {_INTEGRATORS}, got {integrator!r}")
+        self.state_dim, self.action_dim, self.dt = state_dim, action_dim, float(dt)
+        self.target, self.integrator = target, integrator
+        self.kappa = _check_kappa(kappa)
+        self.early_exit_t = self._check_t(early_exit_t)
+        self.config = dict(
+            state_dim=state_dim, action_dim=action_dim, dt=float(dt), target=target, integrator=integrator, width=width,
+            depth=depth, kappa=float(kappa), method=method, step_size=float(step_size), early_exit_t=float(early_exit_t),
+        )
+        in_dim = state_dim + action_dim
+        self.ode = NeuralODE.mlp(in_dim, state_dim, width=width, depth=depth, method=method, step_size=step_size)
+        # Normalisation of inputs and targets, set by ``fit`` from the training data.
+        self.register_buffer("in_mean", torch.zeros(in_dim))
+        self.register_buffer("in_std", torch.ones(in_dim))
+        self.register_buffer("out_mean", torch.zeros(state_dim))
+        self.register_buffer("out_std", torch.ones(state_dim))
+        self.half_width: float | None = None
+        self.history: FitHistory | None = None
+        self._heldout: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.to(device=device, dtype=dtype)
+
+    @staticmethod
+    def _check_t(t: float) -> float:
+        if not (isinstance(t, (int, float)) and 0.0 < float(t) <= 1.0):
+            raise ValueError(f"early_exit_t must be in (0, 1], got {t!r}")
+        return float(t)
+
+    @property
+    def device(self) -> torch.device:
+        return self.in_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.in_mean.dtype
+
+    # ---- prediction -------------------------------------------------------------------
+
+    def _inputs(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.state_dim:
+            raise ValueError(f"x must have shape (batch, state_dim={self.state_dim}), got {tuple(x.shape)}")
+        if self.action_dim == 0:
+            if u is not None and u.numel() != 0:
+                raise ValueError(f"this model is autonomous (action_dim=0); got u of shape {tuple(u.shape)}")
+            z = x
+        else:
+            if u is None or u.shape != (x.shape[0], self.action_dim):
+                raise ValueError(
+                    f"u must have shape (batch={x.shape[0]}, action_dim={self.action_dim}), got {None if u is None else tuple(u.shape)}"
+                )
+            z = torch.cat([x, u], dim=-1)
+        return (z - self.in_mean) / self.in_std
+
+    def predict(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
+        """The learned target at ``(x, u)``, ``(batch, state_dim)``: ``(x_{k+1} - x_k) / dt``
+        or ``xdot``. ``t`` overrides ``early_exit_t`` (inference stopped at time ``t``)."""
+        t = self.early_exit_t if t is None else self._check_t(t)
+        z = self._inputs(x, u)
+        return self.ode(z, t) * self.out_std + self.out_mean
+
+    def step(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
+        """State one ``dt`` later, ``(batch, state_dim)``; differentiable in ``x`` and ``u``."""
+        if self.target == "next_state":
+            return x + self.dt * self.predict(x, u, t=t)
+        g = lambda s: self.predict(s, u, t=t)  # noqa: E731 -- u is held over the step
+        if self.integrator == "euler":
+            return x + self.dt * g(x)
+        h = self.dt
+        k1 = g(x)
+        k2 = g(x + 0.5 * h * k1)
+        k3 = g(x + 0.5 * h * k2)
+        k4 = g(x + h * k3)
+        return x + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
+        """``(batch, horizon + 1, state_dim)`` states from ``x0`` under ``actions``."""
+        return _rollout(self, x0, actions)
+
+    forward = step
+
+    # ---- training ---------------------------------------------------------------------
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        u: torch.Tensor | None,
+        target: torch.Tensor,
+        *,
+        method: str = "monte_carlo",
+        epochs: int = 50,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        n_samples: int = 16,
+        sampler: str = "hypercube",
+        heldout_fraction: float = 0.1,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> FitHistory:
+        """Fit from transitions.
+
+        Args:
+            x: ``(n, state_dim)`` states; u: ``(n, action_dim)`` actions (``None`` if autonomous).
+            target: ``(n, state_dim)``: the next states ``x_{k+1}`` for ``target="next_state"``,
+                the derivatives ``xdot`` for ``target="derivative"``.
+            method: ``"monte_carlo"`` (Alg. 1), ``"path_integral"`` (Alg. 2), or the
+                baselines ``"backprop"`` / ``"adjoint"`` (plain regression through the solver).
+            heldout_fraction: share of the data kept out of training, used by
+                ``certificate()`` to measure convergence on unseen inputs.
+        """
+        if not isinstance(target, torch.Tensor) or target.ndim != 2 or target.shape[1] != self.state_dim or target.shape[0] != x.shape[0]:
+            raise ValueError(f"target must have shape (n={x.shape[0]}, state_dim={self.state_dim}), got {getattr(target, 'shape', type(target))}")
+        if x.shape[0] < 2:
+            raise ValueError(f"need at least 2 transitions to fit, got {x.shape[0]}")
+        if not (0.0 <= heldout_fraction < 1.0):
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
+        x, target = x.to(self.device, self.dtype), target.to(self.device, self.dtype)
+        u = None if u is None else u.to(self.device, self.dtype)
+        raw_in = x if self.action_dim == 0 else torch.cat([x, self._check_u(u, x)], dim=-1)
+        if not bool(torch.isfinite(raw_in).all()) or not bool(torch.isfinite(target).all()):
+            raise ValueError("x/u/target contain NaN or inf")
+        y = (target - x) / self.dt if self.target == "next_state" else target
+        with torch.no_grad():
+            self.in_mean.copy_(raw_in.mean(0))
+            self.in_std.copy_(raw_in.std(0).clamp_min(1e-6))
+            self.out_mean.copy_(y.mean(0))
+            self.out_std.copy_(y.std(0).clamp_min(1e-6))
+        z = (raw_in - self.in_mean) / self.in_std
+        yn = (y - self.out_mean) / self.out_std
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(x.shape[0], generator=gen).to(self.device)
+        n_held = int(round(heldout_fraction * x.shape[0]))
+        held, train = order[:n_held], order[n_held:]
+        self._heldout = (z[held], yn[held]) if n_held > 0 else None
+        self.half_width = regression_box(yn[train])
+        self.history = fit(
+            self.ode, z[train], yn[train], method=method, potential="squared_error", kappa=self.kappa,
+            half_width=self.half_width, sampler=sampler, n_samples=n_samples, epochs=epochs, batch_size=batch_size,
+            lr=lr, seed=seed, progress=progress,
+        )
+        return self.history
+
+    def _check_u(self, u: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        if u is None or u.shape != (x.shape[0], self.action_dim):
+            raise ValueError(f"u must have shape (n={x.shape[0]}, action_dim={self.action_dim}), got {None if u is None else tuple(u.shape)}")
+        return u
+
+    # ---- certificate ------------------------------------------------------------------
+
+    def certificate(self, *, tolerance: float = 0.05, n_steps: int = 20, n_lipschitz_samples: int = 2048) -> Certificate:
+        """An ``empirical`` certificate of ``lyapunov_convergence`` of the inference ODE.
+
+        Measured on the held-out transitions of ``fit``:
+
+        - ``alpha``: the 5th percentile of the per-input convergence rate
+          ``min_j -log(V(t_j) / V(0)) / t_j`` (eq. 14), so 95% of held-out inferences
+          converged at least this fast; ``details`` has the median and the share reaching
+          the trained ``kappa``.
+        - Theorem 3 adapted to regression: with ``delta = max(V(1), exp(-kappa) V(0))`` and a
+          sampled Lipschitz estimate ``L`` of ``dV/dt`` in the (normalised) input, an input
+          perturbation of l2 norm ``<= (tolerance - delta) kappa / (L (1 - exp(-kappa)))``
+          keeps the final squared error (normalised units) below ``tolerance``.
+        """
+        if self._heldout is None:
+            raise RuntimeError("certificate() needs held-out data: call fit(..., heldout_fraction > 0) first")
+        z, yn = self._heldout
+        with torch.no_grad():
+            rates = convergence_rates(self.ode, z, yn, potential="squared_error", n_steps=n_steps)
+            v0 = (yn**2).sum(-1)
+            v1 = ((self.ode(z, 1.0) - yn) ** 2).sum(-1)
+        delta = torch.maximum(v1, math.exp(-self.kappa) * v0)
+        lip = lipschitz_estimate(
+            self.ode, norm="l2", method="sampled", x=z, y=yn, half_width=self.half_width, potential="squared_error",
+            n_samples=n_lipschitz_samples,
+        )
+        radius = robustness_radius(self.kappa, delta, max(lip, 1e-12), threshold=tolerance)
+        alpha = max(0.0, float(torch.quantile(rates, 0.05)))
+        return Certificate(
+            claim="lyapunov_convergence",
+            alpha=alpha,
+            time_domain="continuous",
+            evidence=["empirical"],
+            weights_hash=weights_hash(self),
+            model_class=type(self).__name__,
+            details={
+                "about": "the inference ODE inside each prediction converges to it: ||eta(t) - y||^2 <= ||y||^2 exp(-alpha t)",
+                "kappa_trained": self.kappa,
+                "rate_median": float(rates.median()),
+                "rate_p5": alpha,
+                "share_rate_at_least_kappa": float((rates >= self.kappa).to(rates.dtype).mean()),
+                "heldout_inputs": int(z.shape[0]),
+                "heldout_mse_normalised": float(v1.mean() / self.state_dim),
+                "theorem3_tolerance": tolerance,
+                "theorem3_radius_median": float(radius.median()),
+                "theorem3_radius_norm": "l2, normalised (state, action) inputs",
+                "lipschitz_estimate": lip,
+                "lipschitz_method": "sampled max ||d/dz (dV/deta . f)||_2 over held-out z, eta uniform in the state box, t ~ U(0, 1)",
+                "early_exit_t": self.early_exit_t,
+            },
+        )
+
+    # ---- persistence ------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write config, weights and normalisation atomically; refuses to overwrite unless asked."""
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it")
+        payload: dict[str, Any] = {
+            "format": "lyagym.LyaNetWorldModel",
+            "version": 1,
+            "config": self.config,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "half_width": self.half_width,
+            "heldout": None if self._heldout is None else tuple(t.detach().cpu() for t in self._heldout),
+        }
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".lyanet-", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "LyaNetWorldModel":
+        """Rebuild a model written by ``save``."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no LyaNetWorldModel checkpoint at {path!r}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several kinds for truncated or foreign files
+            raise ValueError(f"{path!r} is not a readable LyaNetWorldModel checkpoint: {e}") from None
+        if not isinstance(payload, dict) or payload.get("format") != "lyagym.LyaNetWorldModel":
+            raise ValueError(f"{path!r} is not a LyaNetWorldModel checkpoint")
+        state = payload["state_dict"]
+        dtype = state["in_mean"].dtype
+        model = cls(**payload["config"], dtype=dtype)
+        model.load_state_dict(state)
+        model.half_width = payload["half_width"]
+        if payload["heldout"] is not None:
+            model._heldout = tuple(payload["heldout"])
+        if device is not None:
+            model.to(device)
+            if model._heldout is not None:
+                model._heldout = tuple(t.to(device) for t in model._heldout)
+        return model
