@@ -59,9 +59,9 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def frame_pairs(clips: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """All frames of one or several clips, and the indices ``t`` whose ``(t, t + 1)`` lie in the
-    same clip.
+def frame_pairs(clips: np.ndarray | Sequence[np.ndarray], horizon: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """All frames of one or several clips, and the indices ``t`` whose ``t, ..., t + horizon``
+    lie in the same clip.
 
     Args:
         clips: ``(n_frames, H, W, 3)`` uint8, or a sequence of such clips of one frame size.
@@ -79,14 +79,14 @@ def frame_pairs(clips: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, n
         clip = np.asarray(clip)
         if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
             raise ValueError(f"clip {i} must be uint8 (n_frames, height, width, 3), got {clip.dtype} {clip.shape}")
-        if len(clip) < 2:
-            raise ValueError(f"clip {i} has {len(clip)} frame(s); a training pair needs at least 2")
+        if len(clip) < horizon + 1:
+            raise ValueError(f"clip {i} has {len(clip)} frame(s); training with horizon={horizon} needs at least {horizon + 1}")
         if shape is not None and clip.shape[1:] != shape:
             raise ValueError(f"clip {i} has frames of size {clip.shape[1:3]}, clip 0 has {shape[:2]}; resize them to one size")
         shape = clip.shape[1:]
     lengths = np.array([len(c) for c in clips])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    starts = np.concatenate([off + np.arange(n - 1) for off, n in zip(offsets, lengths)])
+    starts = np.concatenate([off + np.arange(n - horizon) for off, n in zip(offsets, lengths)])
     return np.concatenate(clips), starts.astype(np.int64)
 
 
@@ -103,6 +103,7 @@ def fit_video(
     device: str | torch.device | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    horizon: int = 1,
 ) -> dict[str, Any]:
     """Train encoder, decoder and latent dynamics jointly with the loss of eq. 21.
 
@@ -119,6 +120,9 @@ def fit_video(
         seed: seeds the shuffling and the reparameterisation noise (offset by the rank).
         device: default: ``cuda:LOCAL_RANK`` when available, else the CPU.
         progress: show a tqdm bar (rank 0 only).
+        horizon: frames predicted from each encoded frame; 1 is eq. 21, K > 1 rolls the
+            latent dynamics K steps and compares every decoded prediction (see
+            ``VideoVAE.forward``).
 
     Returns:
         history: ``{"loss", "kl", "recon", "pred"}`` per-epoch means (averaged over ranks),
@@ -133,9 +137,11 @@ def fit_video(
         raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
     rank, world_size, default_device = init_distributed()
     device = torch.device(device) if device is not None else default_device
-    frames_np, starts = frame_pairs(clips)
+    frames_np, starts = frame_pairs(clips, horizon)
     if frames_np.shape[1:3] != model.frame_size:
         raise ValueError(f"frames are {frames_np.shape[1:3]} (height, width) but the model expects {model.frame_size}")
 
@@ -163,7 +169,8 @@ def fit_video(
         for idx in loader:
             idx = idx.to(device)
             y_t = model.frames_to_tensor(frames[idx])
-            y_next = model.frames_to_tensor(frames[idx + 1])
+            ahead = idx[:, None] + torch.arange(1, horizon + 1, device=device)  # (batch, K)
+            y_next = model.frames_to_tensor(frames[ahead.flatten()]).unflatten(0, ahead.shape)
             out = net(y_t, y_next)  # eq. 21 (forward of VideoVAE, so DDP syncs gradients)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -189,6 +196,6 @@ def fit_video(
     model.eval()
     history.update(
         frames_per_s=frames_per_s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        world_size=world_size, device=str(device), n_pairs=int(len(starts)),
+        world_size=world_size, device=str(device), n_pairs=int(len(starts)), horizon=horizon,
     )
     return history

@@ -266,28 +266,41 @@ class VideoVAE(nn.Module):
         """The loss of eq. 21 on a batch of frame pairs (``forward`` so DDP can wrap it).
 
         Args:
-            y_t, y_next: ``(batch, 3, H, W)`` frames t and t + 1 in [0, 1].
+            y_t: ``(batch, 3, H, W)`` frames t in [0, 1].
+            y_next: ``(batch, 3, H, W)`` frames t + 1 (eq. 21), or ``(batch, K, 3, H, W)``
+                frames t + 1 .. t + K for a K-step prediction loss: the latent is rolled K
+                steps and every predicted frame is compared (mean over the K terms, so the
+                scale matches eq. 21).
 
         Returns:
             dict with ``loss`` (the scalar to minimise: batch mean of KL + both squared
             errors, each summed over pixels), ``kl``, ``recon`` and ``pred`` (per-pixel mean
-            squared errors of frame t and of the predicted frame t + 1, for logging).
+            squared errors of frame t and of the predicted frames, for logging) and
+            ``latent`` (the optional latent term).
         """
+        if y_next.ndim == y_t.ndim:
+            y_next = y_next.unsqueeze(1)
+        horizon = y_next.shape[1]
         mean, log_var = self.encode(y_t)
         # z_t ~ N(mu_t, sigma_t^2 I) by reparameterisation: E_z in eq. 21 is a one-sample estimate
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        z_next = self.latent_step(z if self.predict_from == "sample" else mean)  # z_{t+1} = z_t + f(z_t)
-        y_hat, y_next_hat = self.decode(torch.cat([z, z_next])).chunk(2)
+        z_k, predicted = (z if self.predict_from == "sample" else mean), []
+        for _ in range(horizon):
+            z_k = self.latent_step(z_k)  # z_{t+1} = z_t + f(z_t)
+            predicted.append(z_k)
+        z_pred = torch.stack(predicted, 1)  # (batch, K, latent_dim)
+        decoded = self.decode(torch.cat([z[:, None], z_pred], 1))  # one batched decode
+        y_hat, y_pred = decoded[:, 0], decoded[:, 1:]
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1).mean()
         recon = (y_hat - y_t).square().flatten(1).sum(-1).mean()
-        pred = (y_next_hat - y_next).square().flatten(1).sum(-1).mean()
+        pred = (y_pred - y_next).square().flatten(2).sum(-1).mean()
         n_pixels = y_t[0].numel()
         loss = self.kl_weight * kl + recon + pred  # eq. 21
         latent = torch.zeros((), device=kl.device, dtype=kl.dtype)
         if self.latent_weight > 0:
             with torch.no_grad():
-                mean_next = self.encode(y_next)[0]
-            latent = (z_next - mean_next).square().sum(-1).mean()
+                mean_next = self.encode(y_next.flatten(0, 1))[0].view_as(z_pred)
+            latent = (z_pred - mean_next).square().sum(-1).mean()
             loss = loss + self.latent_weight * latent
         return {
             "loss": loss,
