@@ -64,5 +64,5 @@ class CEMPlanner(Planner):
             mean = self.alpha * mean + (1 - self.alpha) * elites.mean(1)
             std = (self.alpha * std + (1 - self.alpha) * elites.std(1)).clamp_min(self.min_std)
         if self.return_mean:
-            return mean, self.sequence_cost(x0, mean.unsqueeze(1))[:, 0]
+            return mean, None  # its cost is computed on demand by ``solution_cost``
         return best, best_cost

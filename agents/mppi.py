@@ -45,5 +45,5 @@ class MPPIPlanner(Planner):
             cost = self.sequence_cost(x0, candidates)  # (B, K)
             weights = torch.softmax(-cost / self.temperature, dim=1)  # softmax subtracts the max itself
             mean = torch.einsum("bk,bkhm->bhm", weights, candidates)
-        # The predicted cost of the returned mean: one extra rollout of B sequences (1/K of the work).
-        return mean, self.sequence_cost(x0, mean.unsqueeze(1))[:, 0]
+        # The mean's own cost would need one more rollout; ``solution_cost`` computes it on demand.
+        return mean, None

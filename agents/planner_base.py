@@ -117,7 +117,8 @@ class Planner:
         self.generator.manual_seed(self.seed)
         self._mean: torch.Tensor | None = None  # (B, H, m) warm start
         self.solution: torch.Tensor | None = None  # (B, H, m) last optimised sequence
-        self.solution_cost: torch.Tensor | None = None  # (B,) its predicted cost
+        self._solution_cost: torch.Tensor | None = None
+        self._solution_x0: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ validation
     def _check_cost_functions(self) -> None:
@@ -209,9 +210,18 @@ class Planner:
             total = total + self.terminal_cost(states[:, -1])
         return total.view(b, k)
 
-    def _optimise(self, x0: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(sequence (B, H, m), cost (B,))`` from the warm start ``mean (B, H, m)``."""
+    def _optimise(self, x0: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(sequence (B, H, m), cost (B,) or None)`` from the warm start ``mean (B, H, m)``
+        (``None``: the cost was not computed on the way; ``solution_cost`` computes it if asked)."""
         raise NotImplementedError
+
+    @property
+    def solution_cost(self) -> torch.Tensor | None:
+        """``(B,)`` predicted cost of the last ``solution`` (one extra rollout the first time it is read)."""
+        if self._solution_cost is None and self.solution is not None:
+            with torch.no_grad():
+                self._solution_cost = self.sequence_cost(self._solution_x0, self.solution.unsqueeze(1))[:, 0]
+        return self._solution_cost
 
     def plan_sequence(self, state) -> torch.Tensor:
         """Optimise and return the whole ``(B, H, m)`` sequence (``(H, m)`` for a single state)."""
@@ -219,7 +229,8 @@ class Planner:
         mean = self.initial_mean(x0.shape[0])
         sequence, cost = self._optimise(x0, mean)
         sequence = self.clamp(sequence.detach())
-        self.solution, self.solution_cost = sequence, cost.detach()
+        self.solution, self._solution_x0 = sequence, x0
+        self._solution_cost = None if cost is None else cost.detach()
         self._mean = self.shift(sequence)
         return sequence[0] if single else sequence
 
