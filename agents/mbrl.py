@@ -262,7 +262,7 @@ class MPCController:
 
 def mpc_episode(env: gym.Env, model, *, planner: str = "mppi", cost=None, horizon: int = 30, num_samples: int = 500,
                 iterations: int = 2, steps: int = 200, seed: int = 0, frames: bool = False, progress: bool = True,
-                **planner_kwargs: Any) -> dict[str, Any]:
+                start_state=None, **planner_kwargs: Any) -> dict[str, Any]:
     """One real episode of MPC with ``planner`` on ``model`` (see ``collect_episode`` for the
     result; adds ``plans_per_s``). ``cost`` defaults to the env's own task cost."""
     from .costs import PendulumCost
@@ -275,14 +275,14 @@ def mpc_episode(env: gym.Env, model, *, planner: str = "mppi", cost=None, horizo
     controller = MPCController(plan, n)
     t0 = time.perf_counter()
     ep = collect_episode(env, lambda s, o: controller(s), steps=steps, seed=seed, frames=frames, progress=progress,
-                         desc=f"MPC ({planner})")
+                         desc=f"MPC ({planner})", start_state=start_state)
     ep["plans_per_s"] = len(ep["actions"]) / max(1e-9, time.perf_counter() - t0)
     return ep
 
 
 def collect_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, *, steps: int,
                     seed: int | None = None, frames: bool = False, progress: bool = False,
-                    desc: str = "episode") -> dict[str, Any]:
+                    desc: str = "episode", start_state=None) -> dict[str, Any]:
     """Run one episode of ``steps`` on the real ``env``.
 
     Args:
@@ -293,13 +293,14 @@ def collect_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.nda
         seed: passed to ``env.reset``.
         frames: also return rendered frames (needs ``render_mode="rgb_array"``).
         progress: show a step progress bar.
+        start_state: optional initial physical state (``reset(options={"state": ...})``).
 
     Returns:
         dict with ``states (T+1, 2n)``, ``actions (T, m)`` (clipped as applied),
         ``rewards (T,)``, ``return``, ``frames``.
     """
     base = env.unwrapped
-    obs, _ = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed, options=None if start_state is None else {"state": np.asarray(start_state, np.float64)})
     if seed is not None:
         env.action_space.seed(seed)
     states, actions, rewards, images = [base.state], [], [], []
