@@ -138,7 +138,7 @@ class PendulumDynamics:
         self._np_energy = compiled.numpy["energy"]
         self._th_accel = compiled.torch["accel"]
         self._th_energy = compiled.torch["energy"]
-        self._py_accel = compiled.scalar["accel"]
+        self._py_accel = compiled.scalar["accel_f"]
         self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
         self._zero_u = (0.0,) * self.action_dim
 
@@ -239,7 +239,8 @@ class PendulumDynamics:
     def _rhs_numpy_T(self, X: np.ndarray, U: tuple) -> np.ndarray:
         """``X: (2n, *batch)`` -> ``(2n, *batch)``; ``U``: per-joint arrays or floats."""
         n = self.n_links
-        acc = self._np_accel(*X, *U, self._K)
+        q = X[:n]
+        acc = self._np_accel(*np.sin(q), *np.cos(q), *X[n:], *U, self._K)
         out = np.empty_like(X)
         out[:n] = X[n:]
         for i, a in enumerate(acc):
@@ -254,9 +255,9 @@ class PendulumDynamics:
 
     def _rhs_torch(self, x: torch.Tensor, U: tuple) -> torch.Tensor:
         n = self.n_links
-        cols = x.unbind(-1)
-        acc = self._th_accel(*cols, *U, self._K)
-        return torch.stack((*cols[n:], *acc), dim=-1)
+        q, w = x[..., :n], x[..., n:]
+        acc = self._th_accel(*torch.sin(q).unbind(-1), *torch.cos(q).unbind(-1), *w.unbind(-1), *U, self._K)
+        return torch.cat((w, torch.stack(acc, dim=-1)), dim=-1)
 
     def _u_cols_torch(self, u, batch_shape) -> tuple:
         if u is None:
@@ -365,8 +366,11 @@ class PendulumDynamics:
         """
         x = self._check_x(x)
         if isinstance(x, torch.Tensor):
-            return self._th_energy(*x.unbind(-1), self._K)
-        e = self._np_energy(*np.moveaxis(x, -1, 0), self._K)
+            q, w = x[..., : self.n_links], x[..., self.n_links :]
+            return self._th_energy(*torch.sin(q).unbind(-1), *torch.cos(q).unbind(-1), *w.unbind(-1), self._K)
+        X = np.moveaxis(x, -1, 0)
+        q = X[: self.n_links]
+        e = self._np_energy(*np.sin(q), *np.cos(q), *X[self.n_links :], self._K)
         return np.asarray(e, dtype=np.float64) if np.ndim(e) == 0 else e
 
     def positions(self, x):

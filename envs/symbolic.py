@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
 #: Bump when the generated source changes meaning or layout; old cache files become stale.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
 
 DAMPING_MODES = ("absolute", "joint")
 
@@ -237,12 +237,107 @@ def _ldl_solve(n: int, M, F):
     return steps, a
 
 
+def _py(e) -> str:
+    """Python source of ``e`` (sums, products, integer powers, sin/cos) that avoids unary
+    minus where it can: every avoided operator is one array pass fewer per evaluation."""
+    import sympy as sp
+
+    if e.is_Symbol:
+        return e.name
+    if e.is_Integer:
+        return str(int(e))
+    if e.is_Rational:
+        return f"({e.p}/{e.q})"
+    if e.is_Number:
+        return repr(float(e))
+    if e.is_Add:
+        pos, neg = [], []
+        for term in e.args:
+            coeff, rest = term.as_coeff_Mul()
+            (neg if coeff < 0 else pos).append(-term if coeff < 0 else term)
+        if not pos:
+            return "-(" + " + ".join(_py(t) for t in neg) + ")"
+        return " + ".join(_py(t) for t in pos) + "".join(" - " + _wrap(t, add=True) for t in neg)
+    if e.is_Mul:
+        coeff, rest = e.as_coeff_Mul()
+        if coeff < 0:
+            return "-" + _wrap(-e, add=False)
+        num, den = [], []
+        for f in sp.Mul.make_args(e):
+            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+                den.append(f.base if f.exp == -1 else f.base ** (-f.exp))
+            elif f.is_Rational and not f.is_Integer:
+                if f.p != 1:
+                    num.append(sp.Integer(f.p))
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        text = "*".join(_wrap(f, add=False) for f in num) if num else "1"
+        if den:
+            text += "/" + (_wrap(den[0], add=False) if len(den) == 1 else "(" + "*".join(_wrap(f, add=False) for f in den) + ")")
+        return text
+    if e.is_Pow and e.exp.is_Integer:
+        if e.exp == 2 and e.base.is_Symbol:
+            return f"{e.base.name}*{e.base.name}"
+        if e.exp < 0:
+            return f"1/{_wrap(e.base ** (-e.exp), add=False)}"
+        return f"{_wrap(e.base, add=False)}**{int(e.exp)}"
+    if isinstance(e, (sp.sin, sp.cos)):
+        return f"{type(e).__name__}({_py(e.args[0])})"
+    raise ValueError(f"cannot print {e!r}")
+
+
+def _wrap(e, add: bool) -> str:
+    """``_py(e)`` parenthesised for use as an operand (of ``-`` if ``add``, else of ``*``)."""
+    text = _py(e)
+    atomic = e.is_Symbol or (e.is_Number and e >= 0) or (e.is_Function)
+    if atomic or (add and e.is_Mul and not text.startswith("-")) or (e.is_Pow and e.exp.is_Integer and e.exp > 0 and e.base.is_Symbol and not add):
+        return text if not (e.is_Pow and "*" in text and not add) else f"({text})"
+    return f"({text})"
+
+
+def _emit_block(statements, outputs, free: bool = True) -> list[str]:
+    """Lines for single-assignment ``statements`` ``[(symbol, expr)]``: dead ones dropped,
+    and each temporary ``del``-eted right after its last use. Freeing early lets numpy and
+    torch reuse the same few buffers instead of growing the heap (and page-faulting) by one
+    array per statement, which dominated the cost of a call."""
+    aliases = {}
+    resolved = []
+    for sym, expr in statements:  # copy propagation: ``a = b`` costs nothing, so drop it
+        expr = expr.xreplace(aliases) if aliases else expr
+        if expr.is_Symbol and sym not in outputs:
+            aliases[sym] = expr
+        else:
+            resolved.append((sym, expr))
+    statements = resolved
+    live = set(outputs)
+    kept = []
+    for sym, expr in reversed(statements):
+        if sym in live:
+            kept.append((sym, expr))
+            live |= expr.free_symbols
+    kept.reverse()
+    defined = {sym for sym, _ in kept}
+    last_use = {}
+    for i, (_, expr) in enumerate(kept):
+        for x in expr.free_symbols:
+            last_use[x] = i
+    lines = []
+    for i, (sym, expr) in enumerate(kept):
+        lines.append(f"    {sym} = {_py(expr)}")
+        dead = sorted(str(x) for x in expr.free_symbols if last_use.get(x) == i and x in defined and x not in outputs)
+        if dead and free:
+            lines.append(f"    del {', '.join(dead)}")
+    return lines
+
+
 def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequence[int] | None = None) -> str:
     """Derive the model with Kane's method and print it as a Python module (a string).
 
     The module defines ``constants(m, l, g, b) -> tuple`` (parameter-only coefficients),
-    ``accel(q1..qn, w1..wn, u.., K) -> (qddot_1, .., qddot_n)``,
-    ``energy(q1..qn, w1..wn, K)`` and, for plain floats, ``step_rk4`` / ``step_euler``.
+    ``accel(s1..sn, c1..cn, w1..wn, u.., K) -> (qddot_1, .., qddot_n)`` (s = sin q, c = cos q),
+    ``energy(s1..sn, c1..cn, w1..wn, K)`` and, for plain floats, ``accel_f(q1..qn, ...)``,
+    ``step_rk4`` and ``step_euler``.
     ``sin``/``cos`` are looked up in the module namespace, so the same code runs on numpy
     arrays, torch tensors or floats depending on what the namespace provides.
     """
@@ -274,6 +369,10 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     mass = mass.applyfunc(rewrite)
     forcing = forcing.applyfunc(rewrite)
     energy = rewrite(energy)
+    # the angles enter only through sin/cos, which callers compute for all links at once
+    leftover = set(q) & set().union(mass.free_symbols, forcing.free_symbols, energy.free_symbols)
+    if leftover:
+        raise RuntimeError(f"angles outside sin/cos after rewriting: {leftover}")
 
     # 2. parameter-only coefficients -> constants K_k
     state = (*s, *c, *pair_defs, *w, *u)
@@ -304,18 +403,28 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     krepl, kreduced = sp.cse([k_defs[k] for k in k_syms], symbols=sp.numbered_symbols("p"), order="none")
 
     def line(lhs, rhs):
-        return f"    {lhs} = {sp.sstr(rhs, full_prec=True)}"
+        return f"    {lhs} = {_py(rhs)}"
 
     def unpack(names, source):
         if not names:
             return []
         return [f"    {', '.join(names)}{',' if len(names) == 1 else ''} = {source}"]
 
+    def trig_defs(needed):
+        out = []
+        for x in needed:
+            idx = (list(s) + list(c)).index(x)
+            out.append((x, sp.sin(q[idx]) if idx < n else sp.cos(q[idx - n])))
+        return out
+
     qn = [str(x) for x in q]
     wn = [str(x) for x in w]
     un = [str(x) for x in u]
     kn = [str(k) for k in k_syms]
     used_trig = [x for x in (*s, *c) if x in used or any(x in pair_defs[S].free_symbols for S, _ in pair_lines)]
+    sn = [str(x) for x in s]
+    cn = [str(x) for x in c]
+    accel_body = pair_lines + list(repl) + [(sym, e) for (sym, _), e in zip(pre, reduced)] + solve_steps
 
     lines = [
         f"{_HEADER} (format {FORMAT_VERSION}); do not edit, delete to rebuild.",
@@ -330,42 +439,41 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
         *unpack([str(x) for x in sy["m"]], "m"),
         *unpack([str(x) for x in sy["l"]], "l"),
         *[line(lhs, rhs) for lhs, rhs in krepl],
-        f"    return ({', '.join(sp.sstr(e, full_prec=True) for e in kreduced)}{',' if len(kreduced) == 1 else ''})",
+        f"    return ({', '.join(_py(e) for e in kreduced)}{',' if len(kreduced) == 1 else ''})",
         "",
         "",
-        f"def accel({', '.join(qn + wn + un + ['K'])}):",
-        '    """Angular accelerations qddot solving M(q) qddot = f(q, qdot, u)."""',
+        f"def accel({', '.join(sn + cn + wn + un + ['K'])}):",
+        '    """Angular accelerations qddot solving M(q) qddot = f(q, qdot, u), for arrays.',
+        "",
+        "    Takes s_i = sin(q_i), c_i = cos(q_i): the caller computes them in one vectorised",
+        '    call over all links. Temporaries are freed as soon as they are dead."""',
         *unpack(kn, "K"),
+        *_emit_block(accel_body, [sp.Symbol(str(a)) for a in accel]),
+        f"    return ({', '.join(str(a) for a in accel)},)",
+        "",
+        "",
+        f"def accel_f({', '.join(qn + wn + un + ['K'])}):",
+        '    """``accel`` for plain floats (no buffers to free)."""',
+        *unpack(kn, "K"),
+        *_emit_block(trig_defs(used_trig) + accel_body, [sp.Symbol(str(a)) for a in accel], free=False),
+        f"    return ({', '.join(str(a) for a in accel)},)",
     ]
-    for x in used_trig:
-        idx = (list(s) + list(c)).index(x)
-        fn, qi = ("sin", q[idx]) if idx < n else ("cos", q[idx - n])
-        lines.append(f"    {x} = {fn}({qi})")
-    lines += [line(S, e) for S, e in pair_lines]
-    lines += [line(lhs, rhs) for lhs, rhs in repl]
-    lines += [line(sym, e) for (sym, _), e in zip(pre, reduced)]
-    lines += [line(sym, e) for sym, e in solve_steps]
-    lines.append(f"    return ({', '.join(str(a) for a in accel)},)")
 
     # energy: its own small cse
     e_used = e_expr.free_symbols
     e_pairs = [(S, pair_defs[S]) for S in pair_defs if S in e_used]
     e_trig = [x for x in (*s, *c) if x in e_used or any(x in d.free_symbols for _, d in e_pairs)]
     erepl, (ereduced,) = sp.cse([e_expr], symbols=sp.numbered_symbols("t"), order="none")
+    e_out = sp.Symbol("total_energy")
     lines += [
         "",
         "",
-        f"def energy({', '.join(qn + wn + ['K'])}):",
+        f"def energy({', '.join(sn + cn + wn + ['K'])}):",
         '    """Kinetic + potential energy (potential zero at the pivot height)."""',
         *unpack(kn, "K"),
+        *_emit_block(e_pairs + list(erepl) + [(e_out, ereduced)], [e_out]),
+        f"    return {e_out}",
     ]
-    for x in e_trig:
-        idx = (list(s) + list(c)).index(x)
-        fn, qi = ("sin", q[idx]) if idx < n else ("cos", q[idx - n])
-        lines.append(f"    {x} = {fn}({qi})")
-    lines += [line(S, e) for S, e in e_pairs]
-    lines += [line(lhs, rhs) for lhs, rhs in erepl]
-    lines.append(f"    return {sp.sstr(ereduced, full_prec=True)}")
 
     # scalar integrators for the single-env fast path (floats in, tuple out)
     args = ", ".join(qn + wn + un + ["K"])
@@ -378,18 +486,18 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
         *unpack(qn + wn, "x"),
         *unpack(un, "u"),
         *[f"    {t}" for t in half],
-        f"    a = accel({args})",
+        f"    a = accel_f({args})",
     ]
     def shifted(scale, k_vel, k_acc):
         return [f"{x} + {scale} * {v}" for x, v in zip(qn, k_vel)] + [f"{x} + {scale} * {k_acc}[{i}]" for i, x in enumerate(wn)]
     # stage velocities: k1 velocity = w, k2 velocity = w + h/2 a1, ...
     rk += [f"    v1 = ({', '.join(wn)},)" ]
     rk += [f"    v2 = ({', '.join(f'{x} + h2 * a[{i}]' for i, x in enumerate(wn))},)"]
-    rk += [f"    b = accel({', '.join(shifted('h2', [f'v1[{i}]' for i in range(n)], 'a'))}, {', '.join(un + ['K']) })"]
+    rk += [f"    b = accel_f({', '.join(shifted('h2', [f'v1[{i}]' for i in range(n)], 'a'))}, {', '.join(un + ['K']) })"]
     rk += [f"    v3 = ({', '.join(f'{x} + h2 * b[{i}]' for i, x in enumerate(wn))},)"]
-    rk += [f"    c = accel({', '.join(shifted('h2', [f'v2[{i}]' for i in range(n)], 'b'))}, {', '.join(un + ['K'])})"]
+    rk += [f"    c = accel_f({', '.join(shifted('h2', [f'v2[{i}]' for i in range(n)], 'b'))}, {', '.join(un + ['K'])})"]
     rk += [f"    v4 = ({', '.join(f'{x} + h * c[{i}]' for i, x in enumerate(wn))},)"]
-    rk += [f"    d = accel({', '.join(shifted('h', [f'v3[{i}]' for i in range(n)], 'c'))}, {', '.join(un + ['K'])})"]
+    rk += [f"    d = accel_f({', '.join(shifted('h', [f'v3[{i}]' for i in range(n)], 'c'))}, {', '.join(un + ['K'])})"]
     rk += [
         "    return ("
         + ", ".join(f"{x} + h6 * (v1[{i}] + 2.0 * v2[{i}] + 2.0 * v3[{i}] + v4[{i}])" for i, x in enumerate(qn))
@@ -404,7 +512,7 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
         '    """One explicit Euler step on a tuple/list of floats; returns a tuple."""',
         *unpack(qn + wn, "x"),
         *unpack(un, "u"),
-        f"    a = accel({args})",
+        f"    a = accel_f({args})",
         "    return (" + ", ".join(f"{x} + h * {v}" for x, v in zip(qn, wn)) + ", " + ", ".join(f"{x} + h * a[{i}]" for i, x in enumerate(wn)) + ")",
     ]
     lines += rk

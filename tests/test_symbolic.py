@@ -104,7 +104,8 @@ def test_cache_key_separates_structures():
 
 def test_generated_source_is_plain_python():
     src = symbolic.generate_source(2, "absolute", (1,))
-    assert "def accel(q1, q2, w1, w2, u2, K)" in src
+    assert "def accel(s1, s2, c1, c2, w1, w2, u2, K)" in src
+    assert "def accel_f(q1, q2, w1, w2, u2, K)" in src
     assert "sympy" not in src.split("\n", 2)[2]  # runs without sympy
 
 
