@@ -10,6 +10,7 @@ a window is opened, so headless use never needs it.
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import numpy as np
@@ -114,6 +115,7 @@ class HumanWindow:
     """A pygame window that shows rgb frames at a fixed frame rate (``render_mode="human"``)."""
 
     def __init__(self, size: int, fps: float, title: str = "lyagym"):
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         try:
             import pygame
         except ImportError as e:  # pragma: no cover - depends on the installation
@@ -122,8 +124,7 @@ class HumanWindow:
                 'or use render_mode="rgb_array"'
             ) from e
         self._pygame = pygame
-        pygame.init()
-        pygame.display.init()
+        pygame.display.init()  # display only: a full pygame.init() would also open audio
         self.screen = pygame.display.set_mode((size, size))
         pygame.display.set_caption(title)
         self.clock = pygame.time.Clock()
@@ -141,4 +142,3 @@ class HumanWindow:
     def close(self) -> None:
         pygame = self._pygame
         pygame.display.quit()
-        pygame.quit()

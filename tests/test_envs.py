@@ -247,6 +247,18 @@ def test_human_render_mode_without_display_or_pygame_gives_clear_error(monkeypat
         env.reset(seed=0)
 
 
+def test_human_render_mode_opens_a_window(monkeypatch):
+    pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # headless CI: a window without a screen
+    env = gym.make(ENV_ID, n_links=2, render_mode="human", render_size=48)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    assert env.unwrapped._window is not None
+    env.close()
+    assert env.unwrapped._window is None
+
+
 @pytest.mark.parametrize("algo", ["PPO", "SAC"])
 def test_sb3_algorithms_run_unmodified(algo):
     import stable_baselines3 as sb3
