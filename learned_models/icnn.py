@@ -32,20 +32,29 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ICNN", "smooth_relu", "smooth_relu_grad", "SmoothReLU"]
+__all__ = ["ICNN", "smooth_relu", "smooth_relu_grad", "smooth_relu_and_grad", "SmoothReLU"]
 
 
 def smooth_relu(t: torch.Tensor, d: float = 0.1) -> torch.Tensor:
     """Eq. 13: 0 below 0, ``t^2/(2d)`` on ``[0, d]``, ``t - d/2`` above ``d``."""
-    r = t.clamp(min=0.0)
-    # min(r, d) * (2r - min(r, d)) / (2d) equals both branches: r^2/2d when r < d, r - d/2 else.
-    m = r.clamp(max=d)
-    return m * (2.0 * r - m) / (2.0 * d)
+    return smooth_relu_and_grad(t, d)[0]
 
 
 def smooth_relu_grad(t: torch.Tensor, d: float = 0.1) -> torch.Tensor:
     """Derivative of ``smooth_relu``: ``clamp(t / d, 0, 1)`` (continuous, so V is C^1)."""
     return (t / d).clamp(0.0, 1.0)
+
+
+def smooth_relu_and_grad(t: torch.Tensor, d: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(smooth_relu(t), smooth_relu'(t))`` in five elementwise ops.
+
+    With ``r = max(t, 0)`` and ``m = min(r, d)``: ``sigma' = m / d`` and
+    ``sigma = sigma' (r - m / 2)``, which is ``r^2 / 2d`` for ``r < d`` and ``r - d/2`` above.
+    """
+    r = torch.relu(t)
+    m = r.clamp(max=d)
+    slope = m * (1.0 / d)
+    return slope * torch.sub(r, m, alpha=0.5), slope
 
 
 class SmoothReLU(nn.Module):
@@ -87,6 +96,7 @@ class ICNN(nn.Module):
         self.hidden = hidden
         self.d = float(d)
         widths = hidden + (1,)
+        self.widths = widths
         # W_i x + b_i: one Linear per layer from the input.
         self.W = nn.ModuleList(nn.Linear(self.in_dim, w) for w in widths)
         # U_i = softplus(U_raw_i) >= 0 on the z-path (layers 1..k-1).
@@ -107,12 +117,19 @@ class ICNN(nn.Module):
         """The non-negative z-path weights ``U_i = softplus(U_raw_i)``."""
         return [F.softplus(u) for u in self.U_raw]
 
+    def _input_terms(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        # All W_i x + b_i in one matrix product (one kernel instead of k): (batch, sum widths).
+        W = torch.cat([lin.weight for lin in self.W])
+        b = torch.cat([lin.bias for lin in self.W])
+        return torch.addmm(b, x, W.t()).split(self.widths, dim=1), W
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
         U = self.positive_weights()
-        z = smooth_relu(self.W[0](x), self.d)
-        for i in range(1, len(self.W)):
-            z = smooth_relu(F.linear(z, U[i - 1]) + self.W[i](x), self.d)
+        pre, _ = self._input_terms(x)
+        z = smooth_relu(pre[0], self.d)
+        for i in range(1, len(pre)):
+            z = smooth_relu(torch.addmm(pre[i], z, U[i - 1].t()), self.d)
         return z.squeeze(-1)
 
     def forward_and_grad(self, x: torch.Tensor, *, method: str = "analytic", create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,17 +153,20 @@ class ICNN(nn.Module):
         if method != "analytic":
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         U = self.positive_weights()
-        pre = [self.W[0](x)]
-        z = smooth_relu(pre[0], self.d)
-        for i in range(1, len(self.W)):
-            pre.append(F.linear(z, U[i - 1]) + self.W[i](x))
-            z = smooth_relu(pre[-1], self.d)
-        # Reverse pass: delta_i = dg/d(pre_i), dg/dx = sum_i delta_i W_i.
-        delta = smooth_relu_grad(pre[-1], self.d)  # (batch, 1)
-        grad = delta * self.W[-1].weight  # (batch, 1) * (1, in_dim)
-        for i in range(len(self.W) - 2, -1, -1):
-            delta = (delta @ U[i]) * smooth_relu_grad(pre[i], self.d)
-            grad = grad + delta @ self.W[i].weight
+        pre, W = self._input_terms(x)
+        z, slope = smooth_relu_and_grad(pre[0], self.d)
+        slopes = [slope]
+        for i in range(1, len(pre)):
+            z, slope = smooth_relu_and_grad(torch.addmm(pre[i], z, U[i - 1].t()), self.d)
+            slopes.append(slope)
+        # Reverse pass: delta_i = dg/d(pre_i) = (delta_{i+1} U_i) * sigma'(pre_i);
+        # dg/dx = sum_i delta_i W_i, one matrix product over the stacked deltas.
+        delta = slopes[-1]
+        deltas = [delta]
+        for i in range(len(pre) - 2, -1, -1):
+            delta = (delta @ U[i]) * slopes[i]
+            deltas.append(delta)
+        grad = torch.cat(deltas[::-1], dim=1) @ W
         return z.squeeze(-1), grad
 
     def lipschitz_bound(self) -> float:

@@ -33,16 +33,17 @@ Field = Callable[[torch.Tensor], torch.Tensor]
 
 def euler(f: Field, x: torch.Tensor, h: float) -> torch.Tensor:
     """Explicit Euler: ``x + h f(x)``."""
-    return x + h * f(x)
+    return torch.add(x, f(x), alpha=h)
 
 
 def rk4(f: Field, x: torch.Tensor, h: float) -> torch.Tensor:
     """Classical 4th-order Runge-Kutta step."""
     k1 = f(x)
-    k2 = f(x + (0.5 * h) * k1)
-    k3 = f(x + (0.5 * h) * k2)
-    k4 = f(x + h * k3)
-    return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    k2 = f(torch.add(x, k1, alpha=0.5 * h))
+    k3 = f(torch.add(x, k2, alpha=0.5 * h))
+    k4 = f(torch.add(x, k3, alpha=h))
+    incr = torch.add(k1, k2, alpha=2.0).add_(k3, alpha=2.0).add_(k4)
+    return torch.add(x, incr, alpha=h / 6.0)
 
 
 #: Fixed-step integrators by name; each is ``method(f, x, h) -> x_next``.
@@ -107,6 +108,7 @@ def lyapunov_rescale(
     slack: torch.Tensor | None = None,
     verify: bool = False,
     max_halvings: int = 24,
+    Vx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pull ``y`` (an integrator's step from ``x``) toward ``x_eq`` so ``V`` decreases as certified.
 
@@ -134,20 +136,24 @@ def lyapunov_rescale(
         alpha: decay rate (``>= 0``); ``h``: step size.
         x_eq: ``(state_dim,)`` equilibrium.
         slack: ``(batch,)`` the input's allowed energy injection ``sigma(x, u) >= 0`` or ``None``.
+        Vx: ``V(x)`` if the caller already has it (saves one evaluation).
 
     Returns:
         ``(batch, state_dim)`` the rescaled next state.
     """
-    Vxy = V(torch.cat([x, y], dim=0))
-    Vx, Vy = Vxy[: x.shape[0]], Vxy[x.shape[0] :]
+    if Vx is None:
+        Vxy = V(torch.cat([x, y], dim=0))
+        Vx, Vy = Vxy[: x.shape[0]], Vxy[x.shape[0] :]
+    else:
+        Vy = V(y)
     bound = math.exp(-alpha * h) * Vx
     if slack is not None:
         # Exact integral of dV/dt = -alpha V + sigma over [0, h] with sigma held constant.
         bound = bound + (-math.expm1(-alpha * h) / alpha if alpha > 0 else h) * slack
-    positive = Vy > 0
-    s = torch.where(positive, bound / torch.where(positive, Vy, torch.ones_like(Vy)), torch.ones_like(Vy)).clamp(max=1.0)
+    # s = min(1, bound / V(y)); V(y) = 0 only at y = x_eq, where any s will do.
+    s = (bound / torch.where(Vy > 0, Vy, 1.0)).clamp(max=1.0)
     dy = y - x_eq
-    y_new = x_eq + s.unsqueeze(-1) * dy
+    y_new = torch.addcmul(x_eq, s.unsqueeze(-1), dy)
     if not verify:
         return y_new
     # Non-convex V: check the rescaled state, and for the (few) that miss the bound try

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .icnn import ICNN, smooth_relu, smooth_relu_grad
+from .icnn import ICNN, smooth_relu, smooth_relu_and_grad
 
 __all__ = ["LyapunovFunction", "AffineCoupling", "CouplingWarp", "WARPS"]
 
@@ -168,17 +168,28 @@ class LyapunovFunction(nn.Module):
         xx = self._with_eq(x)
         gx = self.g(self.warp(xx) if self.warp is not None else xx)
         dx = x - self.x_eq
-        shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx)
-        return smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
+        dx_sq = (dx * dx).sum(-1)
+        shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx_sq)
+        return torch.add(smooth_relu(shifted, self.d), dx_sq, alpha=self.eps)
 
     @staticmethod
-    def _exact_at_eq(shifted: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    def _exact_at_eq(shifted: torch.Tensor, dx_sq: torch.Tensor) -> torch.Tensor:
         # The same row through a matrix product can round differently depending on its
         # position in the batch, so g(F(x)) - g(F(x_eq)) may be 1e-16 instead of 0 at
         # x = x_eq exactly; pin it, so that V(x_eq) = 0 and grad V(x_eq) = 0 exactly.
-        return torch.where((dx == 0).all(-1), torch.zeros_like(shifted), shifted)
+        # (Tested on ||x - x_eq||^2 == 0, which also holds where the square underflows,
+        # below ~1e-23 in float32: states that close are x_eq to this precision.)
+        return shifted.masked_fill(dx_sq == 0, 0.0)
 
-    def forward_and_grad(self, x: torch.Tensor, *, create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_grad(
+        self,
+        x: torch.Tensor,
+        *,
+        create_graph: bool | None = None,
+        x_with_eq: torch.Tensor | None = None,
+        dx: torch.Tensor | None = None,
+        dx_sq: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``V(x): (batch,)`` and ``grad V(x): (batch, state_dim)`` for the whole batch.
 
         Without a warp the gradient is the ICNN's explicit reverse pass (fast; no autograd
@@ -186,14 +197,20 @@ class LyapunovFunction(nn.Module):
         training back-propagates through ``grad V``). With a warp it goes through
         ``torch.autograd.grad`` on ``V.sum()``; ``create_graph`` defaults to
         ``torch.is_grad_enabled()`` (on while training, off under ``torch.no_grad``).
+        A caller that already has them may pass ``x_with_eq = [x; x_eq]``, ``dx = x - x_eq``
+        and ``dx_sq = ||dx||^2`` (the stable models share them with ``fhat``).
         """
-        dx = x - self.x_eq
         if self.warp is None:
-            xx = self._with_eq(x)
-            gx, dg = self.g.forward_and_grad(xx)
-            shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx)
-            V = smooth_relu(shifted, self.d) + self.eps * (dx * dx).sum(-1)
-            grad = smooth_relu_grad(shifted, self.d).unsqueeze(-1) * dg[:-1] + 2.0 * self.eps * dx
+            if dx is None:
+                dx = x - self.x_eq
+            if dx_sq is None:
+                dx_sq = (dx * dx).sum(-1)
+            gx, dg = self.g.forward_and_grad(self._with_eq(x) if x_with_eq is None else x_with_eq)
+            # Pin g(x) - g(x_eq) to 0 at x_eq (see _exact_at_eq); ||dx||^2 == 0 there.
+            shifted = (gx[:-1] - gx[-1]).masked_fill(dx_sq == 0, 0.0)
+            outer, slope = smooth_relu_and_grad(shifted, self.d)
+            V = torch.add(outer, dx_sq, alpha=self.eps)
+            grad = torch.addcmul(dx * (2.0 * self.eps), slope.unsqueeze(-1), dg[:-1])
             return V, grad
         if create_graph is None:
             create_graph = torch.is_grad_enabled()

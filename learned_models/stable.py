@@ -47,17 +47,16 @@ def project_onto_decrease(
     constraint reads ``0 <= -alpha V + slack``, which no ``f`` can change, so ``fhat`` is
     returned: the denominator is replaced by 1 there instead of dividing 0 by 0.
     """
-    excess = (grad_V * fhat).sum(-1) + alpha * V
+    excess = torch.add((grad_V * fhat).sum(-1), V, alpha=alpha)
     if slack is not None:
         excess = excess - slack
     sq_norm = (grad_V * grad_V).sum(-1)
-    tiny = torch.finfo(sq_norm.dtype).tiny
-    defined = sq_norm > tiny
-    coef = F.relu(excess) / torch.where(defined, sq_norm, torch.ones_like(sq_norm))
+    defined = sq_norm > torch.finfo(sq_norm.dtype).tiny
+    coef = torch.relu(excess) / torch.where(defined, sq_norm, 1.0)
     # The clamp only matters at a (non-convex, warped) V's stationary point, where coef
     # would overflow: grad V * coef stays finite for |grad V| <= sqrt(max).
-    coef = torch.where(defined, coef, torch.zeros_like(coef)).clamp(max=math.sqrt(torch.finfo(coef.dtype).max))
-    return fhat - grad_V * coef.unsqueeze(-1)
+    coef = coef.masked_fill(~defined, 0.0).clamp(max=math.sqrt(torch.finfo(coef.dtype).max))
+    return torch.addcmul(fhat, grad_V, coef.unsqueeze(-1), value=-1.0)
 
 
 def _as_x_eq(x_eq, state_dim: int) -> torch.Tensor | None:
@@ -131,30 +130,39 @@ class StableDynamics(ODEWorldModel):
         return self.lyapunov.x_eq
 
     # -- eq. 10 ------------------------------------------------------------------------
-    def _fhat_centered(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    def _fhat_centered(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
         # fhat(x_eq, 0) rides along as one extra row of the same batch, recomputed with the
         # current weights each call (it changes during training).
-        x_eq = self.x_eq.unsqueeze(0)
         if u is None:
-            out = self.fhat(torch.cat([x, x_eq], dim=0))
+            out = self.fhat(torch.cat([x, self.x_eq.unsqueeze(0)], dim=0) if x_with_eq is None else x_with_eq)
         else:
             xu = torch.cat([x, u], dim=-1)
-            eq_row = torch.cat([x_eq, torch.zeros_like(u[:1])], dim=-1)
+            eq_row = torch.cat([self.x_eq.unsqueeze(0), torch.zeros_like(u[:1])], dim=-1)
             out = self.fhat(torch.cat([xu, eq_row], dim=0))
         return out[:-1] - out[-1:]
 
     def _slack(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
-    def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        fhat_c = self._fhat_centered(x, u)
-        V, grad_V = self.lyapunov.forward_and_grad(x)
+    def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses)."""
+        x_with_eq = torch.cat([x, self.x_eq.unsqueeze(0)], dim=0)  # shared by fhat and V
+        dx = x - self.x_eq
+        dx_sq = (dx * dx).sum(-1)
+        fhat_c = self._fhat_centered(x, u, x_with_eq)
+        if self.lyapunov.convex:
+            V, grad_V = self.lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq)
+        else:
+            V, grad_V = self.lyapunov.forward_and_grad(x)
         f = project_onto_decrease(fhat_c, V, grad_V, self.alpha, self._slack(x, u))
         # Exactly zero at the equilibrium whatever the floating point rounding of fhat_c.
-        at_eq = (x == self.x_eq).all(-1, keepdim=True)
+        at_eq = dx_sq == 0
         if u is not None:
-            at_eq = at_eq & (u == 0).all(-1, keepdim=True)
-        return torch.where(at_eq, torch.zeros_like(f), f)
+            at_eq = at_eq & ((u * u).sum(-1) == 0)
+        return f.masked_fill(at_eq.unsqueeze(-1), 0.0), V
+
+    def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        return self._field_and_V(x, u)[0]
 
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         """The state ``dt`` later: ``x: (batch, n)`` -> ``(batch, n)``.
@@ -174,11 +182,20 @@ class StableDynamics(ODEWorldModel):
         return super().step(x, u)
 
     def _step(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        y = integrate(lambda z: self._derivative(z, u), x, self.dt, self.integrator)
+        Vx: list[torch.Tensor] = []
+
+        def field(z: torch.Tensor) -> torch.Tensor:
+            f, V = self._field_and_V(z, u)
+            if z is x and not Vx:  # Euler's and RK4's first stage: keep V(x) for the rescale
+                Vx.append(V)
+            return f
+
+        y = integrate(field, x, self.dt, self.integrator)
         if not self.keep_guarantee:
             return y
         return lyapunov_rescale(
-            x, y, self.lyapunov, self.alpha, self.dt, self.x_eq, slack=self._slack(x, u), verify=not self.lyapunov.convex
+            x, y, self.lyapunov, self.alpha, self.dt, self.x_eq,
+            slack=self._slack(x, u), verify=not self.lyapunov.convex, Vx=Vx[0] if Vx else None,
         )
 
     # -- certificate -------------------------------------------------------------------
