@@ -7,7 +7,13 @@ MPC) without touching these:
    :func:`energy_swingup_policy` (or random torques), with rendered frames;
 2. :func:`simulate_batch` -- many pendulums at once in ``NLinkPendulumVectorEnv`` on
    ``--device`` under random torques (throughput and the spread of energies);
-3. :func:`write_gif` and :func:`plot_trajectory` -- the files, written atomically.
+3. :func:`write_gif` and :func:`plot_trajectory` -- the files, written atomically;
+4. :func:`train_world_models` -- pendulum data from the env, a simple (MLP) and a stable
+   (Manek & Kolter, ISS with inputs) world model trained on it;
+5. :func:`rollout_error_table` -- the Fig.-5-style long-rollout error of both models;
+6. :func:`check_certificate` -- the stable model's certificate and its falsification run;
+7. :func:`mpc_with_world_model` -- MPC planning on the stable model, acting on the real env;
+8. :func:`plot_rollout_error` and :func:`write_summary` -- plots, GIF and ``summary.md``.
 
 ``run(args)`` strings them together and prints where the outputs went.
 """
@@ -27,6 +33,9 @@ import numpy as np
 
 DEFAULT_OUT = os.path.join(".", "lyagym-output", "demo")
 OUTPUTS = ("pendulum.gif", "trajectory.png")
+#: files of the world-model stages (issue 5)
+MODEL_OUTPUTS = ("rollout_error.png", "mpc_stable_model.png", "mpc_stable_model.gif", "stable_model.pt",
+                 "stable_certificate.json", "summary.md")
 
 
 @dataclass(frozen=True)
@@ -276,16 +285,290 @@ def prepare_output(out: str | os.PathLike, names: Sequence[str], overwrite: bool
     return folder
 
 
+# ----------------------------------------------------------------------------- world models, certificate, MPC
+@dataclass(frozen=True)
+class ModelStageSize:
+    """How much work the world-model stages do for one ``--size``."""
+
+    episodes: int  # random-torque episodes of data from random states
+    episode_steps: int  # env steps (of 0.05 s) per data episode
+    hidden: tuple[int, ...]  # fhat widths of both models
+    lyap_hidden: tuple[int, ...]  # ICNN widths of the stable model's V
+    epochs: int  # training epochs (early stopping may end sooner)
+    eval_states: int  # Fig.-5-style evaluation: initial states in [-pi/8, pi/8]^(2n)
+    eval_steps: int  # ... and steps of 0.05 s
+    falsify: dict  # keyword arguments of Certificate.check
+    mpc_steps: int  # real env steps of MPC
+    mpc_samples: int  # K
+    mpc_horizon: int  # H
+    frame_every: int  # GIF frame every this many env steps
+
+
+MODEL_SIZES: dict[str, ModelStageSize] = {
+    "tiny": ModelStageSize(4, 8, (16, 16), (16, 16), 1, 8, 10,
+                           dict(n_samples=1000, shells=3, per_shell=50, large_norm_samples=50, grad_steps=2,
+                                grad_starts=8, rollouts=8, rollout_steps=3, time_limit=10.0), 3, 16, 5, 1),
+    "small": ModelStageSize(100, 20, (100, 100), (60, 60), 60, 200, 200,
+                            dict(n_samples=20_000, per_shell=500, large_norm_samples=2_000, grad_steps=30,
+                                 grad_starts=64, rollouts=64, rollout_steps=50, time_limit=20.0), 150, 100, 25, 2),
+    "full": ModelStageSize(200, 25, (100, 100), (60, 60), 150, 1000, 400, dict(time_limit=60.0), 200, 300, 30, 1),
+}
+
+#: control step of the world models and the MPC env (s): coarse enough for a 1.5 s horizon
+MODEL_DT = 0.05
+
+
+def train_world_models(n_links: int, size: ModelStageSize, *, seed: int = 0, device: str = "cpu",
+                       progress: bool = True) -> dict:
+    """Collect random-torque data from ``NLinkPendulumEnv`` and train a simple and a stable
+    controlled world model on it (one-step loss through each model's own RK4 step).
+
+    Returns ``{"data": TransitionBuffer, "models": {name: model}, "histories": {name: fit history},
+    "seconds": {name: training seconds}}``.
+    """
+    import torch
+
+    from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model
+
+    env = make_pendulum_env(n_links, dt=MODEL_DT, episode_steps=size.episode_steps)
+    data = collect_random_transitions(env, size.episodes, size.episode_steps, seed=seed, progress=progress)
+    base = env.unwrapped
+    kinds = {
+        "simple": dict(hidden=size.hidden),
+        "stable": dict(hidden=size.hidden, lyap_hidden=size.lyap_hidden),
+    }
+    models, histories, seconds = {}, {}, {}
+    for name, kwargs in kinds.items():
+        model = make_world_model(name, base.state_dim, base.action_dim, base.dt, seed=seed, device=device, **kwargs)
+        start = time.perf_counter()
+        histories[name] = fit_transitions(model, data, epochs=size.epochs, batch_size=256, lr=3e-3, patience=15,
+                                          seed=seed, progress=progress)
+        seconds[name] = time.perf_counter() - start
+        models[name] = model.eval().requires_grad_(False)
+    env.close()
+    torch.manual_seed(seed)
+    return {"data": data, "models": models, "histories": histories, "seconds": seconds}
+
+
+def rollout_error_table(n_links: int, models: dict, size: ModelStageSize, *, seed: int = 0, progress: bool = True):
+    """Fig.-5-style evaluation at the models' step: ``eval_states`` initial states uniform in
+    ``[-pi/8, pi/8]^(2n)``, physics and models both RK4 at ``h = 0.05`` without torque for
+    ``eval_steps`` steps, squared state error with wrapped angles
+    (``lyagym.agents.reproduce.pendulum_eval.rollout_error``).
+
+    Returns ``(scores, markdown_table)``.
+    """
+    import torch
+
+    from .mbrl import make_pendulum_env, true_physics_model
+    from .reproduce.pendulum_eval import rollout_error
+
+    env = make_pendulum_env(n_links, dt=MODEL_DT)
+    physics = true_physics_model(env, dtype=torch.float64)
+    env.close()
+    scores = rollout_error(physics, models, n_states=size.eval_states, n_steps=size.eval_steps, h=MODEL_DT, seed=seed,
+                           progress=progress)
+    rows = ["| model | mean squared error over the rollout | median over trajectories | error at the last step | diverged |",
+            "|---|---|---|---|---|"]
+    for name, score in scores.items():
+        rows.append(f"| {name} | {score.average:.4g} | {score.median:.4g} | {score.per_step[-1]:.4g} | {score.diverged} |")
+    return scores, "\n".join(rows)
+
+
+def check_certificate(model, size: ModelStageSize, path: Path | None = None):
+    """The stable model's ``Certificate`` and a falsification run of it (``Certificate.check``).
+
+    Returns ``(certificate, report)``; writes the certificate JSON to ``path`` when given.
+    """
+    cert = model.certificate()
+    report = cert.check(model, **size.falsify)
+    if path is not None:
+        cert.save(path)
+    return cert, report
+
+
+def mpc_with_world_model(n_links: int, model, size: ModelStageSize, *, seed: int = 0, frame_size: int = 240,
+                         progress: bool = True) -> dict:
+    """MPPI planning on ``model`` (its own discrete step), acting on the real
+    ``NLinkPendulumEnv`` swing-up from hanging down; records frames every
+    ``size.frame_every`` steps. See ``lyagym.agents.mbrl.mpc_episode``."""
+    from .mbrl import angle_error, make_pendulum_env, mpc_episode
+
+    env = make_pendulum_env(n_links, dt=MODEL_DT, episode_steps=size.mpc_steps, render_mode="rgb_array",
+                            render_size=frame_size)
+    episode = mpc_episode(env, model, planner="mppi", horizon=size.mpc_horizon, num_samples=size.mpc_samples,
+                          iterations=1, steps=size.mpc_steps, seed=seed, frames=True, progress=progress)
+    env.close()
+    episode["frames"] = episode["frames"][::size.frame_every]
+    episode["times"] = MODEL_DT * np.arange(len(episode["states"]))
+    episode["angle_error"] = angle_error(episode["states"], n_links, math.pi)
+    return episode
+
+
+def plot_rollout_error(scores: dict, histories: dict, path: Path, dt: float, title: str) -> Path:
+    """Fig. 5 (left) analogue: mean squared error vs time for each model, and the training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    for name, score in scores.items():
+        t = dt * np.arange(len(score.per_step))
+        axes[0].semilogy(t[1:], score.per_step[1:], label=f"{name} (mean {score.average:.3g})")
+    axes[0].set_xlabel("time (s)")
+    axes[0].set_ylabel("squared state error")
+    axes[0].set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8)
+    for name, history in histories.items():
+        losses = history.get("val_loss") or history.get("train_loss")
+        axes[1].semilogy(np.arange(1, len(losses) + 1), losses, label=name)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation loss (one step)")
+    axes[1].set_title("training", fontsize=9)
+    axes[1].legend(fontsize=8)
+    return _atomic_target(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100) or plt.close(fig))
+
+
+def plot_mpc(episode: dict, path: Path, title: str) -> Path:
+    """Angles (wrapped around upright), angle error and torques of an MPC episode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lyagym.envs import rewards
+
+    t, x, u = episode["times"], episode["states"], episode["actions"]
+    n = x.shape[1] // 2
+    fig, axes = plt.subplots(2, 1, figsize=(7, 4.4), sharex=True, constrained_layout=True)
+    for i in range(n):
+        axes[0].plot(t, math.pi + rewards.wrap_angle(x[:, i] - math.pi), lw=1.2, label=f"q{i + 1}")
+    axes[0].axhline(math.pi, color="grey", ls=":", lw=0.8)
+    axes[0].set_ylabel("angle (rad), pi = up")
+    axes[0].set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8, ncol=n)
+    for j in range(u.shape[1]):
+        axes[1].step(t[1:], u[:, j], where="pre", lw=1.0, label=f"u{j + 1}")
+    axes[1].set_ylabel("torque (N m)")
+    axes[1].set_xlabel("time (s)")
+    return _atomic_target(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100) or plt.close(fig))
+
+
+def write_summary(path: Path, text: str) -> Path:
+    """Write the markdown summary atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    return _atomic_target(path, write)
+
+
+def run_model_stages(args: argparse.Namespace, folder: Path, basic_summary: str) -> str:
+    """Stages 4-8 (world models, error table, certificate, MPC, files); returns the summary text."""
+    import torch
+
+    size = MODEL_SIZES[args.size]
+    progress = not getattr(args, "no_progress", False)
+    n = args.links
+    print(f"[4/8] collecting {size.episodes} x {size.episode_steps} random-torque steps from the {n}-link env "
+          f"and training simple and stable world models ...", flush=True)
+    trained = train_world_models(n, size, seed=args.seed, device=args.device, progress=progress)
+    models = trained["models"]
+    for name, seconds in trained["seconds"].items():
+        best = min(trained["histories"][name]["val_loss"] or trained["histories"][name]["train_loss"])
+        print(f"      {name:6s}: trained in {seconds:5.1f} s, best one-step validation loss {best:.3g}")
+    stable = models["stable"]
+    stable.save(folder / MODEL_OUTPUTS[3], metadata={"trained_by": "lyagym demo", "links": n, "dt": MODEL_DT})
+
+    print(f"[5/8] Fig.-5-style rollout error: {size.eval_states} states in [-pi/8, pi/8]^{2 * n}, "
+          f"{size.eval_steps} steps of {MODEL_DT} s without torque ...", flush=True)
+    cpu_models = {name: m.to("cpu") for name, m in models.items()}
+    scores, table = rollout_error_table(n, cpu_models, size, seed=args.seed, progress=progress)
+    print(table)
+
+    print("[6/8] certificate of the stable model and a falsification run ...", flush=True)
+    cert, report = check_certificate(cpu_models["stable"], size, folder / MODEL_OUTPUTS[4])
+    print(f"      claim: {cert.claim} (alpha = {cert.alpha:g}, evidence {cert.evidence}, {cert.time_domain} time)")
+    print("      " + report.summary().replace("\n", "\n      "))
+
+    print(f"[7/8] MPC (MPPI, K={size.mpc_samples}, H={size.mpc_horizon}) with the stable world model on the real env, "
+          f"{size.mpc_steps} steps ...", flush=True)
+    planning_model = cpu_models["stable"].to(args.device)
+    episode = mpc_with_world_model(n, planning_model, size, seed=args.seed, frame_size=SIZES[args.size].frame_size,
+                                   progress=progress)
+    final_error = float(episode["angle_error"][-1])
+    tail = episode["angle_error"][-max(1, len(episode["angle_error"]) // 5):]
+    held = bool(tail.max() < 0.1)
+    print(f"      return {episode['return']:.1f}; final angle error {final_error:.3f} rad; "
+          f"{'swung up and held' if held else 'not held upright'} over the last 20 % of the episode "
+          f"({episode['plans_per_s']:.1f} plans/s)")
+
+    print("[8/8] writing plots, GIF and summary ...", flush=True)
+    err_png = plot_rollout_error(scores, trained["histories"], folder / MODEL_OUTPUTS[0], MODEL_DT,
+                                 f"{n}-link pendulum, rollout error without torque")
+    mpc_png = plot_mpc(episode, folder / MODEL_OUTPUTS[1], f"MPC on the stable world model, real {n}-link env")
+    mpc_gif = write_gif(episode["frames"], folder / MODEL_OUTPUTS[2], fps=max(1, int(round(1 / (MODEL_DT * size.frame_every)))))
+    lines = [
+        f"# lyagym demo ({n}-link pendulum, size {args.size}, seed {args.seed})",
+        "",
+        basic_summary,
+        "",
+        "## World models",
+        "",
+        f"Data: {size.episodes} episodes x {size.episode_steps} steps of {MODEL_DT} s with uniform random torques from "
+        f"random states ({len(trained['data'])} transitions). Both models are continuous-time "
+        f"`xdot = f(x, u)` networks stepped with RK4 at {MODEL_DT} s, trained on the one-step loss.",
+        "",
+        "| model | training (s) | best one-step validation loss |",
+        "|---|---|---|",
+    ]
+    for name, seconds in trained["seconds"].items():
+        best = min(trained["histories"][name]["val_loss"] or trained["histories"][name]["train_loss"])
+        lines.append(f"| {name} | {seconds:.1f} | {best:.3g} |")
+    lines += [
+        "",
+        f"## Rollout error (Fig. 5 style, {size.eval_states} states, {size.eval_steps} steps, no torque)",
+        "",
+        table,
+        "",
+        f"![rollout error]({MODEL_OUTPUTS[0]})",
+        "",
+        "## Certificate of the stable model",
+        "",
+        f"- claim: `{cert.claim}`, alpha = {cert.alpha:g}, {cert.time_domain} time, equilibrium {cert.equilibrium}",
+        f"- evidence: {', '.join(cert.evidence) or 'none'}; file `{MODEL_OUTPUTS[4]}`",
+        f"- falsification: {'passed' if report.passed else 'FAILED'}, {report.n_checked} checks, "
+        f"{report.n_violations} violations, worst normalised violation {report.worst_violation:.3g}",
+        "",
+        "## MPC with the stable world model on the real env",
+        "",
+        f"MPPI, K = {size.mpc_samples}, H = {size.mpc_horizon} ({size.mpc_horizon * MODEL_DT:g} s), "
+        f"{size.mpc_steps} steps from hanging down: return {episode['return']:.1f}, final angle error "
+        f"{final_error:.3f} rad, {'swung up and held' if held else 'not held upright'} over the last 20 %.",
+        "",
+        f"![MPC]({MODEL_OUTPUTS[1]}) ![MPC GIF]({MODEL_OUTPUTS[2]})",
+        "",
+    ]
+    summary = write_summary(folder / MODEL_OUTPUTS[5], "\n".join(lines))
+    for p in (err_png, mpc_png, mpc_gif, folder / MODEL_OUTPUTS[3], folder / MODEL_OUTPUTS[4], summary):
+        print(f"wrote {p}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--links", type=int, default=2, help="number of pendulum links (default 2)")
+    parser.add_argument("--links", type=int, default=1, help="number of pendulum links (default 1)")
     parser.add_argument("--seconds", type=float, default=None, help="simulated seconds (default: from --size)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="amount of work (tiny is for tests)")
     parser.add_argument("--controller", choices=["energy", "random"], default="energy", help="swing-up controller")
     parser.add_argument("--device", default="cpu", help="torch device of the batched stage (cpu, cuda, ...)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs in --out")
+    parser.add_argument("--stages", choices=["all", "basic"], default="all",
+                        help="all (default): also train world models, check the certificate and run MPC; basic: simulation only")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -297,21 +580,23 @@ def run(args: argparse.Namespace) -> int:
     if not (seconds > 0 and math.isfinite(seconds)):
         print(f"lyagym demo: --seconds must be a positive number, got {args.seconds}")
         return 2
+    full = getattr(args, "stages", "all") == "all"
+    total = 8 if full else 3
     try:
-        folder = prepare_output(args.out, OUTPUTS, args.overwrite)
+        folder = prepare_output(args.out, OUTPUTS + (MODEL_OUTPUTS if full else ()), args.overwrite)
     except (FileExistsError, NotADirectoryError) as e:
         print(f"lyagym demo: {e}")
         return 1
 
     start = time.perf_counter()
-    print(f"[1/3] {args.links}-link pendulum, {seconds:g} s under the {args.controller} controller ...", flush=True)
+    print(f"[1/{total}] {args.links}-link pendulum, {seconds:g} s under the {args.controller} controller ...", flush=True)
     frame_every = max(1, int(round(100 / size.gif_fps)))  # the env runs at 1 / dt = 100 Hz
     episode = simulate_swingup(
         args.links, seconds, controller=args.controller, seed=args.seed, frame_every=frame_every, frame_size=size.frame_size
     )
-    print(f"[2/3] {size.batch} pendulums at once on {args.device} ...", flush=True)
+    print(f"[2/{total}] {size.batch} pendulums at once on {args.device} ...", flush=True)
     batch = simulate_batch(args.links, size.batch, size.batch_seconds, device=args.device, seed=args.seed)
-    print("[3/3] writing the GIF and the plot ...", flush=True)
+    print(f"[3/{total}] writing the GIF and the plot ...", flush=True)
     gif = write_gif(episode["frames"], folder / OUTPUTS[0], size.gif_fps)
     title = f"{args.links}-link pendulum, {args.controller} swing-up controller"
     png = plot_trajectory(episode, batch, folder / OUTPUTS[1], title)
@@ -324,5 +609,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {gif}")
     print(f"wrote {png}")
+    if full:
+        basic_summary = (
+            f"## Simulation\n\nEnergy-shaping swing-up controller ({args.controller}), {seconds:g} s: final RMS angle "
+            f"error from upright {final_error:.3f} rad. Batched stepping of {batch['batch']} pendulums: "
+            f"{batch['env_steps_per_s'] / 1e6:.2f} M env-steps/s on {batch['device']}.\n\n"
+            f"![pendulum]({OUTPUTS[0]}) ![trajectory]({OUTPUTS[1]})"
+        )
+        run_model_stages(args, folder, basic_summary)
     print(f"done in {time.perf_counter() - start:.1f} s; outputs in {folder.resolve()}")
     return 0

@@ -54,6 +54,7 @@ __all__ = [
     "MPCController",
     "wrap_state",
     "collect_episode",
+    "collect_random_transitions",
     "fit_transitions",
     "angle_error",
     "run_pets",
@@ -324,6 +325,22 @@ def collect_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.nda
         "return": float(np.sum(rewards)),
         "frames": images,
     }
+
+
+def collect_random_transitions(env: gym.Env, episodes: int, steps: int, *, seed: int = 0, max_speed: float = 6.0,
+                               progress: bool = False) -> TransitionBuffer:
+    """World-model training data from the real env: ``episodes`` short episodes of uniform
+    random torques, each from a random state (angles uniform on the circle, speeds uniform
+    in ``[-max_speed, max_speed]``), so the data covers hanging, swinging and upright states."""
+    base = env.unwrapped
+    n = int(base.n_links)
+    rng = np.random.default_rng(seed)
+    buffer = TransitionBuffer(base.state_dim, base.action_dim)
+    for e in tqdm(range(episodes), desc="collect data", disable=not progress, leave=False):
+        x0 = np.concatenate([rng.uniform(-np.pi, np.pi, n), rng.uniform(-max_speed, max_speed, n)])
+        ep = collect_episode(env, None, steps=steps, seed=seed * 100_003 + e, start_state=x0)
+        buffer.add_trajectory(ep["states"], ep["actions"])
+    return buffer
 
 
 # ---------------------------------------------------------------------- fitting
