@@ -12,7 +12,6 @@ tensor advanced by ``PendulumDynamics``' torch path, with no Python loop over en
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-batched", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd 64k figure")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
 
     print(f"torch {torch.__version__}, gymnasium {gym.__version__}, torch threads {torch.get_num_threads()}")
