@@ -68,7 +68,9 @@ def _all_finite(a) -> bool:
     elementwise ``isfinite`` mask. A finite array whose sum overflows gets the exact test."""
     if isinstance(a, torch.Tensor):
         return bool(torch.isfinite(a.sum())) or bool(torch.isfinite(a).all())
-    return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
 
 
 def _per_link(value, n: int, name: str) -> np.ndarray:
