@@ -16,6 +16,10 @@ from .training import fit
 from .falsification import FalsificationReport, empirical_certificate, falsify
 
 # --- LyaNet (issue 4) ---
+from . import lyanet
+from .lyanet_world_model import LyaNetWorldModel
+from .lyapunov_loss import discrete_lyapunov_loss, lyapunov_loss
+from .neural_ode import DataControlledMLP, NeuralODE
 
 # --- video VAE (issue 6) ---
 from .video_training import fit_video

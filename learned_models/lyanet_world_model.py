@@ -143,6 +143,12 @@ class LyaNetWorldModel(nn.Module):
         z = self._inputs(x, u)
         return self.ode(z, t) * self.out_std + self.out_mean
 
+    def derivative(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
+        """``xdot = g(x, u)``, ``(batch, state_dim)``; only for ``target="derivative"``."""
+        if self.target != "derivative":
+            raise RuntimeError("derivative() needs a model fitted with target='derivative'; this one predicts next states")
+        return self.predict(x, u, t=t)
+
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
         """State one ``dt`` later, ``(batch, state_dim)``; differentiable in ``x`` and ``u``."""
         if self.target == "next_state":

@@ -1,0 +1,160 @@
+"""LyaNet world model on the n-link pendulum, Fig. 5 protocol (``lyagym reproduce lyanet-pendulum``).
+
+For each number of links ``n``, on the same ``(x, xdot)`` training set (``fig5.training_data``:
+states from physics trajectories started in the evaluation box, exact derivatives), trains
+
+- ``simple``: ``SimpleDynamics`` (unconstrained MLP; Manek & Kolter's baseline),
+- ``stable``: ``StableDynamics`` (hard stability: projection onto ``dV/dt <= -alpha V``),
+- ``soft``: the same MLP as ``simple`` plus a learned ICNN ``LyapunovFunction``, trained
+  with MSE + ``weight * max(0, dV/dx . f + alpha V)`` (the LyaNet Lyapunov loss of eq. 12
+  used as a *soft* constraint on the state dynamics), so soft and hard stability are
+  compared on the same data;
+- ``lyanet``: ``LyaNetWorldModel`` (target ``xdot``), whose every prediction is a LyaNet
+  inference trained by Monte Carlo Lyapunov loss.
+
+Scores every model with the paper's protocol (``pendulum_eval.rollout_error``: 1000 states
+uniform in ``[-pi/8, pi/8]^(2n)``, 999 RK4 steps of 0.01 s, squared error with wrapped
+angles), and for the LyaNet model reports its certificate (measured convergence rate of
+inference on held-out inputs, Theorem-3 radius) and the cost/accuracy of early-terminated
+inference. Writes ``lyanet_pendulum.md`` and ``lyanet_pendulum.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
+from lyagym.learned_models.lyapunov_loss import lyapunov_loss
+
+from .fig5 import Fig5Config, build_models, train_models, training_data
+from .lyanet_digits import prepare_output, write_atomic
+from .pendulum_eval import STEP_SIZE, rollout_error
+
+__all__ = ["add_arguments", "run", "fit_soft_lyapunov"]
+
+FILES = ["lyanet_pendulum.md", "lyanet_pendulum.json"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="./lyagym-output/lyanet-pendulum", help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
+    parser.add_argument("--links", type=int, nargs="+", default=[1, 2], help="numbers of links (default: 1 2)")
+    parser.add_argument("--samples-per-link", type=int, default=2000, help="(x, xdot) pairs per link (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of every model (default: %(default)s)")
+    parser.add_argument("--eval-states", type=int, default=1000, help="evaluation initial states (default: 1000, the paper's)")
+    parser.add_argument("--eval-steps", type=int, default=999, help="evaluation steps (default: 999, the paper's)")
+    parser.add_argument("--kappa", type=float, default=4.0, help="LyaNet inference convergence rate (default: %(default)s)")
+    parser.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft Lyapunov penalty (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+
+
+def fit_soft_lyapunov(model, lyap, x, xdot, *, alpha: float, weight: float, epochs: int, batch_size: int = 256,
+                      lr: float = 1e-3, seed: int = 0) -> None:
+    """MSE on ``xdot`` plus ``weight`` times the Lyapunov loss ``max(0, dV/dx . f(x) + alpha V(x))``
+    at the training states, for the model's derivative ``f`` and a learned ``V`` (jointly)."""
+    from tqdm.auto import tqdm
+
+    params = list(model.parameters()) + list(lyap.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc="fit[soft-lyapunov]", leave=False):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i : i + batch_size]
+            xb = x[idx]
+            f = model.derivative(xb)
+            loss = (f - xdot[idx]).pow(2).mean() + weight * lyapunov_loss(lyap, f, xb, alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def _inference_speed(model: LyaNetWorldModel, x: torch.Tensor, xdot: torch.Tensor, repeats: int = 10) -> list[dict]:
+    rows = []
+    for t in (1.0, 0.5, 0.25):
+        with torch.no_grad():
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                pred = model.predict(x, t=t)
+                seconds.append(time.perf_counter() - start)
+        rel = float(((pred - xdot) ** 2).sum() / (xdot**2).sum())
+        rows.append({"t": t, "ms": 1e3 * statistics.median(seconds), "relative_squared_error": rel})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from lyagym.envs import PendulumDynamics
+    from lyagym.learned_models import LyapunovFunction
+
+    prepare_output(args.out, FILES, args.overwrite)
+    config = Fig5Config(samples_per_link=args.samples_per_link, epochs=args.epochs, seed=args.seed,
+                        eval_states=args.eval_states, eval_steps=args.eval_steps)
+    results = []
+    for n in args.links:
+        physics = PendulumDynamics(n_links=n)
+        x, xdot = training_data(physics, config)
+        models = build_models(n, config)
+        seconds = train_models(models, (x, xdot), config)
+        # Soft constraint: the simple architecture with the LyaNet loss on a learned ICNN V.
+        soft = build_models(n, config)["simple"]
+        torch.manual_seed(args.seed)
+        lyap = LyapunovFunction(2 * n, config.lyap_hidden, eps=config.eps)
+        start = time.perf_counter()
+        fit_soft_lyapunov(soft, lyap, x, xdot, alpha=config.alpha, weight=args.soft_weight, epochs=args.epochs,
+                          batch_size=config.batch_size, lr=config.lr, seed=args.seed)
+        seconds["soft"] = time.perf_counter() - start
+        models["soft"] = soft
+        torch.manual_seed(args.seed)
+        lyanet = LyaNetWorldModel(2 * n, 0, dt=STEP_SIZE, target="derivative", integrator="rk4", kappa=args.kappa)
+        start = time.perf_counter()
+        lyanet.fit(x, None, xdot, epochs=args.epochs, batch_size=config.batch_size, seed=args.seed)
+        seconds["lyanet"] = time.perf_counter() - start
+        models["lyanet"] = lyanet
+        with torch.no_grad():
+            test_x, test_xdot = training_data(physics, Fig5Config(samples_per_link=500, seed=args.seed + 7))
+            lyap_violation = float(lyapunov_loss(lyap, soft.derivative(test_x), test_x, config.alpha, reduction="none").gt(0).float().mean())
+        scores = rollout_error(physics, models, n_states=args.eval_states, n_steps=args.eval_steps, seed=args.seed,
+                               model_step={"simple": "rk4", "stable": "rk4", "soft": "rk4", "lyanet": "rk4"})
+        cert = lyanet.certificate()
+        speed = _inference_speed(lyanet, test_x, test_xdot)
+        row = {
+            "n_links": n,
+            "train_pairs": int(x.shape[0]),
+            "average_error": {k: v.average for k, v in scores.items()},
+            "median_error": {k: v.median for k, v in scores.items()},
+            "diverged": {k: v.diverged for k, v in scores.items()},
+            "train_seconds": seconds,
+            "soft_share_of_test_states_violating": lyap_violation,
+            "lyanet_certificate": cert.to_dict(),
+            "lyanet_early_exit": speed,
+        }
+        results.append(row)
+        print(f"n={n}: average rollout error " + ", ".join(f"{k} {v:.4g}" for k, v in row["average_error"].items()))
+        print(f"  LyaNet inference: rate p5 {cert.alpha:.2f} (kappa {args.kappa}), median {cert.details['rate_median']:.2f}; "
+              f"Theorem-3 radius (median, l2 normalised input) {cert.details['theorem3_radius_median']:.3g}")
+        print("  early exit: " + "; ".join(f"t={r['t']}: {r['ms']:.2f} ms, rel. err {r['relative_squared_error']:.2e}" for r in speed))
+    lines = [
+        f"n-link pendulum, Fig. 5 protocol ({args.eval_states} states, {args.eval_steps} steps of {STEP_SIZE}), "
+        f"{args.samples_per_link} pairs per link, {args.epochs} epochs, seed {args.seed}. Average squared rollout error:",
+        "",
+        "| n | simple | stable (hard) | soft Lyapunov | LyaNet | LyaNet rate p5 / kappa | LyaNet t=0.25 rel. err |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        e = r["average_error"]
+        c = r["lyanet_certificate"]
+        lines.append(f"| {r['n_links']} | {e['simple']:.4g} | {e['stable']:.4g} | {e['soft']:.4g} | {e['lyanet']:.4g} | "
+                     f"{c['alpha']:.2f} / {args.kappa} | {r['lyanet_early_exit'][2]['relative_squared_error']:.2e} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    write_atomic(os.path.join(args.out, FILES[0]), table)
+    write_atomic(os.path.join(args.out, FILES[1]), json.dumps(results, indent=2, default=float))
+    print(f"wrote {', '.join(FILES)} to {args.out}")
+    return 0

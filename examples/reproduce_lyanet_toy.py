@@ -1,0 +1,19 @@
+"""Reproduce a LyaNet study (Rodriguez et al. 2022); same as `lyagym reproduce lyanet-toy`.
+
+Run ``python examples/reproduce_lyanet_toy.py --help`` for the options (output folder, epochs, seed, ...).
+"""
+
+import argparse
+import sys
+
+from lyagym.agents.reproduce import lyanet_toy
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=lyanet_toy.__doc__.splitlines()[0])
+    lyanet_toy.add_arguments(parser)
+    return lyanet_toy.run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
