@@ -1,0 +1,184 @@
+"""Planner speed: lyagym's MPPI against ``pytorch_mppi``, planner overhead on a learned model,
+and batched planning rates.
+
+Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
+
+1. MPPI, K = 1000 samples, H = 30 steps, one state, on the true pendulum dynamics
+   (``PendulumDynamics``, RK4), same cost, noise and temperature: plans/s of
+   ``lyagym.agents.MPPIPlanner`` vs ``pytorch_mppi.MPPI`` in this run, and their ratio
+   (target >= 2x). ``pytorch_mppi`` is an optional dependency (``pip install pytorch_mppi``).
+2. Planner overhead on a learned model (``SimpleDynamics``): time of one MPPI plan vs the
+   raw batched rollout of the same K x H action sequences through the same model
+   (target <= 10% overhead).
+3. Batched planning: plans/s (states planned per second) for B = 1, 64, 1024 states at once,
+   on CPU and on CUDA when present.
+
+All figures are medians over ``--repeats`` timed runs after a warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lyagym.agents import MPPIPlanner, PendulumCost
+from lyagym.envs import PendulumDynamics
+
+
+def median_time(fn, repeats: int, sync=lambda: None) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_against_pytorch_mppi(n_links: int, K: int, H: int, repeats: int) -> None:
+    dynamics = PendulumDynamics(n_links=n_links, dt=0.05)
+    cost = PendulumCost(n_links, "swingup")
+    sigma, temperature, max_torque = 1.0, 1.0, 2.0
+    ours = MPPIPlanner(dynamics, cost, horizon=H, num_samples=K, noise_std=sigma, temperature=temperature,
+                       action_low=-max_torque, action_high=max_torque, seed=0)
+    x = torch.zeros(1, 2 * n_links, dtype=dynamics.dtype)
+    x[:, 0] = 0.3
+    t_ours = median_time(lambda: ours.plan(x), repeats)
+
+    try:
+        from pytorch_mppi import MPPI
+    except ImportError:
+        print(f"  n={n_links}: lyagym MPPI {1 / t_ours:8.1f} plans/s   (pytorch_mppi not installed: pip install pytorch_mppi)")
+        return
+    m = dynamics.action_dim
+    theirs = MPPI(
+        lambda s, a: dynamics.step(s, a),
+        lambda s, a: cost.step_cost(s, a),
+        2 * n_links,
+        sigma**2 * torch.eye(m, dtype=dynamics.dtype),
+        num_samples=K,
+        horizon=H,
+        lambda_=temperature,
+        u_min=torch.full((m,), -max_torque, dtype=dynamics.dtype),
+        u_max=torch.full((m,), max_torque, dtype=dynamics.dtype),
+        terminal_state_cost=lambda s, a: cost.step_cost(s[0, :, -1]),
+    )
+    t_theirs = median_time(lambda: theirs.command(x[0]), repeats)
+    print(f"  n={n_links}: lyagym MPPI {1 / t_ours:8.1f} plans/s   pytorch_mppi {1 / t_theirs:8.1f} plans/s   "
+          f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
+
+
+class GymPendulum:
+    """Gymnasium ``Pendulum-v1``'s closed-form dynamics (``th = 0`` upright, semi-implicit
+    Euler, dt = 0.05), batched in torch: the cheap dynamics of pytorch_mppi's own pendulum
+    example, where the planner's own overhead shows."""
+
+    state_dim, action_dim, dt = 2, 1, 0.05
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def step(self, x, u=None):
+        th, thdot = x[:, 0:1], x[:, 1:2]
+        thdot = (thdot + (15.0 * torch.sin(th) + 3.0 * u) * self.dt).clamp(-8.0, 8.0)
+        return torch.cat([th + thdot * self.dt, thdot], dim=1)
+
+    def rollout(self, x0, actions):
+        from lyagym.learned_models import rollout
+
+        return rollout(self, x0, actions)
+
+
+def gym_pendulum_step_cost(x, u):
+    th = (x[..., 0] + torch.pi) % (2 * torch.pi) - torch.pi
+    return th**2 + 0.1 * x[..., 1] ** 2 + (0.001 * (u**2).sum(-1) if u is not None else 0.0)
+
+
+class GymPendulumCost:
+    state_dim, action_dim = 2, 1
+
+    def __call__(self, states, actions):
+        return gym_pendulum_step_cost(states[:, :-1], actions).sum(-1) + gym_pendulum_step_cost(states[:, -1], None)
+
+
+def bench_gym_pendulum(K: int, H: int, repeats: int) -> None:
+    dynamics, cost = GymPendulum(), GymPendulumCost()
+    ours = MPPIPlanner(dynamics, cost, horizon=H, num_samples=K, noise_std=1.0, temperature=1.0,
+                       action_low=-2.0, action_high=2.0, seed=0)
+    x = torch.tensor([[3.0, 0.0]])
+    t_ours = median_time(lambda: ours.plan(x), repeats)
+    try:
+        from pytorch_mppi import MPPI
+    except ImportError:
+        print(f"  closed form: lyagym MPPI {1 / t_ours:8.1f} plans/s   (pytorch_mppi not installed)")
+        return
+    theirs = MPPI(dynamics.step, gym_pendulum_step_cost, 2, torch.eye(1), num_samples=K, horizon=H, lambda_=1.0,
+                  u_min=torch.tensor([-2.0]), u_max=torch.tensor([2.0]),
+                  terminal_state_cost=lambda s, a: gym_pendulum_step_cost(s[0, :, -1], None))
+    t_theirs = median_time(lambda: theirs.command(x[0]), repeats)
+    print(f"  closed form: lyagym MPPI {1 / t_ours:8.1f} plans/s   pytorch_mppi {1 / t_theirs:8.1f} plans/s   "
+          f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
+
+
+def bench_overhead(K: int, H: int, repeats: int) -> None:
+    from lyagym.learned_models import SimpleDynamics
+
+    n = 4
+    model = SimpleDynamics(n, 2, hidden=(100, 100), dt=0.05).requires_grad_(False)
+    cost = PendulumCost(2, "swingup")
+    planner = MPPIPlanner(model, cost, horizon=H, num_samples=K, noise_std=1.0, action_low=-2, action_high=2, seed=0)
+    x = torch.zeros(1, n)
+    actions = torch.zeros(K, H, 2).uniform_(-2, 2)
+    x_batch = x.expand(K, n)
+
+    def raw():
+        with torch.no_grad():
+            model.rollout(x_batch, actions)
+
+    t_plan = median_time(lambda: planner.plan(x), repeats)
+    t_raw = median_time(raw, repeats)
+    overhead = t_plan / t_raw - 1
+    print(f"  SimpleDynamics(4, 2, 100-100): plan {t_plan * 1e3:7.2f} ms   raw rollout {t_raw * 1e3:7.2f} ms   "
+          f"overhead {100 * overhead:5.1f}%  (target <= 10%)")
+
+
+def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 1024)) -> None:
+    dynamics = PendulumDynamics(n_links=1, dt=0.05).to(device, torch.float32)
+    cost = PendulumCost(1, "swingup")
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    for b in batches:
+        k = K if b * K <= 2_000_000 else max(16, 2_000_000 // b)
+        planner = MPPIPlanner(dynamics, cost, horizon=H, num_samples=k, noise_std=1.0, action_low=-2, action_high=2, seed=0)
+        x = torch.rand(b, 2, device=device) - 0.5
+        t = median_time(lambda: planner.plan(x), max(3, repeats // 2), sync)
+        print(f"  {device:5s} B={b:5d} K={k:5d} H={H}: {b / t:10.1f} states planned/s  ({1 / t:7.2f} calls/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the anchor figure)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--horizon", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    K, H = args.samples, args.horizon
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), K={K}, H={H}, medians of {args.repeats}")
+    print("1. MPPI on the true pendulum dynamics (PendulumDynamics, RK4, dt=0.05), one state:")
+    for n in (1, 2):
+        bench_against_pytorch_mppi(n, K, H, args.repeats)
+    print("   and on Gymnasium Pendulum-v1's closed-form dynamics (pytorch_mppi's example system):")
+    bench_gym_pendulum(K, H, args.repeats)
+    print("2. Planner overhead over the raw batched rollout of a learned model:")
+    bench_overhead(K, H, args.repeats)
+    print("3. Batched planning (MPPI, n=1 pendulum):")
+    bench_batched("cpu", K, H, args.repeats)
+    if torch.cuda.is_available():
+        bench_batched("cuda", K, H, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
