@@ -6,7 +6,10 @@
     z_{i+1} = sigma(U_i z_i + W_i x + b_i),   i = 1 .. k-1              (eq. 11)
 
 is convex in ``x`` when every ``U_i`` is elementwise non-negative and ``sigma`` is convex
-and non-decreasing. We keep ``U_i = softplus(U_raw_i)`` (the paper's choice, so gradient
+and non-decreasing. The output layer is affine (no ``sigma``), as in the authors' released
+code: a non-negative combination of convex functions plus an affine term is still convex,
+and an output ``sigma`` can die (negative pre-activation on all data), freezing ``g`` and
+leaving the Lyapunov function stuck at ``eps ||x||^2`` -- which we saw stall training. We keep ``U_i = softplus(U_raw_i)`` (the paper's choice, so gradient
 steps never leave the feasible set) and use the smoothed ReLU (eq. 13), which is convex,
 non-decreasing, continuously differentiable and 0 at 0:
 
@@ -78,8 +81,8 @@ class ICNN(nn.Module):
 
     Args:
         in_dim: input dimension.
-        hidden: widths of the hidden layers (the paper's V uses ``(60, 60)``); the output
-            layer of width 1 is added on top, so there are ``len(hidden) + 1`` layers.
+        hidden: widths of the hidden layers (the paper's V uses ``(60, 60)``); the affine
+            output layer of width 1 is added on top, so there are ``len(hidden) + 1`` layers.
         d: width of the smoothed ReLU's quadratic region (eq. 13).
     """
 
@@ -128,9 +131,9 @@ class ICNN(nn.Module):
         U = self.positive_weights()
         pre, _ = self._input_terms(x)
         z = smooth_relu(pre[0], self.d)
-        for i in range(1, len(pre)):
+        for i in range(1, len(pre) - 1):
             z = smooth_relu(torch.addmm(pre[i], z, U[i - 1].t()), self.d)
-        return z.squeeze(-1)
+        return torch.addmm(pre[-1], z, U[-1].t()).squeeze(-1)
 
     def forward_and_grad(self, x: torch.Tensor, *, method: str = "analytic", create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``g(x): (batch,)`` and ``dg/dx: (batch, in_dim)`` for the whole batch at once.
@@ -156,23 +159,27 @@ class ICNN(nn.Module):
         pre, W = self._input_terms(x)
         z, slope = smooth_relu_and_grad(pre[0], self.d)
         slopes = [slope]
-        for i in range(1, len(pre)):
+        for i in range(1, len(pre) - 1):
             z, slope = smooth_relu_and_grad(torch.addmm(pre[i], z, U[i - 1].t()), self.d)
             slopes.append(slope)
-        # Reverse pass: delta_i = dg/d(pre_i) = (delta_{i+1} U_i) * sigma'(pre_i);
-        # dg/dx = sum_i delta_i W_i, one matrix product over the stacked deltas.
-        delta = slopes[-1]
+        g = torch.addmm(pre[-1], z, U[-1].t()).squeeze(-1)
+        # Reverse pass: delta_i = dg/d(pre_i) = (delta_{i+1} U_i) * sigma'(pre_i), with
+        # delta = 1 at the affine output; dg/dx = sum_i delta_i W_i, one matrix product
+        # over the stacked deltas.
+        delta = U[-1] * slopes[-1]  # (1, h) * (batch, h)
         deltas = [delta]
-        for i in range(len(pre) - 2, -1, -1):
+        for i in range(len(pre) - 3, -1, -1):
             delta = (delta @ U[i]) * slopes[i]
             deltas.append(delta)
-        grad = torch.cat(deltas[::-1], dim=1) @ W
-        return z.squeeze(-1), grad
+        deltas.reverse()
+        grad = torch.addmm(W[-1:].expand(x.shape[0], -1), torch.cat(deltas, dim=1), W[:-1])
+        return g, grad
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).
 
-        ``sigma_d`` is 1-Lipschitz, so ``L_1 <= ||W_0||`` and ``L_{i+1} <= ||U_i|| L_i + ||W_i||``.
+        ``sigma_d`` is 1-Lipschitz (and the output layer affine), so ``L_1 <= ||W_0||`` and
+        ``L_{i+1} <= ||U_i|| L_i + ||W_i||``.
         """
         with torch.no_grad():
             U = self.positive_weights()

@@ -121,6 +121,15 @@ class LyapunovFunction(nn.Module):
         d: smoothed-ReLU width (eq. 13) used in the ICNN and the outer ``sigma``.
         warp: ``None`` or ``"coupling"`` (invertible affine coupling layers, see module doc).
         x_eq: the equilibrium, ``(state_dim,)``; default the origin. Stored as a buffer.
+        shift: ``"value"`` (the paper's eq. 12/14: ``sigma(g(F(x)) - g(F(x_eq)))``) or
+            ``"tangent"``: subtract the tangent plane of ``g`` at ``F(x_eq)`` too,
+            ``sigma(g(F x) - g(F x_eq) - grad g(F x_eq) . (F x - F x_eq))``. The Bregman
+            divergence of the convex ``g`` is ``>= 0`` and vanishes only at ``x_eq``
+            (``F`` is injective), so ``sigma`` is never flat on a region around ``x_eq``.
+            With ``"value"`` it is flat on ``{g(F x) <= g(F x_eq)}`` whenever ``g``'s
+            minimum is not at ``F(x_eq)``: there ``V = eps ||x - x_eq||^2`` and the ICNN gets
+            no gradient from those states, which we saw stall training. Convexity (without
+            a warp), ``V(x_eq) = 0``, ``V >= eps ||dx||^2`` and the ``c2`` bound hold for both.
     """
 
     def __init__(
@@ -132,8 +141,12 @@ class LyapunovFunction(nn.Module):
         d: float = 0.1,
         warp: str | None = None,
         x_eq: torch.Tensor | Sequence[float] | None = None,
+        shift: str = "value",
     ) -> None:
         super().__init__()
+        if shift not in ("value", "tangent"):
+            raise ValueError(f"shift must be 'value' or 'tangent', got {shift!r}")
+        self.shift = shift
         if int(state_dim) < 1:
             raise ValueError(f"state_dim must be >= 1, got {state_dim!r}")
         if not (eps > 0 and math.isfinite(eps)):
@@ -166,10 +179,15 @@ class LyapunovFunction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, state_dim)`` -> ``V(x): (batch,)``."""
         xx = self._with_eq(x)
-        gx = self.g(self.warp(xx) if self.warp is not None else xx)
+        Fxx = self.warp(xx) if self.warp is not None else xx
+        gx = self.g(Fxx)
+        shifted = gx[:-1] - gx[-1]
+        if self.shift == "tangent":
+            _, dg_eq = self.g.forward_and_grad(Fxx[-1:])
+            shifted = shifted - ((Fxx[:-1] - Fxx[-1:]) * dg_eq).sum(-1)
         dx = x - self.x_eq
         dx_sq = (dx * dx).sum(-1)
-        shifted = self._exact_at_eq(gx[:-1] - gx[-1], dx_sq)
+        shifted = self._exact_at_eq(shifted, dx_sq)
         return torch.add(smooth_relu(shifted, self.d), dx_sq, alpha=self.eps)
 
     @staticmethod
@@ -206,11 +224,15 @@ class LyapunovFunction(nn.Module):
             if dx_sq is None:
                 dx_sq = (dx * dx).sum(-1)
             gx, dg = self.g.forward_and_grad(self._with_eq(x) if x_with_eq is None else x_with_eq)
-            # Pin g(x) - g(x_eq) to 0 at x_eq (see _exact_at_eq); ||dx||^2 == 0 there.
-            shifted = (gx[:-1] - gx[-1]).masked_fill(dx_sq == 0, 0.0)
+            shifted, dshift = gx[:-1] - gx[-1], dg[:-1]
+            if self.shift == "tangent":
+                shifted = shifted - (dx * dg[-1]).sum(-1)
+                dshift = dshift - dg[-1]
+            # Pin the shifted g to 0 at x_eq (see _exact_at_eq); ||dx||^2 == 0 there.
+            shifted = shifted.masked_fill(dx_sq == 0, 0.0)
             outer, slope = smooth_relu_and_grad(shifted, self.d)
             V = torch.add(outer, dx_sq, alpha=self.eps)
-            grad = torch.addcmul(dx * (2.0 * self.eps), slope.unsqueeze(-1), dg[:-1])
+            grad = torch.addcmul(dx * (2.0 * self.eps), slope.unsqueeze(-1), dshift)
             return V, grad
         if create_graph is None:
             create_graph = torch.is_grad_enabled()
@@ -230,12 +252,13 @@ class LyapunovFunction(nn.Module):
         """A proven ``c2`` with ``V(x) <= c2 ||x - x_eq||^2`` everywhere, or ``None`` with a warp.
 
         ``sigma_d(t) <= t^2 / (2d)`` and ``|g(x) - g(x_eq)| <= L ||x - x_eq||`` give
-        ``c2 = L^2 / (2d) + eps`` with ``L = ICNN.lipschitz_bound()`` (loose but rigorous).
+        ``c2 = L^2 / (2d) + eps`` with ``L = ICNN.lipschitz_bound()`` (loose but rigorous);
+        with ``shift="tangent"`` the shifted value is at most ``2 L ||x - x_eq||``.
         """
         if self.warp is not None:
             return None
-        L = self.g.lipschitz_bound()
+        L = self.g.lipschitz_bound() * (2.0 if self.shift == "tangent" else 1.0)
         return L * L / (2.0 * self.d) + self.eps
 
     def extra_repr(self) -> str:
-        return f"state_dim={self.state_dim}, eps={self.eps}, d={self.d}, warp={self.warp_name!r}"
+        return f"state_dim={self.state_dim}, eps={self.eps}, d={self.d}, warp={self.warp_name!r}, shift={self.shift!r}"

@@ -93,6 +93,8 @@ class StableDynamics(ODEWorldModel):
         integrator: ``"euler"``, ``"rk4"`` (default) or a torchdiffeq method name.
         keep_guarantee: ``step`` rescales the integrator's result so that
             ``V(x_{k+1}) <= exp(-alpha dt) V(x_k)`` (see ``step``). Default ``True``.
+        lyap_shift: ``"value"`` (the paper's eq. 12) or ``"tangent"`` (Bregman shift, no
+            flat region of ``V`` around ``x_eq``; trains more reliably, see ``LyapunovFunction``).
 
     Attributes:
         lyapunov: the ``LyapunovFunction`` ``V``, callable on ``(batch, n)`` -> ``(batch,)``.
@@ -113,16 +115,17 @@ class StableDynamics(ODEWorldModel):
         dt: float = 0.01,
         integrator: str = "rk4",
         keep_guarantee: bool = True,
+        lyap_shift: str = "value",
     ) -> None:
-        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee)
+        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift)
 
-    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee) -> None:
+    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift) -> None:
         super().__init__(state_dim, action_dim, dt, integrator)
         self.alpha = _check_rate("alpha", alpha)
         self.hidden = tuple(int(h) for h in hidden)
         self.keep_guarantee = bool(keep_guarantee)
         self.fhat = mlp(state_dim + action_dim, self.hidden, state_dim)
-        self.lyapunov = LyapunovFunction(state_dim, tuple(lyap_hidden), eps=eps, d=d, warp=warp, x_eq=_as_x_eq(x_eq, state_dim))
+        self.lyapunov = LyapunovFunction(state_dim, tuple(lyap_hidden), eps=eps, d=d, warp=warp, x_eq=_as_x_eq(x_eq, state_dim), shift=lyap_shift)
 
     @property
     def x_eq(self) -> torch.Tensor:
@@ -220,7 +223,7 @@ class StableDynamics(ODEWorldModel):
         if domain == "discrete" and not self.keep_guarantee:
             raise ValueError("the plain integrator step carries no discrete guarantee; build the model with keep_guarantee=True")
         V = self.lyapunov
-        details: dict[str, Any] = {"d": V.d, "warp": V.warp_name, "state_dim": self.state_dim}
+        details: dict[str, Any] = {"d": V.d, "warp": V.warp_name, "lyap_shift": V.shift, "state_dim": self.state_dim}
         if V.convex:
             details["lipschitz_bound_g"] = V.g.lipschitz_bound()
         return Certificate(
@@ -256,6 +259,7 @@ class StableDynamics(ODEWorldModel):
             "dt": self.dt,
             "integrator": self.integrator,
             "keep_guarantee": self.keep_guarantee,
+            "lyap_shift": V.shift,
         }
 
     def extra_repr(self) -> str:
@@ -315,10 +319,11 @@ class StableControlledDynamics(StableDynamics):
         dt: float = 0.01,
         integrator: str = "rk4",
         keep_guarantee: bool = True,
+        lyap_shift: str = "value",
     ) -> None:
         if not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"action_dim must be an int >= 1 for a controlled model (use StableDynamics for 0), got {action_dim!r}")
-        self._init_stable(state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee)
+        self._init_stable(state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift)
         self.input_gain = _check_rate("input_gain", input_gain)
         self.sigma_hidden = tuple(int(h) for h in sigma_hidden)
         self.sigma_net = mlp(state_dim + action_dim, self.sigma_hidden, 1)

@@ -133,8 +133,9 @@ def fit(
             if u is None:
                 raise ValueError(f"this model has action_dim={m}: data needs u of shape (N, {m})")
             u = _check_tensor(u, "u", (x.shape[0], m))
-        elif u is not None and u.numel():
-            raise ValueError("data has inputs u but the model is autonomous (action_dim=0)")
+        elif u is not None and u.numel() and bool(torch.as_tensor(u).ne(0).any()):
+            # All-zero torques (e.g. a DerivativeData of the unforced pendulum) are fine.
+            raise ValueError("data has non-zero inputs u but the model is autonomous (action_dim=0)")
         tensors = [t.to(device, dtype) for t in (x, xdot)] + ([u.to(device, dtype)] if m else [])
         units = torch.arange(x.shape[0])
         groups = units  # split by sample

@@ -65,11 +65,12 @@ def test_icnn_rejects_bad_arguments():
         ICNN(2).forward_and_grad(torch.zeros(1, 2), method="finite-differences")
 
 
+@pytest.mark.parametrize("shift", ["value", "tangent"])
 @pytest.mark.parametrize("warp", [None, "coupling"])
 @pytest.mark.parametrize("n,hidden", SIZES)
-def test_lyapunov_positive_definite_with_arbitrary_equilibrium(n, hidden, warp):
+def test_lyapunov_positive_definite_with_arbitrary_equilibrium(n, hidden, warp, shift):
     x_eq = torch.randn(n, dtype=torch.float64)
-    V = LyapunovFunction(n, hidden, eps=0.01, warp=warp, x_eq=x_eq).double()
+    V = LyapunovFunction(n, hidden, eps=0.01, warp=warp, x_eq=x_eq, shift=shift).double()
     x_eq = V.x_eq  # stored in the default dtype, then converted with the module
     torch.testing.assert_close(x_eq, x_eq.float().double())
     with torch.no_grad():
@@ -96,8 +97,9 @@ def test_lyapunov_offset_is_recomputed_after_weights_change():
     assert (V(torch.randn(100, 3, dtype=torch.float64) * 1e-3) > 0).all()
 
 
-def test_lyapunov_without_warp_is_convex_and_bounded_by_c2():
-    V = LyapunovFunction(4).double()
+@pytest.mark.parametrize("shift", ["value", "tangent"])
+def test_lyapunov_without_warp_is_convex_and_bounded_by_c2(shift):
+    V = LyapunovFunction(4, shift=shift).double()
     a, b = torch.randn(1000, 4, dtype=torch.float64) * 2, torch.randn(1000, 4, dtype=torch.float64) * 2
     assert (V(0.5 * (a + b)) <= 0.5 * (V(a) + V(b)) + 1e-12).all()
     c2 = V.upper_constant()
@@ -105,9 +107,10 @@ def test_lyapunov_without_warp_is_convex_and_bounded_by_c2():
     assert (V(x) <= c2 * (x * x).sum(-1) * (1 + 1e-9)).all()
 
 
+@pytest.mark.parametrize("shift", ["value", "tangent"])
 @pytest.mark.parametrize("warp", [None, "coupling"])
-def test_lyapunov_batched_gradient_matches_autograd(warp):
-    V = LyapunovFunction(5, (20, 20), warp=warp).double()
+def test_lyapunov_batched_gradient_matches_autograd(warp, shift):
+    V = LyapunovFunction(5, (20, 20), warp=warp, shift=shift).double()
     if warp:
         with torch.no_grad():
             for p in V.warp.parameters():
@@ -118,6 +121,23 @@ def test_lyapunov_batched_gradient_matches_autograd(warp):
     torch.testing.assert_close(V.grad(x), ref)
     v, g = V.forward_and_grad(x)
     torch.testing.assert_close(v, V(x))
+
+
+def test_tangent_shift_leaves_no_flat_region_around_the_equilibrium():
+    # Move g's minimum away from x_eq = 0: with the paper's shift, sigma(g(x) - g(0)) is
+    # then 0 on a whole region around 0 (V = eps ||x||^2 there, no gradient reaches g);
+    # the tangent (Bregman) shift is positive everywhere except at x_eq.
+    torch.manual_seed(0)
+    value = LyapunovFunction(2, (16, 16), shift="value").double()
+    with torch.no_grad():
+        value.g.W[-1].weight.copy_(torch.tensor([[3.0, 0.0]]))  # g grows along +x_1
+    tangent = LyapunovFunction(2, (16, 16), shift="tangent").double()
+    tangent.load_state_dict(value.state_dict())
+    x = torch.randn(2000, 2, dtype=torch.float64) * 0.5
+    quad = 0.01 * (x * x).sum(-1)
+    with torch.no_grad():
+        assert ((value(x) - quad) == 0).double().mean() > 0.2
+        assert ((tangent(x) - quad) > 0).all()
 
 
 def test_coupling_warp_is_invertible():
@@ -138,3 +158,5 @@ def test_lyapunov_rejects_bad_arguments():
         LyapunovFunction(2, warp="mlp")
     with pytest.raises(ValueError, match="x_eq"):
         LyapunovFunction(2, x_eq=[0.0, float("nan")])
+    with pytest.raises(ValueError, match="shift"):
+        LyapunovFunction(2, shift="mean")
