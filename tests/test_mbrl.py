@@ -133,3 +133,10 @@ def test_cli_plan_and_mbrl_run(tmp_path):
     assert main(args) == 0
     assert main(args) == 2  # refuses to overwrite a finished run without --resume
     assert main(["plan", "--model", str(tmp_path / "missing.pt"), "--no-progress"]) == 2
+    # train a controlled stable model, then plan with its checkpoint
+    ckpt = str(tmp_path / "stable.pt")
+    assert main(["train", "--links", "1", "--kind", "stable", "--data", "env", "--samples", "40", "--epochs", "1",
+                 "--out", ckpt, "--no-progress"]) == 0
+    assert os.path.exists(tmp_path / "stable.cert.json")
+    assert main(["train", "--links", "1", "--data", "env", "--samples", "40", "--out", ckpt, "--no-progress"]) == 2  # no overwrite
+    assert main(["plan", "--links", "1", "--model", ckpt, "--steps", "2", "--samples", "8", "--horizon", "3", "--no-progress"]) == 0

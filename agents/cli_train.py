@@ -1,0 +1,88 @@
+"""``lyagym train``: train a world model on pendulum data and save a checkpoint (and, for
+stable models, its certificate next to it).
+
+Two kinds of data:
+
+- ``--data pairs`` (the paper's): ``(x, xdot)`` pairs with states uniform in
+  ``[-pi, pi]^(2n)`` from the physics, no torque -> an autonomous model
+  (``SimpleDynamics`` / ``StableDynamics``) as in Manek & Kolter's Fig. 5;
+- ``--data env`` (for planning): random-torque transitions from ``NLinkPendulumEnv`` at
+  control step ``--dt`` -> a controlled model (``SimpleDynamics`` /
+  ``StableControlledDynamics``) that ``lyagym plan --model PATH`` can use.
+
+Example::
+
+    lyagym train --links 1 --kind stable --data env --out stable_n1.pt
+    lyagym plan --links 1 --model stable_n1.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--links", type=int, default=1)
+    parser.add_argument("--kind", default="stable", choices=["stable", "simple"], help="world model kind")
+    parser.add_argument("--data", default="env", choices=["env", "pairs"], help="env transitions (controlled) or (x, xdot) pairs")
+    parser.add_argument("--samples", type=int, default=2000, help="transitions (env) or pairs")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--dt", type=float, default=0.05, help="model step (s); env control step for --data env")
+    parser.add_argument("--alpha", type=float, default=None, help="stable models: certified decay rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True, help="checkpoint path (.pt); the certificate goes to PATH.cert.json")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lyagym.learned_models import SimpleDynamics, StableDynamics, fit
+
+    from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model
+
+    if args.links < 1 or args.samples < 10 or args.epochs < 1:
+        print("lyagym train: --links >= 1, --samples >= 10 and --epochs >= 1 are required")
+        return 2
+    if os.path.exists(args.out) and not args.overwrite:
+        print(f"lyagym train: {args.out} exists; pass --overwrite or choose another --out")
+        return 2
+    progress = not args.no_progress
+    n = args.links
+    extra = {} if args.alpha is None or args.kind == "simple" else {"alpha": args.alpha}
+    if args.data == "env":
+        steps = 20
+        env = make_pendulum_env(n, dt=args.dt, episode_steps=steps)
+        data = collect_random_transitions(env, max(1, args.samples // steps), steps, seed=args.seed, progress=progress)
+        base = env.unwrapped
+        model = make_world_model(args.kind, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device, **extra)
+        history = fit_transitions(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  progress=progress)
+        what = f"{len(data)} random-torque transitions at dt={args.dt}"
+    else:
+        from lyagym.envs import PendulumDynamics, sample_derivative_dataset
+
+        physics = PendulumDynamics(n_links=n)
+        data = sample_derivative_dataset(physics, args.samples, seed=args.seed, device=args.device)
+        torch.manual_seed(args.seed)
+        cls = StableDynamics if args.kind == "stable" else SimpleDynamics
+        model = cls(2 * n, dt=args.dt, **extra).to(args.device)
+        history = fit(model, (data.x, data.xdot), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      seed=args.seed, progress=progress)
+        what = f"{args.samples} (x, xdot) pairs in [-pi, pi]^{2 * n}"
+    losses = history.get("val_loss") or history.get("train_loss")
+    model.save(args.out, metadata={"trained_by": "lyagym train", "links": n, "data": what})
+    print(f"trained {type(model).__name__} on {what}: best validation loss {min(losses):.4g}; saved {args.out}")
+    if hasattr(model, "certificate"):
+        cert = model.certificate()
+        cert_path = os.path.splitext(args.out)[0] + ".cert.json"
+        cert.save(cert_path)
+        print(f"certificate ({cert.claim}, alpha={cert.alpha:g}, evidence {cert.evidence}) saved to {cert_path}")
+    return 0
