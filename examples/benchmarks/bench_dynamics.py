@@ -45,10 +45,10 @@ _TIMER = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from lyagym.envs import symbolic
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 symbolic.compile_pendulum(int(sys.argv[1]))
-t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1}))
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "compile_cpu_s": c2 - c1}))
 """
 
 
@@ -72,39 +72,44 @@ def time_compile_in_subprocess(n: int, cache: str) -> dict:
 
 def bench_derivation(sizes, repeats: int) -> None:
     print("\n== 1. sympy derivation (Kane's method + codegen), fresh process each ==")
-    print(f"{'n':>3} {'cold s':>8} {'cached s':>9} {'import s':>9}  vs 2019")
+    print(f"{'n':>3} {'cold s':>8} {'(cpu s)':>8} {'cached s':>9} {'import s':>9}  vs 2019")
     for n in sizes:
-        cold, cached, imp = [], [], []
+        cold, cold_cpu, cached, imp = [], [], [], []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as cache:
                 c = time_compile_in_subprocess(n, cache)
                 w = time_compile_in_subprocess(n, cache)
             cold.append(c["compile_s"])
+            cold_cpu.append(c["compile_cpu_s"])
             cached.append(w["compile_s"])
             imp.append(w["import_s"])
         cold_s, cached_s = statistics.median(cold), statistics.median(cached)
         anchor = DERIVATION_2019_S.get(n)
         vs = f"2019: {anchor:.1f} s -> {anchor / cold_s:.1f}x faster cold" if anchor else ""
-        print(f"{n:>3} {cold_s:>8.3f} {cached_s:>9.4f} {statistics.median(imp):>9.3f}  {vs}")
-    print("   (cold includes importing sympy; 'import s' is importing lyagym.envs.symbolic, paid once)")
+        print(f"{n:>3} {cold_s:>8.3f} {statistics.median(cold_cpu):>8.3f} {cached_s:>9.4f} {statistics.median(imp):>9.3f}  {vs}")
+    print("   cold includes importing sympy; 'import s' is importing lyagym.envs (torch, gymnasium),")
+    print("   paid once per process whatever the cache; cpu s = process CPU time (what an idle box would take)")
 
 
 def bench_reference(sizes, repeats: int) -> None:
     print("\n== 2. evaluation reference: 1000 states x 999 RK4 steps (h = 0.01), numpy float64 ==")
-    print(f"{'n':>3} {'ours s':>8} {'2019 s':>8} {'speed-up':>9}")
+    print(f"{'n':>3} {'ours s':>8} {'(cpu s)':>8} {'2019 s':>8} {'speed-up':>9}")
     for n in sizes:
         dyn = PendulumDynamics(n)
         x0 = np.random.default_rng(0).uniform(-math.pi, math.pi, (1000, 2 * n))
         reps = repeats if n <= 4 else max(1, repeats // 2)
-        t = statistics.median([_once(lambda: dyn.simulate(x0, 999)) for _ in range(reps)])
+        runs = [_once(lambda: dyn.simulate(x0, 999)) for _ in range(reps)]
+        t = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
         anchor = REFERENCE_2019_S[n]
-        print(f"{n:>3} {t:>8.2f} {anchor:>8.0f} {anchor / t:>8.0f}x")
+        print(f"{n:>3} {t:>8.2f} {cpu:>8.2f} {anchor:>8.0f} {anchor / t:>8.0f}x")
+    print("   cpu s = process CPU time of the (single-threaded numpy) run; wall s suffers from other load")
 
 
-def _once(fn) -> float:
-    t0 = time.perf_counter()
+def _once(fn) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_batched(batches, repeats: int) -> None:
