@@ -100,6 +100,53 @@ def summarise(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), numbers
 
 
+#: prediction regions: name -> (angle centre, angle half-width, speed half-width, torques?, steps)
+REGIONS = {
+    "hanging, no torque (Fig. 5 box), 10 s": (0.0, math.pi / 8, math.pi / 8, False, 200),
+    "near upright, no torque, 1 s": (math.pi, 0.3, 0.3, False, 20),
+    "hanging, random torques, 5 s": (0.0, math.pi / 8, math.pi / 8, True, 100),
+}
+
+
+def prediction_errors(models: dict, n_links: int, dt: float, max_torque: float, *, n_states: int = 256,
+                      seed: int = 0) -> tuple[str, dict]:
+    """Where does the stability constraint help or hurt prediction? Mean squared state error
+    (wrapped angles) of each model's own ``step`` rollout against the physics, per region
+    (``REGIONS``), from the same seeded initial states and torque sequences.
+
+    Returns ``(markdown_table, {region: {model: error}})``.
+    """
+    import torch
+
+    from lyagym.agents.mbrl import make_pendulum_env, true_physics_model, wrap_state
+    from lyagym.agents.reproduce.pendulum_eval import squared_state_error
+
+    env = make_pendulum_env(n_links, dt=dt)
+    physics = true_physics_model(env, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    n = n_links
+    results: dict = {}
+    for region, (centre, half_q, half_v, torques, steps) in REGIONS.items():
+        q = centre + half_q * (2 * torch.rand(n_states, n, generator=g, dtype=torch.float64) - 1)
+        v = half_v * (2 * torch.rand(n_states, n, generator=g, dtype=torch.float64) - 1)
+        x0 = wrap_state(torch.cat([q, v], -1), n)
+        u = max_torque * (2 * torch.rand(n_states, steps, n, generator=g, dtype=torch.float64) - 1)
+        if not torques:
+            u = torch.zeros_like(u)
+        with torch.no_grad():
+            truth = physics.rollout(x0, u)
+            results[region] = {}
+            for name, model in models.items():
+                pred = model.rollout(x0.to(model.dtype), u.to(model.dtype)).to(torch.float64)
+                err = squared_state_error(pred, truth, n)
+                results[region][name] = float(torch.nan_to_num(err, nan=float("inf")).mean())
+    names = list(models)
+    lines = ["| region | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for region, errs in results.items():
+        lines.append(f"| {region} | " + " | ".join(f"{errs[m]:.4g}" for m in names) + " |")
+    return "\n".join(lines), results
+
+
 def plot_learning_curves(rows: list[dict], path: str, title: str) -> None:
     import matplotlib
 
@@ -189,11 +236,26 @@ def run(args: argparse.Namespace) -> int:
             write_csv(os.path.join(args.out, "episodes.csv"), rows)
     write_csv(os.path.join(args.out, "episodes.csv"), rows)
     table, _ = summarise(rows)
+    prediction = ""
+    trained = {}
+    for kind in ("stable", "simple"):
+        weights = os.path.join(args.out, f"pets-{kind}", f"seed{args.seeds[0]}", "model_weights.pt")
+        if os.path.exists(weights):
+            import torch
+
+            model = make_world_model(kind, 2 * args.links, args.links, args.dt, device="cpu")
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            trained[f"pets-{kind}"] = model.eval().requires_grad_(False)
+    if trained:
+        pred_table, _ = prediction_errors(trained, args.links, args.dt, args.max_torque)
+        prediction = (f"\n\n## Prediction error of the final PETS models (seed {args.seeds[0]}), mean squared state error\n\n"
+                      f"{pred_table}\n")
+        print(pred_table)
     plot_learning_curves(rows, os.path.join(args.out, "learning_curves.png"),
                          f"{args.links}-link swing-up: model-based vs model-free (seeds {args.seeds})")
     text = (f"# MBRL swing-up, {args.links} link(s)\n\nCommand: `lyagym reproduce mbrl-swingup "
             f"--links {args.links} --seeds {' '.join(map(str, args.seeds))} --methods {' '.join(args.methods)}"
-            f"{' --quick' if args.quick else ''}`\n\n{table}\n\n![learning curves](learning_curves.png)\n")
+            f"{' --quick' if args.quick else ''}`\n\n{table}\n\n![learning curves](learning_curves.png)\n{prediction}")
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(text)
     print(table)
