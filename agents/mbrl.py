@@ -429,7 +429,7 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
         if episode < config.random_episodes:
             ep = collect_episode(env, None, steps=config.episode_steps, seed=ep_seed)
         else:
-            if episode == config.random_episodes or fit_loss is None:
+            if fit_loss is None:  # first planned episode after a resume: the model is refit on the saved data
                 fit_loss = _fit(model, buffer, config, progress)
             planner = make_planner(
                 config.planner, model, cost, horizon=config.horizon, num_samples=config.num_samples,
