@@ -440,13 +440,13 @@ class PendulumDynamics:
         u = self._check_u(u, X0)
         U = tuple(np.ascontiguousarray(r) for r in self._u_rows_numpy(u, X0.shape[:-1])) if u is not None else self._zero_u
         integrate = INTEGRATORS[method]
-        out = np.empty((n_steps + 1, self.state_dim, X0.shape[0]))
-        out[0] = X0.T
-        X = out[0]
+        traj = np.empty((X0.shape[0], n_steps + 1, self.state_dim))
+        traj[:, 0] = X0
+        X = np.ascontiguousarray(X0.T)  # (2n, batch): contiguous rows for the generated code
         f = lambda s: self._rhs_numpy_T(s, U)  # noqa: E731
         for k in range(n_steps):
-            X = out[k + 1] = integrate(f, X, h)
-        traj = np.ascontiguousarray(out.transpose(2, 0, 1))
+            X = integrate(f, X, h)
+            traj[:, k + 1] = X.T
         return traj[0] if single else traj
 
     def reference_solve(self, x0, times, u=None, *, rtol: float = 1e-10, atol: float = 1e-10) -> np.ndarray:
