@@ -4,3 +4,24 @@ model-based RL loops, Stable-Baselines3 integration, and the ``lyagym`` command 
 # --- planners, costs, model-based RL (issue 5) ---
 from .costs import COSTS, LyapunovTerminalCost, PendulumCost, QuadraticCost, make_cost
 from .planners import PLANNERS, CEMPlanner, GradientPlanner, MPPIPlanner, Planner, make_planner
+
+# World-model envs and MBRL loops import Stable-Baselines3; load them on first use so
+# `lyagym --help` and planner-only users do not pay for it (PEP 562).
+_LAZY = {
+    "WorldModelEnv": "world_model_env",
+    "WorldModelVectorEnv": "world_model_env",
+    "SB3WorldModelVecEnv": "world_model_env",
+    "MBRLConfig": "mbrl",
+    "MPCController": "mbrl",
+    "run_pets": "mbrl",
+    "run_dyna": "mbrl",
+    "train_baseline": "sb3_baselines",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
