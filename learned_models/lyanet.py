@@ -508,7 +508,8 @@ def theorem3_radii(
     ``delta = max(V(eta(1)), exp(-kappa) V(eta(0)))`` (Definition 5, condition 3). Returns
     ``radius`` (zero where misclassified or ``delta >= log 2``), ``delta``, ``correct`` and
     ``stable``: whether the decrease condition of eq. 10 held at every point of the
-    ``n_steps``-step inference path (the radius assumes it; it is measured, not proven).
+    ``n_steps``-step inference path (the radius assumes it; it is measured, not proven),
+    and ``stable_fraction``: the share of path points where it held.
     """
     _check_data(x, y, "cross_entropy")
     times = torch.linspace(0.0, 1.0, n_steps + 1, dtype=x.dtype, device=x.device)
@@ -522,9 +523,10 @@ def theorem3_radii(
         xs, ys = x.repeat(n_steps + 1, 1), y.repeat(n_steps + 1)
         ts = times.repeat_interleave(x.shape[0])
         point = lyapunov_loss(_potential(model, "cross_entropy", ys), model.f(flat, xs, ts), flat, kappa, reduction="none")
-    stable = (point.reshape(n_steps + 1, -1) <= 1e-6).all(0)
+    holds = point.reshape(n_steps + 1, -1) <= 1e-6
     radius = robustness_radius(kappa, delta, lipschitz) * correct.to(x.dtype)
-    return {"radius": radius, "delta": delta, "correct": correct, "stable": stable}
+    return {"radius": radius, "delta": delta, "correct": correct, "stable": holds.all(0),
+            "stable_fraction": holds.to(x.dtype).mean(0)}
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./lyagym-output/lyanet-early-exit", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--epochs", type=int, default=60, help="training epochs (default: %(default)s)")
-    parser.add_argument("--kappa", type=float, default=2.0, help="LyaNet convergence rate (default: %(default)s)")
+    parser.add_argument("--kappa", type=float, default=4.0, help="LyaNet convergence rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats per point (default: %(default)s)")
 

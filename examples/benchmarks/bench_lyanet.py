@@ -38,7 +38,7 @@ def _time_to(history, target: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60, help="epochs of the adjoint baseline and the cap for LyaNet")
-    parser.add_argument("--kappa", type=float, default=2.0)
+    parser.add_argument("--kappa", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20, help="inference timing repeats")
