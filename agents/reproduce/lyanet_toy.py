@@ -104,7 +104,7 @@ def _fig1(models, x, y, path: str, kappa: float) -> None:
                 paths = torch.stack([  # each start is an initial condition eta(0)
                     _solve_from(model, xi.expand(100, -1), starts, times)
                 ])[0]
-            ax.contourf(fe, ff, prob, levels=20, cmap="coolwarm", vmin=0, vmax=1)
+            ax.contourf(fe, ff, prob, levels=[i / 20 for i in range(21)], cmap="coolwarm", vmin=0, vmax=1)
             ax.quiver(ge, gf, f[:, 0].reshape(ge.shape), f[:, 1].reshape(ge.shape), color="k", alpha=0.6)
             for j in range(100):
                 ax.plot(paths[:, j, 0], paths[:, j, 1], "k:", lw=0.7)
@@ -142,9 +142,9 @@ def _fig4(models, x, y, path: str) -> None:
         for col, label in enumerate(("MLP", "Neural ODE", "LyaNet"), start=1):
             with torch.no_grad():
                 prob = torch.softmax(models[label](pts, 1.0), -1)[:, 1].reshape(gx.shape)
-            im = axes[row, col].contourf(gx, gy, prob, levels=20, cmap="coolwarm", vmin=0, vmax=1)
-            axes[row, col].set_title(f"{label}: P(outer class)" + (" (zoomed out)" if row else ""))
-        fig.colorbar(im, ax=axes[row].tolist(), shrink=0.8)
+            im = axes[row, col].contourf(gx, gy, prob, levels=[i / 20 for i in range(21)], cmap="coolwarm", vmin=0, vmax=1)
+            axes[row, col].set_title(f"{label}" + (" (zoomed out)" if row else ""))
+        fig.colorbar(im, ax=axes[row].tolist(), shrink=0.8, label="P(outer class)")
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
