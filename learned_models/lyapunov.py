@@ -130,6 +130,14 @@ class LyapunovFunction(nn.Module):
             minimum is not at ``F(x_eq)``: there ``V = eps ||x - x_eq||^2`` and the ICNN gets
             no gradient from those states, which we saw stall training. Convexity (without
             a warp), ``V(x_eq) = 0``, ``V >= eps ||dx||^2`` and the ``c2`` bound hold for both.
+        quadratic: add a learned quadratic ``||L (x - x_eq)||^2`` (``L`` a full matrix,
+            initialised to ``0.1 I``). Near ``x_eq`` the ICNN term is of higher order
+            (``sigma`` is quadratic at 0, so ``sigma(g - g_eq)`` is ``O(||dx||^2)`` only along
+            one direction or ``O(||dx||^4)``), so without it ``V``'s local shape is the
+            isotropic ``eps ||dx||^2``: for a system whose natural Lyapunov function is an
+            elongated ellipse (the pendulum's energy) the projection then has to distort
+            the dynamics right around the equilibrium. Convexity and the bounds are kept
+            (``c2`` grows by ``||L||^2``).
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class LyapunovFunction(nn.Module):
         warp: str | None = None,
         x_eq: torch.Tensor | Sequence[float] | None = None,
         shift: str = "value",
+        quadratic: bool = False,
     ) -> None:
         super().__init__()
         if shift not in ("value", "tangent"):
@@ -165,6 +174,7 @@ class LyapunovFunction(nn.Module):
         if x_eq.numel() != self.state_dim or not torch.isfinite(x_eq).all():
             raise ValueError(f"x_eq must be {self.state_dim} finite numbers, got {x_eq.tolist()}")
         self.register_buffer("x_eq", x_eq)
+        self.L = nn.Parameter(0.1 * torch.eye(self.state_dim)) if quadratic else None
 
     @property
     def convex(self) -> bool:
@@ -188,7 +198,11 @@ class LyapunovFunction(nn.Module):
         dx = x - self.x_eq
         dx_sq = (dx * dx).sum(-1)
         shifted = self._exact_at_eq(shifted, dx_sq)
-        return torch.add(smooth_relu(shifted, self.d), dx_sq, alpha=self.eps)
+        V = torch.add(smooth_relu(shifted, self.d), dx_sq, alpha=self.eps)
+        if self.L is not None:
+            Ldx = dx @ self.L.t()
+            V = V + (Ldx * Ldx).sum(-1)
+        return V
 
     @staticmethod
     def _exact_at_eq(shifted: torch.Tensor, dx_sq: torch.Tensor) -> torch.Tensor:
@@ -233,6 +247,10 @@ class LyapunovFunction(nn.Module):
             outer, slope = smooth_relu_and_grad(shifted, self.d)
             V = torch.add(outer, dx_sq, alpha=self.eps)
             grad = torch.addcmul(dx * (2.0 * self.eps), slope.unsqueeze(-1), dshift)
+            if self.L is not None:
+                Ldx = dx @ self.L.t()
+                V = V + (Ldx * Ldx).sum(-1)
+                grad = torch.addmm(grad, Ldx, self.L, alpha=2.0)
             return V, grad
         if create_graph is None:
             create_graph = torch.is_grad_enabled()
@@ -258,7 +276,8 @@ class LyapunovFunction(nn.Module):
         if self.warp is not None:
             return None
         L = self.g.lipschitz_bound() * (2.0 if self.shift == "tangent" else 1.0)
-        return L * L / (2.0 * self.d) + self.eps
+        quad = float(torch.linalg.matrix_norm(self.L.detach().double(), ord=2)) ** 2 if self.L is not None else 0.0
+        return L * L / (2.0 * self.d) + self.eps + quad
 
     def extra_repr(self) -> str:
-        return f"state_dim={self.state_dim}, eps={self.eps}, d={self.d}, warp={self.warp_name!r}, shift={self.shift!r}"
+        return f"state_dim={self.state_dim}, eps={self.eps}, d={self.d}, warp={self.warp_name!r}, shift={self.shift!r}, quadratic={self.L is not None}"

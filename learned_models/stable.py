@@ -95,6 +95,8 @@ class StableDynamics(ODEWorldModel):
             ``V(x_{k+1}) <= exp(-alpha dt) V(x_k)`` (see ``step``). Default ``True``.
         lyap_shift: ``"value"`` (the paper's eq. 12) or ``"tangent"`` (Bregman shift, no
             flat region of ``V`` around ``x_eq``; trains more reliably, see ``LyapunovFunction``).
+        lyap_quadratic: add a learned quadratic ``||L (x - x_eq)||^2`` to ``V`` so its shape
+            near ``x_eq`` is learned rather than ``eps ||dx||^2`` (see ``LyapunovFunction``).
 
     Attributes:
         lyapunov: the ``LyapunovFunction`` ``V``, callable on ``(batch, n)`` -> ``(batch,)``.
@@ -116,16 +118,19 @@ class StableDynamics(ODEWorldModel):
         integrator: str = "rk4",
         keep_guarantee: bool = True,
         lyap_shift: str = "value",
+        lyap_quadratic: bool = False,
     ) -> None:
-        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift)
+        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic)
 
-    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift) -> None:
+    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic) -> None:
         super().__init__(state_dim, action_dim, dt, integrator)
         self.alpha = _check_rate("alpha", alpha)
         self.hidden = tuple(int(h) for h in hidden)
         self.keep_guarantee = bool(keep_guarantee)
         self.fhat = mlp(state_dim + action_dim, self.hidden, state_dim)
-        self.lyapunov = LyapunovFunction(state_dim, tuple(lyap_hidden), eps=eps, d=d, warp=warp, x_eq=_as_x_eq(x_eq, state_dim), shift=lyap_shift)
+        self.lyapunov = LyapunovFunction(
+            state_dim, tuple(lyap_hidden), eps=eps, d=d, warp=warp, x_eq=_as_x_eq(x_eq, state_dim), shift=lyap_shift, quadratic=lyap_quadratic
+        )
 
     @property
     def x_eq(self) -> torch.Tensor:
@@ -260,6 +265,7 @@ class StableDynamics(ODEWorldModel):
             "integrator": self.integrator,
             "keep_guarantee": self.keep_guarantee,
             "lyap_shift": V.shift,
+            "lyap_quadratic": V.L is not None,
         }
 
     def extra_repr(self) -> str:
@@ -320,10 +326,13 @@ class StableControlledDynamics(StableDynamics):
         integrator: str = "rk4",
         keep_guarantee: bool = True,
         lyap_shift: str = "value",
+        lyap_quadratic: bool = False,
     ) -> None:
         if not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"action_dim must be an int >= 1 for a controlled model (use StableDynamics for 0), got {action_dim!r}")
-        self._init_stable(state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift)
+        self._init_stable(
+            state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic
+        )
         self.input_gain = _check_rate("input_gain", input_gain)
         self.sigma_hidden = tuple(int(h) for h in sigma_hidden)
         self.sigma_net = mlp(state_dim + action_dim, self.sigma_hidden, 1)

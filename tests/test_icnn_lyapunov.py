@@ -97,9 +97,12 @@ def test_lyapunov_offset_is_recomputed_after_weights_change():
     assert (V(torch.randn(100, 3, dtype=torch.float64) * 1e-3) > 0).all()
 
 
-@pytest.mark.parametrize("shift", ["value", "tangent"])
-def test_lyapunov_without_warp_is_convex_and_bounded_by_c2(shift):
-    V = LyapunovFunction(4, shift=shift).double()
+@pytest.mark.parametrize("shift,quadratic", [("value", False), ("tangent", False), ("tangent", True)])
+def test_lyapunov_without_warp_is_convex_and_bounded_by_c2(shift, quadratic):
+    V = LyapunovFunction(4, shift=shift, quadratic=quadratic).double()
+    if quadratic:
+        with torch.no_grad():
+            V.L.copy_(torch.randn(4, 4, dtype=torch.float64))
     a, b = torch.randn(1000, 4, dtype=torch.float64) * 2, torch.randn(1000, 4, dtype=torch.float64) * 2
     assert (V(0.5 * (a + b)) <= 0.5 * (V(a) + V(b)) + 1e-12).all()
     c2 = V.upper_constant()
@@ -107,10 +110,13 @@ def test_lyapunov_without_warp_is_convex_and_bounded_by_c2(shift):
     assert (V(x) <= c2 * (x * x).sum(-1) * (1 + 1e-9)).all()
 
 
-@pytest.mark.parametrize("shift", ["value", "tangent"])
+@pytest.mark.parametrize("shift,quadratic", [("value", False), ("tangent", False), ("tangent", True)])
 @pytest.mark.parametrize("warp", [None, "coupling"])
-def test_lyapunov_batched_gradient_matches_autograd(warp, shift):
-    V = LyapunovFunction(5, (20, 20), warp=warp, shift=shift).double()
+def test_lyapunov_batched_gradient_matches_autograd(warp, shift, quadratic):
+    V = LyapunovFunction(5, (20, 20), warp=warp, shift=shift, quadratic=quadratic).double()
+    if quadratic:
+        with torch.no_grad():
+            V.L.copy_(torch.randn(5, 5, dtype=torch.float64))
     if warp:
         with torch.no_grad():
             for p in V.warp.parameters():

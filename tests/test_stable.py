@@ -20,6 +20,7 @@ CONFIGS = [
     dict(state_dim=2),  # the paper's sizes
     dict(state_dim=4, hidden=(32, 32), lyap_hidden=(16, 16, 16), alpha=0.5),
     dict(state_dim=8, hidden=(64, 64), lyap_hidden=(32, 32), alpha=2.0, eps=1e-3),
+    dict(state_dim=3, hidden=(32,), lyap_hidden=(16,), alpha=0.3, lyap_shift="tangent", lyap_quadratic=True),
 ]
 
 
@@ -170,7 +171,7 @@ def test_odeint_matches_fixed_step_rollout():
     "model",
     [
         StableDynamics(3, alpha=0.3, x_eq=[0.1, -0.2, 0.3]),
-        StableDynamics(2, warp="coupling"),
+        StableDynamics(2, warp="coupling", lyap_shift="tangent", lyap_quadratic=True),
         StableControlledDynamics(3, 2, input_gain=2.0),
         SimpleDynamics(3, 1, hidden=(7,), integrator="euler"),
     ],
