@@ -1,6 +1,6 @@
 """Speed of the pendulum physics core (``lyagym.envs.PendulumDynamics``).
 
-Run:  python examples/benchmarks/bench_dynamics.py [--quick] [--repeats 3]
+Run:  python examples/benchmarks/bench_dynamics.py [--quick] [--repeats 3] [--threads 1] [--compile]
 
 Printed in one run, each beside its anchor where one exists:
 
@@ -11,8 +11,9 @@ Printed in one run, each beside its anchor where one exists:
 2. The paper's evaluation reference: 1000 initial states drawn from [-pi, pi]^2n, 999 RK4
    steps of h = 0.01, numpy float64 (``PendulumDynamics.simulate``). Anchors (2019 code):
    95 s, 125 s, 430 s, 38 min for n = 1, 2, 4, 8. Target: n = 8 <= 5 s.
-3. Batched throughput of one RK4 step (env-steps/s) for n = 2 at batch 1, 1k, 64k: numpy
-   float64 and torch float32 (CPU, and CUDA when present).
+3. Batched throughput of chained RK4 steps (env-steps/s) for n = 2 at batch 1, 1k, 64k:
+   numpy float64 and torch float32 (CPU, and CUDA when present); with ``--compile`` also a
+   ``torch.compile``'d step at 64k (issue 2's target there: >= 20M env-steps/s on 2 cores).
 4. The single-state fast path ``step_single`` (plain floats, RK4) for n = 1, 2, next to the
    raw ``step`` of Gymnasium's ``Pendulum-v1`` / ``Acrobot-v1`` timed in the same run. This is
    physics only; env-vs-env figures are in ``bench_envs.py``.
@@ -112,23 +113,47 @@ def _once(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_batched(batches, repeats: int) -> None:
-    print("\n== 3. batched RK4 step, n = 2 (env-steps/s) ==")
+def bench_batched(batches, repeats: int, compile_64k: bool) -> None:
+    print("\n== 3. batched RK4 step, n = 2, chained x = step(x, u) (env-steps/s) ==")
     dyn = PendulumDynamics(2)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{'batch':>7} {'numpy f64':>12} " + " ".join(f"{'torch f32 ' + d:>16}" for d in devices))
+    chain = 10
     for batch in batches:
-        x = np.random.default_rng(0).uniform(-1, 1, (batch, 4))
+        x0 = np.random.default_rng(0).uniform(-1, 1, (batch, 4))
         u = np.zeros((batch, 2))
-        row = [batch / median_time(lambda: dyn.step(x, u), repeats)]
+
+        def run_numpy():
+            x = x0
+            for _ in range(chain):
+                x = dyn.step(x, u)
+
+        row = [batch * chain / median_time(run_numpy, repeats)]
         for device in devices:
-            xt = torch.tensor(x, dtype=torch.float32, device=device)
+            xt = torch.tensor(x0, dtype=torch.float32, device=device)
             ut = torch.tensor(u, dtype=torch.float32, device=device)
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+            def run_torch():
+                x = xt
+                for _ in range(chain):
+                    x = dyn.step(x, ut)
+
             with torch.no_grad():
-                row.append(batch / median_time(lambda: dyn.step(xt, ut), repeats, sync))
+                row.append(batch * chain / median_time(run_torch, repeats, sync))
         print(f"{batch:>7} " + " ".join(f"{r:>12.3g}" if i == 0 else f"{r:>16.3g}" for i, r in enumerate(row)))
-    print(f"   torch threads: {torch.get_num_threads()}")
+    if compile_64k:
+        batch = 65536
+        step = torch.compile(lambda x, u: dyn.step(x, u), dynamic=False)
+        x = torch.rand(4, batch).T  # the layout step() returns: stride 1 along the batch
+        u = torch.zeros(2, batch).T
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            step(x, u)
+            compile_s = time.perf_counter() - t0
+            rate = batch / median_time(lambda: step(x, u), max(repeats, 5))
+        print(f"  {batch} torch f32 cpu, torch.compile: {rate:.3g} env-steps/s (compiled in {compile_s:.0f} s)")
+    print(f"   torch threads: {torch.get_num_threads()} (on a loaded box, 1 thread avoids OpenMP spin-waits)")
 
 
 def bench_single(repeats: int, steps: int) -> None:
@@ -163,7 +188,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (n <= 4, batch <= 1k), for a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["derivation", "reference", "batched", "single"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd step at batch 64k (needs a C++ compiler; ~30 s to compile)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [1, 2, 4] if args.quick else [1, 2, 4, 8]
     print(f"lyagym physics benchmark | torch {torch.__version__} | numpy {np.__version__} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
     if "derivation" not in args.skip:
@@ -171,7 +200,7 @@ def main(argv=None) -> int:
     if "reference" not in args.skip:
         bench_reference(sizes, args.repeats)
     if "batched" not in args.skip:
-        bench_batched([1, 1000] if args.quick else [1, 1000, 65536], args.repeats)
+        bench_batched([1, 1000] if args.quick else [1, 1000, 65536], args.repeats, args.compile and not args.quick)
     if "single" not in args.skip:
         bench_single(args.repeats, 2000 if args.quick else 20000)
     print(f"\nload avg at the end {os.getloadavg()[0]:.1f}")
