@@ -141,15 +141,18 @@ def test_fig5_tiny_study_writes_table_csv_and_plot(tmp_path):
     for name in ("fig5.png", "fig5.csv", "fig5.md", "fig5_per_step.csv"):
         assert (out / name).stat().st_size > 0
     rows = list(csv.DictReader((out / "fig5.csv").open()))
-    assert {r["model"] for r in rows} == {"simple", "stable"}
+    assert {r["model"] for r in rows} == {"simple", "stable", "stable-certified-step", "equilibrium"}
     for r in rows:
         assert r["n_links"] == "1"
         assert math.isfinite(float(r["average_error"])) and float(r["average_error"]) >= 0
         assert r["train_pairs"] == rows[0]["train_pairs"]  # the same data budget for both
     per_step = list(csv.reader((out / "fig5_per_step.csv").open()))
-    assert per_step[0] == ["step", "n1_simple", "n1_stable"]
+    assert per_step[0] == ["step", "n1_simple", "n1_stable", "n1_stable-certified-step", "n1_equilibrium"]
     assert len(per_step) == 1 + 51  # header + steps 0..50 of the tiny preset
     assert abs(float(per_step[1][1])) < 1e-12  # same initial state (up to the float32 cast)
+    # The reference "predict x = 0" row is the true trajectories' own squared norm: at step 0,
+    # the mean squared norm of states uniform in [-pi/8, pi/8]^2, about 2 (pi/8)^2 / 3.
+    assert float(per_step[1][4]) == pytest.approx(2 * (math.pi / 8) ** 2 / 3, rel=0.5)
     table = (out / "fig5.md").read_text()
     assert "| 1 |" in table and "lyagym reproduce fig5" in table
 

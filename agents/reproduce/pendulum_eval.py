@@ -169,7 +169,8 @@ def rollout_error(
     half_width: float = HALF_WIDTH,
     seed: int = 0,
     x0: torch.Tensor | None = None,
-    model_step: str = "rk4",
+    model_step: str | Mapping[str, str] = "rk4",
+    equilibrium_baseline: bool = False,
     progress: bool = True,
 ) -> dict[str, RolloutError]:
     """Score ``models`` against ``physics`` under the Fig. 5 protocol (see the module docstring).
@@ -186,16 +187,23 @@ def rollout_error(
         n_states, n_steps, h, half_width, seed: the protocol's settings (defaults: the paper's).
         x0: optional ``(n_states, 2n)`` initial states instead of the seeded uniform draw.
         model_step: ``"rk4"`` (integrate ``model.derivative`` with the same RK4 as the physics)
-            or ``"step"`` (use the model's own discrete ``step``).
+            or ``"step"`` (use the model's own discrete ``step``, e.g. the guarantee-keeping
+            step of ``StableDynamics``); or a mapping name -> one of those per model.
+        equilibrium_baseline: also score, as ``"equilibrium"``, the constant prediction
+            ``x = 0`` (hanging at rest): a model worse than this has learned nothing useful.
         progress: show a tqdm bar over the steps.
 
     Returns:
         name -> ``RolloutError``.
     """
-    if model_step not in ("rk4", "step"):
-        raise ValueError(f"model_step must be 'rk4' or 'step', got {model_step!r}")
+    modes = {name: model_step for name in models} if isinstance(model_step, str) else dict(model_step)
+    for name in models:
+        if modes.get(name, "rk4") not in ("rk4", "step"):
+            raise ValueError(f"model_step must be 'rk4' or 'step', got {modes[name]!r} for model {name!r}")
     if not models:
         raise ValueError("models must name at least one model")
+    if equilibrium_baseline and "equilibrium" in models:
+        raise ValueError("the name 'equilibrium' is taken by equilibrium_baseline; rename that model")
     if int(n_steps) < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps!r}")
     if not h > 0:
@@ -220,7 +228,7 @@ def rollout_error(
     steppers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     states: dict[str, torch.Tensor] = {}
     for name, model in models.items():
-        if model_step == "step":
+        if modes.get(name, "rk4") == "step":
             if not hasattr(model, "step"):
                 raise TypeError(f"model {name!r} has no step(x); use model_step='rk4'")
             if abs(float(getattr(model, "dt", h)) - h) > 1e-12:
@@ -262,6 +270,8 @@ def rollout_error(
             if was_training[name] and hasattr(m, "train"):
                 m.train()
 
+    if equilibrium_baseline:
+        errors["equilibrium"] = squared_state_error(x_true, torch.zeros_like(x_true), n_links).T
     results = {}
     for name, err in errors.items():
         # A trajectory that blew up scores inf rather than a silent NaN.
