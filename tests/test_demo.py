@@ -1,4 +1,4 @@
-"""`lyagym demo` (basic version): runs end to end at --size tiny and writes a valid GIF and PNG."""
+"""`lyagym demo --stages basic`: runs end to end at --size tiny and writes a valid GIF and PNG."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lyagym.agents import cli
 
 def test_demo_tiny_writes_gif_and_png(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--size", "tiny", "--out", str(out), "--seed", "1"]) == 0
+    assert cli.main(["demo", "--size", "tiny", "--stages", "basic", "--links", "2", "--out", str(out), "--seed", "1"]) == 0
     printed = capsys.readouterr().out
     gif, png = out / "pendulum.gif", out / "trajectory.png"
     assert str(gif) in printed and str(png) in printed
@@ -25,16 +25,17 @@ def test_demo_tiny_writes_gif_and_png(tmp_path, capsys):
 
 def test_demo_refuses_to_overwrite_without_flag(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--size", "tiny", "--out", str(out), "--links", "1", "--controller", "random"]) == 0
+    basic = ["demo", "--size", "tiny", "--stages", "basic", "--out", str(out), "--links", "1"]
+    assert cli.main([*basic, "--controller", "random"]) == 0
     before = (out / "pendulum.gif").read_bytes()
-    assert cli.main(["demo", "--size", "tiny", "--out", str(out), "--links", "1"]) == 1
+    assert cli.main(basic) == 1
     assert "--overwrite" in capsys.readouterr().out
     assert (out / "pendulum.gif").read_bytes() == before
-    assert cli.main(["demo", "--size", "tiny", "--out", str(out), "--links", "1", "--overwrite"]) == 0
+    assert cli.main([*basic, "--overwrite"]) == 0
 
 
 def test_demo_rejects_bad_links(tmp_path, capsys):
-    assert cli.main(["demo", "--size", "tiny", "--out", str(tmp_path), "--links", "0"]) == 2
+    assert cli.main(["demo", "--size", "tiny", "--stages", "basic", "--out", str(tmp_path), "--links", "0"]) == 2
     assert "--links" in capsys.readouterr().out
 
 
