@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import CodeType
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 __all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
@@ -544,27 +544,27 @@ class CompiledPendulum:
         return tuple(float(k) for k in self.scalar["constants"](list(map(float, masses)), list(map(float, lengths)), float(gravity), float(damping)))
 
 
-def _verify(source: str, key_struct: tuple) -> CodeType:
+def _verify(source: str) -> CodeType:
+    """Compile a generated module after checking its checksum and format (a truncated,
+    edited or older-format file raises ``ValueError``)."""
     first, _, body = source.partition("\n")
     if not first.startswith("# sha256 ") or hashlib.sha256(body.encode()).hexdigest() != first[len("# sha256 "):].strip():
         raise ValueError("checksum mismatch")
-    if not body.startswith(_HEADER):
-        raise ValueError("not a lyagym pendulum module")
-    code = compile(source, "<lyagym pendulum>", "exec")
-    return code
+    if not body.startswith(f"{_HEADER} (format {FORMAT_VERSION})"):
+        raise ValueError("not a lyagym pendulum module of this format")
+    return compile(source, "<lyagym pendulum>", "exec")
 
 
 def _namespaces(code: CodeType) -> tuple[dict, dict, dict]:
+    """Execute the module three times, with numpy's, torch's and math's sin/cos."""
     import numpy as np
-
-    spaces = []
-    for sin, cos in ((np.sin, np.cos), (None, None), (math.sin, math.cos)):
-        spaces.append({"sin": sin, "cos": cos, "__builtins__": __builtins__})
     import torch
 
-    spaces[1]["sin"], spaces[1]["cos"] = torch.sin, torch.cos
-    for ns in spaces:
+    spaces = []
+    for sin, cos in ((np.sin, np.cos), (torch.sin, torch.cos), (math.sin, math.cos)):
+        ns = {"sin": sin, "cos": cos, "__builtins__": __builtins__}
         exec(code, ns)
+        spaces.append(ns)
     return spaces[0], spaces[1], spaces[2]
 
 
@@ -603,7 +603,7 @@ def _build(n: int, mode: str, act: tuple[int, ...], *, use_cache: bool) -> Compi
     if path is not None and path.exists():
         try:
             source = path.read_text()
-            code = _verify(source, (n, mode, act))
+            code = _verify(source)
             ns = _namespaces(code)
             if ns[2].get("N_LINKS") != n or ns[2].get("DAMPING_MODE") != mode or tuple(ns[2].get("ACTUATED")) != act:
                 raise ValueError("structure mismatch")
@@ -611,7 +611,7 @@ def _build(n: int, mode: str, act: tuple[int, ...], *, use_cache: bool) -> Compi
         except Exception as exc:  # corrupt / stale: rebuild, never fatal
             warnings.warn(f"lyagym: ignoring unreadable pendulum cache {path} ({exc}); re-deriving", RuntimeWarning, stacklevel=3)
     source = generate_source(n, mode, act)
-    code = _verify(source, (n, mode, act))
+    code = _verify(source)
     ns = _namespaces(code)
     if path is not None:
         try:
