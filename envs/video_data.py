@@ -361,6 +361,9 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, *, fps: float = 20.
             except ImportError as err:
                 raise ImportError(f'writing {path.suffix} needs imageio with ffmpeg: pip install "lyagym[video]" (or write a .gif)') from err
             iio.imwrite(tmp, frames, fps=fps, extension=path.suffix)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

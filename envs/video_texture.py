@@ -221,6 +221,11 @@ class VideoTextureEnv(gym.Env):
             raise ValueError("action contains NaN or inf")
         a = torch.as_tensor(np.clip(a, -1.0, 1.0), device=self.model.device, dtype=self.model.dtype)
         self._z = self.model.latent_step(self._z) + self.action_scale * a[None]
+        if not bool(torch.isfinite(self._z).all()):
+            raise FloatingPointError(
+                "the latent state became non-finite: this checkpoint's latent dynamics diverged "
+                "(use a model with stable dynamics, the default)"
+            )
         self._frame = self._decode(self._z)[0]
         info = self._info()
         reward = -info["distance"] if self.task == "target" else 0.0

@@ -36,10 +36,14 @@ DEFAULTS = dict(
     frames=384,  # per texture; one seamless loop each
     latent=32,
     channels=[16, 32, 64],
-    alpha=1e-3,  # per-frame decay rate of V: slow, so textures keep moving for 1000s of frames
+    alpha=1e-4,  # per-frame decay rate of V: slow, so textures keep moving for 1000s of frames
+    eps=1.0,  # V = sigma(g(z) - g(0)) + eps |z|^2: KL puts latents on a shell |z| ~ sqrt(n), a level set of eps |z|^2
     kl_weight=1.0,
-    predict_from="mean",
-    epochs=40,
+    latent_weight=1.0,
+    level_weight=0.0,
+    horizon=1,
+    predict_from="sample",
+    epochs=30,
     batch_size=32,
     lr=1e-3,
     references=32,  # reference frames per texture stored for env starts and targets
@@ -52,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ASSET), help=f"checkpoint to write (default: the shipped {ASSET.name})")
     parser.add_argument("--video", default=None, help="train on this clip (folder of frames or video file) instead of the built-in textures")
     parser.add_argument("--textures", nargs="+", choices=sorted(TEXTURES), default=DEFAULTS["textures"])
-    for key in ("size", "frames", "latent", "epochs", "batch_size", "references", "seed"):
+    for key in ("size", "frames", "latent", "epochs", "batch_size", "references", "seed", "horizon"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULTS[key])
     parser.add_argument("--channels", type=int, nargs="+", default=DEFAULTS["channels"])
-    for key in ("alpha", "kl_weight", "lr"):
+    for key in ("alpha", "eps", "kl_weight", "latent_weight", "level_weight", "lr"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=DEFAULTS[key])
     parser.add_argument("--predict-from", choices=("sample", "mean"), default=DEFAULTS["predict_from"])
     parser.add_argument("--dynamics", choices=("stable", "simple"), default="stable")
@@ -72,15 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = VideoVAE(
         (args.size, args.size), args.latent, channels=args.channels, dynamics=args.dynamics,
-        dynamics_kwargs={"alpha": args.alpha} if args.dynamics == "stable" else {},
-        kl_weight=args.kl_weight, predict_from=args.predict_from, label_names=names,
+        dynamics_kwargs={"alpha": args.alpha, "eps": args.eps} if args.dynamics == "stable" else {},
+        kl_weight=args.kl_weight, latent_weight=args.latent_weight, level_weight=args.level_weight,
+        predict_from=args.predict_from, label_names=names,
     )
     if rank == 0:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"training on {sum(map(len, clips))} frames ({', '.join(names)}) at {args.size}x{args.size}, "
               f"{n_params / 1e6:.2f} M parameters, {world_size} process(es) on {device}")
     tic = time.perf_counter()
-    history = fit_video(model, clips, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+    history = fit_video(model, clips, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=device, horizon=args.horizon)
     if rank == 0:
         refs = [np.linspace(0, len(c) - 1, min(args.references, len(c)), dtype=int) for c in clips]
         model.set_reference_frames(np.concatenate([c[i] for c, i in zip(clips, refs)]),

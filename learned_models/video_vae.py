@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,12 @@ class VideoVAE(nn.Module):
         latent_weight: weight of an optional latent prediction term
             ``||z_t + f(z_t) - mu_{t+1}||^2`` (``mu_{t+1}`` the encoder mean of frame t + 1,
             gradient stopped) added to eq. 21; 0 (default) is the paper's loss.
+        level_weight: weight of an optional term ``(log V(mu_{t+1}) - log V(mu_t))^2`` for stable
+            dynamics (0 = the paper's loss). A stable model can only follow a texture whose
+            latent loop lies on a level set of its Lyapunov function ``V``; where the encoded
+            clip climbs ``V`` the model must fall short, and the shortfalls add up over a long
+            rollout (a ratchet toward the equilibrium). This term moves the encoder and ``V``
+            so that the loop lies on a level set. Ignored for ``"simple"`` dynamics.
         predict_from: ``"sample"`` (eq. 21: the prediction branch starts from the sampled
             ``z_t``) or ``"mean"`` (it starts from ``mu_t``). Sampling noise on the input of a
             regression shrinks its prediction toward the data mean; one step shrinks little,
@@ -173,6 +180,7 @@ class VideoVAE(nn.Module):
         dynamics_kwargs: dict[str, Any] | None = None,
         kl_weight: float = 1.0,
         latent_weight: float = 0.0,
+        level_weight: float = 0.0,
         predict_from: str = "sample",
         label_names: Sequence[str] = (),
     ) -> None:
@@ -200,6 +208,9 @@ class VideoVAE(nn.Module):
         self.predict_from = predict_from
         self.kl_weight = float(kl_weight)
         self.latent_weight = float(latent_weight)
+        if not (level_weight >= 0 and math.isfinite(level_weight)):
+            raise ValueError(f"level_weight must be a finite number >= 0, got {level_weight}")
+        self.level_weight = float(level_weight)
         self.label_names = tuple(str(n) for n in label_names)
         self.encoder = _Encoder(frame_size, latent_dim, self.channels)
         self.decoder = _Decoder(frame_size, latent_dim, self.channels)
@@ -302,8 +313,17 @@ class VideoVAE(nn.Module):
                 mean_next = self.encode(y_next.flatten(0, 1))[0].view_as(z_pred)
             latent = (z_pred - mean_next).square().sum(-1).mean()
             loss = loss + self.latent_weight * latent
+        level = torch.zeros((), device=kl.device, dtype=kl.dtype)
+        lyapunov = getattr(self.dynamics, "lyapunov", None)
+        if self.level_weight > 0 and lyapunov is not None:
+            mean_next = self.encode(y_next[:, 0])[0]
+            v = lyapunov(torch.cat([mean, mean_next])).clamp_min(1e-12).log()
+            v_t, v_next = v.chunk(2)
+            level = (v_next - v_t).square().mean()
+            loss = loss + self.level_weight * level
         return {
             "loss": loss,
+            "level": level.detach(),
             "kl": kl.detach(),
             "recon": recon.detach() / n_pixels,
             "pred": pred.detach() / n_pixels,
@@ -336,7 +356,14 @@ class VideoVAE(nn.Module):
             raise ValueError(f"steps must be >= 0, got {steps}")
         z0 = self.encode_frames(seed_frames)
         zs = self.rollout_latent(z0, int(steps))
-        frames = self.tensor_to_frames(self.decode(zs))
+        y = self.decode(zs)
+        if not bool(torch.isfinite(y).all()):  # one check per rollout, not per step
+            warnings.warn(
+                "the latent rollout diverged (non-finite latents, typical of unconstrained dynamics); "
+                "the affected frames are returned black", RuntimeWarning, stacklevel=2,
+            )
+            y = torch.nan_to_num(y, nan=0.0)
+        frames = self.tensor_to_frames(y)
         return (frames, zs) if return_latents else frames
 
     @torch.no_grad()
@@ -360,6 +387,7 @@ class VideoVAE(nn.Module):
             "dynamics_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.dynamics_kwargs.items()},
             "kl_weight": self.kl_weight,
             "latent_weight": self.latent_weight,
+            "level_weight": self.level_weight,
             "predict_from": self.predict_from,
             "label_names": list(self.label_names),
         }
@@ -382,6 +410,9 @@ class VideoVAE(nn.Module):
         os.close(fd)
         try:
             torch.save(payload, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -49,12 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and training (shared by both models)")
     model.add_argument("--latent", type=int, default=32, help="latent size n (paper: 320; default 32)")
     model.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="encoder conv channels")
-    model.add_argument("--epochs", type=int, default=60)
+    model.add_argument("--epochs", type=int, default=40)
     model.add_argument("--batch-size", type=int, default=32)
     model.add_argument("--lr", type=float, default=1e-3)
-    model.add_argument("--alpha", type=float, default=1e-3, help="decay rate of the stable model (per frame)")
+    model.add_argument("--alpha", type=float, default=1e-4, help="decay rate of the stable model's V per frame (default 1e-4)")
+    model.add_argument("--eps", type=float, default=1.0, help="weight of eps*||z||^2 in the stable model's V (default 1)")
     model.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term of eq. 21 (paper: 1)")
-    model.add_argument("--predict-from", choices=("sample", "mean"), default="mean",
+    model.add_argument("--latent-weight", type=float, default=1.0, help="weight of the latent prediction term (0 = eq. 21 only)")
+    model.add_argument("--level-weight", type=float, default=0.0, help="weight of the level-set term for the stable model (see VideoVAE)")
+    model.add_argument("--horizon", type=int, default=1, help="frames predicted per encoded frame (1 = eq. 21)")
+    model.add_argument("--predict-from", choices=("sample", "mean"), default="sample",
                        help="latent the prediction branch starts from (eq. 21: sample; see VideoVAE)")
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--steps", type=int, default=1000, help="rollout length (default 1000)")
@@ -230,11 +234,13 @@ def run(args: argparse.Namespace) -> int:
     results, models, timings = {}, {}, {}
     for name in MODELS:
         torch.manual_seed(args.seed)  # same VAE initialisation and data order for both
-        kwargs = {"alpha": args.alpha} if name == "stable" else {}
+        kwargs = {"alpha": args.alpha, "eps": args.eps} if name == "stable" else {}
         model = VideoVAE(clip.shape[1:3], args.latent, channels=args.channels, dynamics=name, dynamics_kwargs=kwargs,
-                         kl_weight=args.kl_weight, predict_from=args.predict_from)
+                         kl_weight=args.kl_weight, latent_weight=args.latent_weight, level_weight=args.level_weight,
+                         predict_from=args.predict_from)
         tic = time.perf_counter()
-        history = fit_video(model, clip, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+        history = fit_video(model, clip, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=device, horizon=args.horizon)
         timings[name] = time.perf_counter() - tic
         model.set_reference_frames(clip[seed_idx])
         model.save(out / f"{name}.pt", metadata={"study": "video-fig7", "history": {k: v for k, v in history.items()}})
