@@ -44,7 +44,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--eps", type=float, default=0.01)
-    p.add_argument("--lyap-shift", choices=("value", "tangent"), default="tangent")
+    p.add_argument("--d", type=float, default=1.0, help="smoothed-ReLU width of V (eq. 13)")
+    p.add_argument("--lyap-shift", choices=("value", "tangent"), default="tangent", help="'value' is the paper's eq. 12")
+    p.add_argument("--no-quadratic", action="store_true", help="leave out the learned quadratic ||L dx||^2 of V")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/stable_pendulum")
     p.add_argument("--threads", type=int, default=1, help="torch threads (these models are small: one thread avoids contention)")
@@ -60,7 +62,9 @@ def main() -> None:
     physics = PendulumDynamics(n_links=n, actuated=())
     data = sample_derivative_dataset(physics, args.samples, low=-args.box, high=args.box, seed=args.seed)
     models = {
-        "stable": StableDynamics(2 * n, alpha=args.alpha, eps=args.eps, lyap_shift=args.lyap_shift, dt=physics.dt),
+        "stable": StableDynamics(
+            2 * n, alpha=args.alpha, eps=args.eps, d=args.d, lyap_shift=args.lyap_shift, lyap_quadratic=not args.no_quadratic, dt=physics.dt
+        ),
         "simple": SimpleDynamics(2 * n, dt=physics.dt),
     }
     for name, model in models.items():
