@@ -183,13 +183,17 @@ def test_stable_latent_rollout_keeps_V_non_increasing(trained, clip):
 
 
 def test_eq21_loss_terms(clip):
-    model = tiny_model(latent_weight=0.5)
+    model = tiny_model(latent_weight=0.5, level_weight=2.0)
     y = model.frames_to_tensor(clip[:8])
     out = model(y[:-1], y[1:])
-    assert set(out) >= {"loss", "kl", "recon", "pred", "latent"}
+    assert set(out) >= {"loss", "kl", "recon", "pred", "latent", "level"}
+    assert out["level"] > 0 and out["latent"] > 0
     n = y[0].numel()
-    expected = model.kl_weight * out["kl"] + n * (out["recon"] + out["pred"]) + 0.5 * out["latent"]
+    expected = model.kl_weight * out["kl"] + n * (out["recon"] + out["pred"]) + 0.5 * out["latent"] + 2.0 * out["level"]
     torch.testing.assert_close(out["loss"].detach(), expected, rtol=1e-4, atol=1e-3)
+    # K-step prediction: frames t+1..t+3 for each t
+    out3 = model(y[:-3], torch.stack([y[1:-2], y[2:-1], y[3:]], 1))
+    assert torch.isfinite(out3["loss"]) and out3["pred"] > 0
     with pytest.raises(ValueError, match="predict_from"):
         tiny_model(predict_from="future")
     with pytest.raises(ValueError, match="dynamics"):
