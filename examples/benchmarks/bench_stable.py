@@ -54,9 +54,10 @@ def bench(links: int, batch: int, states: int, repeats: int, inner: int) -> dict
     stable = StableDynamics(n)
     stable_2019 = StableDynamics(n)
     stable_2019.load_state_dict(stable.state_dict())
+    stable_rec = StableDynamics(n, d=1.0, lyap_shift="tangent", lyap_quadratic=True)  # the example's V options
     x = torch.randn(batch, n)
     xdot = torch.randn(batch, n)
-    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (simple, stable, stable_2019)}
+    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (simple, stable, stable_2019, stable_rec)}
 
     def train_step(model, derivative):
         def run():
@@ -84,10 +85,12 @@ def bench(links: int, batch: int, states: int, repeats: int, inner: int) -> dict
     cases = {
         "train simple": train_step(simple, lambda z: simple._derivative(z, None)),
         "train stable": train_step(stable, lambda z: stable._derivative(z, None)),
+        "train stable (tangent + quadratic V)": train_step(stable_rec, lambda z: stable_rec._derivative(z, None)),
         "train stable (2019-style autograd)": train_step(stable_2019, lambda z: autograd_derivative(stable_2019, z)),
         "rk4 simple": rk4_step(simple),
         "rk4 stable (+rescale, default)": rk4_step(stable),
         "rk4 stable (no rescale)": rk4_step(stable, rescale=False),
+        "rk4 stable (tangent + quadratic V)": rk4_step(stable_rec),
         "rk4 stable (2019-style autograd)": rk4_step(stable_2019, lambda z: autograd_derivative(stable_2019, z)),
     }
     for fn in cases.values():  # warm up
@@ -109,16 +112,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, median of {args.repeats} x {args.inner} calls\n")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), float32, median of {args.repeats} x {args.inner} calls, "
+        "CPU time of this thread (robust to other processes on a shared machine)\n"
+    )
     for links in args.links:
         t = bench(links, args.batch, args.states, args.repeats, args.inner)
         print(f"n = {links} links (state_dim {2 * links}); training batch {args.batch}, RK4 over {args.states} states")
-        print(f"  {'case':<36} {'ms':>8} {'vs simple':>10}")
+        print(f"  {'case':<38} {'ms':>8} {'vs simple':>10}")
         for kind in ("train", "rk4"):
             base = t[f"{kind} simple"]
             for k, v in t.items():
                 if k.startswith(kind):
-                    print(f"  {k:<36} {1e3 * v:8.3f} {v / base:9.2f}x")
+                    print(f"  {k:<38} {1e3 * v:8.3f} {v / base:9.2f}x")
         print(
             f"  -> training step stable/simple = {t['train stable'] / t['train simple']:.2f}x (target <= 2.5x, 2019 code ~10x); "
             f"RK4 step stable/simple = {t['rk4 stable (+rescale, default)'] / t['rk4 simple']:.2f}x (target <= 3x, 2019 code ~20x)\n"
