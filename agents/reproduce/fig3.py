@@ -189,6 +189,11 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     # Section 4.1: fhat a 2-100-100-2 MLP, V a 2-100-100-1 ICNN, PyTorch's default init.
     model = StableDynamics(2, hidden=(100, 100), lyap_hidden=(100, 100), alpha=args.alpha).double()
+    # "the ICNN having its U weights further put through a softplus": softplus of PyTorch's
+    # default (Kaiming-uniform) init, not the ICNN's own smaller start.
+    from .fig5 import widen_icnn_init
+
+    widen_icnn_init(model, offset=0.0)
     model.eval()
     E = float(args.extent)
     extent = (-E, E, -E, E)

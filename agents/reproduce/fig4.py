@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .fig3 import contour_plot, prepare_output, save_figure, save_text, stream_plot
+from .fig5 import widen_icnn_init
 from .pendulum_eval import STEP_SIZE, rk4_step, squared_state_error
 
 __all__ = ["add_arguments", "run", "Fig4Config", "PRESETS"]
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     data = (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(np.asarray(physics.derivative(x)), dtype=torch.float32))
     torch.manual_seed(args.seed)
     model = StableDynamics(2, alpha=config.alpha, eps=config.eps, dt=STEP_SIZE, integrator="rk4")
+    widen_icnn_init(model)  # as in Fig. 5 (see fig5.widen_icnn_init for why)
     start = time.perf_counter()
     fit(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=args.seed, progress=not args.no_progress)
     train_seconds = time.perf_counter() - start

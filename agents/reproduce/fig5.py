@@ -285,9 +285,9 @@ def plot(rows, path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in rows:
         if r["n_links"] == n_max:
-            steps = np.arange(len(r["per_step"]))
+            steps = np.arange(1, len(r["per_step"]))  # step 0 is the shared initial state
             style = "--" if r["model"] not in MODELS else "-"
-            left.plot(steps, r["per_step"], style, label=r["model"], color=colors.get(r["model"]), lw=1.2)
+            left.plot(steps, r["per_step"][1:], style, label=r["model"], color=colors.get(r["model"]), lw=1.2)
     left.set_xlabel("time step")
     left.set_ylabel("squared error")
     left.set_yscale("log")
@@ -297,6 +297,7 @@ def plot(rows, path) -> None:
     width = 0.8 / len(ROWS)
     for i, name in enumerate(ROWS):
         vals = [next(r["average_error"] for r in rows if r["n_links"] == n and r["model"] == name) for n in links]
+        vals = [v if math.isfinite(v) else np.nan for v in vals]  # diverged: no bar (see the table)
         right.bar(np.arange(len(links)) + (i - (len(ROWS) - 1) / 2) * width, vals, width, label=name, color=colors[name])
     right.set_xticks(np.arange(len(links)), [str(n) for n in links])
     right.set_xlabel("number of links n")
