@@ -47,7 +47,7 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     class EpisodeLogger(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.ret, self.states = 0.0, [base.state]
+            self.ret, self.states = 0.0, []
 
         def _on_step(self) -> bool:
             self.ret += float(self.locals["rewards"][0])
@@ -58,7 +58,7 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                 self.states.append(base.state)
             if done:
                 row = {"method": label, "seed": seed, "episode": len(rows), "real_steps": self.num_timesteps, "return": self.ret}
-                if target is not None and len(self.states) > 1:
+                if target is not None and self.states:
                     states = np.asarray(self.states)
                     final = _final_state(infos.get("terminal_observation"), base, states[-1])
                     row["final_angle_error"] = float(angle_error(final, n, target))
@@ -69,7 +69,7 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                     write_csv(os.path.join(out_dir, "episodes.csv"), rows)
                 if on_episode is not None:
                     on_episode(row)
-                self.ret, self.states = 0.0, [base.state]
+                self.ret, self.states = 0.0, []
             return True
 
     kwargs = {**defaults, **algo_kwargs}

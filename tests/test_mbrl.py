@@ -110,6 +110,19 @@ def test_tiny_dyna_loop_trains_sac_in_imagination(tmp_path):
     assert os.path.exists(tmp_path / "sac.zip")
 
 
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_sb3_baselines_log_every_episode(tmp_path, algo):
+    from lyagym.agents.sb3_baselines import train_baseline
+
+    env = make_pendulum_env(1, dt=0.05, episode_steps=20)
+    extra = {"learning_starts": 10, "batch_size": 16} if algo == "sac" else {"n_steps": 32, "batch_size": 16, "n_epochs": 1}
+    rows = train_baseline(algo, env, 64, seed=0, out_dir=str(tmp_path), progress=False,
+                          policy_kwargs={"net_arch": [16, 16]}, **extra)
+    assert [r["real_steps"] for r in rows] == [20, 40, 60]
+    assert all(np.isfinite(r["return"]) and 0 <= r["final_angle_error"] <= np.pi for r in rows)
+    assert len(read_csv(str(tmp_path / "episodes.csv"))) == 3 and (tmp_path / "model.zip").exists()
+
+
 def test_mpc_on_true_physics_holds_the_upright_double_pendulum():
     env = make_pendulum_env(2, dt=0.02, episode_steps=50)
     model = true_physics_model(env)
