@@ -227,8 +227,8 @@ class NLinkPendulumVectorEnv(VectorEnv):
         """Step every sub-env; returns batched ``(obs, reward, terminated, truncated, info)``."""
         if self._x is None:
             raise gym.error.ResetNeeded("NLinkPendulumVectorEnv: call reset() before step()")
-        u = self._clip_actions(actions)
-        x, reward = self._transition(self._x, u)
+        u = self._validated_actions(actions)
+        x, reward, obs = self._transition(self._x, u)
         self._elapsed += 1
         self._max_elapsed += 1
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -238,6 +238,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
         if self._reset_pending:  # next-step autoreset of the envs that ended last step
             mask = self._needs_reset
             x = torch.where(mask[:, None], self._fresh_states(), x)
+            obs = None  # recomputed below for the restarted envs
             self._elapsed.masked_fill_(mask, 0)
             reward = reward.masked_fill(mask, 0.0)
             self._needs_reset = torch.zeros_like(mask)
@@ -246,8 +247,10 @@ class NLinkPendulumVectorEnv(VectorEnv):
         if self.max_episode_steps is not None and self._max_elapsed >= self.max_episode_steps:
             truncated = self._elapsed >= self.max_episode_steps
             if same_step:
-                info = {"final_obs": self._out(self._observe(x)), "_final_obs": self._out(truncated)}
+                final_obs = self._observe(x) if obs is None else obs
+                info = {"final_obs": self._out(final_obs), "_final_obs": self._out(truncated)}
                 x = torch.where(truncated[:, None], self._fresh_states(), x)
+                obs = None
                 self._elapsed.masked_fill_(truncated, 0)
             else:
                 self._needs_reset = truncated.clone()
@@ -258,8 +261,10 @@ class NLinkPendulumVectorEnv(VectorEnv):
             truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
 
         self._x = x
+        if obs is None:
+            obs = self._observe(x)
         return (
-            self._out(self._observe(x)),
+            self._out(obs),
             self._out(reward),
             self._out(terminated),
             self._out(truncated),
@@ -296,7 +301,8 @@ class NLinkPendulumVectorEnv(VectorEnv):
             )
         return mask
 
-    def _clip_actions(self, actions) -> torch.Tensor:
+    def _validated_actions(self, actions) -> torch.Tensor:
+        """Actions as a ``(num_envs, action_dim)`` tensor on ``device``; clipping is in ``_transition``."""
         shape = (self.num_envs, self.action_dim)
         if isinstance(actions, torch.Tensor):
             u = actions.detach().to(device=self.device, dtype=self.dtype)
@@ -314,16 +320,21 @@ class NLinkPendulumVectorEnv(VectorEnv):
             if self.validate_actions and not np.isfinite(a).all():
                 raise ValueError("actions must be finite (got NaN or inf)")
             u = torch.as_tensor(a, device=self.device)
-        return torch.clamp(u, self._u_low, self._u_high)
+        return u
 
-    def _transition(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x: (B, 2n)``, ``u: (B, action_dim)`` -> next ``x``, reward ``(B,)``; no host syncs."""
+    def _transition(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of every env, pure tensor code without host syncs (what ``compile`` fuses).
+
+        ``x: (B, 2n)``, ``u: (B, action_dim)`` unclipped -> next ``x``, reward ``(B,)`` of
+        ``(x, clipped u)``, observation ``(B, obs_dim)`` of the next ``x``.
+        """
+        u = torch.maximum(torch.minimum(u, self._u_high), self._u_low)
         if self.task == "free":
             reward = x.new_zeros(x.shape[0])
         else:
             reward = rewards.pendulum_reward(x, u, self.task, **self._weights)
         x = self.dynamics.step(x, u, method=self.integrator, substeps=self.substeps)
-        return x, reward
+        return x, reward, self._observe(x)
 
     def _fresh_states(self) -> torch.Tensor:
         r = torch.rand(
