@@ -5,6 +5,17 @@
 with ``g`` an ``ICNN`` (convex), ``sigma_d`` the smoothed ReLU (convex, non-decreasing,
 ``sigma_d(0) = 0``), ``eps > 0`` and an optional invertible warp ``F``.
 
+Two optional extensions (off by default, so the default is the paper's ``V``), both
+keeping every property below; measured on the damped pendulum they are what makes the
+stable model train as reliably and predict as well as the unconstrained MLP:
+
+- ``shift="tangent"``: ``sigma_d(g(F x) - g(F x_eq) - grad g(F x_eq) . (F x - F x_eq))``,
+  the Bregman divergence of ``g``; with the paper's shift ``sigma_d`` is flat (zero, no
+  gradient to ``g``) on the region ``{g(F x) < g(F x_eq)}`` around ``x_eq``;
+- ``quadratic=True``: ``+ ||L (x - x_eq)||^2`` with a learned matrix ``L``, so that ``V``'s
+  shape near ``x_eq`` (where the ICNN term is of higher order) is learned rather than
+  ``eps I``.
+
 Properties, and why each piece is there:
 
 - ``V(x_eq) = 0`` exactly and ``V(x) >= eps ||x - x_eq||^2``: ``sigma_d >= 0`` and the
