@@ -216,3 +216,16 @@ def test_cuda_device_returns_tensors_on_device():
     assert obs.device.type == "cuda"
     obs, reward, *_ = envs.step(torch.zeros(4096, 2, device="cuda"))
     assert obs.device.type == "cuda" and reward.shape == (4096,)
+
+
+def test_gymnasium_vector_wrappers_count_episodes():
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    envs = RecordEpisodeStatistics(gym.make_vec(ENV_ID, num_envs=3, max_episode_steps=3))
+    envs.reset(seed=0)
+    lengths = []
+    for _ in range(7):  # two episodes of 3 steps with a next-step reset between them
+        *_, info = envs.step(np.zeros((3, 2), dtype=np.float32))
+        if "episode" in info:
+            lengths.append(info["episode"]["l"].tolist())
+    assert lengths == [[3, 3, 3], [3, 3, 3]]
