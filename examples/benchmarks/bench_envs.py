@@ -13,6 +13,12 @@
    with ``compile=True`` at 64k. Target: >= 20M env-steps/s at 64k on a 2-core CPU;
    >= 1e9 on one H100.
 
+The batched table also gives env-steps per CPU second (summed over threads): on a machine
+shared with other jobs the wall figure falls with our share of the cores, the CPU figure
+much less, and times the number of idle cores it estimates an idle machine's rate. On a
+busy machine pass ``--threads 1``: OpenMP threads that wait for a descheduled sibling
+make multi-threaded wall figures collapse.
+
 Every figure is the median of ``--repeats`` timed runs; runs of the anchor and of ours
 alternate, so machine load hits both alike and the ratios are the figures to quote.
 """
