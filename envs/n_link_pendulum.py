@@ -138,7 +138,8 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
     only**, so observations always lie in the space; the physical state is never clipped
     (energy and momentum stay exact). The unclipped state ``(q, q̇)`` (float64, angles not
     wrapped) is ``env.unwrapped.state``. For ``n_links=1`` the ``trig`` observation is
-    laid out as ``Pendulum-v1``'s ``(cos, sin, q̇)``.
+    laid out as ``Pendulum-v1``'s ``(cos, sin, q̇)``, but its angle is measured from the
+    bottom (``Pendulum-v1`` measures from the top).
 
     ## Rewards
 
