@@ -63,6 +63,16 @@ def _positive(name: str, value: Any) -> float:
     return value
 
 
+def _non_negative(name: str, value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
 def _choice(name: str, value: Any, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
@@ -249,10 +259,15 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_size = int(_positive("render_size", render_size))
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.weights = {
-            "angle_weight": float(angle_weight),
-            "velocity_weight": float(velocity_weight),
-            "torque_weight": float(torque_weight),
+            name: _non_negative(name, value)
+            for name, value in (
+                ("angle_weight", angle_weight),
+                ("velocity_weight", velocity_weight),
+                ("torque_weight", torque_weight),
+            )
         }
+        init_angle = None if init_angle is None else _non_negative("init_angle", init_angle)
+        init_velocity = None if init_velocity is None else _non_negative("init_velocity", init_velocity)
 
         self.dynamics = PendulumDynamics(
             n_links=n_links,
@@ -271,11 +286,7 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError("actuated must name at least one joint (the env needs an action)")
         self.max_torque = _torque_limits(max_torque, self.action_dim)
 
-        low, high = initial_state_box(n, self.task, init_angle, init_velocity)
-        for name, value in (("init_angle", init_angle), ("init_velocity", init_velocity)):
-            if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.init_low, self.init_high = low, high
+        self.init_low, self.init_high = initial_state_box(n, self.task, init_angle, init_velocity)
 
         self.action_space = spaces.Box(-self.max_torque.astype(np.float32), self.max_torque.astype(np.float32), dtype=np.float32)
         self.observation_space = observation_box(n, self.observation_mode, self.max_velocity)
@@ -284,7 +295,7 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = render_mode
         self._window = None
         self._state: np.ndarray | None = None
-        self._last_u: np.ndarray | None = None
+        self._last_u: list[float] | None = None
         self._elapsed = 0
         self._target = rewards.TASK_TARGETS[self.task]
         self._default_integration = self.integrator == "rk4" and self.substeps == 1

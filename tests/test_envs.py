@@ -190,6 +190,8 @@ def test_acrobot_configuration_has_one_action():
         ({"max_velocity": 0}, "max_velocity"),
         ({"render_mode": "ascii"}, "render_mode"),
         ({"init_angle": -1.0}, "init_angle"),
+        ({"init_velocity": "fast"}, "init_velocity"),
+        ({"torque_weight": float("nan")}, "torque_weight"),
         ({"max_episode_steps": 0}, "max_episode_steps"),
     ],
 )
