@@ -87,6 +87,8 @@ def _per_link(value, n: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a scalar or a sequence of n_links={n} values, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"{name} must be finite and > 0, got {arr.tolist()}")
+    arr = arr.copy()
+    arr.setflags(write=False)  # the compiled coefficients were computed from these values
     return arr
 
 
@@ -421,7 +423,7 @@ class PendulumDynamics:
         n = self.n_links
         q = x[..., :n]
         if isinstance(x, torch.Tensor):
-            lengths = torch.as_tensor(self.lengths, dtype=x.dtype, device=x.device)
+            lengths = torch.tensor(self.lengths.tolist(), dtype=x.dtype, device=x.device)
             return torch.stack((torch.cumsum(lengths * torch.sin(q), -1), torch.cumsum(-lengths * torch.cos(q), -1)), -1)
         return np.stack((np.cumsum(self.lengths * np.sin(q), -1), np.cumsum(-self.lengths * np.cos(q), -1)), -1)
 

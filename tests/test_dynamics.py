@@ -214,6 +214,12 @@ def test_torch_gradients_and_world_model():
     assert free.rollout(torch.zeros(2, 2), 4).shape == (2, 5, 2)
 
 
+def test_parameters_are_frozen():
+    dyn = PendulumDynamics(2, masses=[1.0, 2.0])
+    with pytest.raises(ValueError):
+        dyn.masses[0] = 5.0  # would silently disagree with the compiled coefficients
+
+
 def test_config_round_trip():
     dyn = PendulumDynamics(3, masses=[1, 2, 3], damping_mode="joint", actuated=(2,), dt=0.02)
     again = PendulumDynamics(**dyn.config())
