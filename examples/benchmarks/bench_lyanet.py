@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20, help="inference timing repeats")
+    parser.add_argument("--n-samples", type=int, default=16, help="Monte Carlo (eta, t) pairs per example")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     xtr, ytr, xte, yte = load_digits_split(seed=args.seed)
@@ -49,12 +50,12 @@ def main() -> None:
     runs = {}
     for method in ("adjoint", "monte_carlo", "path_integral"):
         model = build_model(64, 10, kappa=args.kappa, seed=args.seed)
-        hist = fit(model, xtr, ytr, method=method, kappa=args.kappa, epochs=args.epochs, seed=args.seed,
+        hist = fit(model, xtr, ytr, method=method, kappa=args.kappa, epochs=args.epochs, seed=args.seed, n_samples=args.n_samples,
                    x_val=xte, y_val=yte, progress=True)
         runs[method] = (model, hist)
     target = runs["adjoint"][1].val_error[-1]
     print(f"\nDigits, {xtr.shape[0]} train / {xte.shape[0]} test, {args.epochs} epochs, batch 64, rk4 step 0.1, "
-          f"threads={args.threads}. Target = neural ODE (adjoint) final test error {100 * target:.2f}%.")
+          f"threads={args.threads}, Monte Carlo pairs per example {args.n_samples}. Target = neural ODE (adjoint) final test error {100 * target:.2f}%.")
     print(f"{'method':<15}{'s/epoch (median)':>18}{'final err %':>13}{'best err %':>12}{'time to target s':>18}")
     base_epoch = statistics.median(runs["adjoint"][1].epoch_time)
     base_tt = _time_to(runs["adjoint"][1], target)
