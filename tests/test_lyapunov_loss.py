@@ -97,3 +97,20 @@ def test_bad_inputs_have_clear_errors():
         squared_error(torch.randn(3, 2), torch.randn(3, 3))
     with pytest.raises(ValueError, match="values"):
         discrete_lyapunov_loss(torch.ones(1, 3), torch.zeros(1), 1.0)
+
+
+def test_soft_constraint_with_a_learned_icnn_lyapunov_function():
+    # The same loss works on state-space dynamics with Manek & Kolter's learned V: the JVP
+    # equals grad V . f computed from V's own gradient.
+    from lyagym.learned_models import LyapunovFunction
+
+    torch.manual_seed(0)
+    V = LyapunovFunction(2, (16, 16)).double()
+    f_net = torch.nn.Linear(2, 2).double()
+    x = torch.randn(32, 2, dtype=torch.float64)
+    v, vdot = lyapunov_derivative(V, f_net, x)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(V(xg).sum(), xg)
+    torch.testing.assert_close(vdot, (grad * f_net(x)).sum(-1))
+    loss = lyapunov_loss(V, f_net, x, 0.5, reduction="none")
+    torch.testing.assert_close(loss, torch.relu(vdot + 0.5 * v))
