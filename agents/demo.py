@@ -437,15 +437,15 @@ def plot_mpc(episode: dict, path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lyagym.envs import rewards
-
     t, x, u = episode["times"], episode["states"], episode["actions"]
     n = x.shape[1] // 2
     fig, axes = plt.subplots(2, 1, figsize=(7, 4.4), sharex=True, constrained_layout=True)
-    for i in range(n):
-        axes[0].plot(t, math.pi + rewards.wrap_angle(x[:, i] - math.pi), lw=1.2, label=f"q{i + 1}")
-    axes[0].axhline(math.pi, color="grey", ls=":", lw=0.8)
-    axes[0].set_ylabel("angle (rad), pi = up")
+    for i in range(n):  # unwrapped: a link resting upright does not jump between +-pi
+        axes[0].plot(t, x[:, i], lw=1.2, label=f"q{i + 1}")
+    for k in range(int(np.floor(x[:, :n].min() / math.pi)), int(np.ceil(x[:, :n].max() / math.pi)) + 1):
+        if k % 2:
+            axes[0].axhline(k * math.pi, color="grey", ls=":", lw=0.8)
+    axes[0].set_ylabel("angle (rad)\n0 = down, dotted = up")
     axes[0].set_title(title, fontsize=9)
     axes[0].legend(fontsize=8, ncol=n)
     for j in range(u.shape[1]):
