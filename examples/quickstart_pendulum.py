@@ -1,7 +1,7 @@
 """Quick start: the n-link pendulum as a single env, as a batched torch vector env, and
 under Stable-Baselines3 PPO.
 
-    python examples/quickstart_pendulum.py            # about a minute on 2 CPU cores
+    python examples/quickstart_pendulum.py            # under a minute on 2 idle CPU cores
     python examples/quickstart_pendulum.py --quick    # a few seconds
 """
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     single_env(args.seed)
-    vector_env(args.seed, num_envs=256 if args.quick else 4096)
-    ppo(args.seed, timesteps=1024 if args.quick else 20_000)
+    vector_env(args.seed, num_envs=256 if args.quick else 1024)
+    ppo(args.seed, timesteps=1024 if args.quick else 4096)
 
 
 if __name__ == "__main__":
