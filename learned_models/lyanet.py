@@ -289,7 +289,7 @@ def fit(
     kappa: float | None = None,
     half_width: float | None = None,
     sampler: str = "hypercube",
-    n_samples: int = 16,
+    n_samples: int = 8,
     n_steps: int = 10,
     epochs: int = 20,
     batch_size: int = 64,

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20, help="inference timing repeats")
-    parser.add_argument("--n-samples", type=int, default=16, help="Monte Carlo (eta, t) pairs per example")
+    parser.add_argument("--n-samples", type=int, default=8, help="Monte Carlo (eta, t) pairs per example")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     xtr, ytr, xte, yte = load_digits_split(seed=args.seed)
