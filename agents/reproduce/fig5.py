@@ -68,6 +68,7 @@ class Fig5Config:
     lr: float = 3e-3  # 1e-3 leaves the 8-link models badly under-fit in this budget
     alpha: float = 1e-3  # decay rate of the stable model (eq. 10)
     eps: float = 1e-3  # eps of V (eq. 12)
+    d: float = 0.1  # smoothed-ReLU width of V (eq. 13)
     lyap_hidden: tuple[int, ...] = (60, 60)
     hidden: tuple[int, ...] = (100, 100)
     warp: str | None = None
@@ -138,6 +139,7 @@ def build_models(n: int, config: Fig5Config) -> dict[str, torch.nn.Module]:
         lyap_hidden=config.lyap_hidden,
         alpha=config.alpha,
         eps=config.eps,
+        d=config.d,
         warp=config.warp,
         dt=STEP_SIZE,
         integrator="rk4",
@@ -324,7 +326,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the first phase")
     parser.add_argument("--alpha", type=float, default=None, help="decay rate of the stable model")
     parser.add_argument("--eps", type=float, default=None, help="eps of the Lyapunov function")
+    parser.add_argument("--d", type=float, default=None, help="smoothed-ReLU width of the Lyapunov function")
     parser.add_argument("--warp", choices=("none", "coupling"), default=None, help="input warp of V")
+    parser.add_argument("--icnn-init", choices=("wide", "library"), default=None, help="start of the ICNN's z-path weights")
     parser.add_argument("--eval-states", type=int, default=None, help="initial states of the evaluation (paper: 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -341,6 +345,8 @@ def config_from_args(args: argparse.Namespace) -> Fig5Config:
         "alpha": args.alpha,
         "eps": args.eps,
         "eval_states": args.eval_states,
+        "icnn_init": args.icnn_init,
+        "d": args.d,
     }
     if args.warp is not None:
         overrides["warp"] = None if args.warp == "none" else args.warp
@@ -348,7 +354,7 @@ def config_from_args(args: argparse.Namespace) -> Fig5Config:
     for name in ("samples_per_link", "train_steps", "eval_states"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    for name in ("alpha", "eps", "lr"):
+    for name in ("alpha", "eps", "lr", "d"):
         if not getattr(config, name) > 0:
             raise SystemExit(f"--{name} must be > 0, got {getattr(config, name)}")
     return config
