@@ -60,7 +60,7 @@ def steps_to_reach(rows: list[dict], target: float, window: int = 1) -> float:
     if len(returns) == 0:
         return math.inf
     smoothed = np.convolve(returns, np.ones(window) / window, mode="valid") if len(returns) >= window else returns[-1:]
-    hit = np.flatnonzero(smoothed >= target)
+    hit = np.flatnonzero(smoothed >= target - 1e-9 * abs(target))  # the defining window itself counts
     return float(steps[hit[0] + min(window, len(returns)) - 1]) if len(hit) else math.inf
 
 
