@@ -153,3 +153,19 @@ def test_cli_plan_and_mbrl_run(tmp_path):
     assert os.path.exists(tmp_path / "stable.cert.json")
     assert main(["train", "--links", "1", "--data", "env", "--samples", "40", "--out", ckpt, "--no-progress"]) == 2  # no overwrite
     assert main(["plan", "--links", "1", "--model", ckpt, "--steps", "2", "--samples", "8", "--horizon", "3", "--no-progress"]) == 0
+
+
+def test_study_summary_counts_steps_to_sacs_final_return():
+    from lyagym.agents.reproduce.mbrl_swingup import steps_to_reach, summarise
+
+    sac = [{"method": "sac", "seed": 0, "episode": i, "real_steps": 200 * (i + 1), "return": r}
+           for i, r in enumerate([-1500, -1200, -900, -600, -400, -300, -310, -290, -305, -295])]
+    pets = [{"method": "pets", "seed": 0, "episode": i, "real_steps": 200 * (i + 1), "return": r}
+            for i, r in enumerate([-1500, -600, -280])]
+    assert steps_to_reach(pets, -300.0) == 600
+    assert steps_to_reach(pets, -100.0) == float("inf")
+    table, numbers = summarise(sac + pets)
+    assert numbers["sac_final_return"] == pytest.approx(-300.0)
+    assert numbers["sac_steps"] == 2000  # its first 5-episode window at its final level is its last
+    assert numbers["methods"]["pets"]["ratio"] == pytest.approx(2000 / 600)
+    assert "| pets |" in table
