@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from lyagym.agents.reproduce.fig5 import PRESETS, study
+from lyagym.agents.reproduce.fig5 import MODELS, PRESETS, study
 from lyagym.agents.reproduce.pendulum_eval import N_STEPS, initial_states
 
 BUDGET_SECONDS = 600.0
@@ -50,7 +50,8 @@ def main() -> int:
     print()
     print(f"Fig. 5 study, links {args.links}, preset {args.size!r}, torch threads {torch.get_num_threads()}")
     for r in rows:
-        print(f"  n={r['n_links']} {r['model']:<6} train {r['train_seconds']:6.1f} s  average error {r['average_error']:.4g}")
+        train = f"train {r['train_seconds']:6.1f} s" if r["model"] in MODELS else " " * 14
+        print(f"  n={r['n_links']} {r['model']:<22} {train}  average error {r['average_error']:.4g}")
     print(f"  physics of the evaluation alone ({config.eval_states} x {N_STEPS} RK4 steps, n={physics.n_links}): {physics_seconds:.1f} s")
     print(f"total study time: {total:.1f} s; budget {BUDGET_SECONDS:.0f} s; ratio study/budget = {total / BUDGET_SECONDS:.2f} "
           f"({'meets' if total <= BUDGET_SECONDS else 'MISSES'} the <= 10 min target)")
