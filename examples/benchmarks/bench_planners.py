@@ -13,7 +13,8 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
 3. Batched planning: plans/s (states planned per second) for B = 1, 64, 1024 states at once,
    on CPU and on CUDA when present.
 
-All figures are medians over ``--repeats`` timed runs after a warm-up run.
+All figures are medians over ``--repeats`` timed runs after a warm-up run; contenders are
+timed in alternation so that changes in machine load affect both alike.
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ def median_time(fn, repeats: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns, repeats: int) -> list[float]:
+    """Median time of each function, timed in alternation (A, B, A, B, ...) after a warm-up
+    call each, so a change in machine load hits every contender alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(b) for b in times]
+
+
 def bench_against_pytorch_mppi(n_links: int, K: int, H: int, repeats: int) -> None:
     dynamics = PendulumDynamics(n_links=n_links, dt=0.05)
     cost = PendulumCost(n_links, "swingup")
@@ -48,11 +63,11 @@ def bench_against_pytorch_mppi(n_links: int, K: int, H: int, repeats: int) -> No
                        action_low=-max_torque, action_high=max_torque, seed=0)
     x = torch.zeros(1, 2 * n_links, dtype=dynamics.dtype)
     x[:, 0] = 0.3
-    t_ours = median_time(lambda: ours.plan(x), repeats)
 
     try:
         from pytorch_mppi import MPPI
     except ImportError:
+        t_ours = median_time(lambda: ours.plan(x), repeats)
         print(f"  n={n_links}: lyagym MPPI {1 / t_ours:8.1f} plans/s   (pytorch_mppi not installed: pip install pytorch_mppi)")
         return
     m = dynamics.action_dim
@@ -68,7 +83,7 @@ def bench_against_pytorch_mppi(n_links: int, K: int, H: int, repeats: int) -> No
         u_max=torch.full((m,), max_torque, dtype=dynamics.dtype),
         terminal_state_cost=lambda s, a: cost.step_cost(s[0, :, -1]),
     )
-    t_theirs = median_time(lambda: theirs.command(x[0]), repeats)
+    t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), lambda: theirs.command(x[0])], repeats)
     print(f"  n={n_links}: lyagym MPPI {1 / t_ours:8.1f} plans/s   pytorch_mppi {1 / t_theirs:8.1f} plans/s   "
           f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
 
@@ -109,16 +124,16 @@ def bench_gym_pendulum(K: int, H: int, repeats: int) -> None:
     ours = MPPIPlanner(dynamics, cost, horizon=H, num_samples=K, noise_std=1.0, temperature=1.0,
                        action_low=-2.0, action_high=2.0, seed=0)
     x = torch.tensor([[3.0, 0.0]])
-    t_ours = median_time(lambda: ours.plan(x), repeats)
     try:
         from pytorch_mppi import MPPI
     except ImportError:
+        t_ours = median_time(lambda: ours.plan(x), repeats)
         print(f"  closed form: lyagym MPPI {1 / t_ours:8.1f} plans/s   (pytorch_mppi not installed)")
         return
     theirs = MPPI(dynamics.step, gym_pendulum_step_cost, 2, torch.eye(1), num_samples=K, horizon=H, lambda_=1.0,
                   u_min=torch.tensor([-2.0]), u_max=torch.tensor([2.0]),
                   terminal_state_cost=lambda s, a: gym_pendulum_step_cost(s[0, :, -1], None))
-    t_theirs = median_time(lambda: theirs.command(x[0]), repeats)
+    t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), lambda: theirs.command(x[0])], repeats)
     print(f"  closed form: lyagym MPPI {1 / t_ours:8.1f} plans/s   pytorch_mppi {1 / t_theirs:8.1f} plans/s   "
           f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
 
@@ -138,8 +153,7 @@ def bench_overhead(K: int, H: int, repeats: int) -> None:
         with torch.no_grad():
             model.rollout(x_batch, actions)
 
-    t_plan = median_time(lambda: planner.plan(x), repeats)
-    t_raw = median_time(raw, repeats)
+    t_plan, t_raw = interleaved_medians([lambda: planner.plan(x), raw], 2 * repeats)
     overhead = t_plan / t_raw - 1
     print(f"  SimpleDynamics(4, 2, 100-100): plan {t_plan * 1e3:7.2f} ms   raw rollout {t_raw * 1e3:7.2f} ms   "
           f"overhead {100 * overhead:5.1f}%  (target <= 10%)")
