@@ -150,7 +150,7 @@ def bench_overhead(K: int, H: int, repeats: int) -> None:
     x_batch = x.expand(K, n)
 
     def raw():
-        with torch.no_grad():
+        with torch.inference_mode():  # the planner's own mode: compare like with like
             model.rollout(x_batch, actions)
 
     t_plan, t_raw = interleaved_medians([lambda: planner.plan(x), raw], 2 * repeats)
