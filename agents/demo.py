@@ -302,6 +302,7 @@ class ModelStageSize:
     mpc_samples: int  # K
     mpc_horizon: int  # H
     frame_every: int  # GIF frame every this many env steps
+    mpc_iterations: int = 1  # MPPI iterations per plan
 
 
 MODEL_SIZES: dict[str, ModelStageSize] = {
@@ -310,8 +311,8 @@ MODEL_SIZES: dict[str, ModelStageSize] = {
                                 grad_starts=8, rollouts=8, rollout_steps=3, time_limit=10.0), 3, 16, 5, 1),
     "small": ModelStageSize(100, 20, (100, 100), (60, 60), 60, 200, 200,
                             dict(n_samples=20_000, per_shell=500, large_norm_samples=2_000, grad_steps=30,
-                                 grad_starts=64, rollouts=64, rollout_steps=50, time_limit=20.0), 150, 100, 25, 2),
-    "full": ModelStageSize(200, 25, (100, 100), (60, 60), 150, 1000, 400, dict(time_limit=60.0), 200, 300, 30, 1),
+                                 grad_starts=64, rollouts=64, rollout_steps=50, time_limit=20.0), 160, 300, 30, 2, 2),
+    "full": ModelStageSize(200, 25, (100, 100), (60, 60), 150, 1000, 400, dict(time_limit=60.0), 200, 500, 30, 1, 2),
 }
 
 #: control step of the world models and the MPC env (s): coarse enough for a 1.5 s horizon
@@ -397,7 +398,7 @@ def mpc_with_world_model(n_links: int, model, size: ModelStageSize, *, seed: int
     env = make_pendulum_env(n_links, dt=MODEL_DT, episode_steps=size.mpc_steps, render_mode="rgb_array",
                             render_size=frame_size)
     episode = mpc_episode(env, model, planner="mppi", horizon=size.mpc_horizon, num_samples=size.mpc_samples,
-                          iterations=1, steps=size.mpc_steps, seed=seed, frames=True, progress=progress)
+                          iterations=size.mpc_iterations, steps=size.mpc_steps, seed=seed, frames=True, progress=progress)
     env.close()
     episode["frames"] = episode["frames"][::size.frame_every]
     episode["times"] = MODEL_DT * np.arange(len(episode["states"]))
@@ -500,7 +501,7 @@ def run_model_stages(args: argparse.Namespace, folder: Path, basic_summary: str)
     print(f"      claim: {cert.claim} (alpha = {cert.alpha:g}, evidence {cert.evidence}, {cert.time_domain} time)")
     print("      " + report.summary().replace("\n", "\n      "))
 
-    print(f"[7/8] MPC (MPPI, K={size.mpc_samples}, H={size.mpc_horizon}) with the stable world model on the real env, "
+    print(f"[7/8] MPC (MPPI, K={size.mpc_samples}, H={size.mpc_horizon}, {size.mpc_iterations} iteration(s)) with the stable world model on the real env, "
           f"{size.mpc_steps} steps ...", flush=True)
     planning_model = cpu_models["stable"].to(args.device)
     episode = mpc_with_world_model(n, planning_model, size, seed=args.seed, frame_size=SIZES[args.size].frame_size,
