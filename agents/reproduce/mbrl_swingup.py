@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--links", type=int, default=1, help="pendulum links, all actuated (default 1)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["mpc-true", "pets-stable", "pets-simple", "sac"], choices=METHODS)
-    parser.add_argument("--episodes", type=int, default=5, help="real episodes of the model-based methods (incl. 1 random)")
+    parser.add_argument("--episodes", type=int, default=10, help="real episodes of the model-based methods (incl. 1 random)")
     parser.add_argument("--sac-steps", type=int, default=20_000, help="real env steps of SAC/PPO")
     parser.add_argument("--samples", type=int, default=300, help="MPPI samples K")
     parser.add_argument("--horizon", type=int, default=30)
