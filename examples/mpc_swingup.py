@@ -33,7 +33,7 @@ from lyagym.agents.mbrl import (
 from lyagym.envs.video_data import write_video
 
 # (links, control step, horizon, samples, iterations, MPPI temperature, steps)
-TRUE_PHYSICS_RUNS = [(1, 0.05, 30, 300, 2, 1.0, 200), (2, 0.02, 50, 300, 1, 1.0, 300)]
+TRUE_PHYSICS_RUNS = [(1, 0.05, 30, 300, 2, 1.0, 200), (2, 0.02, 50, 600, 1, 1.0, 300)]
 
 
 def main(argv=None) -> int:
