@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term of eq. 21 (paper: 1)")
     model.add_argument("--latent-weight", type=float, default=1.0, help="weight of the latent prediction term (0 = eq. 21 only)")
     model.add_argument("--level-weight", type=float, default=0.0, help="weight of the level-set term for the stable model (see VideoVAE)")
+    model.add_argument("--projection", choices=("exact", "decrease"), default="exact",
+                       help="stable model: project fhat onto grad V . f = -alpha V (exact, default) or <= (eq. 10); see VideoVAE")
     model.add_argument("--horizon", type=int, default=1, help="frames predicted per encoded frame (1 = eq. 21)")
     model.add_argument("--predict-from", choices=("sample", "mean"), default="sample",
                        help="latent the prediction branch starts from (eq. 21: sample; see VideoVAE)")
@@ -237,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {"alpha": args.alpha, "eps": args.eps} if name == "stable" else {}
         model = VideoVAE(clip.shape[1:3], args.latent, channels=args.channels, dynamics=name, dynamics_kwargs=kwargs,
                          kl_weight=args.kl_weight, latent_weight=args.latent_weight, level_weight=args.level_weight,
-                         predict_from=args.predict_from)
+                         predict_from=args.predict_from, projection=args.projection)
         tic = time.perf_counter()
         history = fit_video(model, clip, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             device=device, horizon=args.horizon)
