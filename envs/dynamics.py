@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import dis
 import math
 from typing import Any, Callable, Sequence
 
@@ -71,6 +72,16 @@ def _all_finite(a) -> bool:
     with np.errstate(over="ignore", invalid="ignore"):
         total = a.sum()
     return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
+
+
+def _used_arguments(fn: Callable, n: int) -> dict[str, bool]:
+    """Which trig inputs a generated ``accel(s.., c.., w.., u.., K)`` reads: one link never
+    needs ``cos q`` (its ``M`` is constant), so the fused rollout skips computing it."""
+    names = set()
+    for ins in dis.get_instructions(fn):
+        if ins.opname.startswith("LOAD_FAST"):
+            names.update(ins.argval if isinstance(ins.argval, tuple) else (ins.argval,))
+    return {"cos": any(f"c{i + 1}" in names for i in range(n))}
 
 
 def _compiling() -> bool:
@@ -166,6 +177,8 @@ class PendulumDynamics:
         self._py_accel = compiled.scalar["accel_f"]
         self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
         self._zero_u = (0.0,) * self.action_dim
+        self._accel_uses = _used_arguments(self._th_accel, n)
+        self._K_tensors: dict = {}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -350,14 +363,103 @@ class PendulumDynamics:
         return np.ascontiguousarray(np.moveaxis(X, 0, -1))
 
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
-        """``WorldModel.rollout``: ``x0: (batch, 2n)``, ``actions: (batch, horizon, action_dim)``
-        (or an int horizon when ``action_dim == 0``) -> ``(batch, horizon + 1, 2n)``."""
+        """``WorldModel.rollout``: RK4 at ``self.dt`` under zero-order-hold torques.
+
+        Args:
+            x0: ``(batch, 2n)`` initial states.
+            actions: ``(batch, horizon, action_dim)`` torques, or an int horizon when
+                ``action_dim == 0``.
+
+        Returns:
+            ``(batch, horizon + 1, 2n)`` states, ``x0`` first; differentiable with respect to
+            ``x0`` and ``actions``. Equal to ``horizon`` calls of :meth:`step`, but the inputs
+            are validated once here and the loop runs on the transposed ``(2n, batch)``
+            layout with no per-step checks, copies or layout changes (the planners' hot loop).
+        """
         if not isinstance(x0, torch.Tensor):
             raise ValueError(f"x0 must be a torch.Tensor of shape (batch, {self.state_dim}), got {type(x0).__name__}")
+        if x0.ndim != 2:
+            raise ValueError(f"x0 must have shape (batch, state_dim={self.state_dim}), got {tuple(x0.shape)}")
         self._check_x(x0, "x0")
+        batch, m = x0.shape[0], self.action_dim
         if isinstance(actions, torch.Tensor):
-            self._check_u(actions, x0[:, None, :], "actions")
-        return _shared_rollout(self, x0, actions)
+            if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != m:
+                raise ValueError(f"actions must have shape (batch={batch}, horizon, action_dim={m}), got {tuple(actions.shape)}")
+            actions = self._check_u(actions, x0[:, None, :], "actions")
+            horizon = actions.shape[1] if actions is not None else 0
+        elif isinstance(actions, (int, np.integer)) and not isinstance(actions, bool):
+            if actions < 0:
+                raise ValueError(f"horizon must be >= 0, got {actions}")
+            if m != 0:
+                raise ValueError(f"an int horizon is only valid for autonomous models; this model has action_dim={m}, "
+                                 f"pass actions of shape (batch, horizon, {m})")
+            horizon, actions = int(actions), None
+        else:
+            raise ValueError(f"actions must be a torch.Tensor of shape (batch, horizon, {m}) or an int horizon, got {type(actions).__name__}")
+        if actions is None:  # autonomous (an int horizon, or an empty action tensor)
+            U = [()] * horizon
+        else:  # (horizon, action_dim, batch): each step's torques are contiguous rows
+            U = [step.unbind(0) for step in actions.permute(1, 2, 0).contiguous().unbind(0)]
+        return self._rollout_T(x0.t().contiguous(), U)
+
+    def _rollout_T(self, X: torch.Tensor, U: list) -> torch.Tensor:
+        """The fused RK4 loop from ``X: (2n, batch)`` with ``U[k]``: the ``action_dim`` torque
+        rows of step ``k``; returns ``(batch, len(U) + 1, 2n)``. Inputs are trusted (validated
+        by :meth:`rollout`): no checks, no host sync, one output buffer.
+
+        Angles ``Q`` and rates ``W`` are kept as separate ``(n, batch)`` blocks, so a stage's
+        derivative ``(W_s, A_s)`` is never concatenated: the next stage state is
+        ``(Q + c h W_s, W + c h A_s)``. At this size every tensor op costs mostly dispatch, so
+        the loop is written to issue as few as possible."""
+        n, h = self.n_links, self.dt
+        accel, wanted = self._th_accel, self._accel_uses
+        K = self._torch_constants(X.dtype, X.device)
+        want_cos = wanted["cos"]
+
+        def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
+            sin = torch.sin(Qs).unbind(0)
+            cos = torch.cos(Qs).unbind(0) if want_cos else (None,) * n
+            acc = accel(*sin, *cos, *Ws.unbind(0), *u, K)
+            return acc[0].unsqueeze(0) if n == 1 else torch.stack(acc, 0)
+
+        grad = torch.is_grad_enabled() and (X.requires_grad or any(r.requires_grad for u in U[:1] for r in u))
+        out = torch.empty((len(U) + 1, *X.shape), dtype=X.dtype, device=X.device)
+        out[0] = X
+        states = [X]
+        Q, W = X[:n], X[n:]
+        h2, h6 = 0.5 * h, h / 6.0
+        for k, u in enumerate(U):
+            A1 = acceleration(Q, W, u)  # stage velocities are the stage states' rates: W_1 = W
+            W2 = torch.add(W, A1, alpha=h2)
+            A2 = acceleration(torch.add(Q, W, alpha=h2), W2, u)
+            W3 = torch.add(W, A2, alpha=h2)
+            A3 = acceleration(torch.add(Q, W2, alpha=h2), W3, u)
+            W4 = torch.add(W, A3, alpha=h)
+            A4 = acceleration(torch.add(Q, W3, alpha=h), W4, u)
+            # x + h/6 (k1 + 2 k2 + 2 k3 + k4), per block; written straight into the output
+            # buffer unless autograd needs every state as a tensor of its own
+            dQ = torch.add(W, torch.add(W2, W3), alpha=2.0).add_(W4)
+            dW = torch.add(A1, torch.add(A2, A3), alpha=2.0).add_(A4)
+            if grad:
+                Q, W = torch.add(Q, dQ, alpha=h6), torch.add(W, dW, alpha=h6)
+                states.append(torch.cat((Q, W), 0))
+            else:
+                Q = torch.add(Q, dQ, alpha=h6, out=out[k + 1, :n])
+                W = torch.add(W, dW, alpha=h6, out=out[k + 1, n:])
+        if grad:
+            out = torch.stack(states, 0)
+        return out.permute(2, 0, 1)
+
+    def _torch_constants(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """``K`` as 0-dim tensors of the state's dtype/device: multiplying by one costs about
+        half of multiplying by a Python float (no scalar wrapping and casting per op)."""
+        key = (dtype, device)
+        cached = self._K_tensors.get(key)
+        if cached is None:
+            with torch.inference_mode(False):  # plain tensors: usable with and without autograd
+                cached = tuple(torch.tensor(k, dtype=dtype, device=device) for k in self._K)
+            self._K_tensors[key] = cached
+        return cached
 
     def step_single(self, x, u=None, dt: float | None = None, method: str = "rk4", substeps: int = 1) -> np.ndarray:
         """Fast path for ONE state on plain Python floats (the single environment).
