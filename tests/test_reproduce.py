@@ -162,3 +162,22 @@ def test_fig5_rejects_bad_arguments(tmp_path):
         _cli("fig5", "--links", "0", "--size", "tiny", "--out", str(tmp_path))
     with pytest.raises(SystemExit):
         _cli("fig5", "--links", "1", "--size", "tiny", "--alpha", "-1", "--out", str(tmp_path))
+
+
+def test_fig5_lyapunov_options_reach_the_model():
+    import argparse
+
+    from lyagym.agents.reproduce import fig5
+
+    parser = argparse.ArgumentParser()
+    fig5.add_arguments(parser)
+    default = fig5.config_from_args(parser.parse_args(["--size", "tiny"]))
+    assert (default.lyap_shift, default.lyap_quadratic) == ("tangent", True)
+    V = fig5.build_models(1, default)["stable"].lyapunov
+    assert V.shift == "tangent" and V.L is not None
+    paper = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--paper-v"]))
+    assert (paper.lyap_shift, paper.lyap_quadratic, paper.d) == ("value", False, 0.1)
+    V = fig5.build_models(1, paper)["stable"].lyapunov
+    assert V.shift == "value" and V.L is None
+    mixed = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--no-lyap-quadratic", "--lyap-shift", "value"]))
+    assert (mixed.lyap_shift, mixed.lyap_quadratic) == ("value", False)

@@ -80,7 +80,9 @@ class Fig5Config:
     lr: float = 3e-3  # 1e-3 leaves the 8-link models badly under-fit in this budget
     alpha: float = 1e-3  # decay rate of the stable model (eq. 10)
     eps: float = 1e-3  # eps of V (eq. 12)
-    d: float = 0.1  # smoothed-ReLU width of V (eq. 13)
+    d: float = 1.0  # smoothed-ReLU width of V (eq. 13)
+    lyap_shift: str = "tangent"  # "tangent": Bregman shift of g at x_eq (no flat zone); "value": eq. 12
+    lyap_quadratic: bool = True  # add a learned PSD quadratic ||L dx||^2 to V
     lyap_hidden: tuple[int, ...] = (60, 60)
     hidden: tuple[int, ...] = (100, 100)
     warp: str | None = None
@@ -155,6 +157,8 @@ def build_models(n: int, config: Fig5Config) -> dict[str, torch.nn.Module]:
         warp=config.warp,
         dt=STEP_SIZE,
         integrator="rk4",
+        lyap_shift=config.lyap_shift,
+        lyap_quadratic=config.lyap_quadratic,
     )
     if config.icnn_init == "wide":
         widen_icnn_init(stable)
@@ -340,6 +344,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float, default=None, help="eps of the Lyapunov function")
     parser.add_argument("--d", type=float, default=None, help="smoothed-ReLU width of the Lyapunov function")
     parser.add_argument("--warp", choices=("none", "coupling"), default=None, help="input warp of V")
+    parser.add_argument("--lyap-shift", choices=("value", "tangent"), default=None, help="shift of g in V: 'value' (paper eq. 12) or 'tangent' (Bregman, no flat zone at x_eq)")
+    parser.add_argument("--lyap-quadratic", action=argparse.BooleanOptionalAction, default=None, help="add a learned quadratic ||L dx||^2 to V")
+    parser.add_argument("--paper-v", action="store_true", help="the paper's V exactly: --lyap-shift value --no-lyap-quadratic --d 0.1")
     parser.add_argument("--icnn-init", choices=("wide", "library"), default=None, help="start of the ICNN's z-path weights")
     parser.add_argument("--eval-states", type=int, default=None, help="initial states of the evaluation (paper: 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -359,7 +366,11 @@ def config_from_args(args: argparse.Namespace) -> Fig5Config:
         "eval_states": args.eval_states,
         "icnn_init": args.icnn_init,
         "d": args.d,
+        "lyap_shift": args.lyap_shift,
+        "lyap_quadratic": args.lyap_quadratic,
     }
+    if args.paper_v:
+        config = replace(config, lyap_shift="value", lyap_quadratic=False, d=0.1)
     if args.warp is not None:
         overrides["warp"] = None if args.warp == "none" else args.warp
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None or k == "warp"})
