@@ -60,6 +60,110 @@ def smooth_relu_and_grad(t: torch.Tensor, d: float = 0.1) -> tuple[torch.Tensor,
     return slope * torch.sub(r, m, alpha=0.5), slope
 
 
+
+def _value_and_grad(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, U: Sequence[torch.Tensor], widths: Sequence[int], d: float
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Eq. 11 forward and its explicit reverse pass, without autograd (in-place where safe).
+
+    ``W: (sum widths, in_dim)`` and ``b`` stack every layer's input weights, ``U[i]: (widths[i+1],
+    widths[i])``. Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and what the backward of
+    ``_ICNNValueAndGrad`` needs: the activations ``z_i``, the slopes ``sigma'(pre_i)``, the
+    reverse-pass inputs ``e_i`` (with ``delta_i = e_i * slope_i``) and the stacked ``delta``.
+    """
+    k = len(widths) - 1  # hidden layers
+    pre = torch.addmm(b, x, W.t()).split(list(widths), dim=1)
+    zs: list[torch.Tensor] = []
+    slopes: list[torch.Tensor] = []
+    z = x
+    for i in range(k):
+        a = pre[0] if i == 0 else torch.addmm(pre[i], z, U[i - 1].t())
+        # sigma'(a) = clamp(a, 0, d) / d and sigma(a) = sigma'(a) (relu(a) - d sigma'(a) / 2)
+        slope = a.clamp(0.0, d).mul_(1.0 / d)
+        z = torch.relu(a).sub_(slope, alpha=0.5 * d).mul_(slope)
+        zs.append(z)
+        slopes.append(slope)
+    g = torch.addmm(pre[-1], z, U[-1].t()).squeeze(-1)
+    # Reverse pass: delta_i = dg/d(pre_i) = e_i * sigma'(pre_i), e_{k-1} = U_{k-1} (the
+    # affine output), e_i = delta_{i+1} U_i; dg/dx = sum_i delta_i W_i + W_k, one product.
+    es: list[torch.Tensor] = [U[-1]]
+    deltas: list[torch.Tensor] = [U[-1] * slopes[-1]]
+    for i in range(k - 2, -1, -1):
+        e = deltas[-1] @ U[i]
+        es.append(e)
+        deltas.append(e * slopes[i])
+    es.reverse()
+    deltas.reverse()
+    D = deltas[0] if k == 1 else torch.cat(deltas, dim=1)
+    grad = torch.addmm(W[-1:].expand(x.shape[0], -1), D, W[:-1])
+    return g, grad, zs, slopes, es, D
+
+
+class _ICNNValueAndGrad(torch.autograd.Function):
+    """``(g, dg/dx)`` with a hand-written backward (first order; what training needs).
+
+    Recording the reverse pass op by op costs dozens of autograd nodes per call; this
+    backward is a handful of matrix products. Adjoints ``gbar`` of ``g`` and ``Gbar`` of
+    ``dg/dx``: ``Dbar = Gbar W^T`` feeds the reverse pass backwards (through ``e_i`` and the
+    slopes, ``d sigma'/d pre = 1/d`` on ``(0, d)``), then the forward pass is back-propagated.
+    """
+
+    @staticmethod
+    def forward(ctx, widths, d, x, W, b, *U):
+        g, grad, zs, slopes, es, D = _value_and_grad(x, W, b, U, widths, d)
+        ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(U)
+        ctx.save_for_backward(x, W, D, *U, *zs, *slopes, *es[:-1])
+        return g, grad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gbar, Gbar):
+        widths, d, k = ctx.widths, ctx.d, ctx.k
+        saved = ctx.saved_tensors
+        x, W, D = saved[:3]
+        U = saved[3 : 3 + k]
+        zs = saved[3 + k : 3 + 2 * k]
+        slopes = saved[3 + 2 * k : 3 + 3 * k]
+        es = list(saved[3 + 3 * k :]) + [U[-1]]
+        hidden = list(widths[:-1])
+        deltas = D.split(hidden, dim=1)
+        Ubar = [torch.zeros_like(u) for u in U]
+        # 1. Back through dg/dx = sum_i delta_i W_i + W_k and the reverse pass (i = 0 .. k-1).
+        dbar = list((Gbar @ W[:-1].t()).split(hidden, dim=1))
+        sbar = []
+        for i in range(k):
+            sbar.append(dbar[i] * es[i])
+            ebar = dbar[i] * slopes[i]
+            if i < k - 1:
+                dbar[i + 1] = torch.addmm(dbar[i + 1], ebar, U[i].t())
+                Ubar[i] += deltas[i + 1].t() @ ebar
+            else:
+                Ubar[i] += ebar.sum(0, keepdim=True)
+        # 2. Back through the forward pass (i = k .. 0); pbar_i = adjoint of pre_i.
+        pbars: list[torch.Tensor] = [gbar.unsqueeze(-1)]
+        Ubar[k - 1] += pbars[0].t() @ zs[k - 1]
+        zbar = pbars[0] @ U[k - 1]
+        for i in range(k - 1, -1, -1):
+            s = slopes[i]
+            inside = (s > 0) & (s < 1)  # where sigma'' = 1/d
+            p = torch.addcmul(zbar * s, sbar[i], inside.to(s.dtype), value=1.0 / d)
+            pbars.append(p)
+            if i > 0:
+                Ubar[i - 1] += p.t() @ zs[i - 1]
+                zbar = p @ U[i - 1]
+        pbars.reverse()
+        P = torch.cat(pbars, dim=1)  # (batch, sum widths)
+        xbar = P @ W if ctx.needs_input_grad[2] else None
+        Wbar = bbar = None
+        if ctx.needs_input_grad[3]:
+            Wbar = P.t() @ x
+            Wbar[:-1] += D.t() @ Gbar
+            Wbar[-1] += Gbar.sum(0)
+        if ctx.needs_input_grad[4]:
+            bbar = P.sum(0)
+        return (None, None, xbar, Wbar, bbar, *[ub if ctx.needs_input_grad[5 + i] else None for i, ub in enumerate(Ubar)])
+
+
 class SmoothReLU(nn.Module):
     """Module form of eq. 13 with width ``d``."""
 
@@ -156,24 +260,11 @@ class ICNN(nn.Module):
         if method != "analytic":
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         U = self.positive_weights()
-        pre, W = self._input_terms(x)
-        z, slope = smooth_relu_and_grad(pre[0], self.d)
-        slopes = [slope]
-        for i in range(1, len(pre) - 1):
-            z, slope = smooth_relu_and_grad(torch.addmm(pre[i], z, U[i - 1].t()), self.d)
-            slopes.append(slope)
-        g = torch.addmm(pre[-1], z, U[-1].t()).squeeze(-1)
-        # Reverse pass: delta_i = dg/d(pre_i) = (delta_{i+1} U_i) * sigma'(pre_i), with
-        # delta = 1 at the affine output; dg/dx = sum_i delta_i W_i, one matrix product
-        # over the stacked deltas.
-        delta = U[-1] * slopes[-1]  # (1, h) * (batch, h)
-        deltas = [delta]
-        for i in range(len(pre) - 3, -1, -1):
-            delta = (delta @ U[i]) * slopes[i]
-            deltas.append(delta)
-        deltas.reverse()
-        grad = torch.addmm(W[-1:].expand(x.shape[0], -1), torch.cat(deltas, dim=1), W[:-1])
-        return g, grad
+        W = torch.cat([lin.weight for lin in self.W])
+        b = torch.cat([lin.bias for lin in self.W])
+        if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or b.requires_grad or any(u.requires_grad for u in U)):
+            return _ICNNValueAndGrad.apply(self.widths, self.d, x, W, b, *U)
+        return _value_and_grad(x, W, b, U, self.widths, self.d)[:2]
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).
