@@ -174,10 +174,11 @@ class PendulumDynamics:
         self._np_energy = compiled.numpy["energy"]
         self._th_accel = compiled.torch["accel"]
         self._th_energy = compiled.torch["energy"]
+        self._th_accel_d = compiled.torch["accel_d"]
         self._py_accel = compiled.scalar["accel_f"]
         self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
         self._zero_u = (0.0,) * self.action_dim
-        self._accel_uses = _used_arguments(self._th_accel, n)
+        self._accel_uses = _used_arguments(self._th_accel_d, n)
         self._K_tensors: dict = {}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -412,14 +413,19 @@ class PendulumDynamics:
         ``(Q + c h W_s, W + c h A_s)``. At this size every tensor op costs mostly dispatch, so
         the loop is written to issue as few as possible."""
         n, h = self.n_links, self.dt
-        accel, wanted = self._th_accel, self._accel_uses
+        accel = self._th_accel_d
         K = self._torch_constants(X.dtype, X.device)
-        want_cos = wanted["cos"]
+        # sin/cos of the angles and of all their differences q_i - q_j (``accel_d``'s pair
+        # order: offset d = j - i, then i), two transcendental calls per stage for any n
+        offsets = range(1, n)
+        want_cos = self._accel_uses["cos"] or n > 1
 
         def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
-            sin = torch.sin(Qs).unbind(0)
-            cos = torch.cos(Qs).unbind(0) if want_cos else (None,) * n
-            acc = accel(*sin, *cos, *Ws.unbind(0), *u, K)
+            angles = torch.cat((Qs, *(Qs[: n - d] - Qs[d:] for d in offsets)), 0) if n > 1 else Qs
+            sin = torch.sin(angles).unbind(0)
+            cos = torch.cos(angles).unbind(0) if want_cos else (None,) * n
+            pairs = len(sin) - n
+            acc = accel(*sin[:n], *cos[:n], *sin[n:], *cos[n:n + pairs], *Ws.unbind(0), *u, K)
             return acc[0].unsqueeze(0) if n == 1 else torch.stack(acc, 0)
 
         grad = torch.is_grad_enabled() and (X.requires_grad or any(r.requires_grad for u in U[:1] for r in u))

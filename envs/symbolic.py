@@ -50,7 +50,7 @@ from typing import Any, Sequence
 __all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
 #: Bump when the generated source changes meaning or layout; old cache files become stale.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 6
 
 DAMPING_MODES = ("absolute", "joint")
 
@@ -353,15 +353,16 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     trig = {**{sp.sin(q[i]): s[i] for i in range(n)}, **{sp.cos(q[i]): c[i] for i in range(n)}}
     pair_defs = {}
     pair_map = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            S = sp.Symbol(f"S{i + 1}_{j + 1}")
-            C = sp.Symbol(f"C{i + 1}_{j + 1}")
-            pair_defs[S] = s[i] * c[j] - c[i] * s[j]
-            pair_defs[C] = c[i] * c[j] + s[i] * s[j]
-            for expr, sym in ((pair_defs[S], S), (pair_defs[C], C)):
-                pair_map[expr] = sym
-                pair_map[sp.expand(-expr)] = -sym
+    # pairs ordered by offset d = j - i, the order ``accel_d`` takes them in: the caller forms
+    # all differences of offset d at once as ``q[:n - d] - q[d:]``
+    for i, j in ((i, i + d) for d in range(1, n) for i in range(n - d)):
+        S = sp.Symbol(f"S{i + 1}_{j + 1}")
+        C = sp.Symbol(f"C{i + 1}_{j + 1}")
+        pair_defs[S] = s[i] * c[j] - c[i] * s[j]
+        pair_defs[C] = c[i] * c[j] + s[i] * s[j]
+        for expr, sym in ((pair_defs[S], S), (pair_defs[C], C)):
+            pair_map[expr] = sym
+            pair_map[sp.expand(-expr)] = -sym
     def rewrite(e):
         return e.xreplace(trig).xreplace(pair_map)
 
@@ -390,6 +391,13 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     Msym = [[sp.Symbol(f"M{min(i, j)}_{max(i, j)}") for j in range(n)] for i in range(n)]
     Fsym = [sp.Symbol(f"F{i}") for i in range(n)]
     solve_steps, accel = _ldl_solve(n, Msym, Fsym)
+    # M_00 (the whole chain's inertia about the pivot) depends on the parameters only, so its
+    # inverse is one more coefficient K instead of a division per call
+    k_defs = {k: e for e, k in constants.items()}
+    if M[0][0].free_symbols <= set(k_defs):
+        inv_m00 = sp.expand(1 / M[0][0].xreplace(k_defs))
+        inv_sym = constants.setdefault(inv_m00, sp.Symbol(f"K{len(constants)}"))
+        solve_steps = [(sym, inv_sym if sym.name == "ld_i0" else e) for sym, e in solve_steps]
 
     # 4. emit: pair products, M and F entries (cse), solve
     used = set().union(*(e.free_symbols for e in (*m_entries, *f_entries)))
@@ -424,6 +432,12 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     sn = [str(x) for x in s]
     cn = [str(x) for x in c]
     accel_body = pair_lines + list(repl) + [(sym, e) for (sym, _), e in zip(pre, reduced)] + solve_steps
+    # ``accel_d`` takes S_ij = sin(q_i - q_j), C_ij = cos(q_i - q_j) from the caller: for
+    # tensors two transcendental calls on all differences at once are cheaper than the four
+    # products and two sums per pair of the product forms
+    pair_sn = [str(S) for S in pair_defs if S.name.startswith("S")]
+    pair_cn = [str(C) for C in pair_defs if C.name.startswith("C")]
+    accel_d_body = list(repl) + [(sym, e) for (sym, _), e in zip(pre, reduced)] + solve_steps
 
     lines = [
         f"{_HEADER} (format {FORMAT_VERSION}); do not edit, delete to rebuild.",
@@ -448,6 +462,14 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
         '    call over all links. Temporaries are freed as soon as they are dead."""',
         *unpack(kn, "K"),
         *_emit_block(accel_body, [sp.Symbol(str(a)) for a in accel]),
+        f"    return ({', '.join(str(a) for a in accel)},)",
+        "",
+        "",
+        f"def accel_d({', '.join(sn + cn + pair_sn + pair_cn + wn + un + ['K'])}):",
+        '    """``accel`` taking the sines S_ij and cosines C_ij of the angle differences q_i - q_j',
+        '    (pairs i < j ordered by j - i, then i) as well."""',
+        *unpack(kn, "K"),
+        *_emit_block(accel_d_body, [sp.Symbol(str(a)) for a in accel]),
         f"    return ({', '.join(str(a) for a in accel)},)",
         "",
         "",
