@@ -222,6 +222,7 @@ class VideoVAE(nn.Module):
         if projection not in ("decrease", "exact"):
             raise ValueError(f"projection must be 'decrease' or 'exact', got {projection!r}")
         self.projection = projection
+        self._level_iterations = 4  # regula falsi steps of the exact-level rescale
         self.kl_weight = float(kl_weight)
         self.latent_weight = float(latent_weight)
         if not (level_weight >= 0 and math.isfinite(level_weight)):
@@ -300,16 +301,22 @@ class VideoVAE(nn.Module):
         y = z + dyn.dt * f
         if not dyn.lyapunov.convex:
             return lyapunov_rescale(z, y, dyn.lyapunov, dyn.alpha, dyn.dt, x_eq, verify=True, Vx=V)
-        # Pull y back to the level exp(-alpha) V(z). The linear scale s = b / V(y) meets the
-        # bound by convexity but undershoots it wherever V grows faster than linearly along the
-        # ray (for V ~ |z|^2 by a factor ~ 1 - |f|^2 / |z|^2 per frame: a steady inward drift
-        # over 1000 frames). s = sqrt(b / V(y)) is exact for a quadratic V; it is kept where
-        # evaluating V shows it meets the bound, else the linear scale.
+        # Pull y back onto the level b = exp(-alpha) V(z) along the ray from x_eq. The linear
+        # scale s = b / V(y) (lyapunov_rescale) meets the bound by convexity but undershoots it
+        # wherever V grows faster than linearly along the ray (for V ~ |z|^2 by ~|f|^2 / |z|^2
+        # per frame: a steady inward drift over 1000 frames). Regula falsi from the left fixes
+        # that and keeps the guarantee: on a convex V the chord from a feasible point
+        # (s_lo, V_lo <= b) to (1, V(y)) lies above V, so where it crosses b, V <= b too.
         bound = math.exp(-dyn.alpha * dyn.dt) * V
-        ratio = (bound / dyn.lyapunov(y).clamp_min(torch.finfo(y.dtype).tiny)).clamp(max=1.0)
-        y_sqrt = x_eq + ratio.sqrt().unsqueeze(-1) * (y - x_eq)
-        s = torch.where(dyn.lyapunov(y_sqrt) <= bound, ratio.sqrt(), ratio)
-        return x_eq + s.unsqueeze(-1) * (y - x_eq)
+        delta = y - x_eq
+        v_hi = dyn.lyapunov(y)
+        shrink = v_hi > bound
+        s, v_lo = torch.zeros_like(V), torch.zeros_like(V)  # s = 0: x_eq, V = 0 <= b
+        for _ in range(self._level_iterations):
+            s = s + (1.0 - s) * ((bound - v_lo) / (v_hi - v_lo).clamp_min(torch.finfo(y.dtype).tiny)).clamp(0.0, 1.0)
+            s = torch.where(shrink, s, torch.ones_like(s))
+            v_lo = dyn.lyapunov(x_eq + s.unsqueeze(-1) * delta)
+        return x_eq + s.unsqueeze(-1) * delta
 
     def rollout_latent(self, z0: torch.Tensor, steps: int) -> torch.Tensor:
         """``z0: (batch, latent_dim)`` -> ``(batch, steps + 1, latent_dim)`` with ``z0`` first."""
