@@ -50,7 +50,7 @@ from typing import Any, Sequence
 __all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
 #: Bump when the generated source changes meaning or layout; old cache files become stale.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 DAMPING_MODES = ("absolute", "joint")
 
@@ -330,6 +330,15 @@ def _emit_block(statements, outputs, free: bool = True) -> list[str]:
     return lines
 
 
+def _tensor_reciprocal(line: str) -> str:
+    """``x = 1/y`` -> ``x = y.reciprocal()``: for a tensor ``1/y`` is two kernels (reciprocal,
+    then a multiplication by the Python scalar 1), this is one."""
+    lhs, sep, rhs = line.partition(" = 1/")
+    if sep and rhs.isidentifier():
+        return f"{lhs} = {rhs}.reciprocal()"
+    return line
+
+
 def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequence[int] | None = None) -> str:
     """Derive the model with Kane's method and print it as a Python module (a string).
 
@@ -466,10 +475,10 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
         "",
         "",
         f"def accel_d({', '.join(sn + cn + pair_sn + pair_cn + wn + un + ['K'])}):",
-        '    """``accel`` taking the sines S_ij and cosines C_ij of the angle differences q_i - q_j',
-        '    (pairs i < j ordered by j - i, then i) as well."""',
+        '    """``accel`` for torch tensors, taking the sines S_ij and cosines C_ij of the angle',
+        '    differences q_i - q_j (pairs i < j ordered by j - i, then i) as well."""',
         *unpack(kn, "K"),
-        *_emit_block(accel_d_body, [sp.Symbol(str(a)) for a in accel]),
+        *[_tensor_reciprocal(ln) for ln in _emit_block(accel_d_body, [sp.Symbol(str(a)) for a in accel])],
         f"    return ({', '.join(str(a) for a in accel)},)",
         "",
         "",
