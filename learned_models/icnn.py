@@ -71,6 +71,30 @@ def _value_and_grad(
     ``_ICNNValueAndGrad`` needs: the activations ``z_i``, the slopes ``sigma'(pre_i)``, the
     reverse-pass inputs ``e_i`` (with ``delta_i = e_i * slope_i``) and the stacked ``delta``.
     """
+    g, zs, slopes = _value(x, W, b, U, widths, d, keep=True)
+    # Reverse pass: delta_i = dg/d(pre_i) = e_i * sigma'(pre_i), e_{k-1} = U_{k-1} (the
+    # affine output), e_i = delta_{i+1} U_i; dg/dx = sum_i delta_i W_i + W_k, one product
+    # over the deltas, written side by side into one buffer (no concatenation).
+    k = len(widths) - 1
+    offsets = [0]
+    for w in widths[:-1]:
+        offsets.append(offsets[-1] + w)
+    D = x.new_empty(x.shape[0], offsets[-1])
+    es: list[torch.Tensor] = [U[-1]]
+    delta = torch.mul(U[-1], slopes[-1], out=D[:, offsets[k - 1] : offsets[k]])
+    for i in range(k - 2, -1, -1):
+        e = delta @ U[i]
+        es.append(e)
+        delta = torch.mul(e, slopes[i], out=D[:, offsets[i] : offsets[i + 1]])
+    es.reverse()
+    grad = torch.addmm(W[-1:].expand(x.shape[0], -1), D, W[:-1])
+    return g, grad, zs, slopes, es, D
+
+
+def _value(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, U: Sequence[torch.Tensor], widths: Sequence[int], d: float, keep: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Eq. 11 forward without autograd: ``g: (batch,)``, and with ``keep`` the ``z_i`` and slopes."""
     k = len(widths) - 1  # hidden layers
     pre = torch.addmm(b, x, W.t()).split(list(widths), dim=1)
     zs: list[torch.Tensor] = []
@@ -81,22 +105,11 @@ def _value_and_grad(
         # sigma'(a) = clamp(a, 0, d) / d and sigma(a) = sigma'(a) (relu(a) - d sigma'(a) / 2)
         slope = a.clamp(0.0, d).mul_(1.0 / d)
         z = torch.relu(a).sub_(slope, alpha=0.5 * d).mul_(slope)
-        zs.append(z)
-        slopes.append(slope)
+        if keep:
+            zs.append(z)
+            slopes.append(slope)
     g = torch.addmm(pre[-1], z, U[-1].t()).squeeze(-1)
-    # Reverse pass: delta_i = dg/d(pre_i) = e_i * sigma'(pre_i), e_{k-1} = U_{k-1} (the
-    # affine output), e_i = delta_{i+1} U_i; dg/dx = sum_i delta_i W_i + W_k, one product.
-    es: list[torch.Tensor] = [U[-1]]
-    deltas: list[torch.Tensor] = [U[-1] * slopes[-1]]
-    for i in range(k - 2, -1, -1):
-        e = deltas[-1] @ U[i]
-        es.append(e)
-        deltas.append(e * slopes[i])
-    es.reverse()
-    deltas.reverse()
-    D = deltas[0] if k == 1 else torch.cat(deltas, dim=1)
-    grad = torch.addmm(W[-1:].expand(x.shape[0], -1), D, W[:-1])
-    return g, grad, zs, slopes, es, D
+    return g, zs, slopes
 
 
 class _ICNNValueAndGrad(torch.autograd.Function):
@@ -233,6 +246,10 @@ class ICNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
         U = self.positive_weights()
+        if not torch.is_grad_enabled():  # inference: in-place activations, no graph
+            W = torch.cat([lin.weight for lin in self.W])
+            b = torch.cat([lin.bias for lin in self.W])
+            return _value(x, W, b, U, self.widths, self.d)[0]
         pre, _ = self._input_terms(x)
         z = smooth_relu(pre[0], self.d)
         for i in range(1, len(pre) - 1):
