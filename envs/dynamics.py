@@ -418,7 +418,7 @@ class PendulumDynamics:
         # sin/cos of the angles and of all their differences q_i - q_j (``accel_d``'s pair
         # order: offset d = j - i, then i), two transcendental calls per stage for any n
         offsets = range(1, n)
-        want_cos = self._accel_uses["cos"] or n > 1
+        want_cos = self._accel_uses["cos"] or n > 1  # one link needs no cosine at all
 
         def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
             angles = torch.cat((Qs, *(Qs[: n - d] - Qs[d:] for d in offsets)), 0) if n > 1 else Qs
@@ -429,9 +429,11 @@ class PendulumDynamics:
             return acc[0].unsqueeze(0) if n == 1 else torch.stack(acc, 0)
 
         grad = torch.is_grad_enabled() and (X.requires_grad or any(r.requires_grad for u in U[:1] for r in u))
-        out = torch.empty((len(U) + 1, *X.shape), dtype=X.dtype, device=X.device)
-        out[0] = X
-        states = [X]
+        if grad:
+            states = [X]
+        else:
+            out = torch.empty((len(U) + 1, *X.shape), dtype=X.dtype, device=X.device)
+            out[0] = X
         Q, W = X[:n], X[n:]
         h2, h6 = 0.5 * h, h / 6.0
         for k, u in enumerate(U):
