@@ -344,6 +344,8 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
 
     The module defines ``constants(m, l, g, b) -> tuple`` (parameter-only coefficients),
     ``accel(s1..sn, c1..cn, w1..wn, u.., K) -> (qddot_1, .., qddot_n)`` (s = sin q, c = cos q),
+    ``accel_d(s.., c.., S_ij.., C_ij.., w.., u.., K)`` (torch only: also takes the sines and
+    cosines of the angle differences, the fused rollout's cheaper form),
     ``energy(s1..sn, c1..cn, w1..wn, K)`` and, for plain floats, ``accel_f(q1..qn, ...)``,
     ``step_rk4`` and ``step_euler``.
     ``sin``/``cos`` are looked up in the module namespace, so the same code runs on numpy
