@@ -19,8 +19,11 @@ non-decreasing, continuously differentiable and 0 at 0:
 
 ``ICNN.forward_and_grad`` returns ``g`` and ``dg/dx`` for the whole batch with an explicit
 backward pass through the layers (``method="analytic"``, the default) -- plain tensor ops,
-so it needs no autograd graph at inference and is itself differentiable for training (a
-second backward pass through it replaces ``torch.autograd.grad(create_graph=True)``).
+so it needs no autograd graph at inference. For training it is one autograd node with a
+hand-written backward (``_ICNNValueAndGrad``: a handful of matrix products instead of
+dozens of recorded ops), which replaces ``torch.autograd.grad(create_graph=True)``;
+it is differentiable once (parameter and input gradients of a loss on ``g`` and ``dg/dx``),
+not twice.
 ``method="autograd"`` gives the same numbers through ``torch.autograd.grad`` and serves as
 the reference in tests. The analytic pass is what keeps the stable model's cost close to
 the plain MLP's.
@@ -261,9 +264,10 @@ class ICNN(nn.Module):
 
         Args:
             x: ``(batch, in_dim)``.
-            method: ``"analytic"`` (explicit reverse pass through the layers; differentiable
-                when grad mode is on, no autograd graph needed under ``torch.no_grad``) or
-                ``"autograd"`` (``torch.autograd.grad``; the reference).
+            method: ``"analytic"`` (explicit reverse pass through the layers; once
+                differentiable when grad mode is on, via a hand-written backward; no autograd
+                graph under ``torch.no_grad``) or ``"autograd"`` (``torch.autograd.grad``,
+                twice differentiable with ``create_graph``; the reference).
             create_graph: ``"autograd"`` only; default ``torch.is_grad_enabled()``.
         """
         if method == "autograd":
