@@ -44,6 +44,9 @@ import argparse
 import csv
 import io
 import math
+import os
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -392,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
     folder = prepare_output(args.out, OUTPUTS, args.overwrite)
     rows = study(sorted(set(args.links)), config, progress=not args.no_progress)
     command = "lyagym reproduce fig5 --links " + " ".join(str(n) for n in sorted(set(args.links))) + f" --size {args.size}"
+    if os.path.basename(sys.argv[0]) == "lyagym" and "fig5" in sys.argv:
+        command = "lyagym " + shlex.join(sys.argv[1:])  # the exact command line, options included
     save_text(_csv_text(rows), folder / "fig5.csv")
     save_text(_per_step_csv_text(rows), folder / "fig5_per_step.csv")
     table = markdown_table(rows, config, command)

@@ -120,6 +120,22 @@ def squared_state_error(x: torch.Tensor, y: torch.Tensor, n_angles: int) -> torc
     return wrapped_state_difference(x, y, n_angles).square().sum(dim=-1)
 
 
+def _diverged_stays_nan(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f`` on the finite rows of ``x: (batch, dim)``; rows that already blew up stay NaN.
+
+    A model integrated with RK4 may blow up on a few trajectories; models reject non-finite
+    input, so those rows are fed zeros and their output is NaN (scored as diverged, ``inf``),
+    while the other trajectories carry on. No host sync: a ``torch.where`` mask.
+    """
+
+    def guarded(x: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(x).all(dim=-1, keepdim=True)
+        y = f(torch.where(bad, torch.zeros_like(x), x))
+        return torch.where(bad, torch.full_like(y, math.nan), y)
+
+    return guarded
+
+
 def _derivative_of(name: str, obj) -> Callable[[torch.Tensor], torch.Tensor]:
     if hasattr(obj, "derivative"):
         return lambda x: obj.derivative(x)
@@ -233,9 +249,10 @@ def rollout_error(
                 raise TypeError(f"model {name!r} has no step(x); use model_step='rk4'")
             if abs(float(getattr(model, "dt", h)) - h) > 1e-12:
                 raise ValueError(f"model {name!r} has dt={model.dt}, the protocol needs h={h}")
-            steppers[name] = (lambda m: (lambda x: m.step(x)))(model)
+            steppers[name] = _diverged_stays_nan(lambda x, m=model: m.step(x))
         else:
-            steppers[name] = (lambda f: (lambda x: rk4_step(f, x, h)))(_derivative_of(f"model {name!r}", model))
+            f = _diverged_stays_nan(_derivative_of(f"model {name!r}", model))
+            steppers[name] = (lambda f: (lambda x: rk4_step(f, x, h)))(f)
         dtype, device = _model_dtype_device(model)
         states[name] = x0.to(device=device, dtype=dtype)
 
