@@ -285,3 +285,20 @@ def test_bad_call_args():
         dyn.rollout(torch.zeros(3, 4), torch.zeros(3, 5, 1))
     with pytest.raises(ValueError, match="dtype"):
         dyn.to(dtype=torch.int64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fused_rollout_equals_repeated_steps_and_is_differentiable(n):
+    """The planners' fast path (`rollout`) must be the same map as stepping, gradients included."""
+    dyn = PendulumDynamics(n_links=n).to(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(n)
+    x0 = torch.rand(4, 2 * n, generator=gen, dtype=torch.float64) * 2 - 1
+    actions = torch.rand(4, 6, n, generator=gen, dtype=torch.float64) * 2 - 1
+    traj = dyn.rollout(x0, actions)
+    x = x0
+    for k in range(actions.shape[1]):
+        x = dyn.step(x, actions[:, k])
+        torch.testing.assert_close(traj[:, k + 1], x, rtol=1e-12, atol=1e-12)
+    x0.requires_grad_(True)
+    actions.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: dyn.rollout(a, b)[:, -1], (x0[:2], actions[:2, :3]))
