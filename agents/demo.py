@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from lyagym.learned_models.files import atomic_write
 
 DEFAULT_OUT = os.path.join(".", "lyagym-output", "demo")
 OUTPUTS = ("pendulum.gif", "trajectory.png")
@@ -196,15 +197,7 @@ def simulate_batch(n_links: int, batch: int, seconds: float, *, device: str = "c
 # ----------------------------------------------------------------------------- files
 def _atomic_target(path: Path, write: Callable[[str], None]) -> Path:
     """Write through ``write(tmp_path)`` into a temp file next to ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, write)
 
 
 def write_gif(frames: Sequence[np.ndarray], path: Path, fps: int) -> Path:

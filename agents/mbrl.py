@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .planners import make_planner
+from lyagym.learned_models.files import atomic_write
 
 __all__ = [
     "MBRLConfig",
@@ -199,17 +199,13 @@ class TransitionBuffer:
 
 
 def _atomic(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, mode) as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write_file(tmp: str) -> None:
+        with open(tmp, mode) as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write_file)
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:

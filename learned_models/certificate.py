@@ -25,11 +25,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import atomic_write
 
 __all__ = ["Certificate", "CLAIMS", "EVIDENCE", "weights_hash"]
 
@@ -155,17 +157,8 @@ class Certificate:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the certificate as JSON, atomically (temp file + rename)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cert-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        text = self.to_json()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Certificate":

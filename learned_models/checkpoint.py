@@ -16,13 +16,13 @@ missing, corrupt, truncated or mismatched file raises an error naming the file.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
 from .certificate import weights_hash
+from .files import atomic_write
 
 __all__ = ["save_model", "load_model", "register_model", "MODEL_CLASSES", "FORMAT_VERSION"]
 
@@ -59,21 +59,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str,
         "weights_hash": weights_hash(model),
         "metadata": dict(metadata or {}),
     }
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save checkpoint {path!r}: folder {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
 from .certificate import Certificate, weights_hash
+from .files import atomic_write
 from .lyanet import FitHistory, convergence_rates, fit, lipschitz_estimate, regression_box, robustness_radius
 from .lyapunov_loss import _check_kappa
 from .neural_ode import NeuralODE
@@ -304,15 +304,7 @@ class LyaNetWorldModel(nn.Module):
             "half_width": self.half_width,
             "heldout": None if self._heldout is None else tuple(t.detach().cpu() for t in self._heldout),
         }
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".lyanet-", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "LyaNetWorldModel":

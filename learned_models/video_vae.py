@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .files import atomic_write
 
 __all__ = ["VideoVAE", "LATENT_DYNAMICS", "CHECKPOINT_FORMAT"]
 
@@ -459,18 +460,7 @@ class VideoVAE(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "metadata": dict(metadata or {}),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu") -> "VideoVAE":

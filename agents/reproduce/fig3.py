@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from lyagym.learned_models.files import atomic_write
 
 __all__ = ["add_arguments", "run", "stream_plot", "contour_plot", "save_figure", "prepare_output"]
 
@@ -49,16 +50,8 @@ def prepare_output(out: str | os.PathLike, names: Sequence[str], overwrite: bool
     return folder
 
 
-def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    atomic_write(path, write)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -66,7 +59,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png"), path.suffix)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
 
@@ -79,7 +72,7 @@ def save_text(text: str, path: str | os.PathLike) -> Path:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    _atomic_write(path, write, path.suffix)
+    _atomic_write(path, write)
     return path
 
 

@@ -20,12 +20,13 @@ import argparse
 import json
 import math
 import os
-import tempfile
+from pathlib import Path
 import time
 
 import torch
 
 from lyagym.learned_models.lyanet import classification_box, evaluate, fit, lipschitz_estimate, theorem3_radii
+from lyagym.learned_models.files import atomic_write
 from lyagym.learned_models.neural_ode import NeuralODE
 
 from .pgd import pgd_attack
@@ -72,10 +73,7 @@ def prepare_output(out: str, names: list[str], overwrite: bool) -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
