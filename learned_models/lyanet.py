@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .lyapunov_loss import POTENTIALS, _check_kappa, discrete_lyapunov_loss, lyapunov_loss
+from .lyapunov_loss import POTENTIALS, _check_kappa, discrete_lyapunov_loss, lyapunov_derivative, lyapunov_loss, pointwise_lyapunov_loss
 from .neural_ode import DataControlledMLP, NeuralODE
 
 __all__ = [
@@ -47,7 +47,10 @@ __all__ = [
     "TRAINERS",
     "sample_hypercube",
     "sample_hypersphere",
+    "sample_around_targets",
+    "WEIGHTINGS",
     "classification_box",
+    "feasible_speed",
     "regression_box",
     "monte_carlo_loss",
     "path_integral_loss",
@@ -57,6 +60,7 @@ __all__ = [
     "lipschitz_estimate",
     "robustness_radius",
     "theorem3_radii",
+    "decrease_along_paths",
     "convergence_rates",
     "FitHistory",
 ]
@@ -91,8 +95,61 @@ def sample_hypersphere(
     return radius * direction
 
 
-#: Measures on the hidden state space, by name.
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"hypercube": sample_hypercube, "hypersphere": sample_hypersphere}
+def sample_around_targets(
+    targets: torch.Tensor,
+    half_width: float,
+    *,
+    min_radius: float = 1e-4,
+    box_fraction: float = 0.25,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Points ``eta`` near each target at every scale, mixed with the cube (our extension).
+
+    For regression with identity readout the potential ``V_y = ||eta - y||^2`` vanishes at
+    ``y``, and the decrease condition of eq. 10 must hold at *every* distance from it; the
+    cube of appendix B puts almost no mass within ``1e-2`` of ``y`` in 4-D, so the point
+    where the learned ``f`` vanishes -- the prediction -- is barely trained. Here a share
+    ``1 - box_fraction`` of the rows is ``y + r u`` with ``u`` a uniform direction and
+    ``log r`` uniform on ``[log(min_radius * s), log s]`` (every scale equally often), the
+    rest uniform on the cube ``[-s, s]^k`` (so the support still covers ``H``).
+
+    Args:
+        targets: ``(n, k)`` targets ``y`` (one sample per row).
+        half_width: ``s``, the cube's half-width and the largest radius.
+        min_radius: smallest radius as a fraction of ``s``, in ``(0, 1)``.
+        box_fraction: share of rows drawn on the cube instead, in ``[0, 1]``.
+
+    Returns:
+        ``(n, k)``.
+    """
+    if not (0.0 < min_radius < 1.0):
+        raise ValueError(f"min_radius must be in (0, 1), got {min_radius!r}")
+    if not (0.0 <= box_fraction <= 1.0):
+        raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction!r}")
+    n, k = targets.shape
+    opts = dict(generator=generator, device=targets.device, dtype=targets.dtype)
+    direction = torch.randn(n, k, **opts)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    log_r = math.log(min_radius) * torch.rand(n, 1, **opts)  # log(r / s) uniform on [log min_radius, 0]
+    near = targets + half_width * log_r.exp() * direction
+    cube = sample_hypercube(n, k, half_width, **opts)
+    use_cube = torch.rand(n, 1, **opts) < box_fraction
+    return torch.where(use_cube, cube, near)
+
+
+#: Measures on the hidden state space, by name. ``"targets"`` (``sample_around_targets``)
+#: depends on the regression targets, so it needs identity readout and squared error.
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "hypercube": sample_hypercube,
+    "hypersphere": sample_hypersphere,
+    "targets": sample_around_targets,
+}
+
+#: How the point-wise loss of eq. 12 is weighted: ``"absolute"`` is the paper's
+#: ``max(0, Vdot + kappa V)``; ``"relative"`` divides it by ``V``, i.e.
+#: ``max(0, d log V / dt + kappa)``: the same zero set (the decrease condition), but a
+#: violation counts as much next to the prediction as far from it (our extension).
+WEIGHTINGS = ("absolute", "relative")
 
 
 def classification_box(n_classes: int, kappa: float) -> float:
@@ -106,6 +163,23 @@ def classification_box(n_classes: int, kappa: float) -> float:
     if not isinstance(n_classes, int) or n_classes < 2:
         raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
     return 0.5 * math.log((n_classes - 1) / math.expm1(math.exp(-kappa)))
+
+
+def feasible_speed(n_classes: int, kappa: float) -> float:
+    """Smallest speed bound ``v`` (``|f_i| <= v``) that lets eq. 10 hold from ``eta(0) = 0``.
+
+    For the cross-entropy potential with identity readout, ``dV_y/deta = p - e_y`` (``p`` the
+    softmax), so with ``|f_i| <= v`` the fastest decrease is ``-dV/dt = v ||p - e_y||_1 =
+    2 v (1 - p_y)``; eq. 10 needs it ``>= kappa V = -kappa log p_y``. ``-log p / (1 - p)`` falls
+    as ``p_y`` rises, so the start ``p_y = 1/m`` is the hardest point:
+    ``v* = kappa log m / (2 (1 - 1/m))``. Appendix B's box ``classification_box`` used as the
+    speed bound is below ``v*`` for ``kappa >~ 1.4`` (m = 10): the decrease condition is then
+    infeasible at the start of every inference path, which Theorem 3 assumes it is not.
+    """
+    kappa = _check_kappa(kappa)
+    if not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+    return kappa * math.log(n_classes) / (2.0 * (1.0 - 1.0 / n_classes))
 
 
 def regression_box(targets: torch.Tensor, margin: float = 0.5) -> float:
@@ -142,6 +216,7 @@ def monte_carlo_loss(
     potential: str = "cross_entropy",
     n_samples: int = 16,
     sampler: str = "hypercube",
+    weighting: str = "absolute",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Monte Carlo Lyapunov loss (Alg. 1 lines 8-9; eq. 45 of appendix B), a scalar.
@@ -153,14 +228,28 @@ def monte_carlo_loss(
         model: the neural ODE; ``model.f(eta, x, t)`` and ``model.readout`` are used.
         x: ``(batch, n)`` inputs; y: ``(batch,)`` labels or ``(batch, m)`` targets.
         kappa: decay rate ``> 0``; half_width: ``s`` of the state box ``H``.
-        potential: key of ``POTENTIALS``; sampler: key of ``SAMPLERS``.
+        potential: key of ``POTENTIALS``; sampler: key of ``SAMPLERS`` (``"targets"`` only
+            for ``"squared_error"`` with identity readout, where ``eta = y`` is the minimum).
+        weighting: ``"absolute"`` (eq. 12) or ``"relative"`` (eq. 12 divided by ``V``).
     """
-    sample = SAMPLERS[sampler]
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     xs, ys = _repeat(x, n_samples), _repeat(y, n_samples)
-    eta = sample(xs.shape[0], model.hidden_dim, half_width, generator=generator, device=x.device, dtype=x.dtype)
+    if sampler == "targets":
+        if potential != "squared_error" or not isinstance(model.readout, nn.Identity):
+            raise ValueError("sampler='targets' needs the squared-error potential and identity readout (eta = y is the minimum)")
+        eta = sample_around_targets(ys, half_width, generator=generator)
+    else:
+        eta = SAMPLERS[sampler](xs.shape[0], model.hidden_dim, half_width, generator=generator, device=x.device, dtype=x.dtype)
     t = torch.rand(xs.shape[0], generator=generator, device=x.device, dtype=x.dtype)
     f = model.f(eta, xs, t)
-    return lyapunov_loss(_potential(model, potential, ys), f, eta, kappa)
+    if weighting == "absolute":
+        return lyapunov_loss(_potential(model, potential, ys), f, eta, kappa)
+    # max(0, Vdot + kappa V) / V = max(0, d log V/dt + kappa): scale-free (see WEIGHTINGS).
+    v, vdot = lyapunov_derivative(_potential(model, potential, ys), f, eta)
+    return (pointwise_lyapunov_loss(v, vdot, kappa) / v.detach().clamp_min(1e-12)).mean()
 
 
 _ONE_STEP = {
@@ -189,6 +278,10 @@ def path_integral_loss(
     potential: str = "cross_entropy",
     n_steps: int = 10,
     method: str = "rk4",
+    weighting: str = "absolute",
+    random_starts: bool = False,
+    half_width: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Path-integral Lyapunov loss (Alg. 2, eq. 17 with the exponential form of eq. 16).
 
@@ -197,16 +290,33 @@ def path_integral_loss(
     gradients, and penalises ``max(0, V(eta_j) - exp(-kappa dt) V(eta_{j-1}))`` summed over
     the path, averaged over the batch. The re-taken step reproduces the rolled-out state
     exactly, so the loss value is that of the path; its gradient treats each segment's
-    start as given (no backpropagation through the whole solve).
+    start as given (no backpropagation through the whole solve). ``weighting="relative"``
+    divides each segment's violation by ``V(eta_{j-1})`` (see ``WEIGHTINGS``), so the end
+    of the path, where ``V`` is small, counts as much as its start.
+
+    ``random_starts=True`` (our extension) follows a second path per example from a start
+    uniform on the cube ``[-half_width, half_width]^k``: eq. 10 is then trained off the
+    nominal path too, where a perturbed input sends inference (the premise of Theorem 3);
+    the plain Alg. 2 only ever sees the one path from ``eta(0)``.
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if method not in _ONE_STEP:
         raise ValueError(f"method must be one of {sorted(_ONE_STEP)}, got {method!r}")
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    eta0 = None
+    if random_starts:
+        if half_width is None or not half_width > 0:
+            raise ValueError(f"random_starts needs half_width > 0 (the cube of start states), got {half_width!r}")
+        nominal = model.initial_state(x)
+        scattered = sample_hypercube(x.shape[0], model.hidden_dim, half_width, generator=generator, device=x.device, dtype=x.dtype)
+        eta0 = torch.cat([nominal, scattered])
+        x, y = torch.cat([x, x]), torch.cat([y, y])
     b, h = x.shape[0], 1.0 / n_steps
     times = torch.linspace(0.0, 1.0, n_steps + 1, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        path = model.trajectory(x, times, method=method, step_size=h)  # (G + 1, b, k)
+        path = model.trajectory(x, times, method=method, step_size=h, eta0=eta0)  # (G + 1, b, k)
     starts = path[:-1].reshape(n_steps * b, -1)
     xs = x.repeat(n_steps, 1)
     ts = times[:-1].repeat_interleave(b)
@@ -215,8 +325,11 @@ def path_integral_loss(
     v = _potential(model, potential, ys)
     decay = math.exp(-_check_kappa(kappa) * h)
     # Segment j runs from path[j] to path[j + 1] (== ends[j] numerically): eq. 16 per segment.
-    violation = torch.relu(v(ends) - decay * v(starts)).reshape(n_steps, b)
-    return violation.sum(0).mean()
+    v_start = v(starts)
+    violation = torch.relu(v(ends) - decay * v_start)
+    if weighting == "relative":
+        violation = violation / v_start.detach().clamp_min(1e-12)
+    return violation.reshape(n_steps, b).sum(0).mean()
 
 
 def supervised_loss(
@@ -229,11 +342,13 @@ def supervised_loss(
 
 def _mc(model, x, y, cfg, gen):
     return monte_carlo_loss(model, x, y, kappa=cfg["kappa"], half_width=cfg["half_width"], potential=cfg["potential"],
-                            n_samples=cfg["n_samples"], sampler=cfg["sampler"], generator=gen)
+                            n_samples=cfg["n_samples"], sampler=cfg["sampler"], weighting=cfg["weighting"], generator=gen)
 
 
 def _pi(model, x, y, cfg, gen):
-    return path_integral_loss(model, x, y, kappa=cfg["kappa"], potential=cfg["potential"], n_steps=cfg["n_steps"])
+    return path_integral_loss(model, x, y, kappa=cfg["kappa"], potential=cfg["potential"], n_steps=cfg["n_steps"],
+                              weighting=cfg["weighting"], random_starts=cfg["random_starts"], half_width=cfg["half_width"],
+                              generator=gen)
 
 
 #: Training objectives by name: ``(model, x, y, config, generator) -> scalar``.
@@ -289,6 +404,8 @@ def fit(
     kappa: float | None = None,
     half_width: float | None = None,
     sampler: str = "hypercube",
+    weighting: str = "absolute",
+    random_starts: bool = False,
     n_samples: int = 8,
     n_steps: int = 10,
     epochs: int = 20,
@@ -314,7 +431,12 @@ def fit(
         half_width: ``s`` of the state box ``H`` (Monte Carlo). Default: appendix B's
             ``classification_box(m, kappa)`` for cross entropy, ``regression_box(y)``
             for squared error.
-        sampler: ``"hypercube"`` or ``"hypersphere"`` (origin-biased, appendix B).
+        sampler: ``"hypercube"``, ``"hypersphere"`` (origin-biased, appendix B) or
+            ``"targets"`` (regression: every scale around the target, ``sample_around_targets``).
+        weighting: ``"absolute"`` (eq. 12, the paper's) or ``"relative"`` (divided by ``V``),
+            for both Lyapunov methods (``WEIGHTINGS``).
+        random_starts: path integral only: a second path per example from a random start
+            in the state box (``path_integral_loss``).
         n_samples: ``Gamma``, Monte Carlo ``(eta, t)`` pairs per example.
         n_steps: path-integral segments of ``[0, 1]``.
         epochs, batch_size, lr, weight_decay, seed: optimisation; ``seed`` fixes the
@@ -332,6 +454,8 @@ def fit(
         raise ValueError(f"potential must be one of {sorted(POTENTIALS)}, got {potential!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     _check_data(x, y, potential)
     if (x_val is None) != (y_val is None):
         raise ValueError("give both x_val and y_val, or neither")
@@ -346,7 +470,8 @@ def fit(
         half_width = classification_box(model.hidden_dim, kappa) if potential == "cross_entropy" else regression_box(y)
     if half_width is not None and not (math.isfinite(half_width) and half_width > 0):
         raise ValueError(f"half_width must be a finite number > 0, got {half_width!r}")
-    cfg = dict(kappa=kappa, half_width=half_width, potential=potential, n_samples=n_samples, sampler=sampler, n_steps=n_steps)
+    cfg = dict(kappa=kappa, half_width=half_width, potential=potential, n_samples=n_samples, sampler=sampler, n_steps=n_steps,
+               weighting=weighting, random_starts=random_starts)
 
     torch.manual_seed(seed)
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -500,6 +625,35 @@ def robustness_radius(kappa: float, delta: float | torch.Tensor, lipschitz: floa
 
 
 @torch.no_grad()
+def decrease_along_paths(
+    model: NeuralODE, x: torch.Tensor, y: torch.Tensor, *, kappa: float, potential: str = "cross_entropy", n_steps: int = 20,
+    rtol: float = 1e-3,
+) -> dict[str, torch.Tensor]:
+    """Where the decrease condition (eq. 10) holds on the inference paths of ``x``.
+
+    Integrates each path on ``n_steps`` fixed steps of ``[0, 1]`` and evaluates
+    ``Vdot + kappa V`` at every path point (``t_0 = 0, ..., t_G = 1``). A point counts as
+    satisfying eq. 10 when ``Vdot <= -(1 - rtol) kappa V`` (relative, so it means the same
+    whether ``V`` is large at the start or tiny at the end of a converged path).
+
+    Returns ``path`` ``(G + 1, batch, k)``, ``values`` ``V`` ``(G + 1, batch)`` and
+    ``holds`` ``(G + 1, batch)`` bool.
+    """
+    kappa = _check_kappa(kappa)
+    times = torch.linspace(0.0, 1.0, n_steps + 1, dtype=x.dtype, device=x.device)
+    path = model.trajectory(x, times, step_size=1.0 / n_steps)  # (G + 1, b, k)
+    flat = path.reshape(-1, path.shape[-1])
+    xs = x.repeat(n_steps + 1, 1)
+    ys = y.repeat(n_steps + 1) if y.ndim == 1 else y.repeat(n_steps + 1, 1)
+    ts = times.repeat_interleave(x.shape[0])
+    with torch.enable_grad():
+        v, vdot = lyapunov_derivative(_potential(model, potential, ys), model.f(flat, xs, ts), flat)
+    holds = (vdot + kappa * v) <= rtol * kappa * v
+    shape = (n_steps + 1, x.shape[0])
+    return {"path": path, "values": v.reshape(shape), "holds": holds.reshape(shape)}
+
+
+@torch.no_grad()
 def theorem3_radii(
     model: NeuralODE, x: torch.Tensor, y: torch.Tensor, *, kappa: float, lipschitz: float, n_steps: int = 20
 ) -> dict[str, torch.Tensor]:
@@ -508,22 +662,15 @@ def theorem3_radii(
     ``delta = max(V(eta(1)), exp(-kappa) V(eta(0)))`` (Definition 5, condition 3). Returns
     ``radius`` (zero where misclassified or ``delta >= log 2``), ``delta``, ``correct`` and
     ``stable``: whether the decrease condition of eq. 10 held at every point of the
-    ``n_steps``-step inference path (the radius assumes it; it is measured, not proven),
-    and ``stable_fraction``: the share of path points where it held.
+    ``n_steps``-step inference path (``decrease_along_paths``; the radius assumes it: where
+    it fails, the radius is indicative only -- it is measured, not proven), and
+    ``stable_fraction``: the share of path points where it held.
     """
     _check_data(x, y, "cross_entropy")
-    times = torch.linspace(0.0, 1.0, n_steps + 1, dtype=x.dtype, device=x.device)
-    path = model.trajectory(x, times, step_size=1.0 / n_steps)  # (G + 1, b, k)
-    logits = model.readout(path)
-    v = torch.stack([POTENTIALS["cross_entropy"](l, y) for l in logits])
+    check = decrease_along_paths(model, x, y, kappa=kappa, potential="cross_entropy", n_steps=n_steps)
+    v, holds = check["values"], check["holds"]
     delta = torch.maximum(v[-1], math.exp(-kappa) * v[0])
-    correct = logits[-1].argmax(-1) == y
-    with torch.enable_grad():
-        flat = path.reshape(-1, path.shape[-1])
-        xs, ys = x.repeat(n_steps + 1, 1), y.repeat(n_steps + 1)
-        ts = times.repeat_interleave(x.shape[0])
-        point = lyapunov_loss(_potential(model, "cross_entropy", ys), model.f(flat, xs, ts), flat, kappa, reduction="none")
-    holds = point.reshape(n_steps + 1, -1) <= 1e-6
+    correct = model.readout(check["path"][-1]).argmax(-1) == y
     radius = robustness_radius(kappa, delta, lipschitz) * correct.to(x.dtype)
     return {"radius": radius, "delta": delta, "correct": correct, "stable": holds.all(0),
             "stable_fraction": holds.to(x.dtype).mean(0)}

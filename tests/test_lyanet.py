@@ -225,3 +225,85 @@ def test_world_model_bad_input():
         model.fit(torch.zeros(0, 2), torch.zeros(0, 1), torch.zeros(0, 2), progress=False)
     with pytest.raises(RuntimeError, match="held-out"):
         model.certificate()
+
+
+def test_target_sampler_covers_every_scale_and_the_cube():
+    from lyagym.learned_models.lyanet import sample_around_targets
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(30000, 3, generator=gen)
+    near = sample_around_targets(y, 2.0, min_radius=1e-3, box_fraction=0.0, generator=gen)
+    decades = torch.log10((near - y).norm(dim=-1) / 2.0)
+    # log(r / s) uniform on [log 1e-3, 0]: each of the three decades holds a third.
+    assert decades.min() >= -3 - 1e-5 and decades.max() <= 1e-6
+    for lo in (-3, -2, -1):
+        assert abs(((decades >= lo) & (decades < lo + 1)).float().mean().item() - 1 / 3) < 0.02
+    cube = sample_around_targets(y, 2.0, box_fraction=1.0, generator=gen)
+    assert cube.abs().max() <= 2.0 and cube.abs().max() > 1.99
+    assert cube.mean(0).abs().max() < 0.05  # uniform on the cube, independent of y
+    mixed = sample_around_targets(y, 2.0, min_radius=1e-3, box_fraction=0.25, generator=gen)
+    assert abs(((mixed - y).norm(dim=-1) > 2.0).float().mean().item() - 0.25 * ((cube - y).norm(dim=-1) > 2.0).float().mean().item()) < 0.02
+    with pytest.raises(ValueError, match="min_radius"):
+        sample_around_targets(y, 2.0, min_radius=0.0)
+
+
+def test_relative_weighting_has_the_same_zero_set():
+    # f = -c (eta - y): V = ||eta - y||^2 decays at rate 2c. Zero loss iff 2c >= kappa, both weightings;
+    # the relative loss is the absolute one divided by V, so it is the same at every distance.
+    torch.manual_seed(0)
+    y = torch.randn(64, 2)
+    for c, zero in ((3.0, True), (1.0, False)):
+        model = NeuralODE(_LinearPull(y, c), 2)
+        losses = {}
+        for w in ("absolute", "relative"):
+            gen = torch.Generator().manual_seed(1)
+            losses[w] = monte_carlo_loss(model, y, y, kappa=4.0, half_width=2.0, potential="squared_error",
+                                         sampler="targets", weighting=w, n_samples=4, generator=gen).item()
+        if zero:
+            assert losses["absolute"] == 0.0 and losses["relative"] == 0.0
+        else:
+            assert losses["relative"] == pytest.approx(4.0 - 2 * c, rel=1e-5)  # max(0, -2c + kappa) everywhere
+            assert losses["absolute"] > 0
+
+
+class _LinearPull(torch.nn.Module):
+    """``f(eta, x, t) = -c (eta - x)``: the input is the target (for the weighting test)."""
+
+    def __init__(self, y, c):
+        super().__init__()
+        self.c = c
+        self.input_dim = y.shape[1]
+
+    def forward(self, eta, x, t):
+        return -self.c * (eta - x)
+
+
+def test_feasible_speed_is_where_eq10_becomes_satisfiable_at_the_origin():
+    from lyagym.learned_models.lyanet import feasible_speed
+
+    m, kappa = 10, 4.0
+    v = feasible_speed(m, kappa)
+    assert v == pytest.approx(kappa * math.log(m) / (2 * (1 - 1 / m)))
+    # At eta = 0 the best f within |f_i| <= v is v * sign(e_y - p): its decrease rate is 2 v (1 - 1/m).
+    eta = torch.zeros(1, m, requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(eta, torch.tensor([0]))
+    (g,) = torch.autograd.grad(ce, eta)
+    for speed, holds in ((1.01 * v, True), (0.99 * v, False)):
+        vdot = (g * (-speed * g.sign())).sum()
+        assert (vdot.item() + kappa * ce.item() <= 0) == holds
+    assert classification_box(m, kappa) < v  # appendix B's box is too slow at kappa = 4
+
+
+def test_paths_from_random_starts():
+    torch.manual_seed(0)
+    model = NeuralODE.mlp(2, 2, width=8, zero_init=False)
+    x, y = _tiny_task()
+    eta0 = torch.full((4, 2), 0.5)
+    path = model.trajectory(x[:4], [0.0, 0.5], eta0=eta0)
+    torch.testing.assert_close(path[0], eta0)
+    with pytest.raises(ValueError, match="eta0"):
+        model.trajectory(x[:4], [0.0, 0.5], eta0=torch.zeros(3, 2))
+    loss = path_integral_loss(model, x[:8], y[:8], kappa=1.0, n_steps=4, random_starts=True, half_width=2.0)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="half_width"):
+        path_integral_loss(model, x[:8], y[:8], kappa=1.0, random_starts=True)
