@@ -150,8 +150,9 @@ def lyapunov_rescale(
     if slack is not None:
         # Exact integral of dV/dt = -alpha V + sigma over [0, h] with sigma held constant.
         bound = bound + (-math.expm1(-alpha * h) / alpha if alpha > 0 else h) * slack
-    # s = min(1, bound / V(y)); V(y) = 0 only at y = x_eq, where any s will do.
-    s = (bound / torch.where(Vy > 0, Vy, 1.0)).clamp(max=1.0)
+    # s = min(1, bound / V(y)). V(y) is floored at the smallest normal number, which only
+    # makes s smaller (so the bound still holds); V(y) = 0 only at y = x_eq, where any s will do.
+    s = (bound / Vy.clamp_min(torch.finfo(Vy.dtype).tiny)).clamp_(max=1.0)
     dy = y - x_eq
     y_new = torch.addcmul(x_eq, s.unsqueeze(-1), dy)
     if not verify:

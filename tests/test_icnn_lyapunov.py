@@ -56,6 +56,85 @@ def test_icnn_analytic_gradient_matches_autograd_including_second_order(n, hidde
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("n,hidden", [(3, (5, 4)), (2, (6,)), (2, (4, 3, 5))])
+def test_icnn_hand_written_backward_passes_gradcheck(n, hidden):
+    """The custom backward of (g, dg/dx) against finite differences, float64, all inputs."""
+    from lyagym.learned_models.icnn import _ICNNValueAndGrad
+
+    torch.manual_seed(0)
+    g = ICNN(n, hidden, d=0.5).double()
+    with torch.no_grad():
+        W, b, U, _ = g._prepared()
+    # Biases spread so that every branch of sigma (0, quadratic, linear) is visited.
+    inputs = (
+        torch.randn(7, n, dtype=torch.float64).requires_grad_(True),
+        W.detach().clone().requires_grad_(True),
+        (3 * torch.randn_like(b)).requires_grad_(True),
+        *[u.detach().clone().mul_(5.0).requires_grad_(True) for u in U],
+    )
+    assert torch.autograd.gradcheck(lambda *a: _ICNNValueAndGrad.apply(g.widths, g.d, *a), inputs, eps=1e-6, atol=1e-6)
+
+
+def test_icnn_reuse_weights_gives_the_same_numbers_and_gradients():
+    torch.manual_seed(0)
+    g = ICNN(4, (8, 8)).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    with torch.no_grad():
+        ref = g.forward_and_grad(x), g(x)
+        with g.reuse_weights():
+            for _ in range(2):
+                got = g.forward_and_grad(x), g(x)
+                torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    # In grad mode the shared weights carry the graph: two uses accumulate both gradients.
+    with g.reuse_weights():
+        loss = g.forward_and_grad(x)[1].square().sum() + g(x).sum()
+    p_shared = torch.autograd.grad(loss, list(g.parameters()))
+    loss = g.forward_and_grad(x)[1].square().sum() + g(x).sum()
+    p_fresh = torch.autograd.grad(loss, list(g.parameters()))
+    for a, b in zip(p_shared, p_fresh):
+        torch.testing.assert_close(a, b)
+    assert g._cache is None  # released on exit
+
+
+def test_icnn_state_dict_keeps_the_per_layer_layout_and_loads_it():
+    """Input weights are one stacked parameter, but state_dict (checkpoints, weights hashes)
+    keeps the per-layer keys W.{i}.weight / W.{i}.bias, and files in that layout load."""
+    torch.manual_seed(0)
+    g = ICNN(3, (5, 4))
+    sd = g.state_dict()
+    assert list(sd) == ["W.0.weight", "W.0.bias", "W.1.weight", "W.1.bias", "W.2.weight", "W.2.bias", "U_raw.0", "U_raw.1"]
+    assert [tuple(sd[f"W.{i}.weight"].shape) for i in range(3)] == [(5, 3), (4, 3), (1, 3)]
+    assert len(list(g.parameters())) == 4  # stacked weight, stacked bias, two U_raw
+    fresh = ICNN(3, (5, 4))
+    fresh.load_state_dict({k: v.clone() for k, v in sd.items()})
+    x = torch.randn(10, 3)
+    torch.testing.assert_close(fresh(x), g(x), rtol=0, atol=0)
+    # Per-layer views write through to the stacked parameters.
+    with torch.no_grad():
+        fresh.W[1].bias.fill_(0.25)
+    assert (fresh.input_bias[5:9] == 0.25).all()
+    # A checkpoint of another architecture names the offending layer.
+    bad = dict(sd)
+    bad["W.1.weight"] = torch.zeros(6, 3)
+    with pytest.raises(RuntimeError, match=r"size mismatch for W\.1\.weight"):
+        fresh.load_state_dict(bad)
+
+
+def test_shipped_checkpoint_with_an_icnn_loads_bit_for_bit():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "envs" / "assets" / "video_texture_default.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    from lyagym.learned_models.video_vae import VideoVAE
+
+    model = VideoVAE.load(path)
+    saved = {k: v for k, v in payload["state_dict"].items() if ".g." in k}
+    assert saved and any(".g.W.0.weight" in k for k in saved)
+    now = model.state_dict()
+    for k, v in saved.items():
+        assert torch.equal(now[k], v), k
+
+
 def test_icnn_rejects_bad_arguments():
     with pytest.raises(ValueError, match="in_dim"):
         ICNN(0)
