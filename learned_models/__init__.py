@@ -24,3 +24,6 @@ from .neural_ode import DataControlledMLP, NeuralODE
 # --- video VAE (issue 6) ---
 from .video_training import fit_video
 from .video_vae import VideoVAE
+
+# --- fig5 helper: staged training of stable models (fit V to the data) ---
+from .lyapunov_fit import NominalView, fit_lyapunov, init_quadratic, lyapunov_rate_violation, quadratic_lyapunov

@@ -24,7 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fit"]
+__all__ = ["fit", "LR_SCHEDULES"]
+
+#: Learning-rate schedules of ``fit`` by name (``None``: constant).
+LR_SCHEDULES = (None, "cosine")
 
 
 def _field(data: Any, name: str) -> Any:
@@ -81,6 +84,7 @@ def fit(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = None,
     max_time: float | None = None,
+    lr_schedule: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with Adam; return the history.
 
@@ -101,9 +105,13 @@ def fit(
         progress: show a tqdm bar.
         max_grad_norm: clip the gradient norm (``None``: no clipping).
         max_time: stop after this many seconds (``None``: no limit).
+        lr_schedule: ``None`` (constant ``lr``) or ``"cosine"``: the learning rate falls from
+            ``lr`` to 0 along half a cosine over all ``epochs`` (per Adam step). Small
+            final steps settle the weights; one ``fit`` call replaces a hand-made
+            ``lr``-then-``lr / 10`` pair of calls.
 
     Returns:
-        ``{"train_loss": [...], "val_loss": [...], "best_epoch", "best_val_loss",
+        ``{"train_loss": [...], "val_loss": [...], "lr": [...] (after each epoch), "best_epoch", "best_val_loss",
         "epochs_run", "stopped_early", "n_train", "n_val", "seconds", "kind"}``.
     """
     if not isinstance(epochs, int) or epochs < 1:
@@ -116,6 +124,8 @@ def fit(
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not isinstance(multistep, int) or multistep < 0:
         raise ValueError(f"multistep must be an int >= 0, got {multistep!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device=device, dtype=dtype)
@@ -189,6 +199,10 @@ def fit(
     bs = len(train_idx) if batch_size == 0 else min(batch_size, len(train_idx))
 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = None
+    if lr_schedule == "cosine":
+        total_steps = epochs * math.ceil(len(train_idx) / bs)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=0.0)
 
     def evaluate(idx: torch.Tensor) -> float:
         total = 0.0
@@ -199,7 +213,7 @@ def fit(
                 total += float(batch_loss(part)) * len(part)
         return total / len(idx)
 
-    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "kind": kind, "n_train": len(train_idx), "n_val": len(val_idx)}
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "lr": [], "kind": kind, "n_train": len(train_idx), "n_val": len(val_idx)}
     best = (math.inf, -1, copy.deepcopy(model.state_dict()))
     since_best = 0
     stopped_early = False
@@ -221,6 +235,8 @@ def fit(
             if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             running += loss.detach() * len(idx)
         train_loss = float(running) / len(order)  # one host sync per epoch
         val_loss = evaluate(val_idx) if len(val_idx) else train_loss
@@ -228,6 +244,7 @@ def fit(
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower lr or set max_grad_norm")
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
+        history["lr"].append(opt.param_groups[0]["lr"])  # after the epoch's last step
         if val_loss < best[0]:
             best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
             since_best = 0

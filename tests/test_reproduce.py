@@ -171,13 +171,13 @@ def test_fig5_lyapunov_options_reach_the_model():
 
     parser = argparse.ArgumentParser()
     fig5.add_arguments(parser)
-    default = fig5.config_from_args(parser.parse_args(["--size", "tiny"]))
-    assert (default.lyap_shift, default.lyap_quadratic, default.d) == ("value", False, 0.1)  # the paper's V
-    V = fig5.build_models(1, default)["stable"].lyapunov
+    paper = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--paper-v"]))
+    assert (paper.lyap_shift, paper.lyap_quadratic, paper.d) == ("value", False, 0.1)  # the paper's V
+    V = fig5.build_models(1, paper)["stable"].lyapunov
     assert V.shift == "value" and V.L is None
     tangent = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--tangent-v"]))
     assert (tangent.lyap_shift, tangent.lyap_quadratic, tangent.d) == ("tangent", True, 1.0)
     V = fig5.build_models(1, tangent)["stable"].lyapunov
     assert V.shift == "tangent" and V.L is not None
-    mixed = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--lyap-shift", "tangent", "--no-lyap-quadratic"]))
+    mixed = fig5.config_from_args(parser.parse_args(["--size", "tiny", "--training", "joint", "--lyap-shift", "tangent", "--no-lyap-quadratic"]))
     assert (mixed.lyap_shift, mixed.lyap_quadratic) == ("tangent", False)

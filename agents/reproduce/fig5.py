@@ -92,20 +92,30 @@ class Fig5Config:
     alpha: float = 1e-3  # decay rate of the stable model (eq. 10)
     eps: float = 1e-3  # eps of V (eq. 12)
     d: float = 0.1  # smoothed-ReLU width of V (eq. 13)
-    lyap_shift: str = "value"  # "value": the paper's eq. 12; "tangent": Bregman shift of g at x_eq (no flat zone)
-    lyap_quadratic: bool = False  # add a learned PSD quadratic ||L dx||^2 to V
+    lyap_shift: str = "tangent"  # "value": the paper's eq. 12; "tangent": Bregman shift of g at x_eq (no flat zone)
+    lyap_quadratic: bool = True  # add a learned PSD quadratic ||L dx||^2 to V (needed by training="staged")
     lyap_hidden: tuple[int, ...] = (60, 60)
     hidden: tuple[int, ...] = (100, 100)
     warp: str | None = None
-    icnn_init: str = "wide"  # "wide": softplus(U) ~ 0.3 per entry; "library": the ICNN's own
+    icnn_init: str = "library"  # "wide": softplus(U) ~ 0.3 per entry; "library": the ICNN's own
+    schedule: str = "two-phase"  # "two-phase" (train_steps at lr, then a quarter at lr / 10) or "cosine" (1.25 train_steps, lr -> 0)
+    training: str = "staged"  # "staged": nominal field, then a V the data obey (module docstring); "joint": the paper's end-to-end fit
+    lyap_steps: int = 300  # Adam steps of the V fit (training="staged"; V only, on the same pairs)
+    lyap_margin: float = 0.0  # extra rate demanded of the data in the V fit
     eval_states: int = N_STATES
     eval_steps: int = N_STEPS
     seed: int = 0
 
 
+#: ``--paper-v``: the paper's V (eq. 12) trained end to end with the projection (the study's
+#: default before staged training; README's first table).
+PAPER_V = {"training": "joint", "lyap_shift": "value", "lyap_quadratic": False, "icnn_init": "wide", "d": 0.1}
+#: ``--tangent-v``: tangent-shifted V with a learned quadratic, trained end to end.
+TANGENT_V = {"training": "joint", "lyap_shift": "tangent", "lyap_quadratic": True, "icnn_init": "wide", "d": 1.0}
+
 PRESETS: dict[str, Fig5Config] = {
     # A smoke test: seconds, not a result.
-    "tiny": Fig5Config(samples_per_link=400, n_trajectories=8, train_steps=20, eval_states=16, eval_steps=50),
+    "tiny": Fig5Config(samples_per_link=400, n_trajectories=8, train_steps=20, lyap_steps=20, eval_states=16, eval_steps=50),
     "default": Fig5Config(),
     "full": Fig5Config(samples_per_link=10000, n_trajectories=200, train_steps=30000),
 }
@@ -178,27 +188,69 @@ def build_models(n: int, config: Fig5Config) -> dict[str, torch.nn.Module]:
     return {"simple": simple, "stable": stable}
 
 
-def train_models(models, data, config: Fig5Config, *, progress: bool = True) -> dict[str, float]:
-    """Fit every model on the same ``data`` with the same schedule; returns name -> seconds."""
+def _fit_schedule(model, data, config: Fig5Config, progress: bool) -> None:
+    """The shared Adam schedule: the same steps on the same pairs for every model it trains."""
     from lyagym.learned_models import fit
 
     n_train = int(data[0].shape[0] * 0.9)  # fit's default validation split holds out 10 %
     steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
-    phases = [(config.lr, config.train_steps), (config.lr / 10, max(1, config.train_steps // 4))]
+    if config.schedule == "two-phase":
+        phases = [(config.lr, config.train_steps, None), (config.lr / 10, max(1, config.train_steps // 4), None)]
+    elif config.schedule == "cosine":
+        phases = [(config.lr, config.train_steps + config.train_steps // 4, "cosine")]
+    else:
+        raise ValueError(f"schedule must be 'two-phase' or 'cosine', got {config.schedule!r}")
+    for lr, steps, lr_schedule in phases:
+        fit(
+            model,
+            data,
+            epochs=max(1, math.ceil(steps / steps_per_epoch)),
+            batch_size=config.batch_size,
+            lr=lr,
+            patience=None,
+            seed=config.seed,
+            progress=progress,
+            lr_schedule=lr_schedule,
+        )
+
+
+def train_staged(model, data, config: Fig5Config, *, progress: bool = True) -> dict:
+    """``training="staged"``: the stable model's nominal field, then a ``V`` the data obey.
+
+    1. ``fhat_c`` alone (unprojected, ``NominalView``) with exactly the simple model's schedule;
+    2. ``V``'s quadratic term from the continuous Lyapunov equation of the data's
+       least-squares linear fit (``quadratic_lyapunov``, ``init_quadratic``);
+    3. ``V`` fitted so that the pairs decrease it at rate ``alpha`` (``fit_lyapunov``).
+    Returns the V fit's history. No access to the true model: only the pairs.
+    """
+    from lyagym.learned_models.lyapunov_fit import NominalView, fit_lyapunov, init_quadratic, quadratic_lyapunov
+
+    _fit_schedule(NominalView(model), data, config, progress)
+    try:
+        _, P = quadratic_lyapunov(*data, x_eq=model.x_eq)
+        init_quadratic(model.lyapunov, P)
+    except ValueError as err:  # e.g. data far from x_eq whose linear fit is not Hurwitz
+        print(f"fig5: keeping V's initial quadratic term ({err})", file=sys.stderr)
+    history = fit_lyapunov(
+        model.lyapunov, data, alpha=config.alpha, margin=config.lyap_margin, steps=config.lyap_steps, seed=config.seed, progress=progress
+    )
+    model.eval()
+    return history
+
+
+def train_models(models, data, config: Fig5Config, *, progress: bool = True) -> dict[str, float]:
+    """Fit every model on the same ``data`` with the same schedule; returns name -> seconds.
+
+    With ``training="staged"`` the stable model's nominal field gets that schedule and its
+    ``V`` is then fitted to the same pairs (``train_staged``).
+    """
     seconds = {}
     for name, model in models.items():
         start = time.perf_counter()
-        for lr, steps in phases:
-            fit(
-                model,
-                data,
-                epochs=max(1, math.ceil(steps / steps_per_epoch)),
-                batch_size=config.batch_size,
-                lr=lr,
-                patience=None,
-                seed=config.seed,
-                progress=progress,
-            )
+        if config.training == "staged" and hasattr(model, "lyapunov"):
+            train_staged(model, data, config, progress=progress)
+        else:
+            _fit_schedule(model, data, config, progress)
         seconds[name] = time.perf_counter() - start
     return seconds
 
@@ -357,7 +409,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warp", choices=("none", "coupling"), default=None, help="input warp of V")
     parser.add_argument("--lyap-shift", choices=("value", "tangent"), default=None, help="shift of g in V: 'value' (paper eq. 12) or 'tangent' (Bregman, no flat zone at x_eq)")
     parser.add_argument("--lyap-quadratic", action=argparse.BooleanOptionalAction, default=None, help="add a learned quadratic ||L dx||^2 to V")
-    parser.add_argument("--tangent-v", action="store_true", help="shorthand for --lyap-shift tangent --lyap-quadratic --d 1.0")
+    parser.add_argument("--training", choices=("staged", "joint"), default=None, help="'staged' (default: nominal field, then a V fitted to the data) or 'joint' (the paper's end-to-end training)")
+    parser.add_argument("--lyap-steps", type=int, default=None, help="Adam steps of the V fit (--training staged)")
+    parser.add_argument("--schedule", choices=("two-phase", "cosine"), default=None, help="learning-rate schedule of both models")
+    parser.add_argument("--paper-v", action="store_true", help="the paper's V trained end to end: --training joint --lyap-shift value --no-lyap-quadratic --icnn-init wide --d 0.1")
+    parser.add_argument("--tangent-v", action="store_true", help="shorthand for --training joint --lyap-shift tangent --lyap-quadratic --icnn-init wide --d 1.0")
     parser.add_argument("--icnn-init", choices=("wide", "library"), default=None, help="start of the ICNN's z-path weights")
     parser.add_argument("--eval-states", type=int, default=None, help="initial states of the evaluation (paper: 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -379,12 +435,23 @@ def config_from_args(args: argparse.Namespace) -> Fig5Config:
         "d": args.d,
         "lyap_shift": args.lyap_shift,
         "lyap_quadratic": args.lyap_quadratic,
+        "training": args.training,
+        "lyap_steps": args.lyap_steps,
+        "schedule": args.schedule,
     }
+    if args.paper_v and args.tangent_v:
+        raise SystemExit("--paper-v and --tangent-v exclude each other")
+    if args.paper_v:
+        config = replace(config, **PAPER_V)
     if args.tangent_v:
-        config = replace(config, lyap_shift="tangent", lyap_quadratic=True, d=1.0)
+        config = replace(config, **TANGENT_V)
     if args.warp is not None:
         overrides["warp"] = None if args.warp == "none" else args.warp
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None or k == "warp"})
+    if config.training == "staged" and not config.lyap_quadratic:
+        raise SystemExit("--training staged needs V's quadratic term (--lyap-quadratic); use --training joint for the paper's V")
+    if config.lyap_steps < 0:
+        raise SystemExit(f"--lyap-steps must be >= 0, got {config.lyap_steps}")
     for name in ("samples_per_link", "train_steps", "eval_states"):
         if getattr(config, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
