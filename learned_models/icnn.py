@@ -73,6 +73,20 @@ def _offsets(widths: Sequence[int]) -> list[int]:
     return out
 
 
+def _z_shapes(widths: Sequence[int]) -> list[tuple[int, int]]:
+    """Shapes of the z-path weights ``U_i: (widths[i+1], widths[i])``."""
+    return [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]
+
+
+def _unflatten(flat: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Views of consecutive blocks of ``flat`` with ``shapes``."""
+    out, start = [], 0
+    for rows, cols in shapes:
+        out.append(flat[start : start + rows * cols].view(rows, cols))
+        start += rows * cols
+    return out
+
+
 def _value(
     x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: Sequence[torch.Tensor], widths: Sequence[int], d: float, keep: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -109,15 +123,16 @@ def _value_and_grad(
 
     Arguments as ``_value``. Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and what the
     backward of ``_ICNNValueAndGrad`` needs: ``zh_i``, ``m_i``, the reverse-pass inputs ``e_i``
-    (``delta_i = e_i * m_i``) and the stacked ``delta``.
+    (``delta_i = e_i * m_i``) and ``D = [delta_0, ..., delta_{k-1}, 1]``.
     """
     g, zs, ms = _value(x, W, b, Ud, widths, d, keep=True)
     # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1} / d (the affine
-    # output) and e_i = delta_{i+1} U_i / d; dg/dx = sum_i delta_i W_i + W_k is one product
-    # over the deltas, written side by side into one buffer (no concatenation).
+    # output) and e_i = delta_{i+1} U_i / d. The deltas are written side by side into one
+    # buffer whose last column is 1, so that dg/dx = sum_i delta_i W_i + W_k is one product.
     k = len(widths) - 1
     off = _offsets(widths)
-    D = x.new_empty(x.shape[0], off[k])
+    D = x.new_empty(x.shape[0], off[k] + 1)
+    D[:, off[k]].fill_(1.0)
     es: list[torch.Tensor] = [Ud[-1]]
     delta = torch.mul(ms[-1], Ud[-1], out=D[:, off[k - 1] : off[k]])
     for i in range(k - 2, -1, -1):
@@ -125,7 +140,7 @@ def _value_and_grad(
         es.append(e)
         delta = torch.mul(e, ms[i], out=D[:, off[i] : off[i + 1]])
     es.reverse()
-    grad = torch.addmm(W[off[k] : off[k + 1]], D, W[: off[k]])
+    grad = D @ W[: off[k] + 1]
     return g, grad, zs, ms, es, D
 
 
@@ -139,14 +154,15 @@ class _ICNNValueAndGrad(torch.autograd.Function):
     backward is a handful of matrix products. Adjoints ``gbar`` of ``g`` and ``Gbar`` of
     ``dg/dx``: ``Dbar = Gbar W^T`` feeds the reverse pass backwards (through ``e_i`` and
     ``m_i``, with ``dm/da = 1`` on ``(0, d)``), then the forward pass is back-propagated
-    (``d zh / da = m``). Inputs: the positive weights ``U`` (the ``1 / d`` is applied inside).
+    (``d zh / da = m``). Inputs: all positive weights ``U`` as one flat tensor (the ``1 / d``
+    is applied inside).
     """
 
     @staticmethod
-    def forward(ctx, widths, d, x, W, b, *U):
-        Ud = [u * (1.0 / d) for u in U]
+    def forward(ctx, widths, d, x, W, b, U):
+        Ud = _unflatten(U * (1.0 / d), _z_shapes(widths))
         g, grad, zs, ms, es, D = _value_and_grad(x, W, b, Ud, widths, d)
-        ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(U)
+        ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(Ud)
         ctx.save_for_backward(x, W, D, *Ud, *zs, *ms, *es[:-1])
         return g, grad
 
@@ -162,9 +178,13 @@ class _ICNNValueAndGrad(torch.autograd.Function):
         es = list(saved[3 + 3 * k :]) + [Ud[-1]]
         off = _offsets(widths)
         hidden = list(widths[:-1])
-        deltas = D.split(hidden, dim=1)
-        Udbar = [torch.zeros_like(u) for u in Ud]
-        # 1. Back through dg/dx = sum_i delta_i W_i + W_k and the reverse pass (i = 0 .. k-1).
+        rows = off[k + 1]
+        deltas = D[:, : off[k]].split(hidden, dim=1)
+        # P: the adjoints of all pre-activations side by side; the output layer's is gbar.
+        P = Gbar.new_empty(Gbar.shape[0], rows)
+        P[:, off[k]].copy_(gbar)
+        Udbar: list[torch.Tensor] = [None] * k  # type: ignore[list-item]
+        # 1. Back through dg/dx = D W and the reverse pass (i = 0 .. k-1).
         dbar = list((Gbar @ W[: off[k]].t()).split(hidden, dim=1))
         mbar = []
         for i in range(k):
@@ -172,38 +192,32 @@ class _ICNNValueAndGrad(torch.autograd.Function):
             ebar = dbar[i] * ms[i]
             if i < k - 1:
                 dbar[i + 1] = torch.addmm(dbar[i + 1], ebar, Ud[i].t())
-                Udbar[i] += deltas[i + 1].t() @ ebar
-            else:
-                Udbar[i] += ebar.sum(0, keepdim=True)
-        # 2. Back through the forward pass (i = k .. 0); pbar_i = adjoint of pre_i.
-        pbars: list[torch.Tensor] = [gbar.unsqueeze(-1)]
-        Udbar[k - 1] += pbars[0].t() @ zs[k - 1]
-        zbar = pbars[0] @ Ud[k - 1]
+                Udbar[i] = deltas[i + 1].t() @ ebar
+            else:  # e_{k-1} = U_{k-1} / d; plus the output layer's g = pre_k + zh_{k-1} U_{k-1}^T / d
+                Udbar[i] = torch.addmm(ebar.sum(0, keepdim=True), gbar.unsqueeze(0), zs[i])
+        # 2. Back through the forward pass (i = k-1 .. 0): abar_i = zbar_i m_i + mbar_i dm/da.
+        zbar = gbar.unsqueeze(-1) * Ud[k - 1]
         for i in range(k - 1, -1, -1):
             m = ms[i]
-            # abar = zbar * dzh/da + mbar * dm/da, dm/da = 1 where 0 < m < d (hardtanh's backward).
-            p = torch.addcmul(_hardtanh_backward(mbar[i], m, 0.0, d), zbar, m)
-            pbars.append(p)
+            p = torch.addcmul(_hardtanh_backward(mbar[i], m, 0.0, d), zbar, m, out=P[:, off[i] : off[i + 1]])
             if i > 0:
-                Udbar[i - 1] += p.t() @ zs[i - 1]
+                Udbar[i - 1] = torch.addmm(Udbar[i - 1], p.t(), zs[i - 1])
                 zbar = p @ Ud[i - 1]
-        pbars.reverse()
-        P = torch.cat(pbars, dim=1)  # (batch, sum widths)
-        rows = off[k + 1]
-        xbar = P @ W[:rows] if ctx.needs_input_grad[2] else None
-        Wbar = bbar = None
+        xbar = Wbar = bbar = Ubar = None
+        if ctx.needs_input_grad[2]:
+            xbar = P @ W[:rows]
+        pad = W.shape[0] - rows  # zero padding rows of W (no gradient)
         if ctx.needs_input_grad[3]:
-            Wbar = P.t() @ x
-            Wbar[: off[k]].addmm_(D.t(), Gbar)
-            Wbar[off[k]] += Gbar.sum(0)
-            if W.shape[0] > rows:  # zero padding rows (no gradient)
-                Wbar = torch.cat([Wbar, Wbar.new_zeros(W.shape[0] - rows, W.shape[1])])
+            Wbar = torch.addmm(P.t() @ x, D.t(), Gbar)
+            if pad:
+                Wbar = torch.cat([Wbar, Wbar.new_zeros(pad, W.shape[1])])
         if ctx.needs_input_grad[4]:
             bbar = P.sum(0)
-            if W.shape[0] > rows:
-                bbar = torch.cat([bbar, bbar.new_zeros(W.shape[0] - rows)])
-        Ubar = [ub.mul_(1.0 / d) if ctx.needs_input_grad[5 + i] else None for i, ub in enumerate(Udbar)]
-        return (None, None, xbar, Wbar, bbar, *Ubar)
+            if pad:
+                bbar = torch.cat([bbar, bbar.new_zeros(pad)])
+        if ctx.needs_input_grad[5]:
+            Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(1.0 / d)
+        return None, None, xbar, Wbar, bbar, Ubar
 
 
 class _LayerView(NamedTuple):
@@ -260,8 +274,10 @@ class ICNN(nn.Module):
         rows = sum(widths)
         self.input_weight = nn.Parameter(torch.empty(rows, self.in_dim))
         self.input_bias = nn.Parameter(torch.empty(rows))
-        # U_i = softplus(U_raw_i) >= 0 on the z-path (layers 1..k-1).
-        self.U_raw = nn.ParameterList(nn.Parameter(torch.empty(widths[i + 1], widths[i])) for i in range(len(widths) - 1))
+        # U_i = softplus(U_raw_i) >= 0 on the z-path, all in one flat parameter (one softplus,
+        # one optimiser update); U_raw[i] are views, state_dict keys "U_raw.{i}".
+        self._z_shapes = _z_shapes(widths)
+        self.U_raw_flat = nn.Parameter(torch.empty(sum(r * c for r, c in self._z_shapes)))
         self._cache: list | None = None  # see reuse_weights
         # nn.Linear draws its initial weights at construction and reset_parameters draws them
         # again; drawing twice keeps seeded initialisations identical to the per-layer layout.
@@ -294,16 +310,20 @@ class ICNN(nn.Module):
                 u.sub_(math.log(u.shape[1]))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # The per-layer layout of earlier versions: "W.{i}.weight", "W.{i}.bias".
+        # The per-layer layout of earlier versions: "W.{i}.weight", "W.{i}.bias", "U_raw.{i}".
         super()._save_to_state_dict(destination, prefix, keep_vars)
         weight, bias = destination.pop(prefix + "input_weight"), destination.pop(prefix + "input_bias")
+        flat = destination.pop(prefix + "U_raw_flat")
         for i, (a, b) in enumerate(self._layer_rows()):
             destination[f"{prefix}W.{i}.weight"] = weight[a:b]
             destination[f"{prefix}W.{i}.bias"] = bias[a:b]
+        for i, u in enumerate(_unflatten(flat, self._z_shapes)):
+            destination[f"{prefix}U_raw.{i}"] = u
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Stack "W.{i}.weight" / "W.{i}.bias" into input_weight / input_bias (a file holding the
-        # stacked names directly loads too). Shape mismatches are reported per layer.
+        # Stack "W.{i}.weight" / "W.{i}.bias" into input_weight / input_bias and "U_raw.{i}" into
+        # U_raw_flat (a file holding the stacked names directly loads too). Shape mismatches
+        # are reported per layer.
         names = [(f"{prefix}W.{i}.weight", f"{prefix}W.{i}.bias") for i in range(len(self.widths))]
         if all(w in state_dict and b in state_dict for w, b in names):
             ok = True
@@ -321,11 +341,30 @@ class ICNN(nn.Module):
                 return
             state_dict[prefix + "input_weight"] = torch.cat(weights)
             state_dict[prefix + "input_bias"] = torch.cat(biases)
+        u_names = [f"{prefix}U_raw.{i}" for i in range(len(self._z_shapes))]
+        if all(u in state_dict for u in u_names):
+            ok = True
+            for key, expected in zip(u_names, self._z_shapes):
+                if tuple(state_dict[key].shape) != expected:
+                    error_msgs.append(
+                        f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} "
+                        f"from checkpoint, the shape in current model is {torch.Size(expected)}."
+                    )
+                    ok = False
+            blocks = [state_dict.pop(u) for u in u_names]
+            if not ok:
+                return
+            state_dict[prefix + "U_raw_flat"] = torch.cat([u.reshape(-1) for u in blocks])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    @property
+    def U_raw(self) -> list[torch.Tensor]:
+        """The z-path weights before softplus, ``U_raw[i]: (widths[i+1], widths[i])`` (views)."""
+        return _unflatten(self.U_raw_flat, self._z_shapes)
 
     def positive_weights(self) -> list[torch.Tensor]:
         """The non-negative z-path weights ``U_i = softplus(U_raw_i)``."""
-        return [F.softplus(u) for u in self.U_raw]
+        return _unflatten(F.softplus(self.U_raw_flat), self._z_shapes)
 
     def _stacked_input_weights(self, pad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         # All W_i x + b_i as one matrix product (one kernel instead of k), padded with zero
@@ -337,19 +376,20 @@ class ICNN(nn.Module):
         W, b = self.input_weight, self.input_bias
         return torch.cat([W, W.new_zeros(pad, self.in_dim)]), torch.cat([b, b.new_zeros(pad)])
 
-    def _prepared(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
-        """``(W, b, U, U / d)``: stacked input weights and the positive z-path weights.
+    def _prepared(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+        """``(W, b, U, U / d)``: stacked input weights, the flat positive z-path weights and,
+        without grad mode, their per-layer views divided by ``d``.
 
         Inside ``reuse_weights()`` they are built once (per grad mode) and shared by every
-        call; otherwise rebuilt on each call. ``U / d`` only without grad mode.
+        call; otherwise rebuilt on each call.
         """
         grad_mode = torch.is_grad_enabled()
         cache = self._cache
         if cache is not None and cache[0] is not None and cache[0][0] == grad_mode:
             return cache[0][1]
         W, b = self._stacked_input_weights(pad=not grad_mode)  # (padding would cost the backward two copies)
-        U = self.positive_weights()
-        Ud = None if grad_mode else [u * (1.0 / self.d) for u in U]
+        U = F.softplus(self.U_raw_flat)
+        Ud = None if grad_mode else _unflatten(U * (1.0 / self.d), self._z_shapes)
         prepared = (W, b, U, Ud)
         if cache is not None:
             cache[0] = (grad_mode, prepared)
@@ -378,6 +418,7 @@ class ICNN(nn.Module):
             return _value(x, W, b, Ud, self.widths, self.d)[0]
         off = _offsets(self.widths)
         pre = torch.addmm(b, x, W.t())  # (batch, sum widths + padding)
+        U = _unflatten(U, self._z_shapes)
         z = smooth_relu(pre[:, : off[1]], self.d)
         for i in range(1, len(self.widths) - 1):
             z = smooth_relu(torch.addmm(pre[:, off[i] : off[i + 1]], z, U[i - 1].t()), self.d)
@@ -406,9 +447,9 @@ class ICNN(nn.Module):
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         W, b, U, Ud = self._prepared()
         if Ud is None:  # grad mode
-            if x.requires_grad or W.requires_grad or b.requires_grad or any(u.requires_grad for u in U):
-                return _ICNNValueAndGrad.apply(self.widths, self.d, x, W, b, *U)
-            Ud = [u * (1.0 / self.d) for u in U]
+            if x.requires_grad or W.requires_grad or b.requires_grad or U.requires_grad:
+                return _ICNNValueAndGrad.apply(self.widths, self.d, x, W, b, U)
+            Ud = _unflatten(U * (1.0 / self.d), self._z_shapes)
         return _value_and_grad(x, W, b, Ud, self.widths, self.d)[:2]
 
     def lipschitz_bound(self) -> float:

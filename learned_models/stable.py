@@ -75,9 +75,12 @@ class _ProjectOntoDecrease(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fhat, V, grad_V, slack, keep, alpha):
+    def forward(ctx, fhat, V, grad_V, slack, keep, alpha, center):
+        # center: the first input is fhat on [x; x_eq], (batch + 1, n); use fhat(x) - fhat(x_eq).
+        if center:
+            fhat = fhat[:-1] - fhat[-1:]
         f, coef, sq_norm = _project(fhat, V, grad_V, alpha, slack, keep)
-        ctx.alpha = float(alpha)
+        ctx.alpha, ctx.center = float(alpha), bool(center)
         ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep)
         return f
 
@@ -93,17 +96,29 @@ class _ProjectOntoDecrease(torch.autograd.Function):
         qbar2 = _hardtanh_backward(coef * ebar * -2.0, sq_norm, info.tiny, math.inf)  # 2 qbar
         ebar_ = ebar.unsqueeze(-1)
         fhat_bar = torch.addcmul(fbar, grad_V, ebar_)
+        if ctx.center:
+            fhat_bar = torch.cat([fhat_bar, fhat_bar.sum(0, keepdim=True).neg_()])
         grad_V_bar = torch.addcmul(torch.addcmul(fhat * ebar_, grad_V, qbar2.unsqueeze(-1)), fbar, coef.unsqueeze(-1), value=-1.0)
         V_bar = ebar * ctx.alpha if ctx.needs_input_grad[1] else None
         slack_bar = -ebar if ctx.needs_input_grad[3] else None
-        return fhat_bar, V_bar, grad_V_bar, slack_bar, None, None
+        return fhat_bar, V_bar, grad_V_bar, slack_bar, None, None, None
 
 
 def _project_onto_decrease(
-    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    fhat: torch.Tensor,
+    V: torch.Tensor,
+    grad_V: torch.Tensor,
+    alpha: float,
+    slack: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    center: bool = False,
 ) -> torch.Tensor:
+    """``project_onto_decrease``, then times ``keep: (batch,)``; with ``center``, ``fhat`` is
+    ``(batch + 1, n)`` with ``fhat(x_eq)`` last and ``fhat(x) - fhat(x_eq)`` is projected."""
     if torch.is_grad_enabled() and (fhat.requires_grad or V.requires_grad or grad_V.requires_grad or (slack is not None and slack.requires_grad)):
-        return _ProjectOntoDecrease.apply(fhat, V, grad_V, slack, keep, alpha)
+        return _ProjectOntoDecrease.apply(fhat, V, grad_V, slack, keep, alpha, center)
+    if center:
+        fhat = fhat[:-1] - fhat[-1:]
     return _project(fhat, V, grad_V, alpha, slack, keep)[0]
 
 
@@ -200,15 +215,18 @@ class StableDynamics(ODEWorldModel):
         return self.lyapunov.x_eq
 
     # -- eq. 10 ------------------------------------------------------------------------
-    def _fhat_centered(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
+    def _fhat_with_eq(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
         # fhat(x_eq, 0) rides along as one extra row of the same batch, recomputed with the
-        # current weights each call (it changes during training).
+        # current weights each call (it changes during training): (batch + 1, n).
         if u is None:
-            out = self.fhat(torch.cat([x, self.x_eq.unsqueeze(0)], dim=0) if x_with_eq is None else x_with_eq)
-        else:
-            xu = torch.cat([x, u], dim=-1)
-            eq_row = torch.cat([self.x_eq.unsqueeze(0), torch.zeros_like(u[:1])], dim=-1)
-            out = self.fhat(torch.cat([xu, eq_row], dim=0))
+            return self.fhat(torch.cat([x, self.x_eq.unsqueeze(0)], dim=0) if x_with_eq is None else x_with_eq)
+        xu = torch.cat([x, u], dim=-1)
+        eq_row = torch.cat([self.x_eq.unsqueeze(0), torch.zeros_like(u[:1])], dim=-1)
+        return self.fhat(torch.cat([xu, eq_row], dim=0))
+
+    def _fhat_centered(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
+        """``fhat_c(x, u) = fhat(x, u) - fhat(x_eq, 0)``: ``(batch, n)``."""
+        out = self._fhat_with_eq(x, u, x_with_eq)
         return out[:-1] - out[-1:]
 
     def _slack(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
@@ -219,7 +237,7 @@ class StableDynamics(ODEWorldModel):
         x_with_eq = torch.cat([x, self.x_eq.unsqueeze(0)], dim=0)  # shared by fhat and V
         dx = x - self.x_eq
         dx_sq = (dx * dx).sum(-1)
-        fhat_c = self._fhat_centered(x, u, x_with_eq)
+        fhat_out = self._fhat_with_eq(x, u, x_with_eq)  # centered inside the projection
         if self.lyapunov.convex:
             V, grad_V = self.lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq)
         else:
@@ -227,7 +245,7 @@ class StableDynamics(ODEWorldModel):
         # f is exactly zero at the equilibrium whatever the rounding of fhat_c: it is multiplied
         # by sign(||x - x_eq||^2 (+ ||u||^2)), 0 there and 1 elsewhere (cheaper than a mask).
         at_eq_test = dx_sq if u is None else dx_sq + (u * u).sum(-1)
-        f = _project_onto_decrease(fhat_c, V, grad_V, self.alpha, self._slack(x, u), torch.sign(at_eq_test))
+        f = _project_onto_decrease(fhat_out, V, grad_V, self.alpha, self._slack(x, u), torch.sign(at_eq_test), center=True)
         return f, V
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:

@@ -70,7 +70,7 @@ def test_icnn_hand_written_backward_passes_gradcheck(n, hidden):
         torch.randn(7, n, dtype=torch.float64).requires_grad_(True),
         W.detach().clone().requires_grad_(True),
         (3 * torch.randn_like(b)).requires_grad_(True),
-        *[u.detach().clone().mul_(5.0).requires_grad_(True) for u in U],
+        U.detach().clone().mul_(5.0).requires_grad_(True),  # all z-path weights, flat
     )
     assert torch.autograd.gradcheck(lambda *a: _ICNNValueAndGrad.apply(g.widths, g.d, *a), inputs, eps=1e-6, atol=1e-6)
 
@@ -104,7 +104,7 @@ def test_icnn_state_dict_keeps_the_per_layer_layout_and_loads_it():
     sd = g.state_dict()
     assert list(sd) == ["W.0.weight", "W.0.bias", "W.1.weight", "W.1.bias", "W.2.weight", "W.2.bias", "U_raw.0", "U_raw.1"]
     assert [tuple(sd[f"W.{i}.weight"].shape) for i in range(3)] == [(5, 3), (4, 3), (1, 3)]
-    assert len(list(g.parameters())) == 4  # stacked weight, stacked bias, two U_raw
+    assert len(list(g.parameters())) == 3  # stacked input weights and biases, flat U_raw
     fresh = ICNN(3, (5, 4))
     fresh.load_state_dict({k: v.clone() for k, v in sd.items()})
     x = torch.randn(10, 3)
@@ -113,10 +113,17 @@ def test_icnn_state_dict_keeps_the_per_layer_layout_and_loads_it():
     with torch.no_grad():
         fresh.W[1].bias.fill_(0.25)
     assert (fresh.input_bias[5:9] == 0.25).all()
+    with torch.no_grad():
+        fresh.U_raw[1].fill_(-1.0)
+    assert (fresh.U_raw_flat[20:] == -1.0).all() and fresh.state_dict()["U_raw.1"].eq(-1.0).all()
     # A checkpoint of another architecture names the offending layer.
     bad = dict(sd)
     bad["W.1.weight"] = torch.zeros(6, 3)
     with pytest.raises(RuntimeError, match=r"size mismatch for W\.1\.weight"):
+        fresh.load_state_dict(bad)
+    bad = dict(sd)
+    bad["U_raw.0"] = torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match=r"size mismatch for U_raw\.0"):
         fresh.load_state_dict(bad)
 
 

@@ -180,6 +180,14 @@ def test_projection_backward_passes_gradcheck_and_matches_autograd(with_slack):
         return _project_onto_decrease(a[0], a[1], a[2], 0.7, a[3] if with_slack else None, keep)
 
     assert torch.autograd.gradcheck(fn, inputs)
+    # Centred inside: the first input is fhat on [x; x_eq] and fhat(x) - fhat(x_eq) is projected.
+    out = torch.randn(b + 1, n, dtype=torch.float64, requires_grad=True)
+
+    def centred(o, *a):
+        return _project_onto_decrease(o, a[0], a[1], 0.7, a[2] if with_slack else None, keep, center=True)
+
+    assert torch.autograd.gradcheck(centred, (out,) + inputs[1:])
+    torch.testing.assert_close(centred(out, *inputs[1:]), fn(out[:-1] - out[-1:], *inputs[1:]))
     f = project_onto_decrease(fhat, V, grad_V, 0.7, slack)
     ref = _reference_projection(fhat, V, grad_V, 0.7, slack)
     torch.testing.assert_close(f, ref)
