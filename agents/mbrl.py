@@ -70,9 +70,13 @@ class MBRLConfig:
     episodes: int = 5  #: real episodes after the random ones
     random_episodes: int = 1  #: episodes of uniform random torques to start the data
     episode_steps: int = 200  #: real env steps per episode
+    random_episode_steps: int | None = None  #: length of the random episodes (default ``episode_steps``)
     seed: int = 0
     # world-model fitting (one-step loss through model.step)
     fit_epochs: int = 60
+    #: at least this many Adam steps per fit: with little data an epoch is one or two batches,
+    #: so epochs (and ``patience``) are scaled up until ``fit_epochs`` epochs make ``fit_steps`` steps
+    fit_steps: int = 0
     batch_size: int = 256
     lr: float = 1e-3
     val_fraction: float = 0.1
@@ -423,7 +427,7 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
     for episode in bar:
         ep_seed = config.seed * 10_000 + episode
         if episode < config.random_episodes:
-            ep = collect_episode(env, None, steps=config.episode_steps, seed=ep_seed)
+            ep = collect_episode(env, None, steps=config.random_episode_steps or config.episode_steps, seed=ep_seed)
         else:
             if fit_loss is None:  # first planned episode after a resume: the model is refit on the saved data
                 fit_loss = _fit(model, buffer, config, progress)
@@ -437,6 +441,9 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
         buffer.add_trajectory(ep["states"], ep["actions"])
         real_steps += len(ep["actions"])
         row = _episode_row(method, config.seed, episode, real_steps, ep, target, n, fit_loss, t0)
+        # the MPC episode shows what the agent can do after learning from the steps before it
+        row["policy"] = "random" if episode < config.random_episodes else "mpc"
+        row["learn_steps"] = real_steps - len(ep["actions"])
         rows.append(row)
         if episode >= config.random_episodes - 1 and episode < total - 1:
             fit_loss = _fit(model, buffer, config, progress)
@@ -454,8 +461,11 @@ def _task_target(base) -> float | None:
 
 
 def _fit(model, buffer: TransitionBuffer, config: MBRLConfig, progress: bool) -> float:
-    history = fit_transitions(model, buffer, epochs=config.fit_epochs, batch_size=config.batch_size, lr=config.lr,
-                              val_fraction=config.val_fraction, patience=config.patience, seed=config.seed, progress=progress)
+    batches = math.ceil(len(buffer) * (1 - config.val_fraction) / config.batch_size) if config.batch_size else 1
+    scale = max(1, math.ceil(config.fit_steps / (max(1, batches) * config.fit_epochs)))
+    history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=config.lr,
+                              val_fraction=config.val_fraction, patience=config.patience * scale, seed=config.seed,
+                              progress=progress)
     losses = history["val_loss"] or history["train_loss"]
     return float(min(losses))
 
@@ -483,21 +493,32 @@ def run_dyna(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, out_dir:
                                         max_episode_steps=config.imagined_horizon)
     sac = SAC("MlpPolicy", SB3WorldModelVecEnv(imagined), seed=config.seed, device=device, batch_size=config.sac_batch_size,
               gradient_steps=config.sac_gradient_steps, learning_starts=config.imagined_envs * 2, verbose=0)
+    from .sb3_baselines import evaluation_episode
+
+    eval_env = gym.make(env.spec) if env.spec is not None else None
     rows: list[dict[str, Any]] = []
     real_steps, fit_loss, t0 = 0, None, time.perf_counter()
     total = config.random_episodes + config.episodes
     for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
         ep_seed = config.seed * 10_000 + episode
+        evaluation = None
         if episode < config.random_episodes:
-            ep = collect_episode(env, None, steps=config.episode_steps, seed=ep_seed)
+            ep = collect_episode(env, None, steps=config.random_episode_steps or config.episode_steps, seed=ep_seed)
         else:
             sac.learn(total_timesteps=config.imagined_steps * config.imagined_envs, reset_num_timesteps=False)
+            if eval_env is not None:  # the greedy policy on a separate copy of the env (steps not learned from)
+                evaluation = evaluation_episode(eval_env, lambda s, o: sac.predict(o, deterministic=True)[0], seed=config.seed)
             ep = collect_episode(env, lambda s, o: sac.predict(o, deterministic=False)[0], steps=config.episode_steps, seed=ep_seed)
         buffer.add_trajectory(ep["states"], ep["actions"])
         bank.add(buffer.states[-len(ep["actions"]):])
         real_steps += len(ep["actions"])
         fit_loss = _fit(model, buffer, config, progress)
-        rows.append(_episode_row(method, config.seed, episode, real_steps, ep, target, n, fit_loss, t0))
+        row = _episode_row(method, config.seed, episode, real_steps, ep, target, n, fit_loss, t0)
+        row["policy"] = "random" if episode < config.random_episodes else "sac"
+        row["learn_steps"] = real_steps - len(ep["actions"])
+        if evaluation is not None:
+            row.update({f"eval_{k}": v for k, v in evaluation.items()})
+        rows.append(row)
         _checkpoint(out_dir, model, buffer, rows)
         if out_dir:
             sac.save(os.path.join(out_dir, "sac.zip"))

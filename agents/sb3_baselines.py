@@ -13,7 +13,7 @@ import numpy as np
 
 from .mbrl import _task_target, angle_error, write_csv
 
-__all__ = ["BASELINES", "train_baseline"]
+__all__ = ["BASELINES", "train_baseline", "evaluation_episode"]
 
 #: name -> (SB3 class name, default keyword arguments)
 BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -24,13 +24,21 @@ BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
 
 def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, out_dir: str | None = None,
                    device: str = "cpu", progress: bool = True, method: str | None = None,
-                   on_episode: Callable[[dict], None] | None = None, **algo_kwargs: Any) -> list[dict[str, Any]]:
+                   on_episode: Callable[[dict], None] | None = None, eval_every: int | None = None,
+                   on_eval: Callable[[dict], None] | None = None, **algo_kwargs: Any) -> list[dict[str, Any]]:
     """Train SB3 ``algo`` (``"sac"`` or ``"ppo"``) on the real ``env`` for ``total_steps``.
 
     Every finished training episode becomes a row ``{method, seed, episode, real_steps,
     return, final_angle_error, hold_angle_error, wall_s}``; rows go to
     ``out_dir/episodes.csv`` (rewritten atomically after each episode) and the trained
     agent to ``out_dir/model.zip``.
+
+    With ``eval_every`` the *deterministic* policy is also evaluated after every
+    ``eval_every`` training steps (and before the first) on one episode of a separate copy
+    of ``env`` from a fixed start (``evaluation_episode``); those steps are not training
+    steps. Each evaluation is a row ``{method, seed, real_steps, return, final_angle_error,
+    hold_angle_error}`` (``real_steps``: training steps so far) passed to ``on_eval`` and
+    written to ``out_dir/evaluations.csv``.
     """
     import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
@@ -40,16 +48,35 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     cls_name, defaults = BASELINES[algo]
     base = env.unwrapped
     n, target = int(base.n_links), _task_target(base)
+    if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 1):
+        raise ValueError(f"eval_every must be None or an int >= 1, got {eval_every!r}")
     rows: list[dict[str, Any]] = []
+    evaluations: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     label = method or algo
+    eval_env = gym.make(env.spec) if eval_every and env.spec is not None else env
+
+    def evaluate(agent, steps_so_far: int) -> None:
+        row = evaluation_episode(eval_env, lambda s, o: agent.predict(o, deterministic=True)[0], seed=seed)
+        row = {"method": label, "seed": seed, "real_steps": int(steps_so_far), **row}
+        evaluations.append(row)
+        if out_dir:
+            write_csv(os.path.join(out_dir, "evaluations.csv"), evaluations)
+        if on_eval is not None:
+            on_eval(row)
 
     class EpisodeLogger(BaseCallback):
         def __init__(self):
             super().__init__()
             self.ret, self.states = 0.0, []
 
+        def _on_training_start(self) -> None:
+            if eval_every:
+                evaluate(self.model, 0)
+
         def _on_step(self) -> bool:
+            if eval_every and self.num_timesteps % eval_every == 0:
+                evaluate(self.model, self.num_timesteps)
             self.ret += float(self.locals["rewards"][0])
             done = bool(self.locals["dones"][0])
             infos = self.locals["infos"][0]
@@ -79,6 +106,29 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "model.zip"))
     return rows
+
+
+def evaluation_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0,
+                       steps: int | None = None) -> dict[str, Any]:
+    """One evaluation episode of ``act(state, obs) -> action`` on ``env`` from the start
+    state that ``env.reset(seed=1_000_003 + seed)`` draws (the same start at every
+    evaluation of a run, so a learning curve is not noisy from its starts).
+
+    Returns ``{return, final_angle_error, hold_angle_error}`` (angle errors: at the last
+    state, and the max over the last 20 % of the episode).
+    """
+    from .mbrl import collect_episode
+
+    base = env.unwrapped
+    n, target = int(base.n_links), _task_target(base)
+    limit = steps or (env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 200)
+    ep = collect_episode(env, act, steps=int(limit), seed=1_000_003 + int(seed))
+    row: dict[str, Any] = {"return": ep["return"]}
+    if target is not None:
+        states = ep["states"]
+        row["final_angle_error"] = float(angle_error(states[-1], n, target))
+        row["hold_angle_error"] = float(angle_error(states[-max(1, len(states) // 5):], n, target).max())
+    return row
 
 
 def _final_state(terminal_obs, base, fallback: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from lyagym.agents.mbrl import (
     true_physics_model,
 )
 from lyagym.agents.world_model_env import pendulum_world_model_env
+from lyagym.learned_models import SimpleDynamics
 
 TINY = MBRLConfig(episodes=1, random_episodes=1, episode_steps=15, fit_epochs=2, batch_size=64, horizon=5,
                   num_samples=16, iterations=1, imagined_envs=8, imagined_horizon=5, imagined_steps=40, sac_batch_size=32)
@@ -88,6 +89,7 @@ def test_tiny_pets_loop_end_to_end_with_checkpoint_and_resume(tmp_path, kind):
     rows = run_pets(env, model, cost, TINY, out_dir=out, progress=False)
     assert [r["episode"] for r in rows] == [0, 1]
     assert rows[-1]["real_steps"] == 2 * TINY.episode_steps
+    assert [r["policy"] for r in rows] == ["random", "mpc"] and rows[-1]["learn_steps"] == TINY.episode_steps
     assert np.isfinite(rows[-1]["model_val_loss"]) and np.isfinite(rows[-1]["return"])
     for name in ("episodes.csv", "model_weights.pt", "buffer.npz"):
         assert os.path.exists(os.path.join(out, name))
@@ -105,8 +107,11 @@ def test_tiny_pets_loop_end_to_end_with_checkpoint_and_resume(tmp_path, kind):
 def test_tiny_dyna_loop_trains_sac_in_imagination(tmp_path):
     env = make_pendulum_env(1, dt=0.05, episode_steps=TINY.episode_steps)
     model = make_world_model("simple", 2, 1, 0.05, seed=0, hidden=(16, 16))
-    rows = run_dyna(env, model, TINY, out_dir=str(tmp_path), progress=False)
-    assert len(rows) == 2 and rows[-1]["real_steps"] == 2 * TINY.episode_steps
+    config = MBRLConfig(**{**TINY.__dict__, "random_episode_steps": 10})
+    rows = run_dyna(env, model, config, out_dir=str(tmp_path), progress=False)
+    assert len(rows) == 2 and rows[-1]["real_steps"] == 10 + TINY.episode_steps and rows[-1]["learn_steps"] == 10
+    # the greedy policy is evaluated on a separate env copy, one full episode from a fixed start
+    assert "eval_return" not in rows[0] and np.isfinite(rows[1]["eval_return"]) and 0 <= rows[1]["eval_final_angle_error"] <= np.pi
     assert os.path.exists(tmp_path / "sac.zip")
 
 
@@ -116,9 +121,13 @@ def test_sb3_baselines_log_every_episode(tmp_path, algo):
 
     env = make_pendulum_env(1, dt=0.05, episode_steps=20)
     extra = {"learning_starts": 10, "batch_size": 16} if algo == "sac" else {"n_steps": 32, "batch_size": 16, "n_epochs": 1}
-    rows = train_baseline(algo, env, 64, seed=0, out_dir=str(tmp_path), progress=False,
-                          policy_kwargs={"net_arch": [16, 16]}, **extra)
+    evaluations = []
+    rows = train_baseline(algo, env, 64, seed=0, out_dir=str(tmp_path), progress=False, eval_every=30,
+                          on_eval=evaluations.append, policy_kwargs={"net_arch": [16, 16]}, **extra)
     assert [r["real_steps"] for r in rows] == [20, 40, 60]
+    assert [r["real_steps"] for r in evaluations] == [0, 30, 60]
+    assert len(read_csv(str(tmp_path / "evaluations.csv"))) == 3
+    assert all(np.isfinite(r["return"]) for r in evaluations)
     assert all(np.isfinite(r["return"]) and 0 <= r["final_angle_error"] <= np.pi for r in rows)
     assert len(read_csv(str(tmp_path / "episodes.csv"))) == 3 and (tmp_path / "model.zip").exists()
 
@@ -155,17 +164,41 @@ def test_cli_plan_and_mbrl_run(tmp_path):
     assert main(["plan", "--links", "1", "--model", ckpt, "--steps", "2", "--samples", "8", "--horizon", "3", "--no-progress"]) == 0
 
 
-def test_study_summary_counts_steps_to_sacs_final_return():
-    from lyagym.agents.reproduce.mbrl_swingup import steps_to_reach, summarise
+def test_study_metric_counts_real_steps_to_sacs_final_evaluation_return():
+    from lyagym.agents.reproduce.mbrl_swingup import learning_curves, steps_to_reach, summarise
 
-    sac = [{"method": "sac", "seed": 0, "episode": i, "real_steps": 200 * (i + 1), "return": r}
-           for i, r in enumerate([-1500, -1200, -900, -600, -400, -300, -310, -290, -305, -295])]
-    pets = [{"method": "pets", "seed": 0, "episode": i, "real_steps": 200 * (i + 1), "return": r}
-            for i, r in enumerate([-1500, -600, -280])]
+    sac = [{"method": "sac", "seed": seed, "real_steps": 1000 * i, "return": r}
+           for seed, returns in ((0, [-1500, -900, -400, -310, -300]), (1, [-1500, -1200, -500, -330, -300]))
+           for i, r in enumerate(returns)]
+    pets = [{"method": "pets", "seed": 0, "real_steps": 200 * (i + 1), "return": r} for i, r in enumerate([-900, -312, -280])]
     assert steps_to_reach(pets, -300.0) == 600
+    assert steps_to_reach(pets, -300.0, tolerance=0.05) == 400  # -312 >= -315
     assert steps_to_reach(pets, -100.0) == float("inf")
-    table, numbers = summarise(sac + pets)
-    assert numbers["sac_final_return"] == pytest.approx(-300.0)
-    assert numbers["sac_steps"] == 2000  # its first 5-episode window at its final level is its last
-    assert numbers["methods"]["pets"]["ratio"] == pytest.approx(2000 / 600)
-    assert "| pets |" in table
+    table, numbers = summarise(sac + pets, tolerance=0.05)
+    assert numbers["target"] == pytest.approx(-300.0)  # mean of the last evaluations
+    assert numbers["sac_steps"] == 3500  # median of 3000 (-310) and 4000 (-300, since -330 < -315)
+    assert numbers["methods"]["pets"]["ratios"] == [pytest.approx(3500 / 400)]
+    assert numbers["methods"]["pets"]["median_strict_ratio"] == pytest.approx(3700 / 600)  # + one 200-step eval episode
+    assert "| pets | 1 |" in table and "8.8x" in table
+    curve = [c for c in learning_curves(sac) if c["real_steps"] == 3000][0]
+    assert curve["mean_return"] == pytest.approx(-320.0) and curve["std_return"] == pytest.approx(10.0) and curve["seeds"] == 2
+
+
+def test_open_loop_horizon_errors_vanish_for_the_true_physics():
+    from lyagym.agents.reproduce.mbrl_swingup import horizon_errors
+
+    env = make_pendulum_env(1, dt=0.05, episode_steps=40)
+    physics = true_physics_model(env, dtype=torch.float64)
+    buf = TransitionBuffer(2, 1)
+    lengths = []
+    for seed, x0 in ((0, [3.0, 2.0]), (1, [0.1, 0.0])):  # the first crosses the +-pi wrap
+        ep = collect_episode(env, None, steps=40, seed=seed, start_state=x0)
+        buf.add_trajectory(ep["states"], ep["actions"])
+        lengths.append(len(ep["actions"]))
+    zero = SimpleDynamics(2, 1, dt=0.05, hidden=(4,)).double()
+    for p in zero.parameters():
+        torch.nn.init.zeros_(p)  # xdot = 0: the prediction stays at the start
+    _, errors = horizon_errors({"physics": physics, "frozen": zero}, buf.states, buf.actions, lengths, 1, horizons=(1, 20))
+    assert errors and all(e["physics"] < 1e-6 for e in errors.values()), errors
+    assert all(e["frozen"] > 1e-3 for e in errors.values())
+    assert sum(e["starts"] for (region, h), e in errors.items() if h == 20) == 8  # starts 0, 5, 10, 15 of each episode

@@ -1,27 +1,58 @@
 """``lyagym reproduce mbrl-swingup``: MPC and model-based RL vs SAC and PPO on pendulum swing-up.
 
-Methods (each for several seeds, every episode 200 steps of 0.05 s from hanging down):
+Methods (each for several seeds; every episode 200 steps of ``--dt`` from hanging down, all
+joints actuated, torques in ``[-max_torque, max_torque]``):
 
 - ``mpc-true``: MPPI on the true physics (the planner's ceiling; no learning);
 - ``pets-stable`` / ``pets-simple``: the PETS-style loop (``lyagym.agents.mbrl.run_pets``)
-  with the stable (ISS, Manek & Kolter projection) or the plain MLP world model;
-- ``dyna-stable`` / ``dyna-simple``: SB3 SAC trained on imagined rollouts branched from
-  real states (``run_dyna``);
-- ``sac`` / ``ppo``: Stable-Baselines3 on the real env.
+  with the stable (ISS, Manek & Kolter projection) or the plain MLP world model: one
+  random-torque episode of ``--random-steps``, then MPPI episodes, refitting the model
+  (warm-started, at least ``--fit-steps`` Adam steps) after every episode;
+- ``dyna-stable`` / ``dyna-simple``: SB3 SAC trained only on imagined rollouts branched
+  from real states (``run_dyna``), acting on the real env with its stochastic policy;
+- ``sac`` / ``ppo``: Stable-Baselines3 on the real env (``train_baseline``).
 
-Writes ``episodes.csv`` (all rows), ``learning_curves.png`` (return vs real env steps, mean
-over seeds), and ``summary.md``: for each method its final return and the real steps it
-needed to reach SAC's final return (mean of SAC's last 5 episodes), with the ratio to SAC's.
+**Learning curve.** The *evaluation return* after ``k`` real steps is the return of one
+200-step episode from the (seeded) hanging start by the agent that has learned from ``k``
+real env steps: for SAC, PPO and Dyna the deterministic policy on a separate env copy
+(every ``--eval-every`` training steps for SAC/PPO, after every real episode for Dyna);
+for PETS the MPC episode planned on the model fitted to the first ``k`` steps (that
+episode's data is then added). Curves show the mean +- std over seeds.
+
+**Sample-efficiency metric.** ``target`` = SAC's final return: the mean over SAC's seeds of
+its *last* evaluation return. A run *reaches* the target at the first ``k`` whose
+evaluation return is ``>= target - tolerance * |target|`` (``--tolerance``, default 0.05).
+``SAC steps`` = the median over SAC's seeds of its ``k``; each run's ratio is
+``SAC steps / k`` (0 if never reached); the table gives the per-seed ratios and their
+median. Counting the evaluation episode itself as spent (``k + 200`` for every method)
+gives the stricter ratio in the last column.
+
+**Where the stability constraint helps and hurts** (``--analysis``, needs ``pets-stable``):
+a fresh stable and a fresh simple model are fitted with the same settings to the *same*
+data (the final PETS buffer of the first seed of ``pets-stable``), then compared on (a)
+open-loop prediction error along the real recorded episodes at horizons 1-100 steps,
+split by where the prediction starts (near upright or not), (b) the fixed regions of
+``prediction_errors`` and (c) MPC on the real env from hanging and from near upright.
+
+Every (method, seed) run is stored in ``OUT/<method>/seed<s>/run.json`` and reused by a
+later invocation with the same settings (``--rerun`` forces it), so methods can be run in
+separate processes and summarised together. Writes ``evaluations.csv`` (all evaluation
+points), ``episodes.csv`` (all training episodes), ``learning_curves.csv`` (mean/std per
+method and step), ``learning_curves.png`` and ``summary.md``.
 
 Example::
 
     lyagym reproduce mbrl-swingup --links 1 --seeds 0 1 2 --out runs/mbrl_n1
     lyagym reproduce mbrl-swingup --quick          # minutes, smaller budgets
+
+Results (n = 1, seeds 0 1 2, 2-core CPU shared with other jobs): see ``summary.md`` of the run;
+README "MPC and model-based RL" quotes the table and the command that printed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -29,77 +60,170 @@ from collections import defaultdict
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "METHODS", "steps_to_reach", "summarise"]
+__all__ = [
+    "add_arguments",
+    "run",
+    "METHODS",
+    "steps_to_reach",
+    "summarise",
+    "prediction_errors",
+    "horizon_errors",
+    "plot_learning_curves",
+]
 
 METHODS = ("mpc-true", "pets-stable", "pets-simple", "dyna-stable", "dyna-simple", "sac", "ppo")
+EPISODE_STEPS = 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--links", type=int, default=1, help="pendulum links, all actuated (default 1)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["mpc-true", "pets-stable", "pets-simple", "sac"], choices=METHODS)
-    parser.add_argument("--episodes", type=int, default=10, help="real episodes of the model-based methods (incl. 1 random)")
-    parser.add_argument("--sac-steps", type=int, default=20_000, help="real env steps of SAC/PPO")
+    parser.add_argument("--episodes", type=int, default=6, help="real episodes of the model-based methods (incl. 1 random)")
+    parser.add_argument("--random-steps", type=int, default=200, help="length of the random-torque first episode")
+    parser.add_argument("--sac-steps", type=int, default=20_000, help="real env steps of SAC")
+    parser.add_argument("--ppo-steps", type=int, default=None, help="real env steps of PPO (default: --sac-steps)")
+    parser.add_argument("--eval-every", type=int, default=EPISODE_STEPS, help="SAC/PPO evaluation period (real steps)")
     parser.add_argument("--samples", type=int, default=300, help="MPPI samples K")
-    parser.add_argument("--horizon", type=int, default=30)
+    parser.add_argument("--horizon", type=int, default=30, help="MPPI horizon H (steps)")
+    parser.add_argument("--iterations", type=int, default=2, help="MPPI iterations per step")
     parser.add_argument("--fit-epochs", type=int, default=100)
-    parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps per real episode in dyna")
+    parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
+    parser.add_argument("--imagined-steps", type=int, default=1000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="reach SAC's final return within this fraction of it")
     parser.add_argument("--dt", type=float, default=0.05)
     parser.add_argument("--max-torque", type=float, default=5.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=True,
+                        help="stable-vs-simple help/hurt analysis (needs pets-stable runs)")
+    parser.add_argument("--rerun", action="store_true", help="ignore stored runs with the same settings")
     parser.add_argument("--quick", action="store_true", help="small budgets for a smoke run (minutes)")
     parser.add_argument("--out", default=os.path.join("lyagym-output", "mbrl-swingup"))
     parser.add_argument("--no-progress", action="store_true")
 
 
-def steps_to_reach(rows: list[dict], target: float, window: int = 1) -> float:
-    """Real steps at the first episode whose return (moving average over ``window``
-    episodes) reaches ``target``; ``inf`` if never."""
-    returns = np.array([r["return"] for r in rows], dtype=float)
-    steps = np.array([r["real_steps"] for r in rows], dtype=float)
-    if len(returns) == 0:
-        return math.inf
-    smoothed = np.convolve(returns, np.ones(window) / window, mode="valid") if len(returns) >= window else returns[-1:]
-    hit = np.flatnonzero(smoothed >= target - 1e-9 * abs(target))  # the defining window itself counts
-    return float(steps[hit[0] + min(window, len(returns)) - 1]) if len(hit) else math.inf
+# ---------------------------------------------------------------------- metric
+def steps_to_reach(evaluations: list[dict], target: float, tolerance: float = 0.0) -> float:
+    """First ``real_steps`` whose evaluation ``return >= target - tolerance * |target|``
+    (rows in any order); ``inf`` if never."""
+    threshold = target - tolerance * abs(target)
+    hits = [r["real_steps"] for r in evaluations if r["return"] >= threshold - 1e-9 * abs(threshold)]
+    return float(min(hits)) if hits else math.inf
 
 
-def summarise(rows: list[dict]) -> tuple[str, dict]:
-    """Markdown table and numbers: final return per method and steps to SAC's final return."""
-    by_method: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+def _by_method(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    by: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by_method[r["method"]][int(r["seed"])].append(r)
-    target = None
+        by[r["method"]][int(r["seed"])].append(r)
+    for runs in by.values():
+        for seed in runs:
+            runs[seed].sort(key=lambda r: r["real_steps"])
+    return by
+
+
+def summarise(evaluations: list[dict], tolerance: float = 0.05, eval_steps: int = EPISODE_STEPS) -> tuple[str, dict]:
+    """Markdown table and numbers of the sample-efficiency metric (module docstring).
+
+    Args:
+        evaluations: rows ``{method, seed, real_steps, return, final_angle_error?}``.
+        tolerance: fraction of ``|target|`` a return may fall short of SAC's final return.
+        eval_steps: length of an evaluation episode (the strict ratio counts it as spent).
+    """
+    by_method = _by_method(evaluations)
+    target = sac_steps = None
     if "sac" in by_method:
-        finals = [np.mean([r["return"] for r in runs[-5:]]) for runs in by_method["sac"].values()]
-        target = float(np.mean(finals))
-    sac_steps = None
-    if target is not None:
-        sac_steps = float(np.median([steps_to_reach(runs, target, window=5) for runs in by_method["sac"].values()]))
+        target = float(np.mean([runs[-1]["return"] for runs in by_method["sac"].values()]))
+        sac_steps = float(np.median([steps_to_reach(r, target, tolerance) for r in by_method["sac"].values()]))
     lines = [
-        f"SAC's final return (mean of its last 5 episodes over seeds): {target:.1f}" if target is not None else
-        "no SAC run: steps-to-SAC columns left empty",
+        (f"Target: SAC's final return {target:.1f} (mean over seeds of its last evaluation), reached at "
+         f">= {target - tolerance * abs(target):.1f} (tolerance {tolerance:g} x |target|); SAC reached it after "
+         f"{sac_steps:.0f} real steps (median over seeds)." if target is not None else
+         "No SAC run: the steps-to-SAC columns are left empty."),
         "",
-        "| method | seeds | real steps used | final return (mean +- std over seeds) | final angle error (rad, median) | "
-        "real steps to SAC's final return (median) | fewer steps than SAC |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | real steps used | final eval return (mean +- std) | final angle error (rad, median) | "
+        "real steps to target, per seed | ratio to SAC, per seed | median ratio | median ratio incl. eval episode |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    numbers = {"sac_final_return": target, "sac_steps": sac_steps, "methods": {}}
+    numbers: dict = {"target": target, "tolerance": tolerance, "sac_steps": sac_steps, "methods": {}}
     for method, runs in by_method.items():
-        finals = [runs_[-1]["return"] for runs_ in runs.values()]
-        errors = [runs_[-1].get("final_angle_error", float("nan")) for runs_ in runs.values()]
-        used = int(np.median([runs_[-1]["real_steps"] for runs_ in runs.values()]))
-        reach = float(np.median([steps_to_reach(r, target, window=5 if method == "sac" else 1) for r in runs.values()])) \
-            if target is not None else math.nan
-        ratio = sac_steps / reach if target is not None and math.isfinite(reach) and reach > 0 else math.nan
-        numbers["methods"][method] = {"final_return": float(np.mean(finals)), "steps_to_sac": reach, "ratio": ratio}
+        finals = [r[-1]["return"] for r in runs.values()]
+        errors = [e for e in (r[-1].get("final_angle_error") for r in runs.values()) if e is not None and math.isfinite(e)]
+        used = int(max(r[-1].get("steps_used", r[-1]["real_steps"]) for r in runs.values()))
+        entry = {"final_return": float(np.mean(finals)), "final_return_std": float(np.std(finals)), "seeds": sorted(runs)}
+        reach_txt = ratio_txt = median_txt = strict_txt = ""
+        if target is not None and method != "mpc-true":
+            reach = [steps_to_reach(runs[s], target, tolerance) for s in sorted(runs)]
+            ratios = [sac_steps / k if math.isfinite(k) and k > 0 else (math.inf if k == 0 else 0.0) for k in reach]
+            strict = [(sac_steps + eval_steps) / (k + eval_steps) if math.isfinite(k) else 0.0 for k in reach]
+            entry.update(steps_to_target=reach, ratios=ratios, median_ratio=float(np.median(ratios)),
+                         median_strict_ratio=float(np.median(strict)))
+            reach_txt = ", ".join("never" if not math.isfinite(k) else f"{k:.0f}" for k in reach)
+            ratio_txt = ", ".join(f"{x:.1f}x" for x in ratios)
+            median_txt = f"**{np.median(ratios):.1f}x**"
+            strict_txt = f"{np.median(strict):.1f}x"
+        numbers["methods"][method] = entry
         lines.append(
-            f"| {method} | {len(runs)} | {used} | {np.mean(finals):.1f} +- {np.std(finals):.1f} | {np.nanmedian(errors):.3f} | "
-            f"{'never' if not math.isfinite(reach) else int(reach)} | {'' if math.isnan(ratio) else f'{ratio:.1f}x'} |"
+            f"| {method} | {len(runs)} | {used} | {np.mean(finals):.1f} +- {np.std(finals):.1f} | {np.median(errors) if errors else math.nan:.3f} | "
+            f"{reach_txt} | {ratio_txt} | {median_txt} | {strict_txt} |"
         )
     return "\n".join(lines), numbers
 
 
+def learning_curves(evaluations: list[dict]) -> list[dict]:
+    """Mean and std over seeds of the evaluation return at every ``real_steps`` that all of a
+    method's seeds evaluated: rows ``{method, real_steps, mean_return, std_return, seeds}``."""
+    out = []
+    for method, runs in _by_method(evaluations).items():
+        per_seed = [{r["real_steps"]: r["return"] for r in rows} for rows in runs.values()]
+        common = sorted(set.intersection(*(set(d) for d in per_seed)))
+        for k in common:
+            values = [d[k] for d in per_seed]
+            out.append({"method": method, "real_steps": k, "mean_return": float(np.mean(values)),
+                        "std_return": float(np.std(values)), "seeds": len(values)})
+    return out
+
+
+def plot_learning_curves(evaluations: list[dict], path: str, title: str, target: float | None = None,
+                         tolerance: float = 0.05) -> None:
+    """Evaluation return vs real env steps (symlog x), mean +- std over seeds, to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lyagym.agents.mbrl import _atomic
+
+    curves = learning_curves(evaluations)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    methods = list(dict.fromkeys(c["method"] for c in curves))
+    for k, method in enumerate(methods):
+        rows = [c for c in curves if c["method"] == method]
+        steps = np.array([c["real_steps"] for c in rows], dtype=float)
+        mean = np.array([c["mean_return"] for c in rows])
+        std = np.array([c["std_return"] for c in rows])
+        color = f"C{k}"
+        if method == "mpc-true":
+            ax.axhline(mean.mean(), color=color, ls=":", lw=1.2, label="mpc-true (no learning)")
+            continue
+        ax.plot(steps, mean, color=color, lw=1.6, marker="o" if len(steps) < 30 else None, ms=3.5,
+                label=f"{method} ({rows[0]['seeds']} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=1, label=f"SAC's final return ({target:.0f})")
+        ax.axhspan(target - tolerance * abs(target), target, color="k", alpha=0.06, lw=0)
+    ax.set_xscale("symlog", linthresh=EPISODE_STEPS)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("real environment steps learned from")
+    ax.set_ylabel("evaluation return (200 steps)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- analysis
 #: prediction regions: name -> (angle centre, angle half-width, speed half-width, torques?, steps)
 REGIONS = {
     "hanging, no torque (Fig. 5 box), 10 s": (0.0, math.pi / 8, math.pi / 8, False, 200),
@@ -147,117 +271,302 @@ def prediction_errors(models: dict, n_links: int, dt: float, max_torque: float, 
     return "\n".join(lines), results
 
 
-def plot_learning_curves(rows: list[dict], path: str, title: str) -> None:
-    import matplotlib
+def horizon_errors(models: dict, states: np.ndarray, actions: np.ndarray, episode_lengths: list[int], n_links: int, *,
+                   horizons=(1, 10, 30, 60, 100), stride: int = 5, upright_radius: float = 0.5) -> tuple[str, dict]:
+    """Open-loop prediction error along recorded real episodes.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    From every ``stride``-th step of each episode, each model rolls out the *recorded*
+    torques for ``h`` steps; the error is the squared state error (wrapped angles) against
+    the recorded real state after ``h`` steps, averaged over the starts that lie near
+    upright (every ``|wrap(q_i - pi)| < upright_radius``) and over the others.
 
+    Args:
+        models: name -> controlled world model.
+        states: ``(N, 2n)`` physical states of the transitions (``TransitionBuffer.states``).
+        actions: ``(N, m)`` applied torques; ``next_states`` are not needed: ``states``
+            of one episode are consecutive.
+        episode_lengths: transitions per episode, in order (sum = ``N``).
+
+    Returns ``(markdown_table, {(region, h): {model: error}})``.
+    """
+    import torch
+
+    from lyagym.agents.mbrl import angle_error, wrap_state
+    from lyagym.agents.reproduce.pendulum_eval import squared_state_error
+
+    n = n_links
+    starts, truths, torques = {h: [] for h in horizons}, {h: [] for h in horizons}, {h: [] for h in horizons}
+    offset = 0
+    for length in episode_lengths:
+        ep_states = np.asarray(states[offset:offset + length], dtype=np.float64)
+        ep_actions = np.asarray(actions[offset:offset + length], dtype=np.float64)
+        # consecutive wrapped states -> a continuous trajectory (the wrap may jump by 2 pi)
+        q = np.unwrap(ep_states[:, :n], axis=0)
+        ep_states = np.concatenate([q, ep_states[:, n:]], axis=1)
+        for h in horizons:
+            for i in range(0, length - h, stride):
+                starts[h].append(ep_states[i])
+                truths[h].append(ep_states[i + h])
+                torques[h].append(ep_actions[i:i + h])
+        offset += length
+    results: dict = {}
+    for h in horizons:
+        if not starts[h]:
+            continue
+        x0 = np.asarray(starts[h])
+        near = angle_error(x0, n, math.pi) < upright_radius
+        x0_t = wrap_state(torch.as_tensor(x0), n)
+        truth = torch.as_tensor(np.asarray(truths[h]))
+        u = torch.as_tensor(np.asarray(torques[h]))
+        shift = torch.as_tensor(x0)[:, :n] - x0_t[:, :n]  # what wrapping removed, to compare with the truth
+        for region, mask in (("near upright", near), ("swinging / hanging", ~near)):
+            if not mask.any():
+                continue
+            results[(region, h)] = {"starts": int(mask.sum())}
+            with torch.no_grad():
+                for name, model in models.items():
+                    pred = model.rollout(x0_t[mask].to(model.dtype), u[mask].to(model.dtype))[:, -1].to(torch.float64)
+                    pred = torch.cat([pred[:, :n] + shift[mask], pred[:, n:]], -1)
+                    err = squared_state_error(pred, truth[mask], n)
+                    results[(region, h)][name] = float(torch.nan_to_num(err, nan=float("inf")).mean())
+    names = list(models)
+    lines = ["| start region | horizon (steps) | starts | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for (region, h), errs in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        lines.append(f"| {region} | {h} | {errs['starts']} | " + " | ".join(f"{errs[m]:.3g}" for m in names) + " |")
+    return "\n".join(lines), results
+
+
+def mpc_from_starts(models: dict, args, starts: dict, steps: dict) -> tuple[str, dict]:
+    """MPC with each model on the real env from named start states: final / hold angle error
+    and return. ``starts``: name -> physical state; ``steps``: name -> episode length."""
+    from lyagym.agents.mbrl import angle_error, make_pendulum_env, mpc_episode
+
+    results: dict = {}
+    for start, x0 in starts.items():
+        env = make_pendulum_env(args.links, dt=args.dt, max_torque=args.max_torque, episode_steps=steps[start])
+        results[start] = {}
+        for name, model in models.items():
+            ep = mpc_episode(env, model, horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
+                             steps=steps[start], seed=0, progress=False, start_state=x0)
+            err = angle_error(ep["states"], args.links, math.pi)
+            results[start][name] = {"final": float(err[-1]), "hold": float(err[-max(1, len(err) // 5):].max()),
+                                    "return": ep["return"]}
+    names = list(models)
+    lines = ["| start | " + " | ".join(f"{m}: final / hold error (rad), return" for m in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for start, by_model in results.items():
+        cells = [f"{r['final']:.3f} / {r['hold']:.3f}, {r['return']:.1f}" for r in by_model.values()]
+        lines.append(f"| {start} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), results
+
+
+def analysis(args, runs: dict) -> str:
+    """The stable-vs-simple help/hurt section of ``summary.md`` (module docstring)."""
+    import torch
+
+    from lyagym.agents.mbrl import MBRLConfig, TransitionBuffer, _fit, make_world_model, true_physics_model, make_pendulum_env
+
+    seed = args.seeds[0]
+    run_dir = os.path.join(args.out, "pets-stable", f"seed{seed}")
+    if not os.path.exists(os.path.join(run_dir, "buffer.npz")):
+        return ""
+    buffer = TransitionBuffer.load(os.path.join(run_dir, "buffer.npz"))
+    lengths = [int(r["real_steps"] - r["learn_steps"]) for r in runs[("pets-stable", seed)]["episodes"]]
+    config = MBRLConfig(seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps)
+    n = args.links
+    models = {}
+    for kind in ("stable", "simple"):
+        model = make_world_model(kind, 2 * n, n, args.dt, seed=seed, device="cpu")
+        print(f"analysis: fitting a fresh {kind} model to the {len(buffer)} real transitions of pets-stable seed {seed}", flush=True)
+        _fit(model, buffer, config, progress=not args.no_progress)
+        models[kind] = model.eval().requires_grad_(False)
+    horizon_table, horizon = horizon_errors(models, buffer.states, buffer.actions, lengths, n)
+    region_table, regions = prediction_errors(models, n, args.dt, args.max_torque)
+    starts = {"hanging (the task), 200 steps": np.zeros(2 * n),
+              "upright + 0.3 rad, 60 steps": np.concatenate([np.full(n, math.pi + 0.3), np.zeros(n)]),
+              "upright - 0.3 rad, 60 steps": np.concatenate([np.full(n, math.pi - 0.3), np.zeros(n)])}
+    steps = {k: (EPISODE_STEPS if k.startswith("hanging") else 60) for k in starts}
+    env = make_pendulum_env(n, dt=args.dt, max_torque=args.max_torque)
+    mpc_models = {**models, "true physics": true_physics_model(env)}
+    print("analysis: MPC from hanging and near upright with each model", flush=True)
+    mpc_table, mpc = mpc_from_starts(mpc_models, args, starts, steps)
+    text = (
+        f"\n## Where the stability constraint helps and where it hurts (n = {n})\n\n"
+        f"A fresh stable and a fresh simple model, fitted with the same settings to the same {len(buffer)} real "
+        f"transitions (the final PETS buffer of pets-stable, seed {seed}).\n\n"
+        f"**(a) Open-loop prediction error along the recorded real episodes** (mean squared state error, wrapped "
+        f"angles, recorded torques; starts every 5 steps; near upright: every angle within 0.5 rad of upright):\n\n"
+        f"{horizon_table}\n\n"
+        f"**(b) Fixed regions** (256 seeded starts; mean squared state error against the physics):\n\n{region_table}\n\n"
+        f"**(c) MPC on the real env** (MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations):\n\n"
+        f"{mpc_table}\n"
+    )
+    return text + _verdict(horizon, regions, mpc)
+
+
+def _verdict(horizon: dict, regions: dict, mpc: dict) -> str:
+    """A few sentences that read the analysis numbers (written from them, not hard-coded)."""
+    lines = ["", "Reading:"]
+    for region in ("swinging / hanging", "near upright"):
+        keys = sorted(h for (r, h) in horizon if r == region)
+        if keys:
+            long = keys[-1]
+            s, m = horizon[(region, long)]["stable"], horizon[(region, long)]["simple"]
+            lines.append(f"- starts {region}, {long} steps ahead: stable {s:.3g} vs simple {m:.3g} "
+                         f"({'stable better' if s < m else 'simple better'}, x{max(s, m) / max(min(s, m), 1e-12):.1f}).")
+    for region, errs in regions.items():
+        s, m = errs["stable"], errs["simple"]
+        lines.append(f"- {region}: stable {s:.3g} vs simple {m:.3g} ({'stable better' if s < m else 'simple better'}).")
+    for start, by in mpc.items():
+        verdicts = ", ".join(f"{name} {'holds' if r['hold'] < 0.1 else 'fails'} ({r['hold']:.2f} rad)" for name, r in by.items())
+        lines.append(f"- MPC from {start}: {verdicts}.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- runs
+def _run_settings(args, method: str) -> dict:
+    common = {"links": args.links, "dt": args.dt, "max_torque": args.max_torque}
+    if method == "mpc-true":
+        return {**common, "samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
+    if method == "sac":
+        return {**common, "steps": args.sac_steps, "eval_every": args.eval_every}
+    if method == "ppo":
+        return {**common, "steps": args.ppo_steps or args.sac_steps, "eval_every": args.eval_every}
+    settings = {**common, "episodes": args.episodes, "random_steps": args.random_steps, "fit_epochs": args.fit_epochs,
+                "fit_steps": args.fit_steps}
+    if method.startswith("pets"):
+        return {**settings, "samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
+    return {**settings, "imagined_steps": args.imagined_steps}
+
+
+def run_method(method: str, seed: int, args, run_dir: str) -> dict:
+    """One (method, seed) run: ``{"evaluations": [...], "episodes": [...]}``."""
+    from lyagym.agents.costs import PendulumCost
+    from lyagym.agents.mbrl import (MBRLConfig, angle_error, make_pendulum_env, make_world_model, mpc_episode, run_dyna,
+                                    run_pets, true_physics_model)
+    from lyagym.agents.sb3_baselines import train_baseline
+
+    progress = not args.no_progress
+    env = make_pendulum_env(args.links, dt=args.dt, max_torque=args.max_torque, episode_steps=EPISODE_STEPS)
+    base = env.unwrapped
+    if method == "mpc-true":
+        model = true_physics_model(env, device=args.device)
+        ep = mpc_episode(env, model, horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
+                         steps=EPISODE_STEPS, seed=1_000_003 + seed, progress=progress)
+        row = {"method": method, "seed": seed, "real_steps": 0, "return": ep["return"],
+               "final_angle_error": float(angle_error(ep["states"][-1], args.links, math.pi))}
+        return {"evaluations": [row], "episodes": []}
+    if method in ("sac", "ppo"):
+        steps = args.sac_steps if method == "sac" else (args.ppo_steps or args.sac_steps)
+        evaluations: list[dict] = []
+        episodes = train_baseline(method, env, steps, seed=seed, out_dir=run_dir, device=args.device, progress=progress,
+                                  eval_every=args.eval_every, on_eval=evaluations.append)
+        for r in evaluations:
+            r["steps_used"] = steps
+        return {"evaluations": evaluations, "episodes": episodes}
+    kind = method.split("-")[1]
+    config = MBRLConfig(episodes=args.episodes - 1, random_episodes=1, random_episode_steps=args.random_steps,
+                        episode_steps=EPISODE_STEPS, seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps,
+                        horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
+                        imagined_steps=args.imagined_steps)
+    model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
+    if method.startswith("pets"):
+        cost = PendulumCost(args.links, "swingup", action_dim=base.action_dim, **base.weights)
+        episodes = run_pets(env, model, cost, config, out_dir=run_dir, method=method, resume=not args.rerun, progress=progress)
+        evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
+                        "final_angle_error": r.get("final_angle_error"), "hold_angle_error": r.get("hold_angle_error"),
+                        "steps_used": episodes[-1]["real_steps"]}
+                       for r in episodes if r["policy"] == "mpc"]
+    else:
+        episodes = run_dyna(env, model, config, out_dir=run_dir, method=method, progress=progress, device=args.device)
+        evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["eval_return"],
+                        "final_angle_error": r.get("eval_final_angle_error"), "hold_angle_error": r.get("eval_hold_angle_error"),
+                        "steps_used": episodes[-1]["real_steps"]}
+                       for r in episodes if "eval_return" in r]
+    return {"evaluations": evaluations, "episodes": episodes}
+
+
+def _load_or_run(method: str, seed: int, args) -> dict:
     from lyagym.agents.mbrl import _atomic
 
-    by_method: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        by_method[r["method"]][int(r["seed"])].append(r)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for k, (method, runs) in enumerate(by_method.items()):
-        color = f"C{k}"
-        length = min(len(r) for r in runs.values())
-        returns = np.array([[e["return"] for e in r[:length]] for r in runs.values()])
-        steps = np.array([e["real_steps"] for e in next(iter(runs.values()))[:length]])
-        mean, std = returns.mean(0), returns.std(0)
-        if method == "mpc-true":
-            ax.axhline(mean.mean(), color=color, ls="--", lw=1, label=f"{method} (no learning)")
-            continue
-        ax.plot(steps, mean, color=color, lw=1.5, marker="o" if length < 30 else None, ms=3, label=method)
-        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel("real environment steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    run_dir = os.path.join(args.out, method, f"seed{seed}")
+    path = os.path.join(run_dir, "run.json")
+    settings = _run_settings(args, method)
+    if not args.rerun and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("settings") == settings:
+            print(f"== {method}, seed {seed}: stored run reused ({path})", flush=True)
+            return stored
+        print(f"== {method}, seed {seed}: stored run has other settings, running again", flush=True)
+    t0 = time.perf_counter()
+    print(f"== {method}, seed {seed}", flush=True)
+    result = run_method(method, seed, args, run_dir)
+    result["settings"] = settings
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    os.makedirs(run_dir, exist_ok=True)
+    _atomic(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
-    from lyagym.agents.costs import PendulumCost
-    from lyagym.agents.mbrl import (
-        MBRLConfig,
-        make_pendulum_env,
-        make_world_model,
-        mpc_episode,
-        angle_error,
-        run_dyna,
-        run_pets,
-        write_csv,
-    )
-    from lyagym.agents.sb3_baselines import train_baseline
+    from lyagym.agents.mbrl import _atomic, write_csv
 
+    command = "lyagym reproduce mbrl-swingup " + _command_line(args)
     if args.quick:
         args.seeds = args.seeds[:2]
-        args.episodes = min(args.episodes, 4)
-        args.sac_steps = min(args.sac_steps, 4000)
-        args.samples = min(args.samples, 150)
-        args.fit_epochs = min(args.fit_epochs, 40)
-        args.imagined_steps = min(args.imagined_steps, 500)
+        args.episodes = min(args.episodes, 3)
+        args.sac_steps = min(args.sac_steps, 2000)
+        args.ppo_steps = min(args.ppo_steps or args.sac_steps, 2000)
+        args.samples = min(args.samples, 100)
+        args.horizon = min(args.horizon, 20)
+        args.fit_steps = min(args.fit_steps, 300)
+        args.imagined_steps = min(args.imagined_steps, 100)
+    if not 0 <= args.tolerance < 1:
+        raise SystemExit(f"--tolerance must be in [0, 1), got {args.tolerance}")
     os.makedirs(args.out, exist_ok=True)
-    progress = not args.no_progress
-    rows: list[dict] = []
     t0 = time.perf_counter()
+    runs: dict = {}
     for method in args.methods:
         for seed in args.seeds:
-            env = make_pendulum_env(args.links, dt=args.dt, max_torque=args.max_torque, episode_steps=200)
-            base = env.unwrapped
-            run_dir = os.path.join(args.out, method, f"seed{seed}")
-            print(f"== {method}, seed {seed} ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-            if method == "mpc-true":
-                from lyagym.agents.mbrl import true_physics_model
-
-                ep = mpc_episode(env, true_physics_model(env, device=args.device), horizon=args.horizon,
-                                 num_samples=args.samples, iterations=2, steps=200, seed=seed, progress=progress)
-                rows.append({"method": method, "seed": seed, "episode": 0, "real_steps": 0, "return": ep["return"],
-                             "final_angle_error": float(angle_error(ep["states"][-1], args.links, math.pi))})
-                continue
-            if method in ("sac", "ppo"):
-                rows += train_baseline(method, env, args.sac_steps, seed=seed, out_dir=run_dir, device=args.device,
-                                       progress=progress)
-                continue
-            kind = method.split("-")[1]
-            config = MBRLConfig(episodes=args.episodes - 1, random_episodes=1, episode_steps=200, seed=seed,
-                                fit_epochs=args.fit_epochs, horizon=args.horizon, num_samples=args.samples,
-                                imagined_steps=args.imagined_steps)
-            model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
-            if method.startswith("pets"):
-                cost = PendulumCost(args.links, "swingup", action_dim=base.action_dim, **base.weights)
-                rows += run_pets(env, model, cost, config, out_dir=run_dir, method=method, resume=True, progress=progress)
-            else:
-                rows += run_dyna(env, model, config, out_dir=run_dir, method=method, progress=progress, device=args.device)
-            write_csv(os.path.join(args.out, "episodes.csv"), rows)
-    write_csv(os.path.join(args.out, "episodes.csv"), rows)
-    table, _ = summarise(rows)
-    prediction = ""
-    trained = {}
-    for kind in ("stable", "simple"):
-        weights = os.path.join(args.out, f"pets-{kind}", f"seed{args.seeds[0]}", "model_weights.pt")
-        if os.path.exists(weights):
-            import torch
-
-            model = make_world_model(kind, 2 * args.links, args.links, args.dt, device="cpu")
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            trained[f"pets-{kind}"] = model.eval().requires_grad_(False)
-    if trained:
-        pred_table, _ = prediction_errors(trained, args.links, args.dt, args.max_torque)
-        prediction = (f"\n\n## Prediction error of the final PETS models (seed {args.seeds[0]}), mean squared state error\n\n"
-                      f"{pred_table}\n")
-        print(pred_table)
-    plot_learning_curves(rows, os.path.join(args.out, "learning_curves.png"),
-                         f"{args.links}-link swing-up: model-based vs model-free (seeds {args.seeds})")
-    text = (f"# MBRL swing-up, {args.links} link(s)\n\nCommand: `lyagym reproduce mbrl-swingup "
-            f"--links {args.links} --seeds {' '.join(map(str, args.seeds))} --methods {' '.join(args.methods)}"
-            f"{' --quick' if args.quick else ''}`\n\n{table}\n\n![learning curves](learning_curves.png)\n{prediction}")
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text)
+            runs[(method, seed)] = _load_or_run(method, seed, args)
+    evaluations = [r for run_ in runs.values() for r in run_["evaluations"]]
+    episodes = [r for run_ in runs.values() for r in run_["episodes"]]
+    write_csv(os.path.join(args.out, "evaluations.csv"), evaluations)
+    write_csv(os.path.join(args.out, "episodes.csv"), episodes)
+    write_csv(os.path.join(args.out, "learning_curves.csv"), learning_curves(evaluations))
+    table, numbers = summarise(evaluations, args.tolerance)
+    plot_learning_curves(evaluations, os.path.join(args.out, "learning_curves.png"),
+                         f"{args.links}-link swing-up, mean +- std over seeds {args.seeds}", numbers["target"], args.tolerance)
+    budget = (f"Budgets: model-based {args.episodes} episodes (first: {args.random_steps} random-torque steps, then "
+              f"{EPISODE_STEPS}-step episodes), MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations, "
+              f">= {args.fit_steps} Adam steps per fit; Dyna {args.imagined_steps} x 128 imagined steps per episode; "
+              f"SAC {args.sac_steps} and PPO {args.ppo_steps or args.sac_steps} real steps, evaluated every {args.eval_every}.")
+    seconds = ", ".join(f"{m} s{s} {r.get('seconds', 0):.0f} s" for (m, s), r in runs.items())
+    extra = ""
+    if args.analysis and ("pets-stable", args.seeds[0]) in runs:
+        extra = analysis(args, runs)
+        print(extra)
+    text = (f"# MBRL swing-up, {args.links} link(s)\n\nCommand: `{command}`\n\n{budget}\n\n{table}\n\n"
+            f"![learning curves](learning_curves.png)\n\nRun times (wall, shared CPU): {seconds}.\n{extra}")
+    _atomic(os.path.join(args.out, "summary.md"), lambda f: f.write(text), mode="w")
     print(table)
-    print(f"wrote {args.out}/episodes.csv, learning_curves.png, summary.md ({time.perf_counter() - t0:.0f} s)")
+    print(f"wrote {args.out}/evaluations.csv, episodes.csv, learning_curves.csv, learning_curves.png, summary.md "
+          f"({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _command_line(args) -> str:
+    parts = [f"--links {args.links}", "--seeds " + " ".join(map(str, args.seeds)), "--methods " + " ".join(args.methods)]
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    for action in defaults._actions:
+        if action.dest in ("links", "seeds", "methods", "help", "no_progress", "rerun", "quick", "out"):
+            continue
+        value = getattr(args, action.dest, None)
+        if value != action.default:
+            flag = action.option_strings[0]
+            parts.append(f"{flag} {value}" if not isinstance(value, bool) else (flag if value else f"--no-{flag[2:]}"))
+    if args.quick:
+        parts.append("--quick")
+    return " ".join(parts + [f"--out {args.out}"])
