@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .icnn import ICNN, smooth_relu, smooth_relu_and_grad
+from .icnn import ICNN, smooth_relu
 
 __all__ = ["LyapunovFunction", "AffineCoupling", "CouplingWarp", "WARPS"]
 
@@ -119,6 +119,72 @@ class CouplingWarp(nn.Module):
 
 #: Registry of input warps by name.
 WARPS = {"coupling": CouplingWarp}
+
+
+def _outer(gx, dg, dx, dx_sq, eps, d, tangent):
+    """Eq. 12 from ``g`` and ``dg/dx`` on ``[x; x_eq]`` (no autograd): ``V``, ``grad V`` and the
+    pieces the backward needs (the shifted value ``s``, ``m = clamp(s, 0, d)``, ``grad s``)."""
+    s = gx[:-1] - gx[-1]
+    dshift = dg[:-1]
+    if tangent:
+        s = s - dx @ dg[-1]
+        dshift = dshift - dg[-1]
+    # Pin the shifted g to 0 at x_eq (see _exact_at_eq): times sign(||dx||^2), 0 only there.
+    s = s * torch.sign(dx_sq)
+    m = s.clamp(0.0, d)  # d sigma'(s)
+    # sigma(s) = m (s - m/2) / d (eq. 13), V = sigma(s) + eps ||dx||^2, grad V = sigma'(s) grad s + 2 eps dx
+    V = torch.addcmul(dx_sq * eps, m, torch.sub(s, m, alpha=0.5), value=1.0 / d)
+    grad = torch.addcmul(dx * (2.0 * eps), m.unsqueeze(-1), dshift, value=1.0 / d)
+    return V, grad, s, m, dshift
+
+
+class _OuterValueAndGrad(torch.autograd.Function):
+    """``_outer`` as one autograd node (its dozen elementwise ops recorded as one).
+
+    Adjoints ``Vbar``, ``Gbar``: ``sbar = pin (Vbar sigma'(s) + (Gbar . grad s) sigma''(s))``
+    with ``sigma'' = 1/d`` on ``(0, d)``; ``g`` gets ``sbar`` on the rows and ``-sum sbar`` on the
+    ``x_eq`` row, ``dg`` gets ``sigma'(s) Gbar`` (and, with the tangent shift, the ``x_eq`` row
+    ``-sum(sbar dx) - sum(sigma'(s) Gbar)``); ``dx`` gets ``2 eps (Gbar + Vbar dx)`` (``dx_sq``
+    is taken as ``||dx||^2``) minus ``sbar dg(x_eq)`` with the tangent shift.
+    """
+
+    @staticmethod
+    def forward(ctx, gx, dg, dx, dx_sq, eps, d, tangent):
+        V, grad, s, m, dshift = _outer(gx, dg, dx, dx_sq, eps, d, tangent)
+        ctx.eps, ctx.d, ctx.tangent = eps, d, tangent
+        ctx.save_for_backward(dg, dx, dx_sq, s, m, dshift)
+        return V, grad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, Vbar, Gbar):
+        dg, dx, dx_sq, s, m, dshift = ctx.saved_tensors
+        eps, d = ctx.eps, ctx.d
+        slope = m * (1.0 / d)
+        # d sigma'(s)/ds = 1/d where 0 < s < d (hardtanh's backward), pinned rows get nothing.
+        curv = torch.ops.aten.hardtanh_backward((Gbar * dshift).sum(-1).mul_(1.0 / d), s, 0.0, d)
+        sbar = torch.addcmul(curv, Vbar, slope).mul_(torch.sign(dx_sq))
+        gx_bar = dg_bar = dx_bar = None
+        if ctx.needs_input_grad[0]:
+            gx_bar = torch.cat([sbar, sbar.sum(0, keepdim=True).neg_()])
+        dshift_bar = Gbar * slope.unsqueeze(-1)
+        if ctx.needs_input_grad[1]:
+            eq_row = dshift_bar.new_zeros(1, dshift_bar.shape[1])
+            if ctx.tangent:
+                eq_row = torch.addmm(dshift_bar.sum(0, keepdim=True), sbar.unsqueeze(0), dx).neg_()
+            dg_bar = torch.cat([dshift_bar, eq_row])
+        if ctx.needs_input_grad[2]:
+            dx_bar = torch.addcmul(Gbar, dx, Vbar.unsqueeze(-1)).mul_(2.0 * eps)
+            if ctx.tangent:
+                dx_bar = torch.addr(dx_bar, sbar, dg[-1], alpha=-1.0)
+        return gx_bar, dg_bar, dx_bar, None, None, None, None
+
+
+def _outer_value_and_grad(gx, dg, dx, dx_sq, eps, d, tangent):
+    """``V: (batch,)`` and ``grad V: (batch, n)`` of eq. 12 from ``g, dg/dx`` on ``[x; x_eq]``."""
+    if torch.is_grad_enabled() and (gx.requires_grad or dg.requires_grad or dx.requires_grad):
+        return _OuterValueAndGrad.apply(gx, dg, dx, dx_sq, float(eps), float(d), bool(tangent))
+    return _outer(gx, dg, dx, dx_sq, eps, d, tangent)[:2]
 
 
 class LyapunovFunction(nn.Module):
@@ -249,15 +315,7 @@ class LyapunovFunction(nn.Module):
             if dx_sq is None:
                 dx_sq = (dx * dx).sum(-1)
             gx, dg = self.g.forward_and_grad(self._with_eq(x) if x_with_eq is None else x_with_eq)
-            shifted, dshift = gx[:-1] - gx[-1], dg[:-1]
-            if self.shift == "tangent":
-                shifted = shifted - (dx * dg[-1]).sum(-1)
-                dshift = dshift - dg[-1]
-            # Pin the shifted g to 0 at x_eq (see _exact_at_eq); ||dx||^2 == 0 there.
-            shifted = shifted.masked_fill(dx_sq == 0, 0.0)
-            outer, slope = smooth_relu_and_grad(shifted, self.d)
-            V = torch.add(outer, dx_sq, alpha=self.eps)
-            grad = torch.addcmul(dx * (2.0 * self.eps), slope.unsqueeze(-1), dshift)
+            V, grad = _outer_value_and_grad(gx, dg, dx, dx_sq, self.eps, self.d, self.shift == "tangent")
             if self.L is not None:
                 Ldx = dx @ self.L.t()
                 V = V + (Ldx * Ldx).sum(-1)

@@ -215,6 +215,30 @@ def test_lyapunov_batched_gradient_matches_autograd(warp, shift, quadratic):
     torch.testing.assert_close(v, V(x))
 
 
+@pytest.mark.parametrize("tangent", [False, True])
+def test_lyapunov_outer_backward_passes_gradcheck(tangent):
+    """The one-node V, grad V of eq. 12 from (g, dg) against finite differences, float64."""
+    from lyagym.learned_models.lyapunov import _outer_value_and_grad
+
+    torch.manual_seed(0)
+    b, n, d = 9, 3, 0.5
+    gx = (torch.randn(b + 1, dtype=torch.float64) * 0.6).requires_grad_(True)  # all three branches of sigma
+    dg = torch.randn(b + 1, n, dtype=torch.float64, requires_grad=True)
+    dx = torch.randn(b, n, dtype=torch.float64, requires_grad=True)
+
+    def fn(gx, dg, dx):
+        return _outer_value_and_grad(gx, dg, dx, (dx * dx).sum(-1).detach(), 0.05, d, tangent)
+
+    assert torch.autograd.gradcheck(fn, (gx, dg, dx))
+    # A row at x_eq is pinned: V = 0, grad V = 0 and no gradient reaches g from it.
+    at_eq = dx.detach().clone()
+    at_eq[4] = 0.0
+    V, grad = fn(gx, dg, at_eq)
+    assert V[4] == 0 and grad[4].abs().max() == 0
+    (g_gx,) = torch.autograd.grad(V[4] + grad[4].sum(), gx)
+    assert g_gx.abs().max() == 0
+
+
 def test_tangent_shift_leaves_no_flat_region_around_the_equilibrium():
     # Move g's minimum away from x_eq = 0: with the paper's shift, sigma(g(x) - g(0)) is
     # then 0 on a whole region around 0 (V = eps ||x||^2 there, no gradient reaches g);
