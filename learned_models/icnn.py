@@ -147,6 +147,13 @@ def _value_and_grad(
 _hardtanh_backward = torch.ops.aten.hardtanh_backward  # (grad, x, lo, hi) -> grad where lo < x < hi, else 0
 
 
+def _split_theta(theta: torch.Tensor, widths: Sequence[int], in_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views ``(W: (sum widths, in_dim), b: (sum widths,), U_raw: flat)`` of the ICNN's one parameter."""
+    rows = sum(widths)
+    n_w = rows * in_dim
+    return theta[:n_w].view(rows, in_dim), theta[n_w : n_w + rows], theta[n_w + rows :]
+
+
 class _ICNNValueAndGrad(torch.autograd.Function):
     """``(g, dg/dx)`` with a hand-written backward (first order; what training needs).
 
@@ -154,16 +161,17 @@ class _ICNNValueAndGrad(torch.autograd.Function):
     backward is a handful of matrix products. Adjoints ``gbar`` of ``g`` and ``Gbar`` of
     ``dg/dx``: ``Dbar = Gbar W^T`` feeds the reverse pass backwards (through ``e_i`` and
     ``m_i``, with ``dm/da = 1`` on ``(0, d)``), then the forward pass is back-propagated
-    (``d zh / da = m``). Inputs: all positive weights ``U`` as one flat tensor (the ``1 / d``
-    is applied inside).
+    (``d zh / da = m``). Inputs: ``x`` and the ICNN's single parameter vector ``theta``
+    (``U = softplus(U_raw)`` and the ``1 / d`` are applied inside; ``softplus' = sigmoid``).
     """
 
     @staticmethod
-    def forward(ctx, widths, d, x, W, b, U):
-        Ud = _unflatten(U * (1.0 / d), _z_shapes(widths))
+    def forward(ctx, widths, d, x, theta):
+        W, b, U_raw = _split_theta(theta, widths, x.shape[1])
+        Ud = _unflatten(F.softplus(U_raw).mul_(1.0 / d), _z_shapes(widths))
         g, grad, zs, ms, es, D = _value_and_grad(x, W, b, Ud, widths, d)
         ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(Ud)
-        ctx.save_for_backward(x, W, D, *Ud, *zs, *ms, *es[:-1])
+        ctx.save_for_backward(x, theta, D, *Ud, *zs, *ms, *es[:-1])
         return g, grad
 
     @staticmethod
@@ -171,7 +179,8 @@ class _ICNNValueAndGrad(torch.autograd.Function):
     def backward(ctx, gbar, Gbar):
         widths, d, k = ctx.widths, ctx.d, ctx.k
         saved = ctx.saved_tensors
-        x, W, D = saved[:3]
+        x, theta, D = saved[:3]
+        W, _, U_raw = _split_theta(theta, widths, x.shape[1])
         Ud = saved[3 : 3 + k]
         zs = saved[3 + k : 3 + 2 * k]
         ms = saved[3 + 2 * k : 3 + 3 * k]
@@ -203,21 +212,15 @@ class _ICNNValueAndGrad(torch.autograd.Function):
             if i > 0:
                 Udbar[i - 1] = torch.addmm(Udbar[i - 1], p.t(), zs[i - 1])
                 zbar = p @ Ud[i - 1]
-        xbar = Wbar = bbar = Ubar = None
+        xbar = theta_bar = None
         if ctx.needs_input_grad[2]:
-            xbar = P @ W[:rows]
-        pad = W.shape[0] - rows  # zero padding rows of W (no gradient)
+            xbar = P @ W
         if ctx.needs_input_grad[3]:
             Wbar = torch.addmm(P.t() @ x, D.t(), Gbar)
-            if pad:
-                Wbar = torch.cat([Wbar, Wbar.new_zeros(pad, W.shape[1])])
-        if ctx.needs_input_grad[4]:
-            bbar = P.sum(0)
-            if pad:
-                bbar = torch.cat([bbar, bbar.new_zeros(pad)])
-        if ctx.needs_input_grad[5]:
-            Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(1.0 / d)
-        return None, None, xbar, Wbar, bbar, Ubar
+            # U = softplus(U_raw) / d inside: dU/dU_raw = sigmoid(U_raw) / d.
+            Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(torch.sigmoid(U_raw)).mul_(1.0 / d)
+            theta_bar = torch.cat([Wbar.reshape(-1), P.sum(0), Ubar])
+        return None, None, xbar, theta_bar
 
 
 class _LayerView(NamedTuple):
@@ -268,21 +271,35 @@ class ICNN(nn.Module):
         widths = hidden + (1,)
         self.widths = widths
         # W_i x + b_i for every layer, stacked: rows off[i]:off[i+1] are layer i's (one matrix
-        # product per call, and two tensors instead of 2 (k+1) for the optimiser to update).
-        # state_dict keeps the per-layer keys "W.{i}.weight" / "W.{i}.bias" (see
-        # _save_to_state_dict), so checkpoints and weights hashes are unchanged.
+        # product per call). state_dict keeps the per-layer keys "W.{i}.weight", "W.{i}.bias"
+        # and "U_raw.{i}" (see _save_to_state_dict): checkpoints and weights hashes unchanged.
+        # U_i = softplus(U_raw_i) >= 0 on the z-path. All weights live in ONE parameter vector
+        # theta = [input weights | input biases | U_raw], with views for each piece: one tensor
+        # for the optimiser to update (its per-tensor cost dominates small models) and one
+        # gradient from the hand-written backward.
         rows = sum(widths)
-        self.input_weight = nn.Parameter(torch.empty(rows, self.in_dim))
-        self.input_bias = nn.Parameter(torch.empty(rows))
-        # U_i = softplus(U_raw_i) >= 0 on the z-path, all in one flat parameter (one softplus,
-        # one optimiser update); U_raw[i] are views, state_dict keys "U_raw.{i}".
         self._z_shapes = _z_shapes(widths)
-        self.U_raw_flat = nn.Parameter(torch.empty(sum(r * c for r, c in self._z_shapes)))
+        self.theta = nn.Parameter(torch.empty(rows * self.in_dim + rows + sum(r * c for r, c in self._z_shapes)))
         self._cache: list | None = None  # see reuse_weights
         # nn.Linear draws its initial weights at construction and reset_parameters draws them
         # again; drawing twice keeps seeded initialisations identical to the per-layer layout.
         self._reset_input_weights()
         self.reset_parameters()
+
+    @property
+    def input_weight(self) -> torch.Tensor:
+        """All layers' input weights stacked, ``(sum widths, in_dim)`` (a view of ``theta``)."""
+        return _split_theta(self.theta, self.widths, self.in_dim)[0]
+
+    @property
+    def input_bias(self) -> torch.Tensor:
+        """All layers' biases stacked, ``(sum widths,)`` (a view of ``theta``)."""
+        return _split_theta(self.theta, self.widths, self.in_dim)[1]
+
+    @property
+    def U_raw_flat(self) -> torch.Tensor:
+        """All z-path weights before softplus, flat (a view of ``theta``)."""
+        return _split_theta(self.theta, self.widths, self.in_dim)[2]
 
     def _layer_rows(self) -> list[tuple[int, int]]:
         off = _offsets(self.widths)
@@ -312,8 +329,7 @@ class ICNN(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # The per-layer layout of earlier versions: "W.{i}.weight", "W.{i}.bias", "U_raw.{i}".
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        weight, bias = destination.pop(prefix + "input_weight"), destination.pop(prefix + "input_bias")
-        flat = destination.pop(prefix + "U_raw_flat")
+        weight, bias, flat = _split_theta(destination.pop(prefix + "theta"), self.widths, self.in_dim)
         for i, (a, b) in enumerate(self._layer_rows()):
             destination[f"{prefix}W.{i}.weight"] = weight[a:b]
             destination[f"{prefix}W.{i}.bias"] = bias[a:b]
@@ -321,40 +337,27 @@ class ICNN(nn.Module):
             destination[f"{prefix}U_raw.{i}"] = u
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Stack "W.{i}.weight" / "W.{i}.bias" into input_weight / input_bias and "U_raw.{i}" into
-        # U_raw_flat (a file holding the stacked names directly loads too). Shape mismatches
-        # are reported per layer.
-        names = [(f"{prefix}W.{i}.weight", f"{prefix}W.{i}.bias") for i in range(len(self.widths))]
-        if all(w in state_dict and b in state_dict for w, b in names):
+        # Assemble theta from "W.{i}.weight", "W.{i}.bias", "U_raw.{i}" (a file holding "theta"
+        # directly loads too). Shape mismatches are reported per layer, as nn.Module does.
+        expected = {f"{prefix}W.{i}.weight": (w, self.in_dim) for i, w in enumerate(self.widths)}
+        expected.update({f"{prefix}W.{i}.bias": (w,) for i, w in enumerate(self.widths)})
+        expected.update({f"{prefix}U_raw.{i}": shape for i, shape in enumerate(self._z_shapes)})
+        if all(key in state_dict for key in expected):
             ok = True
-            for (w, b), width in zip(names, self.widths):
-                for key, expected in ((w, (width, self.in_dim)), (b, (width,))):
-                    if tuple(state_dict[key].shape) != expected:
-                        error_msgs.append(
-                            f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} "
-                            f"from checkpoint, the shape in current model is {torch.Size(expected)}."
-                        )
-                        ok = False
-            weights = [state_dict.pop(w) for w, _ in names]
-            biases = [state_dict.pop(b) for _, b in names]
-            if not ok:
-                return
-            state_dict[prefix + "input_weight"] = torch.cat(weights)
-            state_dict[prefix + "input_bias"] = torch.cat(biases)
-        u_names = [f"{prefix}U_raw.{i}" for i in range(len(self._z_shapes))]
-        if all(u in state_dict for u in u_names):
-            ok = True
-            for key, expected in zip(u_names, self._z_shapes):
-                if tuple(state_dict[key].shape) != expected:
+            for key, shape in expected.items():
+                if tuple(state_dict[key].shape) != shape:
                     error_msgs.append(
                         f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} "
-                        f"from checkpoint, the shape in current model is {torch.Size(expected)}."
+                        f"from checkpoint, the shape in current model is {torch.Size(shape)}."
                     )
                     ok = False
-            blocks = [state_dict.pop(u) for u in u_names]
+            pieces = {key: state_dict.pop(key) for key in expected}
             if not ok:
                 return
-            state_dict[prefix + "U_raw_flat"] = torch.cat([u.reshape(-1) for u in blocks])
+            n = len(self.widths)
+            order = [f"{prefix}W.{i}.weight" for i in range(n)] + [f"{prefix}W.{i}.bias" for i in range(n)]
+            order += [f"{prefix}U_raw.{i}" for i in range(len(self._z_shapes))]
+            state_dict[prefix + "theta"] = torch.cat([pieces[key].reshape(-1) for key in order])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     @property
@@ -387,7 +390,7 @@ class ICNN(nn.Module):
         cache = self._cache
         if cache is not None and cache[0] is not None and cache[0][0] == grad_mode:
             return cache[0][1]
-        W, b = self._stacked_input_weights(pad=not grad_mode)  # (padding would cost the backward two copies)
+        W, b = self._stacked_input_weights(pad=not grad_mode)
         U = F.softplus(self.U_raw_flat)
         Ud = None if grad_mode else _unflatten(U * (1.0 / self.d), self._z_shapes)
         prepared = (W, b, U, Ud)
@@ -445,10 +448,10 @@ class ICNN(nn.Module):
             return (g, grad) if create_graph else (g.detach(), grad.detach())
         if method != "analytic":
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
+        if torch.is_grad_enabled() and (x.requires_grad or self.theta.requires_grad):
+            return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta)
         W, b, U, Ud = self._prepared()
-        if Ud is None:  # grad mode
-            if x.requires_grad or W.requires_grad or b.requires_grad or U.requires_grad:
-                return _ICNNValueAndGrad.apply(self.widths, self.d, x, W, b, U)
+        if Ud is None:  # grad mode, nothing to differentiate
             Ud = _unflatten(U * (1.0 / self.d), self._z_shapes)
         return _value_and_grad(x, W, b, Ud, self.widths, self.d)[:2]
 

@@ -59,19 +59,18 @@ def test_icnn_analytic_gradient_matches_autograd_including_second_order(n, hidde
 @pytest.mark.parametrize("n,hidden", [(3, (5, 4)), (2, (6,)), (2, (4, 3, 5))])
 def test_icnn_hand_written_backward_passes_gradcheck(n, hidden):
     """The custom backward of (g, dg/dx) against finite differences, float64, all inputs."""
-    from lyagym.learned_models.icnn import _ICNNValueAndGrad
+    from lyagym.learned_models.icnn import _ICNNValueAndGrad, _value
 
     torch.manual_seed(0)
     g = ICNN(n, hidden, d=0.5).double()
     with torch.no_grad():
-        W, b, U, _ = g._prepared()
-    # Biases spread so that every branch of sigma (0, quadratic, linear) is visited.
-    inputs = (
-        torch.randn(7, n, dtype=torch.float64).requires_grad_(True),
-        W.detach().clone().requires_grad_(True),
-        (3 * torch.randn_like(b)).requires_grad_(True),
-        U.detach().clone().mul_(5.0).requires_grad_(True),  # all z-path weights, flat
-    )
+        g.U_raw_flat.add_(1.0)  # stronger z-path, so that every layer visits every branch of sigma
+    x = torch.randn(7, n, dtype=torch.float64)
+    with torch.no_grad():
+        W, b, _, Ud = g._prepared()
+        for m in _value(x, W, b, Ud, g.widths, g.d, keep=True)[2]:  # m = clamp(pre-activation, 0, d)
+            assert (m == 0).any() and ((m > 0) & (m < g.d)).any() and (m == g.d).any()
+    inputs = (x.requires_grad_(True), g.theta.detach().clone().requires_grad_(True))
     assert torch.autograd.gradcheck(lambda *a: _ICNNValueAndGrad.apply(g.widths, g.d, *a), inputs, eps=1e-6, atol=1e-6)
 
 
@@ -104,7 +103,7 @@ def test_icnn_state_dict_keeps_the_per_layer_layout_and_loads_it():
     sd = g.state_dict()
     assert list(sd) == ["W.0.weight", "W.0.bias", "W.1.weight", "W.1.bias", "W.2.weight", "W.2.bias", "U_raw.0", "U_raw.1"]
     assert [tuple(sd[f"W.{i}.weight"].shape) for i in range(3)] == [(5, 3), (4, 3), (1, 3)]
-    assert len(list(g.parameters())) == 3  # stacked input weights and biases, flat U_raw
+    assert len(list(g.parameters())) == 1  # one vector: input weights, biases, U_raw
     fresh = ICNN(3, (5, 4))
     fresh.load_state_dict({k: v.clone() for k, v in sd.items()})
     x = torch.randn(10, 3)
