@@ -97,50 +97,59 @@ def _value(
     ``m = clamp(a, 0, d) = d sigma'(a)`` the layer is ``zh = m (a - m / 2) = d sigma(a)``
     (``0`` for ``a <= 0``, ``a^2 / 2`` on ``[0, d]``, ``d (a - d/2)`` above): two in-place
     passes after the clamp, and the ``1 / d`` rides on the (small) next weight matrix.
+
+    Feature-major: the pre-activations of all layers are one ``(sum widths, batch)`` buffer,
+    so each layer's block is contiguous, the z-path product accumulates into it in place
+    (``addmm_``, no copy of the input term) and ``zh_i, m_i`` are ``(widths[i], batch)``.
     """
     k = len(widths) - 1  # hidden layers
     off = _offsets(widths)
-    pre = torch.addmm(b, x, W.t())
+    pre = torch.addmm(b.unsqueeze(-1), W, x.t())  # (rows, batch)
     zs: list[torch.Tensor] = []
     ms: list[torch.Tensor] = []
-    z = x
+    z = pre
     for i in range(k):
-        block = pre[:, off[i] : off[i + 1]]
-        a = block if i == 0 else torch.addmm(block, z, Ud[i - 1].t())
+        a = pre[off[i] : off[i + 1]]
+        if i > 0:
+            a.addmm_(Ud[i - 1], z)
         m = a.clamp(0.0, d)
         z = a.sub_(m, alpha=0.5).mul_(m)  # in place: a is this call's own buffer
         if keep:
             zs.append(z)
             ms.append(m)
-    g = torch.addmm(pre[:, off[k] : off[k + 1]], z, Ud[-1].t()).squeeze(-1)
+    g = pre[off[k] : off[k + 1]].addmm_(Ud[-1], z)[0]
     return g, zs, ms
 
 
 def _value_and_grad(
-    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: Sequence[torch.Tensor], widths: Sequence[int], d: float
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: Sequence[torch.Tensor], widths: Sequence[int], d: float, keep: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Eq. 11 forward and its explicit reverse pass, without autograd (in-place where safe).
 
-    Arguments as ``_value``. Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and what the
-    backward of ``_ICNNValueAndGrad`` needs: ``zh_i``, ``m_i``, the reverse-pass inputs ``e_i``
-    (``delta_i = e_i * m_i``) and ``D = [delta_0, ..., delta_{k-1}, 1]``.
+    Arguments as ``_value``. Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and, with
+    ``keep``, what the backward of ``_ICNNValueAndGrad`` needs (feature-major): ``zh_i``,
+    ``m_i``, the reverse-pass inputs ``e_i`` (``delta_i = e_i * m_i``) and
+    ``D = [delta_0; ...; delta_{k-1}; 1]: (sum hidden + 1, batch)``.
     """
     g, zs, ms = _value(x, W, b, Ud, widths, d, keep=True)
-    # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1} / d (the affine
-    # output) and e_i = delta_{i+1} U_i / d. The deltas are written side by side into one
-    # buffer whose last column is 1, so that dg/dx = sum_i delta_i W_i + W_k is one product.
+    # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1}^T / d (the affine
+    # output) and e_i = U_i^T delta_{i+1} / d. The deltas are stacked in one buffer whose last
+    # row is 1, so that dg/dx = sum_i delta_i^T W_i + W_k is one product.
     k = len(widths) - 1
     off = _offsets(widths)
-    D = x.new_empty(x.shape[0], off[k] + 1)
-    D[:, off[k]].fill_(1.0)
-    es: list[torch.Tensor] = [Ud[-1]]
-    delta = torch.mul(ms[-1], Ud[-1], out=D[:, off[k - 1] : off[k]])
+    D = x.new_empty(off[k] + 1, x.shape[0])
+    D[off[k]].fill_(1.0)
+    es: list[torch.Tensor] = [Ud[-1].t()]
+    delta = torch.mul(ms[-1], Ud[-1].t(), out=D[off[k - 1] : off[k]])
     for i in range(k - 2, -1, -1):
-        e = delta @ Ud[i]
-        es.append(e)
-        delta = torch.mul(e, ms[i], out=D[:, off[i] : off[i + 1]])
+        if keep:
+            e = Ud[i].t() @ delta
+            es.append(e)
+            delta = torch.mul(e, ms[i], out=D[off[i] : off[i + 1]])
+        else:
+            delta = torch.mm(Ud[i].t(), delta, out=D[off[i] : off[i + 1]]).mul_(ms[i])
     es.reverse()
-    grad = D @ W[: off[k] + 1]
+    grad = D.t() @ W[: off[k] + 1]
     return g, grad, zs, ms, es, D
 
 
@@ -159,17 +168,18 @@ class _ICNNValueAndGrad(torch.autograd.Function):
 
     Recording the reverse pass op by op costs dozens of autograd nodes per call; this
     backward is a handful of matrix products. Adjoints ``gbar`` of ``g`` and ``Gbar`` of
-    ``dg/dx``: ``Dbar = Gbar W^T`` feeds the reverse pass backwards (through ``e_i`` and
+    ``dg/dx``: ``Dbar = W Gbar^T`` feeds the reverse pass backwards (through ``e_i`` and
     ``m_i``, with ``dm/da = 1`` on ``(0, d)``), then the forward pass is back-propagated
     (``d zh / da = m``). Inputs: ``x`` and the ICNN's single parameter vector ``theta``
     (``U = softplus(U_raw)`` and the ``1 / d`` are applied inside; ``softplus' = sigmoid``).
+    Feature-major like ``_value``: ``P`` stacks the adjoints of all pre-activations.
     """
 
     @staticmethod
     def forward(ctx, widths, d, x, theta):
         W, b, U_raw = _split_theta(theta, widths, x.shape[1])
         Ud = _unflatten(F.softplus(U_raw).mul_(1.0 / d), _z_shapes(widths))
-        g, grad, zs, ms, es, D = _value_and_grad(x, W, b, Ud, widths, d)
+        g, grad, zs, ms, es, D = _value_and_grad(x, W, b, Ud, widths, d, keep=True)
         ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(Ud)
         ctx.save_for_backward(x, theta, D, *Ud, *zs, *ms, *es[:-1])
         return g, grad
@@ -184,42 +194,43 @@ class _ICNNValueAndGrad(torch.autograd.Function):
         Ud = saved[3 : 3 + k]
         zs = saved[3 + k : 3 + 2 * k]
         ms = saved[3 + 2 * k : 3 + 3 * k]
-        es = list(saved[3 + 3 * k :]) + [Ud[-1]]
+        es = list(saved[3 + 3 * k :]) + [Ud[-1].t()]
         off = _offsets(widths)
         hidden = list(widths[:-1])
         rows = off[k + 1]
-        deltas = D[:, : off[k]].split(hidden, dim=1)
-        # P: the adjoints of all pre-activations side by side; the output layer's is gbar.
-        P = Gbar.new_empty(Gbar.shape[0], rows)
-        P[:, off[k]].copy_(gbar)
+        deltas = D[: off[k]].split(hidden)
+        # P: the adjoints of all pre-activations stacked, (rows, batch); the output layer's is gbar.
+        P = Gbar.new_empty(rows, Gbar.shape[0])
+        P[off[k]].copy_(gbar)
+        gbar = gbar.unsqueeze(0)
         Udbar: list[torch.Tensor] = [None] * k  # type: ignore[list-item]
-        # 1. Back through dg/dx = D W and the reverse pass (i = 0 .. k-1).
-        dbar = list((Gbar @ W[: off[k]].t()).split(hidden, dim=1))
+        # 1. Back through dg/dx = D^T W and the reverse pass (i = 0 .. k-1).
+        dbar = list((W[: off[k]] @ Gbar.t()).split(hidden))
         mbar = []
         for i in range(k):
             mbar.append(dbar[i] * es[i])
             ebar = dbar[i] * ms[i]
-            if i < k - 1:
-                dbar[i + 1] = torch.addmm(dbar[i + 1], ebar, Ud[i].t())
-                Udbar[i] = deltas[i + 1].t() @ ebar
-            else:  # e_{k-1} = U_{k-1} / d; plus the output layer's g = pre_k + zh_{k-1} U_{k-1}^T / d
-                Udbar[i] = torch.addmm(ebar.sum(0, keepdim=True), gbar.unsqueeze(0), zs[i])
+            if i < k - 1:  # e_i = U_i^T delta_{i+1} / d
+                dbar[i + 1] = torch.addmm(dbar[i + 1], Ud[i], ebar)
+                Udbar[i] = deltas[i + 1] @ ebar.t()
+            else:  # e_{k-1} = U_{k-1}^T / d; plus the output layer's g = pre_k + U_{k-1} zh_{k-1} / d
+                Udbar[i] = torch.addmm(ebar.sum(1).unsqueeze(0), gbar, zs[i].t())
         # 2. Back through the forward pass (i = k-1 .. 0): abar_i = zbar_i m_i + mbar_i dm/da.
-        zbar = gbar.unsqueeze(-1) * Ud[k - 1]
+        zbar = Ud[k - 1].t() * gbar
         for i in range(k - 1, -1, -1):
             m = ms[i]
-            p = torch.addcmul(_hardtanh_backward(mbar[i], m, 0.0, d), zbar, m, out=P[:, off[i] : off[i + 1]])
+            p = torch.addcmul(_hardtanh_backward(mbar[i], m, 0.0, d), zbar, m, out=P[off[i] : off[i + 1]])
             if i > 0:
-                Udbar[i - 1] = torch.addmm(Udbar[i - 1], p.t(), zs[i - 1])
-                zbar = p @ Ud[i - 1]
+                Udbar[i - 1] = torch.addmm(Udbar[i - 1], p, zs[i - 1].t())
+                zbar = Ud[i - 1].t() @ p
         xbar = theta_bar = None
         if ctx.needs_input_grad[2]:
-            xbar = P @ W
+            xbar = P.t() @ W
         if ctx.needs_input_grad[3]:
-            Wbar = torch.addmm(P.t() @ x, D.t(), Gbar)
+            Wbar = torch.addmm(P @ x, D, Gbar)
             # U = softplus(U_raw) / d inside: dU/dU_raw = sigmoid(U_raw) / d.
             Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(torch.sigmoid(U_raw)).mul_(1.0 / d)
-            theta_bar = torch.cat([Wbar.reshape(-1), P.sum(0), Ubar])
+            theta_bar = torch.cat([Wbar.reshape(-1), P.sum(1), Ubar])
         return None, None, xbar, theta_bar
 
 
