@@ -88,7 +88,14 @@ def _unflatten(flat: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[to
 
 
 def _value(
-    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: Sequence[torch.Tensor], widths: Sequence[int], d: float, keep: bool = False
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    Ud: Sequence[torch.Tensor],
+    widths: Sequence[int],
+    d: float,
+    keep: bool = False,
+    Wt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Eq. 11 forward without autograd: ``g: (batch,)``, and with ``keep`` the ``zh_i`` and ``m_i``.
 
@@ -101,10 +108,11 @@ def _value(
     Feature-major: the pre-activations of all layers are one ``(sum widths, batch)`` buffer,
     so each layer's block is contiguous, the z-path product accumulates into it in place
     (``addmm_``, no copy of the input term) and ``zh_i, m_i`` are ``(widths[i], batch)``.
+    ``Wt``: optionally ``W^T`` made contiguous (BLAS is faster with it for this product).
     """
     k = len(widths) - 1  # hidden layers
     off = _offsets(widths)
-    pre = torch.addmm(b.unsqueeze(-1), W, x.t())  # (rows, batch)
+    pre = torch.addmm(b.unsqueeze(-1), W if Wt is None else Wt.t(), x.t())  # (rows, batch)
     zs: list[torch.Tensor] = []
     ms: list[torch.Tensor] = []
     z = pre
@@ -122,7 +130,14 @@ def _value(
 
 
 def _value_and_grad(
-    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: Sequence[torch.Tensor], widths: Sequence[int], d: float, keep: bool = False
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    Ud: Sequence[torch.Tensor],
+    widths: Sequence[int],
+    d: float,
+    keep: bool = False,
+    Wt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Eq. 11 forward and its explicit reverse pass, without autograd (in-place where safe).
 
@@ -131,7 +146,7 @@ def _value_and_grad(
     ``m_i``, the reverse-pass inputs ``e_i`` (``delta_i = e_i * m_i``) and
     ``D = [delta_0; ...; delta_{k-1}; 1]: (sum hidden + 1, batch)``.
     """
-    g, zs, ms = _value(x, W, b, Ud, widths, d, keep=True)
+    g, zs, ms = _value(x, W, b, Ud, widths, d, keep=True, Wt=Wt)
     # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1}^T / d (the affine
     # output) and e_i = U_i^T delta_{i+1} / d. The deltas are stacked in one buffer whose last
     # row is 1, so that dg/dx = sum_i delta_i^T W_i + W_k is one product.
@@ -232,6 +247,16 @@ class _ICNNValueAndGrad(torch.autograd.Function):
             Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(torch.sigmoid(U_raw)).mul_(1.0 / d)
             theta_bar = torch.cat([Wbar.reshape(-1), P.sum(1), Ubar])
         return None, None, xbar, theta_bar
+
+
+class _Prepared(NamedTuple):
+    """What the analytic passes need, built once per call (or per ``reuse_weights`` block)."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    U: torch.Tensor
+    Ud: list[torch.Tensor] | None
+    Wt: torch.Tensor | None
 
 
 class _LayerView(NamedTuple):
@@ -390,9 +415,9 @@ class ICNN(nn.Module):
         W, b = self.input_weight, self.input_bias
         return torch.cat([W, W.new_zeros(pad, self.in_dim)]), torch.cat([b, b.new_zeros(pad)])
 
-    def _prepared(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
-        """``(W, b, U, U / d)``: stacked input weights, the flat positive z-path weights and,
-        without grad mode, their per-layer views divided by ``d``.
+    def _prepared(self) -> "_Prepared":
+        """Stacked input weights ``W, b``, the flat positive z-path weights ``U`` and, without
+        grad mode, their per-layer views divided by ``d`` (``Ud``) and ``W^T`` (``Wt``).
 
         Inside ``reuse_weights()`` they are built once (per grad mode) and shared by every
         call; otherwise rebuilt on each call.
@@ -403,8 +428,10 @@ class ICNN(nn.Module):
             return cache[0][1]
         W, b = self._stacked_input_weights(pad=not grad_mode)
         U = F.softplus(self.U_raw_flat)
-        Ud = None if grad_mode else _unflatten(U * (1.0 / self.d), self._z_shapes)
-        prepared = (W, b, U, Ud)
+        if grad_mode:
+            prepared = _Prepared(W, b, U, None, None)
+        else:
+            prepared = _Prepared(W, b, U, _unflatten(U * (1.0 / self.d), self._z_shapes), W.t().contiguous())
         if cache is not None:
             cache[0] = (grad_mode, prepared)
         return prepared
@@ -427,9 +454,9 @@ class ICNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
-        W, b, U, Ud = self._prepared()
+        W, b, U, Ud, Wt = self._prepared()
         if Ud is not None:  # no grad mode: in-place activations, no graph
-            return _value(x, W, b, Ud, self.widths, self.d)[0]
+            return _value(x, W, b, Ud, self.widths, self.d, Wt=Wt)[0]
         off = _offsets(self.widths)
         pre = torch.addmm(b, x, W.t())  # (batch, sum widths + padding)
         U = _unflatten(U, self._z_shapes)
@@ -461,10 +488,10 @@ class ICNN(nn.Module):
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         if torch.is_grad_enabled() and (x.requires_grad or self.theta.requires_grad):
             return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta)
-        W, b, U, Ud = self._prepared()
+        W, b, U, Ud, Wt = self._prepared()
         if Ud is None:  # grad mode, nothing to differentiate
             Ud = _unflatten(U * (1.0 / self.d), self._z_shapes)
-        return _value_and_grad(x, W, b, Ud, self.widths, self.d)[:2]
+        return _value_and_grad(x, W, b, Ud, self.widths, self.d, Wt=Wt)[:2]
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).

@@ -67,7 +67,7 @@ def test_icnn_hand_written_backward_passes_gradcheck(n, hidden):
         g.U_raw_flat.add_(1.0)  # stronger z-path, so that every layer visits every branch of sigma
     x = torch.randn(7, n, dtype=torch.float64)
     with torch.no_grad():
-        W, b, _, Ud = g._prepared()
+        W, b, _, Ud, _ = g._prepared()
         for m in _value(x, W, b, Ud, g.widths, g.d, keep=True)[2]:  # m = clamp(pre-activation, 0, d)
             assert (m == 0).any() and ((m > 0) & (m < g.d)).any() and (m == g.d).any()
     inputs = (x.requires_grad_(True), g.theta.detach().clone().requires_grad_(True))

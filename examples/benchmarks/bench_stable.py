@@ -9,6 +9,14 @@ Prints medians over repeats (interleaved, so machine load hits both alike) and r
 - the same two figures for a 2019-style stable model that gets grad V from
   ``torch.autograd.grad(create_graph=True)`` instead of the analytic ICNN gradient.
 
+Timing: CPU time of this thread (``time.thread_time``), medians over repeats, every case
+interleaved in one process with ``torch.set_num_threads(1)`` (``--threads``), so machine load
+hits all cases alike. Allocator: by default glibc's heap trimming is switched off for this
+process (``mallopt``). Otherwise the page faults of re-growing the trimmed heap (hundreds per
+step, a few microseconds each in a VM) land on whichever model happens to allocate after a
+trim: the same build measured stable/simple anywhere from 2.2x to 2.7x between runs.
+``--malloc system`` keeps glibc's defaults.
+
 Usage::
 
     python examples/benchmarks/bench_stable.py            # n = 8, 1 thread
@@ -18,6 +26,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import os
 import statistics
 import time
 
@@ -36,6 +47,19 @@ def autograd_derivative(model: StableDynamics, x: torch.Tensor) -> torch.Tensor:
         (gV,) = torch.autograd.grad(V.sum(), xg, create_graph=torch.is_grad_enabled() or x.requires_grad)
     fx = model._fhat_centered(x, None)
     return fx - gV * (F.relu((gV * fx).sum(-1) + model.alpha * V) / (gV * gV).sum(-1).clamp_min(1e-30)).unsqueeze(-1)
+
+
+def steady_malloc() -> bool:
+    """Stop glibc from returning freed heap memory to the OS (and from mmap-ing large blocks)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -110,11 +134,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--inner", type=int, default=5, help="calls per timed sample")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--malloc", choices=["steady", "system"], default="steady", help="glibc heap trimming off (default) or glibc's defaults")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    allocator = "glibc defaults"
+    if args.malloc == "steady":
+        allocator = "heap trimming off (mallopt)" if steady_malloc() else "glibc defaults (mallopt unavailable)"
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), float32, median of {args.repeats} x {args.inner} calls, "
-        "CPU time of this thread (robust to other processes on a shared machine)\n"
+        f"CPU time of this thread; allocator: {allocator}; load average {os.getloadavg()[0]:.2f}\n"
     )
     for links in args.links:
         t = bench(links, args.batch, args.states, args.repeats, args.inner)
@@ -127,8 +155,9 @@ def main() -> None:
                     print(f"  {k:<38} {1e3 * v:8.3f} {v / base:9.2f}x")
         print(
             f"  -> training step stable/simple = {t['train stable'] / t['train simple']:.2f}x (target <= 2.5x, 2019 code ~10x); "
-            f"RK4 step stable/simple = {t['rk4 stable (+rescale, default)'] / t['rk4 simple']:.2f}x (target <= 3x, 2019 code ~20x)\n"
+            f"RK4 step stable/simple = {t['rk4 stable (+rescale, default)'] / t['rk4 simple']:.2f}x (target <= 3x, 2019 code ~20x)"
         )
+        print(f"  (load average {os.getloadavg()[0]:.2f})\n")
 
 
 if __name__ == "__main__":
