@@ -145,11 +145,23 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "targets": sample_around_targets,
 }
 
-#: How the point-wise loss of eq. 12 is weighted: ``"absolute"`` is the paper's
-#: ``max(0, Vdot + kappa V)``; ``"relative"`` divides it by ``V``, i.e.
-#: ``max(0, d log V / dt + kappa)``: the same zero set (the decrease condition), but a
-#: violation counts as much next to the prediction as far from it (our extension).
-WEIGHTINGS = ("absolute", "relative")
+#: How the point-wise loss of eq. 12 is weighted (the zero set, the decrease condition, is
+#: the same for all): ``"absolute"`` is the paper's ``max(0, Vdot + kappa V)``;
+#: ``"relative"`` divides it by ``V`` (``max(0, d log V / dt + kappa)``: a violation costs as
+#: much next to the prediction as far from it, but for ``V = ||eta - y||^2`` its gradient
+#: in ``f`` grows like ``1 / ||eta - y||``, so the smallest scales dominate training);
+#: ``"sqrt"`` divides by ``sqrt(V)``: for the squared-error potential the gradient in ``f``
+#: then has the same size at every distance (our extensions).
+WEIGHTINGS = ("absolute", "relative", "sqrt")
+
+
+def _weigh(point: torch.Tensor, v: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The point-wise loss divided by ``V`` or ``sqrt(V)`` (treated as constants) or not at all."""
+    if weighting == "relative":
+        return point / v.detach().clamp_min(1e-12)
+    if weighting == "sqrt":
+        return point / v.detach().clamp_min(1e-12).sqrt()
+    return point
 
 
 def classification_box(n_classes: int, kappa: float) -> float:
@@ -217,6 +229,7 @@ def monte_carlo_loss(
     n_samples: int = 16,
     sampler: str = "hypercube",
     weighting: str = "absolute",
+    kappa_max: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Monte Carlo Lyapunov loss (Alg. 1 lines 8-9; eq. 45 of appendix B), a scalar.
@@ -230,7 +243,13 @@ def monte_carlo_loss(
         kappa: decay rate ``> 0``; half_width: ``s`` of the state box ``H``.
         potential: key of ``POTENTIALS``; sampler: key of ``SAMPLERS`` (``"targets"`` only
             for ``"squared_error"`` with identity readout, where ``eta = y`` is the minimum).
-        weighting: ``"absolute"`` (eq. 12) or ``"relative"`` (eq. 12 divided by ``V``).
+        weighting: ``"absolute"`` (eq. 12), ``"relative"`` or ``"sqrt"`` (eq. 12 divided by
+            ``V`` or ``sqrt(V)``; see ``WEIGHTINGS``).
+        kappa_max: if given (our extension), also penalise contraction faster than
+            ``kappa_max``, ``max(0, -Vdot - kappa_max V)`` (same weighting): the learned
+            inference ODE then decays at a rate in ``[kappa, kappa_max]``, so it stays
+            non-stiff and a fixed-step solver of step ``h`` stays stable
+            (RK4: ``h kappa_max / 2 < 2.78`` for a contraction).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
@@ -245,11 +264,13 @@ def monte_carlo_loss(
         eta = SAMPLERS[sampler](xs.shape[0], model.hidden_dim, half_width, generator=generator, device=x.device, dtype=x.dtype)
     t = torch.rand(xs.shape[0], generator=generator, device=x.device, dtype=x.dtype)
     f = model.f(eta, xs, t)
-    if weighting == "absolute":
-        return lyapunov_loss(_potential(model, potential, ys), f, eta, kappa)
-    # max(0, Vdot + kappa V) / V = max(0, d log V/dt + kappa): scale-free (see WEIGHTINGS).
     v, vdot = lyapunov_derivative(_potential(model, potential, ys), f, eta)
-    return (pointwise_lyapunov_loss(v, vdot, kappa) / v.detach().clamp_min(1e-12)).mean()
+    point = pointwise_lyapunov_loss(v, vdot, kappa)
+    if kappa_max is not None:
+        if not kappa_max > kappa:
+            raise ValueError(f"kappa_max must exceed kappa = {kappa}, got {kappa_max!r}")
+        point = point + torch.relu(-vdot - kappa_max * v)
+    return _weigh(point, v, weighting).mean()
 
 
 _ONE_STEP = {
@@ -291,8 +312,8 @@ def path_integral_loss(
     the path, averaged over the batch. The re-taken step reproduces the rolled-out state
     exactly, so the loss value is that of the path; its gradient treats each segment's
     start as given (no backpropagation through the whole solve). ``weighting="relative"``
-    divides each segment's violation by ``V(eta_{j-1})`` (see ``WEIGHTINGS``), so the end
-    of the path, where ``V`` is small, counts as much as its start.
+    (``"sqrt"``) divides each segment's violation by ``V(eta_{j-1})`` (its square root; see
+    ``WEIGHTINGS``), so the end of the path, where ``V`` is small, counts more.
 
     ``random_starts=True`` (our extension) follows a second path per example from a start
     uniform on the cube ``[-half_width, half_width]^k``: eq. 10 is then trained off the
@@ -327,9 +348,7 @@ def path_integral_loss(
     # Segment j runs from path[j] to path[j + 1] (== ends[j] numerically): eq. 16 per segment.
     v_start = v(starts)
     violation = torch.relu(v(ends) - decay * v_start)
-    if weighting == "relative":
-        violation = violation / v_start.detach().clamp_min(1e-12)
-    return violation.reshape(n_steps, b).sum(0).mean()
+    return _weigh(violation, v_start, weighting).reshape(n_steps, b).sum(0).mean()
 
 
 def supervised_loss(
@@ -342,7 +361,8 @@ def supervised_loss(
 
 def _mc(model, x, y, cfg, gen):
     return monte_carlo_loss(model, x, y, kappa=cfg["kappa"], half_width=cfg["half_width"], potential=cfg["potential"],
-                            n_samples=cfg["n_samples"], sampler=cfg["sampler"], weighting=cfg["weighting"], generator=gen)
+                            n_samples=cfg["n_samples"], sampler=cfg["sampler"], weighting=cfg["weighting"],
+                            kappa_max=cfg["kappa_max"], generator=gen)
 
 
 def _pi(model, x, y, cfg, gen):
@@ -406,6 +426,7 @@ def fit(
     sampler: str = "hypercube",
     weighting: str = "absolute",
     random_starts: bool = False,
+    kappa_max: float | None = None,
     n_samples: int = 8,
     n_steps: int = 10,
     epochs: int = 20,
@@ -433,10 +454,12 @@ def fit(
             for squared error.
         sampler: ``"hypercube"``, ``"hypersphere"`` (origin-biased, appendix B) or
             ``"targets"`` (regression: every scale around the target, ``sample_around_targets``).
-        weighting: ``"absolute"`` (eq. 12, the paper's) or ``"relative"`` (divided by ``V``),
-            for both Lyapunov methods (``WEIGHTINGS``).
+        weighting: ``"absolute"`` (eq. 12, the paper's), ``"relative"`` (divided by ``V``) or
+            ``"sqrt"`` (by ``sqrt(V)``), for both Lyapunov methods (``WEIGHTINGS``).
         random_starts: path integral only: a second path per example from a random start
             in the state box (``path_integral_loss``).
+        kappa_max: Monte Carlo only: upper end of the trained decay-rate band
+            (``monte_carlo_loss``); ``None`` (the paper's) leaves it open.
         n_samples: ``Gamma``, Monte Carlo ``(eta, t)`` pairs per example.
         n_steps: path-integral segments of ``[0, 1]``.
         epochs, batch_size, lr, weight_decay, seed: optimisation; ``seed`` fixes the
@@ -471,7 +494,7 @@ def fit(
     if half_width is not None and not (math.isfinite(half_width) and half_width > 0):
         raise ValueError(f"half_width must be a finite number > 0, got {half_width!r}")
     cfg = dict(kappa=kappa, half_width=half_width, potential=potential, n_samples=n_samples, sampler=sampler, n_steps=n_steps,
-               weighting=weighting, random_starts=random_starts)
+               weighting=weighting, random_starts=random_starts, kappa_max=kappa_max)
 
     torch.manual_seed(seed)
     gen = torch.Generator(device=x.device).manual_seed(seed)

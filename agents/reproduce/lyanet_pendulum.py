@@ -12,6 +12,18 @@ states from physics trajectories started in the evaluation box, exact derivative
 - ``lyanet``: ``LyaNetWorldModel`` (target ``xdot``), whose every prediction is a LyaNet
   inference trained by Monte Carlo Lyapunov loss.
 
+Why the LyaNet defaults differ from the paper's classification setting (measured, n = 1):
+the Lyapunov loss is zero once ``V`` decays at rate ``kappa``, so the prediction at ``t = 1``
+is at best ``exp(-kappa)`` of the start's squared error -- 2e-2 at ``kappa = 4`` -- and the
+appendix-B cube with eq. 12's absolute weighting puts almost no samples where ``f`` must
+vanish (the prediction), so its fixed point is loose (relative squared error 2e-3 even at
+``kappa = 12``). ``kappa = 12``, the ``"targets"`` sampler (every scale around the target)
+and the ``"sqrt"`` weighting (every scale pulls on ``f`` equally) give about 1e-5; a last
+quarter of the steps with ``"relative"`` weighting sharpens the fixed point further (at
+n = 2 it lifts the measured rate p5 from 3.5 to 7.0). ``"relative"`` from the start is
+precise at n = 1 but diverges at n = 2 (its gradient grows like ``1 / ||eta - y||``, so the
+smallest scales dominate and the field far from the target is left stiff and wrong).
+
 Scores every model with the paper's protocol (``pendulum_eval.rollout_error``: 1000 states
 uniform in ``[-pi/8, pi/8]^(2n)``, 999 RK4 steps of 0.01 s, squared error with wrapped
 angles), and for the LyaNet model reports its certificate (measured convergence rate of
@@ -58,11 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kappa", type=float, default=12.0,
                         help="LyaNet inference convergence rate; the prediction's squared error at t = 1 is at best "
                         "exp(-kappa) of the start's, so kappa sets the precision (default: %(default)s)")
-    parser.add_argument("--step-size", type=float, default=0.2, help="rk4 step of LyaNet inference (default: %(default)s)")
+    parser.add_argument("--step-size", type=float, default=0.1, help="rk4 step of LyaNet inference (default: %(default)s)")
     parser.add_argument("--sampler", choices=("targets", "hypercube", "hypersphere"), default="targets",
                         help="Monte Carlo measure on eta (default: %(default)s; 'hypercube' is appendix B's)")
-    parser.add_argument("--weighting", choices=("relative", "absolute"), default="relative",
+    parser.add_argument("--weighting", choices=("sqrt", "relative", "absolute"), default="sqrt",
                         help="point-wise Lyapunov loss weighting (default: %(default)s; 'absolute' is eq. 12 as printed)")
+    parser.add_argument("--finetune-weighting", choices=("relative", "sqrt", "absolute"), default="relative",
+                        help="weighting of LyaNet's second phase (a quarter of the steps at lr/10) (default: %(default)s)")
     parser.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft Lyapunov penalty (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
 
@@ -133,8 +147,15 @@ def run(args: argparse.Namespace) -> int:
         lyanet = LyaNetWorldModel(2 * n, 0, dt=STEP_SIZE, target="derivative", integrator="rk4", kappa=args.kappa,
                                   step_size=args.step_size)
         start = time.perf_counter()
-        lyanet.fit(x, None, xdot, epochs=epochs, batch_size=config.batch_size, seed=args.seed, sampler=args.sampler,
+        # The same two-phase schedule as simple/stable (train_steps at lr, a quarter at lr / 10);
+        # the second phase may switch weighting: "relative" sharpens the fixed point (the
+        # prediction) once "sqrt" has shaped the field at every scale.
+        phase1 = max(1, math.ceil(args.train_steps * config.batch_size / x.shape[0]))
+        phase2 = max(1, math.ceil((args.train_steps // 4) * config.batch_size / x.shape[0]))
+        lyanet.fit(x, None, xdot, epochs=phase1, batch_size=config.batch_size, lr=1e-3, seed=args.seed, sampler=args.sampler,
                    weighting=args.weighting)
+        lyanet.fit(x, None, xdot, epochs=phase2, batch_size=config.batch_size, lr=1e-4, seed=args.seed, sampler=args.sampler,
+                   weighting=args.finetune_weighting or args.weighting)
         seconds["lyanet"] = time.perf_counter() - start
         models["lyanet"] = lyanet
         with torch.no_grad():
@@ -161,12 +182,13 @@ def run(args: argparse.Namespace) -> int:
         d = cert.details
         print(f"  LyaNet inference on held-out inputs: rate p5 {cert.alpha:.2f}, median {d['rate_median']:.2f} (kappa {args.kappa}; "
               f"{100 * d['share_rate_at_least_kappa']:.0f}% reach it); eq. 10 on {100 * d['eq10_share_of_path_points']:.1f}% of path "
-              f"points; Theorem-3 radius (median, l2 normalised input) {d['theorem3_radius_median']:.3g}: {d['theorem3_radius_status']}")
+              f"points ({100 * d['eq10_share_of_path_points_above_exp(-kappa)V0']:.1f}% before V reaches exp(-kappa) V0); Theorem-3 radius (median, l2 normalised input) {d['theorem3_radius_median']:.3g}: {d['theorem3_radius_status']}")
         print("  early exit: " + "; ".join(f"t={r['t']}: {r['ms']:.2f} ms, rel. err {r['relative_squared_error']:.2e}" for r in speed))
     lines = [
         f"n-link pendulum, Fig. 5 protocol ({args.eval_states} states, {args.eval_steps} steps of {STEP_SIZE}), "
         f"{args.samples_per_link} pairs per link, {args.train_steps} Adam steps, seed {args.seed}; LyaNet: kappa {args.kappa}, "
-        f"rk4 step {args.step_size}, sampler '{args.sampler}', weighting '{args.weighting}'. Average squared rollout error:",
+        f"rk4 step {args.step_size}, sampler '{args.sampler}', weighting '{args.weighting}' then '{args.finetune_weighting}' "
+        "(last quarter of the steps, lr / 10). Average squared rollout error:",
         "",
         "| n | simple | stable (hard) | soft Lyapunov | LyaNet | LyaNet / simple | x = 0 (reference) | LyaNet rate p5 / median / kappa "
         "| eq. 10 on path points | LyaNet t=0.5 rel. err |",
