@@ -9,8 +9,9 @@ is convex in ``x`` when every ``U_i`` is elementwise non-negative and ``sigma`` 
 and non-decreasing. The output layer is affine (no ``sigma``), as in the authors' released
 code: a non-negative combination of convex functions plus an affine term is still convex,
 and an output ``sigma`` can die (negative pre-activation on all data), freezing ``g`` and
-leaving the Lyapunov function stuck at ``eps ||x||^2`` -- which we saw stall training. We keep ``U_i = softplus(U_raw_i)`` (the paper's choice, so gradient
-steps never leave the feasible set) and use the smoothed ReLU (eq. 13), which is convex,
+leaving the Lyapunov function stuck at ``eps ||x||^2`` -- which we saw stall training. We
+keep ``U_i = softplus(U_raw_i)`` (the paper's choice, so gradient steps never leave the
+feasible set) and use the smoothed ReLU (eq. 13), which is convex,
 non-decreasing, continuously differentiable and 0 at 0:
 
     sigma_d(t) = 0            for t <= 0
@@ -27,6 +28,15 @@ not twice.
 ``method="autograd"`` gives the same numbers through ``torch.autograd.grad`` and serves as
 the reference in tests. The analytic pass is what keeps the stable model's cost close to
 the plain MLP's.
+
+Why it is fast (measured by ``examples/benchmarks/bench_stable.py``): every layer's input
+term ``W_i x + b_i`` is one matrix product; all weights are one parameter vector ``theta``
+(one optimiser update, one gradient; ``W``, ``U_raw`` are views and ``state_dict`` keeps the
+per-layer keys ``W.{i}.weight``, ``W.{i}.bias``, ``U_raw.{i}``); ``1/d`` is folded into
+``U``, so a layer is ``clamp`` plus two in-place passes; the analytic pass is feature-major
+(each layer's block of pre-activations is contiguous and the z-path product accumulates
+into it in place); and inside ``ICNN.reuse_weights()`` the stacked weights and
+``softplus(U_raw)`` are built once for all the evaluations of one integrator step.
 """
 
 from __future__ import annotations
