@@ -24,6 +24,11 @@ n = 2 it lifts the measured rate p5 from 3.5 to 7.0). ``"relative"`` from the st
 precise at n = 1 but diverges at n = 2 (its gradient grows like ``1 / ||eta - y||``, so the
 smallest scales dominate and the field far from the target is left stiff and wrong).
 
+Result (defaults, seed 0; ``lyagym reproduce lyanet-pendulum``): average rollout error
+n = 1: LyaNet 7.4e-7 vs simple 4.8e-5, stable 2.4e-5, x = 0 0.098, inference rate on
+held-out inputs p5 13.8 / median 15.4 (kappa 12); n = 2: LyaNet 8.9e-4 vs simple 7.7e-4,
+stable 3.4e-4, x = 0 0.14, rate p5 7.1 / median 11.0 (29% of inputs reach kappa).
+
 Scores every model with the paper's protocol (``pendulum_eval.rollout_error``: 1000 states
 uniform in ``[-pi/8, pi/8]^(2n)``, 999 RK4 steps of 0.01 s, squared error with wrapped
 angles), and for the LyaNet model reports its certificate (measured convergence rate of
@@ -153,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
         phase1 = max(1, math.ceil(args.train_steps * config.batch_size / x.shape[0]))
         phase2 = max(1, math.ceil((args.train_steps // 4) * config.batch_size / x.shape[0]))
         lyanet.fit(x, None, xdot, epochs=phase1, batch_size=config.batch_size, lr=1e-3, seed=args.seed, sampler=args.sampler,
-                   weighting=args.weighting)
-        lyanet.fit(x, None, xdot, epochs=phase2, batch_size=config.batch_size, lr=1e-4, seed=args.seed, sampler=args.sampler,
-                   weighting=args.finetune_weighting or args.weighting)
+                   weighting=args.weighting, finetune_epochs=phase2, finetune_weighting=args.finetune_weighting)
         seconds["lyanet"] = time.perf_counter() - start
         models["lyanet"] = lyanet
         with torch.no_grad():
