@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=30)
     parser.add_argument("--samples", dest="num_samples", type=int, default=500)
     parser.add_argument("--fit-epochs", type=int, default=60)
+    parser.add_argument("--fit-steps", type=int, default=0, help="at least this many Adam steps per model fit (pets/dyna)")
+    parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,
+                        help="length of the random-torque episodes (default: --episode-steps)")
     parser.add_argument("--imagined-steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")

@@ -16,8 +16,9 @@ Dyna / MBPO (Sutton 1991; Janner et al. 2019) with Stable-Baselines3 SAC::
             (a batched ``WorldModelVectorEnv`` whose episodes start at states of D)
         run one real episode with SAC's policy;  D <- D + episode;  refit the model
 
-Both loops log one CSV row per real episode (return, real steps so far, final angle error,
-model validation loss, wall time), save a checkpoint of the model and the data after every
+Both loops log one CSV row per real episode (return, real steps so far, ``learn_steps``: the
+real steps the acting agent had learned from, ``policy``, final angle error, model validation
+loss, wall time; Dyna adds ``eval_*``: its greedy policy on a separate env copy), save a checkpoint of the model and the data after every
 episode (``resume=True`` continues from it), seed everything, and show progress bars.
 
 States fed to models are the env's physical state with angles wrapped to ``[-pi, pi)``

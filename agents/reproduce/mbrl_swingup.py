@@ -73,6 +73,8 @@ __all__ = [
 
 METHODS = ("mpc-true", "pets-stable", "pets-simple", "dyna-stable", "dyna-simple", "sac", "ppo")
 EPISODE_STEPS = 200
+#: tolerances of the extra table in ``summary.md``
+TOLERANCES = (0.05, 0.1, 0.2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=True,
                         help="stable-vs-simple help/hurt analysis (needs pets-stable runs)")
     parser.add_argument("--rerun", action="store_true", help="ignore stored runs with the same settings")
+    parser.add_argument("--stored-only", action="store_true",
+                        help="run nothing: summarise the stored runs with these settings (missing ones are skipped)")
     parser.add_argument("--quick", action="store_true", help="small budgets for a smoke run (minutes)")
     parser.add_argument("--out", default=os.path.join("lyagym-output", "mbrl-swingup"))
     parser.add_argument("--no-progress", action="store_true")
@@ -366,10 +370,20 @@ def analysis(args, runs: dict) -> str:
 
     from lyagym.agents.mbrl import MBRLConfig, TransitionBuffer, _fit, make_world_model, true_physics_model, make_pendulum_env
 
+    from lyagym.agents.mbrl import _atomic
+
     seed = args.seeds[0]
     run_dir = os.path.join(args.out, "pets-stable", f"seed{seed}")
     if not os.path.exists(os.path.join(run_dir, "buffer.npz")):
         return ""
+    stored_path = os.path.join(args.out, "analysis.json")
+    settings = {**_run_settings(args, "pets-stable"), "seed": seed}
+    if not args.rerun and os.path.exists(stored_path):
+        with open(stored_path) as f:
+            stored = json.load(f)
+        if stored.get("settings") == settings:
+            print(f"analysis: stored result reused ({stored_path})", flush=True)
+            return stored["text"]
     buffer = TransitionBuffer.load(os.path.join(run_dir, "buffer.npz"))
     lengths = [int(r["real_steps"] - r["learn_steps"]) for r in runs[("pets-stable", seed)]["episodes"]]
     config = MBRLConfig(seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps)
@@ -401,7 +415,9 @@ def analysis(args, runs: dict) -> str:
         f"**(c) MPC on the real env** (MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations):\n\n"
         f"{mpc_table}\n"
     )
-    return text + _verdict(horizon, regions, mpc)
+    text += _verdict(horizon, regions, mpc)
+    _atomic(stored_path, lambda f: f.write(json.dumps({"settings": settings, "text": text})), mode="w")
+    return text
 
 
 def _verdict(horizon: dict, regions: dict, mpc: dict) -> str:
@@ -498,7 +514,10 @@ def _load_or_run(method: str, seed: int, args) -> dict:
         if stored.get("settings") == settings:
             print(f"== {method}, seed {seed}: stored run reused ({path})", flush=True)
             return stored
-        print(f"== {method}, seed {seed}: stored run has other settings, running again", flush=True)
+        print(f"== {method}, seed {seed}: stored run has other settings {stored.get('settings')}", flush=True)
+    if getattr(args, "stored_only", False):
+        print(f"== {method}, seed {seed}: no stored run with settings {settings}: skipped (--stored-only)", flush=True)
+        return None
     t0 = time.perf_counter()
     print(f"== {method}, seed {seed}", flush=True)
     result = run_method(method, seed, args, run_dir)
@@ -529,7 +548,12 @@ def run(args: argparse.Namespace) -> int:
     runs: dict = {}
     for method in args.methods:
         for seed in args.seeds:
-            runs[(method, seed)] = _load_or_run(method, seed, args)
+            result = _load_or_run(method, seed, args)
+            if result is not None:
+                runs[(method, seed)] = result
+    if not runs:
+        print("no runs to summarise")
+        return 1
     evaluations = [r for run_ in runs.values() for r in run_["evaluations"]]
     episodes = [r for run_ in runs.values() for r in run_["episodes"]]
     write_csv(os.path.join(args.out, "evaluations.csv"), evaluations)
@@ -542,15 +566,31 @@ def run(args: argparse.Namespace) -> int:
               f"{EPISODE_STEPS}-step episodes), MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations, "
               f">= {args.fit_steps} Adam steps per fit; Dyna {args.imagined_steps} x 128 imagined steps per episode; "
               f"SAC {args.sac_steps} and PPO {args.ppo_steps or args.sac_steps} real steps, evaluated every {args.eval_every}.")
+    lines = ["| method | " + " | ".join(f"tolerance {t:g}" for t in TOLERANCES) + " |", "|---|" + "---|" * len(TOLERANCES)]
+    by_tolerance = {t: summarise(evaluations, t)[1] for t in TOLERANCES}
+    for method in numbers["methods"]:
+        if method in ("mpc-true",) or numbers["target"] is None:
+            continue
+        cells = []
+        for t in TOLERANCES:
+            entry = by_tolerance[t]["methods"][method]
+            cells.append(f"{entry['median_ratio']:.1f}x (" + ", ".join("never" if not math.isfinite(k) else f"{k:.0f}"
+                                                               for k in entry["steps_to_target"]) + ")")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    tolerance_table = ("Median ratio to SAC (real steps to the target per seed) at other tolerances; SAC's own steps: "
+                       + ", ".join(f"{by_tolerance[t]['sac_steps']:.0f} at {t:g}" for t in TOLERANCES
+                                   if by_tolerance[t]["sac_steps"] is not None) + ".\n\n" + "\n".join(lines)
+                       if numbers["target"] is not None else "")
     seconds = ", ".join(f"{m} s{s} {r.get('seconds', 0):.0f} s" for (m, s), r in runs.items())
     extra = ""
     if args.analysis and ("pets-stable", args.seeds[0]) in runs:
         extra = analysis(args, runs)
         print(extra)
-    text = (f"# MBRL swing-up, {args.links} link(s)\n\nCommand: `{command}`\n\n{budget}\n\n{table}\n\n"
+    text = (f"# MBRL swing-up, {args.links} link(s)\n\nCommand: `{command}`\n\n{budget}\n\n{table}\n\n{tolerance_table}\n\n"
             f"![learning curves](learning_curves.png)\n\nRun times (wall, shared CPU): {seconds}.\n{extra}")
     _atomic(os.path.join(args.out, "summary.md"), lambda f: f.write(text), mode="w")
     print(table)
+    print(tolerance_table)
     print(f"wrote {args.out}/evaluations.csv, episodes.csv, learning_curves.csv, learning_curves.png, summary.md "
           f"({time.perf_counter() - t0:.0f} s)")
     return 0
@@ -561,7 +601,7 @@ def _command_line(args) -> str:
     defaults = argparse.ArgumentParser()
     add_arguments(defaults)
     for action in defaults._actions:
-        if action.dest in ("links", "seeds", "methods", "help", "no_progress", "rerun", "quick", "out"):
+        if action.dest in ("links", "seeds", "methods", "help", "no_progress", "rerun", "stored_only", "quick", "out"):
             continue
         value = getattr(args, action.dest, None)
         if value != action.default:
