@@ -97,84 +97,91 @@ def _unflatten(flat: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[to
     return out
 
 
-def _value(
-    x: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor,
-    Ud: Sequence[torch.Tensor],
-    widths: Sequence[int],
-    d: float,
-    keep: bool = False,
-    Wt: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+class _Plan(NamedTuple):
+    """Everything the analytic passes need, as ready-made views (built once per call, or once
+    per ``reuse_weights`` block, so that the hot loop issues as few tensor ops as possible).
+
+    ``A: (rows, in_dim)`` the stacked input weights (rows past ``sum widths`` are zero
+    padding), ``b1: (rows, 1)``, ``Ud[i] = U_i / d`` and ``UdT[i]`` its transpose,
+    ``W: (sum widths, in_dim)`` for the gradient product, ``sizes`` the row blocks of ``A``
+    (layers, then padding) and ``dsizes`` those of the delta buffer (hidden layers, then 1).
+    """
+
+    A: torch.Tensor
+    b1: torch.Tensor
+    Ud: list[torch.Tensor]
+    UdT: list[torch.Tensor]
+    W: torch.Tensor
+    sizes: list[int]
+    dsizes: list[int]
+
+
+def _plan(W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequence[int], Wt: torch.Tensor | None = None) -> _Plan:
+    """``W, b`` may carry zero padding rows; ``Wt``: ``W^T`` made contiguous (BLAS is faster
+    with it for the input product)."""
+    rows = sum(widths)
+    pad = W.shape[0] - rows
+    sizes = list(widths) + ([pad] if pad else [])
+    return _Plan(W if Wt is None else Wt.t(), b.unsqueeze(-1), Ud, [u.t() for u in Ud], W[:rows], sizes, list(widths[:-1]) + [1])
+
+
+def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Eq. 11 forward without autograd: ``g: (batch,)``, and with ``keep`` the ``zh_i`` and ``m_i``.
 
-    ``W: (>= sum widths, in_dim)`` and ``b`` stack every layer's input weights (rows past
-    ``sum widths`` are padding), ``Ud[i] = U_i / d: (widths[i+1], widths[i])``. With
-    ``m = clamp(a, 0, d) = d sigma'(a)`` the layer is ``zh = m (a - m / 2) = d sigma(a)``
+    With ``m = clamp(a, 0, d) = d sigma'(a)`` a layer is ``zh = m (a - m / 2) = d sigma(a)``
     (``0`` for ``a <= 0``, ``a^2 / 2`` on ``[0, d]``, ``d (a - d/2)`` above): two in-place
     passes after the clamp, and the ``1 / d`` rides on the (small) next weight matrix.
 
-    Feature-major: the pre-activations of all layers are one ``(sum widths, batch)`` buffer,
-    so each layer's block is contiguous, the z-path product accumulates into it in place
-    (``addmm_``, no copy of the input term) and ``zh_i, m_i`` are ``(widths[i], batch)``.
-    ``Wt``: optionally ``W^T`` made contiguous (BLAS is faster with it for this product).
+    Feature-major: the pre-activations of all layers are one ``(rows, batch)`` buffer, so each
+    layer's block is contiguous, the z-path product accumulates into it in place (``addmm_``,
+    no copy of the input term) and ``zh_i, m_i`` are ``(widths[i], batch)``.
     """
-    k = len(widths) - 1  # hidden layers
-    off = _offsets(widths)
-    pre = torch.addmm(b.unsqueeze(-1), W if Wt is None else Wt.t(), x.t())  # (rows, batch)
+    k = len(plan.Ud)  # hidden layers
+    blocks = torch.addmm(plan.b1, plan.A, x.t()).split(plan.sizes)
     zs: list[torch.Tensor] = []
     ms: list[torch.Tensor] = []
-    z = pre
+    z = x
     for i in range(k):
-        a = pre[off[i] : off[i + 1]]
+        a = blocks[i]
         if i > 0:
-            a.addmm_(Ud[i - 1], z)
+            a.addmm_(plan.Ud[i - 1], z)
         m = a.clamp(0.0, d)
         z = a.sub_(m, alpha=0.5).mul_(m)  # in place: a is this call's own buffer
         if keep:
             zs.append(z)
             ms.append(m)
-    g = pre[off[k] : off[k + 1]].addmm_(Ud[-1], z)[0]
+    g = blocks[k].addmm_(plan.Ud[-1], z).view(-1)
     return g, zs, ms
 
 
 def _value_and_grad(
-    x: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor,
-    Ud: Sequence[torch.Tensor],
-    widths: Sequence[int],
-    d: float,
-    keep: bool = False,
-    Wt: torch.Tensor | None = None,
+    x: torch.Tensor, plan: _Plan, d: float, keep: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Eq. 11 forward and its explicit reverse pass, without autograd (in-place where safe).
 
-    Arguments as ``_value``. Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and, with
-    ``keep``, what the backward of ``_ICNNValueAndGrad`` needs (feature-major): ``zh_i``,
-    ``m_i``, the reverse-pass inputs ``e_i`` (``delta_i = e_i * m_i``) and
-    ``D = [delta_0; ...; delta_{k-1}; 1]: (sum hidden + 1, batch)``.
+    Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and, with ``keep``, what the backward
+    of ``_ICNNValueAndGrad`` needs (feature-major): ``zh_i``, ``m_i``, the reverse-pass inputs
+    ``e_i`` (``delta_i = e_i * m_i``) and ``D = [delta_0; ...; delta_{k-1}; 1]: (sum hidden + 1, batch)``.
     """
-    g, zs, ms = _value(x, W, b, Ud, widths, d, keep=True, Wt=Wt)
+    g, zs, ms = _value(x, plan, d, keep=True)
     # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1}^T / d (the affine
     # output) and e_i = U_i^T delta_{i+1} / d. The deltas are stacked in one buffer whose last
     # row is 1, so that dg/dx = sum_i delta_i^T W_i + W_k is one product.
-    k = len(widths) - 1
-    off = _offsets(widths)
-    D = x.new_empty(off[k] + 1, x.shape[0])
-    D[off[k]].fill_(1.0)
-    es: list[torch.Tensor] = [Ud[-1].t()]
-    delta = torch.mul(ms[-1], Ud[-1].t(), out=D[off[k - 1] : off[k]])
+    k = len(plan.Ud)
+    D = x.new_empty(plan.W.shape[0], x.shape[0])  # sum hidden + 1 rows
+    Dblocks = D.split(plan.dsizes)
+    Dblocks[k].fill_(1.0)
+    es: list[torch.Tensor] = [plan.UdT[-1]]
+    delta = torch.mul(ms[-1], plan.UdT[-1], out=Dblocks[k - 1])
     for i in range(k - 2, -1, -1):
         if keep:
-            e = Ud[i].t() @ delta
+            e = plan.UdT[i] @ delta
             es.append(e)
-            delta = torch.mul(e, ms[i], out=D[off[i] : off[i + 1]])
+            delta = torch.mul(e, ms[i], out=Dblocks[i])
         else:
-            delta = torch.mm(Ud[i].t(), delta, out=D[off[i] : off[i + 1]]).mul_(ms[i])
+            delta = torch.mm(plan.UdT[i], delta, out=Dblocks[i]).mul_(ms[i])
     es.reverse()
-    grad = D.t() @ W[: off[k] + 1]
+    grad = torch.mm(D.t(), plan.W)
     return g, grad, zs, ms, es, D
 
 
@@ -204,7 +211,7 @@ class _ICNNValueAndGrad(torch.autograd.Function):
     def forward(ctx, widths, d, x, theta):
         W, b, U_raw = _split_theta(theta, widths, x.shape[1])
         Ud = _unflatten(F.softplus(U_raw).mul_(1.0 / d), _z_shapes(widths))
-        g, grad, zs, ms, es, D = _value_and_grad(x, W, b, Ud, widths, d, keep=True)
+        g, grad, zs, ms, es, D = _value_and_grad(x, _plan(W, b, Ud, widths), d, keep=True)
         ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(Ud)
         ctx.save_for_backward(x, theta, D, *Ud, *zs, *ms, *es[:-1])
         return g, grad
@@ -259,14 +266,29 @@ class _ICNNValueAndGrad(torch.autograd.Function):
         return None, None, xbar, theta_bar
 
 
+class _WeightsCache:
+    """State of ``ICNN.reuse_weights`` (a plain object: no ``nn.Module.__setattr__`` per step).
+    Copies and pickles start inactive and empty."""
+
+    __slots__ = ("active", "grad_mode", "value")
+
+    def __init__(self) -> None:
+        self.active, self.grad_mode, self.value = False, False, None
+
+    def __deepcopy__(self, memo) -> "_WeightsCache":
+        return _WeightsCache()
+
+    def __reduce__(self):
+        return (_WeightsCache, ())
+
+
 class _Prepared(NamedTuple):
-    """What the analytic passes need, built once per call (or per ``reuse_weights`` block)."""
+    """The weights in the form the passes need, built once per call (or per ``reuse_weights`` block)."""
 
     W: torch.Tensor
     b: torch.Tensor
     U: torch.Tensor
-    Ud: list[torch.Tensor] | None
-    Wt: torch.Tensor | None
+    plan: _Plan | None  # without grad mode only
 
 
 class _LayerView(NamedTuple):
@@ -326,7 +348,7 @@ class ICNN(nn.Module):
         rows = sum(widths)
         self._z_shapes = _z_shapes(widths)
         self.theta = nn.Parameter(torch.empty(rows * self.in_dim + rows + sum(r * c for r, c in self._z_shapes)))
-        self._cache: list | None = None  # see reuse_weights
+        self._cache = _WeightsCache()  # see reuse_weights
         # nn.Linear draws its initial weights at construction and reset_parameters draws them
         # again; drawing twice keeps seeded initialisations identical to the per-layer layout.
         self._reset_input_weights()
@@ -425,25 +447,25 @@ class ICNN(nn.Module):
         W, b = self.input_weight, self.input_bias
         return torch.cat([W, W.new_zeros(pad, self.in_dim)]), torch.cat([b, b.new_zeros(pad)])
 
-    def _prepared(self) -> "_Prepared":
+    def _prepared(self) -> _Prepared:
         """Stacked input weights ``W, b``, the flat positive z-path weights ``U`` and, without
-        grad mode, their per-layer views divided by ``d`` (``Ud``) and ``W^T`` (``Wt``).
+        grad mode, the ``_Plan`` of the analytic passes.
 
         Inside ``reuse_weights()`` they are built once (per grad mode) and shared by every
         call; otherwise rebuilt on each call.
         """
         grad_mode = torch.is_grad_enabled()
         cache = self._cache
-        if cache is not None and cache[0] is not None and cache[0][0] == grad_mode:
-            return cache[0][1]
+        if cache.active and cache.value is not None and cache.grad_mode == grad_mode:
+            return cache.value
         W, b = self._stacked_input_weights(pad=not grad_mode)
         U = F.softplus(self.U_raw_flat)
         if grad_mode:
-            prepared = _Prepared(W, b, U, None, None)
+            prepared = _Prepared(W, b, U, None)
         else:
-            prepared = _Prepared(W, b, U, _unflatten(U * (1.0 / self.d), self._z_shapes), W.t().contiguous())
-        if cache is not None:
-            cache[0] = (grad_mode, prepared)
+            prepared = _Prepared(W, b, U, _plan(W, b, _unflatten(U * (1.0 / self.d), self._z_shapes), self.widths, W.t().contiguous()))
+        if cache.active:
+            cache.grad_mode, cache.value = grad_mode, prepared
         return prepared
 
     @contextlib.contextmanager
@@ -453,20 +475,21 @@ class ICNN(nn.Module):
         For a fixed set of weights evaluated many times (the stages of one RK4 step and its
         rescale); do not update the parameters inside the block. Re-entrant.
         """
-        if self._cache is not None:
+        cache = self._cache
+        if cache.active:
             yield
             return
-        self._cache = [None]
+        cache.active = True
         try:
             yield
         finally:
-            self._cache = None
+            cache.active, cache.value = False, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
-        W, b, U, Ud, Wt = self._prepared()
-        if Ud is not None:  # no grad mode: in-place activations, no graph
-            return _value(x, W, b, Ud, self.widths, self.d, Wt=Wt)[0]
+        W, b, U, plan = self._prepared()
+        if plan is not None:  # no grad mode: in-place activations, no graph
+            return _value(x, plan, self.d)[0]
         off = _offsets(self.widths)
         pre = torch.addmm(b, x, W.t())  # (batch, sum widths + padding)
         U = _unflatten(U, self._z_shapes)
@@ -498,10 +521,10 @@ class ICNN(nn.Module):
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         if torch.is_grad_enabled() and (x.requires_grad or self.theta.requires_grad):
             return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta)
-        W, b, U, Ud, Wt = self._prepared()
-        if Ud is None:  # grad mode, nothing to differentiate
-            Ud = _unflatten(U * (1.0 / self.d), self._z_shapes)
-        return _value_and_grad(x, W, b, Ud, self.widths, self.d, Wt=Wt)[:2]
+        W, b, U, plan = self._prepared()
+        if plan is None:  # grad mode, nothing to differentiate
+            plan = _plan(W, b, _unflatten(U * (1.0 / self.d), self._z_shapes), self.widths)
+        return _value_and_grad(x, plan, self.d)[:2]
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).

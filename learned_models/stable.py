@@ -239,14 +239,16 @@ class StableDynamics(ODEWorldModel):
 
     def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses)."""
-        x_with_eq = torch.cat([x, self.x_eq.unsqueeze(0)], dim=0)  # shared by fhat and V
-        dx = x - self.x_eq
+        lyapunov = self.lyapunov
+        x_eq = lyapunov.x_eq
+        x_with_eq = torch.cat([x, x_eq.unsqueeze(0)], dim=0)  # shared by fhat and V
+        dx = x - x_eq
         dx_sq = (dx * dx).sum(-1)
         fhat_out = self._fhat_with_eq(x, u, x_with_eq)  # centered inside the projection
-        if self.lyapunov.convex:
-            V, grad_V = self.lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq)
+        if lyapunov.warp is None:  # convex V: share [x; x_eq], dx and ||dx||^2
+            V, grad_V = lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq)
         else:
-            V, grad_V = self.lyapunov.forward_and_grad(x)
+            V, grad_V = lyapunov.forward_and_grad(x)
         # f is exactly zero at the equilibrium whatever the rounding of fhat_c: it is multiplied
         # by sign(||x - x_eq||^2 (+ ||u||^2)), 0 there and 1 elsewhere (cheaper than a mask).
         at_eq_test = dx_sq if u is None else dx_sq + (u * u).sum(-1)
@@ -285,13 +287,14 @@ class StableDynamics(ODEWorldModel):
         # The weights are fixed during the step: the ICNN's stacked input weights and
         # softplus(U) are built once for the four stages and the rescale (g(F(x_eq)) and
         # fhat(x_eq) are still evaluated with them in every stage).
-        with self.lyapunov.g.reuse_weights():
+        lyapunov = self.lyapunov
+        with lyapunov.g.reuse_weights():
             y = integrate(field, x, self.dt, self.integrator)
             if not self.keep_guarantee:
                 return y
             return lyapunov_rescale(
-                x, y, self.lyapunov, self.alpha, self.dt, self.x_eq,
-                slack=self._slack(x, u), verify=not self.lyapunov.convex, Vx=Vx[0] if Vx else None,
+                x, y, lyapunov, self.alpha, self.dt, lyapunov.x_eq,
+                slack=self._slack(x, u), verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
             )
 
     # -- certificate -------------------------------------------------------------------

@@ -67,8 +67,7 @@ def test_icnn_hand_written_backward_passes_gradcheck(n, hidden):
         g.U_raw_flat.add_(1.0)  # stronger z-path, so that every layer visits every branch of sigma
     x = torch.randn(7, n, dtype=torch.float64)
     with torch.no_grad():
-        W, b, _, Ud, _ = g._prepared()
-        for m in _value(x, W, b, Ud, g.widths, g.d, keep=True)[2]:  # m = clamp(pre-activation, 0, d)
+        for m in _value(x, g._prepared().plan, g.d, keep=True)[2]:  # m = clamp(pre-activation, 0, d)
             assert (m == 0).any() and ((m > 0) & (m < g.d)).any() and (m == g.d).any()
     inputs = (x.requires_grad_(True), g.theta.detach().clone().requires_grad_(True))
     assert torch.autograd.gradcheck(lambda *a: _ICNNValueAndGrad.apply(g.widths, g.d, *a), inputs, eps=1e-6, atol=1e-6)
@@ -92,7 +91,14 @@ def test_icnn_reuse_weights_gives_the_same_numbers_and_gradients():
     p_fresh = torch.autograd.grad(loss, list(g.parameters()))
     for a, b in zip(p_shared, p_fresh):
         torch.testing.assert_close(a, b)
-    assert g._cache is None  # released on exit
+    assert not g._cache.active and g._cache.value is None  # released on exit
+    with g.reuse_weights():
+        g(x)
+        import copy
+        import pickle
+
+        for clone in (copy.deepcopy(g), pickle.loads(pickle.dumps(g))):  # copies start without a cache
+            assert not clone._cache.active and clone._cache.value is None
 
 
 def test_icnn_state_dict_keeps_the_per_layer_layout_and_loads_it():
