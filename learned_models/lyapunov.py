@@ -158,26 +158,32 @@ class _OuterValueAndGrad(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, Vbar, Gbar):
-        dg, dx, dx_sq, s, m, dshift = ctx.saved_tensors
-        eps, d = ctx.eps, ctx.d
-        slope = m * (1.0 / d)
-        # d sigma'(s)/ds = 1/d where 0 < s < d (hardtanh's backward), pinned rows get nothing.
-        curv = torch.ops.aten.hardtanh_backward((Gbar * dshift).sum(-1).mul_(1.0 / d), s, 0.0, d)
-        sbar = torch.addcmul(curv, Vbar, slope).mul_(torch.sign(dx_sq))
-        gx_bar = dg_bar = dx_bar = None
-        if ctx.needs_input_grad[0]:
-            gx_bar = torch.cat([sbar, sbar.sum(0, keepdim=True).neg_()])
-        dshift_bar = Gbar * slope.unsqueeze(-1)
-        if ctx.needs_input_grad[1]:
-            eq_row = dshift_bar.new_zeros(1, dshift_bar.shape[1])
-            if ctx.tangent:
-                eq_row = torch.addmm(dshift_bar.sum(0, keepdim=True), sbar.unsqueeze(0), dx).neg_()
-            dg_bar = torch.cat([dshift_bar, eq_row])
-        if ctx.needs_input_grad[2]:
-            dx_bar = torch.addcmul(Gbar, dx, Vbar.unsqueeze(-1)).mul_(2.0 * eps)
-            if ctx.tangent:
-                dx_bar = torch.addr(dx_bar, sbar, dg[-1], alpha=-1.0)
-        return gx_bar, dg_bar, dx_bar, None, None, None, None
+        grads = _outer_backward(ctx.saved_tensors, ctx.eps, ctx.d, ctx.tangent, Vbar, Gbar, ctx.needs_input_grad[:3])
+        return (*grads, None, None, None, None)
+
+
+def _outer_backward(saved, eps, d, tangent, Vbar, Gbar, needs):
+    """Adjoints ``(gx, dg, dx)`` of ``_outer`` from those of ``(V, grad V)`` (see
+    ``_OuterValueAndGrad``); ``saved = (dg, dx, dx_sq, s, m, dshift)``, ``needs`` three flags."""
+    dg, dx, dx_sq, s, m, dshift = saved
+    slope = m * (1.0 / d)
+    # d sigma'(s)/ds = 1/d where 0 < s < d (hardtanh's backward), pinned rows get nothing.
+    curv = torch.ops.aten.hardtanh_backward((Gbar * dshift).sum(-1).mul_(1.0 / d), s, 0.0, d)
+    sbar = torch.addcmul(curv, Vbar, slope).mul_(torch.sign(dx_sq))
+    gx_bar = dg_bar = dx_bar = None
+    if needs[0]:
+        gx_bar = torch.cat([sbar, sbar.sum(0, keepdim=True).neg_()])
+    dshift_bar = Gbar * slope.unsqueeze(-1)
+    if needs[1]:
+        eq_row = dshift_bar.new_zeros(1, dshift_bar.shape[1])
+        if tangent:
+            eq_row = torch.addmm(dshift_bar.sum(0, keepdim=True), sbar.unsqueeze(0), dx).neg_()
+        dg_bar = torch.cat([dshift_bar, eq_row])
+    if needs[2]:
+        dx_bar = torch.addcmul(Gbar, dx, Vbar.unsqueeze(-1)).mul_(2.0 * eps)
+        if tangent:
+            dx_bar = torch.addr(dx_bar, sbar, dg[-1], alpha=-1.0)
+    return gx_bar, dg_bar, dx_bar
 
 
 def _outer_value_and_grad(gx, dg, dx, dx_sq, eps, d, tangent):
