@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from .certificate import Certificate, weights_hash
 from .checkpoint import register_model
 from .integrators import ODEWorldModel, integrate, lyapunov_rescale
-from .lyapunov import LyapunovFunction
+from .lyapunov import LyapunovFunction, _outer, _outer_backward
 from .simple import mlp
 
 __all__ = ["StableDynamics", "StableControlledDynamics", "project_onto_decrease"]
@@ -92,21 +92,56 @@ class _ProjectOntoDecrease(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, fbar):
-        fhat, grad_V, coef, sq_norm, keep = ctx.saved_tensors
-        info = torch.finfo(coef.dtype)
-        if keep is not None:
-            fbar = fbar * keep.unsqueeze(-1)
-        minus_cbar = (fbar * grad_V).sum(-1)
-        ebar = _hardtanh_backward(minus_cbar.div_(sq_norm).neg_(), coef, 0.0, math.sqrt(info.max))
-        qbar2 = _hardtanh_backward(coef * ebar * -2.0, sq_norm, info.tiny, math.inf)  # 2 qbar
-        ebar_ = ebar.unsqueeze(-1)
-        fhat_bar = torch.addcmul(fbar, grad_V, ebar_)
-        if ctx.center:
-            fhat_bar = torch.cat([fhat_bar, fhat_bar.sum(0, keepdim=True).neg_()])
-        grad_V_bar = torch.addcmul(torch.addcmul(fhat * ebar_, grad_V, qbar2.unsqueeze(-1)), fbar, coef.unsqueeze(-1), value=-1.0)
+        fhat_bar, ebar, grad_V_bar = _project_backward(ctx.saved_tensors, fbar, ctx.center)
         V_bar = ebar * ctx.alpha if ctx.needs_input_grad[1] else None
         slack_bar = -ebar if ctx.needs_input_grad[3] else None
         return fhat_bar, V_bar, grad_V_bar, slack_bar, None, None, None
+
+
+def _project_backward(saved, fbar, center):
+    """Adjoints of eq. 10 (see ``_ProjectOntoDecrease``): ``(fhat_bar, ebar, grad_V_bar)`` with
+    ``V_bar = alpha ebar``, ``slack_bar = -ebar``; ``saved = (fhat, grad_V, coef, q, keep)``."""
+    fhat, grad_V, coef, sq_norm, keep = saved
+    info = torch.finfo(coef.dtype)
+    if keep is not None:
+        fbar = fbar * keep.unsqueeze(-1)
+    minus_cbar = (fbar * grad_V).sum(-1)
+    ebar = _hardtanh_backward(minus_cbar.div_(sq_norm).neg_(), coef, 0.0, math.sqrt(info.max))
+    qbar2 = _hardtanh_backward(coef * ebar * -2.0, sq_norm, info.tiny, math.inf)  # 2 qbar
+    ebar_ = ebar.unsqueeze(-1)
+    fhat_bar = torch.addcmul(fbar, grad_V, ebar_)
+    if center:
+        fhat_bar = torch.cat([fhat_bar, fhat_bar.sum(0, keepdim=True).neg_()])
+    grad_V_bar = torch.addcmul(torch.addcmul(fhat * ebar_, grad_V, qbar2.unsqueeze(-1)), fbar, coef.unsqueeze(-1), value=-1.0)
+    return fhat_bar, ebar, grad_V_bar
+
+
+class _ConvexField(torch.autograd.Function):
+    """Eq. 12 (``V``, ``grad V`` from the ICNN's ``g, dg/dx`` on ``[x; x_eq]``) followed by eq. 10,
+    as ONE autograd node: the default model's whole post-network arithmetic. Its backward chains
+    the two hand-written adjoints (``lyapunov._outer_backward``, ``_project_backward``); each
+    custom node costs tens of microseconds of fixed overhead per call, which is what the
+    training step of a small model is made of. Outputs ``(f, V)``.
+    """
+
+    @staticmethod
+    def forward(ctx, fhat_out, gx, dg, dx, dx_sq, slack, keep, alpha, eps, d, tangent):
+        V, grad_V, s, m, dshift = _outer(gx, dg, dx, dx_sq, eps, d, tangent)
+        fhat = fhat_out[:-1] - fhat_out[-1:]
+        f, coef, sq_norm = _project(fhat, V, grad_V, alpha, slack, keep)
+        ctx.alpha, ctx.eps, ctx.d, ctx.tangent = alpha, eps, d, tangent
+        ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep, dg, dx, dx_sq, s, m, dshift)
+        return f, V
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, fbar, Vbar):
+        saved = ctx.saved_tensors
+        fhat_bar, ebar, grad_V_bar = _project_backward(saved[:5], fbar, True)
+        V_bar = torch.add(Vbar, ebar, alpha=ctx.alpha)
+        gx_bar, dg_bar, dx_bar = _outer_backward(saved[5:], ctx.eps, ctx.d, ctx.tangent, V_bar, grad_V_bar, ctx.needs_input_grad[1:4])
+        slack_bar = -ebar if ctx.needs_input_grad[5] else None
+        return fhat_bar, gx_bar, dg_bar, dx_bar, None, slack_bar, None, None, None, None, None
 
 
 def _project_onto_decrease(
@@ -245,14 +280,22 @@ class StableDynamics(ODEWorldModel):
         dx = x - x_eq
         dx_sq = (dx * dx).sum(-1)
         fhat_out = self._fhat_with_eq(x, u, x_with_eq)  # centered inside the projection
-        if lyapunov.warp is None:  # convex V: share [x; x_eq], dx and ||dx||^2
+        # f is exactly zero at the equilibrium whatever the rounding of fhat_c: it is multiplied
+        # by sign(||x - x_eq||^2 (+ ||u||^2)), 0 there and 1 elsewhere (cheaper than a mask).
+        keep = torch.sign(dx_sq if u is None else dx_sq + (u * u).sum(-1))
+        slack = self._slack(x, u)
+        if lyapunov.warp is None and lyapunov.L is None:
+            # The default V (convex, eq. 12): eq. 12 and eq. 10 in one node, see _ConvexField.
+            gx, dg = lyapunov.g.forward_and_grad(x_with_eq)
+            tangent = lyapunov.shift == "tangent"
+            if torch.is_grad_enabled() and (fhat_out.requires_grad or gx.requires_grad or dx.requires_grad or (slack is not None and slack.requires_grad)):
+                return _ConvexField.apply(fhat_out, gx, dg, dx, dx_sq, slack, keep, self.alpha, lyapunov.eps, lyapunov.d, tangent)
+            V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
+        elif lyapunov.warp is None:  # convex V with a learned quadratic: share [x; x_eq], dx and ||dx||^2
             V, grad_V = lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq)
         else:
             V, grad_V = lyapunov.forward_and_grad(x)
-        # f is exactly zero at the equilibrium whatever the rounding of fhat_c: it is multiplied
-        # by sign(||x - x_eq||^2 (+ ||u||^2)), 0 there and 1 elsewhere (cheaper than a mask).
-        at_eq_test = dx_sq if u is None else dx_sq + (u * u).sum(-1)
-        f = _project_onto_decrease(fhat_out, V, grad_V, self.alpha, self._slack(x, u), torch.sign(at_eq_test), center=True)
+        f = _project_onto_decrease(fhat_out, V, grad_V, self.alpha, slack, keep, center=True)
         return f, V
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:

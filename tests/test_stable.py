@@ -199,7 +199,30 @@ def test_projection_backward_passes_gradcheck_and_matches_autograd(with_slack):
         torch.testing.assert_close(a, r)
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(lyap_shift="tangent", lyap_quadratic=True), dict(action_dim=2)])
+@pytest.mark.parametrize("tangent", [False, True])
+def test_fused_convex_field_passes_gradcheck(tangent):
+    """Eq. 12 + eq. 10 as one node (the default model's training path) against finite differences."""
+    from lyagym.learned_models.stable import _ConvexField
+
+    torch.manual_seed(0)
+    b, n = 10, 3
+    kw = dict(dtype=torch.float64)
+    fhat_out = torch.randn(b + 1, n, **kw).requires_grad_(True)
+    gx = (torch.randn(b + 1, **kw) * 0.3).requires_grad_(True)  # all branches of sigma (d = 0.5)
+    dg = torch.randn(b + 1, n, **kw).requires_grad_(True)
+    dx = torch.randn(b, n, **kw).requires_grad_(True)
+    slack = torch.rand(b, **kw).requires_grad_(True)
+
+    def fn(fhat_out, gx, dg, dx, slack):
+        dx_sq = (dx * dx).sum(-1).detach()
+        return _ConvexField.apply(fhat_out, gx, dg, dx, dx_sq, slack, torch.sign(dx_sq), 0.7, 0.05, 0.5, tangent)
+
+    assert torch.autograd.gradcheck(fn, (fhat_out, gx, dg, dx, slack))
+
+
+@pytest.mark.parametrize(
+    "cfg", [dict(), dict(lyap_shift="tangent"), dict(lyap_shift="tangent", lyap_quadratic=True), dict(action_dim=2)]
+)
 def test_training_gradients_match_a_pure_autograd_model(cfg):
     """The hand-written backwards (ICNN value+gradient, projection) give autograd's gradients."""
     torch.manual_seed(0)
