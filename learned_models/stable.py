@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from .certificate import Certificate, weights_hash
 from .checkpoint import register_model
