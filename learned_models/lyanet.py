@@ -19,6 +19,14 @@ one of four methods by name (``TRAINERS``):
 Potentials ``V_y(eta) = L(psi(eta), y)`` (eq. 11) come from ``lyapunov_loss.POTENTIALS``:
 ``"cross_entropy"`` for classification, ``"squared_error"`` for regression.
 
+Our extensions, all off by default (the paper's algorithms are the defaults of ``fit``):
+``sampler="targets"`` and ``weighting="sqrt"``/``"relative"`` make Monte Carlo training pin
+the regression fixed point (the prediction) precisely; ``kappa_max`` bounds the decay rate
+from above (a non-stiff inference ODE); ``random_starts=True`` adds path-integral paths from
+random starts in the state box; ``feasible_speed`` is the least speed bound at which eq. 10
+can hold from ``eta(0) = 0`` for the cross-entropy potential, and ``decrease_along_paths``
+measures where eq. 10 -- the premise of Theorem 3 -- holds on actual inference paths.
+
 Theorem 3 (eq. 15): a model with delta-stable inference dynamics classifies ``x + e``
 correctly for ``||e|| <= eps`` whenever ``delta <= log 2 - L eps (1 - exp(-kappa)) / kappa``,
 i.e. ``eps* = (log 2 - delta) kappa / (L (1 - exp(-kappa)))``. ``L`` bounds how much an input
