@@ -1,10 +1,15 @@
 """Model-based RL (PETS / Dyna with stable and simple world models) vs SAC and PPO on the
 pendulum swing-up, with learning curves; same as `lyagym reproduce mbrl-swingup`.
 
-Examples::
+Examples (each (method, seed) run is stored under OUT and reused, so methods can run in
+separate processes; ``--stored-only`` then summarises what has finished)::
 
-    python examples/mbrl_swingup.py --links 1 --seeds 0 1 2
-    python examples/mbrl_swingup.py --links 2 --methods mpc-true pets-stable pets-simple sac --sac-steps 50000
+    python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --methods sac ppo --out runs/mbrl_n1
+    python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --methods pets-simple pets-stable --out runs/mbrl_n1
+    python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --methods dyna-simple --out runs/mbrl_n1
+    python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --stored-only \
+        --methods pets-stable pets-simple dyna-simple sac ppo --out runs/mbrl_n1
+    python examples/mbrl_swingup.py --links 2 --horizon 20 --episodes 4 --sac-steps 6000 --methods mpc-true pets-simple pets-stable sac
     python examples/mbrl_swingup.py --quick
 """
 
