@@ -13,6 +13,11 @@ Inference integrates eq. 2 with torchdiffeq's ``odeint`` from ``t = 0`` to any
 Solvers are picked by name from torchdiffeq's registry: fixed-step (``"euler"``,
 ``"midpoint"``, ``"rk4"``, ... with ``step_size``) or adaptive (``"dopri5"``, ``"bosh3"``, ...
 with ``rtol``/``atol``). With a fixed step the cost of inference is proportional to ``t``.
+
+``fast_fixed_step=True`` swaps torchdiffeq for a plain loop over the same schemes on the same
+grid (``"euler"``, ``"midpoint"``, ``"rk4"`` only; results equal to rounding). It exists for
+small-batch inference, where torchdiffeq's per-step bookkeeping costs more than the network;
+torchdiffeq stays the default so every solver and the adjoint behave as documented there.
 """
 
 from __future__ import annotations
@@ -179,6 +184,8 @@ class NeuralODE(nn.Module):
             ``ADAPTIVE_METHODS``).
         step_size: default step for fixed-step solvers.
         rtol, atol: default tolerances for adaptive solvers.
+        fast_fixed_step: integrate ``"euler"``/``"midpoint"``/``"rk4"`` with a plain loop
+            instead of torchdiffeq (same scheme and grid; faster on small batches).
     """
 
     def __init__(
@@ -192,6 +199,7 @@ class NeuralODE(nn.Module):
         step_size: float = 0.1,
         rtol: float = 1e-4,
         atol: float = 1e-5,
+        fast_fixed_step: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(hidden_dim, int) or hidden_dim < 1:
@@ -202,6 +210,7 @@ class NeuralODE(nn.Module):
         self.initial = initial
         self._check_solver(method, step_size)
         self.method, self.step_size, self.rtol, self.atol = method, float(step_size), float(rtol), float(atol)
+        self.fast_fixed_step = bool(fast_fixed_step)
         self.last_nfe = 0  # function evaluations of the last solve (cost of inference)
 
     @staticmethod
@@ -251,6 +260,7 @@ class NeuralODE(nn.Module):
         atol: float | None = None,
         adjoint: bool = False,
         eta0: torch.Tensor | None = None,
+        fast_fixed_step: bool | None = None,
     ) -> torch.Tensor:
         """Hidden states ``eta(t)`` at each requested time.
 
@@ -262,6 +272,8 @@ class NeuralODE(nn.Module):
                 backpropagating through the solver's operations.
             eta0: ``(batch, k)`` start states replacing ``phi(x)`` (eq. 1), e.g. to follow
                 paths from perturbed starts; ``None`` uses ``initial_state(x)``.
+            fast_fixed_step: override the model's choice of the plain-loop integrator for
+                ``"euler"``/``"midpoint"``/``"rk4"`` (``None`` keeps it).
 
         Returns:
             ``(len(times), batch, k)`` states (for a float ``t``: ``(2, batch, k)``).
@@ -295,7 +307,7 @@ class NeuralODE(nn.Module):
             if x.requires_grad:
                 params = params + (x,)
             path = odeint_adjoint(func, eta0, times, adjoint_params=params, **kwargs)
-        elif method in _OWN_STEPPERS:
+        elif method in _OWN_STEPPERS and (self.fast_fixed_step if fast_fixed_step is None else fast_fixed_step):
             path = _fixed_grid_solve(func, eta0, times, step_size, method)
         else:
             path = odeint(func, eta0, times, **kwargs)

@@ -333,3 +333,22 @@ def test_world_model_default_training_is_precise_and_reports_the_premise():
     assert 0.0 <= d["eq10_share_of_whole_paths"] <= d["eq10_share_of_path_points"] <= 1.0
     holds = d["eq10_share_of_whole_paths"] == 1.0
     assert ("NOT" in d["theorem3_radius_status"]) != holds
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fast_fixed_step_matches_torchdiffeq(method):
+    # The plain-loop integrator is an opt-in speed path: same scheme, same grid (including
+    # requested times that are not multiples of the step), so it must agree with
+    # torchdiffeq to rounding, and torchdiffeq stays the default.
+    torch.manual_seed(3)
+    dyn = DataControlledMLP(3, 2, 16, zero_init=False)
+    model = NeuralODE(dyn, 3, method=method, step_size=0.07)
+    assert model.fast_fixed_step is False
+    x = torch.randn(8, 2, dtype=torch.float64)
+    model = model.double()
+    times = [0.0, 0.13, 0.5, 0.91]
+    reference = model.trajectory(x, times)
+    fast = model.trajectory(x, times, fast_fixed_step=True)
+    torch.testing.assert_close(fast, reference, atol=1e-12, rtol=0)
+    model.fast_fixed_step = True
+    torch.testing.assert_close(model(x, 0.37), model(x, 0.37, fast_fixed_step=False), atol=1e-12, rtol=0)
