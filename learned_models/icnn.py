@@ -387,12 +387,22 @@ class ICNN(nn.Module):
 
     def reset_parameters(self) -> None:
         self._reset_input_weights()
-        for u in self.U_raw:
-            # Kaiming-uniform like nn.Linear, then shifted down so softplus(U) starts ~ 1/fan_in
-            # scale instead of ~0.7 per entry (which makes deep ICNNs blow up at init).
-            nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-            with torch.no_grad():
-                u.sub_(math.log(u.shape[1]))
+        self.reset_z_path()
+
+    def reset_z_path(self, offset: float | None = None) -> None:
+        """Re-draw the z-path weights: Kaiming-uniform ``U_raw`` (like ``nn.Linear``) minus ``offset``.
+
+        The default ``offset = log(fan_in)`` starts ``U = softplus(U_raw)`` near ``1 / fan_in``
+        per entry instead of ~0.7 (the paper's softplus of PyTorch's default, ``offset = 0``),
+        which makes deep ICNNs blow up at initialisation. A smaller offset (e.g. 1) gives ``g``
+        more curvature from the start.
+        """
+        if offset is not None and not math.isfinite(offset):
+            raise ValueError(f"offset must be a finite number or None, got {offset!r}")
+        with torch.no_grad():
+            for u in self.U_raw:
+                nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+                u.sub_(math.log(u.shape[1]) if offset is None else float(offset))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # The per-layer layout of earlier versions: "W.{i}.weight", "W.{i}.bias", "U_raw.{i}".

@@ -281,3 +281,20 @@ def test_lyapunov_rejects_bad_arguments():
         LyapunovFunction(2, x_eq=[0.0, float("nan")])
     with pytest.raises(ValueError, match="shift"):
         LyapunovFunction(2, shift="mean")
+
+
+def test_reset_z_path_offset_sets_the_scale_of_U():
+    # The default offset log(fan_in) keeps softplus(U_raw) small (about 1/fan_in per entry);
+    # offset 0 is the paper's softplus of PyTorch's default init (about 0.7 per entry).
+    import torch.nn.functional as F
+    from lyagym.learned_models.icnn import ICNN
+
+    torch.manual_seed(0)
+    g = ICNN(4, hidden=(60, 60))
+    default = F.softplus(g.U_raw_flat).mean().item()
+    g.reset_z_path(0.0)
+    paper = F.softplus(g.U_raw_flat).mean().item()
+    assert default < 0.1 < 0.5 < paper
+    assert (F.softplus(g.U_raw_flat) > 0).all()
+    with pytest.raises(ValueError, match="offset"):
+        g.reset_z_path(float("nan"))

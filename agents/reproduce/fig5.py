@@ -177,11 +177,7 @@ def widen_icnn_init(model, offset: float = 1.0) -> None:
     Kaiming-uniform ``U_raw`` shifted by ``-offset`` (the paper's softplus of PyTorch's
     default init is ``offset = 0``) gives ``g`` real curvature from the start.
     """
-    g = model.lyapunov.g
-    with torch.no_grad():
-        for u in g.U_raw:
-            torch.nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-            u.sub_(offset)
+    model.lyapunov.g.reset_z_path(offset)
 
 
 def build_models(n: int, config: Fig5Config) -> dict[str, torch.nn.Module]:
