@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .lyapunov_loss import POTENTIALS, _check_kappa, discrete_lyapunov_loss, lyapunov_derivative, lyapunov_loss, pointwise_lyapunov_loss
-from .neural_ode import DataControlledMLP, NeuralODE
+from .neural_ode import _OWN_STEPPERS, DataControlledMLP, NeuralODE
 
 __all__ = [
     "SAMPLERS",
@@ -281,21 +281,13 @@ def monte_carlo_loss(
     return _weigh(point, v, weighting).mean()
 
 
+#: One solver step ``(f(eta, t), eta, t, h) -> eta'`` of the schemes the rolled-out path uses:
+#: the same schemes as torchdiffeq's (its ``"rk4"`` is the 3/8 rule), so a step re-taken
+#: from a path state lands on the next path state to rounding.
 _ONE_STEP = {
-    "euler": lambda f, eta, t, h: eta + h * f(eta, t),
-    "midpoint": lambda f, eta, t, h: eta + h * f(eta + 0.5 * h * f(eta, t), t + 0.5 * h),
+    name: (lambda step: lambda f, eta, t, h: step(lambda tt, e: f(e, tt), t, h, eta))(step)
+    for name, step in _OWN_STEPPERS.items()
 }
-
-
-def _rk4_step(f, eta, t, h):
-    k1 = f(eta, t)
-    k2 = f(eta + 0.5 * h * k1, t + 0.5 * h)
-    k3 = f(eta + 0.5 * h * k2, t + 0.5 * h)
-    k4 = f(eta + h * k3, t + h)
-    return eta + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-
-_ONE_STEP["rk4"] = _rk4_step
 
 
 def path_integral_loss(

@@ -108,6 +108,12 @@ class DataControlledMLP(nn.Module):
         return out if self.max_speed is None else self.max_speed * torch.tanh(out / self.max_speed)
 
 
+def _steps_between(a: float, b: float, step_size: float) -> int:
+    """Number of equal steps of at most ``step_size`` (up to float32 rounding of the times:
+    ``t = [0, 0.1]`` in float32 is ``0.10000000149``, still one step of 0.1) from ``a`` to ``b``."""
+    return max(1, math.ceil((b - a) / step_size - 1e-5))
+
+
 def _grid_through(step_size: float) -> Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]:
     """torchdiffeq ``grid_constructor``: steps of at most ``step_size`` hitting every time in ``t``."""
 
@@ -115,7 +121,7 @@ def _grid_through(step_size: float) -> Callable[[object, torch.Tensor, torch.Ten
         knots = t.tolist()  # a handful of output times, once per solve
         pieces = [t[:1]]
         for a, b in zip(knots[:-1], knots[1:]):
-            n = max(1, math.ceil((b - a) / step_size - 1e-9))
+            n = _steps_between(a, b, step_size)
             pieces.append(torch.linspace(a, b, n + 1, dtype=t.dtype, device=t.device)[1:])
         return torch.cat(pieces)
 
@@ -148,7 +154,7 @@ def _fixed_grid_solve(func, y0: torch.Tensor, times: torch.Tensor, step_size: fl
     step = _OWN_STEPPERS[method]
     out, y, i = [y0], y0, 0
     for a, b in zip(knots[:-1], knots[1:]):
-        n = max(1, math.ceil((b - a) / step_size - 1e-9))
+        n = _steps_between(a, b, step_size)
         for t0, t1 in zip(grid[i : i + n].tolist(), grid[i + 1 : i + n + 1].tolist()):
             y = step(func, t0, t1 - t0, y)
         i += n
