@@ -352,3 +352,29 @@ def test_fast_fixed_step_matches_torchdiffeq(method):
     torch.testing.assert_close(fast, reference, atol=1e-12, rtol=0)
     model.fast_fixed_step = True
     torch.testing.assert_close(model(x, 0.37), model(x, 0.37, fast_fixed_step=False), atol=1e-12, rtol=0)
+
+
+def test_float32_times_take_the_requested_steps_and_path_integral_matches_the_path():
+    # float32 0.1 is 0.10000000149: the grid must still take one step of 0.1 per interval
+    # (not two of 0.05), so a fixed-step solve costs what the step size says.
+    torch.manual_seed(0)
+    model = NeuralODE.mlp(3, 2, width=8, zero_init=False, method="euler", step_size=0.1)
+    x = torch.randn(5, 3)
+    times = torch.linspace(0.0, 1.0, 11)
+    path = model.trajectory(x, times)
+    assert model.last_nfe == 10
+    f0 = model.f(torch.zeros(5, 2), x, 0.0)
+    torch.testing.assert_close(path[1], 0.1 * f0)
+    # The path-integral loss re-takes each segment's step from the detached path state; with
+    # the same scheme (torchdiffeq's rk4 is the 3/8 rule) it reproduces the path, so the loss
+    # equals the discrete Lyapunov loss of the rolled-out path itself.
+    from lyagym.learned_models.lyapunov_loss import discrete_lyapunov_loss, squared_error
+
+    y = torch.randn(5, 2)
+    for method in ("euler", "midpoint", "rk4"):
+        with torch.no_grad():
+            rolled = model.trajectory(x, times, method=method, step_size=0.1)
+            values = torch.stack([squared_error(p, y) for p in rolled])
+            expected = discrete_lyapunov_loss(values, times, 1.0)
+            got = path_integral_loss(model, x, y, kappa=1.0, potential="squared_error", n_steps=10, method=method)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
