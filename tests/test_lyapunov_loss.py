@@ -114,3 +114,22 @@ def test_soft_constraint_with_a_learned_icnn_lyapunov_function():
     torch.testing.assert_close(vdot, (grad * f_net(x)).sum(-1))
     loss = lyapunov_loss(V, f_net, x, 0.5, reduction="none")
     torch.testing.assert_close(loss, torch.relu(vdot + 0.5 * v))
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_soft_constraint_with_the_known_pendulum_energy(damping):
+    # The pendulum's energy as V and the true dynamics as f: with absolute damping b the power
+    # balance gives dE/dt = -b sum_i qdot_i^2 exactly, so the loss is relu(kappa V - b |qdot|^2);
+    # undamped, energy is conserved and the loss is kappa V at every state.
+    from lyagym.envs import PendulumDynamics
+
+    physics = PendulumDynamics(n_links=2, damping=damping, actuated=()).to(dtype=torch.float64)
+    rest = physics.energy(torch.zeros(1, 4, dtype=torch.float64))
+    V = lambda x: physics.energy(x) - rest  # noqa: E731  (zero at the downward rest state)
+    x = (torch.rand(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1) * math.pi / 4
+    v, vdot = lyapunov_derivative(V, physics.derivative, x)
+    torch.testing.assert_close(vdot, -damping * x[:, 2:].pow(2).sum(-1))
+    kappa = 0.5
+    loss = lyapunov_loss(V, physics.derivative, x, kappa, reduction="none")
+    torch.testing.assert_close(loss, torch.relu(kappa * v - damping * x[:, 2:].pow(2).sum(-1)))
+    assert bool((v > 0).all()) and (bool((loss > 0).all()) if damping == 0 else bool((loss == 0).any()))
