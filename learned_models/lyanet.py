@@ -687,7 +687,10 @@ def theorem3_radii(
     ``stable``: whether the decrease condition of eq. 10 held at every point of the
     ``n_steps``-step inference path (``decrease_along_paths``; the radius assumes it: where
     it fails, the radius is indicative only -- it is measured, not proven), and
-    ``stable_fraction``: the share of path points where it held.
+    ``stable_fraction``: the share of path points where it held. The radius is a bound only
+    with an upper bound ``lipschitz`` (``lipschitz_estimate(method="spectral")``); the
+    sampled estimate is a lower bound of ``L``, so its radius is indicative even where
+    ``stable`` holds.
     """
     _check_data(x, y, "cross_entropy")
     check = decrease_along_paths(model, x, y, kappa=kappa, potential="cross_entropy", n_steps=n_steps)

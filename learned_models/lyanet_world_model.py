@@ -324,10 +324,11 @@ class LyaNetWorldModel(nn.Module):
         rate_p5 = max(0.0, float(torch.quantile(rates, 0.05)))
         alpha = max(0.0, float(rates.min()))
         if path_share == 1.0:
-            status = "premise measured to hold on every held-out path: the radius applies (empirically)"
+            status = ("premise measured to hold on every held-out nominal path; the radius is an estimate (sampled L "
+                      "is a lower bound of the Lipschitz constant), not a bound")
         else:
             status = (f"premise does NOT hold: eq. 10 fails on {100 * (1 - point_share):.1f}% of path points "
-                      f"({100 * (1 - path_share):.1f}% of paths); the radius is indicative only")
+                      f"({100 * (1 - path_share):.1f}% of paths); the radius is indicative only, not a bound")
         return Certificate(
             claim="lyapunov_convergence",
             alpha=alpha,
