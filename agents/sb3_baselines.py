@@ -13,7 +13,7 @@ import numpy as np
 
 from .mbrl import _task_target, angle_error, write_csv
 
-__all__ = ["BASELINES", "train_baseline", "evaluation_episode"]
+__all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
 
 #: name -> (SB3 class name, default keyword arguments)
 BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -101,11 +101,28 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
 
     kwargs = {**defaults, **algo_kwargs}
     model = getattr(stable_baselines3, cls_name)("MlpPolicy", env, seed=seed, device=device, verbose=0, **kwargs)
+    model.set_logger(sb3_logger(out_dir))
     model.learn(total_timesteps=int(total_steps), callback=EpisodeLogger(), progress_bar=progress and _has_rich())
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "model.zip"))
     return rows
+
+
+def sb3_logger(out_dir: str | None = None):
+    """An SB3 logger for our runs: SB3's training statistics (losses, entropy coefficient, ...)
+    as ``out_dir/progress.csv``, or no output at all without ``out_dir``.
+
+    Passed to ``agent.set_logger`` before ``learn``: SB3's own default (``verbose=0``, no
+    ``tensorboard_log``) would create an empty ``SB3-<date>`` folder in the system temp dir
+    on every ``learn`` call.
+    """
+    from stable_baselines3.common.logger import CSVOutputFormat, Logger
+
+    if not out_dir:
+        return Logger(folder=None, output_formats=[])
+    os.makedirs(out_dir, exist_ok=True)
+    return Logger(folder=out_dir, output_formats=[CSVOutputFormat(os.path.join(out_dir, "progress.csv"))])
 
 
 def evaluation_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0,

@@ -104,7 +104,18 @@ def test_tiny_pets_loop_end_to_end_with_checkpoint_and_resume(tmp_path, kind):
     assert base.dt == model2.dt
 
 
-def test_tiny_dyna_loop_trains_sac_in_imagination(tmp_path):
+def _sb3_tempdir(monkeypatch, tmp_path):
+    """Point the temp dir at an empty folder: SB3's default logger would create SB3-<date> there."""
+    import tempfile
+
+    tmp = tmp_path / "systemp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def test_tiny_dyna_loop_trains_sac_in_imagination(tmp_path, monkeypatch):
+    systemp = _sb3_tempdir(monkeypatch, tmp_path)
     env = make_pendulum_env(1, dt=0.05, episode_steps=TINY.episode_steps)
     model = make_world_model("simple", 2, 1, 0.05, seed=0, hidden=(16, 16))
     config = MBRLConfig(**{**TINY.__dict__, "random_episode_steps": 10})
@@ -113,11 +124,14 @@ def test_tiny_dyna_loop_trains_sac_in_imagination(tmp_path):
     # the greedy policy is evaluated on a separate env copy, one full episode from a fixed start
     assert "eval_return" not in rows[0] and np.isfinite(rows[1]["eval_return"]) and 0 <= rows[1]["eval_final_angle_error"] <= np.pi
     assert os.path.exists(tmp_path / "sac.zip")
+    assert not list(systemp.glob("SB3-*"))  # our logger, not SB3's default one that litters the temp dir
 
 
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
-def test_sb3_baselines_log_every_episode(tmp_path, algo):
+def test_sb3_baselines_log_every_episode(tmp_path, monkeypatch, algo):
     from lyagym.agents.sb3_baselines import train_baseline
+
+    systemp = _sb3_tempdir(monkeypatch, tmp_path)
 
     env = make_pendulum_env(1, dt=0.05, episode_steps=20)
     extra = {"learning_starts": 10, "batch_size": 16} if algo == "sac" else {"n_steps": 32, "batch_size": 16, "n_epochs": 1}
@@ -130,6 +144,8 @@ def test_sb3_baselines_log_every_episode(tmp_path, algo):
     assert all(np.isfinite(r["return"]) for r in evaluations)
     assert all(np.isfinite(r["return"]) and 0 <= r["final_angle_error"] <= np.pi for r in rows)
     assert len(read_csv(str(tmp_path / "episodes.csv"))) == 3 and (tmp_path / "model.zip").exists()
+    assert (tmp_path / "progress.csv").exists()  # SB3's training statistics go to the run folder
+    assert not list(systemp.glob("SB3-*"))
 
 
 def test_mpc_on_true_physics_holds_the_upright_double_pendulum():
@@ -141,6 +157,27 @@ def test_mpc_on_true_physics_holds_the_upright_double_pendulum():
     errors = angle_error(ep["states"], 2, np.pi)
     assert errors[0] > 0.1
     assert errors[-25:].max() < 0.1, errors
+
+
+def test_mpc_controller_gives_the_first_plan_warmup_iterations():
+    from lyagym.agents.mbrl import MPCController
+    from lyagym.agents.planners import make_planner
+
+    env = make_pendulum_env(1, dt=0.05)
+    model = true_physics_model(env)
+    cost = PendulumCost(1, "swingup")
+    kw = dict(horizon=6, num_samples=32, action_low=-5.0, action_high=5.0, seed=3)
+    x = np.array([0.2, -0.1])
+    controller = MPCController(make_planner("mppi", model, cost, iterations=1, **kw), 1, warmup_iterations=4)
+    reference = make_planner("mppi", model, cost, iterations=4, **kw)  # what the first call must equal
+    np.testing.assert_allclose(controller(x), reference.plan(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert controller.planner.iterations == 1  # later plans use the planner's own iterations
+    reference.iterations = 1
+    np.testing.assert_allclose(controller(x), reference.plan(x).numpy(), rtol=1e-6, atol=1e-6)
+    controller.reset()  # a new episode warms up again
+    assert controller._fresh
+    with pytest.raises(ValueError, match="warmup_iterations"):
+        MPCController(reference, 1, warmup_iterations=-1)
 
 
 def test_cli_plan_and_mbrl_run(tmp_path):

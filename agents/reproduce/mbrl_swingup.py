@@ -89,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=300, help="MPPI samples K")
     parser.add_argument("--horizon", type=int, default=30, help="MPPI horizon H (steps)")
     parser.add_argument("--iterations", type=int, default=2, help="MPPI iterations per step")
+    parser.add_argument("--warmup-iterations", type=int, default=0,
+                        help="MPPI iterations of each episode's first plan (0: --iterations)")
+    parser.add_argument("--noise-std", type=float, default=None, help="MPPI sampling std (default: a quarter of the torque range)")
+    parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--fit-epochs", type=int, default=100)
     parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
     parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
@@ -351,7 +355,7 @@ def mpc_from_starts(models: dict, args, starts: dict, steps: dict) -> tuple[str,
         results[start] = {}
         for name, model in models.items():
             ep = mpc_episode(env, model, horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
-                             steps=steps[start], seed=0, progress=False, start_state=x0)
+                             steps=steps[start], seed=0, progress=False, start_state=x0, **_planner_options(args))
             err = angle_error(ep["states"], args.links, math.pi)
             results[start][name] = {"final": float(err[-1]), "hold": float(err[-max(1, len(err) // 5):].max()),
                                     "return": ep["return"]}
@@ -440,10 +444,25 @@ def _verdict(horizon: dict, regions: dict, mpc: dict) -> str:
 
 
 # ---------------------------------------------------------------------- runs
+def _planner_options(args) -> dict:
+    """MPPI options beyond K, H and iterations, shared by mpc-true, PETS and the analysis."""
+    return {"temperature": args.temperature, "noise_std": args.noise_std, "warmup_iterations": args.warmup_iterations}
+
+
+def _planner_settings(args) -> dict:
+    settings = {"samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
+    # only options that differ from the original study's are part of the key, so older stored runs stay valid
+    for key, value, old in (("warmup_iterations", args.warmup_iterations, 0), ("noise_std", args.noise_std, None),
+                            ("temperature", args.temperature, 0.5)):
+        if value != old:
+            settings[key] = value
+    return settings
+
+
 def _run_settings(args, method: str) -> dict:
     common = {"links": args.links, "dt": args.dt, "max_torque": args.max_torque}
     if method == "mpc-true":
-        return {**common, "samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
+        return {**common, **_planner_settings(args)}
     if method == "sac":
         return {**common, "steps": args.sac_steps, "eval_every": args.eval_every}
     if method == "ppo":
@@ -451,7 +470,7 @@ def _run_settings(args, method: str) -> dict:
     settings = {**common, "episodes": args.episodes, "random_steps": args.random_steps, "fit_epochs": args.fit_epochs,
                 "fit_steps": args.fit_steps}
     if method.startswith("pets"):
-        return {**settings, "samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
+        return {**settings, **_planner_settings(args)}
     return {**settings, "imagined_steps": args.imagined_steps}
 
 
@@ -468,7 +487,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     if method == "mpc-true":
         model = true_physics_model(env, device=args.device)
         ep = mpc_episode(env, model, horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
-                         steps=EPISODE_STEPS, seed=1_000_003 + seed, progress=progress)
+                         steps=EPISODE_STEPS, seed=1_000_003 + seed, progress=progress, **_planner_options(args))
         row = {"method": method, "seed": seed, "real_steps": 0, "return": ep["return"],
                "final_angle_error": float(angle_error(ep["states"][-1], args.links, math.pi))}
         return {"evaluations": [row], "episodes": []}
@@ -484,6 +503,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     config = MBRLConfig(episodes=args.episodes - 1, random_episodes=1, random_episode_steps=args.random_steps,
                         episode_steps=EPISODE_STEPS, seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps,
                         horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
+                        warmup_iterations=args.warmup_iterations, noise_std=args.noise_std, temperature=args.temperature,
                         imagined_steps=args.imagined_steps)
     model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
     if method.startswith("pets"):
