@@ -239,3 +239,26 @@ def test_open_loop_horizon_errors_vanish_for_the_true_physics():
     assert errors and all(e["physics"] < 1e-6 for e in errors.values()), errors
     assert all(e["frozen"] > 1e-3 for e in errors.values())
     assert sum(e["starts"] for (region, h), e in errors.items() if h == 20) == 8  # starts 0, 5, 10, 15 of each episode
+
+
+def test_study_runs_stores_and_reuses_tiny_mpc_and_pets_runs(tmp_path, capsys):
+    import argparse
+    import json
+
+    from lyagym.agents.reproduce import mbrl_swingup
+
+    parser = argparse.ArgumentParser()
+    mbrl_swingup.add_arguments(parser)
+    argv = ["--seeds", "0", "--methods", "mpc-true", "pets-simple", "--episodes", "2", "--random-steps", "20",
+            "--samples", "8", "--horizon", "4", "--iterations", "1", "--warmup-iterations", "2", "--fit-epochs", "1",
+            "--fit-steps", "2", "--no-analysis", "--no-progress", "--out", str(tmp_path)]
+    assert mbrl_swingup.run(parser.parse_args(argv)) == 0
+    stored = json.loads((tmp_path / "pets-simple" / "seed0" / "run.json").read_text())
+    assert stored["settings"]["warmup_iterations"] == 2 and stored["settings"]["noise_std"] == 1.0
+    assert [r["real_steps"] for r in stored["evaluations"]] == [20]  # the MPC episode after the random one
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "learning_curves.png").exists()
+    capsys.readouterr()
+    assert mbrl_swingup.run(parser.parse_args(argv + ["--stored-only"])) == 0
+    assert capsys.readouterr().out.count("stored run reused") == 2
+    # other planner settings are another experiment: not reused, skipped with --stored-only
+    assert mbrl_swingup.run(parser.parse_args(argv + ["--stored-only", "--noise-std", "2"])) == 1

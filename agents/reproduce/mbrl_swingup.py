@@ -86,12 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sac-steps", type=int, default=20_000, help="real env steps of SAC")
     parser.add_argument("--ppo-steps", type=int, default=None, help="real env steps of PPO (default: --sac-steps)")
     parser.add_argument("--eval-every", type=int, default=EPISODE_STEPS, help="SAC/PPO evaluation period (real steps)")
+    # MPPI settings tuned on the true physics (module docstring, "Planner settings")
     parser.add_argument("--samples", type=int, default=300, help="MPPI samples K")
-    parser.add_argument("--horizon", type=int, default=30, help="MPPI horizon H (steps)")
-    parser.add_argument("--iterations", type=int, default=2, help="MPPI iterations per step")
-    parser.add_argument("--warmup-iterations", type=int, default=0,
+    parser.add_argument("--horizon", type=int, default=50, help="MPPI horizon H (steps)")
+    parser.add_argument("--iterations", type=int, default=3, help="MPPI iterations per step")
+    parser.add_argument("--warmup-iterations", type=int, default=30,
                         help="MPPI iterations of each episode's first plan (0: --iterations)")
-    parser.add_argument("--noise-std", type=float, default=None, help="MPPI sampling std (default: a quarter of the torque range)")
+    parser.add_argument("--noise-std", type=float, default=1.0,
+                        help="MPPI sampling std in torque units (0 or less: a quarter of the torque range)")
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--fit-epochs", type=int, default=100)
     parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
@@ -416,7 +418,8 @@ def analysis(args, runs: dict) -> str:
         f"angles, recorded torques; starts every 5 steps; near upright: every angle within 0.5 rad of upright):\n\n"
         f"{horizon_table}\n\n"
         f"**(b) Fixed regions** (256 seeded starts; mean squared state error against the physics):\n\n{region_table}\n\n"
-        f"**(c) MPC on the real env** (MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations):\n\n"
+        f"**(c) MPC on the real env** (MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations, "
+        f"the study's planner settings):\n\n"
         f"{mpc_table}\n"
     )
     text += _verdict(horizon, regions, mpc)
@@ -444,15 +447,19 @@ def _verdict(horizon: dict, regions: dict, mpc: dict) -> str:
 
 
 # ---------------------------------------------------------------------- runs
+def _noise_std(args) -> float | None:
+    return args.noise_std if args.noise_std is not None and args.noise_std > 0 else None
+
+
 def _planner_options(args) -> dict:
     """MPPI options beyond K, H and iterations, shared by mpc-true, PETS and the analysis."""
-    return {"temperature": args.temperature, "noise_std": args.noise_std, "warmup_iterations": args.warmup_iterations}
+    return {"temperature": args.temperature, "noise_std": _noise_std(args), "warmup_iterations": args.warmup_iterations}
 
 
 def _planner_settings(args) -> dict:
     settings = {"samples": args.samples, "horizon": args.horizon, "iterations": args.iterations}
     # only options that differ from the original study's are part of the key, so older stored runs stay valid
-    for key, value, old in (("warmup_iterations", args.warmup_iterations, 0), ("noise_std", args.noise_std, None),
+    for key, value, old in (("warmup_iterations", args.warmup_iterations, 0), ("noise_std", _noise_std(args), None),
                             ("temperature", args.temperature, 0.5)):
         if value != old:
             settings[key] = value
@@ -503,7 +510,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     config = MBRLConfig(episodes=args.episodes - 1, random_episodes=1, random_episode_steps=args.random_steps,
                         episode_steps=EPISODE_STEPS, seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps,
                         horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
-                        warmup_iterations=args.warmup_iterations, noise_std=args.noise_std, temperature=args.temperature,
+                        warmup_iterations=args.warmup_iterations, noise_std=_noise_std(args), temperature=args.temperature,
                         imagined_steps=args.imagined_steps)
     model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
     if method.startswith("pets"):
@@ -559,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
         args.ppo_steps = min(args.ppo_steps or args.sac_steps, 2000)
         args.samples = min(args.samples, 100)
         args.horizon = min(args.horizon, 20)
+        args.warmup_iterations = min(args.warmup_iterations, 10)
         args.fit_steps = min(args.fit_steps, 300)
         args.imagined_steps = min(args.imagined_steps, 100)
     if not 0 <= args.tolerance < 1:
@@ -583,7 +591,9 @@ def run(args: argparse.Namespace) -> int:
     plot_learning_curves(evaluations, os.path.join(args.out, "learning_curves.png"),
                          f"{args.links}-link swing-up, mean +- std over seeds {args.seeds}", numbers["target"], args.tolerance)
     budget = (f"Budgets: model-based {args.episodes} episodes (first: {args.random_steps} random-torque steps, then "
-              f"{EPISODE_STEPS}-step episodes), MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations, "
+              f"{EPISODE_STEPS}-step episodes), MPPI K = {args.samples}, H = {args.horizon}, {args.iterations} iterations "
+              f"({args.warmup_iterations or args.iterations} for an episode's first plan), noise std "
+              f"{_noise_std(args) or 'a quarter of the torque range'}, temperature {args.temperature:g}, "
               f">= {args.fit_steps} Adam steps per fit; Dyna {args.imagined_steps} x 128 imagined steps per episode; "
               f"SAC {args.sac_steps} and PPO {args.ppo_steps or args.sac_steps} real steps, evaluated every {args.eval_every}.")
     lines = ["| method | " + " | ".join(f"tolerance {t:g}" for t in TOLERANCES) + " |", "|---|" + "---|" * len(TOLERANCES)]
