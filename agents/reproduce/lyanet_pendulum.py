@@ -27,7 +27,10 @@ smallest scales dominate and the field far from the target is left stiff and wro
 Result (defaults, seed 0; ``lyagym reproduce lyanet-pendulum``): average rollout error
 n = 1: LyaNet 7.4e-7 vs simple 4.8e-5, stable 2.4e-5, x = 0 0.098, inference rate on
 held-out inputs p5 13.8 / median 15.4 (kappa 12); n = 2: LyaNet 8.9e-4 vs simple 7.7e-4,
-stable 3.4e-4, x = 0 0.14, rate p5 7.1 / median 11.0 (29% of inputs reach kappa).
+stable 3.4e-4, x = 0 0.14, rate p5 7.1 / median 11.0 (29% of inputs reach kappa). Seed 1:
+n = 1 LyaNet 2.1e-6 vs simple 1.3e-5, stable 4.0e-6 (rate min 9.9 / p5 12.5 / median 14.3,
+98% reach kappa); n = 2 LyaNet 3.0e-4 vs simple 3.5e-4, stable 2.9e-4, soft 2.7e-4 (rate min
+3.2 / p5 6.6 / median 10.1, 14% reach kappa).
 
 Scores every model with the paper's protocol (``pendulum_eval.rollout_error``: 1000 states
 uniform in ``[-pi/8, pi/8]^(2n)``, 999 RK4 steps of 0.01 s, squared error with wrapped
