@@ -19,9 +19,9 @@ explicitly when the premise fails and the radius is only indicative; evidence ``
 
 Fig. 5 protocol (``lyagym reproduce lyanet-pendulum``, seeds 0 / 1): average rollout error
 7.4e-7 / 2.1e-6 at n = 1 (``SimpleDynamics`` 4.8e-5 / 1.3e-5) with a measured inference rate
-on held-out inputs of p5 13.8 / 12.5 >= kappa = 12; 8.9e-4 / 3.0e-4 at n = 2
+on held-out inputs of min 13.2 / 9.9, p5 13.8 / 12.5 (kappa = 12); 8.9e-4 / 3.0e-4 at n = 2
 (``SimpleDynamics`` 7.7e-4 / 3.5e-4), where inference converges more slowly than trained
-(rate p5 7.1 / 6.6, median 11.0 / 10.1; only 29% / 14% of inputs reach kappa).
+(rate min 3.9 / 3.2, p5 7.1 / 6.6, median 11.0 / 10.1; only 29% / 14% of inputs reach kappa).
 """
 
 from __future__ import annotations
