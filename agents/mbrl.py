@@ -84,10 +84,11 @@ class MBRLConfig:
     patience: int = 15
     # PETS planner. Defaults tuned on the true physics of the n = 1 swing-up (dt 0.05, torque 5):
     # MPPI K = 300, H = 50 (2.5 s: a whole swing-up), 3 iterations per step, 30 for an
-    # episode's first plan, noise std 1 -- return -288 +- 3 from SAC's evaluation starts
-    # (SAC's final return: -290), where K = 300, H = 30, 2 iterations, std 2.5 gave -308
-    # and failed to swing up in one go from about half of the starts
-    # (``lyagym reproduce mbrl-swingup`` docstring).
+    # episode's first plan, noise std 1 -- return -288.1 +- 3.3 from SAC's evaluation starts
+    # (SAC's final return: -289.0), where K = 300, H = 30, 2 iterations, std 2.5 swung up in
+    # one go from 1 of 5 starts (``lyagym reproduce mbrl-swingup`` docstring). For n = 2 a
+    # horizon of 15 works and 50 does not; from near upright H = 50 tends to let the
+    # pendulum fall through a full turn (H <= 40 catches it).
     planner: str = "mppi"
     horizon: int = 50
     num_samples: int = 300

@@ -9,7 +9,7 @@ separate processes; ``--stored-only`` then summarises what has finished)::
     python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --methods dyna-simple --out runs/mbrl_n1
     python examples/mbrl_swingup.py --links 1 --seeds 0 1 2 --stored-only \
         --methods pets-stable pets-simple dyna-simple sac ppo --out runs/mbrl_n1
-    python examples/mbrl_swingup.py --links 2 --horizon 20 --episodes 4 --sac-steps 6000 --methods mpc-true pets-simple pets-stable sac
+    python examples/mbrl_swingup.py --links 2 --seeds 0 --episodes 12 --methods mpc-true pets-simple pets-stable sac --out runs/mbrl_n2
     python examples/mbrl_swingup.py --quick
 """
 

@@ -27,6 +27,20 @@ evaluation return is ``>= target - tolerance * |target|`` (``--tolerance``, defa
 median. Counting the evaluation episode itself as spent (``k + 200`` for every method)
 gives the stricter ratio in the last column.
 
+**Planner settings** (``--samples 300 --horizon 50 --iterations 3 --warmup-iterations 30
+--noise-std 1 --temperature 0.5``, the defaults for one link; ``default_horizon`` for more).
+Tuned on the true physics only, so the planner is not what keeps PETS from SAC's return;
+the env, reward and ``dt`` are SAC's. The swing-up return is bimodal: a plan that swings
+up in one go scores about -285 to -295, one that needs an extra swing about -390 to -420.
+The old settings (K = 300, H = 30, 2 iterations, noise std 2.5 = a quarter of the torque
+range) swung up in one go from 1 of 5 starts (mean -391 over reset seeds 0-4): a 1.5 s
+horizon does not see a whole swing-up, the first plan of an episode (no warm start) was
+half optimised, and wide noise clipped at the torque limit pulls MPPI's average off the
+saturated torque the last push needs. With the defaults: mean -303, median -291 over reset
+seeds 0-9 (8 of 10 in one go) and -288.1 +- 3.3 from SAC's three evaluation starts
+(``mpc-true``; SAC's final return -289.0). K = 1000 or 4-6 iterations did not remove the
+occasional extra swing; CEM (K = 500, 5 iterations) had no extra swings but cost ~2x.
+
 **Where the stability constraint helps and hurts** (``--analysis``, needs ``pets-stable``):
 a fresh stable and a fresh simple model are fitted with the same settings to the *same*
 data (the final PETS buffer of the first seed of ``pets-stable``), then compared on (a)
@@ -45,8 +59,32 @@ Example::
     lyagym reproduce mbrl-swingup --links 1 --seeds 0 1 2 --out runs/mbrl_n1
     lyagym reproduce mbrl-swingup --quick          # minutes, smaller budgets
 
-Results (n = 1, seeds 0 1 2, 2-core CPU shared with other jobs): see ``summary.md`` of the run;
-README "MPC and model-based RL" quotes the table and the command that printed it.
+Results (defaults, 2-core CPU shared with other jobs; ``--stored-only`` summary of runs made
+one (method, seed) per process; ``summary.md`` of the run has the full tables):
+
+- n = 1. SAC (seeds 0-2, 20k steps): final return -289.0 +- 1.5, reached (>= -303.5) after
+  14200, 9400, 9800 real steps (median 9800). ``mpc-true``: -288.1 +- 3.3.
+  ``pets-stable`` (seeds 0-4): reached after 600, 800, never, never, never real steps
+  (16.3x, 12.2x, 0, 0, 0; median over seeds 0-2 12.2x, over 0-4 0x); ``pets-simple``:
+  800, 800, never, never, never (12.2x, 12.2x, 0, 0, 0). So >= 10x holds for 2 of 5 seeds
+  of each model, not for the median. The misses are near misses of the swing-up in the
+  last MPC episodes (best returns -420 (swing-up with an extra turn), -558 to -662 vs
+  -1700 to -1850 for the random episode): 1000 real steps is the budget at which a 10x
+  ratio is still possible (reach by 980 steps), and 3 of 5 seeds' models are not yet
+  good enough there. PPO (20k steps) and Dyna-SAC (1000 real steps, 2 seeds) never swing up.
+- The help/hurt analysis (seed 0's buffer): the stable model's 60-100-step open-loop
+  errors along the real episodes are 10^3-10^4x smaller than the simple model's
+  (bounded rollouts), but its 1-10-step errors and the fixed-region errors are 1.4-6x larger
+  (the constraint costs short-term accuracy, most near upright). Planning with either
+  model from hanging swings up and holds (-287 stable, -290 simple, -292 true physics).
+  With H = 50, MPC from 0.3 rad off upright lets the pendulum fall through a full turn
+  (return -127 instead of -1.3) on the true physics too (H <= 40 catches it): the long
+  horizon needed for the swing-up makes the planner's local search see "fall and swing
+  back up" before "catch".
+- n = 2 (``--links 2 --episodes 12``, horizon 15): ``mpc-true`` swings up and holds,
+  final angle error 0.009-0.037 rad (return -179.7 +- 1.2). SAC (seed 0, 20k steps) does
+  not swing up (final -1263, angle error 2.4 rad); PETS with 2400 real steps neither
+  (best -1612 simple, -1659 stable; seed 0).
 """
 
 from __future__ import annotations
