@@ -72,10 +72,11 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
   -1700 to -1850 for the random episode): 1000 real steps is the budget at which a 10x
   ratio is still possible (reach by 980 steps), and 3 of 5 seeds' models are not yet
   good enough there. PPO (20k steps) and Dyna-SAC (1000 real steps, 2 seeds) never swing up.
-- The help/hurt analysis (seed 0's buffer): the stable model's 60-100-step open-loop
-  errors along the real episodes are 10^3-10^4x smaller than the simple model's
-  (bounded rollouts), but its 1-10-step errors and the fixed-region errors are 1.4-6x larger
-  (the constraint costs short-term accuracy, most near upright). Planning with either
+- The help/hurt analysis (seed 0's buffer): the stable model's open-loop errors along the
+  real episodes are smaller from 30 steps ahead on (2x at 30, 14-16x at 60, 1100-2900x at
+  100 steps: bounded rollouts), but 3-4x larger at 1-10 steps ahead (except 1 step near
+  upright) and 1.5-6x larger in the fixed regions (hanging without torque 6x, near upright
+  2x): the constraint costs short-term accuracy. Planning with either
   model from hanging swings up and holds (-287 stable, -290 simple, -292 true physics).
   With H = 50, MPC from 0.3 rad off upright lets the pendulum fall through a full turn
   (return -127 instead of -1.3) on the true physics too (H <= 40 catches it): the long
