@@ -129,6 +129,8 @@ def test_torch_output_stays_on_the_model_device():
 def test_state_bank_branches_from_real_states_and_sac_trains_in_imagination():
     from stable_baselines3 import SAC
 
+    from lyagym.agents.sb3_baselines import sb3_logger
+
     bank = StateBank(2)
     with pytest.raises(RuntimeError, match="empty"):
         bank(1, torch.Generator())
@@ -140,6 +142,7 @@ def test_state_bank_branches_from_real_states_and_sac_trains_in_imagination():
     sb3_env = SB3WorldModelVecEnv(venv)
     model = SAC("MlpPolicy", sb3_env, learning_starts=16, batch_size=16, seed=0, device="cpu",
                 policy_kwargs={"net_arch": [16, 16]})
+    model.set_logger(sb3_logger())  # SB3's default logger would leave an empty folder in the temp dir
     model.learn(total_timesteps=80)
     assert model.replay_buffer.size() == 10  # 80 transitions over 8 envs
     # finished episodes carried their final observation for bootstrapping
