@@ -260,5 +260,11 @@ def test_study_runs_stores_and_reuses_tiny_mpc_and_pets_runs(tmp_path, capsys):
     capsys.readouterr()
     assert mbrl_swingup.run(parser.parse_args(argv + ["--stored-only"])) == 0
     assert capsys.readouterr().out.count("stored run reused") == 2
-    # other planner settings are another experiment: not reused, skipped with --stored-only
+    # other planner settings are another experiment: not reused, skipped with --stored-only,
+    # and run into their own folder (neither overwriting nor resuming the stored run)
     assert mbrl_swingup.run(parser.parse_args(argv + ["--stored-only", "--noise-std", "2"])) == 1
+    assert mbrl_swingup.run(parser.parse_args(argv + ["--methods", "pets-simple", "--noise-std", "2"])) == 0
+    assert json.loads((tmp_path / "pets-simple" / "seed0" / "run.json").read_text()) == stored
+    other = [p for p in (tmp_path / "pets-simple").iterdir() if p.name.startswith("seed0-")]
+    assert len(other) == 1 and json.loads((other[0] / "run.json").read_text())["settings"]["noise_std"] == 2.0
+    assert len(read_csv(str(other[0] / "episodes.csv"))) == 2  # a fresh run, not the stored one continued
