@@ -53,6 +53,7 @@ __all__ = [
     "mpc_episode",
     "TransitionBuffer",
     "MPCController",
+    "AngleWrappedModel",
     "wrap_state",
     "collect_episode",
     "collect_random_transitions",
@@ -97,6 +98,9 @@ class MBRLConfig:
     warmup_iterations: int = 30
     noise_std: float | None = 1.0  #: ``None``: a quarter of the torque range
     temperature: float = 0.5
+    #: plan on ``AngleWrappedModel(model)``: rollouts wrap the angles after every step, so a
+    #: swing over the top stays on the data's ``[-pi, pi)`` instead of extrapolating past pi
+    wrap_angles: bool = True
     # Dyna / MBPO
     imagined_envs: int = 128  #: parallel imagined rollouts
     imagined_horizon: int = 20  #: steps of each rollout branched from a real state
@@ -251,6 +255,45 @@ def _number(v: str):
 
 
 # ---------------------------------------------------------------------- acting
+class AngleWrappedModel:
+    """A world model over the wrapped state whose every ``step`` wraps the angles again.
+
+    A learned model only ever saw angles in ``[-pi, pi)`` (``TransitionBuffer``), but a
+    planner's rollout of ``H`` steps integrates the angle freely: a swing over the top
+    (upright is ``q = pi``, the wrap point) carries the rollout to ``q > pi``, where the
+    model extrapolates from no data -- exactly where the swing-up must be caught.
+    Wrapping after each step keeps every model input on the data's circle. The task
+    cost wraps angles itself, so it is unchanged.
+
+    Args:
+        model: a controlled ``WorldModel`` over the physical state ``(batch, 2 n)``.
+        n_links: ``n``: the first ``n`` state entries are angles.
+    """
+
+    def __init__(self, model, n_links: int) -> None:
+        self.model = model
+        self.n_links = int(n_links)
+        self.state_dim, self.action_dim, self.dt = model.state_dim, model.action_dim, model.dt
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, 2 n)`` next state, angles in ``[-pi, pi)``."""
+        return wrap_state(self.model.step(x, u), self.n_links)
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
+        """``(batch, horizon + 1, 2 n)`` states, each step wrapped."""
+        from lyagym.learned_models import rollout
+
+        return rollout(self, x0, actions)
+
+
 class MPCController:
     """Receding-horizon control of a real pendulum env with a planner on a world model.
 
@@ -462,7 +505,7 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
             if fit_loss is None:  # first planned episode after a resume: the model is refit on the saved data
                 fit_loss = _fit(model, buffer, config, progress)
             planner = make_planner(
-                config.planner, model, cost, horizon=config.horizon, num_samples=config.num_samples,
+                config.planner, AngleWrappedModel(model, n) if config.wrap_angles else model, cost, horizon=config.horizon, num_samples=config.num_samples,
                 iterations=config.iterations, action_low=base.action_space.low, action_high=base.action_space.high,
                 noise_std=config.noise_std, seed=ep_seed, **({"temperature": config.temperature} if config.planner == "mppi" else {}),
             )

@@ -159,6 +159,27 @@ def test_mpc_on_true_physics_holds_the_upright_double_pendulum():
     assert errors[-25:].max() < 0.1, errors
 
 
+def test_angle_wrapped_model_keeps_rollouts_on_the_circle_and_the_cost_unchanged():
+    from lyagym.agents.mbrl import AngleWrappedModel, wrap_state
+    from lyagym.learned_models import check_world_model
+
+    env = make_pendulum_env(1, dt=0.05)
+    model = true_physics_model(env, dtype=torch.float64)
+    wrapped = AngleWrappedModel(model, 1)
+    check_world_model(wrapped)
+    # spinning through upright (q = pi, the wrap point) several times within the horizon
+    x0 = torch.tensor([[3.0, 8.0], [-3.0, -8.0], [0.1, 0.0]], dtype=torch.float64)
+    actions = torch.full((3, 40, 1), 5.0, dtype=torch.float64)
+    actions[1] = -5.0
+    free, kept = model.rollout(x0, actions), wrapped.rollout(x0, actions)
+    assert free[:2, :, 0].abs().max() > 2 * np.pi  # the plain rollout leaves [-pi, pi)
+    assert bool(((kept[..., 0] >= -np.pi) & (kept[..., 0] < np.pi)).all())
+    # the true physics is periodic in the angle: wrapping each step = wrapping at the end
+    torch.testing.assert_close(kept, wrap_state(free, 1), atol=1e-9, rtol=0)
+    cost = PendulumCost(1, "swingup", action_dim=1)
+    torch.testing.assert_close(cost(kept, actions), cost(free, actions))
+
+
 def test_mpc_controller_gives_the_first_plan_warmup_iterations():
     from lyagym.agents.mbrl import MPCController
     from lyagym.agents.planners import make_planner

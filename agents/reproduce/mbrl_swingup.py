@@ -140,6 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-std", type=float, default=1.0,
                         help="MPPI sampling std in torque units (0 or less: a quarter of the torque range)")
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
+    parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
+                        help="PETS plans on rollouts that wrap the angle after every step (AngleWrappedModel)")
     parser.add_argument("--fit-epochs", type=int, default=100)
     parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
     parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
@@ -533,7 +535,8 @@ def _run_settings(args, method: str) -> dict:
     settings = {**common, "episodes": args.episodes, "random_steps": args.random_steps, "fit_epochs": args.fit_epochs,
                 "fit_steps": args.fit_steps}
     if method.startswith("pets"):
-        return {**settings, **_planner_settings(args)}
+        # only a non-default of the original study is part of the key (older stored runs: no wrapping)
+        return {**settings, **_planner_settings(args), **({"wrap_angles": True} if args.wrap_angles else {})}
     return {**settings, "imagined_steps": args.imagined_steps}
 
 
@@ -567,7 +570,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
                         episode_steps=EPISODE_STEPS, seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps,
                         horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
                         warmup_iterations=args.warmup_iterations, noise_std=_noise_std(args), temperature=args.temperature,
-                        imagined_steps=args.imagined_steps)
+                        wrap_angles=args.wrap_angles, imagined_steps=args.imagined_steps)
     model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
     if method.startswith("pets"):
         cost = PendulumCost(args.links, "swingup", action_dim=base.action_dim, **base.weights)
