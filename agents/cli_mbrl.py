@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-iterations", type=int, default=30, help="iterations of each episode's first plan (0: --iterations)")
     parser.add_argument("--noise-std", type=float, default=1.0, help="sampling std in torque units")
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
+    parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
+                        help="pets plans on rollouts that wrap the angles after every step (AngleWrappedModel)")
     parser.add_argument("--fit-epochs", type=int, default=60)
     parser.add_argument("--fit-steps", type=int, default=0, help="at least this many Adam steps per model fit (pets/dyna)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,

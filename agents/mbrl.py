@@ -24,6 +24,10 @@ episode (``resume=True`` continues from it), seed everything, and show progress 
 States fed to models are the env's physical state with angles wrapped to ``[-pi, pi)``
 (``wrap_state``): a learned model never sees angles beyond one turn it was not trained on,
 and a transition is stored as ``(wrap(x), u, wrap(x) + (x' - x))`` so it never jumps by 2 pi.
+PETS plans on ``AngleWrappedModel(model)``, which wraps the angles after every step of a
+rollout too: upright (``q = pi``) is the wrap point, so without it every planned swing over
+the top extrapolates the model past ``pi``, where it has no data (n = 1 swing-up, same
+fitted model: return -286 with wrapping vs -539 without; ``lyagym reproduce mbrl-swingup``).
 """
 
 from __future__ import annotations
