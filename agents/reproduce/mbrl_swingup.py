@@ -66,17 +66,15 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
 
 - n = 1. SAC (seeds 0-2, 20k steps): final return -289.0 +- 1.5, reached (>= -303.5) after
   14200, 9400, 9800 real steps (median 9800). ``mpc-true``: -288.1 +- 3.3.
-  ``pets-stable`` (seeds 0-4): reached after 600, 800, never, never, never real steps
-  (16.3x, 12.2x, 0, 0, 0; median over seeds 0-2 12.2x, over 0-4 0x); ``pets-simple``:
-  800, 800, never, never, never (12.2x, 12.2x, 0, 0, 0). So >= 10x holds for 2 of 5 seeds
-  of each model, not for the median. The misses are near misses of the swing-up in the
-  last MPC episodes (best returns -420 (swing-up with an extra turn), -558 to -662 vs
-  -1700 to -1850 for the random episode): 1000 real steps is the budget at which a 10x
-  ratio is still possible (reach by 980 steps), and 3 of 5 seeds' models are not yet
-  good enough there. One more PETS episode (pets-simple, planned on the model fitted to
-  1000 real steps) reaches the target for seeds 3 and 4 too (-279.5, -286.8; seed 2
-  -403.6): 4 of 5 seeds by 1000 steps, median ratio 9.8x -- just short of 10x.
-  PPO (20k steps) and Dyna-SAC (1000 real steps, 2 seeds) never swing up.
+  PETS planning on angle-wrapped rollouts (``--wrap-angles``, the default), seeds 0-4:
+  ``pets-stable`` reached it after 600, 600, 600, 600, 800 real steps (median 16.3x; 12.5x
+  counting the scoring episode), ``pets-simple`` after 800, 800, 800, 600, 800 (12.2x;
+  10.0x): >= 10x on every seed of both models. Without wrapping (``--no-wrap-angles``) each
+  model reached it in 2 of 5 seeds only (600-800 steps; the rest scored -420 to -660 with an
+  extra swing): upright is the wrap point, so every planned swing over the top extrapolated
+  the model past pi, where it has no data. A shorter random episode (``--random-steps 100``,
+  pets-simple) reached it after 500-700 steps. PPO (20k steps) and Dyna-SAC (1000 real
+  steps, 2 seeds) never swing up.
 - The help/hurt analysis (seed 0's buffer): the stable model's open-loop errors along the
   real episodes are smaller from 30 steps ahead on (2x at 30, 14-16x at 60, 1100-2900x at
   100 steps: bounded rollouts), but 3-4x larger at 1-10 steps ahead (except 1 step near
