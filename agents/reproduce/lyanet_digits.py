@@ -28,17 +28,17 @@ box) to ``1.25 v* = 6.4``. Measured (seed 0): eq. 10 then holds on 68.8% of path
 Monte Carlo LyaNet instead of 57.9%, but its nominal error rises from 3.06% to 4.46% (the
 larger box spreads the samples thinner), so appendix B's box stays the default.
 
-Why plain path integral trails (measured, seeds 0-2, 60 epochs; neural ODE 3.16 / 13.00 /
-32.40 % nominal / L-inf 8/255 / 16/255). Nominally: Alg. 2 ends at 3.99% (+0.84 ± 0.28 points
+Why plain path integral trails (measured, seeds 0-2, 60 epochs; neural ODE 2.97 / 12.91 /
+32.31 % nominal / L-inf 8/255 / 16/255). Nominally: Alg. 2 ends at 3.99% (+1.02 ± 0.16 points
 paired) and does not even fit the training set (0.83% training error). With the box speed the
 first segments of *every* path violate eq. 16 whatever ``f`` does (see ``--speed``), so part
 of the objective can never be removed. Raising the speed bound for this row only
 (``--rows pi-feasible``) makes eq. 10 satisfiable at the start: training error 0.32%, test
-3.62% (+0.46). Robustness: neither helps (12.6-13.2 / 33.4-34.2 %): Alg. 2 trains eq. 10 only
+3.62% (+0.65). Robustness: neither helps (12.6-13.2 / 33.4-34.2 %): Alg. 2 trains eq. 10 only
 along the one nominal path per input, and a perturbed input leaves it -- the paper saw the
 same (its path-integral model "was not able to improve adversarial robustness"). A second
 path per input from a random start in the box (``pi-random``) trains the field off the path
-and gives 3.25 / 11.88 / 28.41 % (paired -1.11 / -3.99 points at L-inf 8/255 / 16/255).
+and gives 3.25 / 11.88 / 28.41 % (paired -1.02 / -3.90 points at L-inf 8/255 / 16/255).
 Longer training does not close the nominal gap (120 epochs: +1.11 ± 0.28).
 """
 
