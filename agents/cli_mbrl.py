@@ -6,6 +6,7 @@ Examples::
     lyagym mbrl --algo pets --model stable --links 1 --episodes 5 --out runs/pets
     lyagym mbrl --algo dyna --model stable --links 1 --episodes 10 --out runs/dyna
     lyagym mbrl --algo sac --steps 20000 --out runs/sac
+    lyagym mbrl --algo pets --tensorboard --out runs/pets_tb   # then: tensorboard --logdir runs/pets_tb/tensorboard
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="lyagym-mbrl", help="output folder (default ./lyagym-mbrl)")
     parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's checkpoint")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
+                        "(needs the tensorboard package)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -62,18 +66,21 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     env = make_pendulum_env(args.links, task=args.task, dt=args.dt, max_torque=args.max_torque, episode_steps=args.episode_steps)
     progress = not args.no_progress
+    tensorboard_dir = os.path.join(args.out, "tensorboard") if args.tensorboard else None
     base = env.unwrapped
     if args.algo in ("sac", "ppo"):
-        rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress)
+        rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress,
+                              tensorboard_dir=tensorboard_dir)
     else:
         config = config_from_args(args)
         model = make_world_model(args.model, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device)
         if args.algo == "pets":
             cost = PendulumCost(args.links, args.task, action_dim=base.action_dim, **base.weights)
             rows = run_pets(env, model, cost, config, out_dir=args.out, method=f"pets-{args.model}", resume=args.resume,
-                            progress=progress)
+                            progress=progress, tensorboard_dir=tensorboard_dir)
         else:
-            rows = run_dyna(env, model, config, out_dir=args.out, method=f"dyna-{args.model}", progress=progress, device=args.device)
+            rows = run_dyna(env, model, config, out_dir=args.out, method=f"dyna-{args.model}", progress=progress, device=args.device,
+                            tensorboard_dir=tensorboard_dir)
     if rows:
         last = rows[-1]
         err = last.get("final_angle_error", float("nan"))

@@ -66,6 +66,7 @@ __all__ = [
     "run_pets",
     "run_dyna",
     "write_csv",
+    "TensorBoardLog",
 ]
 
 
@@ -439,6 +440,46 @@ def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs:
                patience=patience, seed=seed, progress=progress)
 
 
+class TensorBoardLog:
+    """Per-episode rows as TensorBoard scalars, the x axis being real env steps.
+
+    Every numeric, finite field of a row except its identifiers (``method``, ``seed``,
+    ``episode``, ``real_steps``) becomes the scalar ``"<prefix>/<field>"`` at step
+    ``row["real_steps"]``, so runs of different methods line up on the data they used.
+    Call it with each row (it fits the loops' ``on_episode`` hook); ``close()`` flushes.
+
+    Args:
+        log_dir: event-file folder (``tensorboard --logdir`` it).
+        prefix: scalar-name prefix, e.g. the method (``"pets-stable"``) or ``"eval"``.
+
+    Needs the ``tensorboard`` package (``pip install tensorboard`` or ``lyagym[tensorboard]``).
+    """
+
+    _IDENTIFIERS = ("method", "seed", "episode", "real_steps")
+
+    def __init__(self, log_dir: str, prefix: str = "episode") -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # torch's writer needs the tensorboard package
+            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from error
+        self.prefix = prefix
+        self.writer = SummaryWriter(log_dir)
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if "real_steps" not in row:
+            raise ValueError(f"row must have a 'real_steps' field (the x axis), got fields {sorted(row)}")
+        step = int(row["real_steps"])
+        for key, value in row.items():
+            if key in self._IDENTIFIERS or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                continue
+            if math.isfinite(float(value)):
+                self.writer.add_scalar(f"{self.prefix}/{key}", float(value), step)
+        self.writer.flush()  # once per episode: a crashed run keeps its curves
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # ---------------------------------------------------------------------- loops
 def _episode_row(method: str, seed: int, episode: int, real_steps: int, ep: dict, task_target: float | None,
                  n_links: int, fit_loss: float | None, t0: float) -> dict[str, Any]:
@@ -472,7 +513,7 @@ def _checkpoint(out_dir: str | None, model, buffer: TransitionBuffer, rows: list
 
 def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, out_dir: str | None = None,
              method: str = "pets", resume: bool = False, progress: bool = True,
-             on_episode: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+             on_episode: Callable[[dict], None] | None = None, tensorboard_dir: str | None = None) -> list[dict[str, Any]]:
     """PETS-style loop (module docstring) on a real pendulum ``env`` with ``model``.
 
     Args:
@@ -484,6 +525,8 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
             (after every episode); ``None`` writes nothing.
         method: label of the CSV rows.
         resume: continue from ``out_dir``'s checkpoint when present.
+        on_episode: called with each episode's row.
+        tensorboard_dir: also log each row there as TensorBoard scalars (``TensorBoardLog``).
 
     Returns:
         the per-episode rows (also in ``episodes.csv``).
@@ -494,6 +537,7 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
     if abs(float(model.dt) - float(base.dt)) > 1e-12:
         raise ValueError(f"model.dt={model.dt} must equal the env's step dt={base.dt}")
     torch.manual_seed(config.seed)
+    tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
     rows, buffer = _resume(out_dir, model, resume)
     buffer = buffer or TransitionBuffer(base.state_dim, base.action_dim)
     real_steps = int(rows[-1]["real_steps"]) if rows else 0
@@ -526,8 +570,12 @@ def run_pets(env: gym.Env, model, cost, config: MBRLConfig = MBRLConfig(), *, ou
             fit_loss = _fit(model, buffer, config, progress)
         _checkpoint(out_dir, model, buffer, rows)
         bar.set_postfix(ret=f"{row['return']:.1f}", err=f"{row.get('final_angle_error', float('nan')):.2f}")
+        if tensorboard is not None:
+            tensorboard(row)
         if on_episode is not None:
             on_episode(row)
+    if tensorboard is not None:
+        tensorboard.close()
     return rows
 
 
@@ -549,12 +597,14 @@ def _fit(model, buffer: TransitionBuffer, config: MBRLConfig, progress: bool) ->
 
 def run_dyna(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, out_dir: str | None = None,
              method: str = "dyna-sac", progress: bool = True, device: str = "cpu",
-             on_episode: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+             on_episode: Callable[[dict], None] | None = None, tensorboard_dir: str | None = None) -> list[dict[str, Any]]:
     """Dyna/MBPO-style loop (module docstring): SB3 SAC trained only on imagined rollouts
     of ``model`` branched from real states, acting on the real ``env``.
 
     Returns the per-episode rows; writes ``episodes.csv``, ``model_weights.pt``,
-    ``buffer.npz`` and ``sac.zip`` to ``out_dir`` after every episode when given.
+    ``buffer.npz`` and ``sac.zip`` to ``out_dir`` after every episode when given. With
+    ``tensorboard_dir``, each row and SAC's training statistics also go there as TensorBoard
+    scalars.
     """
     from stable_baselines3 import SAC
 
@@ -572,7 +622,8 @@ def run_dyna(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, out_dir:
               gradient_steps=config.sac_gradient_steps, learning_starts=config.imagined_envs * 2, verbose=0)
     from .sb3_baselines import sb3_logger
 
-    sac.set_logger(sb3_logger(out_dir))  # not SB3's default, which leaves an empty folder in the temp dir
+    tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
+    sac.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))  # not SB3's default, which leaves an empty folder in the temp dir
     from .sb3_baselines import evaluation_episode
 
     eval_env = gym.make(env.spec) if env.spec is not None else None
@@ -602,8 +653,12 @@ def run_dyna(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, out_dir:
         _checkpoint(out_dir, model, buffer, rows)
         if out_dir:
             sac.save(os.path.join(out_dir, "sac.zip"))
+        if tensorboard is not None:
+            tensorboard(rows[-1])
         if on_episode is not None:
             on_episode(rows[-1])
+    if tensorboard is not None:
+        tensorboard.close()
     return rows
 
 

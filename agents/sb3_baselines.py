@@ -11,7 +11,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from .mbrl import _task_target, angle_error, write_csv
+from .mbrl import TensorBoardLog, _task_target, angle_error, write_csv
 
 __all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
 
@@ -25,7 +25,8 @@ BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
 def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, out_dir: str | None = None,
                    device: str = "cpu", progress: bool = True, method: str | None = None,
                    on_episode: Callable[[dict], None] | None = None, eval_every: int | None = None,
-                   on_eval: Callable[[dict], None] | None = None, **algo_kwargs: Any) -> list[dict[str, Any]]:
+                   on_eval: Callable[[dict], None] | None = None, tensorboard_dir: str | None = None,
+                   **algo_kwargs: Any) -> list[dict[str, Any]]:
     """Train SB3 ``algo`` (``"sac"`` or ``"ppo"``) on the real ``env`` for ``total_steps``.
 
     Every finished training episode becomes a row ``{method, seed, episode, real_steps,
@@ -39,6 +40,9 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     steps. Each evaluation is a row ``{method, seed, real_steps, return, final_angle_error,
     hold_angle_error}`` (``real_steps``: training steps so far) passed to ``on_eval`` and
     written to ``out_dir/evaluations.csv``.
+
+    With ``tensorboard_dir``, SB3's training statistics, the episode rows (``<method>/...``)
+    and the evaluations (``<method>-eval/...``) also go there as TensorBoard scalars.
     """
     import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
@@ -54,6 +58,8 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     evaluations: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     label = method or algo
+    tb_episodes = TensorBoardLog(tensorboard_dir, label) if tensorboard_dir else None
+    tb_evals = TensorBoardLog(os.path.join(tensorboard_dir, "eval"), f"{label}-eval") if tensorboard_dir and eval_every else None
     eval_env = gym.make(env.spec) if eval_every and env.spec is not None else env
 
     def evaluate(agent, steps_so_far: int) -> None:
@@ -62,6 +68,8 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
         evaluations.append(row)
         if out_dir:
             write_csv(os.path.join(out_dir, "evaluations.csv"), evaluations)
+        if tb_evals is not None:
+            tb_evals(row)
         if on_eval is not None:
             on_eval(row)
 
@@ -94,6 +102,8 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                 rows.append(row)
                 if out_dir:
                     write_csv(os.path.join(out_dir, "episodes.csv"), rows)
+                if tb_episodes is not None:
+                    tb_episodes(row)
                 if on_episode is not None:
                     on_episode(row)
                 self.ret, self.states = 0.0, []
@@ -101,28 +111,39 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
 
     kwargs = {**defaults, **algo_kwargs}
     model = getattr(stable_baselines3, cls_name)("MlpPolicy", env, seed=seed, device=device, verbose=0, **kwargs)
-    model.set_logger(sb3_logger(out_dir))
+    model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))
     model.learn(total_timesteps=int(total_steps), callback=EpisodeLogger(), progress_bar=progress and _has_rich())
+    for log in (tb_episodes, tb_evals):
+        if log is not None:
+            log.close()
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "model.zip"))
     return rows
 
 
-def sb3_logger(out_dir: str | None = None):
+def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None):
     """An SB3 logger for our runs: SB3's training statistics (losses, entropy coefficient, ...)
-    as ``out_dir/progress.csv``, or no output at all without ``out_dir``.
+    as ``out_dir/progress.csv`` and, with ``tensorboard_dir``, as TensorBoard scalars there
+    (needs the tensorboard package); no output at all without either.
 
     Passed to ``agent.set_logger`` before ``learn``: SB3's own default (``verbose=0``, no
     ``tensorboard_log``) would create an empty ``SB3-<date>`` folder in the system temp dir
     on every ``learn`` call.
     """
-    from stable_baselines3.common.logger import CSVOutputFormat, Logger
+    from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoardOutputFormat
 
-    if not out_dir:
-        return Logger(folder=None, output_formats=[])
-    os.makedirs(out_dir, exist_ok=True)
-    return Logger(folder=out_dir, output_formats=[CSVOutputFormat(os.path.join(out_dir, "progress.csv"))])
+    formats = []
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        formats.append(CSVOutputFormat(os.path.join(out_dir, "progress.csv")))
+    if tensorboard_dir:
+        try:  # SB3 only asserts when tensorboard is missing
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as error:
+            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from error
+        formats.append(TensorBoardOutputFormat(tensorboard_dir))
+    return Logger(folder=out_dir or None, output_formats=formats)
 
 
 def evaluation_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0,

@@ -104,6 +104,55 @@ def test_tiny_pets_loop_end_to_end_with_checkpoint_and_resume(tmp_path, kind):
     assert base.dt == model2.dt
 
 
+def _scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` from the TensorBoard event files in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_pets_and_sb3_runs_log_episodes_to_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from lyagym.agents.sb3_baselines import train_baseline
+
+    env = make_pendulum_env(1, dt=0.05, episode_steps=TINY.episode_steps)
+    model = make_world_model("simple", 2, 1, 0.05, seed=0, hidden=(16, 16))
+    rows = run_pets(env, model, PendulumCost(1, "swingup"), TINY, progress=False, method="pets-simple",
+                    tensorboard_dir=str(tmp_path / "pets"))
+    logged = _scalars(tmp_path / "pets")
+    # one point per episode at its real-step count, with the row's value; identifiers are not scalars
+    assert [step for step, _ in logged["pets-simple/return"]] == [r["real_steps"] for r in rows]
+    assert [value for _, value in logged["pets-simple/return"]] == pytest.approx([r["return"] for r in rows], rel=1e-6)
+    assert [step for step, _ in logged["pets-simple/final_angle_error"]] == [15, 30]
+    assert "pets-simple/model_val_loss" in logged and not any(t.endswith(("/seed", "/episode")) for t in logged)
+
+    _sb3_tempdir(monkeypatch, tmp_path)
+    env = make_pendulum_env(1, dt=0.05, episode_steps=20)
+    rows = train_baseline("ppo", env, 64, seed=0, progress=False, eval_every=30, tensorboard_dir=str(tmp_path / "ppo"),
+                          policy_kwargs={"net_arch": [8]}, n_steps=32, batch_size=16, n_epochs=1)
+    logged = {**_scalars(tmp_path / "ppo"), **_scalars(tmp_path / "ppo" / "eval")}
+    assert [step for step, _ in logged["ppo/return"]] == [20, 40, 60]
+    assert [step for step, _ in logged["ppo-eval/return"]] == [0, 30, 60]
+    assert any(tag.startswith("train/") for tag in logged)  # SB3's own training statistics
+
+
+def test_tensorboard_log_needs_the_package_and_a_step(tmp_path, monkeypatch):
+    import sys
+
+    from lyagym.agents.mbrl import TensorBoardLog
+
+    pytest.importorskip("tensorboard")
+    log = TensorBoardLog(str(tmp_path / "ok"))
+    with pytest.raises(ValueError, match="real_steps"):
+        log({"return": 1.0})
+    log.close()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        TensorBoardLog(str(tmp_path / "missing"))
+
+
 def _sb3_tempdir(monkeypatch, tmp_path):
     """Point the temp dir at an empty folder: SB3's default logger would create SB3-<date> there."""
     import tempfile
