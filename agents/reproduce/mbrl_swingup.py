@@ -85,10 +85,12 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
   (return -127 instead of -1.3) on the true physics too (H <= 40 catches it): the long
   horizon needed for the swing-up makes the planner's local search see "fall and swing
   back up" before "catch".
-- n = 2 (``--links 2 --episodes 12``, horizon 15): ``mpc-true`` swings up and holds,
-  final angle error 0.009-0.037 rad (return -179.7 +- 1.2). SAC (seed 0, 20k steps) does
-  not swing up (final -1263, angle error 2.4 rad); PETS with 2400 real steps neither
-  (best -1612 simple, -1659 stable; seed 0).
+- n = 2 (``--links 2 --episodes 12 --seeds 0 1 2``, horizon 15): ``mpc-true`` swings up and
+  holds, final angle error 0.009-0.037 rad (return -179.7 +- 1.2). SAC (20k steps) swings up
+  on seeds 1 and 2 (-197, -225; angle error 0.18, 0.38 rad), not on seed 0 (-1263); PPO
+  never. PETS with 2400 real steps (angle wrapping on) swings up with neither model (final
+  -1349 to -1960): the one-step validation error of both models stays near 1e-2 (5e-5 at
+  n = 1), so the double pendulum needs better models or more data than 2400 steps give.
 """
 
 from __future__ import annotations
