@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20000, help="real env steps for sac/ppo")
     # planner defaults: MBRLConfig's, tuned for the n = 1 swing-up (see lyagym.agents.mbrl.MBRLConfig)
     parser.add_argument("--planner", default="mppi")
-    parser.add_argument("--horizon", type=int, default=50)
+    parser.add_argument("--horizon", type=int, default=None, help="planner horizon (steps; default 50 for one link, 15 for more)")
     parser.add_argument("--samples", dest="num_samples", type=int, default=300)
     parser.add_argument("--iterations", type=int, default=3, help="planner iterations per step")
     parser.add_argument("--warmup-iterations", type=int, default=30, help="iterations of each episode's first plan (0: --iterations)")
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .costs import PendulumCost
-    from .mbrl import config_from_args, make_pendulum_env, make_world_model, run_dyna, run_pets
+    from .mbrl import config_from_args, default_horizon, make_pendulum_env, make_world_model, run_dyna, run_pets
     from .sb3_baselines import train_baseline
 
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress,
                               tensorboard_dir=tensorboard_dir)
     else:
+        if args.horizon is None:
+            args.horizon = default_horizon(args.links)
         config = config_from_args(args)
         model = make_world_model(args.model, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device)
         if args.algo == "pets":

@@ -59,6 +59,7 @@ __all__ = [
     "MPCController",
     "AngleWrappedModel",
     "wrap_state",
+    "default_horizon",
     "collect_episode",
     "collect_random_transitions",
     "fit_transitions",
@@ -112,6 +113,17 @@ class MBRLConfig:
     imagined_steps: int = 3000  #: SAC env steps (per imagined env batch) per real episode
     sac_gradient_steps: int = 1
     sac_batch_size: int = 256
+
+
+def default_horizon(n_links: int) -> int:
+    """The MPPI horizon of the swing-up: 50 steps (2.5 s, a whole swing-up) for one link, 15 for more.
+
+    Measured on the true physics from SAC's evaluation starts (seeds 0-2, K = 300, 3
+    iterations, 30 warmup, noise std 1): n = 2 with H = 15 ends 0.009-0.037 rad from upright
+    (return -180), with H = 20 0.02-0.07 rad, with H = 30 holds only within 0.4 rad and with
+    H = 50 never swings up (2 rad); n = 1 needs the long horizon (``lyagym reproduce mbrl-swingup``).
+    """
+    return 50 if n_links == 1 else 15
 
 
 def wrap_state(x, n_links: int):

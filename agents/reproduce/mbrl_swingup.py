@@ -28,7 +28,7 @@ median. Counting the evaluation episode itself as spent (``k + 200`` for every m
 gives the stricter ratio in the last column.
 
 **Planner settings** (``--samples 300 --horizon 50 --iterations 3 --warmup-iterations 30
---noise-std 1 --temperature 0.5``, the defaults for one link; ``default_horizon`` for more).
+--noise-std 1 --temperature 0.5``, the defaults for one link; ``lyagym.agents.mbrl.default_horizon`` for more).
 Tuned on the true physics only, so the planner is not what keeps PETS from SAC's return;
 the env, reward and ``dt`` are SAC's. The swing-up return is bimodal: a plan that swings
 up in one go scores about -285 to -295, one that needs an extra swing about -390 to -420.
@@ -494,15 +494,6 @@ def _verdict(horizon: dict, regions: dict, mpc: dict) -> str:
 
 
 # ---------------------------------------------------------------------- runs
-def default_horizon(n_links: int) -> int:
-    """The study's MPPI horizon: 50 steps (2.5 s, a whole swing-up) for one link, 15 for more.
-
-    Measured on the true physics from SAC's evaluation starts (seeds 0-2, K = 300, 3
-    iterations, 30 warmup, noise std 1): n = 2 with H = 15 ends 0.009-0.037 rad from upright
-    (return -180), with H = 20 0.02-0.07 rad, with H = 30 holds only within 0.4 rad and with
-    H = 50 never swings up (2 rad); n = 1 needs the long horizon (module docstring).
-    """
-    return 50 if n_links == 1 else 15
 
 
 def _noise_std(args) -> float | None:
@@ -642,7 +633,7 @@ def _load_or_run(method: str, seed: int, args) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lyagym.agents.mbrl import _atomic, write_csv
+    from lyagym.agents.mbrl import _atomic, default_horizon, write_csv
 
     command = "lyagym reproduce mbrl-swingup " + _command_line(args)
     if args.horizon is None:
