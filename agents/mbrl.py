@@ -68,6 +68,7 @@ __all__ = [
     "run_dyna",
     "write_csv",
     "TensorBoardLog",
+    "require_tensorboard",
 ]
 
 
@@ -452,6 +453,15 @@ def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs:
                patience=patience, seed=seed, progress=progress)
 
 
+def require_tensorboard() -> None:
+    """Raise a clear ``ImportError`` when the tensorboard package (which torch's and SB3's
+    TensorBoard writers need) is missing."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as error:
+        raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from error
+
+
 class TensorBoardLog:
     """Per-episode rows as TensorBoard scalars, the x axis being real env steps.
 
@@ -470,10 +480,9 @@ class TensorBoardLog:
     _IDENTIFIERS = ("method", "seed", "episode", "real_steps")
 
     def __init__(self, log_dir: str, prefix: str = "episode") -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:  # torch's writer needs the tensorboard package
-            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from error
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.prefix = prefix
         self.writer = SummaryWriter(log_dir)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from .mbrl import TensorBoardLog, _task_target, angle_error, write_csv
+from .mbrl import TensorBoardLog, _task_target, angle_error, require_tensorboard, write_csv
 
 __all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
 
@@ -138,10 +138,7 @@ def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None
         os.makedirs(out_dir, exist_ok=True)
         formats.append(CSVOutputFormat(os.path.join(out_dir, "progress.csv")))
     if tensorboard_dir:
-        try:  # SB3 only asserts when tensorboard is missing
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError as error:
-            raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from error
+        require_tensorboard()  # SB3 itself only asserts
         formats.append(TensorBoardOutputFormat(tensorboard_dir))
     return Logger(folder=out_dir or None, output_formats=formats)
 
