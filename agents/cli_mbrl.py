@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="pets plans on rollouts that wrap the angles after every step (AngleWrappedModel)")
+    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=None,
+                        help="world model with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
+                        "lyagym.agents.mbrl.model_priors); default on for two links or more")
     parser.add_argument("--fit-epochs", type=int, default=60)
     parser.add_argument("--fit-steps", type=int, default=0, help="at least this many Adam steps per model fit (pets/dyna)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,
@@ -57,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .costs import PendulumCost
-    from .mbrl import config_from_args, default_horizon, make_pendulum_env, make_world_model, run_dyna, run_pets
+    from .mbrl import config_from_args, default_horizon, make_pendulum_env, make_world_model, model_priors, run_dyna, run_pets
     from .sb3_baselines import train_baseline
 
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         if args.horizon is None:
             args.horizon = default_horizon(args.links)
         config = config_from_args(args)
-        model = make_world_model(args.model, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device)
+        model = make_world_model(args.model, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device,
+                                 **model_priors(args.links, args.model_priors))
         if args.algo == "pets":
             cost = PendulumCost(args.links, args.task, action_dim=base.action_dim, **base.weights)
             rows = run_pets(env, model, cost, config, out_dir=args.out, method=f"pets-{args.model}", resume=args.resume,

@@ -60,6 +60,7 @@ __all__ = [
     "AngleWrappedModel",
     "wrap_state",
     "default_horizon",
+    "model_priors",
     "collect_episode",
     "collect_random_transitions",
     "fit_transitions",
@@ -125,6 +126,22 @@ def default_horizon(n_links: int) -> int:
     H = 50 never swings up (2 rad); n = 1 needs the long horizon (``lyagym reproduce mbrl-swingup``).
     """
     return 50 if n_links == 1 else 15
+
+
+def model_priors(n_links: int, enabled: bool | None = None) -> dict[str, Any]:
+    """Options of ``make_world_model`` for the pendulum: the mechanical priors of its ``fhat``
+    (``lyagym.learned_models.DynamicsNet``: sin/cos of the ``n_links`` angles, affine in the
+    torques, SiLU) when ``enabled``, else none (the paper's plain MLP).
+
+    ``enabled=None`` picks per link count from what was measured: off for one link (the
+    plain MLP learns it from 400 steps; PETS reaches SAC's return on every seed), on for
+    more. On the double pendulum the plain MLP's one-step validation error stays near 1e-2
+    and PETS with 2,400 real steps never swings up; with the priors it swings up after 800
+    (``lyagym reproduce mbrl-swingup`` docstring).
+    """
+    if enabled is None:
+        enabled = n_links >= 2
+    return {"angle_dims": int(n_links), "control_affine": True, "activation": "silu"} if enabled else {}
 
 
 def wrap_state(x, n_links: int):

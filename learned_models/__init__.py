@@ -10,6 +10,7 @@ from .checkpoint import load_model, save_model
 from .icnn import ICNN, smooth_relu
 from .integrators import INTEGRATORS, integrate, lyapunov_rescale, odeint
 from .lyapunov import LyapunovFunction
+from .dynamics_net import DynamicsNet
 from .simple import SimpleDynamics
 from .stable import StableControlledDynamics, StableDynamics
 from .training import fit

@@ -9,28 +9,19 @@ import torch
 from torch import nn
 
 from .checkpoint import register_model
+from .dynamics_net import mlp, network_options, nominal_network
 from .integrators import ODEWorldModel
 
 __all__ = ["SimpleDynamics", "mlp"]
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
-    """``in_dim -> hidden... -> out_dim`` with ReLU between layers (the paper's ``fhat``)."""
-    hidden = tuple(int(h) for h in hidden)
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be positive, got {hidden!r}")
-    widths = (in_dim, *hidden, out_dim)
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 @register_model
 class SimpleDynamics(ODEWorldModel):
     """``xdot = fhat(x, u)`` with ``fhat`` a ReLU MLP (paper: ``2n-100-100-2n``); no guarantee.
+
+    ``angle_dims``, ``control_affine`` and ``activation`` build ``fhat`` as a ``DynamicsNet``
+    instead (periodic in angles, affine in the torques, smooth): the priors of a
+    torque-driven mechanical system, which the double pendulum needs (see ``DynamicsNet``).
 
     Args:
         state_dim: ``n`` in ``x: (batch, n)``.
@@ -38,6 +29,9 @@ class SimpleDynamics(ODEWorldModel):
         hidden: MLP widths.
         dt: step of ``step``.
         integrator: ``"euler"``, ``"rk4"`` (default) or a torchdiffeq method name.
+        angle_dims: the first ``angle_dims`` state entries are angles (``fhat`` sees sin, cos).
+        control_affine: ``fhat(x, u) = a(x) + B(x) u``.
+        activation: ``"relu"`` (default), ``"silu"``, ``"tanh"`` or ``"softplus"``.
 
     Example::
 
@@ -54,13 +48,18 @@ class SimpleDynamics(ODEWorldModel):
         hidden: Sequence[int] = (100, 100),
         dt: float = 0.01,
         integrator: str = "rk4",
+        angle_dims: int = 0,
+        control_affine: bool = False,
+        activation: str = "relu",
     ) -> None:
         super().__init__(state_dim, action_dim, dt, integrator)
         self.hidden = tuple(int(h) for h in hidden)
-        self.fhat = mlp(state_dim + action_dim, self.hidden, state_dim)
+        self.fhat = nominal_network(state_dim, action_dim, self.hidden, angle_dims=angle_dims, control_affine=control_affine,
+                                    activation=activation)
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return self.fhat(x if u is None else torch.cat([x, u], dim=-1))
 
     def config(self) -> dict[str, Any]:
-        return {"state_dim": self.state_dim, "action_dim": self.action_dim, "hidden": list(self.hidden), "dt": self.dt, "integrator": self.integrator}
+        return {"state_dim": self.state_dim, "action_dim": self.action_dim, "hidden": list(self.hidden), "dt": self.dt, "integrator": self.integrator,
+                **network_options(self.fhat)}

@@ -35,6 +35,7 @@ from .certificate import Certificate, weights_hash
 from .checkpoint import register_model
 from .integrators import ODEWorldModel, integrate, lyapunov_rescale
 from .lyapunov import LyapunovFunction, _outer, _outer_backward
+from .dynamics_net import network_options, nominal_network
 from .simple import mlp
 
 __all__ = ["StableDynamics", "StableControlledDynamics", "project_onto_decrease"]
@@ -237,12 +238,13 @@ class StableDynamics(ODEWorldModel):
     ) -> None:
         self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic)
 
-    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic) -> None:
+    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic,
+                     **network: Any) -> None:
         super().__init__(state_dim, action_dim, dt, integrator)
         self.alpha = _check_rate("alpha", alpha)
         self.hidden = tuple(int(h) for h in hidden)
         self.keep_guarantee = bool(keep_guarantee)
-        self.fhat = mlp(state_dim + action_dim, self.hidden, state_dim)
+        self.fhat = nominal_network(state_dim, action_dim, self.hidden, **network)
         self.lyapunov = LyapunovFunction(
             state_dim, tuple(lyap_hidden), eps=eps, d=d, warp=warp, x_eq=_as_x_eq(x_eq, state_dim), shift=lyap_shift, quadratic=lyap_quadratic
         )
@@ -407,6 +409,7 @@ class StableDynamics(ODEWorldModel):
             "keep_guarantee": self.keep_guarantee,
             "lyap_shift": V.shift,
             "lyap_quadratic": V.L is not None,
+            **network_options(self.fhat),
         }
 
     def extra_repr(self) -> str:
@@ -446,6 +449,10 @@ class StableControlledDynamics(StableDynamics):
         state_dim, action_dim: ``x: (batch, state_dim)``, ``u: (batch, action_dim)``, ``action_dim >= 1``.
         input_gain: ``gamma``, the certified ISS gain (default 10).
         sigma_hidden: widths of the MLP ``s`` (default ``(32,)``).
+        angle_dims, control_affine, activation: priors of the nominal ``fhat`` (a
+            ``DynamicsNet``, as in ``SimpleDynamics``); the projection and ``V`` are unchanged,
+            so the claims hold for any ``fhat``. ``V`` sees the raw state, so ``f`` itself is
+            periodic in the angles only where the projection is inactive.
         Other arguments as ``StableDynamics``.
     """
 
@@ -468,11 +475,15 @@ class StableControlledDynamics(StableDynamics):
         keep_guarantee: bool = True,
         lyap_shift: str = "value",
         lyap_quadratic: bool = False,
+        angle_dims: int = 0,
+        control_affine: bool = False,
+        activation: str = "relu",
     ) -> None:
         if not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"action_dim must be an int >= 1 for a controlled model (use StableDynamics for 0), got {action_dim!r}")
         self._init_stable(
-            state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic
+            state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic,
+            angle_dims=angle_dims, control_affine=control_affine, activation=activation,
         )
         self.input_gain = _check_rate("input_gain", input_gain)
         self.sigma_hidden = tuple(int(h) for h in sigma_hidden)

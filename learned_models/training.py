@@ -54,6 +54,24 @@ def _parse(data: Any) -> tuple[str, list[torch.Tensor | None]]:
     raise ValueError(f"cannot read training data of type {type(data).__name__}: expected (x, xdot[, u]) or (states, actions), or fields x, xdot, u / states, actions")
 
 
+def _calibrate(model: nn.Module, kind: str, data) -> None:
+    """A model whose ``fhat`` is a ``DynamicsNet`` gets its input/output scales from the data
+    on its first fit only: later (warm-started) fits keep them, as the weights assume them."""
+    from .dynamics_net import DynamicsNet
+
+    fhat = getattr(model, "fhat", None)
+    if not isinstance(fhat, DynamicsNet) or bool(fhat.calibrated):
+        return
+    if kind == "pairs":
+        x, xdot, u = data[0], data[1], data[2] if len(data) > 2 else None
+    else:  # finite differences of the trajectories stand in for the derivative
+        states, actions = data
+        x = states[:, :-1].reshape(-1, states.shape[-1])
+        xdot = (states[:, 1:] - states[:, :-1]).reshape(-1, states.shape[-1]) / model.dt
+        u = None if actions is None else actions.reshape(-1, actions.shape[-1])
+    fhat.calibrate(x, u, xdot)
+
+
 def _check_tensor(t: Any, name: str, shape: tuple) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
@@ -183,6 +201,8 @@ def fit(
                 xk = model._step(xk, u_win[:, k] if m else None)
                 loss = loss + ((xk - window[:, k + 1]) ** 2).mean()
             return loss / H
+
+    _calibrate(model, kind, tensors if kind == "pairs" else (states, actions))
 
     # Validation split (by trajectory for trajectory data with enough trajectories).
     group_ids = groups.unique()

@@ -145,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="PETS plans on rollouts that wrap the angle after every step (AngleWrappedModel)")
+    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=None,
+                        help="world models with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
+                        "lyagym.agents.mbrl.model_priors); default on for two links or more")
     parser.add_argument("--fit-epochs", type=int, default=100)
     parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
     parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
@@ -446,7 +449,7 @@ def analysis(args, runs: dict) -> str:
     n = args.links
     models = {}
     for kind in ("stable", "simple"):
-        model = make_world_model(kind, 2 * n, n, args.dt, seed=seed, device="cpu")
+        model = make_world_model(kind, 2 * n, n, args.dt, seed=seed, device="cpu", **_model_priors(args))
         print(f"analysis: fitting a fresh {kind} model to the {len(buffer)} real transitions of pets-stable seed {seed}", flush=True)
         _fit(model, buffer, config, progress=not args.no_progress)
         models[kind] = model.eval().requires_grad_(False)
@@ -528,10 +531,18 @@ def _run_settings(args, method: str) -> dict:
         return {**common, "steps": args.ppo_steps or args.sac_steps, "eval_every": args.eval_every}
     settings = {**common, "episodes": args.episodes, "random_steps": args.random_steps, "fit_epochs": args.fit_epochs,
                 "fit_steps": args.fit_steps}
+    if _model_priors(args):  # part of the key only when on (older stored runs: no priors)
+        settings["model_priors"] = True
     if method.startswith("pets"):
         # only a non-default of the original study is part of the key (older stored runs: no wrapping)
         return {**settings, **_planner_settings(args), **({"wrap_angles": True} if args.wrap_angles else {})}
     return {**settings, "imagined_steps": args.imagined_steps}
+
+
+def _model_priors(args) -> dict:
+    from lyagym.agents.mbrl import model_priors
+
+    return model_priors(args.links, getattr(args, "model_priors", None))
 
 
 def run_method(method: str, seed: int, args, run_dir: str) -> dict:
@@ -565,7 +576,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
                         horizon=args.horizon, num_samples=args.samples, iterations=args.iterations,
                         warmup_iterations=args.warmup_iterations, noise_std=_noise_std(args), temperature=args.temperature,
                         wrap_angles=args.wrap_angles, imagined_steps=args.imagined_steps)
-    model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device)
+    model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device, **_model_priors(args))
     if method.startswith("pets"):
         cost = PendulumCost(args.links, "swingup", action_dim=base.action_dim, **base.weights)
         episodes = run_pets(env, model, cost, config, out_dir=run_dir, method=method, resume=not args.rerun, progress=progress)
