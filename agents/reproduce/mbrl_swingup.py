@@ -85,15 +85,26 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
   (return -127 instead of -1.3) on the true physics too (H <= 40 catches it): the long
   horizon needed for the swing-up makes the planner's local search see "fall and swing
   back up" before "catch".
-- n = 2 (``--links 2 --episodes 12 --seeds 0 1 2``, horizon 15): ``mpc-true`` swings up and
-  holds, final angle error 0.009-0.037 rad (return -179.7 +- 1.2). SAC (20k steps) swings up
-  on seeds 1 and 2 (-197, -225; angle error 0.18, 0.38 rad), not on seed 0 (-1263); PPO
-  never. PETS with 2400 real steps (angle wrapping on) swings up with neither model (final
-  -1349 to -1960): the one-step validation error of both models stays near 1e-2 (5e-5 at
-  n = 1), so the double pendulum needs better models or more data than 2400 steps give.
-  Tried on seed 0 (pets-simple): ``--fit-steps 8000`` (best -1541), ``--samples 1000
-  --horizon 20`` (best -1305), a 3 x 256 model (best -1476; refitted to the final buffer its
-  validation error is 1.3e-2 against 2.7e-2 for the default 100 x 100): no swing-up.
+- n = 2 (``--links 2 --episodes 12 --seeds 0 1 2 3 4``, horizon 15; SAC and PPO seeds 0-2):
+  ``mpc-true`` swings up and holds, final angle error 0.009-0.037 rad (return -179.7 +- 1.2).
+  SAC (20k steps) swings up on seeds 1 and 2 (-197, -225; angle error 0.18, 0.38 rad), not on
+  seed 0 (-1263), so its target is -561.6, reached after 18400 steps (median); PPO never.
+  PETS with the mechanical priors (``--model-priors``, the default from two links;
+  ``lyagym.agents.mbrl.model_priors``): ``pets-stable`` reached it after 600, 1200, 1000, never,
+  800 real steps (median 18.4x; 15.5x counting the scoring episode), ``pets-simple`` after 800,
+  600, 1200, 1800, 1600 (15.3x; 13.3x): >= 10x for every seed of the simple model, 4 of 5 of the
+  stable one (seed 3 is the hard start for both). Final returns of 8 of the 10 runs -178 to
+  -187. Analysis (pets-stable seed 0's 2400 transitions): the stable model is 1.1-1.9x less
+  accurate 1-30 steps ahead, 690x / 4e5x more accurate 100 steps ahead; MPC from 0.3 rad short
+  of upright holds with it (0.04 rad) and fails with the simple model (2.3 rad).
+  Without the priors (``--no-model-priors``, seeds 0-2), PETS with 2400 real steps swung up
+  with neither model (final -1349 to -1960): the plain MLP's one-step validation error stays
+  near 1e-2 (5e-5 at n = 1). Tried then, on seed 0 (pets-simple, no priors): ``--fit-steps
+  8000`` (best -1541), ``--samples 1000 --horizon 20`` (best -1305), a 3 x 256 model (best
+  -1476): no swing-up. What led to the priors: ReLU models (sin/cos inputs) fitted to 20,000
+  random transitions did not swing up either (-1201 to -1828), while the true physics with
+  masses 50% off, one-step error 1.3e-2 along the swing-up, still did (-187): the size of the
+  one-step error was not what failed, its shape was.
 """
 
 from __future__ import annotations
