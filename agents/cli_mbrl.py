@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="pets plans on rollouts that wrap the angles after every step (AngleWrappedModel)")
-    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="world model with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
-                        "lyagym.agents.mbrl.model_priors); default on for two links or more")
+                        "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
     parser.add_argument("--fit-epochs", type=int, default=60)
     parser.add_argument("--fit-steps", type=int, default=0, help="at least this many Adam steps per model fit (pets/dyna)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,

@@ -338,20 +338,23 @@ def test_study_runs_stores_and_reuses_tiny_mpc_and_pets_runs(tmp_path, capsys):
     other = [p for p in (tmp_path / "pets-simple").iterdir() if p.name.startswith("seed0-")]
     assert len(other) == 1 and json.loads((other[0] / "run.json").read_text())["settings"]["noise_std"] == 2.0
     assert len(read_csv(str(other[0] / "episodes.csv"))) == 2  # a fresh run, not the stored one continued
-    # the model priors (default off for one link) are another experiment too, and the stored model has them
-    assert mbrl_swingup.run(parser.parse_args(argv + ["--methods", "pets-simple", "--model-priors"])) == 0
-    primed = [p for p in (tmp_path / "pets-simple").iterdir() if p.name.startswith("seed0-") and p != other[0]]
-    assert len(primed) == 1 and json.loads((primed[0] / "run.json").read_text())["settings"]["model_priors"] is True
-    weights = torch.load(primed[0] / "model_weights.pt", weights_only=True)
+    # the stored model has the mechanical priors (the default), calibrated by its first fit;
+    # the plain MLP (--no-model-priors) is another experiment, in its own folder
+    assert stored["settings"]["model_priors"] is True
+    weights = torch.load(tmp_path / "pets-simple" / "seed0" / "model_weights.pt", weights_only=True)
     assert bool(weights["fhat.calibrated"]) and weights["fhat.input_scale"].shape == (2,)
+    assert mbrl_swingup.run(parser.parse_args(argv + ["--methods", "pets-simple", "--no-model-priors"])) == 0
+    plain = [p for p in (tmp_path / "pets-simple").iterdir() if p.name.startswith("seed0-") and p != other[0]]
+    assert len(plain) == 1 and "model_priors" not in json.loads((plain[0] / "run.json").read_text())["settings"]
+    assert "fhat.0.weight" in torch.load(plain[0] / "model_weights.pt", weights_only=True)
 
 
-def test_model_priors_default_on_from_two_links():
+def test_model_priors_are_on_by_default():
     from lyagym.agents.mbrl import make_world_model, model_priors
     from lyagym.learned_models import DynamicsNet
 
-    assert model_priors(1) == {} and model_priors(2, False) == {}
-    assert model_priors(2) == model_priors(1, True) | {"angle_dims": 2} == {"angle_dims": 2, "control_affine": True, "activation": "silu"}
+    assert model_priors(2, False) == {}
+    assert model_priors(2) == model_priors(1) | {"angle_dims": 2} == {"angle_dims": 2, "control_affine": True, "activation": "silu"}
     for kind in ("simple", "stable"):
         model = make_world_model(kind, 4, 2, 0.05, **model_priors(2))
         assert isinstance(model.fhat, DynamicsNet) and model.fhat.angle_dims == 2

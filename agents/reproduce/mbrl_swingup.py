@@ -66,16 +66,23 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
 
 - n = 1. SAC (seeds 0-2, 20k steps): final return -289.0 +- 1.5, reached (>= -303.5) after
   14200, 9400, 9800 real steps (median 9800). ``mpc-true``: -288.1 +- 3.3.
-  PETS planning on angle-wrapped rollouts (``--wrap-angles``, the default), seeds 0-4:
-  ``pets-stable`` reached it after 600, 600, 600, 600, 800 real steps (median 16.3x; 12.5x
-  counting the scoring episode), ``pets-simple`` after 800, 800, 800, 600, 800 (12.2x;
-  10.0x): >= 10x on every seed of both models. Without wrapping (``--no-wrap-angles``) each
+  PETS planning on angle-wrapped rollouts (``--wrap-angles``, the default), seeds 0-4, with
+  the mechanical priors (``--model-priors``, the default): ``pets-stable`` reached it after
+  400, 400, 400, 600, 400 real steps, ``pets-simple`` after 400 on every seed (median 24.5x
+  for both; 16.7x counting the scoring episode), then held it (every later episode -278 to
+  -301). With the plain MLP (``--no-model-priors``): ``pets-stable`` after 600, 600, 600,
+  600, 800 real steps (median 16.3x; 12.5x), ``pets-simple`` after 800, 800, 800, 600, 800
+  (12.2x; 10.0x): >= 10x on every seed of both models either way. Without wrapping (``--no-wrap-angles``) each
   model reached it in 2 of 5 seeds only (600-800 steps; the rest scored -420 to -660 with an
   extra swing): upright is the wrap point, so every planned swing over the top extrapolated
   the model past pi, where it has no data. A shorter random episode (``--random-steps 100``,
   pets-simple) reached it after 500-700 steps. PPO (20k steps) and Dyna-SAC (1000 real
   steps, 2 seeds) never swing up.
-- The help/hurt analysis (seed 0's buffer): the stable model's open-loop errors along the
+- The help/hurt analysis (seed 0's buffer), with the priors: the simple model is 1.4-70x more
+  accurate 1-60 steps ahead and 58-940x in the fixed regions (hanging without torque 1.1e-4
+  vs 0.11), and about as accurate 100 steps ahead (8.3 / 13.3 vs 7.9 / 10.7): with a model
+  that no longer diverges, the constraint costs accuracy and buys little at n = 1. Both hold
+  upright from every MPC start. With the plain MLP: the stable model's open-loop errors along the
   real episodes are smaller from 30 steps ahead on (2x at 30, 14-16x at 60, 1100-2900x at
   100 steps: bounded rollouts), but 3-4x larger at 1-10 steps ahead (except 1 step near
   upright) and 1.5-6x larger in the fixed regions (hanging without torque 6x, near upright
@@ -89,7 +96,7 @@ one (method, seed) per process; ``summary.md`` of the run has the full tables):
   ``mpc-true`` swings up and holds, final angle error 0.009-0.037 rad (return -179.7 +- 1.2).
   SAC (20k steps) swings up on seeds 1 and 2 (-197, -225; angle error 0.18, 0.38 rad), not on
   seed 0 (-1263), so its target is -561.6, reached after 18400 steps (median); PPO never.
-  PETS with the mechanical priors (``--model-priors``, the default from two links;
+  PETS with the mechanical priors (``--model-priors``, the default;
   ``lyagym.agents.mbrl.model_priors``): ``pets-stable`` reached it after 600, 1200, 1000, never,
   800 real steps (median 18.4x; 15.5x counting the scoring episode), ``pets-simple`` after 800,
   600, 1200, 1800, 1600 (15.3x; 13.3x): >= 10x for every seed of the simple model, 4 of 5 of the
@@ -156,9 +163,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="PETS plans on rollouts that wrap the angle after every step (AngleWrappedModel)")
-    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="world models with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
-                        "lyagym.agents.mbrl.model_priors); default on for two links or more")
+                        "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
     parser.add_argument("--fit-epochs", type=int, default=100)
     parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
     parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
@@ -553,7 +560,7 @@ def _run_settings(args, method: str) -> dict:
 def _model_priors(args) -> dict:
     from lyagym.agents.mbrl import model_priors
 
-    return model_priors(args.links, getattr(args, "model_priors", None))
+    return model_priors(args.links, getattr(args, "model_priors", True))
 
 
 def run_method(method: str, seed: int, args, run_dir: str) -> dict:
