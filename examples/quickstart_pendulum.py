@@ -66,10 +66,12 @@ def ppo(seed: int, timesteps: int) -> None:
     """Stable-Baselines3 PPO on the single pendulum, unmodified."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.monitor import Monitor
 
     env = Monitor(gym.make("lyagym/NLinkPendulum-v0", n_links=1, max_episode_steps=200))
     model = PPO("MlpPolicy", env, n_steps=512, batch_size=64, seed=seed, device="cpu", verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves an empty folder in the temp dir
     model.learn(total_timesteps=timesteps, progress_bar=False)
     mean, std = evaluate_policy(model, env, n_eval_episodes=3)
     print(f"PPO after {timesteps} steps on n_links=1: mean return {mean:.1f} +- {std:.1f} (a short run: learning the swing-up takes far more steps)")

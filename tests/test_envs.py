@@ -271,6 +271,9 @@ def test_sb3_algorithms_run_unmodified(algo):
     else:
         model = sb3.SAC("MlpPolicy", env, learning_starts=50, batch_size=32, buffer_size=500, seed=0, device="cpu",
                         policy_kwargs={"net_arch": [32, 32]})
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves an empty SB3-<date> folder in the temp dir
     model.learn(total_timesteps=200)
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
