@@ -50,6 +50,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .integrators import _FunctorchState
+
 __all__ = ["ICNN", "smooth_relu", "smooth_relu_grad", "smooth_relu_and_grad", "SmoothReLU"]
 
 
@@ -183,6 +185,43 @@ def _value_and_grad(
     es.reverse()
     grad = torch.mm(D.t(), plan.W)
     return g, grad, zs, ms, es, D
+
+
+def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, U: list[torch.Tensor], widths: Sequence[int], d: float,
+                          need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(g: (batch,), dg/dx: (batch, in_dim))`` with plain out-of-place ops (for ``functorch_safe``).
+
+    The same eq. 11 forward and reverse pass as ``_value_and_grad``, batch-major, without
+    ``out=``, in-place updates or a custom autograd node: ``vmap`` batches it and ordinary
+    autograd differentiates it (once or more). ``W: (sum widths, in_dim)``, ``b: (sum widths,)``,
+    ``U[i] = softplus(U_raw_i)``. Without ``need_grad`` the gradient is ``None``.
+    """
+    off = _offsets(widths)
+    k = len(U)
+    pre = torch.addmm(b, x, W.t())  # (batch, sum widths)
+    ms: list[torch.Tensor] = []
+    z = x
+    for i in range(k):
+        a = pre[:, off[i] : off[i + 1]]
+        if i > 0:
+            a = a + z @ U[i - 1].t()
+        m = a.clamp(0.0, d)  # d sigma'(a)
+        z = m * (a - 0.5 * m) * (1.0 / d)  # sigma_d(a), eq. 13
+        ms.append(m)
+    g = (pre[:, off[k] : off[k + 1]] + z @ U[-1].t()).squeeze(-1)
+    if not need_grad:
+        return g, None
+    # delta_i = dg/da_i: delta_{k-1} = U_{k-1} sigma'(a_{k-1}), delta_i = (delta_{i+1} U_i) sigma'(a_i);
+    # dg/dx = sum_i delta_i W_i + W_k, one product with the deltas stacked.
+    delta = ms[-1] * (U[-1] * (1.0 / d))
+    deltas = [delta]
+    for i in range(k - 2, -1, -1):
+        delta = (delta @ U[i]) * ms[i] * (1.0 / d)
+        deltas.append(delta)
+    deltas.reverse()
+    D = torch.cat(deltas, dim=-1)
+    grad = torch.addmm(W[off[k]], D, W[: off[k]])
+    return g, grad
 
 
 _hardtanh_backward = torch.ops.aten.hardtanh_backward  # (grad, x, lo, hi) -> grad where lo < x < hi, else 0
@@ -497,6 +536,8 @@ class ICNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
+        if _FunctorchState.depth:  # under vmap: no weights cache, no in-place passes
+            return self._plain_value_and_grad(x, need_grad=False)[0]
         W, b, U, plan = self._prepared()
         if plan is not None:  # no grad mode: in-place activations, no graph
             return _value(x, plan, self.d)[0]
@@ -529,12 +570,20 @@ class ICNN(nn.Module):
             return (g, grad) if create_graph else (g.detach(), grad.detach())
         if method != "analytic":
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
+        if _FunctorchState.depth:
+            return self._plain_value_and_grad(x)
         if torch.is_grad_enabled() and (x.requires_grad or self.theta.requires_grad):
             return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta)
         W, b, U, plan = self._prepared()
         if plan is None:  # grad mode, nothing to differentiate
             plan = _plan(W, b, _unflatten(U * (1.0 / self.d), self._z_shapes), self.widths)
         return _value_and_grad(x, plan, self.d)[:2]
+
+    def _plain_value_and_grad(self, x: torch.Tensor, need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The functorch_safe pass: weights from theta as they are now (under functional_call,
+        # the swapped-in tensors), plain ops throughout.
+        W, b, U_raw = _split_theta(self.theta, self.widths, self.in_dim)
+        return _value_and_grad_plain(x, W, b, _unflatten(F.softplus(U_raw), self._z_shapes), self.widths, self.d, need_grad)
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).

@@ -9,6 +9,10 @@
   local error can push ``V`` up (measured on random stable models: RK4 at h = 0.2 breaks it
   on about 2% of states, Euler at h = 0.01 on most). The rescale pulls the integrator's
   result back toward the equilibrium just enough to restore it.
+- ``functorch_safe()``: a context in which the models avoid what ``torch.func.vmap`` cannot
+  batch (custom autograd Functions, ``out=`` products, data-dependent branches and host
+  syncs) and use plain differentiable tensor ops instead; the ``Ensemble`` evaluates its
+  members inside it. Outside it nothing changes.
 - ``ODEWorldModel``: the ``nn.Module`` base of ``SimpleDynamics``, ``StableDynamics`` and
   ``StableControlledDynamics``: input validation, ``derivative``, ``step``, ``rollout``,
   ``save``/``load``, ``device``/``dtype``.
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -26,9 +31,38 @@ import torchdiffeq
 from torch import nn
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-__all__ = ["INTEGRATORS", "TORCHDIFFEQ_METHODS", "euler", "rk4", "integrate", "odeint", "lyapunov_rescale", "ODEWorldModel"]
+__all__ = ["INTEGRATORS", "TORCHDIFFEQ_METHODS", "euler", "rk4", "integrate", "odeint", "lyapunov_rescale", "ODEWorldModel", "functorch_safe"]
 
 Field = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _FunctorchState:
+    """Depth of nested ``functorch_safe()`` blocks (a plain class attribute: reading it in the
+    hot path costs one attribute lookup)."""
+
+    depth = 0
+
+
+@contextlib.contextmanager
+def functorch_safe():
+    """Within the block, the models' passes run under ``torch.func`` transforms (``vmap``).
+
+    The fast single-model path relies on custom ``autograd.Function``s (old style, which
+    ``vmap`` cannot run), ``out=`` matrix products (no batching rule) and a host sync in
+    ``lyapunov_rescale(verify=True)`` and in input validation; inside this block they are
+    replaced by plain tensor ops that ordinary autograd differentiates (same numbers up to
+    rounding, slower for one model, batched over members by ``vmap``). Re-entrant.
+    """
+    _FunctorchState.depth += 1
+    try:
+        yield
+    finally:
+        _FunctorchState.depth -= 1
+
+
+def in_functorch_safe() -> bool:
+    """True inside a ``functorch_safe()`` block."""
+    return _FunctorchState.depth > 0
 
 
 def euler(f: Field, x: torch.Tensor, h: float) -> torch.Tensor:
@@ -152,11 +186,14 @@ def lyapunov_rescale(
         bound = bound + (-math.expm1(-alpha * h) / alpha if alpha > 0 else h) * slack
     # s = min(1, bound / V(y)). V(y) is floored at the smallest normal number, which only
     # makes s smaller (so the bound still holds); V(y) = 0 only at y = x_eq, where any s will do.
-    s = (bound / Vy.clamp_min(torch.finfo(Vy.dtype).tiny)).clamp_(max=1.0)
+    s = bound / Vy.clamp_min(torch.finfo(Vy.dtype).tiny)
+    s = s.clamp(max=1.0) if _FunctorchState.depth else s.clamp_(max=1.0)  # vmap has no batching rule for clamp_
     dy = y - x_eq
     y_new = torch.addcmul(x_eq, s.unsqueeze(-1), dy)
     if not verify:
         return y_new
+    if _FunctorchState.depth:
+        return _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings)
     # Non-convex V: check the rescaled state, and for the (few) that miss the bound try
     # s/2, s/4, ... in one batch. The `any` is one host sync per step, paid only with a warp.
     ok = V(y_new) <= bound
@@ -173,6 +210,21 @@ def lyapunov_rescale(
     scales = torch.cat([scales, torch.zeros_like(scales[:1])], dim=0)
     chosen = scales.gather(0, first.unsqueeze(0)).squeeze(0)
     return y_new.index_put((bad,), x_eq + chosen.unsqueeze(-1) * dy[bad])
+
+
+def _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings):
+    """``lyapunov_rescale(verify=True)`` without the data-dependent branch (for ``vmap``):
+    every row tries ``s, s/2, ..., s/2^K`` and keeps the first that meets the bound (``x_eq``,
+    scale 0, if none does). ``K + 1`` evaluations of ``V`` per state instead of one."""
+    k = torch.arange(0, max_halvings + 1, dtype=y_new.dtype, device=y_new.device)
+    scales = s.unsqueeze(0) * torch.pow(0.5, k).unsqueeze(1)  # (K + 1, batch), s itself first
+    cand = x_eq + scales.unsqueeze(-1) * dy.unsqueeze(0)  # (K + 1, batch, n)
+    cand_ok = V(cand.reshape(-1, dy.shape[-1])).reshape(max_halvings + 1, -1) <= bound.unsqueeze(0)
+    cand_ok = torch.cat([cand_ok, torch.ones_like(cand_ok[:1])], dim=0)
+    first = cand_ok.to(torch.int8).argmax(dim=0)
+    scales = torch.cat([scales, torch.zeros_like(scales[:1])], dim=0)
+    chosen = scales.gather(0, first.unsqueeze(0)).squeeze(0)
+    return x_eq + chosen.unsqueeze(-1) * dy
 
 
 class ODEWorldModel(nn.Module):
@@ -223,7 +275,9 @@ class ODEWorldModel(nn.Module):
                 f"{name} is {x.dtype} on {x.device} but the model is {self.dtype} on {self.device}; "
                 f"convert with {name}.to(model.device, model.dtype) or call model.to(...)"
             )
-        if self.validate_finite and not bool(torch.isfinite(x).all()):
+        # Under vmap (functorch_safe) the check would be a data-dependent host sync; the
+        # caller (the Ensemble) has validated its own inputs at its boundary.
+        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf")
 
     def _check_u(self, u: torch.Tensor | None, batch: int, name: str = "u") -> torch.Tensor | None:
@@ -239,7 +293,7 @@ class ODEWorldModel(nn.Module):
             raise ValueError(f"{name} must have shape (batch={batch}, action_dim={self.action_dim}), got {tuple(u.shape)}")
         if u.dtype != self.dtype or u.device != self.device:
             raise ValueError(f"{name} is {u.dtype} on {u.device} but the model is {self.dtype} on {self.device}")
-        if self.validate_finite and not bool(torch.isfinite(u).all()):
+        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(u).all()):
             raise ValueError(f"{name} contains NaN or inf")
         return u
 

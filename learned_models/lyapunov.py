@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from .icnn import ICNN, smooth_relu
+from .integrators import _FunctorchState
 
 __all__ = ["LyapunovFunction", "AffineCoupling", "CouplingWarp", "WARPS"]
 
@@ -188,7 +189,7 @@ def _outer_backward(saved, eps, d, tangent, Vbar, Gbar, needs):
 
 def _outer_value_and_grad(gx, dg, dx, dx_sq, eps, d, tangent):
     """``V: (batch,)`` and ``grad V: (batch, n)`` of eq. 12 from ``g, dg/dx`` on ``[x; x_eq]``."""
-    if torch.is_grad_enabled() and (gx.requires_grad or dg.requires_grad or dx.requires_grad):
+    if torch.is_grad_enabled() and not _FunctorchState.depth and (gx.requires_grad or dg.requires_grad or dx.requires_grad):
         return _OuterValueAndGrad.apply(gx, dg, dx, dx_sq, float(eps), float(d), bool(tangent))
     return _outer(gx, dg, dx, dx_sq, eps, d, tangent)[:2]
 
@@ -327,6 +328,12 @@ class LyapunovFunction(nn.Module):
                 V = V + (Ldx * Ldx).sum(-1)
                 grad = torch.addmm(grad, Ldx, self.L, alpha=2.0)
             return V, grad
+        if _FunctorchState.depth:
+            # Under vmap, torch.autograd.grad cannot batch; torch.func.vjp composes with it
+            # (and its result stays differentiable for an outer backward). V is a sum of
+            # per-row terms, so the vector-Jacobian product with ones is the per-row gradient.
+            V, vjp = torch.func.vjp(self.forward, x)
+            return V, vjp(torch.ones_like(V))[0]
         if create_graph is None:
             create_graph = torch.is_grad_enabled()
         with torch.enable_grad():

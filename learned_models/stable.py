@@ -33,7 +33,7 @@ import torch
 
 from .certificate import Certificate, weights_hash
 from .checkpoint import register_model
-from .integrators import ODEWorldModel, integrate, lyapunov_rescale
+from .integrators import ODEWorldModel, _FunctorchState, integrate, lyapunov_rescale
 from .lyapunov import LyapunovFunction, _outer, _outer_backward
 from .dynamics_net import network_options, nominal_network
 from .simple import mlp
@@ -65,6 +65,20 @@ def _project(
     if keep is not None:
         f = f.mul_(keep.unsqueeze(-1))
     return f, coef, sq_norm
+
+
+def _project_plain(
+    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """Eq. 10 as ``_project``, out of place, for ordinary autograd under ``vmap`` (``functorch_safe``)."""
+    info = torch.finfo(grad_V.dtype)
+    excess = (grad_V * fhat).sum(-1) + alpha * V
+    if slack is not None:
+        excess = excess - slack
+    sq_norm = (grad_V * grad_V).sum(-1).clamp_min(info.tiny)
+    coef = (torch.relu(excess) / sq_norm).clamp(max=math.sqrt(info.max))
+    f = fhat - grad_V * coef.unsqueeze(-1)
+    return f if keep is None else f * keep.unsqueeze(-1)
 
 
 class _ProjectOntoDecrease(torch.autograd.Function):
@@ -154,6 +168,8 @@ def _project_onto_decrease(
 ) -> torch.Tensor:
     """``project_onto_decrease``, then times ``keep: (batch,)``; with ``center``, ``fhat`` is
     ``(batch + 1, n)`` with ``fhat(x_eq)`` last and ``fhat(x) - fhat(x_eq)`` is projected."""
+    if _FunctorchState.depth:
+        return _project_plain(fhat[:-1] - fhat[-1:] if center else fhat, V, grad_V, alpha, slack, keep)
     if torch.is_grad_enabled() and (fhat.requires_grad or V.requires_grad or grad_V.requires_grad or (slack is not None and slack.requires_grad)):
         return _ProjectOntoDecrease.apply(fhat, V, grad_V, slack, keep, alpha, center)
     if center:
@@ -288,6 +304,9 @@ class StableDynamics(ODEWorldModel):
             # The default V (convex, eq. 12): eq. 12 and eq. 10 in one node, see _ConvexField.
             gx, dg = lyapunov.g.forward_and_grad(x_with_eq)
             tangent = lyapunov.shift == "tangent"
+            if _FunctorchState.depth:  # under vmap: plain ops, ordinary autograd
+                V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
+                return _project_plain(fhat_out[:-1] - fhat_out[-1:], V, grad_V, self.alpha, slack, keep), V
             if torch.is_grad_enabled() and (fhat_out.requires_grad or gx.requires_grad or dx.requires_grad or (slack is not None and slack.requires_grad)):
                 return _ConvexField.apply(fhat_out, gx, dg, dx, dx_sq, slack, keep, self.alpha, lyapunov.eps, lyapunov.d, tangent)
             V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
