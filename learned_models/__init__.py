@@ -14,6 +14,7 @@ from .dynamics_net import DynamicsNet
 from .simple import SimpleDynamics
 from .stable import StableControlledDynamics, StableDynamics
 from .training import fit
+from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, member_factory
 from .falsification import FalsificationReport, empirical_certificate, falsify
 
 # --- LyaNet (issue 4) ---

@@ -1,0 +1,842 @@
+"""Probabilistic ensembles of world models (PETS, Chua et al. 2018) as ONE batched computation.
+
+``Ensemble`` holds ``E`` members of one ``ODEWorldModel`` class (``SimpleDynamics``, with or
+without the ``DynamicsNet`` priors, or ``StableDynamics`` / ``StableControlledDynamics``, each
+keeping its own certificate). Their parameters are stacked along a leading member dimension
+(``torch.func.stack_module_state``) and every member is evaluated at once with
+``torch.func.vmap`` over ``functional_call``: no Python loop over members in ``step``,
+``rollout`` or ``fit_ensemble``. Inside the vmap the members run their ``functorch_safe`` path
+(plain tensor ops; see ``integrators.functorch_safe``).
+
+Each member predicts a Gaussian over the next state (PETS, Section 4.1, "probabilistic
+ensembles"):
+
+    mean_e(x, u)   = member_e.step(x, u)         (its integrator; for stable members the
+                                                  guarantee-keeping step)
+    logvar_e(x, u) = var_e(features(x, u))        (a small stacked MLP, angles as sin/cos)
+
+in units of ``target_scale`` (the spread of ``x_next - x`` in the first fit's data). The
+log-variance is bounded softly by learned ``max_logvar`` and ``min_logvar`` (PETS appendix,
+as in the authors' code and mbrl-lib):
+
+    lv = max_logvar - softplus(max_logvar - lv)
+    lv = min_logvar + softplus(lv - min_logvar)
+
+and trained with the Gaussian negative log-likelihood plus ``0.01 (sum max_logvar - sum min_logvar)``.
+
+Propagation of particles (PETS Section 5; ``step`` on ``(batch, state_dim)`` rows):
+
+- ``"tsinf"`` (TS-infinity): row ``i`` always uses member ``i % E``, so a particle stays on
+  one member (one bootstrap, one "belief" about the dynamics) along a rollout. The rows are
+  regrouped into ``(E, ceil(batch / E), n)`` (padded), so each member computes only its own
+  rows: the cost is about that of one member on the whole batch.
+- ``"ts1"`` (TS-1): a fresh member per row per step: a random permutation of the rows (from
+  the ensemble's own ``torch.Generator``, ``reset_generator(seed)``), the same grouped
+  evaluation, then the inverse permutation; every member gets ``batch / E`` random rows.
+- ``"expectation"``: the mean of the members' means (every member on every row; no sampling).
+
+In the TS modes the next state is sampled, ``mean + std * eps``, when the ensemble is
+``probabilistic`` and ``sample`` is on; otherwise it is the member's mean.
+
+Certificates: ``Ensemble.certificate()`` lists each member's own ``Certificate`` (issued by
+``member(i).certificate()``, with member ``i``'s weights hash) and states what they cover:
+each member's mean map, not the sampled noise (see ``EnsembleCertificate``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from .certificate import Certificate, weights_hash
+from .checkpoint import MODEL_CLASSES, register_model
+from .dynamics_net import DynamicsNet, mlp
+from .files import atomic_write
+from .integrators import INTEGRATORS, ODEWorldModel, functorch_safe
+
+__all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "fit_ensemble", "member_factory"]
+
+#: Propagation methods of ``Ensemble.step`` by name (PETS Section 5).
+PROPAGATIONS = ("ts1", "tsinf", "expectation")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def member_factory(kind: str, state_dim: int, action_dim: int = 0, **kwargs: Any) -> Callable[[], ODEWorldModel]:
+    """A function that builds one fresh member of ``kind`` per call, for ``Ensemble(factory, E)``.
+
+    Args:
+        kind: ``"simple"`` (``SimpleDynamics``) or ``"stable"`` (``StableControlledDynamics``
+            with ``action_dim >= 1``, ``StableDynamics`` for an autonomous model).
+        state_dim, action_dim: the members' dimensions.
+        kwargs: passed to the member's constructor (``hidden``, ``dt``, ``angle_dims``,
+            ``control_affine``, ``activation``, ``alpha``, ...).
+    """
+    from .simple import SimpleDynamics
+    from .stable import StableControlledDynamics, StableDynamics
+
+    if kind == "simple":
+        return lambda: SimpleDynamics(state_dim, action_dim, **kwargs)
+    if kind == "stable":
+        if action_dim:
+            return lambda: StableControlledDynamics(state_dim, action_dim, **kwargs)
+        return lambda: StableDynamics(state_dim, **kwargs)
+    raise ValueError(f"kind must be 'simple' or 'stable', got {kind!r}")
+
+
+class _Member(nn.Module):
+    """One member as ``vmap`` sees it: the world model (the mean) and its log-variance head."""
+
+    def __init__(self, model: ODEWorldModel, logvar_net: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.logvar_net = logvar_net
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor | None, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mean = self.model._step(x, u)
+        return mean, (None if self.logvar_net is None else self.logvar_net(features))
+
+
+class _Stacked(nn.Module):
+    """The members' parameters and buffers stacked along dim 0, under the member's own names."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __repr__(self) -> str:
+        per_member = sum(p[0].numel() for p in self.parameters())
+        return f"_Stacked(members={self.size}, tensors={len(list(self.parameters())) + len(list(self.buffers()))}, parameters_per_member={per_member})"
+
+
+def _module_tree(named: dict[str, torch.Tensor], *, parameters: bool, root: nn.Module) -> None:
+    """Register ``named`` (dotted names) on empty submodules of ``root`` mirroring the member's
+    layout, so that the stacked tensors keep readable state-dict keys (``model.fhat.net.0.weight``)."""
+    for name, tensor in named.items():
+        *path, leaf = name.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, nn.Module())
+            node = getattr(node, part)
+        if parameters:
+            node.register_parameter(leaf, nn.Parameter(tensor))
+        else:
+            node.register_buffer(leaf, tensor)
+
+
+def _spread(t: torch.Tensor) -> torch.Tensor:
+    """Per-column standard deviation, 1 where a column does not vary (as ``DynamicsNet.calibrate``)."""
+    std = t.std(0) if t.shape[0] > 1 else torch.ones_like(t[0])
+    return torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+@register_model
+class Ensemble(nn.Module):
+    """``E`` members of one world-model class evaluated as one batched computation (PETS).
+
+    Args:
+        members: a factory called ``size`` times (each call builds one fresh member, e.g.
+            ``member_factory("stable", 4, 1, angle_dims=2)`` or a ``lambda``), or a list of
+            ``E`` built models of one class and one configuration (their weights are taken
+            as they are), or (the checkpoint form) ``{"class": name, "config": {...}}``.
+            Members are ``ODEWorldModel`` subclasses with a fixed-step integrator
+            (``"euler"``/``"rk4"``): an adaptive solver's step-size control cannot run under
+            ``vmap``.
+        size: ``E >= 1`` (default 5 with a factory; the list's length with a list).
+        propagation: ``"ts1"`` (default, as PETS's best), ``"tsinf"`` or ``"expectation"``;
+            the attribute may be changed at run time.
+        probabilistic: members predict a Gaussian (mean and log-variance); ``False``: the
+            members are deterministic (no variance head, trained on the squared error).
+        sample: in the TS modes, ``step`` samples ``mean + std * eps`` (needs
+            ``probabilistic``); ``False`` returns the assigned member's mean.
+        var_hidden: widths of the log-variance MLP (SiLU).
+        seed: seed of the ensemble's ``torch.Generator`` (TS-1 assignments, the noise).
+
+    Attributes:
+        size, propagation, probabilistic, sample, state_dim, action_dim, dt, device, dtype,
+        member_class (the members' class), max_logvar / min_logvar ``(1, state_dim)``,
+        target_scale ``(state_dim,)``.
+
+    Shapes: ``x: (batch, state_dim)``, ``u: (batch, action_dim)`` (``None`` when autonomous);
+    ``step`` returns ``(batch, state_dim)``; ``predict`` returns every member's mean and
+    log-variance, ``(E, batch, state_dim)`` each.
+
+    Example::
+
+        ens = Ensemble(member_factory("stable", 4, 1, dt=0.05, angle_dims=2, control_affine=True), 5)
+        history = fit_ensemble(ens, x, u, x_next, epochs=50)
+        ens.propagation = "tsinf"
+        traj = ens.rollout(x0, actions)           # (batch, horizon + 1, 4)
+        cert = ens.certificate()                  # one Certificate per member
+    """
+
+    def __init__(
+        self,
+        members: Callable[[], ODEWorldModel] | Sequence[ODEWorldModel] | dict[str, Any],
+        size: int | None = None,
+        *,
+        propagation: str = "ts1",
+        probabilistic: bool = True,
+        sample: bool = True,
+        var_hidden: Sequence[int] = (64, 64),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        models = self._build_members(members, size)
+        first = models[0]
+        self.size = len(models)
+        self.member_class = type(first)
+        self._member_config = first.config()
+        self.state_dim, self.action_dim, self.dt = first.state_dim, first.action_dim, first.dt
+        self.probabilistic = bool(probabilistic)
+        self.sample = bool(sample)
+        self.var_hidden = tuple(int(h) for h in var_hidden)
+        fhat = getattr(first, "fhat", None)
+        self._angle_dims = fhat.angle_dims if isinstance(fhat, DynamicsNet) else 0
+        n, m, k = self.state_dim, self.action_dim, self._angle_dims
+        features = n + k + m  # sin q, cos q, the other state entries, u
+        dtype = first.dtype
+        wrapped = []
+        for model in models:
+            head = mlp(features, self.var_hidden, n, activation="silu").to(dtype) if self.probabilistic else None
+            wrapped.append(_Member(model, head))
+        params, buffers = stack_module_state(wrapped)
+        # The stacked tensors live in `stacked` (parameters of shape (E, ...)); `_base` is one
+        # member on the meta device that functional_call runs with the stacked slices. It is
+        # not a submodule, so .to(), state_dict and parameters() see only the stacked tensors.
+        self.stacked = _Stacked(self.size)
+        _module_tree({k_: v.detach() for k_, v in params.items()}, parameters=True, root=self.stacked)
+        _module_tree(buffers, parameters=False, root=self.stacked)
+        object.__setattr__(self, "_base", copy.deepcopy(wrapped[0]).to("meta"))
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        # PETS's soft log-variance bounds (shared by the members, as in mbrl-lib's GaussianMLP).
+        self.max_logvar = nn.Parameter(torch.full((1, n), 0.5, dtype=dtype)) if self.probabilistic else None
+        self.min_logvar = nn.Parameter(torch.full((1, n), -10.0, dtype=dtype)) if self.probabilistic else None
+        # Normalisation from the first fit's data: targets (next state residuals) and the
+        # variance head's features.
+        self.register_buffer("target_scale", torch.ones(n, dtype=dtype))
+        self.register_buffer("feature_shift", torch.zeros(features, dtype=dtype))
+        self.register_buffer("feature_scale", torch.ones(features, dtype=dtype))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.to(first.device)
+        self.propagation = propagation
+        self._seed = int(seed)
+        self._gen: torch.Generator | None = None
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _build_members(members: Any, size: int | None) -> list[ODEWorldModel]:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ValueError(f"size must be an int >= 1 (the number of members E), got {size!r}")
+        if isinstance(members, dict):
+            name, config = members.get("class"), members.get("config")
+            if name not in MODEL_CLASSES or not isinstance(config, dict):
+                raise ValueError(f"members as a dict must be {{'class': a registered model class, 'config': {{...}}}}, got {members!r}")
+            cls = MODEL_CLASSES[name]
+            models = [cls(**config) for _ in range(5 if size is None else size)]
+        elif callable(members) and not isinstance(members, nn.Module):
+            models = [members() for _ in range(5 if size is None else size)]
+        elif isinstance(members, (list, tuple)):
+            models = list(members)
+            if not models:
+                raise ValueError("members is an empty list; give E >= 1 models or a factory")
+            if size is not None and size != len(models):
+                raise ValueError(f"size={size} but {len(models)} member models were given")
+        else:
+            raise TypeError(f"members must be a factory (callable returning a model), a list of models or a checkpoint dict, got {type(members).__name__}")
+        first = models[0]
+        for i, model in enumerate(models):
+            if not isinstance(model, ODEWorldModel):
+                raise TypeError(f"member {i} is a {type(model).__name__}, not an ODEWorldModel (SimpleDynamics, StableDynamics, ...)")
+            if type(model) is not type(first):
+                raise TypeError(f"members must share one class: member 0 is {type(first).__name__}, member {i} is {type(model).__name__}")
+            if model.config() != first.config():
+                raise ValueError(f"members must share one configuration: member {i} has {model.config()}, member 0 {first.config()}")
+            if model.dtype != first.dtype or model.device != first.device:
+                raise ValueError(f"members must share dtype and device: member {i} is {model.dtype} on {model.device}, member 0 {first.dtype} on {first.device}")
+        if first.integrator not in INTEGRATORS:
+            raise ValueError(
+                f"ensemble members need a fixed-step integrator {sorted(INTEGRATORS)} (an adaptive solver's step control "
+                f"cannot run under vmap), got {first.integrator!r}"
+            )
+        return models
+
+    # -- attributes ------------------------------------------------------------------------
+    @property
+    def propagation(self) -> str:
+        """``"ts1"``, ``"tsinf"`` or ``"expectation"`` (settable)."""
+        return self._propagation
+
+    @propagation.setter
+    def propagation(self, value: str) -> None:
+        if value not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {value!r}")
+        self._propagation = value
+
+    @property
+    def device(self) -> torch.device:
+        return self.target_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.target_scale.dtype
+
+    def _stacked_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        params = dict(self.stacked.named_parameters())
+        buffers = dict(self.stacked.named_buffers())
+        return {k: params[k] for k in self._param_names}, {k: buffers[k] for k in self._buffer_names}
+
+    def _generator(self) -> torch.Generator:
+        if self._gen is None or self._gen.device != self.device:
+            self._gen = torch.Generator(device=self.device).manual_seed(self._seed)
+        return self._gen
+
+    def reset_generator(self, seed: int) -> None:
+        """Re-seed the generator of the TS-1 assignments and the sampled noise."""
+        if not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self._seed = seed
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A torch.Generator does not pickle; a copy restarts it from the stored seed.
+        state = self.__dict__.copy()
+        state["_gen"] = None
+        return state
+
+    # -- members and their certificates -----------------------------------------------------
+    def member(self, i: int) -> ODEWorldModel:
+        """A standalone model of the members' class with member ``i``'s current weights."""
+        if not isinstance(i, int) or not -self.size <= i < self.size:
+            raise IndexError(f"member index must be an int in [0, {self.size}), got {i!r}")
+        i %= self.size
+        model = self.member_class(**self._member_config).to(self.device, self.dtype)
+        params, buffers = self._stacked_tensors()
+        with torch.no_grad():
+            own = dict(model.named_parameters())
+            own.update(dict(model.named_buffers()))
+            for name, stacked in {**params, **buffers}.items():
+                if name.startswith("model."):
+                    own[name[len("model."):]].copy_(stacked[i])
+        model.eval()
+        return model
+
+    def certificate(self) -> "EnsembleCertificate":
+        """Every member's ``Certificate`` (``member(i).certificate()``) and what they cover.
+
+        For ``SimpleDynamics`` members (no guarantee) the object has no member certificates
+        and ``evidence == "none"``; see ``EnsembleCertificate``.
+        """
+        certs: list[Certificate] = []
+        if hasattr(self.member_class, "certificate"):
+            certs = [self.member(i).certificate() for i in range(self.size)]
+        return EnsembleCertificate.issue(self, certs)
+
+    # -- boundary validation ---------------------------------------------------------------
+    def _check_x(self, x: Any, name: str = "x") -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {self.state_dim}), got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.state_dim:
+            raise ValueError(f"{name} must have shape (batch, state_dim={self.state_dim}), got {tuple(x.shape)}")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise ValueError(f"{name} is {x.dtype} on {x.device} but the ensemble is {self.dtype} on {self.device}; convert with {name}.to(ens.device, ens.dtype)")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} has an empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+
+    def _check_u(self, u: Any, batch: int, name: str = "u") -> torch.Tensor | None:
+        if self.action_dim == 0:
+            if u is not None and (not isinstance(u, torch.Tensor) or u.ndim != 2 or u.shape[1] != 0):
+                shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+                raise ValueError(f"the members are autonomous (action_dim=0): {name} must be None or (batch, 0), got {shape}")
+            return None
+        if u is None:
+            return torch.zeros(batch, self.action_dim, device=self.device, dtype=self.dtype)
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape ({batch}, {self.action_dim}), got {type(u).__name__}")
+        if u.shape != (batch, self.action_dim):
+            raise ValueError(f"{name} must have shape (batch={batch}, action_dim={self.action_dim}), got {tuple(u.shape)}")
+        if u.dtype != self.dtype or u.device != self.device:
+            raise ValueError(f"{name} is {u.dtype} on {u.device} but the ensemble is {self.dtype} on {self.device}")
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+        return u
+
+    # -- the batched members -----------------------------------------------------------------
+    def _features(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """The variance head's input: ``[sin q, cos q, x_rest, u]``, normalised (``(..., features)``)."""
+        k = self._angle_dims
+        parts = [torch.sin(x[..., :k]), torch.cos(x[..., :k]), x[..., k:]] if k else [x]
+        if u is not None:
+            parts.append(u)
+        return (torch.cat(parts, dim=-1) - self.feature_shift) / self.feature_scale
+
+    def _raw(self, x: torch.Tensor, u: torch.Tensor | None, shared: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All members at once: ``x: (E, b, n)`` (or ``(b, n)`` for every member with ``shared``)
+        -> means ``(E, b, n)`` and unbounded normalised log-variances ``(E, b, n)`` or ``None``."""
+        params, buffers = self._stacked_tensors()
+        base = self._base
+        features = self._features(x, u) if self.probabilistic else None
+
+        def one(p, b, xe, ue, fe):
+            return functional_call(base, (p, b), (xe, ue, fe))
+
+        dim = None if shared else 0
+        in_dims = (0, 0, dim, None if u is None else dim, None if features is None else dim)
+        with functorch_safe():
+            return vmap(one, in_dims=in_dims)(params, buffers, x, u, features)
+
+    def _bounded_logvar(self, raw: torch.Tensor) -> torch.Tensor:
+        # PETS appendix A.1 (the authors' code): soft, differentiable bounds.
+        lv = self.max_logvar - F.softplus(self.max_logvar - raw)
+        return self.min_logvar + F.softplus(lv - self.min_logvar)
+
+    def predict(self, x: torch.Tensor, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every member on every row: means ``(E, batch, state_dim)`` and log-variances
+        ``(E, batch, state_dim)`` of the next state (``None`` when not ``probabilistic``)."""
+        self._check_x(x)
+        u = self._check_u(u, x.shape[0])
+        mean, raw = self._raw(x, u, shared=True)
+        return mean, (None if raw is None else self._bounded_logvar(raw) + 2.0 * self.target_scale.log())
+
+    def _grouped(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """Row ``i`` of ``x: (batch, n)`` on member ``i % E``, each member on its own rows only."""
+        E, B, n = self.size, x.shape[0], self.state_dim
+        pad = -B % E
+        if pad:  # repeat the last row (a valid state) to fill the last group; dropped below
+            x = torch.cat([x, x[-1:].expand(pad, n)])
+            u = None if u is None else torch.cat([u, u[-1:].expand(pad, u.shape[1])])
+        xs = x.reshape(-1, E, n).transpose(0, 1).contiguous()  # (E, ceil(B / E), n)
+        us = None if u is None else u.reshape(-1, E, u.shape[1]).transpose(0, 1).contiguous()
+        mean, raw = self._raw(xs, us, shared=False)
+        y = mean
+        if raw is not None and self.sample:
+            std = torch.exp(0.5 * self._bounded_logvar(raw)) * self.target_scale
+            y = torch.addcmul(mean, std, torch.randn(mean.shape, generator=self._generator(), device=self.device, dtype=self.dtype))
+        return y.transpose(0, 1).reshape(-1, n)[:B]
+
+    def _step(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        if self._propagation == "expectation":
+            return self._raw(x, u, shared=True)[0].mean(0)
+        if self._propagation == "tsinf":
+            return self._grouped(x, u)
+        perm = torch.randperm(x.shape[0], generator=self._generator(), device=self.device)
+        y = self._grouped(x[perm], None if u is None else u[perm])
+        return torch.empty_like(y).index_copy(0, perm, y)  # row perm[j] gets y[j]
+
+    def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """The next state under ``propagation``: ``x: (batch, state_dim)``, ``u: (batch,
+        action_dim)`` -> ``(batch, state_dim)``. Differentiable in ``x`` and ``u``."""
+        self._check_x(x)
+        return self._step(x, self._check_u(u, x.shape[0]))
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as ``step``."""
+        return self.step(x, u)
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
+        """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` (or an int
+        horizon when autonomous) -> ``(batch, horizon + 1, state_dim)``, ``x0`` first.
+
+        Under ``"tsinf"`` row ``i`` stays on member ``i % E`` for the whole rollout; under
+        ``"ts1"`` it gets a fresh random member at every step."""
+        self._check_x(x0, "x0")
+        if isinstance(actions, int) and not isinstance(actions, bool):
+            if actions < 0:
+                raise ValueError(f"horizon must be >= 0, got {actions}")
+            if self.action_dim:
+                raise ValueError(f"an int horizon is only valid for autonomous members; pass actions of shape (batch, horizon, {self.action_dim})")
+            inputs: list[torch.Tensor | None] = [None] * actions
+        else:
+            if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[0] != x0.shape[0] or actions.shape[2] != self.action_dim:
+                shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
+                raise ValueError(f"actions must have shape (batch={x0.shape[0]}, horizon, action_dim={self.action_dim}), got {shape}")
+            if self.action_dim and actions.shape[1]:
+                self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
+            inputs = list(actions.unbind(1)) if self.action_dim else [None] * actions.shape[1]
+        states = [x0]
+        x = x0
+        for u in inputs:
+            x = self._step(x, u)
+            states.append(x)
+        return torch.stack(states, dim=1)
+
+    # -- training objective ------------------------------------------------------------------
+    def _loss(self, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objective, per-member loss (E,))`` on member-wise batches ``x, x_next: (E, b, n)``.
+
+        Probabilistic: the Gaussian NLL per entry of the normalised residual
+        ``r = (mean - x_next) / target_scale``, ``0.5 (r^2 exp(-lv) + lv + log 2 pi)``
+        (PETS eq. 3), averaged over rows and entries, summed over members, plus
+        ``0.01 (sum max_logvar - sum min_logvar)``. Deterministic: the mean of ``r^2``.
+        """
+        mean, raw = self._raw(x, u, shared=False)
+        r = (mean - x_next) / self.target_scale
+        if raw is None:
+            per_member = (r * r).mean(dim=(1, 2))
+            return per_member.sum(), per_member
+        lv = self._bounded_logvar(raw)
+        per_member = 0.5 * (r * r * torch.exp(-lv) + lv + _LOG_2PI).mean(dim=(1, 2))
+        return per_member.sum() + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum()), per_member
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
+        """Set the normalisations from data ``x, x_next: (N, state_dim)``, ``u: (N, action_dim)``:
+        the members' ``DynamicsNet`` input/output scales (the same for every member, from
+        ``(x_next - x) / dt``; kept if they are already calibrated), the residual scale
+        ``target_scale`` and the variance head's feature statistics."""
+        if x.shape[0] < 2:
+            raise ValueError(f"calibrate needs at least 2 samples, got {x.shape[0]}")
+        _, buffers = self._stacked_tensors()
+        flag = buffers.get("model.fhat.calibrated")  # members whose fhat is a DynamicsNet
+        if flag is not None and not bool(flag.all()):
+            fhat = self.member(0).fhat
+            fhat.calibrate(x, u, (x_next - x) / self.dt)
+            for name, value in fhat.named_buffers():
+                buffers[f"model.fhat.{name}"].copy_(value.unsqueeze(0).expand_as(buffers[f"model.fhat.{name}"]))
+        self.target_scale.copy_(_spread(x_next - x))
+        k = self._angle_dims
+        raw = torch.cat([torch.sin(x[:, :k]), torch.cos(x[:, :k]), x[:, k:]] + ([u] if u is not None else []), dim=-1)
+        self.feature_shift.copy_(raw.mean(0))
+        self.feature_scale.copy_(_spread(raw))
+        self.calibrated.fill_(True)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-safe) that rebuild this architecture (``checkpoint.save_model``)."""
+        return {
+            "members": {"class": self.member_class.__name__, "config": self._member_config},
+            "size": self.size,
+            "propagation": self._propagation,
+            "probabilistic": self.probabilistic,
+            "sample": self.sample,
+            "var_hidden": list(self.var_hidden),
+            "seed": self._seed,
+        }
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Write config, stacked weights and ``metadata`` to one file, atomically (``checkpoint.save_model``)."""
+        from .checkpoint import save_model
+
+        save_model(self, path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> "Ensemble":
+        """Rebuild an ensemble saved with ``save``."""
+        from .checkpoint import load_model
+
+        return load_model(path, map_location=map_location, expected_class=cls)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, member_class={self.member_class.__name__}, propagation={self._propagation!r}, "
+                f"probabilistic={self.probabilistic}, sample={self.sample}, state_dim={self.state_dim}, action_dim={self.action_dim}")
+
+
+# ----------------------------------------------------------------------------------------------
+# certificates
+
+
+_COVERAGE = (
+    "Each member certificate covers that member's mean map x -> member(i).step(x, u) (and its ODE), "
+    "for the weights hashed in it. Not covered: the Gaussian noise sampled in 'ts1'/'tsinf' propagation "
+    "(sampled transitions carry no guarantee); 'ts1' switching between members (each step decreases its own "
+    "member's V_i, but there is no common Lyapunov function across steps); the 'expectation' average of the "
+    "members' steps. With sampling off (sample=False or probabilistic=False), a 'tsinf' rollout row is a "
+    "trajectory of one member and is covered by that member's certificate."
+)
+_NO_GUARANTEE = (
+    "The members ({cls}) are unconstrained networks: they carry no stability certificate, and neither "
+    "does the ensemble. Build it from stable members (member_factory('stable', ...)) for one."
+)
+
+
+@dataclass
+class EnsembleCheck:
+    """Outcome of ``EnsembleCertificate.check``: one falsification report per member."""
+
+    passed: bool
+    reports: list[Any] = field(default_factory=list)
+    applies: list[bool] = field(default_factory=list)
+    reason: str = ""
+
+    def summary(self) -> str:
+        if not self.reports:
+            return f"FAILED -- {self.reason}"
+        lines = [f"ensemble of {len(self.reports)}: {'PASSED' if self.passed else 'FAILED'}"]
+        for i, (report, ok) in enumerate(zip(self.reports, self.applies)):
+            lines.append(f"member {i}: " + report.summary().replace("\n", "\n  ") + ("" if ok else "  (weights changed since issue)"))
+        return "\n".join(lines)
+
+
+@dataclass
+class EnsembleCertificate:
+    """What an ``Ensemble`` guarantees: its members' own certificates, and their scope.
+
+    Attributes:
+        members: one ``Certificate`` per member (``member(i).certificate()``, each with member
+            ``i``'s ``weights_hash``); empty when the members carry none.
+        member_class: the members' class name.
+        evidence: ``"per_member"`` (see each member's ``evidence``) or ``"none"``.
+        covers: what the member certificates cover and what they do not (the sampled noise).
+        weights_hash: ``weights_hash`` of the whole ensemble at issue.
+        size: ``E``.
+    """
+
+    members: list[Certificate]
+    member_class: str
+    evidence: str
+    covers: str
+    weights_hash: str
+    size: int
+
+    @classmethod
+    def issue(cls, ensemble: Ensemble, members: list[Certificate]) -> "EnsembleCertificate":
+        name = ensemble.member_class.__name__
+        return cls(
+            members=list(members),
+            member_class=name,
+            evidence="per_member" if members else "none",
+            covers=_COVERAGE if members else _NO_GUARANTEE.format(cls=name),
+            weights_hash=weights_hash(ensemble),
+            size=ensemble.size,
+        )
+
+    @property
+    def certified(self) -> bool:
+        """True when every member carries a certificate."""
+        return bool(self.members) and len(self.members) == self.size
+
+    def applies_to(self, ensemble: Ensemble) -> bool:
+        """True if ``ensemble`` has exactly the weights this certificate was issued for."""
+        return weights_hash(ensemble) == self.weights_hash
+
+    def check(self, ensemble: Ensemble, **falsify_kwargs: Any) -> EnsembleCheck:
+        """Run every member's ``Certificate.check`` on ``ensemble.member(i)`` (``falsify`` with
+        ``falsify_kwargs``); passed when each member's passes and applies to its weights."""
+        if not isinstance(ensemble, Ensemble):
+            raise TypeError(f"check needs the Ensemble the certificate is about, got {type(ensemble).__name__}")
+        if not self.members:
+            return EnsembleCheck(passed=False, reason=self.covers)
+        if ensemble.size != len(self.members):
+            raise ValueError(f"the certificate lists {len(self.members)} members, the ensemble has {ensemble.size}")
+        reports, applies = [], []
+        for i, cert in enumerate(self.members):  # one standalone model per member: a loop is fine here
+            model = ensemble.member(i)
+            applies.append(cert.applies_to(model))
+            reports.append(cert.check(model, **falsify_kwargs))
+        return EnsembleCheck(passed=all(applies) and all(r.passed for r in reports), reports=reports, applies=applies)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["members"] = [c.to_dict() for c in self.members]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EnsembleCertificate":
+        d = dict(d)
+        d["members"] = [Certificate.from_dict(c) for c in d.get("members", [])]
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EnsembleCertificate":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON, atomically."""
+        text = self.to_json()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EnsembleCertificate":
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def _as_data(t: Any, name: str, shape: tuple) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != len(shape) or any(s is not None and t.shape[i] != s for i, s in enumerate(shape)):
+        want = ", ".join("N" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape ({want}), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def fit_ensemble(
+    ensemble: Ensemble,
+    x: torch.Tensor,
+    u: torch.Tensor | None,
+    x_next: torch.Tensor,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    val_fraction: float = 0.1,
+    patience: int | None = 20,
+    seed: int = 0,
+    progress: bool = True,
+    bootstrap: bool = True,
+) -> dict[str, Any]:
+    """Train all members at once on transitions ``(x, u) -> x_next``; return the history.
+
+    Every member gets its own bootstrap resample (with replacement) of the training split
+    (PETS Section 4.1: the disagreement of the members is the epistemic uncertainty); each
+    Adam step draws ``(E, batch_size)`` indices, one per member from its own resample, and
+    does ONE vmapped forward/backward for all members, with one Adam over the stacked
+    parameters. Loss: ``Ensemble._loss`` (the Gaussian NLL, or the squared error when not
+    ``probabilistic``).
+
+    Args:
+        ensemble: the ``Ensemble`` (trained in place).
+        x, x_next: ``(N, state_dim)`` states and next states; ``u: (N, action_dim)`` or
+            ``None`` for autonomous members. Moved to the ensemble's device and dtype.
+        epochs: passes over the training split.
+        batch_size: rows per member per Adam step (``0`` = the whole split).
+        lr, weight_decay: Adam's.
+        val_fraction: held-out share; validation loss = mean squared error of the members'
+            means on it (averaged over members); ``0`` uses the training loss.
+        patience: stop after this many epochs without a better validation loss (``None``:
+            never); the best weights are restored at the end either way.
+        seed: seeds the split, the bootstraps and the shuffling.
+        progress: a tqdm bar "fit ensemble" (it says at the end whether it stopped early).
+        bootstrap: resample per member (default); ``False`` gives every member the whole
+            training split (members then differ only by initialisation and shuffling).
+
+    Returns:
+        ``{"train_loss": [...] (mean member loss per epoch), "val_loss": [...], "best_epoch",
+        "best_val_loss", "epochs_run", "stopped_early", "n_train", "n_val", "seconds"}``.
+
+    On the first fit (``ensemble.calibrated`` false) the normalisations are set from this
+    data (``Ensemble.calibrate``), the same for every member.
+    """
+    if not isinstance(ensemble, Ensemble):
+        raise TypeError(f"fit_ensemble trains an Ensemble, got {type(ensemble).__name__}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0 (0 = the whole split), got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
+    n, m, E = ensemble.state_dim, ensemble.action_dim, ensemble.size
+    x = _as_data(x, "x", (None, n))
+    x_next = _as_data(x_next, "x_next", (x.shape[0], n))
+    if m:
+        if u is None:
+            raise ValueError(f"the members have action_dim={m}: pass u of shape (N, {m})")
+        u = _as_data(u, "u", (x.shape[0], m))
+    elif u is not None and u.numel():
+        raise ValueError("u given but the members are autonomous (action_dim=0); pass None")
+    else:
+        u = None
+    N = x.shape[0]
+    if N < 2:
+        raise ValueError(f"need at least 2 transitions, got {N}")
+    device, dtype = ensemble.device, ensemble.dtype
+    x, x_next = x.to(device, dtype), x_next.to(device, dtype)
+    u = None if u is None else u.to(device, dtype)
+    if not bool(ensemble.calibrated):
+        ensemble.calibrate(x, u, x_next)
+
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(N, generator=gen)
+    n_val = min(max(int(round(val_fraction * N)), 1), N - 1) if val_fraction > 0 else 0
+    val_idx, train_idx = perm[:n_val].to(device), perm[n_val:]
+    n_train = len(train_idx)
+    if bootstrap:  # (E, n_train): member e's resample of the training split, with replacement
+        members_idx = train_idx[torch.randint(n_train, (E, n_train), generator=gen)]
+    else:
+        members_idx = train_idx.unsqueeze(0).expand(E, n_train)
+    bs = n_train if batch_size == 0 else min(batch_size, n_train)
+
+    opt = torch.optim.Adam(ensemble.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def validate() -> float:
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, n_val, 4096):
+                part = val_idx[i : i + 4096]
+                xb, ub = x[part], None if u is None else u[part]
+                mean = ensemble._raw(xb, ub, shared=True)[0]  # (E, b, n)
+                total += float(((mean - x_next[part]) ** 2).mean()) * len(part)
+        return total / n_val
+
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "n_train": n_train, "n_val": n_val}
+    best = (math.inf, -1, copy.deepcopy(ensemble.state_dict()))
+    since_best, stopped_early = 0, False
+    start = time.perf_counter()
+    bar: Any = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="fit ensemble", unit="epoch", leave=True)
+    ensemble.train()
+    for epoch in bar:
+        # Each member walks its own resample in its own order: (E, n_train) row-wise shuffles.
+        order = members_idx.gather(1, torch.rand(E, n_train, generator=gen).argsort(dim=1)).to(device)
+        running = torch.zeros(E, device=device, dtype=dtype)
+        steps = 0
+        for i in range(0, n_train, bs):
+            idx = order[:, i : i + bs]  # (E, b)
+            objective, per_member = ensemble._loss(x[idx], None if u is None else u[idx], x_next[idx])
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            running += per_member.detach() * idx.shape[1]
+            steps += idx.shape[1]
+        train_loss = float(running.mean()) / steps
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"ensemble training diverged at epoch {epoch} (loss {train_loss}); lower lr")
+        val_loss = validate() if n_val else train_loss
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        if val_loss < best[0]:
+            best, since_best = (val_loss, epoch, copy.deepcopy(ensemble.state_dict())), 0
+        else:
+            since_best += 1
+        if progress:
+            bar.set_postfix(train=f"{train_loss:.3g}", val=f"{val_loss:.3g}", best=f"{best[0]:.3g}")
+        if patience is not None and since_best >= patience:
+            stopped_early = True
+            break
+    if progress:
+        runs = len(history["train_loss"])
+        bar.set_description_str(f"fit ensemble: stopped early after {runs} epochs (best {best[1]})" if stopped_early
+                                else f"fit ensemble: {runs} epochs (best {best[1]})")
+        bar.close()
+    ensemble.load_state_dict(best[2])
+    ensemble.eval()
+    history.update(best_epoch=best[1], best_val_loss=best[0], epochs_run=len(history["train_loss"]), stopped_early=stopped_early,
+                   seconds=time.perf_counter() - start)
+    return history
