@@ -1,10 +1,12 @@
-"""``lyagym mbrl``: model-based RL (PETS / Dyna-SAC) or a model-free SB3 baseline on the
-pendulum swing-up, one run, logged to ``OUT/episodes.csv`` with checkpoints.
+"""``lyagym mbrl``: model-based RL (PETS, MBPO) or a model-free SB3 baseline on any env with an
+adapter, one run, logged to ``OUT/episodes.csv`` with a committed checkpoint after every episode.
 
 Examples::
 
     lyagym mbrl --algo pets --model stable --links 1 --episodes 5 --out runs/pets
-    lyagym mbrl --algo dyna --model stable --links 1 --episodes 10 --out runs/dyna
+    lyagym mbrl --env Pendulum-v1 --algo pets --model ensemble-stable --out runs/pendulum-v1
+    lyagym mbrl --env lyagym/NLinkPendulum-v0 --links 2 --algo pets --out runs/double
+    lyagym mbrl --env InvertedPendulum-v5 --algo mbpo --model ensemble --episodes 10 --out runs/ip
     lyagym mbrl --algo sac --steps 20000 --out runs/sac
     lyagym mbrl --algo pets --tensorboard --out runs/pets_tb   # then: tensorboard --logdir runs/pets_tb/tensorboard
 """
@@ -13,83 +15,156 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "make_env"]
 
-ALGOS = ("pets", "dyna", "sac", "ppo")
+ALGOS = ("pets", "mbpo", "dyna", "sac", "ppo")
+MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable")
+PENDULUM = "lyagym/NLinkPendulum-v0"
+
+
+def add_env_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default=PENDULUM, help="Gymnasium env id with a built-in adapter (lyagym.agents.adapters.ADAPTERS)")
+    parser.add_argument("--links", type=int, default=None, help="pendulum links (lyagym/NLinkPendulum-v0 only; default 1)")
+    parser.add_argument("--task", default=None, choices=["swingup", "regulate"], help="pendulum task (default swingup)")
+    parser.add_argument("--dt", type=float, default=None, help="pendulum env step in s (default 0.05)")
+    parser.add_argument("--max-torque", type=float, default=None, help="pendulum torque limit (default 5)")
+
+
+def make_env(args, episode_steps: int | None, render_mode: str | None = None):
+    """The real env of ``args`` (pendulum options only for the pendulum); raises ``ValueError`` on a bad combination."""
+    import gymnasium as gym
+
+    pendulum_options = {"links": args.links, "task": args.task, "dt": args.dt, "max_torque": args.max_torque}
+    if args.env == PENDULUM:
+        from .adapters import make_pendulum_env
+
+        links = 1 if args.links is None else args.links
+        if links < 1:
+            raise ValueError(f"--links must be >= 1, got {links}")
+        return make_pendulum_env(links, task=args.task or "swingup", dt=0.05 if args.dt is None else args.dt,
+                                 max_torque=5.0 if args.max_torque is None else args.max_torque,
+                                 episode_steps=episode_steps or 200, render_mode=render_mode)
+    given = [f"--{k.replace('_', '-')}" for k, v in pendulum_options.items() if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply to --env {PENDULUM}")
+    from .adapters import ADAPTERS
+
+    if args.env not in ADAPTERS:
+        raise ValueError(f"--env {args.env!r} has no built-in adapter; choose one of {sorted(ADAPTERS)} "
+                         "(or use the Python API with EnvAdapter(env, reward_fn=...))")
+    kwargs = {"max_episode_steps": episode_steps} if episode_steps else {}
+    try:
+        return gym.make(args.env, render_mode=render_mode, **kwargs)
+    except (gym.error.DependencyNotInstalled, ImportError) as e:
+        raise ValueError(f"--env {args.env} needs an optional dependency: {e} (pip install \"lyagym[mujoco]\")") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", default="pets", choices=ALGOS, help="pets (MPC on the model), dyna (SAC in imagination), sac, ppo")
-    parser.add_argument("--model", default="stable", choices=["stable", "simple"], help="world model for pets/dyna")
-    parser.add_argument("--links", type=int, default=1)
-    parser.add_argument("--task", default="swingup", choices=["swingup", "regulate"])
-    parser.add_argument("--dt", type=float, default=0.05, help="env step (s)")
-    parser.add_argument("--max-torque", type=float, default=5.0)
-    parser.add_argument("--episodes", type=int, default=5, help="real episodes after the random ones (pets/dyna)")
+    d = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = d
+    add_env_arguments(parser)
+    parser.add_argument("--algo", default="pets", choices=ALGOS,
+                        help="pets (MPC on the model), mbpo (SAC on model rollouts), dyna (legacy), sac, ppo")
+    parser.add_argument("--model", default="stable", choices=MODELS, help="world model for pets/mbpo/dyna")
+    parser.add_argument("--ensemble-size", type=int, default=None, help="members of an ensemble model (default 5)")
+    parser.add_argument("--propagation", default=None, choices=["tsinf", "ts1", "expectation"], help="ensemble propagation (default tsinf)")
+    parser.add_argument("--particles", type=int, default=None, help="particles per candidate with an ensemble (default 5)")
+    parser.add_argument("--episodes", type=int, default=5, help="real episodes after the random ones (pets/mbpo/dyna)")
     parser.add_argument("--random-episodes", type=int, default=1)
-    parser.add_argument("--episode-steps", type=int, default=200)
+    parser.add_argument("--episode-steps", type=int, default=None, help="real env steps per episode (default: the env's adapter, 200 for the pendulum)")
     parser.add_argument("--steps", type=int, default=20000, help="real env steps for sac/ppo")
-    # planner defaults: MBRLConfig's, tuned for the n = 1 swing-up (see lyagym.agents.mbrl.MBRLConfig)
-    parser.add_argument("--planner", default="mppi")
-    parser.add_argument("--horizon", type=int, default=None, help="planner horizon (steps; default 50 for one link, 15 for more)")
-    parser.add_argument("--samples", dest="num_samples", type=int, default=300)
-    parser.add_argument("--iterations", type=int, default=3, help="planner iterations per step")
-    parser.add_argument("--warmup-iterations", type=int, default=30, help="iterations of each episode's first plan (0: --iterations)")
-    parser.add_argument("--noise-std", type=float, default=1.0, help="sampling std in torque units")
-    parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
+    parser.add_argument("--planner", default=None, choices=["mppi", "cem", "icem", "gradient"], help="default mppi")
+    parser.add_argument("--horizon", type=int, default=None, help="planner horizon (default: the adapter's; 50 for one link, 15 for more)")
+    parser.add_argument("--samples", dest="num_samples", type=int, default=None, help="candidate sequences per iteration (default 300)")
+    parser.add_argument("--iterations", type=int, default=None, help="planner iterations per step (default 3)")
+    parser.add_argument("--warmup-iterations", type=int, default=None, help="iterations of each episode's first plan (default 30; 0: --iterations)")
+    parser.add_argument("--noise-std", type=float, default=None, help="sampling std in action units (default 1)")
+    parser.add_argument("--temperature", type=float, default=None, help="MPPI temperature in cost units (default 0.5)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="pets plans on rollouts that wrap the angles after every step (AngleWrappedModel)")
     parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
-                        help="world model with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
-                        "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
-    parser.add_argument("--fit-epochs", type=int, default=60)
-    parser.add_argument("--fit-steps", type=int, default=0, help="at least this many Adam steps per model fit (pets/dyna)")
+                        help="world model with the mechanical priors (sin/cos angles, affine in the action, SiLU; "
+                        "lyagym.agents.mbrl.model_priors); --no-model-priors: the paper's plain MLP")
+    parser.add_argument("--fit-epochs", type=int, default=None, help="default 60")
+    parser.add_argument("--fit-steps", type=int, default=None, help="at least this many Adam steps per model fit (default 0)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,
-                        help="length of the random-torque episodes (default: --episode-steps)")
-    parser.add_argument("--imagined-steps", type=int, default=3000)
+                        help="length of the random-action episodes (default: --episode-steps)")
+    parser.add_argument("--imagined-steps", type=int, default=None, help="dyna: SAC steps per imagined batch per episode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="lyagym-mbrl", help="output folder (default ./lyagym-mbrl)")
-    parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's checkpoint")
+    parser.add_argument("--out", default="lyagym-mbrl", help="output folder")
+    parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's committed checkpoint")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
                         "(needs the tensorboard package)")
     parser.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .costs import PendulumCost
-    from .mbrl import config_from_args, default_horizon, make_pendulum_env, make_world_model, model_priors, run_dyna, run_pets
-    from .sb3_baselines import train_baseline
+def _fail(message: str) -> int:
+    print(f"lyagym mbrl: {message}", file=sys.stderr)
+    return 2
 
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .adapters import make_adapter
+    from .mbrl_config import MBRLConfig, config_for
+    from .pets import check_config
+
+    for name in ("episodes", "random_episodes"):
+        if getattr(args, name) < 0:
+            return _fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.algo in ("sac", "ppo") and args.steps < 1:
+        return _fail(f"--steps must be >= 1, got {args.steps}")
+    if args.algo in ("pets", "mbpo", "dyna") and args.episodes + args.random_episodes < 1:
+        return _fail("--episodes + --random-episodes must be >= 1")
+    if args.resume and args.algo != "pets":
+        return _fail(f"--resume works for pets runs only; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
-        print(f"lyagym mbrl: {args.out}/episodes.csv exists; pass --resume to continue it or choose another --out")
-        return 2
-    os.makedirs(args.out, exist_ok=True)
-    env = make_pendulum_env(args.links, task=args.task, dt=args.dt, max_torque=args.max_torque, episode_steps=args.episode_steps)
+        return _fail(f"{args.out}/episodes.csv exists; pass --resume to continue it or choose another --out")
+    try:
+        env = make_env(args, args.episode_steps)
+    except ValueError as e:
+        return _fail(str(e))
+    adapter = make_adapter(env)
+    fields = {f.name for f in dataclasses.fields(MBRLConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    given["wrap_angles"] = args.wrap_angles
+    try:
+        config = config_for(adapter, **given)
+        check_config(config)
+    except (TypeError, ValueError) as e:
+        return _fail(str(e))
     progress = not args.no_progress
     tensorboard_dir = os.path.join(args.out, "tensorboard") if args.tensorboard else None
-    base = env.unwrapped
+    os.makedirs(args.out, exist_ok=True)
     if args.algo in ("sac", "ppo"):
+        from .sb3_baselines import train_baseline
+
         rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress,
-                              tensorboard_dir=tensorboard_dir)
+                              tensorboard_dir=tensorboard_dir, adapter=adapter)
     else:
-        if args.horizon is None:
-            args.horizon = default_horizon(args.links)
-        config = config_from_args(args)
-        model = make_world_model(args.model, base.state_dim, base.action_dim, base.dt, seed=args.seed, device=args.device,
-                                 **model_priors(args.links, args.model_priors))
+        from .mbrl import run_dyna, run_mbpo, run_pets
+        from .world_models import world_model_for
+
+        extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if args.model.startswith("ensemble") else {}
+        model = world_model_for(adapter, args.model, priors=args.model_priors, seed=args.seed, device=args.device, **extra)
+        method = f"{args.algo}-{args.model}"
         if args.algo == "pets":
-            cost = PendulumCost(args.links, args.task, action_dim=base.action_dim, **base.weights)
-            rows = run_pets(env, model, cost, config, out_dir=args.out, method=f"pets-{args.model}", resume=args.resume,
+            rows = run_pets(env, model, None, config, adapter=adapter, out_dir=args.out, method=method, resume=args.resume,
                             progress=progress, tensorboard_dir=tensorboard_dir)
+        elif args.algo == "mbpo":
+            rows = run_mbpo(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
+                            device=args.device, tensorboard_dir=tensorboard_dir)
         else:
-            rows = run_dyna(env, model, config, out_dir=args.out, method=f"dyna-{args.model}", progress=progress, device=args.device,
-                            tensorboard_dir=tensorboard_dir)
+            rows = run_dyna(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
+                            device=args.device, tensorboard_dir=tensorboard_dir)
     if rows:
         last = rows[-1]
-        err = last.get("final_angle_error", float("nan"))
-        print(f"{args.algo}: {len(rows)} episodes, {last['real_steps']} real steps, last return {last['return']:.1f}, "
-              f"final angle error {err:.3f} rad; log in {args.out}/episodes.csv")
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("final_angle_error", "max_abs_angle", "min_tip_height", "max_position"))
+        print(f"{args.algo}: {len(rows)} episodes, {last['real_steps']} real steps, last return {last['return']:.1f}"
+              f"{', ' + metrics if metrics else ''}; log in {args.out}/episodes.csv")
     return 0

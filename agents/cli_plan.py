@@ -1,11 +1,13 @@
-"""``lyagym plan``: run an MPC planner on the real pendulum env with a world model.
+"""``lyagym plan``: run an MPC planner on a real env with a world model.
 
-The world model is the true physics (``--model true``, ``PendulumDynamics`` at the env's
-step) or a checkpoint written by ``lyagym train`` / ``model.save`` (``--model PATH``).
+The world model is the true physics of the pendulum (``--model true``, ``PendulumDynamics``
+at the env's step) or a checkpoint written by ``lyagym train`` / ``model.save``
+(``--model PATH``, any env with an adapter: ``--env Pendulum-v1``).
 
 Example::
 
     lyagym plan --links 2 --planner mppi --steps 200 --out runs/plan
+    lyagym plan --env Pendulum-v1 --model runs/pendulum-v1/model.pt
 """
 
 from __future__ import annotations
@@ -15,32 +17,47 @@ import os
 
 import numpy as np
 
-from .mbrl import angle_error, make_pendulum_env, mpc_episode, true_physics_model
+import sys
+
+from .cli_mbrl import PENDULUM, add_env_arguments, make_env
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--links", type=int, default=1, help="number of pendulum links (default 1)")
-    parser.add_argument("--task", default="swingup", choices=["swingup", "regulate"])
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    add_env_arguments(parser)
     parser.add_argument("--model", default="true", help="'true' (physics) or a saved world-model checkpoint")
     parser.add_argument("--planner", default="mppi", help="cem, mppi or gradient (default mppi)")
     parser.add_argument("--horizon", type=int, default=30)
     parser.add_argument("--samples", type=int, default=500, help="K sampled sequences per plan")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200, help="env steps to run")
-    parser.add_argument("--dt", type=float, default=0.05, help="env step (s)")
-    parser.add_argument("--max-torque", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="folder for a trajectory plot and GIF (optional)")
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _fail(message: str) -> int:
+    print(f"lyagym plan: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    env = make_pendulum_env(args.links, task=args.task, dt=args.dt, max_torque=args.max_torque, episode_steps=args.steps,
-                            render_mode="rgb_array" if args.out else None)
+    from .adapters import make_adapter, true_physics_model
+    from .mpc import mpc_episode
+
+    if args.steps < 1:
+        return _fail(f"--steps must be >= 1, got {args.steps}")
+    try:
+        env = make_env(args, args.steps, render_mode="rgb_array" if args.out else None)
+    except ValueError as e:
+        return _fail(str(e))
+    adapter = make_adapter(env)
     if args.model == "true":
+        if args.env != PENDULUM:
+            return _fail(f"--model true is the pendulum's physics; for --env {args.env} pass a saved world model")
         model = true_physics_model(env, device=args.device)
     else:
         from lyagym.learned_models import load_model
@@ -49,21 +66,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"lyagym plan: no checkpoint at {args.model!r} (use --model true for the physics)")
             return 2
         model = load_model(args.model, map_location=args.device)
-        if abs(model.dt - env.unwrapped.dt) > 1e-12:
-            print(f"lyagym plan: the checkpoint's dt={model.dt} differs from --dt {args.dt}; pass --dt {model.dt}")
-            return 2
+        if abs(model.dt - adapter.dt) > 1e-12:
+            return _fail(f"the checkpoint's dt={model.dt} differs from the env's step {adapter.dt}"
+                         + (f"; pass --dt {model.dt}" if args.env == PENDULUM else ""))
+        if (model.state_dim, model.action_dim) != (adapter.state_dim, adapter.action_dim):
+            return _fail(f"the checkpoint is for state_dim={model.state_dim}, action_dim={model.action_dim}; "
+                         f"--env {args.env} has {adapter.state_dim} and {adapter.action_dim}")
     ep = mpc_episode(env, model, planner=args.planner, horizon=args.horizon, num_samples=args.samples,
                      iterations=args.iterations, steps=args.steps, seed=args.seed, frames=bool(args.out),
-                     progress=not args.no_progress)
-    target = np.pi if args.task == "swingup" else 0.0
-    err = float(angle_error(ep["states"][-1], args.links, target))
-    print(f"return {ep['return']:.1f} over {len(ep['actions'])} steps; final angle error {err:.3f} rad; "
-          f"{ep['plans_per_s']:.1f} plans/s")
-    if args.out:
+                     progress=not args.no_progress, adapter=adapter)
+    metrics = "".join(f"; {k.replace('_', ' ')} {v:.3f}" for k, v in adapter.metrics(ep["states"]).items() if k != "hold_angle_error")
+    print(f"return {ep['return']:.1f} over {len(ep['actions'])} steps{metrics}; {ep['plans_per_s']:.1f} plans/s")
+    if args.out and args.env != PENDULUM:
+        os.makedirs(args.out, exist_ok=True)
+        from lyagym.envs.video_data import write_video
+
+        write_video(np.stack(ep["frames"][::2]), os.path.join(args.out, "mpc.gif"), fps=0.5 / adapter.dt)
+        print(f"wrote {args.out}/mpc.gif")
+    elif args.out:
+        links = adapter.n_links
+        target = adapter.target
         from lyagym.envs.video_data import write_video
 
         os.makedirs(args.out, exist_ok=True)
-        plot_angles(os.path.join(args.out, "mpc_trajectory.png"), ep["states"], env.unwrapped.dt, args.links, target,
+        plot_angles(os.path.join(args.out, "mpc_trajectory.png"), ep["states"], adapter.dt, links, target,
                     title=f"MPC ({args.planner}) with model={os.path.basename(args.model)}")
         write_video(np.stack(ep["frames"][::2]), os.path.join(args.out, "mpc.gif"), fps=0.5 / env.unwrapped.dt)
         print(f"wrote {args.out}/mpc_trajectory.png and {args.out}/mpc.gif")

@@ -1,4 +1,4 @@
-"""Model-free baselines: Stable-Baselines3 SAC and PPO on the real pendulum env, logged like
+"""Model-free baselines: Stable-Baselines3 SAC and PPO on any real env with an adapter, logged like
 the model-based loops (one CSV row per real episode, with the real steps used so far) so
 learning curves line up on the same "real environment steps" axis."""
 
@@ -11,7 +11,8 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from .mbrl import TensorBoardLog, _task_target, angle_error, require_tensorboard, write_csv
+from .adapters import EnvAdapter, make_adapter
+from .mbrl import TensorBoardLog, require_tensorboard, write_csv
 
 __all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
 
@@ -26,11 +27,12 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                    device: str = "cpu", progress: bool = True, method: str | None = None,
                    on_episode: Callable[[dict], None] | None = None, eval_every: int | None = None,
                    on_eval: Callable[[dict], None] | None = None, tensorboard_dir: str | None = None,
-                   **algo_kwargs: Any) -> list[dict[str, Any]]:
+                   adapter: EnvAdapter | None = None, **algo_kwargs: Any) -> list[dict[str, Any]]:
     """Train SB3 ``algo`` (``"sac"`` or ``"ppo"``) on the real ``env`` for ``total_steps``.
 
     Every finished training episode becomes a row ``{method, seed, episode, real_steps,
-    return, final_angle_error, hold_angle_error, wall_s}``; rows go to
+    return, wall_s}`` plus the adapter's task metrics (``EnvAdapter.metrics``, e.g. the
+    pendulum's ``final_angle_error``, ``hold_angle_error``); rows go to
     ``out_dir/episodes.csv`` (rewritten atomically after each episode) and the trained
     agent to ``out_dir/model.zip``.
 
@@ -50,8 +52,9 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     if algo not in BASELINES:
         raise ValueError(f"unknown baseline {algo!r}; choose one of {sorted(BASELINES)}")
     cls_name, defaults = BASELINES[algo]
-    base = env.unwrapped
-    n, target = int(base.n_links), _task_target(base)
+    adapter = adapter or make_adapter(env)
+    if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
     if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 1):
         raise ValueError(f"eval_every must be None or an int >= 1, got {eval_every!r}")
     rows: list[dict[str, Any]] = []
@@ -63,7 +66,7 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     eval_env = gym.make(env.spec) if eval_every and env.spec is not None else env
 
     def evaluate(agent, steps_so_far: int) -> None:
-        row = evaluation_episode(eval_env, lambda s, o: agent.predict(o, deterministic=True)[0], seed=seed)
+        row = evaluation_episode(eval_env, lambda s, o: agent.predict(o, deterministic=True)[0], seed=seed, adapter=adapter)
         row = {"method": label, "seed": seed, "real_steps": int(steps_so_far), **row}
         evaluations.append(row)
         if out_dir:
@@ -76,9 +79,10 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     class EpisodeLogger(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.ret, self.states = 0.0, []
+            self.ret, self.states = 0.0, None
 
         def _on_training_start(self) -> None:
+            self.states = [adapter.state(self.model._last_obs[0])]
             if eval_every:
                 evaluate(self.model, 0)
 
@@ -88,16 +92,12 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
             self.ret += float(self.locals["rewards"][0])
             done = bool(self.locals["dones"][0])
             infos = self.locals["infos"][0]
-            # SB3 auto-resets on done: the final physical state is gone, but its observation is kept.
-            if not done:
-                self.states.append(base.state)
+            # SB3 auto-resets on done: the final observation is kept in the info dict.
+            obs = infos.get("terminal_observation") if done else None
+            self.states.append(adapter.state(self.locals["new_obs"][0] if obs is None else obs))
             if done:
                 row = {"method": label, "seed": seed, "episode": len(rows), "real_steps": self.num_timesteps, "return": self.ret}
-                if target is not None and self.states:
-                    states = np.asarray(self.states)
-                    final = _final_state(infos.get("terminal_observation"), base, states[-1])
-                    row["final_angle_error"] = float(angle_error(final, n, target))
-                    row["hold_angle_error"] = float(angle_error(states[-max(1, len(states) // 5):], n, target).max())
+                row.update(adapter.metrics(np.asarray(self.states)))
                 row["wall_s"] = round(time.perf_counter() - t0, 2)
                 rows.append(row)
                 if out_dir:
@@ -106,7 +106,7 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                     tb_episodes(row)
                 if on_episode is not None:
                     on_episode(row)
-                self.ret, self.states = 0.0, []
+                self.ret, self.states = 0.0, [adapter.state(self.locals["new_obs"][0])]
             return True
 
     kwargs = {**defaults, **algo_kwargs}
@@ -144,35 +144,20 @@ def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None
 
 
 def evaluation_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0,
-                       steps: int | None = None) -> dict[str, Any]:
+                       steps: int | None = None, adapter: EnvAdapter | None = None) -> dict[str, Any]:
     """One evaluation episode of ``act(state, obs) -> action`` on ``env`` from the start
     state that ``env.reset(seed=1_000_003 + seed)`` draws (the same start at every
     evaluation of a run, so a learning curve is not noisy from its starts).
 
-    Returns ``{return, final_angle_error, hold_angle_error}`` (angle errors: at the last
-    state, and the max over the last 20 % of the episode).
+    Returns ``{return, steps, <adapter metrics>}`` (the pendulum's: angle errors at the
+    last state and the max over the last 20 % of the episode).
     """
-    from .mbrl import collect_episode
+    from .data import collect_episode
 
-    base = env.unwrapped
-    n, target = int(base.n_links), _task_target(base)
+    adapter = adapter or make_adapter(env)
     limit = steps or (env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 200)
-    ep = collect_episode(env, act, steps=int(limit), seed=1_000_003 + int(seed))
-    row: dict[str, Any] = {"return": ep["return"]}
-    if target is not None:
-        states = ep["states"]
-        row["final_angle_error"] = float(angle_error(states[-1], n, target))
-        row["hold_angle_error"] = float(angle_error(states[-max(1, len(states) // 5):], n, target).max())
-    return row
-
-
-def _final_state(terminal_obs, base, fallback: np.ndarray) -> np.ndarray:
-    """Recover ``(q, qdot)`` from a ``trig`` terminal observation (angles from atan2)."""
-    if terminal_obs is None or getattr(base, "observation_mode", "") != "trig":
-        return fallback
-    n = int(base.n_links)
-    o = np.asarray(terminal_obs, dtype=np.float64)
-    return np.concatenate([np.arctan2(o[n:2 * n], o[:n]), o[2 * n:]])
+    ep = collect_episode(env, act, steps=int(limit), seed=1_000_003 + int(seed), adapter=adapter)
+    return {"return": ep["return"], "steps": len(ep["actions"]), **adapter.metrics(ep["states"])}
 
 
 def _has_rich() -> bool:

@@ -64,7 +64,7 @@ def test_imagined_pendulum_env_mirrors_the_real_one_and_passes_checkers():
 
 
 def test_transition_buffer_wraps_angles_without_jumps(tmp_path):
-    buf = TransitionBuffer(2, 1)
+    buf = TransitionBuffer(2, 1, angle_dims=(0,))
     states = np.array([[3.1, 1.0], [3.2, 1.0], [3.3, 1.0]])  # crosses +pi
     buf.add_trajectory(states, np.zeros((2, 1)))
     assert np.all(np.abs(buf.states[:, 0]) <= np.pi)
@@ -91,8 +91,11 @@ def test_tiny_pets_loop_end_to_end_with_checkpoint_and_resume(tmp_path, kind):
     assert rows[-1]["real_steps"] == 2 * TINY.episode_steps
     assert [r["policy"] for r in rows] == ["random", "mpc"] and rows[-1]["learn_steps"] == TINY.episode_steps
     assert np.isfinite(rows[-1]["model_val_loss"]) and np.isfinite(rows[-1]["return"])
-    for name in ("episodes.csv", "model_weights.pt", "buffer.npz"):
-        assert os.path.exists(os.path.join(out, name))
+    from lyagym.agents.run_log import committed_file
+
+    assert os.path.exists(os.path.join(out, "episodes.csv"))
+    for name in ("episodes.csv", "model_weights.pt", "buffer.npz", "rng.pt"):
+        assert os.path.exists(committed_file(out, name))
     logged = read_csv(os.path.join(out, "episodes.csv"))
     assert logged[-1]["real_steps"] == rows[-1]["real_steps"]
     # resume: a fresh model picks up the checkpoint and runs only the missing episode
@@ -345,12 +348,14 @@ def test_study_runs_stores_and_reuses_tiny_mpc_and_pets_runs(tmp_path, capsys):
     # the stored model has the mechanical priors (the default), calibrated by its first fit;
     # the plain MLP (--no-model-priors) is another experiment, in its own folder
     assert stored["settings"]["model_priors"] is True
-    weights = torch.load(tmp_path / "pets-simple" / "seed0" / "model_weights.pt", weights_only=True)
+    from lyagym.agents.run_log import committed_file
+
+    weights = torch.load(committed_file(str(tmp_path / "pets-simple" / "seed0"), "model_weights.pt"), weights_only=True)
     assert bool(weights["fhat.calibrated"]) and weights["fhat.input_scale"].shape == (2,)
     assert mbrl_swingup.run(parser.parse_args(argv + ["--methods", "pets-simple", "--no-model-priors"])) == 0
     plain = [p for p in (tmp_path / "pets-simple").iterdir() if p.name.startswith("seed0-") and p != other[0]]
     assert len(plain) == 1 and "model_priors" not in json.loads((plain[0] / "run.json").read_text())["settings"]
-    assert "fhat.0.weight" in torch.load(plain[0] / "model_weights.pt", weights_only=True)
+    assert "fhat.0.weight" in torch.load(committed_file(str(plain[0]), "model_weights.pt"), weights_only=True)
 
 
 def test_model_priors_are_on_by_default():

@@ -451,7 +451,9 @@ def analysis(args, runs: dict) -> str:
 
     seed = args.seeds[0]
     run_dir = _run_dir(args.out, "pets-stable", seed, _run_settings(args, "pets-stable"))
-    if not os.path.exists(os.path.join(run_dir, "buffer.npz")):
+    from lyagym.agents.run_log import committed_file
+
+    if not os.path.exists(committed_file(run_dir, "buffer.npz")):
         return ""
     stored_path = os.path.join(args.out, "analysis.json")
     settings = {**_run_settings(args, "pets-stable"), "seed": seed}
@@ -461,7 +463,7 @@ def analysis(args, runs: dict) -> str:
         if stored.get("settings") == settings:
             print(f"analysis: stored result reused ({stored_path})", flush=True)
             return stored["text"]
-    buffer = TransitionBuffer.load(os.path.join(run_dir, "buffer.npz"))
+    buffer = TransitionBuffer.load(committed_file(run_dir, "buffer.npz"))
     lengths = [int(r["real_steps"] - r["learn_steps"]) for r in runs[("pets-stable", seed)]["episodes"]]
     config = MBRLConfig(seed=seed, fit_epochs=args.fit_epochs, fit_steps=args.fit_steps)
     n = args.links
@@ -597,7 +599,8 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     model = make_world_model(kind, base.state_dim, base.action_dim, base.dt, seed=seed, device=args.device, **_model_priors(args))
     if method.startswith("pets"):
         cost = PendulumCost(args.links, "swingup", action_dim=base.action_dim, **base.weights)
-        episodes = run_pets(env, model, cost, config, out_dir=run_dir, method=method, resume=not args.rerun, progress=progress)
+        episodes = run_pets(env, model, cost, config, out_dir=run_dir, method=method, resume=not args.rerun, overwrite=args.rerun,
+                            progress=progress)
         evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
                         "final_angle_error": r.get("final_angle_error"), "hold_angle_error": r.get("hold_angle_error"),
                         "steps_used": episodes[-1]["real_steps"]}

@@ -1,0 +1,320 @@
+"""MBPO: model-based policy optimisation (Janner et al. 2019, Algorithm 2), on any env with an adapter.
+
+The algorithm box, with Stable-Baselines3's SAC as the policy optimiser::
+
+    D_env <- episodes of uniform random actions;  fit the world model on D_env
+    for each real step:
+        every F steps: fit the model on D_env; then branch M rollouts of k steps from
+            states drawn from D_env, acting with the current policy on the model, and
+            put them into D_model (a FIFO that keeps the latest rollout batches)
+        act in the real env with the policy;  D_env <- D_env + the transition
+        G SAC updates, each on a batch of which a fraction ``real_ratio`` comes from
+            D_env and the rest from D_model
+
+The rollout length ``k`` grows linearly from ``min`` to ``max`` between two episodes
+(``rollout_schedule``); an ensemble in TS1 mode draws a fresh member for every model
+transition (MBPO's "random model per step"). Model rollouts stop at a predicted
+termination (``EnvAdapter.termination``) and their rewards are the adapter's. The policy
+sees ``EnvAdapter.features`` of the model state (angles as sin, cos), in the real env and
+in the model alike, so what it learns on the model applies to the env.
+
+One CSV row per real episode (as PETS), plus ``eval_*``: the greedy policy on a separate
+copy of the env from a fixed start. The run folder commits the model, the data, SAC (with
+its optimisers) and the rows after every episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import EnvAdapter, make_adapter
+from .data import TransitionBuffer, collect_episode
+from .mbrl_config import MBRLConfig
+from .pets import _commit, _row, check_config, check_model_fits
+from .run_log import RunFolder, TensorBoardLog
+from .world_models import fit_model, is_ensemble
+
+__all__ = ["run_mbpo", "TensorReplay", "MixedReplay", "rollout_length"]
+
+
+def rollout_length(episode: int, schedule: tuple[int, int, int, int]) -> int:
+    """MBPO's linear schedule ``(first, last, min, max)``: ``min`` up to episode ``first``,
+    ``max`` from ``last``, linear in between."""
+    first, last, low, high = (int(v) for v in schedule)
+    if low < 1 or high < low:
+        raise ValueError(f"rollout_schedule lengths must satisfy 1 <= min <= max, got {schedule!r}")
+    if episode <= first or last <= first:
+        return low if episode <= first else high
+    frac = min(1.0, (episode - first) / (last - first))
+    return int(round(low + frac * (high - low)))
+
+
+class TensorReplay:
+    """A FIFO of transitions as torch tensors on one device (observations are policy features).
+
+    Args:
+        capacity: transitions kept (the oldest are overwritten).
+        obs_dim, action_dim: feature and action sizes.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device | str = "cpu") -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        f32 = dict(device=device, dtype=torch.float32)
+        self.obs = torch.zeros(self.capacity, obs_dim, **f32)
+        self.actions = torch.zeros(self.capacity, action_dim, **f32)
+        self.next_obs = torch.zeros(self.capacity, obs_dim, **f32)
+        self.rewards = torch.zeros(self.capacity, 1, **f32)
+        self.dones = torch.zeros(self.capacity, 1, **f32)
+        self.position, self.size = 0, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, actions, next_obs, rewards, dones) -> None:
+        """Append a batch ``(N, obs_dim), (N, m), (N, obs_dim), (N,), (N,)``."""
+        n = obs.shape[0]
+        if n == 0:
+            return
+        if n > self.capacity:  # only the newest fit
+            obs, actions, next_obs, rewards, dones = (t[-self.capacity:] for t in (obs, actions, next_obs, rewards, dones))
+            n = self.capacity
+        idx = (self.position + torch.arange(n, device=self.obs.device)) % self.capacity
+        for store, value in ((self.obs, obs), (self.actions, actions), (self.next_obs, next_obs),
+                             (self.rewards, rewards.reshape(-1, 1)), (self.dones, dones.reshape(-1, 1))):
+            store[idx] = value.to(store.device, store.dtype)
+        self.position = (self.position + n) % self.capacity
+        self.size = min(self.capacity, self.size + n)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(0, self.size, (n,), generator=generator, device=generator.device).to(self.obs.device)
+        return self.obs[idx], self.actions[idx], self.next_obs[idx], self.dones[idx], self.rewards[idx]
+
+
+class MixedReplay:
+    """SB3's replay-buffer face for SAC's ``train``: every batch mixes real and model transitions.
+
+    ``sample(batch_size)`` returns ``ReplayBufferSamples`` of which ``round(real_ratio *
+    batch_size)`` rows come from ``real`` and the rest from ``model`` (all from ``real``
+    while ``model`` is empty).
+    """
+
+    def __init__(self, real: TensorReplay, model: TensorReplay, real_ratio: float, *, seed: int = 0) -> None:
+        if not 0.0 <= real_ratio <= 1.0:
+            raise ValueError(f"real_ratio must be in [0, 1], got {real_ratio!r}")
+        self.real, self.model, self.real_ratio = real, model, float(real_ratio)
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed))
+
+    def size(self) -> int:
+        return len(self.real) + len(self.model)
+
+    def sample(self, batch_size: int, env=None):
+        from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+        n_real = batch_size if len(self.model) == 0 else int(round(self.real_ratio * batch_size))
+        parts = []
+        if n_real:
+            parts.append(self.real.sample(n_real, self.generator))
+        if batch_size - n_real:
+            parts.append(self.model.sample(batch_size - n_real, self.generator))
+        obs, actions, next_obs, dones, rewards = (torch.cat(t) for t in zip(*parts))
+        values = {"observations": obs, "actions": actions, "next_observations": next_obs, "dones": dones, "rewards": rewards,
+                  "discounts": None}
+        return ReplayBufferSamples(**{k: values[k] for k in ReplayBufferSamples._fields})
+
+
+class _SpacesEnv(gym.Env):
+    """An env that only declares spaces: SAC is built on it and never steps it (MBPO feeds SAC's buffers itself)."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        raise RuntimeError("MBPO's SAC never steps this env")
+
+
+class _Agent:
+    """SAC on the adapter's features: acting (numpy) and acting on the model (torch, batched)."""
+
+    def __init__(self, adapter: EnvAdapter, config: MBRLConfig, device: str, seed: int) -> None:
+        from stable_baselines3 import SAC
+
+        self.adapter = adapter
+        features = gym.spaces.Box(-np.inf, np.inf, (adapter.feature_dim,), np.float32)
+        actions = gym.spaces.Box(adapter.action_low.astype(np.float32), adapter.action_high.astype(np.float32), dtype=np.float32)
+        self.sac = SAC("MlpPolicy", _SpacesEnv(features, actions), seed=seed, device=device, batch_size=config.sac_batch_size,
+                       learning_starts=0, buffer_size=1, verbose=0)
+        self.low = torch.as_tensor(adapter.action_low, dtype=torch.float32, device=self.sac.device)
+        self.high = torch.as_tensor(adapter.action_high, dtype=torch.float32, device=self.sac.device)
+
+    def features(self, x) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
+        return self.adapter.features(x.reshape(-1, self.adapter.state_dim).to(self.sac.device))
+
+    def act(self, state: np.ndarray, deterministic: bool) -> np.ndarray:
+        obs = self.features(state)[0].cpu().numpy()
+        return self.sac.predict(obs, deterministic=deterministic)[0]
+
+    def scaled(self, u: torch.Tensor) -> torch.Tensor:
+        """Env actions -> SAC's squashed ``[-1, 1]`` actions (what its buffers hold)."""
+        return 2.0 * (u - self.low) / (self.high - self.low) - 1.0
+
+    @torch.no_grad()
+    def sample_scaled(self, features: torch.Tensor) -> torch.Tensor:
+        return self.sac.actor(features, deterministic=False)
+
+    def unscaled(self, a: torch.Tensor) -> torch.Tensor:
+        return self.low + (a + 1.0) * 0.5 * (self.high - self.low)
+
+
+@torch.no_grad()
+def _branch_rollouts(model, agent: _Agent, adapter: EnvAdapter, buffer: TransitionBuffer, store: TensorReplay, count: int,
+                     length: int, generator: np.random.Generator) -> int:
+    """``count`` model rollouts of ``length`` steps from states of ``buffer``, into ``store``; returns transitions added."""
+    idx = generator.integers(0, len(buffer), size=count)
+    x = torch.as_tensor(buffer.states[idx], device=model.device, dtype=model.dtype)
+    alive = torch.ones(count, dtype=torch.bool, device=model.device)
+    added = 0
+    for _ in range(length):
+        feats = agent.features(x)
+        a = agent.sample_scaled(feats)
+        u = agent.unscaled(a).to(model.device, model.dtype)
+        x_next = adapter.wrap(model.step(x, u))
+        finite = torch.isfinite(x_next).all(-1)
+        x_next = torch.where(finite.unsqueeze(-1), x_next, x)  # a diverged prediction ends its rollout, never feeds NaN
+        reward = adapter.reward(x, u, x_next)
+        done = adapter.termination(x_next) | ~finite
+        keep = alive
+        store.add(feats[keep], a[keep], agent.features(x_next)[keep], reward[keep].float(), done[keep].float())
+        added += int(keep.sum())
+        alive = alive & ~done
+        x = x_next
+        if not bool(alive.any()):
+            break
+    return added
+
+
+def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter: EnvAdapter | None = None,
+             out_dir: str | None = None, method: str = "mbpo", resume: bool = False, overwrite: bool = False,
+             progress: bool = True, device: str = "cpu", on_episode: Callable[[dict], None] | None = None,
+             tensorboard_dir: str | None = None) -> list[dict[str, Any]]:
+    """MBPO (module docstring) with SB3 SAC on the real ``env`` and ``model``.
+
+    Args:
+        env, model, config, adapter, out_dir, method, progress, on_episode, tensorboard_dir: as ``run_pets``.
+        resume: MBPO runs cannot be resumed yet (SAC's replay of model data is not
+            stored): ``True`` raises instead of silently starting over.
+        device: SAC's device.
+
+    Returns:
+        the per-episode rows (also in ``out_dir/episodes.csv``); SAC is saved as
+        ``sac.zip`` in the committed state.
+    """
+    from .sb3_baselines import evaluation_episode, sb3_logger
+
+    check_config(config)
+    if resume:
+        raise ValueError("MBPO runs cannot be resumed (its model-data replay is not stored); start a new run folder")
+    adapter = adapter or make_adapter(env)
+    check_model_fits(model, adapter)
+    rollout_length(0, config.rollout_schedule)  # validates the schedule before any work
+    for name in ("model_train_every", "model_rollouts", "sac_updates_per_step", "model_retain_epochs"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"config.{name} must be >= 1, got {getattr(config, name)!r}")
+    run = RunFolder(out_dir, algo="mbpo", settings={"method": method, **dataclasses.asdict(config)}) if out_dir else None
+    if run is not None:
+        run.prepare(False, overwrite)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    agent = _Agent(adapter, config, device, config.seed)
+    agent.sac.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))  # not SB3's default, which leaves an empty folder in the temp dir
+    buffer = TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims)
+    total = config.random_episodes + config.episodes
+    capacity_real = total * config.episode_steps
+    real = TensorReplay(max(1, capacity_real), adapter.feature_dim, adapter.action_dim, agent.sac.device)
+    max_len = max(config.rollout_schedule[2], config.rollout_schedule[3])
+    model_store = TensorReplay(config.model_rollouts * config.model_train_every * max_len * config.model_retain_epochs,
+                               adapter.feature_dim, adapter.action_dim, agent.sac.device)
+    agent.sac.replay_buffer = MixedReplay(real, model_store, config.real_ratio, seed=config.seed)
+    if is_ensemble(model):
+        model.propagation = "ts1"
+        if hasattr(model, "reset_generator"):
+            model.reset_generator(config.seed)
+    eval_env = gym.make(env.spec) if env.spec is not None else None
+    tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
+    rows: list[dict[str, Any]] = []
+    real_steps, fit_loss, t0, since_fit = 0, None, time.perf_counter(), 0
+
+    def add_real(ep: dict) -> None:
+        x = torch.as_tensor(ep["states"], dtype=torch.float32)
+        u = torch.as_tensor(ep["actions"], dtype=torch.float32, device=agent.sac.device)
+        done = torch.zeros(len(u))
+        if ep["terminated"]:
+            done[-1] = 1.0
+        real.add(agent.features(x[:-1]), agent.scaled(u), agent.features(x[1:]),
+                 torch.as_tensor(ep["rewards"], dtype=torch.float32), done)
+
+    for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
+        ep_seed = config.seed * 10_000 + episode
+        evaluation = None
+        if episode < config.random_episodes:
+            ep = collect_episode(env, None, steps=config.random_episode_steps or config.episode_steps, seed=ep_seed, adapter=adapter)
+            policy = "random"
+        else:
+            length = rollout_length(episode - config.random_episodes, config.rollout_schedule)
+            state = {"fit": fit_loss}
+
+            def act(s: np.ndarray, o: np.ndarray) -> np.ndarray:
+                nonlocal since_fit
+                if since_fit % config.model_train_every == 0:
+                    if since_fit:  # the first fit of an episode happened at the end of the last one
+                        state["fit"] = fit_model(model, buffer_with_current(), config, False)
+                    _branch_rollouts(model, agent, adapter, buffer, model_store, config.model_rollouts * config.model_train_every,
+                                     length, rng)
+                since_fit += 1
+                if real_steps + since_fit > config.sac_learning_starts:
+                    agent.sac.train(gradient_steps=config.sac_updates_per_step, batch_size=config.sac_batch_size)
+                return agent.act(s, deterministic=False)
+
+            def buffer_with_current() -> TransitionBuffer:
+                return buffer  # real transitions of the running episode join at its end
+
+            since_fit = 0
+            ep = collect_episode(env, act, steps=config.episode_steps, seed=ep_seed, adapter=adapter)
+            fit_loss = state["fit"]
+            policy = "sac"
+            if eval_env is not None:  # the greedy policy on a separate copy of the env (steps not learned from)
+                evaluation = evaluation_episode(eval_env, lambda s, o: agent.act(s, deterministic=True), seed=config.seed,
+                                                adapter=adapter)
+        buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
+        add_real(ep)
+        real_steps += len(ep["actions"])
+        if episode >= config.random_episodes - 1 and episode < total - 1:
+            fit_loss = fit_model(model, buffer, config, progress)
+        row = _row(method, config, episode, real_steps, ep, adapter, fit_loss, t0, policy)
+        if evaluation is not None:
+            row.update({f"eval_{k}": v for k, v in evaluation.items()})
+        rows.append(row)
+        _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p)})
+        if tensorboard is not None:
+            tensorboard(row)
+        if on_episode is not None:
+            on_episode(row)
+    if tensorboard is not None:
+        tensorboard.close()
+    return rows

@@ -1,0 +1,141 @@
+"""World models for the model-based loops, built for an env adapter, and their fitting on real transitions.
+
+Kinds (``WORLD_MODELS``):
+
+- ``"simple"``: ``SimpleDynamics``, an unconstrained network (no guarantee);
+- ``"stable"``: ``StableControlledDynamics``: exponentially stable to the adapter's rest
+  state without input and input-to-state stable with it, by construction;
+- ``"ensemble"`` / ``"ensemble-simple"``: a probabilistic ensemble of simple members
+  (PETS, Chua et al. 2018);
+- ``"ensemble-stable"``: the same with ``StableControlledDynamics`` members, each keeping
+  its own certificate.
+
+With ``priors`` (default) the networks get the mechanical priors of ``DynamicsNet``
+(sin/cos of the adapter's angles, affine in the action, SiLU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .adapters import EnvAdapter
+from .data import TransitionBuffer
+
+__all__ = ["WORLD_MODELS", "make_world_model", "world_model_for", "model_priors", "is_ensemble", "fit_transitions", "fit_model"]
+
+_BASE_KINDS = ("simple", "stable")
+#: world-model kinds by name (see the module docstring)
+WORLD_MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable")
+
+
+def _member_factory(kind: str, state_dim: int, action_dim: int, dt: float, kwargs: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+    from lyagym.learned_models import SimpleDynamics, StableControlledDynamics
+
+    if kind == "simple":
+        kwargs = {k: v for k, v in kwargs.items() if k != "x_eq"}
+        return lambda: SimpleDynamics(state_dim, action_dim, dt=dt, **kwargs)
+    return lambda: StableControlledDynamics(state_dim, action_dim, dt=dt, **kwargs)
+
+
+def make_world_model(kind: str, state_dim: int, action_dim: int, dt: float, *, seed: int = 0,
+                     device: str | torch.device = "cpu", ensemble_size: int = 5, propagation: str = "tsinf",
+                     **kwargs: Any):
+    """A fresh controlled world model ``kind`` (one of ``WORLD_MODELS``), seeded, on ``device``.
+
+    ``kwargs`` go to the (member) model class: ``hidden``, the priors ``angle_dims``,
+    ``control_affine``, ``activation``; ``x_eq`` for the stable kinds.
+    """
+    if kind not in WORLD_MODELS:
+        raise ValueError(f"unknown world model {kind!r}; choose one of {list(WORLD_MODELS)}")
+    torch.manual_seed(seed)
+    if kind in _BASE_KINDS:
+        return _member_factory(kind, state_dim, action_dim, dt, kwargs)().to(device)
+    from lyagym.learned_models import Ensemble
+
+    member = "stable" if kind == "ensemble-stable" else "simple"
+    return Ensemble(_member_factory(member, state_dim, action_dim, dt, kwargs), size=ensemble_size,
+                    propagation=propagation, seed=seed).to(device)
+
+
+def model_priors(source: EnvAdapter | int, enabled: bool = True) -> dict[str, Any]:
+    """Options of ``make_world_model``: the mechanical priors of its networks
+    (``lyagym.learned_models.DynamicsNet``: sin/cos of the angles, affine in the actions,
+    SiLU) when ``enabled`` (the default), else none (the paper's plain MLP).
+
+    ``source``: an adapter (its leading angle entries), or a number of leading angles.
+
+    Measured on the pendulum swing-up (``lyagym reproduce mbrl-swingup`` docstring): on the
+    double pendulum the plain MLP's one-step validation error stays near 1e-2 and PETS with
+    2,400 real steps never swings up, with the priors it does after 600-1,800 (9 of 10 runs).
+    On the single pendulum PETS reaches SAC's return after 400 real steps on 9 of 10 runs
+    with the priors, 600-800 with the plain MLP.
+    """
+    if not enabled:
+        return {}
+    angles = source.leading_angles if isinstance(source, EnvAdapter) else int(source)
+    return {"angle_dims": int(angles), "control_affine": True, "activation": "silu"}
+
+
+def world_model_for(adapter: EnvAdapter, kind: str, *, priors: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+                    **kwargs: Any):
+    """``make_world_model`` for ``adapter``'s state, action and ``dt``; the stable kinds are
+    certified towards ``adapter.rest_state`` (the plant's rest state, not the origin of
+    whatever coordinates the env uses)."""
+    options = {**model_priors(adapter, priors), **kwargs}
+    if "stable" in kind and "x_eq" not in options and adapter.rest_state is not None:
+        options["x_eq"] = [float(v) for v in adapter.rest_state]
+    return make_world_model(kind, adapter.state_dim, adapter.action_dim, adapter.dt, seed=seed, device=device, **options)
+
+
+def is_ensemble(model) -> bool:
+    """Whether ``model`` is a ``lyagym.learned_models.Ensemble``."""
+    try:
+        from lyagym.learned_models import Ensemble
+    except ImportError:
+        return False
+    return isinstance(model, Ensemble)
+
+
+def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs: int = 60, batch_size: int = 256,
+                    lr: float = 1e-3, val_fraction: float = 0.1, patience: int = 15, seed: int = 0,
+                    progress: bool = True) -> dict[str, Any]:
+    """Fit a controlled world model to real transitions.
+
+    A single model: ``lyagym.learned_models.fit`` with each transition as a one-step
+    trajectory, so the loss is ``||model.step(x, u) - x'||^2`` through the model's own
+    integrator at the env's ``dt``. An ensemble: ``fit_ensemble`` (Gaussian NLL, a
+    bootstrap resample per member, all members in one batched computation). Returns the
+    history (validation split, early stopping, best weights restored).
+    """
+    if len(buffer) < 2:
+        raise ValueError(f"need at least 2 transitions to fit, got {len(buffer)}")
+    x, u, y = buffer.tensors(model.device, model.dtype)
+    if is_ensemble(model):
+        from lyagym.learned_models import fit_ensemble
+
+        return fit_ensemble(model, x, u, y, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+                            patience=patience, seed=seed, progress=progress)
+    from lyagym.learned_models import fit
+
+    states = torch.stack([x, y], dim=1)  # (N, 2, n)
+    return fit(model, (states, u.unsqueeze(1)), epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+               patience=patience, seed=seed, progress=progress)
+
+
+def fit_model(model, buffer: TransitionBuffer, config, progress: bool) -> float:
+    """Fit ``model`` with ``config``'s settings (``MBRLConfig``); returns the best validation loss.
+
+    With little data an epoch is one or two batches, so epochs (and patience) are scaled up
+    until ``fit_epochs`` epochs make at least ``fit_steps`` Adam steps.
+    """
+    batches = math.ceil(len(buffer) * (1 - config.val_fraction) / config.batch_size) if config.batch_size else 1
+    scale = max(1, math.ceil(config.fit_steps / (max(1, batches) * config.fit_epochs)))
+    history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=config.lr,
+                              val_fraction=config.val_fraction, patience=config.patience * scale, seed=config.seed,
+                              progress=progress)
+    losses = history.get("val_loss") or history.get("train_loss")
+    return float(np.min(losses)) if losses else float("nan")
