@@ -21,8 +21,10 @@ A learned model can leave the region it was trained on and run away; a state who
 exceeds ``state_bound`` (or that is not finite) ends the episode (``terminated``) and is
 clamped, so imagination never feeds NaN to an agent.
 
-For the pendulum, ``pendulum_world_model_env(model, real_env)`` copies everything above
-from a real ``NLinkPendulumEnv``.
+``adapter_world_model_env(model, adapter, real_env)`` copies everything above from any
+real env through its adapter (reward, termination, action bounds, episode length; the
+policy sees ``adapter.features`` of the state); ``pendulum_world_model_env(model,
+real_env)`` mirrors a real ``NLinkPendulumEnv`` with its own observations.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "pendulum_reward_fn",
     "pendulum_observation_fn",
     "pendulum_world_model_env",
+    "adapter_world_model_env",
 ]
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -392,13 +395,10 @@ class SB3WorldModelVecEnv(_sb3_vec_env_base()):
 # ---------------------------------------------------------------------- pendulum
 def pendulum_reward_fn(task: str = "swingup", **weights: float) -> RewardFn:
     """The ``NLinkPendulumEnv`` reward as a world-model ``reward_fn``: ``-cost(x, u)`` of the
-    state *before* the step and the clipped torque (the env's convention)."""
-    from lyagym.envs.rewards import pendulum_reward
+    state *before* the step and the clipped torque (the env's convention); picklable."""
+    from .adapters.n_link_pendulum import NLinkPendulumReward
 
-    def reward_fn(x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
-        return pendulum_reward(x, u, task, **weights)
-
-    return reward_fn
+    return NLinkPendulumReward(task, weights)
 
 
 def pendulum_observation_fn(real_env: gym.Env) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -458,3 +458,51 @@ def pendulum_world_model_env(model: WorldModel, real_env: gym.Env, *, num_envs: 
     if num_envs is None:
         return WorldModelEnv(model, reward_fn, initial_state_fn, **options)
     return WorldModelVectorEnv(model, reward_fn, initial_state_fn, num_envs, **options)
+
+
+class _Features:
+    """``adapter.features`` as a picklable observation function."""
+
+    def __init__(self, adapter) -> None:
+        self.adapter = adapter
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.features(x)
+
+
+def adapter_world_model_env(model: WorldModel, adapter, real_env: gym.Env | None = None, *, num_envs: int | None = None,
+                            initial_state_fn: InitialStateFn | None = None, **kwargs: Any):
+    """An imagined copy of a real env through its adapter (``lyagym.agents.adapters``): the
+    adapter's reward and termination, action bounds, the real env's episode length,
+    dynamics from ``model``; observations are ``adapter.features(x)`` (angles as sin, cos).
+
+    Args:
+        model: a controlled ``WorldModel`` over the adapter's state with the env's ``dt``.
+        adapter: the env's ``EnvAdapter``.
+        real_env: read for its episode length (default 200 steps without it).
+        num_envs: ``None`` for a single ``WorldModelEnv``, else a ``WorldModelVectorEnv``.
+        initial_state_fn: where imagined episodes start; default: a box of +-1 around the
+            adapter's rest state.
+        kwargs: override any ``WorldModelVectorEnv`` argument.
+    """
+    if int(model.state_dim) != adapter.state_dim or int(model.action_dim) != adapter.action_dim:
+        raise ValueError(f"model (state_dim={model.state_dim}, action_dim={model.action_dim}) does not match the adapter "
+                         f"(state_dim={adapter.state_dim}, action_dim={adapter.action_dim})")
+    if abs(float(model.dt) - adapter.dt) > 1e-12:
+        raise ValueError(f"model.dt={model.dt} differs from the env's step dt={adapter.dt}")
+    spec_steps = getattr(getattr(real_env, "spec", None), "max_episode_steps", None) if real_env is not None else None
+    options: dict[str, Any] = dict(
+        action_low=adapter.action_low,
+        action_high=adapter.action_high,
+        max_episode_steps=int(spec_steps or 200),
+        observation_fn=_Features(adapter),
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (adapter.feature_dim,), np.float32),
+        terminated_fn=adapter.termination,
+    )
+    if initial_state_fn is None:
+        rest = np.zeros(adapter.state_dim) if adapter.rest_state is None else adapter.rest_state
+        initial_state_fn = box_initial_states(rest - 1.0, rest + 1.0)
+    options.update(kwargs)
+    if num_envs is None:
+        return WorldModelEnv(model, adapter.reward, initial_state_fn, **options)
+    return WorldModelVectorEnv(model, adapter.reward, initial_state_fn, num_envs, **options)
