@@ -16,8 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("cli_info", "versions, torch devices and the cache directory"),
     "demo": ("demo", "the main job: pendulum data, world models, certificate, MPC; writes plots and a GIF"),
     "train": ("cli_train", "train a world model on pendulum data and save a checkpoint"),
-    "plan": ("cli_plan", "run an MPC planner on the pendulum env with a world model"),
-    "mbrl": ("cli_mbrl", "model-based RL (PETS / Dyna) on the pendulum env"),
+    "plan": ("cli_plan", "run an MPC planner on an env (the pendulum by default) with a world model"),
+    "mbrl": ("cli_mbrl", "model-based RL (PETS / MBPO) or an SB3 baseline on any env with an adapter"),
     "reproduce": ("reproduce.cli", "reproduce a paper figure or table (see `lyagym reproduce --list`)"),
 }
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["PendulumCost", "QuadraticCost", "LyapunovTerminalCost", "COSTS", "make_cost"]
+__all__ = ["PendulumCost", "QuadraticCost", "RewardCost", "LyapunovTerminalCost", "COSTS", "make_cost"]
 
 
 class PendulumCost:
@@ -134,6 +134,52 @@ class QuadraticCost:
         control = torch.einsum("nhi,ij,nhj->n", actions, self.R, actions)
         final = torch.einsum("ni,ij,nj->n", e[:, -1], self.Q_f, e[:, -1])
         return running + control + final
+
+
+class RewardCost:
+    """Minus an env's return over a planned trajectory, with nothing earned after a predicted termination.
+
+    ``J = -sum_{k=0}^{H-1} alive_k r(x_k, u_k, x_{k+1})`` with ``alive_0 = 1`` and
+    ``alive_{k+1} = alive_k * (1 - done(x_{k+1}))``: the step that terminates still earns its
+    reward, the steps after it do not (as the real env would end the episode there; the
+    convention of mbrl-lib's ``ModelEnv``). An optional ``terminal_reward_fn(x_H) -> (N,)``
+    adds a value for the final state of plans that are still alive.
+
+    Args:
+        reward_fn: ``r(x, u, x_next) -> (N,)``, batched torch (an adapter's ``reward``).
+        termination_fn: ``done(x_next) -> (N,)`` bool, or ``None`` (never).
+        state_dim, action_dim: declared dimensions (a planner refuses a mismatched model).
+        terminal_reward_fn: optional value of the last state.
+    """
+
+    def __init__(self, reward_fn: Callable, termination_fn: Callable | None = None, *, state_dim: int, action_dim: int,
+                 terminal_reward_fn: Callable | None = None) -> None:
+        for name, fn in (("reward_fn", reward_fn), ("termination_fn", termination_fn), ("terminal_reward_fn", terminal_reward_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        self.reward_fn, self.termination_fn, self.terminal_reward_fn = reward_fn, termination_fn, terminal_reward_fn
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        n, h = actions.shape[:2]
+        x, x_next = states[:, :-1].reshape(n * h, -1), states[:, 1:].reshape(n * h, -1)
+        rewards = self.reward_fn(x, actions.reshape(n * h, -1), x_next).reshape(n, h)
+        if self.termination_fn is None:
+            total = rewards.sum(-1)
+            alive_end = None
+        else:
+            done = self.termination_fn(x_next).reshape(n, h).to(rewards.dtype)
+            # alive before step k: no termination at steps < k
+            alive = torch.cumprod(torch.cat([torch.ones_like(done[:, :1]), 1.0 - done[:, :-1]], 1), 1)
+            total = (alive * rewards).sum(-1)
+            alive_end = alive[:, -1] * (1.0 - done[:, -1])
+        if self.terminal_reward_fn is not None:
+            value = self.terminal_reward_fn(states[:, -1])
+            total = total + (value if alive_end is None else alive_end * value)
+        return -total
+
+    def __repr__(self) -> str:
+        return f"RewardCost(state_dim={self.state_dim}, action_dim={self.action_dim}, termination={self.termination_fn is not None})"
 
 
 class LyapunovTerminalCost:

@@ -209,6 +209,21 @@ def _branch_rollouts(model, agent: _Agent, adapter: EnvAdapter, buffer: Transiti
     return added
 
 
+def _evaluation_copy(env: gym.Env) -> gym.Env | None:
+    """A separate copy of ``env`` for greedy evaluations (its steps are not learned from)."""
+    import copy
+
+    if env.spec is not None:
+        try:
+            return gym.make(env.spec)
+        except gym.error.Error:
+            pass
+    try:
+        return copy.deepcopy(env)
+    except Exception:  # an env that cannot be copied is simply not evaluated
+        return None
+
+
 def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter: EnvAdapter | None = None,
              out_dir: str | None = None, method: str = "mbpo", resume: bool = False, overwrite: bool = False,
              progress: bool = True, device: str = "cpu", on_episode: Callable[[dict], None] | None = None,
@@ -255,7 +270,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         model.propagation = "ts1"
         if hasattr(model, "reset_generator"):
             model.reset_generator(config.seed)
-    eval_env = gym.make(env.spec) if env.spec is not None else None
+    eval_env = _evaluation_copy(env)
     tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
     rows: list[dict[str, Any]] = []
     real_steps, fit_loss, t0, since_fit = 0, None, time.perf_counter(), 0

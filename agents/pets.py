@@ -198,9 +198,10 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
         real_steps += len(ep["actions"])
         row = _row(method, config, episode, real_steps, ep, adapter, fit_loss, t0, policy)
         rows.append(row)
-        # the model the next episode plans on is fitted here, so the commit holds it fitted:
-        # a resume plans on exactly that model without fitting it again
-        if config.random_episodes - 1 <= episode < total - 1:
+        # the model the next episode plans on is fitted here (after the last episode too), so
+        # the commit holds it fitted on all the data so far: a resume, also one that extends a
+        # finished run, plans on exactly that model without fitting it again
+        if episode >= config.random_episodes - 1:
             fit_loss = fit_model(model, buffer, config, progress)
         _commit(run, model, buffer, rows, fit_loss)
         bar.set_postfix(ret=f"{row['return']:.1f}")

@@ -62,6 +62,11 @@ class Planner:
             default a quarter of the action range.
         terminal_cost: optional ``(N, n) -> (N,)`` cost of the last state, e.g.
             ``LyapunovTerminalCost(model)`` (a certified ``V``).
+        num_particles: ``P``, rollouts of every candidate (PETS' trajectory sampling): the
+            ``P`` particles of a (state, candidate) pair are consecutive rows of the batch, so
+            an ensemble in TS-infinity mode (row ``i`` on member ``i % E``) gives a candidate's
+            particles to ``P`` different members when ``P`` is a multiple of ``E``; the
+            planner minimises the particles' mean cost. 1 (default) for a deterministic model.
         seed: seeds the planner's own ``torch.Generator`` on the model's device.
     """
 
@@ -79,6 +84,7 @@ class Planner:
         action_high: float | Sequence[float] = 1.0,
         noise_std: float | Sequence[float] | None = None,
         terminal_cost: TerminalCostFn | None = None,
+        num_particles: int = 1,
         seed: int = 0,
     ) -> None:
         if not isinstance(model, WorldModel):
@@ -87,7 +93,8 @@ class Planner:
             )
         if int(model.action_dim) < 1:
             raise ValueError(f"model has action_dim={model.action_dim}: there is nothing to plan for an autonomous model")
-        for name, value, lo in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1)):
+        for name, value, lo in (("horizon", horizon, 1), ("num_samples", num_samples, 1), ("iterations", iterations, 1),
+                                ("num_particles", num_particles, 1)):
             if not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
         if not callable(cost):
@@ -98,6 +105,7 @@ class Planner:
         self.horizon = int(horizon)
         self.num_samples = int(num_samples)
         self.iterations = int(iterations)
+        self.num_particles = int(num_particles)
         self.state_dim = int(model.state_dim)
         self.action_dim = int(model.action_dim)
         self.device = torch.device(model.device)
@@ -202,13 +210,14 @@ class Planner:
             ``(B, K)`` total cost (running + terminal).
         """
         b, k, h, m = actions.shape
-        x = x0.unsqueeze(1).expand(b, k, self.state_dim).reshape(b * k, self.state_dim)
-        flat = actions.reshape(b * k, h, m)
+        p = self.num_particles
+        x = x0.unsqueeze(1).expand(b, k * p, self.state_dim).reshape(b * k * p, self.state_dim)
+        flat = actions.unsqueeze(2).expand(b, k, p, h, m).reshape(b * k * p, h, m)
         states = self.model.rollout(x, flat)
         total = self.cost(states, flat)
         if self.terminal_cost is not None:
             total = total + self.terminal_cost(states[:, -1])
-        return total.view(b, k)
+        return total.view(b, k, p).mean(-1) if p > 1 else total.view(b, k)
 
     def _optimise(self, x0: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(sequence (B, H, m), cost (B,) or None)`` from the warm start ``mean (B, H, m)``

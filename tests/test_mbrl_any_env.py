@@ -1,0 +1,143 @@
+"""The model-based loops on any env with an adapter: PETS and MBPO run on each built-in adapter
+and on a user's own env, honour terminations, commit their run folder as one unit, and a
+resumed PETS run gives the same rows as an uninterrupted one."""
+
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import lyagym.envs  # noqa: F401
+from lyagym.agents.adapters import make_adapter
+from lyagym.agents.mbrl import MBRLConfig, config_for, run_mbpo, run_pets, world_model_for
+from lyagym.agents.run_log import RunFolder, committed_file, read_csv
+
+from test_adapters import PointMass, point_mass_done, point_mass_reward
+
+SMALL = {"simple": {"hidden": (16, 16)}, "stable": {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}}
+
+
+def tiny(adapter, **kw):
+    base = dict(episodes=1, random_episodes=1, episode_steps=25, random_episode_steps=25, num_samples=16, horizon=4,
+                iterations=1, warmup_iterations=1, fit_epochs=2, ensemble_size=2, particles=2, model_rollouts=2,
+                model_train_every=10, sac_updates_per_step=1, sac_batch_size=16)
+    return config_for(adapter, **{**base, **kw})
+
+
+def model_for(adapter, kind):
+    member = "stable" if "stable" in kind else "simple"
+    extra = {"ensemble_size": 2} if kind.startswith("ensemble") else {}
+    return world_model_for(adapter, kind, **SMALL[member], **extra)
+
+
+ENVS = ["Pendulum-v1", "MountainCarContinuous-v0", "InvertedPendulum-v5", "InvertedDoublePendulum-v5"]
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_pets_with_an_ensemble_runs_on_every_built_in_adapter(env_id):
+    if "Inverted" in env_id:
+        pytest.importorskip("mujoco")
+    env = gym.make(env_id)
+    adapter = make_adapter(env)
+    kind = "ensemble-stable" if adapter.open_loop_stable else "ensemble"
+    rows = run_pets(env, model_for(adapter, kind), None, tiny(adapter), progress=False)
+    assert [r["policy"] for r in rows] == ["random", "mpc"]
+    assert all(np.isfinite(r["return"]) for r in rows) and np.isfinite(rows[-1]["model_val_loss"])
+    assert rows[-1]["real_steps"] == sum(r["steps"] for r in rows)
+    for r in rows:  # an episode shorter than its budget ended in a real termination
+        assert r["steps"] == 25 or r["terminated"] == 1
+
+
+def test_pets_and_mbpo_run_on_a_users_env_and_stop_at_its_termination(tmp_path):
+    env = gym.wrappers.TimeLimit(PointMass(), 60)
+    adapter = make_adapter(env, reward_fn=point_mass_reward, termination_fn=point_mass_done)
+    config = tiny(adapter, episode_steps=60, random_episode_steps=60, episodes=2)
+    rows = run_pets(env, model_for(adapter, "ensemble"), None, config, adapter=adapter, out_dir=str(tmp_path / "pets"),
+                    progress=False)
+    assert len(rows) == 3 and all(r["steps"] == 60 or r["terminated"] for r in rows)
+    mbpo = run_mbpo(env, model_for(adapter, "simple"), config, adapter=adapter, out_dir=str(tmp_path / "mbpo"), progress=False)
+    assert [r["policy"] for r in mbpo] == ["random", "sac", "sac"]
+    assert all("eval_return" in r for r in mbpo[1:])
+    assert os.path.exists(committed_file(str(tmp_path / "mbpo"), "sac.zip"))
+
+
+def test_mbpo_fills_sac_with_mixed_real_and_model_batches():
+    from lyagym.agents.mbpo import MixedReplay, TensorReplay, rollout_length
+
+    real, model = TensorReplay(100, 3, 1), TensorReplay(100, 3, 1)
+    real.add(torch.zeros(10, 3), torch.zeros(10, 1), torch.zeros(10, 3), torch.zeros(10), torch.zeros(10))
+    mixed = MixedReplay(real, model, real_ratio=0.25)
+    assert mixed.sample(8).observations.shape == (8, 3)  # all real while the model store is empty
+    model.add(torch.ones(50, 3), torch.ones(50, 1), torch.ones(50, 3), torch.ones(50), torch.zeros(50))
+    batch = mixed.sample(8)
+    assert int((batch.observations[:, 0] == 0).sum()) == 2  # 25 % real, the rest model data
+    assert batch.rewards.shape == (8, 1) and batch.dones.shape == (8, 1)
+    assert [rollout_length(e, (2, 6, 1, 5)) for e in (0, 2, 4, 6, 9)] == [1, 1, 3, 5, 5]
+    with pytest.raises(ValueError, match="rollout_schedule"):
+        rollout_length(0, (0, 1, 3, 2))
+
+
+def test_a_resumed_pets_run_equals_an_uninterrupted_one(tmp_path):
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    full = tiny(adapter, episodes=2)
+    straight = run_pets(env, model_for(adapter, "ensemble"), None, full, out_dir=str(tmp_path / "a"), progress=False)
+    run_pets(env, model_for(adapter, "ensemble"), None, tiny(adapter, episodes=1), out_dir=str(tmp_path / "b"), progress=False)
+    fresh = model_for(adapter, "ensemble")  # the resume restores the committed, already fitted weights into it
+    resumed = run_pets(env, fresh, None, full, out_dir=str(tmp_path / "b"), resume=True, progress=False)
+    assert [(r["episode"], r["real_steps"], r["steps"], r["policy"]) for r in resumed] == \
+        [(r["episode"], r["real_steps"], r["steps"], r["policy"]) for r in straight]
+    np.testing.assert_allclose([r["return"] for r in resumed], [r["return"] for r in straight], rtol=1e-6)
+    np.testing.assert_allclose([r["model_val_loss"] for r in resumed], [r["model_val_loss"] for r in straight], rtol=1e-5)
+    assert len(read_csv(str(tmp_path / "b" / "episodes.csv"))) == 3
+
+
+def test_run_folder_commits_as_one_unit_and_refuses_foreign_resumes(tmp_path):
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    out = str(tmp_path / "run")
+    run_pets(env, model_for(adapter, "simple"), None, tiny(adapter), out_dir=out, progress=False)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["algo"] == "pets" and manifest["episodes"] == 2
+    states = [n for n in os.listdir(out) if n.startswith("state-")]
+    assert states == [manifest["state"]]  # older states are gone once the new one is committed
+    # a state folder left by a kill before its manifest was written is never read
+    os.makedirs(os.path.join(out, "state-999999"))
+    assert RunFolder(out, algo="pets", settings={}).manifest()["state"] == manifest["state"]
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run_pets(env, model_for(adapter, "simple"), None, tiny(adapter), out_dir=out, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, horizon=5), out_dir=out, resume=True, progress=False)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        run_mbpo(env, model_for(adapter, "simple"), tiny(adapter), out_dir=out, resume=True, progress=False)
+    with pytest.raises(ValueError, match="episodes"):
+        run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, episodes=-1), progress=False)
+
+
+def test_loops_refuse_a_model_of_another_env():
+    env = gym.make("Pendulum-v1")
+    other = make_adapter(gym.make("MountainCarContinuous-v0"))
+    with pytest.raises(ValueError, match="dt"):
+        run_pets(env, model_for(other, "simple"), None, tiny(make_adapter(env)), progress=False)
+
+
+def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
+    from lyagym.agents.cli import main
+
+    out = str(tmp_path / "cli")
+    args = ["mbrl", "--env", "Pendulum-v1", "--algo", "pets", "--model", "ensemble-stable", "--episodes", "1",
+            "--episode-steps", "20", "--samples", "8", "--horizon", "3", "--iterations", "1", "--warmup-iterations", "1",
+            "--fit-epochs", "1", "--ensemble-size", "2", "--particles", "2", "--no-progress", "--out", out]
+    assert main(args) == 0
+    assert "pets: 2 episodes, 40 real steps" in capsys.readouterr().out
+    assert main(["mbrl", "--env", "Pendulum-v1", "--links", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--links" in capsys.readouterr().err
+    assert main(["mbrl", "--episodes", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert main(["mbrl", "--algo", "sac", "--steps", "-5", "--out", str(tmp_path / "z")]) == 2
+    assert main(["mbrl", "--algo", "mbpo", "--resume", "--out", out]) == 2
+    assert main(["mbrl", "--env", "CartPole-v1", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be resumed" in err and "no built-in adapter" in err
