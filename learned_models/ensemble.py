@@ -3,7 +3,7 @@
 ``Ensemble`` holds ``E`` members of one ``ODEWorldModel`` class (``SimpleDynamics``, with or
 without the ``DynamicsNet`` priors, or ``StableDynamics`` / ``StableControlledDynamics``, each
 keeping its own certificate). Their parameters are stacked along a leading member dimension
-(``torch.func.stack_module_state``) and every member is evaluated at once with
+(as ``torch.func.stack_module_state`` does) and every member is evaluated at once with
 ``torch.func.vmap`` over ``functional_call``: no Python loop over members in ``step``,
 ``rollout`` or ``fit_ensemble``. Inside the vmap the members run their ``functorch_safe`` path
 (plain tensor ops; see ``integrators.functorch_safe``).
@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from .certificate import Certificate, weights_hash
@@ -215,7 +215,12 @@ class Ensemble(nn.Module):
         for model in models:
             head = mlp(features, self.var_hidden, n, activation="silu").to(dtype) if self.probabilistic else None
             wrapped.append(_Member(model, head))
-        params, buffers = stack_module_state(wrapped)
+        # As torch.func.stack_module_state, but keeping tensors shared under two names (the
+        # coupling warp's masks): functional_call must replace every name of the meta base.
+        params = {name: torch.stack([dict(w.named_parameters(remove_duplicate=False))[name].detach() for w in wrapped])
+                  for name, _ in wrapped[0].named_parameters(remove_duplicate=False)}
+        buffers = {name: torch.stack([dict(w.named_buffers(remove_duplicate=False))[name] for w in wrapped])
+                   for name, _ in wrapped[0].named_buffers(remove_duplicate=False)}
         # The stacked tensors live in `stacked` (parameters of shape (E, ...)); `_base` is one
         # member on the meta device that functional_call runs with the stacked slices. It is
         # not a submodule, so .to(), state_dict and parameters() see only the stacked tensors.
@@ -329,8 +334,8 @@ class Ensemble(nn.Module):
         model = self.member_class(**self._member_config).to(self.device, self.dtype)
         params, buffers = self._stacked_tensors()
         with torch.no_grad():
-            own = dict(model.named_parameters())
-            own.update(dict(model.named_buffers()))
+            own = dict(model.named_parameters(remove_duplicate=False))
+            own.update(dict(model.named_buffers(remove_duplicate=False)))
             for name, stacked in {**params, **buffers}.items():
                 if name.startswith("model."):
                     own[name[len("model."):]].copy_(stacked[i])
@@ -401,7 +406,7 @@ class Ensemble(nn.Module):
         dim = None if shared else 0
         in_dims = (0, 0, dim, None if u is None else dim, None if features is None else dim)
         with functorch_safe():
-            return vmap(one, in_dims=in_dims)(params, buffers, x, u, features)
+            return vmap(one, in_dims=in_dims, out_dims=(0, 0 if self.probabilistic else None))(params, buffers, x, u, features)
 
     def _bounded_logvar(self, raw: torch.Tensor) -> torch.Tensor:
         # PETS appendix A.1 (the authors' code): soft, differentiable bounds.

@@ -1,0 +1,148 @@
+"""Cost of an ensemble: E members evaluated as one vmapped computation vs one member.
+
+Prints medians over interleaved repeats (so machine load hits all cases alike) and ratios:
+
+- one training step (forward + backward + Adam, the Gaussian NLL) on a batch of 256 rows per
+  member: ``Ensemble`` of E = 5 vs E = 1 (target: <= 2x on a 2-core CPU), for simple members
+  and for certified stable members, both with the mechanical priors (sin/cos of the angles,
+  control-affine, SiLU); for reference also the plain single model's own training step
+  (``fit``'s loss ``||model._step(x, u) - x'||^2`` through its fast custom-autograd path);
+- one planning step of TS-infinity (no gradients, sampling on) on ``B*K = 30000`` rows vs one
+  member stepping the same rows alone (``member._step``).
+
+Timing: CPU time of this thread (``time.thread_time``) with ``torch.set_num_threads(--threads)``.
+
+Usage::
+
+    python examples/benchmarks/bench_ensemble.py                 # double pendulum sizes, 1 thread
+    python examples/benchmarks/bench_ensemble.py --threads 2 --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import statistics
+import time
+
+import torch
+
+from lyagym.learned_models import Ensemble, member_factory
+
+
+def steady_malloc() -> bool:
+    """Stop glibc from returning freed heap memory to the OS (and from mmap-ing large blocks),
+    as in ``bench_stable.py``: E = 5 activations (0.5 MB each at batch 256, width 100) are above
+    glibc's default mmap threshold and one member's are below it, so without this every E = 5
+    activation is a fresh mmap with its page faults, a cost of the allocator, not of the model."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+def timed(fn, repeats: int, inner: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.thread_time()
+        for _ in range(inner):
+            fn()
+        out.append((time.thread_time() - t) / inner)
+    return out
+
+
+def train_step(ens: Ensemble, opt: torch.optim.Optimizer, x, u, y):
+    def run():
+        loss, _ = ens._loss(x, u, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def single_train_step(model, opt, x, u, y):
+    def run():
+        loss = ((model._step(x, u) - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def bench(kind: str, args) -> dict[str, float]:
+    n, m = 2 * args.links, args.links
+    options = dict(dt=0.05, angle_dims=args.links, control_affine=True, activation="silu", hidden=tuple(args.hidden))
+    torch.manual_seed(0)
+    factory = member_factory(kind, n, m, **options)
+    ens5 = Ensemble(factory, args.members, propagation="tsinf")
+    ens1 = Ensemble(factory, 1, propagation="tsinf")
+    single = factory()
+    b = args.batch
+    x5, u5 = torch.randn(args.members, b, n), torch.randn(args.members, b, m)
+    y5 = x5 + 0.05 * torch.randn_like(x5)
+    x1, u1, y1 = x5[:1], u5[:1], y5[:1]
+    cases = {
+        f"train E={args.members}": train_step(ens5, torch.optim.Adam(ens5.parameters(), 1e-4), x5, u5, y5),
+        "train E=1": train_step(ens1, torch.optim.Adam(ens1.parameters(), 1e-4), x1, u1, y1),
+        "train single model": single_train_step(single, torch.optim.Adam(single.parameters(), 1e-4), x1[0], u1[0], y1[0]),
+    }
+    X, U = torch.randn(args.plan_batch, n), torch.randn(args.plan_batch, m)
+    member = ens5.member(0)
+
+    def plan_ens():
+        with torch.no_grad():
+            ens5.step(X, U)
+
+    def plan_member():
+        with torch.no_grad():
+            member._step(X, U)
+
+    cases[f"plan TS-inf E={args.members}"] = plan_ens
+    cases["plan one member"] = plan_member
+    for fn in cases.values():  # warm-up
+        fn()
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):  # interleaved
+        for name, fn in cases.items():
+            results[name] += timed(fn, 1, args.inner)
+    return {name: statistics.median(v) for name, v in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--links", type=int, default=2, help="pendulum links: state_dim = 2 links, action_dim = links (default 2)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="fhat widths (default 100 100)")
+    parser.add_argument("--members", type=int, default=5, help="E (default 5)")
+    parser.add_argument("--batch", type=int, default=256, help="training rows per member (default 256)")
+    parser.add_argument("--plan-batch", type=int, default=30000, help="planning rows B*K (default 30000)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (default 15)")
+    parser.add_argument("--inner", type=int, default=3, help="calls per timing (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--malloc", choices=["steady", "system"], default="steady",
+                        help="steady (default): no heap trimming / mmap of large blocks (see steady_malloc); system: glibc defaults")
+    parser.add_argument("--kinds", nargs="+", default=["simple", "stable"], choices=["simple", "stable"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    steady = args.malloc == "steady" and steady_malloc()
+    print(f"malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
+    E = args.members
+    for kind in args.kinds:
+        t = bench(kind, args)
+        print(f"\n{kind} members (priors: sin/cos angles, control-affine, SiLU)")
+        for name, v in t.items():
+            print(f"  {name:<22} {v * 1e3:9.2f} ms")
+        print(f"  training step  E={E} / E=1:           {t[f'train E={E}'] / t['train E=1']:.2f}x   (target <= 2x)")
+        print(f"  training step  E={E} / single model:  {t[f'train E={E}'] / t['train single model']:.2f}x")
+        print(f"  planning step  TS-inf E={E} / member: {t[f'plan TS-inf E={E}'] / t['plan one member']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
