@@ -164,7 +164,8 @@ class Ensemble(nn.Module):
             members are deterministic (no variance head, trained on the squared error).
         sample: in the TS modes, ``step`` samples ``mean + std * eps`` (needs
             ``probabilistic``); ``False`` returns the assigned member's mean.
-        var_hidden: widths of the log-variance MLP (SiLU).
+        var_hidden: widths of the log-variance MLP (SiLU; default (32, 32): it runs beside every
+            member evaluation, so a wide head would cost as much as a narrow member).
         seed: seed of the ensemble's ``torch.Generator`` (TS-1 assignments, the noise).
 
     Attributes:
@@ -193,7 +194,7 @@ class Ensemble(nn.Module):
         propagation: str = "ts1",
         probabilistic: bool = True,
         sample: bool = True,
-        var_hidden: Sequence[int] = (64, 64),
+        var_hidden: Sequence[int] = (32, 32),
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -331,7 +332,9 @@ class Ensemble(nn.Module):
         if not isinstance(i, int) or not -self.size <= i < self.size:
             raise IndexError(f"member index must be an int in [0, {self.size}), got {i!r}")
         i %= self.size
-        model = self.member_class(**self._member_config).to(self.device, self.dtype)
+        with torch.random.fork_rng(devices=[]):  # the constructor's random init is overwritten: leave the global RNG as it was
+            model = self.member_class(**self._member_config)
+        model = model.to(self.device, self.dtype)
         params, buffers = self._stacked_tensors()
         with torch.no_grad():
             own = dict(model.named_parameters(remove_duplicate=False))

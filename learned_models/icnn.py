@@ -187,40 +187,39 @@ def _value_and_grad(
     return g, grad, zs, ms, es, D
 
 
-def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, U: list[torch.Tensor], widths: Sequence[int], d: float,
+def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequence[int], d: float,
                           need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(g: (batch,), dg/dx: (batch, in_dim))`` with plain out-of-place ops (for ``functorch_safe``).
 
-    The same eq. 11 forward and reverse pass as ``_value_and_grad``, batch-major, without
-    ``out=``, in-place updates or a custom autograd node: ``vmap`` batches it and ordinary
-    autograd differentiates it (once or more). ``W: (sum widths, in_dim)``, ``b: (sum widths,)``,
-    ``U[i] = softplus(U_raw_i)``. Without ``need_grad`` the gradient is ``None``.
+    The same eq. 11 forward and reverse pass as ``_value_and_grad`` (``1/d`` folded into
+    ``Ud[i] = softplus(U_raw_i) / d``, so a layer is ``zh = m (a - m/2) = d sigma(a)`` with
+    ``m = clamp(a, 0, d)``), batch-major, without ``out=``, in-place updates or a custom
+    autograd node: ``vmap`` batches it and ordinary autograd differentiates it (once or more).
+    ``W: (sum widths, in_dim)``, ``b: (sum widths,)``. Without ``need_grad`` the gradient is ``None``.
     """
-    off = _offsets(widths)
-    k = len(U)
-    pre = torch.addmm(b, x, W.t())  # (batch, sum widths)
+    k = len(Ud)
+    # split, not slices: its backward is one cat, where each slice's would zero-fill a full-size buffer
+    pre = torch.addmm(b, x, W.t()).split(list(widths), dim=-1)  # per layer (batch, widths[i])
     ms: list[torch.Tensor] = []
-    z = x
+    zh = x
     for i in range(k):
-        a = pre[:, off[i] : off[i + 1]]
-        if i > 0:
-            a = a + z @ U[i - 1].t()
+        a = pre[i] if i == 0 else torch.addmm(pre[i], zh, Ud[i - 1].t())
         m = a.clamp(0.0, d)  # d sigma'(a)
-        z = m * (a - 0.5 * m) * (1.0 / d)  # sigma_d(a), eq. 13
+        zh = torch.sub(a, m, alpha=0.5) * m  # d sigma_d(a), eq. 13
         ms.append(m)
-    g = (pre[:, off[k] : off[k + 1]] + z @ U[-1].t()).squeeze(-1)
+    g = torch.addmm(pre[k], zh, Ud[-1].t()).squeeze(-1)
     if not need_grad:
         return g, None
-    # delta_i = dg/da_i: delta_{k-1} = U_{k-1} sigma'(a_{k-1}), delta_i = (delta_{i+1} U_i) sigma'(a_i);
+    # delta_i = dg/da_i = (delta_{i+1} Ud_i) m_i, delta_{k-1} = Ud_{k-1} m_{k-1};
     # dg/dx = sum_i delta_i W_i + W_k, one product with the deltas stacked.
-    delta = ms[-1] * (U[-1] * (1.0 / d))
+    delta = ms[-1] * Ud[-1]
     deltas = [delta]
     for i in range(k - 2, -1, -1):
-        delta = (delta @ U[i]) * ms[i] * (1.0 / d)
+        delta = (delta @ Ud[i]) * ms[i]
         deltas.append(delta)
     deltas.reverse()
-    D = torch.cat(deltas, dim=-1)
-    grad = torch.addmm(W[off[k]], D, W[: off[k]])
+    rows = W.shape[0] - widths[-1]
+    grad = torch.addmm(W[rows], torch.cat(deltas, dim=-1), W[:rows])
     return g, grad
 
 
@@ -583,7 +582,7 @@ class ICNN(nn.Module):
         # The functorch_safe pass: weights from theta as they are now (under functional_call,
         # the swapped-in tensors), plain ops throughout.
         W, b, U_raw = _split_theta(self.theta, self.widths, self.in_dim)
-        return _value_and_grad_plain(x, W, b, _unflatten(F.softplus(U_raw), self._z_shapes), self.widths, self.d, need_grad)
+        return _value_and_grad_plain(x, W, b, _unflatten(F.softplus(U_raw) * (1.0 / self.d), self._z_shapes), self.widths, self.d, need_grad)
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).

@@ -256,6 +256,16 @@ def test_save_load_and_pickle_round_trips(tmp_path):
     torch.testing.assert_close(ens.step(x[:7], u[:7]), copy_.step(x[:7], u[:7]))
 
 
+def test_member_extraction_leaves_the_global_rng_alone():
+    ens = _ensemble("stable", 2)
+    torch.manual_seed(5)
+    a = torch.rand(3)
+    torch.manual_seed(5)
+    ens.member(1)
+    ens.certificate()
+    torch.testing.assert_close(torch.rand(3), a)
+
+
 def test_members_from_a_list_and_propagation_settable():
     torch.manual_seed(0)
     models = [SimpleDynamics(2, 1, hidden=(8,)) for _ in range(2)]

@@ -10,7 +10,11 @@ Prints medians over interleaved repeats (so machine load hits all cases alike) a
 - one planning step of TS-infinity (no gradients, sampling on) on ``B*K = 30000`` rows vs one
   member stepping the same rows alone (``member._step``).
 
-Timing: CPU time of this thread (``time.thread_time``) with ``torch.set_num_threads(--threads)``.
+Timing: with one thread (default), CPU time of this thread (``time.thread_time``: load from
+other processes on the machine does not count); with ``--threads 2`` or more, wall time
+(``time.perf_counter``: the CPU time of one thread would miss the other threads' work), so
+run it on an otherwise idle machine. Allocator: glibc's heap trimming and mmap of large
+blocks are switched off, as in ``bench_stable.py`` (``--malloc system`` keeps glibc's defaults).
 
 Usage::
 
@@ -47,13 +51,16 @@ def steady_malloc() -> bool:
         return False
 
 
+CLOCK = time.thread_time
+
+
 def timed(fn, repeats: int, inner: int) -> list[float]:
     out = []
     for _ in range(repeats):
-        t = time.thread_time()
+        t = CLOCK()
         for _ in range(inner):
             fn()
-        out.append((time.thread_time() - t) / inner)
+        out.append((CLOCK() - t) / inner)
     return out
 
 
@@ -126,13 +133,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (default 15)")
     parser.add_argument("--inner", type=int, default=3, help="calls per timing (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--clock", choices=["auto", "thread", "wall"], default="auto",
+                        help="thread CPU time or wall time (auto: thread with 1 thread, wall with more)")
     parser.add_argument("--malloc", choices=["steady", "system"], default="steady",
                         help="steady (default): no heap trimming / mmap of large blocks (see steady_malloc); system: glibc defaults")
     parser.add_argument("--kinds", nargs="+", default=["simple", "stable"], choices=["simple", "stable"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steady = args.malloc == "steady" and steady_malloc()
-    print(f"malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
+    global CLOCK
+    clock = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
+    CLOCK = time.thread_time if clock == "thread" else time.perf_counter
+    print(f"clock={clock}  malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
     E = args.members
     for kind in args.kinds:
         t = bench(kind, args)
