@@ -14,8 +14,10 @@ from .dynamics_net import DynamicsNet
 from .simple import SimpleDynamics
 from .stable import StableControlledDynamics, StableDynamics
 from .training import fit
-from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, member_factory
 from .falsification import FalsificationReport, empirical_certificate, falsify
+
+# --- probabilistic ensembles (PETS, Chua et al. 2018): members batched with torch.func.vmap ---
+from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, member_factory
 
 # --- LyaNet (issue 4) ---
 from . import lyanet

@@ -133,6 +133,10 @@ def test_ts1_mixes_members_and_is_seeded():
     assert ((means - a).abs().amax(-1) < 1e-6).any(0).all()
     assert torch.bincount(which_a, minlength=E).tolist() == [10, 10, 10]
     assert (which_a != which_b).any()
+    # differentiable through the permutation (gradient planners)
+    xg = x.clone().requires_grad_(True)
+    ens.step(xg, u).sum().backward()
+    assert torch.isfinite(xg.grad).all() and (xg.grad != 0).all()
 
 
 def test_expectation_is_the_mean_of_member_means():
