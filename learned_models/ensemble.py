@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -167,7 +166,7 @@ class Ensemble(nn.Module):
             (``"euler"``/``"rk4"``): an adaptive solver's step-size control cannot run under
             ``vmap``.
         size: ``E >= 1`` (default 5 with a factory; the list's length with a list).
-        propagation: ``"ts1"`` (default, as PETS's best), ``"tsinf"`` or ``"expectation"``;
+        propagation: ``"ts1"`` (default), ``"tsinf"`` or ``"expectation"`` (PETS Section 5);
             the attribute may be changed at run time.
         probabilistic: members predict a Gaussian (mean and log-variance); ``False``: the
             members are deterministic (no variance head, trained on the squared error).
