@@ -179,7 +179,7 @@ class Ensemble(nn.Module):
     Attributes:
         size, propagation, probabilistic, sample, state_dim, action_dim, dt, device, dtype,
         member_class (the members' class), max_logvar / min_logvar ``(1, state_dim)``,
-        target_scale ``(state_dim,)``.
+        target_scale ``(state_dim,)``, validate_finite.
 
     Shapes: ``x: (batch, state_dim)``, ``u: (batch, action_dim)`` (``None`` when autonomous);
     ``step`` returns ``(batch, state_dim)``; ``predict`` returns every member's mean and
@@ -193,6 +193,10 @@ class Ensemble(nn.Module):
         traj = ens.rollout(x0, actions)           # (batch, horizon + 1, 4)
         cert = ens.certificate()                  # one Certificate per member
     """
+
+    #: check inputs for NaN/inf in ``step``/``rollout``/``predict`` (one host sync per call), as
+    #: ``ODEWorldModel.validate_finite``; planners in tight GPU loops may turn it off.
+    validate_finite: bool = True
 
     def __init__(
         self,
@@ -374,7 +378,7 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} is {x.dtype} on {x.device} but the ensemble is {self.dtype} on {self.device}; convert with {name}.to(ens.device, ens.dtype)")
         if x.shape[0] == 0:
             raise ValueError(f"{name} has an empty batch")
-        if not bool(torch.isfinite(x).all()):
+        if self.validate_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf")
 
     def _check_u(self, u: Any, batch: int, name: str = "u") -> torch.Tensor | None:
@@ -391,7 +395,7 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} must have shape (batch={batch}, action_dim={self.action_dim}), got {tuple(u.shape)}")
         if u.dtype != self.dtype or u.device != self.device:
             raise ValueError(f"{name} is {u.dtype} on {u.device} but the ensemble is {self.dtype} on {self.device}")
-        if not bool(torch.isfinite(u).all()):
+        if self.validate_finite and not bool(torch.isfinite(u).all()):
             raise ValueError(f"{name} contains NaN or inf")
         return u
 
