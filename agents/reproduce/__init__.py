@@ -18,4 +18,5 @@ STUDIES: dict[str, tuple[str, str]] = {
     "lyanet-pendulum": ("lyanet_pendulum", "LyaNet world model on the Fig. 5 protocol"),
     "video-fig7": ("video_fig7", "Manek & Kolter Fig. 7: stable vs unconstrained video texture rollouts"),
     "mbrl-swingup": ("mbrl_swingup", "MPC / model-based RL vs SAC and PPO on pendulum swing-up"),
+    "mbrl-envs": ("mbrl_envs", "PETS / MBPO with ensembles vs SAC on any env with an adapter, cells in parallel"),
 }

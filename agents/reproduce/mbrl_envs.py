@@ -1,0 +1,263 @@
+"""``lyagym reproduce mbrl-envs``: PETS and MBPO against SAC on any env with an adapter.
+
+Each (env, method, seed) **cell** is one independent run: it is stored in
+``OUT/<env>/<method>/seed<s>-<settings hash>/cell.json`` when it finishes and reused by any
+later invocation with the same settings (``--rerun`` forces it; ``--stored-only`` only
+summarises). A PETS cell interrupted midway resumes from its run folder's committed state;
+other cells start over. Cells run one after the other, in ``--workers N`` local processes,
+or on a Ray cluster (``--backend ray``, the ``ray`` extra); the stored results are the same
+whichever way they ran (each cell seeds everything it uses and runs on one thread).
+
+Methods: ``pets-<model>`` (``run_pets``; ``<model>`` one of ``simple``, ``stable``,
+``ensemble``, ``ensemble-stable``), ``mbpo-<model>`` (``run_mbpo``) and ``sac`` (SB3 SAC on
+the real env, the reference). Stable models are certified towards the adapter's rest state.
+
+**Evaluation.** For SAC, the greedy policy on a separate env copy every ``--eval-every``
+training steps from a fixed start; for MBPO the greedy policy after every real episode,
+from the same start; for PETS each planned episode (with the model fitted on the steps
+before it) is its own evaluation, started as the env starts it. **Metric**: SAC's final
+return (mean of its seeds' last evaluations) is the target; a run reaches it at the first
+``real_steps`` whose evaluation return is within ``--tolerance x |target|``; the ratio is
+SAC's median steps to the target over the run's (``lyagym reproduce mbrl-swingup``'s
+``summarise``). Writes ``evaluations.csv``, ``episodes.csv`` and ``summary.md`` (one table per env).
+
+Example::
+
+    lyagym reproduce mbrl-envs --envs Pendulum-v1 --methods pets-ensemble pets-ensemble-stable sac \\
+        --seeds 0 1 2 3 4 --workers 2 --out runs/mbrl-envs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+__all__ = ["add_arguments", "run", "run_cell", "ENV_DEFAULTS"]
+
+#: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO, pendulum links
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 4, "mbpo_episodes": 10},
+    "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
+    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 4, "mbpo_episodes": 10},
+    "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 6, "mbpo_episodes": 15},
+    "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 5, "mbpo_episodes": 10},
+}
+MODELS = ("simple", "stable", "ensemble", "ensemble-stable")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1"], help=f"env ids, of {sorted(ENV_DEFAULTS)}")
+    parser.add_argument("--links", type=int, default=2, help="links of lyagym/NLinkPendulum-v0")
+    parser.add_argument("--methods", nargs="+", default=["pets-ensemble", "pets-ensemble-stable", "sac"],
+                        help="pets-<model>, mbpo-<model> (model: simple, stable, ensemble, ensemble-stable) or sac")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--episodes", type=int, default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
+    parser.add_argument("--sac-steps", type=int, default=None, help="SAC's real steps (default per env)")
+    parser.add_argument("--eval-every", type=int, default=None, help="SAC evaluation interval (default per env)")
+    parser.add_argument("--samples", type=int, default=None, help="planner samples per iteration (default: MBRLConfig's)")
+    parser.add_argument("--particles", type=int, default=None, help="PETS particles per candidate (default 5)")
+    parser.add_argument("--ensemble-size", type=int, default=5)
+    parser.add_argument("--tolerance", type=float, default=0.05, help="fraction of |SAC's final return| a run may fall short")
+    parser.add_argument("--workers", type=int, default=1, help="cells run in this many local processes")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local", help="local processes or a Ray cluster")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
+    parser.add_argument("--rerun", action="store_true", help="run every cell again")
+    parser.add_argument("--stored-only", action="store_true", help="only summarise the stored cells")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="runs/mbrl-envs")
+
+
+def _slug(env_id: str) -> str:
+    return env_id.replace("/", "_")
+
+
+def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
+    """Everything that determines a cell's result (its storage key, with the seed)."""
+    defaults = ENV_DEFAULTS.get(env_id, ENV_DEFAULTS["Pendulum-v1"])
+    settings: dict[str, Any] = {"env": env_id, "method": method}
+    if env_id == "lyagym/NLinkPendulum-v0":
+        settings["links"] = args.links
+    if method == "sac":
+        settings.update(sac_steps=args.sac_steps or defaults["sac_steps"], eval_every=args.eval_every or defaults["eval_every"])
+    else:
+        algo = method.split("-", 1)[0]
+        settings["episodes"] = args.episodes or defaults[f"{algo}_episodes"]
+        for name in ("samples", "particles"):
+            if getattr(args, name) is not None:
+                settings[name] = getattr(args, name)
+        if "ensemble" in method:
+            settings["ensemble_size"] = args.ensemble_size
+    if args.quick:
+        settings["quick"] = True
+    return settings
+
+
+def _make_env(settings: dict[str, Any]):
+    import gymnasium as gym
+
+    import lyagym.envs  # noqa: F401  (registers lyagym/NLinkPendulum-v0)
+
+    if settings["env"] == "lyagym/NLinkPendulum-v0":
+        from lyagym.agents.adapters import make_pendulum_env
+
+        return make_pendulum_env(settings["links"], episode_steps=60 if settings.get("quick") else 200)
+    return gym.make(settings["env"], **({"max_episode_steps": 60} if settings.get("quick") else {}))
+
+
+def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Run one cell; ``{"evaluations": [...], "episodes": [...]}`` (not stored; see ``load_or_run``)."""
+    import torch
+
+    from lyagym.agents.adapters import make_adapter
+    from lyagym.agents.mbrl import config_for, run_mbpo, run_pets, world_model_for
+    from lyagym.agents.sb3_baselines import train_baseline
+
+    torch.set_num_threads(1)
+    env = _make_env(settings)
+    adapter = make_adapter(env)
+    method, quick = settings["method"], settings.get("quick", False)
+    if method == "sac":
+        evaluations: list[dict] = []
+        steps = 300 if quick else settings["sac_steps"]
+        episodes = train_baseline("sac", env, steps, seed=seed, out_dir=os.path.join(cell_dir, "run"), device=device,
+                                  progress=progress, eval_every=100 if quick else settings["eval_every"], on_eval=evaluations.append,
+                                  adapter=adapter, method="sac", **({"learning_starts": 50} if quick else {}))
+        return {"evaluations": evaluations, "episodes": episodes}
+    algo, kind = method.split("-", 1)
+    if kind not in MODELS:
+        raise ValueError(f"unknown world model in method {method!r}; choose one of {MODELS}")
+    overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed}
+    if "samples" in settings:
+        overrides["num_samples"] = settings["samples"]
+    if "particles" in settings:
+        overrides["particles"] = settings["particles"]
+    if "ensemble_size" in settings:
+        overrides["ensemble_size"] = settings["ensemble_size"]
+    small: dict[str, Any] = {}
+    if quick:
+        overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
+                         warmup_iterations=1, fit_epochs=2, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
+                         sac_updates_per_step=1, sac_batch_size=32)
+        small = {"hidden": (16, 16)} if "stable" not in kind else {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}
+    config = config_for(adapter, **overrides)
+    extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if kind.startswith("ensemble") else {}
+    model = world_model_for(adapter, kind, seed=seed, device=device, **small, **extra)
+    run_dir = os.path.join(cell_dir, "run")
+    if algo == "pets":
+        resume = os.path.exists(os.path.join(run_dir, "manifest.json"))
+        episodes = run_pets(env, model, None, config, adapter=adapter, out_dir=run_dir, method=method, resume=resume,
+                            progress=progress)
+        evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
+                        "steps_used": episodes[-1]["real_steps"]} for r in episodes if r["policy"] == "mpc"]
+    elif algo == "mbpo":
+        episodes = run_mbpo(env, model, config, adapter=adapter, out_dir=run_dir, method=method, overwrite=True,
+                            progress=progress, device=device)
+        evaluations = [{"method": method, "seed": seed, "real_steps": r["real_steps"], "return": r["eval_return"],
+                        "steps_used": episodes[-1]["real_steps"]} for r in episodes if "eval_return" in r]
+    else:
+        raise ValueError(f"unknown method {method!r}: pets-<model>, mbpo-<model> or sac")
+    return {"evaluations": evaluations, "episodes": episodes}
+
+
+def cell_dir(out: str, settings: dict[str, Any], seed: int) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(out, _slug(settings["env"]), settings["method"], f"seed{seed}-{digest}")
+
+
+def load_or_run(out: str, settings: dict[str, Any], seed: int, rerun: bool = False, stored_only: bool = False,
+                device: str = "cpu") -> dict[str, Any] | None:
+    """The stored result of a cell, or run it and store it (``cell.json``, atomically)."""
+    from lyagym.agents.data import atomic_save
+
+    folder = cell_dir(out, settings, seed)
+    path = os.path.join(folder, "cell.json")
+    if not rerun and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("settings") == settings:
+            return stored
+    if stored_only:
+        return None
+    if rerun and os.path.isdir(os.path.join(folder, "run")):
+        import shutil
+
+        shutil.rmtree(os.path.join(folder, "run"))
+    t0 = time.perf_counter()
+    result = run_cell(settings, seed, folder, device=device)
+    result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1))
+    atomic_save(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
+    return result
+
+
+def _cell_entry(job: tuple) -> tuple:
+    """A worker's task (top level, so it pickles under ``spawn``): ``(key, result)``."""
+    out, settings, seed, rerun, stored_only, device = job
+    return (settings["env"], settings["method"], seed), load_or_run(out, settings, seed, rerun, stored_only, device)
+
+
+def _run_all(jobs: list[tuple], workers: int, backend: str) -> list[tuple]:
+    if backend == "ray":
+        try:
+            import ray
+        except ImportError:
+            raise SystemExit("lyagym reproduce mbrl-envs: --backend ray needs Ray: pip install \"lyagym[ray]\"") from None
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, log_to_driver=False)
+        remote = ray.remote(num_cpus=1)(_cell_entry)
+        return ray.get([remote.remote(job) for job in jobs])
+    if workers <= 1:
+        return [_cell_entry(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter per worker (no forked torch thread pools), one thread each
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_cell_entry, jobs))
+
+
+def run(args: argparse.Namespace) -> int:
+    from lyagym.agents.reproduce.mbrl_swingup import summarise
+    from lyagym.agents.run_log import write_csv
+    from lyagym.agents.data import atomic_save
+
+    if args.workers < 1:
+        print(f"lyagym reproduce mbrl-envs: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    unknown = [e for e in args.envs if e not in ENV_DEFAULTS]
+    if unknown:
+        print(f"lyagym reproduce mbrl-envs: no defaults for {unknown}; choose from {sorted(ENV_DEFAULTS)}", file=sys.stderr)
+        return 2
+    for method in args.methods:
+        if method != "sac" and (method.split("-", 1)[0] not in ("pets", "mbpo") or method.split("-", 1)[-1] not in MODELS):
+            print(f"lyagym reproduce mbrl-envs: unknown method {method!r}: pets-<model>, mbpo-<model> or sac "
+                  f"(model: {', '.join(MODELS)})", file=sys.stderr)
+            return 2
+    t0 = time.perf_counter()
+    jobs = [(args.out, cell_settings(env, method, args), seed, args.rerun, args.stored_only, args.device)
+            for env in args.envs for method in args.methods for seed in args.seeds]
+    results = {key: result for key, result in _run_all(jobs, args.workers, args.backend) if result is not None}
+    if not results:
+        print("no cells to summarise")
+        return 1
+    evaluations = [dict(r, env=key[0]) for key, res in results.items() for r in res["evaluations"]]
+    episodes = [dict(r, env=key[0]) for key, res in results.items() for r in res["episodes"]]
+    os.makedirs(args.out, exist_ok=True)
+    write_csv(os.path.join(args.out, "evaluations.csv"), evaluations)
+    write_csv(os.path.join(args.out, "episodes.csv"), episodes)
+    sections = [f"# lyagym reproduce mbrl-envs\n\n{len(results)} cells, {time.perf_counter() - t0:.0f} s.\n"]
+    for env in args.envs:
+        rows = [r for r in evaluations if r["env"] == env]
+        if rows:
+            table, _ = summarise(rows, tolerance=args.tolerance)
+            sections.append(f"## {env}\n\n{table}\n")
+    text = "\n".join(sections)
+    atomic_save(os.path.join(args.out, "summary.md"), lambda f: f.write(text), mode="w")
+    print(text)
+    print(f"wrote {args.out}/evaluations.csv, episodes.csv, summary.md")
+    return 0
