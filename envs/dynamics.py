@@ -213,6 +213,16 @@ class PendulumDynamics:
             "dt": self.dt,
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the constructor arguments and the default device/dtype only: the compiled
+        equations are generated functions without an importable module, so they are rebuilt
+        on load (from the in-process memo or the derivation cache, no sympy when cached)."""
+        return {"config": self.config(), "device": str(self._device), "dtype": self._dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        PendulumDynamics.__init__(self, **state["config"])
+        self.to(state["device"], state["dtype"])
+
     def __repr__(self) -> str:
         return (
             f"PendulumDynamics(n_links={self.n_links}, masses={self.masses.tolist()}, lengths={self.lengths.tolist()}, "

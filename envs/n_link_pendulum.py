@@ -390,6 +390,12 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
             self._window.close()
             self._window = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A human-render window belongs to this process; the copy opens its own on demand.
+        state = self.__dict__.copy()
+        state["_window"] = None
+        return state
+
     # ----------------------------------------------------------------- helpers
     @property
     def state(self) -> np.ndarray | None:

@@ -576,6 +576,11 @@ class CompiledPendulum:
     def constants(self, masses: Sequence[float], lengths: Sequence[float], gravity: float, damping: float) -> tuple[float, ...]:
         return tuple(float(k) for k in self.scalar["constants"](list(map(float, masses)), list(map(float, lengths)), float(gravity), float(damping)))
 
+    def __reduce__(self):
+        # The namespaces hold generated functions with no importable module: pickle the
+        # structure and recompile on load (memo or disk cache; a fresh derivation if neither).
+        return (compile_pendulum, (self.n_links, self.damping_mode, self.actuated), None)
+
 
 def _verify(source: str) -> CodeType:
     """Compile a generated module after checking its checksum and format (a truncated,

@@ -23,15 +23,10 @@ from gymnasium.vector.utils import batch_space
 from . import rewards
 from .dynamics import PendulumDynamics
 from .n_link_pendulum import NLinkPendulumEnv
+from .vector_utils import autoreset_mode as _autoreset_mode
+from .vector_utils import reject_scalar_actions, reset_mask
 
 __all__ = ["NLinkPendulumVectorEnv"]
-
-_AUTORESET_MODES = {
-    AutoresetMode.NEXT_STEP: AutoresetMode.NEXT_STEP,
-    AutoresetMode.SAME_STEP: AutoresetMode.SAME_STEP,
-    "next_step": AutoresetMode.NEXT_STEP,
-    "same_step": AutoresetMode.SAME_STEP,
-}
 
 
 class NLinkPendulumVectorEnv(VectorEnv):
@@ -65,9 +60,13 @@ class NLinkPendulumVectorEnv(VectorEnv):
     ``metadata["autoreset_mode"]`` is ``AutoresetMode.NEXT_STEP`` by default, as in
     Gymnasium's own vector envs: the step *after* a truncation resets that sub-env, ignores
     its action and returns its new first observation with reward 0. With
-    ``autoreset_mode="same_step"`` the truncating step already returns the new first
-    observation, and ``info["final_obs"]`` (``(num_envs, obs_dim)``, valid where the
-    mask ``info["_final_obs"]`` is true) holds the last observation of the old episode.
+    ``AutoresetMode.SAME_STEP`` (or ``"SameStep"``) the truncating step already returns the
+    new first observation; as in ``SyncVectorEnv``, that step's info holds ``final_obs``
+    (here one ``(num_envs, obs_dim)`` array rather than an object array, valid where the
+    mask ``_final_obs`` is true), ``final_info`` (the ended envs' step infos: ``{}``) and
+    ``_final_info``. With ``AutoresetMode.DISABLED`` nothing resets by itself: reset the
+    ended envs with ``reset(options={"reset_mask": terminated | truncated})`` before the next
+    ``step``, which otherwise raises ``gymnasium.error.ResetNeeded``.
     Autoreset starting states are drawn on ``device`` from a torch generator seeded by
     ``reset(seed=...)``.
 
@@ -85,7 +84,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
     ``NLinkPendulumEnv.reset(seed=s)`` starts; the same seed gives the same batch of episodes.
     ``reset(options={"state": x0})`` takes a ``(2 * n_links,)`` state for every env or a
     ``(num_envs, 2 * n_links)`` batch; ``options={"reset_mask": mask}`` (``(num_envs,)``
-    bool) resets only some envs.
+    bool numpy array or tensor) resets only some envs (an all-false mask is a no-op).
 
     ## Arguments
 
@@ -95,13 +94,22 @@ class NLinkPendulumVectorEnv(VectorEnv):
     - ``dtype`` (``torch.float32``): dtype of the state; use ``torch.float64`` to match the
       single env to round-off.
     - ``return_torch`` (``False``): return torch tensors instead of numpy arrays.
-    - ``autoreset_mode`` (``"next_step"``): ``"next_step"`` or ``"same_step"``.
+    - ``autoreset_mode`` (``AutoresetMode.NEXT_STEP``): an ``AutoresetMode`` member or its
+      value (``"NextStep"``, ``"SameStep"``, ``"Disabled"``); ``"next_step"`` etc. also work.
     - ``validate_actions`` (``True``): reject NaN/inf actions.
     - ``compile`` (``False``): ``torch.compile`` the batched transition (physics + reward)
       for throughput; the first step then pays a one-time compilation (tens of seconds on
       CPU, which needs a C++ compiler). Results match the eager path to round-off.
-    - ``render_mode`` (``None`` or ``"rgb_array"``): ``render()`` returns a one-frame tuple
-      showing sub-env 0.
+    - ``render_mode`` (``None`` or ``"rgb_array"``): ``render()`` returns a tuple of
+      ``num_envs`` frames, one per sub-env, as ``SyncVectorEnv`` and ``CartPoleVectorEnv`` do
+      (drawn on the CPU one by one: meant for a few envs, e.g. under
+      ``gymnasium.wrappers.vector.RecordVideo``).
+
+    ## Pickling
+
+    The env pickles (for ``AsyncVectorEnv`` under ``spawn``, ``copy.deepcopy``, ...): state,
+    step counters and the autoreset generator travel; the physics is rebuilt on load from
+    the derivation cache and a ``compile=True`` transition is compiled again.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 100, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -122,8 +130,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if autoreset_mode not in _AUTORESET_MODES:
-            raise ValueError(f"autoreset_mode must be 'next_step' or 'same_step', got {autoreset_mode!r}")
+        mode = _autoreset_mode(autoreset_mode)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if render_mode not in (None, "rgb_array"):
@@ -148,7 +155,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
         self.dtype = dtype
         self.metadata = {
             **self.metadata,
-            "autoreset_mode": _AUTORESET_MODES[autoreset_mode],
+            "autoreset_mode": mode,
             "render_fps": t.metadata["render_fps"],
         }
 
@@ -167,10 +174,9 @@ class NLinkPendulumVectorEnv(VectorEnv):
         self._init_span = as_tensor(t.init_high - t.init_low)
         self._weights = t.weights
         self._generator = torch.Generator(device=self.device)
+        self._compile = bool(compile)
         if compile:
-            # Fuses the physics, reward and clamps into a few kernels; costs a one-time
-            # compilation (tens of seconds on CPU, where it needs a C++ compiler).
-            self._transition = torch.compile(self._transition, dynamic=False)
+            self._compile_transition()
 
         b = self.num_envs
         self._x: torch.Tensor | None = None
@@ -181,6 +187,30 @@ class NLinkPendulumVectorEnv(VectorEnv):
         # whether some env waits for a next-step autoreset.
         self._max_elapsed = 0
         self._reset_pending = False
+        # For render(): the last actions and which envs have none since their reset.
+        self._last_u: torch.Tensor | None = None
+        self._no_u = torch.ones(b, dtype=torch.bool, device=self.device)
+        self._fresh_pending = False
+
+    def _compile_transition(self) -> None:
+        # Fuses the physics, reward and clamps into a few kernels; costs a one-time
+        # compilation (tens of seconds on CPU, where it needs a C++ compiler).
+        self._transition = torch.compile(self._transition, dynamic=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_transition", None)  # a compiled bound method does not pickle
+        gen = state.pop("_generator")
+        state["_generator_state"] = (str(gen.device), gen.get_state())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        device, gen_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self._generator = torch.Generator(device=device)
+        self._generator.set_state(gen_state)
+        if self._compile:
+            self._compile_transition()
 
     # ----------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -193,7 +223,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
         unknown = set(options) - {"state", "reset_mask"}
         if unknown:
             raise ValueError(f"options accepts only 'state' and 'reset_mask', got unknown keys {sorted(unknown)}")
-        mask = self._reset_mask(options.get("reset_mask"))
+        mask = None if options.get("reset_mask") is None else reset_mask(options["reset_mask"], self.num_envs, self.device)
         if mask is not None and first:
             raise gym.error.ResetNeeded("reset_mask needs a full reset() first")
 
@@ -223,10 +253,13 @@ class NLinkPendulumVectorEnv(VectorEnv):
             self._needs_reset.zero_()
             self._max_elapsed = 0
             self._reset_pending = False
+            self._no_u.fill_(True)
         else:
             self._x = torch.where(mask[:, None], x0, self._x)
             self._elapsed.masked_fill_(mask, 0)
             self._needs_reset &= ~mask
+            self._no_u |= mask
+        self._fresh_pending = True
         return self._out(self._observe(self._x)), {}
 
     @torch.no_grad()
@@ -234,13 +267,25 @@ class NLinkPendulumVectorEnv(VectorEnv):
         """Step every sub-env; returns batched ``(obs, reward, terminated, truncated, info)``."""
         if self._x is None:
             raise gym.error.ResetNeeded("NLinkPendulumVectorEnv: call reset() before step()")
+        mode = self.metadata["autoreset_mode"]
+        if self._reset_pending and mode is AutoresetMode.DISABLED:
+            if bool(self._needs_reset.any()):  # a sync only after an episode end
+                ended = torch.nonzero(self._needs_reset).flatten().tolist()
+                raise gym.error.ResetNeeded(
+                    f"sub-envs {ended} ended and autoreset_mode is DISABLED: call "
+                    "reset(options={'reset_mask': terminated | truncated}) before step()"
+                )
+            self._reset_pending = False
         u = self._validated_actions(actions)
         x, reward, obs = self._transition(self._x, u)
         self._elapsed += 1
         self._max_elapsed += 1
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         info: dict[str, Any] = {}
-        same_step = self.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
+        self._last_u = u
+        if self._fresh_pending:  # every env has an action now, until the next reset
+            self._no_u.fill_(False)
+            self._fresh_pending = False
 
         if self._reset_pending:  # next-step autoreset of the envs that ended last step
             mask = self._needs_reset
@@ -248,21 +293,32 @@ class NLinkPendulumVectorEnv(VectorEnv):
             obs = None  # recomputed below for the restarted envs
             self._elapsed.masked_fill_(mask, 0)
             reward = reward.masked_fill(mask, 0.0)
+            self._no_u |= mask
+            self._fresh_pending = True
             self._needs_reset = torch.zeros_like(mask)
             self._reset_pending = False
 
         if self.max_episode_steps is not None and self._max_elapsed >= self.max_episode_steps:
             truncated = self._elapsed >= self.max_episode_steps
-            if same_step:
-                final_obs = self._observe(x) if obs is None else obs
-                info = {"final_obs": self._out(final_obs), "_final_obs": self._out(truncated)}
-                x = torch.where(truncated[:, None], self._fresh_states(), x)
-                obs = None
-                self._elapsed.masked_fill_(truncated, 0)
-            else:
-                self._needs_reset = truncated.clone()
-                self._reset_pending = True
-            # One host sync per episode end (never per step) to tighten the bound again.
+            # Host syncs once per episode end (never per step): whether any env ended (the
+            # bound may be loose after masked resets) and the tightened bound.
+            if bool(truncated.any()):
+                if mode is AutoresetMode.SAME_STEP:
+                    final_obs = self._observe(x) if obs is None else obs
+                    info = {
+                        "final_obs": self._out(final_obs),
+                        "_final_obs": self._out(truncated.clone()),
+                        "final_info": {},
+                        "_final_info": self._out(truncated.clone()),
+                    }
+                    x = torch.where(truncated[:, None], self._fresh_states(), x)
+                    obs = None
+                    self._elapsed.masked_fill_(truncated, 0)
+                    self._no_u |= truncated
+                    self._fresh_pending = True
+                else:  # NEXT_STEP resets them on the next step; DISABLED wants a reset first
+                    self._needs_reset = truncated.clone()
+                    self._reset_pending = True
             self._max_elapsed = int(self._elapsed.masked_fill(truncated, 0).max())
         else:
             truncated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -279,14 +335,27 @@ class NLinkPendulumVectorEnv(VectorEnv):
         )
 
     def render(self):
-        """A one-frame tuple: sub-env 0 as an ``(H, W, 3)`` uint8 image (``render_mode="rgb_array"``)."""
+        """A tuple of ``num_envs`` frames, sub-env ``i``'s as an ``(H, W, 3)`` uint8 image
+        (``render_mode="rgb_array"``), each what the single env shows in that state."""
         if self.render_mode is None:
             gym.logger.warn("render() called without render_mode='rgb_array'")
             return None
         if self._x is None:
             raise gym.error.ResetNeeded("NLinkPendulumVectorEnv: call reset() before render()")
-        self._template._state = self._x[0].detach().cpu().double().numpy()
-        return (self._template.render(),)
+        t = self._template
+        states = self._x.detach().cpu().double().numpy()
+        if self._last_u is None:
+            torques = [None] * self.num_envs
+        else:
+            clipped = torch.maximum(torch.minimum(self._last_u, self._u_high), self._u_low)
+            no_u = self._no_u.cpu().tolist()
+            torques = [None if no else row for no, row in zip(no_u, clipped.detach().cpu().double().numpy().tolist())]
+        frames = []
+        for state, torque in zip(states, torques):
+            t._state, t._last_u = state, torque
+            frames.append(t.render())
+        t._state = t._last_u = None
+        return tuple(frames)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -297,20 +366,10 @@ class NLinkPendulumVectorEnv(VectorEnv):
     def _out(self, t: torch.Tensor):
         return t if self.return_torch else t.cpu().numpy()
 
-    def _reset_mask(self, mask) -> torch.Tensor | None:
-        if mask is None:
-            return None
-        mask = torch.as_tensor(mask, device=self.device)
-        if mask.dtype != torch.bool or tuple(mask.shape) != (self.num_envs,):
-            raise ValueError(
-                f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
-                f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
-            )
-        return mask
-
     def _validated_actions(self, actions) -> torch.Tensor:
         """Actions as a ``(num_envs, action_dim)`` tensor on ``device``; clipping is in ``_transition``."""
         shape = (self.num_envs, self.action_dim)
+        reject_scalar_actions(actions, shape)
         if isinstance(actions, torch.Tensor):
             u = actions.detach().to(device=self.device, dtype=self.dtype)
             if tuple(u.shape) != shape:

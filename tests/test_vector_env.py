@@ -202,11 +202,23 @@ def test_out_of_range_actions_are_clipped_like_the_single_env():
     torch.testing.assert_close(ra, rb)
 
 
-def test_rgb_render_shows_env_zero():
-    envs = NLinkPendulumVectorEnv(2, n_links=2, render_mode="rgb_array", render_size=64)
+def test_rgb_render_returns_one_frame_per_env_as_the_single_env_draws_it():
+    kw = dict(n_links=2, render_mode="rgb_array", render_size=32, max_torque=1.0)
+    envs = NLinkPendulumVectorEnv(3, dtype=torch.float64, **kw)
+    single = NLinkPendulumEnv(**kw)
     envs.reset(seed=0)
-    (frame,) = envs.render()
-    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    actions = np.array([[0.5, -0.5], [3.0, 0.0], [0.0, -0.2]])
+    for step in range(2):  # after reset (no torque drawn), then after a step (torque arcs)
+        frames = envs.render()
+        assert isinstance(frames, tuple) and len(frames) == 3
+        for i, frame in enumerate(frames):
+            single.reset(options={"state": envs.state[i].numpy()})
+            if step:  # the single env's frame after the same clipped action
+                single._last_u = np.clip(actions[i], -1.0, 1.0).tolist()
+            assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+            np.testing.assert_array_equal(frame, single.render())
+        envs.step(actions)
+    assert not np.array_equal(frames[0], frames[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
