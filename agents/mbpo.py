@@ -275,14 +275,32 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     rows: list[dict[str, Any]] = []
     real_steps, fit_loss, t0, since_fit = 0, None, time.perf_counter(), 0
 
-    def add_real(ep: dict) -> None:
+    def add_real(ep: dict, only_last: bool = False) -> None:
         x = torch.as_tensor(ep["states"], dtype=torch.float32)
         u = torch.as_tensor(ep["actions"], dtype=torch.float32, device=agent.sac.device)
         done = torch.zeros(len(u))
         if ep["terminated"]:
             done[-1] = 1.0
-        real.add(agent.features(x[:-1]), agent.scaled(u), agent.features(x[1:]),
-                 torch.as_tensor(ep["rewards"], dtype=torch.float32), done)
+        r = torch.as_tensor(ep["rewards"], dtype=torch.float32)
+        first = max(0, len(u) - 1) if only_last else 0
+        real.add(agent.features(x[first:-1]), agent.scaled(u[first:]), agent.features(x[first + 1:]), r[first:], done[first:])
+
+    def add_real_transition(x: np.ndarray, u: np.ndarray, x_next: np.ndarray) -> None:
+        xt, xnt = (torch.as_tensor(v, dtype=torch.float64)[None] for v in (x, x_next))
+        ut = torch.as_tensor(u, dtype=torch.float64)[None]
+        reward = adapter.reward(xt, ut, xnt).float()
+        real.add(agent.features(xt), agent.scaled(ut.float().to(agent.sac.device)), agent.features(xnt), reward, torch.zeros(1))
+
+    def with_current(state: dict) -> TransitionBuffer:
+        """D_env with the running episode's transitions so far."""
+        if len(state["actions"]) < 1:
+            return buffer
+        both = TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims)
+        both.states, both.actions, both.next_states = buffer.states, buffer.actions, buffer.next_states
+        both.rewards, both.terminated = buffer.rewards, buffer.terminated
+        steps = len(state["actions"])  # the states hold one more: the one being acted in
+        both.add_trajectory(np.asarray(state["states"][: steps + 1]), np.asarray(state["actions"]))
+        return both
 
     for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
         ep_seed = config.seed * 10_000 + episode
@@ -292,22 +310,28 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
             policy = "random"
         else:
             length = rollout_length(episode - config.random_episodes, config.rollout_schedule)
-            state = {"fit": fit_loss}
+            state: dict[str, Any] = {"fit": fit_loss, "states": [], "actions": []}
 
             def act(s: np.ndarray, o: np.ndarray) -> np.ndarray:
+                # The real transition that led to s joins D_env now (it was not terminal, or
+                # the episode would have ended): its reward is the adapter's, which equals the env's.
                 nonlocal since_fit
+                if state["states"]:
+                    x_prev, u_prev = state["states"][-1], state["actions"][-1]
+                    x_now = x_prev + adapter.delta(x_prev, s)
+                    add_real_transition(x_prev, u_prev, x_now)
+                state["states"].append(np.asarray(s, np.float64))
                 if since_fit % config.model_train_every == 0:
                     if since_fit:  # the first fit of an episode happened at the end of the last one
-                        state["fit"] = fit_model(model, buffer_with_current(), config, False)
-                    _branch_rollouts(model, agent, adapter, buffer, model_store, config.model_rollouts * config.model_train_every,
-                                     length, rng)
+                        state["fit"] = fit_model(model, with_current(state), config, False)
+                    _branch_rollouts(model, agent, adapter, with_current(state), model_store,
+                                     config.model_rollouts * config.model_train_every, length, rng)
                 since_fit += 1
                 if real_steps + since_fit > config.sac_learning_starts:
                     agent.sac.train(gradient_steps=config.sac_updates_per_step, batch_size=config.sac_batch_size)
-                return agent.act(s, deterministic=False)
-
-            def buffer_with_current() -> TransitionBuffer:
-                return buffer  # real transitions of the running episode join at its end
+                action = agent.act(s, deterministic=False)
+                state["actions"].append(np.clip(np.asarray(action, np.float64), adapter.action_low, adapter.action_high))
+                return action
 
             since_fit = 0
             ep = collect_episode(env, act, steps=config.episode_steps, seed=ep_seed, adapter=adapter)
@@ -317,7 +341,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
                 evaluation = evaluation_episode(eval_env, lambda s, o: agent.act(s, deterministic=True), seed=config.seed,
                                                 adapter=adapter)
         buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
-        add_real(ep)
+        add_real(ep, only_last=policy == "sac")  # a SAC episode's earlier transitions joined step by step
         real_steps += len(ep["actions"])
         if episode >= config.random_episodes - 1 and episode < total - 1:
             fit_loss = fit_model(model, buffer, config, progress)
