@@ -21,6 +21,9 @@ from gymnasium.vector.utils import batch_space
 
 from lyagym.learned_models.video_vae import VideoVAE
 
+from .vector_utils import autoreset_mode as _autoreset_mode
+from .vector_utils import reject_scalar_actions, reset_mask
+
 __all__ = ["VideoTextureEnv", "VideoTextureVectorEnv", "DEFAULT_CHECKPOINT", "load_texture_model", "TASKS"]
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "video_texture_default.pt"
@@ -243,11 +246,26 @@ class VideoTextureVectorEnv(VectorEnv):
     Same dynamics, observation, action, reward and options as :class:`VideoTextureEnv`; all
     latents live in one ``(num_envs, latent_dim)`` tensor and all frames are decoded in one
     batched decoder call per step (no Python loop over environments). Episodes are truncated
-    after ``max_episode_steps`` and reset on the following ``step`` (Gymnasium's
-    ``AutoresetMode.NEXT_STEP``). Returns numpy arrays by default; ``as_torch=True`` returns
+    after ``max_episode_steps``. Returns numpy arrays by default; ``as_torch=True`` returns
     torch tensors on ``device`` with no host copy.
 
-    ``reset(options=...)`` accepts ``"latent"`` (``(num_envs, latent_dim)``) and
+    Conventions are those of ``SyncVectorEnv`` over :class:`VideoTextureEnv`:
+
+    - infos hold ``latent`` (``(num_envs, latent_dim)``), ``distance`` (``(num_envs,)``,
+      float64 in numpy) and their all-true masks ``_latent`` / ``_distance``;
+    - ``reset(seed=s)`` seeds ``self.np_random`` (``np_random_seed == s``) and, from it, the
+      torch generator of the starting frames: the same seed gives the same episodes;
+    - ``autoreset_mode`` is an ``AutoresetMode`` member or its value (``"NextStep"``, the
+      default, ``"SameStep"``, ``"Disabled"``). In SAME_STEP mode the truncating step returns
+      the new first frames and ``final_obs`` (one ``(num_envs, H, W, 3)`` array),
+      ``final_info`` (the ended episodes' ``latent``/``distance`` with masks) and the masks
+      ``_final_obs`` / ``_final_info``. In DISABLED mode ended envs must be reset with
+      ``reset(options={"reset_mask": mask})`` (only the masked envs restart) before the next
+      step, which otherwise raises ``gymnasium.error.ResetNeeded``;
+    - ``render()`` returns a tuple of ``num_envs`` ``(H, W, 3)`` uint8 frames;
+    - a scalar action raises ``TypeError``, a batch of the wrong shape ``ValueError``.
+
+    ``reset(options=...)`` also accepts ``"latent"`` (``(num_envs, latent_dim)``) and
     ``"start_index"`` (``(num_envs,)`` ints).
     """
 
@@ -266,8 +284,9 @@ class VideoTextureVectorEnv(VectorEnv):
         max_episode_steps: int | None = 200,
         device: str | torch.device = "cpu",
         as_torch: bool = False,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -277,6 +296,7 @@ class VideoTextureVectorEnv(VectorEnv):
             raise ValueError(f"action_scale must be a finite number >= 0, got {action_scale}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
+        mode = _autoreset_mode(autoreset_mode)
         self.model = load_texture_model(checkpoint, device)
         self.device = self.model.device
         self.num_envs = int(num_envs)
@@ -285,6 +305,7 @@ class VideoTextureVectorEnv(VectorEnv):
         self.action_scale = float(action_scale)
         self.max_episode_steps = max_episode_steps
         self.as_torch = bool(as_torch)
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self._choices = _reference_indices(self.model, texture)
         if not (isinstance(target_index, (int, np.integer)) and 0 <= target_index < len(self._choices)):
             raise ValueError(f"target_index must be an int in [0, {len(self._choices)}), got {target_index!r}")
@@ -300,9 +321,26 @@ class VideoTextureVectorEnv(VectorEnv):
         self._frames = torch.zeros(n, h, w, 3, device=self.device, dtype=torch.uint8)
         self._steps = torch.zeros(n, device=self.device, dtype=torch.long)
         self._needs_reset = torch.zeros(n, device=self.device, dtype=torch.bool)
+        # Host-side upper bound on every env's step count: truncation (one sync) is only
+        # checked when it can happen; and whether some env waits for a reset.
+        self._max_steps = 0
+        self._reset_pending = False
         self._generator = torch.Generator(device=self.device)
         self._generator.seed()
         self._started = False
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        gen = state.pop("_generator")
+        state["_generator_state"] = (str(gen.device), gen.get_state())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        device, gen_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self._generator = torch.Generator(device=device)
+        self._generator.set_state(gen_state)
 
     # ------------------------------------------------------------------ helpers
     def _sample_starts(self, n: int) -> torch.Tensor:
@@ -312,14 +350,42 @@ class VideoTextureVectorEnv(VectorEnv):
     def _out(self, x: torch.Tensor):
         return x if self.as_torch else x.cpu().numpy()
 
-    def _distance(self) -> torch.Tensor:
-        return (self._z - self.target_latent).norm(dim=-1) / self.latent_dim**0.5
+    def _distance(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        z = self._z if z is None else z
+        return (z - self.target_latent).norm(dim=-1) / self.latent_dim**0.5
+
+    def _info(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
+        """``SyncVectorEnv``'s info of the single env's ``{"latent", "distance"}``."""
+        distance = self._distance(z)
+        if not self.as_torch:
+            distance = distance.double()  # the single env's Python float
+        if mask is None:
+            mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        return {
+            "latent": self._out(z.to(torch.float32).clone()),
+            "_latent": self._out(mask.clone()),
+            "distance": self._out(distance),
+            "_distance": self._out(mask.clone()),
+        }
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.tensor_to_frames(self.model.decode(z))
 
     @torch.no_grad()
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is not None:
-            self._generator.manual_seed(int(seed))
+        """Reset all (or ``options["reset_mask"]``) sub-envs; returns ``(frames, info)``."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        super().reset(seed=seed)  # sets np_random / np_random_seed as every VectorEnv does
+        if seed is not None or not self._started:
+            self._generator.manual_seed(int(self.np_random.integers(2**62)))
         options = dict(options or {})
+        mask = None
+        if options.get("reset_mask") is not None:
+            mask = reset_mask(options.pop("reset_mask"), self.num_envs, self.device)
+            if not self._started:
+                raise gym.error.ResetNeeded("reset_mask needs a full reset() first")
+        options.pop("reset_mask", None)
         if "latent" in options:
             z = torch.as_tensor(options.pop("latent"), device=self.device, dtype=self.model.dtype)
             if z.shape != (self.num_envs, self.latent_dim) or not torch.isfinite(z).all():
@@ -332,50 +398,94 @@ class VideoTextureVectorEnv(VectorEnv):
         else:
             z = self._sample_starts(self.num_envs)
         if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; expected start_index or latent")
-        self._z = z.clone()
-        self._steps.zero_()
-        self._needs_reset.zero_()
-        self._frames = self.model.tensor_to_frames(self.model.decode(self._z))
+            raise ValueError(f"unknown reset options {sorted(options)}; expected start_index, latent or reset_mask")
+        if mask is None:
+            self._z = z.clone()
+            self._steps.zero_()
+            self._needs_reset.zero_()
+            self._max_steps = 0
+            self._reset_pending = False
+            self._frames = self._decode(self._z)
+        else:
+            self._z = torch.where(mask[:, None], z, self._z)
+            self._steps.masked_fill_(mask, 0)
+            self._needs_reset &= ~mask
+            self._frames = torch.where(mask[:, None, None, None], self._decode(self._z), self._frames)
         self._started = True
-        return self._out(self._frames), {"distance": self._out(self._distance())}
+        # SyncVectorEnv reports the infos of the envs it reset only
+        return self._out(self._frames.clone()), self._info(self._z, mask)
 
     @torch.no_grad()
     def step(self, actions):
+        """Step every sub-env; returns batched ``(frames, reward, terminated, truncated, info)``."""
         if not self._started:
-            raise RuntimeError("call reset() before step()")
+            raise gym.error.ResetNeeded("VideoTextureVectorEnv: call reset() before step()")
+        mode = self.metadata["autoreset_mode"]
+        if self._reset_pending and mode is AutoresetMode.DISABLED:
+            if bool(self._needs_reset.any()):
+                ended = torch.nonzero(self._needs_reset).flatten().tolist()
+                raise gym.error.ResetNeeded(
+                    f"sub-envs {ended} ended and autoreset_mode is DISABLED: call "
+                    "reset(options={'reset_mask': terminated | truncated}) before step()"
+                )
+            self._reset_pending = False
+        shape = (self.num_envs, self.latent_dim)
+        reject_scalar_actions(actions, shape)
         a = torch.as_tensor(actions, device=self.device, dtype=self.model.dtype)
-        if a.shape != (self.num_envs, self.latent_dim):
-            raise ValueError(f"actions must have shape ({self.num_envs}, {self.latent_dim}), got {tuple(a.shape)}")
+        if a.shape != shape:
+            raise ValueError(f"actions must have shape {shape}, got {tuple(a.shape)}")
         # No per-step host sync in the hot path: NaN actions are turned into an error lazily,
         # by the finiteness check of numpy inputs only (torch inputs are trusted).
         if isinstance(actions, np.ndarray) and not np.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
         a = a.clamp(-1.0, 1.0)
         stepped = self.model.latent_step(self._z) + self.action_scale * a
-        # NEXT_STEP autoreset: environments that ended last step start a new episode now
-        restart = self._needs_reset
-        self._z = torch.where(restart[:, None], self._sample_starts(self.num_envs), stepped)
-        self._steps = torch.where(restart, torch.zeros_like(self._steps), self._steps + 1)
-        self._frames = self.model.tensor_to_frames(self.model.decode(self._z))  # one batched decode
+        self._max_steps += 1
+        if self._reset_pending:  # NEXT_STEP: envs that ended last step start a new episode now
+            restart = self._needs_reset
+            self._z = torch.where(restart[:, None], self._sample_starts(self.num_envs), stepped)
+            self._steps = torch.where(restart, torch.zeros_like(self._steps), self._steps + 1)
+            self._needs_reset = torch.zeros_like(restart)
+            self._reset_pending = False
+        else:
+            restart = None
+            self._z = stepped
+            self._steps += 1
+        self._frames = self._decode(self._z)  # one batched decode
         distance = self._distance()
         reward = -distance if self.task == "target" else torch.zeros_like(distance)
-        reward = torch.where(restart, torch.zeros_like(reward), reward)
-        terminated = torch.zeros_like(restart)
-        if self.max_episode_steps is None:
-            truncated = torch.zeros_like(restart)
-        else:
-            truncated = (self._steps >= self.max_episode_steps) & ~restart
-        self._needs_reset = terminated | truncated
+        if restart is not None:
+            reward = torch.where(restart, torch.zeros_like(reward), reward)
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        truncated = torch.zeros_like(terminated)
+        info = self._info(self._z)
+        if self.max_episode_steps is not None and self._max_steps >= self.max_episode_steps:
+            truncated = self._steps >= self.max_episode_steps
+            if bool(truncated.any()):  # one host sync per episode end, never per step
+                if mode is AutoresetMode.SAME_STEP:
+                    info["final_obs"] = self._out(self._frames.clone())
+                    info["_final_obs"] = self._out(truncated.clone())
+                    info["final_info"] = self._info(self._z, truncated)
+                    info["_final_info"] = self._out(truncated.clone())
+                    self._z = torch.where(truncated[:, None], self._sample_starts(self.num_envs), self._z)
+                    self._steps.masked_fill_(truncated, 0)
+                    self._frames = torch.where(truncated[:, None, None, None], self._decode(self._z), self._frames)
+                    fresh = self._info(self._z)  # the restarted envs' infos are the reset's
+                    info["latent"], info["distance"] = fresh["latent"], fresh["distance"]
+                else:  # NEXT_STEP restarts them on the next step; DISABLED wants a reset first
+                    self._needs_reset = truncated.clone()
+                    self._reset_pending = True
+            self._max_steps = int(self._steps.masked_fill(truncated, 0).max())
         return (
-            self._out(self._frames),
+            self._out(self._frames.clone()),
             self._out(reward.to(torch.float32)),
             self._out(terminated),
             self._out(truncated),
-            {"distance": self._out(distance)},
+            info,
         )
 
     def render(self):
+        """A tuple of ``num_envs`` current frames, ``(H, W, 3)`` uint8 numpy arrays each."""
         if self.render_mode == "rgb_array":
-            return self._out(self._frames)
+            return tuple(self._frames.cpu().numpy())
         return None
