@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from lyagym.envs.vector_utils import autoreset_mode as _autoreset_mode
+from lyagym.envs.vector_utils import reject_scalar_actions, reset_mask
 from lyagym.learned_models import WorldModel
 
 __all__ = [
@@ -115,10 +117,24 @@ class WorldModelVectorEnv(VectorEnv):
             ``observation_fn``; by default an unbounded box of ``state_dim``).
         terminated_fn: optional ``x_next (B, n) -> (B,)`` bool.
         state_bound: states with ``max |x_i|`` above this end the episode (runaway model).
-        autoreset_mode: ``"next_step"`` (Gymnasium's default), ``"same_step"`` (final
-            observation in ``info["final_obs"]``, as SB3 expects) or ``"disabled"``.
+        autoreset_mode: a ``gymnasium.vector.AutoresetMode`` or its value: ``"NextStep"``
+            (Gymnasium's default), ``"SameStep"`` or ``"Disabled"`` (``"next_step"``,
+            ``"same_step"``, ``"disabled"`` also work); see below.
         return_torch: return observations, rewards and flags as torch tensors on the model's
             device instead of numpy arrays (no host copy).
+
+    Autoreset follows ``SyncVectorEnv``: NEXT_STEP restarts an ended env on the following
+    step (its action ignored, reward 0); SAME_STEP restarts it at once and the info holds
+    ``final_obs`` (one ``(num_envs, obs_dim)`` array, valid where ``_final_obs``),
+    ``final_info`` (``{}``) and ``_final_info`` -- with numpy output only on steps where some
+    env ended, as ``SyncVectorEnv`` does; with ``return_torch`` on every step (the masks say
+    which rows are valid; asking "did any end?" would cost a device sync). DISABLED never
+    restarts: ``reset(options={"reset_mask": mask})`` restarts only the masked envs, and a
+    ``step`` while an ended env was not reset raises ``gymnasium.error.ResetNeeded`` (a
+    device sync per step with ``return_torch``).
+
+    Pickles (e.g. for ``AsyncVectorEnv`` or ``copy.deepcopy``) when ``model``, ``reward_fn``,
+    ``initial_state_fn``, ``observation_fn`` and ``terminated_fn`` do.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -137,24 +153,20 @@ class WorldModelVectorEnv(VectorEnv):
         observation_space: gym.spaces.Box | None = None,
         terminated_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         state_bound: float = 1e3,
-        autoreset_mode: str | AutoresetMode = "next_step",
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         return_torch: bool = False,
     ) -> None:
         if not isinstance(model, WorldModel):
             raise TypeError(f"model must be a WorldModel, got {type(model).__name__}")
         if int(model.action_dim) < 1:
             raise ValueError(f"model has action_dim={model.action_dim}; a world-model env needs a controlled model")
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         if not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be an int >= 1, got {max_episode_steps!r}")
         if observation_fn is not None and observation_space is None:
             raise ValueError("observation_space is required when observation_fn is given")
-        if isinstance(autoreset_mode, str):
-            modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP, "disabled": AutoresetMode.DISABLED}
-            if autoreset_mode not in modes:
-                raise ValueError(f"autoreset_mode must be one of {sorted(modes)}, got {autoreset_mode!r}")
-            autoreset_mode = modes[autoreset_mode]
+        autoreset_mode = _autoreset_mode(autoreset_mode)
         self.model = model
         self.reward_fn = reward_fn
         self.initial_state_fn = initial_state_fn
@@ -187,6 +199,22 @@ class WorldModelVectorEnv(VectorEnv):
         self.state: torch.Tensor | None = None  # (B, n) current model states
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._needs_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        # DISABLED mode: refuse to step ended envs that were not reset (WorldModelEnv, a
+        # single env, keeps the plain-env behaviour of stepping on).
+        self._strict_disabled = True
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        gen = state.pop("generator")
+        state["_generator_state"] = (str(gen.device), gen.get_state())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        device, gen_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self.generator = torch.Generator(device=device)
+        self.generator.set_state(gen_state)
 
     # ------------------------------------------------------------------ helpers
     def _initial_states(self, batch: int) -> torch.Tensor:
@@ -205,13 +233,22 @@ class WorldModelVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start every env; ``options={"state": (B, n) or (n,)}`` sets the initial states."""
+        """Start every env (or those of ``options["reset_mask"]``, a ``(num_envs,)`` bool
+        array or tensor); ``options={"state": (B, n) or (n,)}`` sets the initial states."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        super().reset(seed=seed)  # np_random / np_random_seed, as every VectorEnv
         if seed is not None:
             self.generator.manual_seed(int(seed))
-            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
             self.action_space.seed(seed)
-        options = options or {}
-        if "state" in options:
+        options = dict(options or {})
+        unknown = set(options) - {"state", "reset_mask"}
+        if unknown:
+            raise ValueError(f"options accepts only 'state' and 'reset_mask', got unknown keys {sorted(unknown)}")
+        mask = None if options.get("reset_mask") is None else reset_mask(options["reset_mask"], self.num_envs, self.device)
+        if mask is not None and self.state is None:
+            raise gym.error.ResetNeeded("reset_mask needs a full reset() first")
+        if options.get("state") is not None:
             x0 = torch.as_tensor(np.asarray(options["state"]) if not isinstance(options["state"], torch.Tensor) else options["state"])
             x0 = x0.to(self.device, self.dtype)
             if x0.ndim == 1:
@@ -220,19 +257,41 @@ class WorldModelVectorEnv(VectorEnv):
                 raise ValueError(f"options['state'] must have shape ({self.state_dim},) or ({self.num_envs}, {self.state_dim}), got {tuple(x0.shape)}")
             if not torch.isfinite(x0).all():
                 raise ValueError("options['state'] contains NaN or inf")
-            self.state = x0.clone()
+            x0 = x0.clone()
         else:
-            self.state = self._initial_states(self.num_envs)
-        self.elapsed.zero_()
-        self._needs_reset.zero_()
+            x0 = self._initial_states(self.num_envs)
+        if mask is None:
+            self.state = x0
+            self.elapsed.zero_()
+            self._needs_reset.zero_()
+        else:
+            self.state = torch.where(mask[:, None], x0, self.state)
+            self.elapsed.masked_fill_(mask, 0)
+            self._needs_reset &= ~mask
         return self._out(self.observe(self.state)), {}
 
     def step(self, actions):
         """One model step for all envs: ``actions (B, m)`` -> ``(obs, reward, terminated, truncated, info)``."""
         if self.state is None:
-            raise RuntimeError("call reset() before step()")
-        u = torch.as_tensor(actions) if not isinstance(actions, torch.Tensor) else actions
-        u = u.to(self.device, self.dtype).reshape(self.num_envs, self.action_dim)
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if self.autoreset_mode == AutoresetMode.DISABLED and self._strict_disabled and bool(self._needs_reset.any()):
+            ended = torch.nonzero(self._needs_reset).flatten().tolist()
+            raise gym.error.ResetNeeded(
+                f"sub-envs {ended} ended and autoreset_mode is DISABLED: call "
+                "reset(options={'reset_mask': terminated | truncated}) before step()"
+            )
+        shape = (self.num_envs, self.action_dim)
+        reject_scalar_actions(actions, shape)
+        if isinstance(actions, torch.Tensor):
+            u = actions
+        else:
+            try:
+                u = torch.as_tensor(np.asarray(actions, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"actions must be a numeric array of shape {shape}, got {actions!r}") from None
+        if tuple(u.shape) != shape:
+            raise ValueError(f"actions must have shape {shape}, got {tuple(u.shape)}")
+        u = u.to(self.device, self.dtype)
         # NaN actions are an agent bug: refuse instead of propagating (clipping would hide it).
         if not isinstance(actions, torch.Tensor) and not np.isfinite(np.asarray(actions)).all():
             raise ValueError("actions contain NaN or inf")
@@ -267,12 +326,21 @@ class WorldModelVectorEnv(VectorEnv):
             fresh = self._initial_states(self.num_envs)
             x_next = torch.where(done[:, None], fresh, x_next)
             self.elapsed = torch.where(done, torch.zeros_like(self.elapsed), self.elapsed)
-            info["final_obs"] = self._out(final_obs)
-            info["_final_obs"] = self._out(done, bool)
+            if self.return_torch:  # no host sync: the keys are always there
+                ended = True
+            else:
+                done_np = self._out(done, bool)
+                ended = bool(done_np.any())
+            if ended:
+                info["final_obs"] = self._out(final_obs)
+                info["_final_obs"] = self._out(done.clone(), bool)
+                info["final_info"] = {}
+                info["_final_info"] = self._out(done.clone(), bool)
             self.state = x_next
             obs = self.observe(x_next)
         else:
             self.state = x_next
+            self._needs_reset = terminated | truncated
             obs = self.observe(x_next)
         return self._out(obs), self._out(reward), self._out(terminated, bool), self._out(truncated, bool), info
 
@@ -293,7 +361,8 @@ class WorldModelEnv(gym.Env):
         for bad in ("num_envs", "autoreset_mode", "return_torch"):
             if bad in kwargs:
                 raise TypeError(f"WorldModelEnv does not take {bad!r}; use WorldModelVectorEnv for batches")
-        self.vector_env = WorldModelVectorEnv(model, reward_fn, initial_state_fn, 1, autoreset_mode="disabled", **kwargs)
+        self.vector_env = WorldModelVectorEnv(model, reward_fn, initial_state_fn, 1, autoreset_mode=AutoresetMode.DISABLED, **kwargs)
+        self.vector_env._strict_disabled = False  # a plain env steps on after an episode end
         self.observation_space = self.vector_env.single_observation_space
         self.action_space = self.vector_env.single_action_space
         self.max_episode_steps = self.vector_env.max_episode_steps
@@ -343,6 +412,21 @@ class SB3WorldModelVecEnv(_sb3_vec_env_base()):
     Args:
         vector_env: a ``WorldModelVectorEnv`` (its autoreset mode is switched to same-step
             and its output to numpy).
+
+    The sub-envs are rows of one batched env, so the per-env calls of SB3's ``VecEnv`` API
+    work as follows (compare ``DummyVecEnv``):
+
+    - ``set_attr(name, value, indices)``: for all envs (``indices=None`` or every index) the
+      attribute is set on the batched env, where it takes effect; for some envs the value is
+      stored for those indices only (``get_attr`` returns it), since one batched env cannot
+      hold a different ``max_episode_steps`` per row.
+    - ``get_attr(name, indices)``: per index, the value set for it, else the batched env's.
+    - ``env_method(name, *args, indices, **kwargs)``: a callable set with ``set_attr`` for an
+      index is called for it; otherwise the batched env's method is called once (it acts on
+      every row) and a result with one entry per env is split per index.
+    - ``seed(s)`` and ``set_options(options)`` are used by the next ``reset`` only, as in
+      SB3: options equal for every env are passed as they are; per-env ``{"state": x}``
+      options are stacked into one ``(num_envs, state_dim)`` batch.
     """
 
     def __init__(self, vector_env: WorldModelVectorEnv) -> None:
@@ -350,14 +434,34 @@ class SB3WorldModelVecEnv(_sb3_vec_env_base()):
         vector_env.metadata = {**vector_env.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         vector_env.return_torch = False
         self.venv = vector_env
+        self._env_attrs: list[dict[str, Any]] = [{} for _ in range(vector_env.num_envs)]
         super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
         self._actions: np.ndarray | None = None
         self._seed: int | None = None
 
     def reset(self):
-        obs, _ = self.venv.reset(seed=self._seed)
+        options = self._batched_options()
+        obs, _ = self.venv.reset(seed=self._seed, options=options)
         self._seed = None
+        self._reset_seeds()
+        self._reset_options()
+        self.reset_infos = [{} for _ in range(self.num_envs)]
         return obs
+
+    def _batched_options(self) -> dict[str, Any] | None:
+        """SB3's per-env options (``set_options``) as the batched env's one options dict."""
+        per_env = list(self._options)
+        if not any(per_env):
+            return None
+        first = per_env[0]
+        if all(_same_options(first, o) for o in per_env[1:]):
+            return dict(first)
+        if all(set(o) == {"state"} for o in per_env):
+            return {"state": np.stack([np.asarray(o["state"], dtype=np.float64) for o in per_env])}
+        raise ValueError(
+            "set_options: the batched world-model env takes one options dict for all envs; per-env "
+            f"options must be equal or each hold only 'state', got {per_env!r}"
+        )
 
     def seed(self, seed: int | None = None):
         self._seed = seed
@@ -379,17 +483,62 @@ class SB3WorldModelVecEnv(_sb3_vec_env_base()):
     def close(self) -> None:
         self.venv.close()
 
+    def _indices(self, indices) -> list[int]:
+        out = []
+        for i in self._get_indices(indices):
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not -self.num_envs <= i < self.num_envs:
+                raise IndexError(f"indices must be env indices in [0, {self.num_envs}), got {i!r}")
+            out.append(int(i) % self.num_envs)
+        return out
+
     def get_attr(self, attr_name: str, indices=None):
-        return [getattr(self.venv, attr_name)] * len(self._get_indices(indices))
+        idx = self._indices(indices)
+        if any(attr_name not in self._env_attrs[i] for i in idx):
+            shared = getattr(self.venv, attr_name)  # AttributeError, as DummyVecEnv raises
+        return [self._env_attrs[i][attr_name] if attr_name in self._env_attrs[i] else shared for i in idx]
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        setattr(self.venv, attr_name, value)
+        idx = self._indices(indices)
+        if sorted(set(idx)) == list(range(self.num_envs)):
+            setattr(self.venv, attr_name, value)
+            for attrs in self._env_attrs:
+                attrs.pop(attr_name, None)
+        else:
+            for i in idx:
+                self._env_attrs[i][attr_name] = value
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs):
-        return [getattr(self.venv, method_name)(*method_args, **method_kwargs)] * len(self._get_indices(indices))
+        idx = self._indices(indices)
+        results: dict[int, Any] = {}
+        for i in idx:
+            if method_name in self._env_attrs[i]:
+                results[i] = self._env_attrs[i][method_name](*method_args, **method_kwargs)
+        rest = [i for i in idx if i not in results]
+        if rest:
+            batched = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+            split = isinstance(batched, (list, tuple, np.ndarray, torch.Tensor)) and len(batched) == self.num_envs
+            for i in rest:
+                results[i] = batched[i] if split else batched
+        return [results[i] for i in idx]
 
     def env_is_wrapped(self, wrapper_class, indices=None):
-        return [False] * len(self._get_indices(indices))
+        return [False] * len(self._indices(indices))
+
+
+def _same_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if set(a) != set(b):
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if x is y:
+            continue
+        try:
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                return False
+        except Exception:  # not array-like: plain equality
+            if x != y:
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------- pendulum
