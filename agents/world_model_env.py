@@ -57,20 +57,26 @@ InitialStateFn = Callable[[int, torch.Generator], torch.Tensor]
 
 
 def box_initial_states(low, high) -> InitialStateFn:
-    """Initial states uniform in the box ``[low, high]`` (arrays of shape ``(state_dim,)``)."""
-    low_t = torch.as_tensor(np.asarray(low, dtype=np.float64))
-    high_t = torch.as_tensor(np.asarray(high, dtype=np.float64))
-    if low_t.shape != high_t.shape or low_t.ndim != 1:
-        raise ValueError(f"low and high must both have shape (state_dim,), got {tuple(low_t.shape)} and {tuple(high_t.shape)}")
+    """Initial states uniform in the box ``[low, high]`` (arrays of shape ``(state_dim,)``); picklable."""
+    return _BoxInitialStates(low, high)
 
-    def sample(batch: int, generator: torch.Generator) -> torch.Tensor:
-        lo = low_t.to(generator.device)
-        hi = high_t.to(generator.device)
+
+class _BoxInitialStates:
+    """``box_initial_states``' sampler: an object rather than a closure, so envs pickle."""
+
+    def __init__(self, low, high) -> None:
+        low_t = torch.as_tensor(np.asarray(low, dtype=np.float64))
+        high_t = torch.as_tensor(np.asarray(high, dtype=np.float64))
+        if low_t.shape != high_t.shape or low_t.ndim != 1:
+            raise ValueError(f"low and high must both have shape (state_dim,), got {tuple(low_t.shape)} and {tuple(high_t.shape)}")
+        self.low, self.high = low_t, high_t
+        self.state_dim = int(low_t.shape[0])
+
+    def __call__(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        lo = self.low.to(generator.device)
+        hi = self.high.to(generator.device)
         r = torch.rand((batch, lo.shape[0]), generator=generator, device=generator.device, dtype=torch.float64)
         return lo + (hi - lo) * r
-
-    sample.state_dim = int(low_t.shape[0])  # type: ignore[attr-defined]
-    return sample
 
 
 class StateBank:
