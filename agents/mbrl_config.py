@@ -44,6 +44,10 @@ class MBRLConfig:
     #: plan on ``AngleWrappedModel(model)``: rollouts wrap the angles after every step, so a
     #: swing over the top stays on the data's ``[-pi, pi)`` instead of extrapolating past pi
     wrap_angles: bool = True
+    #: reset seed of every planned episode (``None``: a new one per episode). A study sets it to
+    #: the seed of the baselines' greedy evaluation episodes, so each planned episode starts
+    #: where they are scored and is an evaluation of the same kind
+    mpc_reset_seed: int | None = None
     # ensembles (PETS trajectory sampling)
     ensemble_size: int = 5
     #: ``"tsinf"`` (a particle stays on one member), ``"ts1"`` (a fresh member every step), ``"expectation"``

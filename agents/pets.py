@@ -192,7 +192,8 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
                 model.reset_generator(ep_seed)
             controller = MPCController(make_mpc_planner(model, adapter, cost, config, ep_seed), adapter.angle_dims,
                                        warmup_iterations=config.warmup_iterations)
-            ep = collect_episode(env, lambda s, o: controller(s), steps=config.episode_steps, seed=ep_seed, adapter=adapter)
+            reset_seed = ep_seed if config.mpc_reset_seed is None else int(config.mpc_reset_seed)
+            ep = collect_episode(env, lambda s, o: controller(s), steps=config.episode_steps, seed=reset_seed, adapter=adapter)
             policy = "mpc"
         buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
         real_steps += len(ep["actions"])

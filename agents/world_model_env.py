@@ -556,24 +556,27 @@ def pendulum_reward_fn(task: str = "swingup", **weights: float) -> RewardFn:
     return NLinkPendulumReward(task, weights)
 
 
-def pendulum_observation_fn(real_env: gym.Env) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The ``NLinkPendulumEnv`` observation of a batch of states, in torch: ``(B, 2n) -> (B, obs_dim)``.
+class PendulumObservation:
+    """The ``NLinkPendulumEnv`` observation of a batch of states, in torch: ``(B, 2n) -> (B, obs_dim)``
+    (picklable). ``"trig"``: ``(cos q, sin q, clip(qdot))``; ``"raw"``: ``(wrap(q), clip(qdot))`` --
+    the env's ``_observe``, batched."""
 
-    ``"trig"``: ``(cos q, sin q, clip(qdot))``; ``"raw"``: ``(wrap(q), clip(qdot))`` -- the
-    env's ``_observe``, batched.
-    """
-    from lyagym.envs.rewards import wrap_angle
+    def __init__(self, n_links: int, max_velocity: float, mode: str = "trig") -> None:
+        self.n, self.v, self.mode = int(n_links), float(max_velocity), mode
 
-    env = real_env.unwrapped
-    n, v, mode = int(env.n_links), float(env.max_velocity), getattr(env, "observation_mode", "trig")
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from lyagym.envs.rewards import wrap_angle
 
-    def observe(x: torch.Tensor) -> torch.Tensor:
-        q, qdot = x[:, :n], x[:, n:].clamp(-v, v)
-        if mode == "trig":
+        q, qdot = x[:, : self.n], x[:, self.n:].clamp(-self.v, self.v)
+        if self.mode == "trig":
             return torch.cat([torch.cos(q), torch.sin(q), qdot], -1)
         return torch.cat([wrap_angle(q), qdot], -1)
 
-    return observe
+
+def pendulum_observation_fn(real_env: gym.Env) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The real ``NLinkPendulumEnv``'s observation as a world-model ``observation_fn`` (``PendulumObservation``)."""
+    env = real_env.unwrapped
+    return PendulumObservation(int(env.n_links), float(env.max_velocity), getattr(env, "observation_mode", "trig"))
 
 
 def pendulum_world_model_env(model: WorldModel, real_env: gym.Env, *, num_envs: int | None = None,

@@ -367,3 +367,15 @@ def test_model_priors_are_on_by_default():
     for kind in ("simple", "stable"):
         model = make_world_model(kind, 4, 2, 0.05, **model_priors(2))
         assert isinstance(model.fhat, DynamicsNet) and model.fhat.angle_dims == 2
+
+
+def test_imagined_pendulum_envs_pickle():
+    import pickle
+
+    real = make_pendulum_env(1, dt=0.05)
+    for num_envs in (None, 3):
+        imagined = pendulum_world_model_env(true_physics_model(real), real, num_envs=num_envs)
+        copy = pickle.loads(pickle.dumps(imagined))
+        obs, _ = imagined.reset(seed=4)
+        obs_copy, _ = copy.reset(seed=4)
+        np.testing.assert_allclose(obs_copy, obs)

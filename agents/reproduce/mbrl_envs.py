@@ -15,7 +15,7 @@ the real env, the reference). Stable models are certified towards the adapter's 
 **Evaluation.** For SAC, the greedy policy on a separate env copy every ``--eval-every``
 training steps from a fixed start; for MBPO the greedy policy after every real episode,
 from the same start; for PETS each planned episode (with the model fitted on the steps
-before it) is its own evaluation, started as the env starts it. **Metric**: SAC's final
+before it) is its own evaluation, from the same start (``MBRLConfig.mpc_reset_seed``). **Metric**: SAC's final
 return (mean of its seeds' last evaluations) is the target; a run reaches it at the first
 ``real_steps`` whose evaluation return is within ``--tolerance x |target|``; the ratio is
 SAC's median steps to the target over the run's (``lyagym reproduce mbrl-swingup``'s
@@ -48,6 +48,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 5, "mbpo_episodes": 10},
 }
 MODELS = ("simple", "stable", "ensemble", "ensemble-stable")
+#: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
+EVAL_RESET_SEED = 1_000_003
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +83,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     """Everything that determines a cell's result (its storage key, with the seed)."""
     defaults = ENV_DEFAULTS.get(env_id, ENV_DEFAULTS["Pendulum-v1"])
     settings: dict[str, Any] = {"env": env_id, "method": method}
+    if method.startswith("pets"):
+        settings["protocol"] = "planned episodes from the evaluation start"
     if env_id == "lyagym/NLinkPendulum-v0":
         settings["links"] = args.links
     if method == "sac":
@@ -133,6 +137,8 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     if kind not in MODELS:
         raise ValueError(f"unknown world model in method {method!r}; choose one of {MODELS}")
     overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed}
+    if algo == "pets":  # planned episodes start where SAC's and MBPO's greedy evaluations do
+        overrides["mpc_reset_seed"] = EVAL_RESET_SEED + seed
     if "samples" in settings:
         overrides["num_samples"] = settings["samples"]
     if "particles" in settings:
