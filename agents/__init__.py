@@ -2,8 +2,8 @@
 model-based RL loops, Stable-Baselines3 integration, and the ``lyagym`` command line."""
 
 # --- planners, costs, model-based RL (issue 5) ---
-from .costs import COSTS, LyapunovTerminalCost, PendulumCost, QuadraticCost, make_cost
-from .planners import PLANNERS, CEMPlanner, GradientPlanner, MPPIPlanner, Planner, make_planner
+from .costs import COSTS, LyapunovTerminalCost, PendulumCost, QuadraticCost, RewardCost, make_cost
+from .planners import PLANNERS, CEMPlanner, GradientPlanner, ICEMPlanner, MPPIPlanner, Planner, make_planner
 
 # World-model envs and MBRL loops import Stable-Baselines3; load them on first use so
 # `lyagym --help` and planner-only users do not pay for it (PEP 562).

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from .cem import CEMPlanner
 from .gradient_planner import GradientPlanner
+from .icem import ICEMPlanner
 from .mppi import MPPIPlanner
 from .planner_base import Planner
 
-__all__ = ["PLANNERS", "make_planner", "Planner", "CEMPlanner", "MPPIPlanner", "GradientPlanner"]
+__all__ = ["PLANNERS", "make_planner", "Planner", "CEMPlanner", "ICEMPlanner", "MPPIPlanner", "GradientPlanner"]
 
 #: name -> planner class
 PLANNERS: dict[str, type[Planner]] = {
     "cem": CEMPlanner,
+    "icem": ICEMPlanner,
     "mppi": MPPIPlanner,
     "gradient": GradientPlanner,
 }
