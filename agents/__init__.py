@@ -1,13 +1,13 @@
 """Agents: MPC planners (CEM, MPPI, gradient shooting) that query any ``WorldModel``,
 model-based RL loops, Stable-Baselines3 integration, and the ``lyagym`` command line."""
 
-# --- planners, costs, model-based RL (issue 5) ---
-from .costs import COSTS, LyapunovTerminalCost, PendulumCost, QuadraticCost, RewardCost, make_cost
-from .planners import PLANNERS, CEMPlanner, GradientPlanner, ICEMPlanner, MPPIPlanner, Planner, make_planner
-
-# World-model envs and MBRL loops import Stable-Baselines3; load them on first use so
-# `lyagym --help` and planner-only users do not pay for it (PEP 562).
+# Planners and costs import torch, world-model envs and MBRL loops Stable-Baselines3; everything
+# loads on first use (PEP 562) so `lyagym --help` and `lyagym info` import neither.
 _LAZY = {
+    # --- planners, costs, model-based RL (issue 5) ---
+    **dict.fromkeys(["COSTS", "LyapunovTerminalCost", "PendulumCost", "QuadraticCost", "RewardCost", "make_cost"], "costs"),
+    **dict.fromkeys(["PLANNERS", "CEMPlanner", "GradientPlanner", "ICEMPlanner", "MPPIPlanner", "Planner", "make_planner"],
+                    "planners"),
     "WorldModelEnv": "world_model_env",
     "WorldModelVectorEnv": "world_model_env",
     "SB3WorldModelVecEnv": "world_model_env",
@@ -33,3 +33,10 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -12,12 +12,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cache_dir() -> str:
-    """Where derived pendulum equations are cached (see ``lyagym.envs``)."""
-    try:
-        from lyagym.envs.symbolic import cache_dir as envs_cache_dir
-    except ImportError:
-        return "(pendulum symbolic model not installed)"
-    return str(envs_cache_dir())
+    """Where derived pendulum equations are cached: the rule of ``lyagym.envs.symbolic.cache_dir``,
+    repeated here so that ``lyagym info`` does not import gymnasium and sympy (a test keeps them equal)."""
+    import os
+    from pathlib import Path
+
+    explicit = os.environ.get("LYAGYM_CACHE_DIR")
+    if explicit:
+        return str(Path(explicit).expanduser())
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return str((Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lyagym")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<18}{v}")
     import torch
 
+    from .cli import DEFAULT_THREADS, set_threads
+
+    set_threads(getattr(args, "threads", DEFAULT_THREADS))
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]

@@ -196,7 +196,9 @@ def simulate_batch(n_links: int, batch: int, seconds: float, *, device: str = "c
 
 # ----------------------------------------------------------------------------- files
 def _atomic_target(path: Path, write: Callable[[str], None]) -> Path:
-    """Write through ``write(tmp_path)`` into a temp file next to ``path``, then rename."""
+    """Write through ``write(tmp_path)`` into a temp file next to ``path``, then rename; creates
+    ``path``'s folder here, when the first file is written (not before the work)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, write)
 
 
@@ -267,11 +269,11 @@ def plot_trajectory(episode: dict, batch: dict | None, path: Path, title: str) -
 
 
 def prepare_output(out: str | os.PathLike, names: Sequence[str], overwrite: bool) -> Path:
-    """Create ``out``; refuse to replace earlier outputs unless ``overwrite``."""
+    """Check ``out``; refuse to replace earlier outputs unless ``overwrite``. The folder itself is
+    created when the first file is written (``_atomic_target``), so a failed run leaves none."""
     folder = Path(out).expanduser()
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"--out {folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass --overwrite or choose another --out")

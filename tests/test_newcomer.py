@@ -1,0 +1,138 @@
+"""Issue 13, items 10-17: a newcomer's first hour (threads, defaults, --device errors, help text,
+import cost, fit's early stop, Certificate summaries, plots, README install text)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lyagym.agents.cli import check_device, main
+
+
+def _run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+# ---------------------------------------------------------------- item 13: imports and help
+def test_help_imports_no_torch_gymnasium_sb3():
+    last = _run_python(
+        "import sys, contextlib, io\n"
+        "from lyagym.agents.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main([]); \n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'gymnasium', 'stable_baselines3', 'sympy') if m in sys.modules))"
+    )
+    assert last == "[]"
+
+
+def test_info_imports_no_gymnasium_sb3_sympy():
+    last = _run_python(
+        "import sys, contextlib, io\n"
+        "from lyagym.agents.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert main(['info']) == 0\n"
+        "assert 'threads: 1' in buf.getvalue(), buf.getvalue()\n"
+        "print(sorted(m for m in ('gymnasium', 'stable_baselines3', 'sympy') if m in sys.modules))"
+    )
+    assert last == "[]"
+
+
+def test_info_cache_dir_matches_envs(monkeypatch, tmp_path):
+    from lyagym.agents.cli_info import cache_dir
+    from lyagym.envs.symbolic import cache_dir as envs_cache_dir
+
+    for env in ({}, {"XDG_CACHE_HOME": str(tmp_path)}, {"LYAGYM_CACHE_DIR": str(tmp_path / "c")}):
+        monkeypatch.delenv("LYAGYM_CACHE_DIR", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert cache_dir() == str(envs_cache_dir())
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "plan", "mbrl", "reproduce fig3"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(command.split() + ["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default:" in text
+    # options without their own help text show their default too
+    if command == "train":
+        assert "--epochs EPOCHS       (default: 100)" in text
+
+
+def test_top_level_help_documents_threads(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "--threads" in text and "(default: 1)" in text
+
+
+# ---------------------------------------------------------------- item 10: threads
+def test_threads_default_one_and_override():
+    code = (
+        "import contextlib, io, torch\n"
+        "from lyagym.agents.cli import main\n"
+        "torch.set_num_threads(2)\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['reproduce', '--list'])\n"
+        "a = torch.get_num_threads()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['reproduce', '--list', '--threads', '2'])\n"
+        "b = torch.get_num_threads()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--threads=1', 'reproduce', '--list'])\n"
+        "print(a, b, torch.get_num_threads())"
+    )
+    assert _run_python(code) == "1 2 1"
+
+
+@pytest.mark.parametrize("bad", [["--threads", "x"], ["--threads", "-1"], ["--threads"]])
+def test_threads_bad_value(bad, capsys):
+    assert main(["info"] + bad) == 2
+    err = capsys.readouterr().err
+    assert "--threads expects an integer >= 0" in err
+
+
+# ---------------------------------------------------------------- item 12: --device
+def _cuda_missing() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_missing(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["demo", "--size", "tiny"], ["plan", "--steps", "1"], ["train", "--epochs", "1"],
+                                     ["mbrl", "--episodes", "0"]])
+def test_device_cuda_without_cuda_is_one_line_exit_2(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = command + ["--device", "cuda", "--out", str(out / "m.pt" if command[0] == "train" else out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "--device cpu" in lines[0]
+    assert captured.out == ""  # no work started
+    assert not out.exists()  # and no output folder
+
+
+def test_check_device_messages():
+    assert check_device("cpu") is None
+    assert "--device expects" in check_device("gpu")
+    if _cuda_missing():
+        assert "CPU-only" in check_device("cuda:0") or "no GPU" in check_device("cuda:0")
+
+
+def test_demo_prepare_output_creates_no_folder(tmp_path):
+    from lyagym.agents.demo import prepare_output
+
+    folder = prepare_output(tmp_path / "a" / "b", ["x.png"], overwrite=False)
+    assert not folder.exists()
