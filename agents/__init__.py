@@ -11,6 +11,8 @@ _LAZY = {
     "WorldModelEnv": "world_model_env",
     "WorldModelVectorEnv": "world_model_env",
     "SB3WorldModelVecEnv": "world_model_env",
+    "SB3VectorEnv": "sb3_vector",
+    "make_sb3_vec_env": "sb3_vector",
     "MPCController": "mbrl",
     "run_pets": "mbrl",
     "run_dyna": "mbrl",
