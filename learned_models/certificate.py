@@ -47,6 +47,17 @@ EVIDENCE = ("by_construction", "falsification", "empirical")
 
 FORMAT_VERSION = 1
 
+#: The explanations written into every certificate's JSON (``"meaning"``).
+MEANING = {
+    "alpha": "certified decay rate of V: dV/dt <= -alpha V (discrete: V(x_{k+1}) <= exp(-alpha h) V(x_k))",
+    "c1": "V(x) >= c1 ||x - x_eq||^2: a small V forces a small distance to the equilibrium",
+    "c2": "V(x) <= c2 ||x - x_eq||^2 (null: unknown)",
+    "overshoot": "sqrt(c2 / c1): ||x(t) - x_eq|| <= overshoot ||x(0) - x_eq|| exp(-alpha t / 2)",
+    "time_domain": "continuous: the ODE xdot = f(x); discrete: the model's step map with `integrator` and step `h`",
+    "evidence": "by_construction (architecture), falsification (no counterexample found), empirical (measured on data)",
+    "weights_hash": "sha256 of the exact weights the claim is about; fine-tuning voids it",
+}
+
 
 def weights_hash(module: torch.nn.Module | None) -> str:
     """SHA-256 of a module's parameters and buffers (names, shapes, dtypes and values).
@@ -67,6 +78,22 @@ def weights_hash(module: torch.nn.Module | None) -> str:
 @dataclass
 class Certificate:
     """A checkable statement of what a model guarantees. See the module docstring.
+
+    ``print(cert)`` (or ``cert.summary()``) gives a few readable lines; ``repr`` the full data.
+
+    What the constants mean (``V`` is the model's Lyapunov function, ``x_eq`` its equilibrium):
+
+    - ``alpha``: the certified decay rate, ``dV/dt <= -alpha V`` (discrete:
+      ``V(x_{k+1}) <= exp(-alpha h) V(x_k)``); ``||x - x_eq||`` then decays like
+      ``exp(-alpha t / 2)``.
+    - ``c1``: how fast ``V`` grows at least, ``V(x) >= c1 ||x - x_eq||^2`` (a small ``V``
+      forces a small distance).
+    - ``c2``: how fast it grows at most, ``V(x) <= c2 ||x - x_eq||^2``.
+    - ``overshoot = sqrt(c2 / c1)``: the worst transient amplification,
+      ``||x(t) - x_eq|| <= overshoot ||x(0) - x_eq|| exp(-alpha t / 2)``; 1 means the
+      distance never grows, 10 means a trajectory may first move up to 10x farther away.
+
+    The JSON (``to_dict``/``save``) carries the same explanations in its ``"meaning"`` field.
 
     Attributes:
         claim: one of ``CLAIMS``.
@@ -120,6 +147,43 @@ class Certificate:
             return None
         return math.sqrt(self.c2 / self.c1)
 
+    def region(self) -> str:
+        """Where the claim holds, in words (``details["region"]`` when the issuer says so)."""
+        if "region" in self.details:
+            return str(self.details["region"])
+        if self.claim == "lyapunov_convergence":
+            return "along the inference ODE, from its initial state"
+        if self.c2 is not None and "c2_region" in self.details:
+            return f"all states (c2 measured over {self.details['c2_region']})"
+        return "all states (global)"
+
+    def summary(self) -> str:
+        """A few readable lines: claim, region, constants, evidence, precision and weights."""
+
+        def num(v: float | None) -> str:
+            return "unknown" if v is None else f"{v:.4g}"
+
+        domain = self.time_domain if self.time_domain == "continuous" else f"discrete, {self.integrator} step h={self.h:g}"
+        m = self.overshoot
+        lines = [
+            f"Certificate: {self.claim.replace('_', ' ')} ({domain}) of {self.model_class or 'a model'}",
+            f"  region:    {self.region()}; equilibrium {_short_list(self.equilibrium)}",
+            f"  alpha:     {num(self.alpha)} (decay rate of V; distance decays like exp(-alpha t / 2))",
+            f"  c1, c2:    {num(self.c1)}, {num(self.c2)} (c1 |x - x_eq|^2 <= V(x) <= c2 |x - x_eq|^2)",
+            f"  overshoot: {num(m)} (sqrt(c2/c1): |x(t) - x_eq| <= overshoot |x(0) - x_eq| exp(-alpha t / 2))",
+        ]
+        if isinstance(self.iss_gain, dict) and "dissipation" in self.iss_gain:
+            lines.append(f"  inputs:    {self.iss_gain['dissipation']}")
+        lines.append(f"  evidence:  {', '.join(self.evidence) if self.evidence else 'none yet (run cert.check(model))'}")
+        if "precision" in self.details or "dtype" in self.details:
+            dtype = f"{self.details['dtype']} weights; " if "dtype" in self.details else ""
+            lines.append(f"  precision: {dtype}{self.details.get('precision', '')}".rstrip("; "))
+        lines.append(f"  weights:   sha256 {self.weights_hash[:12] or '(none)'}... (cert.applies_to(model) checks it)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
     def applies_to(self, model: torch.nn.Module) -> bool:
         """True if ``model`` has exactly the weights this certificate was issued for."""
         return weights_hash(model) == self.weights_hash
@@ -127,12 +191,14 @@ class Certificate:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overshoot"] = self.overshoot
+        d["meaning"] = dict(MEANING)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Certificate":
         d = dict(d)
         d.pop("overshoot", None)
+        d.pop("meaning", None)
         version = d.get("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
             raise ValueError(f"certificate format_version {version} is newer than this lyagym understands ({FORMAT_VERSION})")
@@ -175,3 +241,8 @@ class Certificate:
         from .falsification import falsify  # the falsifier is heavier; load on demand
 
         return falsify(self, model, **kwargs)
+
+
+def _short_list(values: list[float], n: int = 4) -> str:
+    shown = ", ".join(f"{v:.3g}" for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}] ({len(values)}-dim)" if values else "(not given)"

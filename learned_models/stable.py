@@ -387,6 +387,7 @@ class StableDynamics(ODEWorldModel):
             "lyap_shift": V.shift,
             "lyap_quadratic": V.L is not None,
             "state_dim": self.state_dim,
+            "dtype": str(next(self.parameters()).dtype).replace("torch.", ""),
             "precision": "exact-arithmetic claim; float64 evaluation meets it to ~1e-10 relative, and to "
             "~4e-16 |x_eq| / ||x - x_eq|| relative near a nonzero x_eq (the rounding of x - x_eq), float32 only "
             "away from x_eq (within ~1e-3 of it, V itself carries ~1e-7 absolute rounding)",
@@ -402,14 +403,14 @@ class StableDynamics(ODEWorldModel):
             time_domain=domain,
             integrator=f"{self.integrator}+lyapunov_rescale" if domain == "discrete" else None,
             h=self.dt if domain == "discrete" else None,
-            iss_gain=self._iss_gain(),
+            iss_gain=self._iss_gain(domain),
             evidence=["by_construction"] if V.convex else [],
             weights_hash=weights_hash(self),
             model_class=type(self).__name__,
             details=details,
         )
 
-    def _iss_gain(self) -> Any:
+    def _iss_gain(self, domain: str) -> Any:
         return None
 
     def config(self) -> dict[str, Any]:
@@ -519,10 +520,18 @@ class StableControlledDynamics(StableDynamics):
     def _claim(self, domain: str) -> str:
         return "input_to_state_stability"
 
-    def _iss_gain(self) -> Any:
+    def _iss_gain(self, domain: str) -> Any:
+        # The dissipation inequality in the certificate's own time domain (see time_domain).
+        if domain == "discrete":
+            return {
+                "gamma": self.input_gain,
+                "dissipation": "V(x_{k+1}) <= exp(-alpha h) V(x_k) + (1 - exp(-alpha h)) sigma(x_k, u_k) / alpha, "
+                "sigma(x, u) <= gamma ||u||^2",
+                "state_bound": "||x_k-x_eq||^2 <= (c2/c1) exp(-alpha h k) ||x_0-x_eq||^2 + gamma sup||u||^2 / (alpha c1)",
+            }
         return {
             "gamma": self.input_gain,
-            "dissipation": "dV/dt <= -alpha V + gamma ||u||^2",
+            "dissipation": "dV/dt <= -alpha V + sigma(x, u), sigma(x, u) <= gamma ||u||^2",
             "state_bound": "||x(t)-x_eq||^2 <= (c2/c1) exp(-alpha t) ||x(0)-x_eq||^2 + gamma sup||u||^2 / (alpha c1)",
         }
 

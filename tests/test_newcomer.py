@@ -136,3 +136,40 @@ def test_demo_prepare_output_creates_no_folder(tmp_path):
 
     folder = prepare_output(tmp_path / "a" / "b", ["x.png"], overwrite=False)
     assert not folder.exists()
+
+
+# ---------------------------------------------------------------- item 15: Certificate
+def test_certificate_summary_and_meaning():
+    import json
+
+    from lyagym.learned_models import StableControlledDynamics, StableDynamics
+    from lyagym.learned_models.certificate import Certificate
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cert = StableDynamics(2, dt=0.05).certificate("continuous")
+    text = str(cert)
+    assert text == cert.summary() and len(text) < 1200 and len(text.splitlines()) <= 10
+    for word in ("exponential stability", "region:", "alpha:", "c1, c2:", "overshoot:", "evidence:  by_construction",
+                 "precision: float32 weights", cert.weights_hash[:12]):
+        assert word in text, word
+    assert f"{cert.overshoot:.4g}" in text and f"{cert.c2:.4g}" in text
+    d = json.loads(cert.to_json())
+    assert set(d["meaning"]) >= {"alpha", "c1", "c2", "overshoot"} and "sqrt(c2 / c1)" in d["meaning"]["overshoot"]
+    assert Certificate.from_json(cert.to_json()) == cert  # "meaning" is derived, not a field
+    assert "c1" in Certificate.__doc__ and "overshoot" in Certificate.__doc__
+
+
+@pytest.mark.parametrize("domain", ["continuous", "discrete"])
+def test_iss_dissipation_matches_time_domain(domain):
+    from lyagym.learned_models import StableControlledDynamics
+
+    cert = StableControlledDynamics(2, 1, dt=0.05).certificate(domain)
+    assert cert.time_domain == domain
+    text = cert.iss_gain["dissipation"]
+    if domain == "discrete":
+        assert "V(x_{k+1}) <= exp(-alpha h) V(x_k) + (1 - exp(-alpha h))" in text and "dV/dt" not in text
+        assert "x_k" in cert.iss_gain["state_bound"]
+    else:
+        assert text.startswith("dV/dt <= -alpha V") and "x_{k+1}" not in text
+    assert "inputs:" in cert.summary()
