@@ -449,6 +449,7 @@ def fit(
     y_val: torch.Tensor | None = None,
     progress: bool = True,
     stop_at_error: float | None = None,
+    desc: str | None = None,
 ) -> FitHistory:
     """Train ``model`` in place by ``method`` (a key of ``TRAINERS``) with Adam.
 
@@ -478,6 +479,7 @@ def fit(
         x_val, y_val: evaluated (error at ``t = 1``) after every epoch when given.
         progress: show a tqdm bar over epochs.
         stop_at_error: stop once the validation error is at or below this fraction.
+        desc: the bar's label (default ``"fit[METHOD]"``).
 
     Returns:
         ``FitHistory``.
@@ -513,7 +515,7 @@ def fit(
     history = FitHistory(method, kappa if lyapunov else None, half_width if lyapunov else None)
     objective = TRAINERS[method]
     n = x.shape[0]
-    bar = tqdm(range(epochs), desc=f"fit[{method}]", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc or f"fit[{method}]", unit="epoch", disable=not progress, leave=False)
     for _ in bar:
         model.train()
         start = time.perf_counter()

@@ -263,13 +263,16 @@ class LyaNetWorldModel(nn.Module):
         self.half_width = regression_box(yn[train])
         common = dict(method=method, potential="squared_error", kappa=self.kappa, half_width=self.half_width, sampler=sampler,
                       kappa_max=kappa_max, n_samples=n_samples, batch_size=batch_size, seed=seed, progress=progress)
-        self.history = fit(self.ode, z[train], yn[train], weighting=weighting, epochs=epochs, lr=lr, **common)
+        name = type(self).__name__
+        self.history = fit(self.ode, z[train], yn[train], weighting=weighting, epochs=epochs, lr=lr,
+                           desc=f"{name} fit ({method}, {weighting} weighting)", **common)
         if finetune_epochs is None:
             finetune_epochs = epochs // 4
         if finetune_epochs > 0 and method in ("monte_carlo", "path_integral"):
             # A separate record: its objective (another weighting) is not comparable with phase 1's.
             self.finetune_history = fit(self.ode, z[train], yn[train], weighting=finetune_weighting, epochs=finetune_epochs,
-                                        lr=lr / 10, **common)
+                                        lr=lr / 10, desc=f"{name} fine-tune ({method}, {finetune_weighting} weighting, lr/10)",
+                                        **common)
         return self.history
 
     def _check_u(self, u: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

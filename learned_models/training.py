@@ -130,7 +130,11 @@ def fit(
 
     Returns:
         ``{"train_loss": [...], "val_loss": [...], "lr": [...] (after each epoch), "best_epoch", "best_val_loss",
-        "epochs_run", "stopped_early", "n_train", "n_val", "seconds", "kind"}``.
+        "epochs_run", "stopped_early", "n_train", "n_val", "seconds", "kind", "stop_reason", "stop_message"}``;
+        ``best_epoch`` is a 0-based index into the lists. When training stops before ``epochs``,
+        ``stop_reason`` is ``"patience"`` or ``"max_time"`` and ``stop_message`` says
+        "fit Model: stopped at epoch N of E (best validation loss ... at epoch M; ...)" (1-based
+        epochs), which is also printed under the bar with ``progress``; otherwise both are None.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -237,6 +241,7 @@ def fit(
     best = (math.inf, -1, copy.deepcopy(model.state_dict()))
     since_best = 0
     stopped_early = False
+    stop_reason = None
     start = time.perf_counter()
     bar = range(epochs)
     if progress:
@@ -273,20 +278,33 @@ def fit(
         if progress:
             bar.set_postfix(train=f"{train_loss:.3g}", val=f"{val_loss:.3g}", best=f"{best[0]:.3g}")
         if patience is not None and since_best >= patience:
-            stopped_early = True
+            stopped_early, stop_reason = True, "patience"
             break
         if max_time is not None and time.perf_counter() - start > max_time:
-            stopped_early = True
+            stopped_early, stop_reason = True, "max_time"
             break
+    runs = len(history["train_loss"])
+    stop_message = None
+    if stopped_early:
+        why = f"no better loss for {patience} epochs" if stop_reason == "patience" else f"max_time={max_time:g} s reached"
+        which = "validation" if len(val_idx) else "training"
+        stop_message = (f"fit {type(model).__name__}: stopped at epoch {runs} of {epochs} "
+                        f"(best {which} loss {best[0]:.4g} at epoch {best[1] + 1}; {why}); best weights restored")
     if progress:
+        if stop_message:
+            bar.set_description_str(f"fit {type(model).__name__}: stopped at epoch {runs}/{epochs}")
         bar.close()
+        if stop_message:  # the bar (leave=False) disappears; the line stays
+            tqdm.write(stop_message)
     model.load_state_dict(best[2])
     model.eval()
     history.update(
         best_epoch=best[1],
         best_val_loss=best[0],
-        epochs_run=len(history["train_loss"]),
+        epochs_run=runs,
         stopped_early=stopped_early,
+        stop_reason=stop_reason,
+        stop_message=stop_message,
         seconds=time.perf_counter() - start,
     )
     return history

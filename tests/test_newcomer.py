@@ -173,3 +173,55 @@ def test_iss_dissipation_matches_time_domain(domain):
     else:
         assert text.startswith("dV/dt <= -alpha V") and "x_{k+1}" not in text
     assert "inputs:" in cert.summary()
+
+
+# ---------------------------------------------------------------- item 14: fit says when it stops early
+def _tiny_fit(**kwargs):
+    import torch
+
+    from lyagym.learned_models import SimpleDynamics, fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    model = SimpleDynamics(2, hidden=(8,))
+    return fit(model, (x, -x), batch_size=32, seed=0, **kwargs)
+
+
+def test_fit_early_stop_is_reported(capsys):
+    history = _tiny_fit(epochs=50, lr=1e-12, patience=2, progress=True)
+    assert history["stopped_early"] and history["stop_reason"] == "patience"
+    n, best = history["epochs_run"], history["best_epoch"]
+    assert n < 50
+    message = history["stop_message"]
+    assert f"stopped at epoch {n} of 50" in message and f"at epoch {best + 1}" in message
+    assert f"{history['best_val_loss']:.4g}" in message and "best validation loss" in message
+    captured = capsys.readouterr()
+    assert message in captured.out + captured.err  # printed, not only in the vanished bar
+
+
+def test_fit_without_early_stop_says_nothing(capsys):
+    history = _tiny_fit(epochs=3, lr=1e-3, patience=None, progress=False)
+    assert not history["stopped_early"] and history["stop_reason"] is None and history["stop_message"] is None
+    assert "stopped" not in capsys.readouterr().out
+
+
+def test_lyanet_bars_are_named(monkeypatch):
+    import lyagym.learned_models.lyanet as lyanet
+
+    seen = []
+    real = lyanet.tqdm
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lyanet, "tqdm", spy)
+    import torch
+
+    from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
+
+    model = LyaNetWorldModel(2, 0, dt=0.1, width=8, depth=1)
+    x = torch.randn(32, 2)
+    model.fit(x, None, 0.9 * x, epochs=2, finetune_epochs=1, progress=False)
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert "fit" in seen[0] and "fine-tune" in seen[1]
