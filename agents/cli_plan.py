@@ -90,15 +90,32 @@ def run(args: argparse.Namespace) -> int:
 
         os.makedirs(args.out, exist_ok=True)
         plot_angles(os.path.join(args.out, "mpc_trajectory.png"), ep["states"], adapter.dt, links, target,
-                    title=f"MPC ({args.planner}) with model={os.path.basename(args.model)}")
+                    title=f"MPC ({args.planner}) with model={os.path.basename(args.model)}", actions=np.asarray(ep["actions"]))
         write_video(np.stack(ep["frames"][::2]), os.path.join(args.out, "mpc.gif"), fps=0.5 / env.unwrapped.dt)
         print(f"wrote {args.out}/mpc_trajectory.png and {args.out}/mpc.gif")
     return 0
 
 
+def wrapped_for_plot(t: np.ndarray, angle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(t, wrap_angle(angle))`` in ``[-pi, pi)`` with a NaN point inserted at every wrap, so a
+    line plot breaks there instead of drawing a vertical stroke across the axes."""
+    from lyagym.envs.rewards import wrap_angle
+
+    w = np.asarray(wrap_angle(np.asarray(angle, dtype=float)))
+    jumps = np.flatnonzero(np.abs(np.diff(w)) > np.pi) + 1
+    t = np.asarray(t, dtype=float)
+    return np.insert(t, jumps, np.nan), np.insert(w, jumps, np.nan)
+
+
 def plot_angles(path: str, states: np.ndarray, dt: float, n_links: int, target: float | None, *, title: str = "",
-                labels: list[str] | None = None, extra: list[np.ndarray] | None = None) -> None:
-    """Plot joint angles (wrapped to [-pi, pi)) of one or more ``(T+1, 2n)`` trajectories against time; atomically."""
+                labels: list[str] | None = None, extra: list[np.ndarray] | None = None,
+                actions: np.ndarray | None = None) -> None:
+    """Plot joint angles of one or more ``(T+1, 2n)`` trajectories against time, and the torques.
+
+    Angles are wrapped to ``[-pi, pi)`` as in ``lyagym demo`` (0 = hanging down, +-pi = upright;
+    the line breaks where an angle wraps); ``target`` (if any) is drawn dotted, at both ``+-pi``
+    for the upright target. ``actions`` (``(T, action_dim)``, optional) adds a torque panel.
+    Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,19 +125,32 @@ def plot_angles(path: str, states: np.ndarray, dt: float, n_links: int, target: 
 
     from .mbrl import _atomic
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    panels = 1 if actions is None else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(7, 3.2 if panels == 1 else 5.2), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     for k, traj in enumerate([states] + list(extra or [])):
         t = np.arange(len(traj)) * dt
         for i in range(n_links):
             name = (labels[k] + " " if labels else "") + f"q{i + 1}"
-            ax.plot(t, wrap_angle(traj[:, i] - (target or 0.0)) + (target or 0.0) if target else wrap_angle(traj[:, i]),
-                    label=name, lw=1.2, ls="-" if k == 0 else "--")
+            ax.plot(*wrapped_for_plot(t, traj[:, i]), label=name, lw=1.2, ls="-" if k == 0 else "--")
     if target is not None:
-        ax.axhline(target, color="k", lw=0.6, ls=":")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("angle (rad)")
+        w = float(wrap_angle(target))
+        for level in ((-np.pi, np.pi) if abs(abs(w) - np.pi) < 1e-9 else (w,)):
+            ax.axhline(level, color="k", lw=0.6, ls=":")
+    ax.set_ylim(-np.pi - 0.2, np.pi + 0.2)
+    ax.set_yticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], ["-pi", "-pi/2", "0", "pi/2", "pi"])
+    ax.set_ylabel("angle (rad)\n0 = down, +-pi = up")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
+    if actions is not None:
+        ax = axes[1, 0]
+        u = np.asarray(actions).reshape(len(actions), -1)
+        edges = np.arange(len(u) + 1) * dt  # action k acts over [k dt, (k + 1) dt)
+        for j in range(u.shape[1]):
+            ax.stairs(u[:, j], edges, lw=1.0, label=f"u{j + 1}")
+        ax.set_ylabel("torque (N m)")
+        ax.legend(fontsize=7, ncol=max(1, u.shape[1]))
+    axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)

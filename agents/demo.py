@@ -114,7 +114,7 @@ def simulate_swingup(
     """Run one ``NLinkPendulumEnv`` swing-up episode and record it.
 
     Returns a dict with ``times (T+1,)``, ``states (T+1, 2n)``, ``actions (T, action_dim)``,
-    ``energy (T+1,)``, ``upright_error (T+1,)``, ``rewards (T,)`` and ``frames``
+    ``energy (T+1,)``, ``upright_energy`` (all links up, at rest), ``upright_error (T+1,)``, ``rewards (T,)`` and ``frames``
     (a list of ``(frame_size, frame_size, 3)`` uint8 images every ``frame_every`` steps).
     """
     import gymnasium as gym
@@ -152,6 +152,7 @@ def simulate_swingup(
         "states": states_arr,
         "actions": np.stack(actions),
         "energy": np.asarray(base.dynamics.energy(states_arr)),
+        "upright_energy": float(base.dynamics.energy(np.concatenate([np.full(n_links, math.pi), np.zeros(n_links)]))),
         "upright_error": np.asarray(rewards.upright_error(states_arr)),
         "rewards": np.asarray(step_rewards),
         "frames": frames,
@@ -162,7 +163,9 @@ def simulate_batch(n_links: int, batch: int, seconds: float, *, device: str = "c
     """Step ``batch`` pendulums on ``device`` under random torques (``task="free"``).
 
     Returns ``times (T+1,)``, ``energy_quantiles (T+1, 3)`` (10 %, 50 %, 90 % over the
-    batch), ``env_steps_per_s`` (wall-clock throughput of the stepping loop) and ``device``.
+    batch), ``energy_samples (T+1, k)`` (the first ``k = min(4, batch)`` pendulums),
+    ``upright_energy`` (all links up, at rest), ``env_steps_per_s`` (wall-clock throughput of
+    the stepping loop) and ``device``.
     """
     import torch
 
@@ -176,18 +179,29 @@ def simulate_batch(n_links: int, batch: int, seconds: float, *, device: str = "c
     generator = torch.Generator(device=envs.device).manual_seed(seed)
     high = torch.as_tensor(envs.single_action_space.high, device=envs.device)
     quantile_levels = torch.tensor([0.1, 0.5, 0.9], device=envs.device, dtype=envs.dtype)
-    energies = [torch.quantile(envs.dynamics.energy(envs.state), quantile_levels)]
+    k = min(4, batch)
+    upright = torch.cat([torch.full((n_links,), math.pi), torch.zeros(n_links)])
+
+    def record():
+        e = envs.dynamics.energy(envs.state)
+        energies.append(torch.quantile(e, quantile_levels))
+        samples.append(e[:k])
+
+    energies, samples = [], []
+    record()
     start = time.perf_counter()
     for _ in range(steps):
         u = (torch.rand((batch, envs.action_dim), generator=generator, device=envs.device) * 2 - 1) * high
         envs.step(u)
-        energies.append(torch.quantile(envs.dynamics.energy(envs.state), quantile_levels))
+        record()
     if envs.device.type == "cuda":
         torch.cuda.synchronize(envs.device)
     elapsed = time.perf_counter() - start
     return {
         "times": envs.dt * np.arange(steps + 1),
         "energy_quantiles": torch.stack(energies).cpu().numpy(),
+        "energy_samples": torch.stack(samples).cpu().numpy(),
+        "upright_energy": float(envs.dynamics.energy(upright[None].to(device=envs.device, dtype=envs.dtype))[0]),
         "env_steps_per_s": batch * steps / max(elapsed, 1e-9),
         "device": str(envs.device),
         "batch": batch,
@@ -238,11 +252,15 @@ def plot_trajectory(episode: dict, batch: dict | None, path: Path, title: str) -
     ax.set_title(title)
 
     ax = axes[1]
-    ax.plot(t, episode["energy"], color="C3", lw=1.2, label="energy")
+    energy_line = ax.plot(t, episode["energy"], color="C3", lw=1.2, label="energy (J, left)")
     ax2 = ax.twinx()
-    ax2.plot(t, episode["upright_error"], color="C2", lw=1.0, label="RMS error from upright")
-    ax.set_ylabel("energy (J)")
+    error_line = ax2.plot(t, episode["upright_error"], color="C2", lw=1.0, label="RMS error from upright (rad, right)")
+    ax.set_ylabel("energy (J)", color="C3")
     ax2.set_ylabel("upright error (rad)", color="C2")
+    lines = energy_line + error_line
+    if "upright_energy" in episode:
+        lines += [ax.axhline(episode["upright_energy"], color="C3", ls=":", lw=0.8, label="energy upright at rest")]
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=8)
 
     ax = axes[2]
     u = episode["actions"]
@@ -255,8 +273,15 @@ def plot_trajectory(episode: dict, batch: dict | None, path: Path, title: str) -
     if batch is not None:
         ax = axes[3]
         q = batch["energy_quantiles"]
-        ax.fill_between(batch["times"], q[:, 0], q[:, 2], alpha=0.3, color="C0", label="10-90 %")
+        ax.fill_between(batch["times"], q[:, 0], q[:, 2], alpha=0.3, color="C0", label="10-90 % of the batch")
         ax.plot(batch["times"], q[:, 1], color="C0", label="median")
+        samples = batch.get("energy_samples")
+        if samples is not None:  # a few individual pendulums: the band is made of these
+            for k in range(samples.shape[1]):
+                ax.plot(batch["times"], samples[:, k], color="C1", lw=0.6, alpha=0.8,
+                        label=f"{samples.shape[1]} single pendulums" if k == 0 else None)
+        if "upright_energy" in batch:
+            ax.axhline(batch["upright_energy"], color="C3", ls=":", lw=0.8, label="energy upright at rest")
         ax.set_ylabel("energy (J)")
         ax.set_xlabel("time (s)")
         ax.set_title(
@@ -264,7 +289,7 @@ def plot_trajectory(episode: dict, batch: dict | None, path: Path, title: str) -
             f"{batch['env_steps_per_s'] / 1e6:.2f} M env-steps/s",
             fontsize=9,
         )
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, ncol=2)
     return _atomic_target(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100) or plt.close(fig))
 
 
@@ -363,12 +388,18 @@ def rollout_error_table(n_links: int, models: dict, size: ModelStageSize, *, see
     physics = true_physics_model(env, dtype=torch.float64)
     env.close()
     scores = rollout_error(physics, models, n_states=size.eval_states, n_steps=size.eval_steps, h=MODEL_DT, seed=seed,
-                           progress=progress)
+                           progress=progress, equilibrium_baseline=True)
     rows = ["| model | mean squared error over the rollout | median over trajectories | error at the last step | diverged |",
             "|---|---|---|---|---|"]
     for name, score in scores.items():
-        rows.append(f"| {name} | {score.average:.4g} | {score.median:.4g} | {score.per_step[-1]:.4g} | {score.diverged} |")
+        label = f"{EQUILIBRIUM_LABEL} (reference)" if name == "equilibrium" else name
+        rows.append(f"| {label} | {score.average:.4g} | {score.median:.4g} | {score.per_step[-1]:.4g} | {score.diverged} |")
     return scores, "\n".join(rows)
+
+
+#: The constant prediction x = 0 of the rollout-error table and plot: a model above it is worse
+#: than predicting "hanging at rest" every step.
+EQUILIBRIUM_LABEL = "x = 0 (hanging at rest)"
 
 
 def check_certificate(model, size: ModelStageSize, path: Path | None = None):
@@ -402,7 +433,9 @@ def mpc_with_world_model(n_links: int, model, size: ModelStageSize, *, seed: int
 
 
 def plot_rollout_error(scores: dict, histories: dict, path: Path, dt: float, title: str) -> Path:
-    """Fig. 5 (left) analogue: mean squared error vs time for each model, and the training curves."""
+    """Fig. 5 (left) analogue: mean squared error vs time for each model (the constant
+    prediction ``x = 0``, ``scores["equilibrium"]``, as a dashed black reference), and the
+    training curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,7 +444,11 @@ def plot_rollout_error(scores: dict, histories: dict, path: Path, dt: float, tit
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
     for name, score in scores.items():
         t = dt * np.arange(len(score.per_step))
-        axes[0].semilogy(t[1:], score.per_step[1:], label=f"{name} (mean {score.average:.3g})")
+        if name == "equilibrium":
+            axes[0].semilogy(t[1:], score.per_step[1:], color="k", ls="--", lw=1.0,
+                             label=f"{EQUILIBRIUM_LABEL}, reference (mean {score.average:.3g})")
+        else:
+            axes[0].semilogy(t[1:], score.per_step[1:], label=f"{name} (mean {score.average:.3g})")
     axes[0].set_xlabel("time (s)")
     axes[0].set_ylabel("squared state error")
     axes[0].set_title(title, fontsize=9)

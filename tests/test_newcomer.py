@@ -225,3 +225,68 @@ def test_lyanet_bars_are_named(monkeypatch):
     model.fit(x, None, 0.9 * x, epochs=2, finetune_epochs=1, progress=False)
     assert len(seen) == 2 and seen[0] != seen[1]
     assert "fit" in seen[0] and "fine-tune" in seen[1]
+
+
+# ---------------------------------------------------------------- item 16: plots
+def _capture_figures(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    return figures
+
+
+def test_plan_plot_wraps_to_minus_pi_pi_and_has_torques(monkeypatch, tmp_path):
+    import math
+
+    import numpy as np
+
+    from lyagym.agents.cli_plan import plot_angles, wrapped_for_plot
+
+    t, w = wrapped_for_plot(np.arange(4.0), np.array([0.0, 3.0, 3.3, 3.2]))  # crosses +pi once
+    finite = w[np.isfinite(w)]
+    assert (finite >= -math.pi).all() and (finite < math.pi).all()
+    assert np.isnan(w).sum() == 1 and np.isnan(t).sum() == 1 and np.isnan(w[2])
+
+    figures = _capture_figures(monkeypatch)
+    x = np.zeros((21, 2))
+    x[:, 0] = np.linspace(0.0, 1.2 * math.pi, 21)  # a swing past upright
+    path = tmp_path / "p.png"
+    plot_angles(str(path), x, 0.05, 1, math.pi, title="t", actions=np.linspace(-1, 1, 20)[:, None])
+    assert path.exists()
+    fig = figures[-1]
+    angle_ax, torque_ax = fig.axes
+    y = angle_ax.lines[0].get_ydata()
+    y = y[np.isfinite(y)]
+    assert y.min() >= -math.pi and y.max() < math.pi  # never [0, 2 pi)
+    assert "torque" in torque_ax.get_ylabel()
+
+
+def test_demo_plots_legend_batch_and_reference(monkeypatch, tmp_path):
+    import numpy as np
+
+    from lyagym.agents import demo
+
+    episode = demo.simulate_swingup(1, 0.05, frame_every=100, frame_size=32)
+    batch = demo.simulate_batch(1, 8, 0.05)
+    assert batch["energy_samples"].shape == (len(batch["times"]), 4)
+    assert batch["upright_energy"] > batch["energy_quantiles"][0, 0]
+    figures = _capture_figures(monkeypatch)
+    demo.plot_trajectory(episode, batch, tmp_path / "t.png", "t")
+    energy_ax, batch_ax = figures[-1].axes[1], figures[-1].axes[3]
+    assert energy_ax.get_legend() is not None
+    assert "energy" in [t.get_text() for t in energy_ax.get_legend().get_texts()][0]
+    labels = [t.get_text() for t in batch_ax.get_legend().get_texts()]
+    assert any("single pendulums" in label for label in labels) and any("upright" in label for label in labels)
+
+    class Score:
+        def __init__(self, v):
+            self.per_step, self.average = np.full(5, v), v
+
+    demo.plot_rollout_error({"simple": Score(0.1), "equilibrium": Score(0.5)}, {"simple": {"val_loss": [1.0, 0.5]}},
+                            tmp_path / "r.png", 0.05, "t")
+    labels = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    assert any(label.startswith("x = 0") for label in labels)
