@@ -65,6 +65,20 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def parse_with_threads(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with a ``--threads`` option (added unless the parser has one)
+    applied at once: the examples' default of one torch thread, as ``lyagym`` (``DEFAULT_THREADS``)."""
+    if not any("--threads" in a.option_strings for a in parser._actions):
+        parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                            help="torch CPU threads (0: torch's default; 1 suits these small models on a busy machine)")
+    args = parser.parse_args(argv)
+    threads = DEFAULT_THREADS if args.threads is None else args.threads
+    if threads < 0:
+        parser.error(f"--threads expects an integer >= 0 (0: torch's default), got {threads}")
+    set_threads(threads)
+    return args
+
+
 def check_device(device: str | None) -> str | None:
     """None if torch can use ``device``, else a one-line message naming ``--device`` and what was expected."""
     if device is None:

@@ -16,13 +16,15 @@ separate processes; ``--stored-only`` then summarises what has finished)::
 import argparse
 import sys
 
+from lyagym.agents.cli import parse_with_threads
+
 from lyagym.agents.reproduce import mbrl_swingup
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=mbrl_swingup.__doc__.splitlines()[0])
     mbrl_swingup.add_arguments(parser)
-    return mbrl_swingup.run(parser.parse_args(argv))
+    return mbrl_swingup.run(parse_with_threads(parser, argv))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from lyagym.agents.cli import parse_with_threads
 from lyagym.agents.cli_plan import plot_angles
 from lyagym.agents.mbrl import (
     angle_error,
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join("lyagym-output", "mpc"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-learned", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     os.makedirs(args.out, exist_ok=True)
     ok = True
     for n, dt, horizon, samples, iterations, temperature, steps in TRUE_PHYSICS_RUNS:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import lyagym.envs  # noqa: F401  (registers lyagym/NLinkPendulum-v0)
+from lyagym.agents.cli import parse_with_threads
 from lyagym.envs import rewards
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv)
     single_env(args.seed)
     vector_env(args.seed, num_envs=256 if args.quick else 1024)
     ppo(args.seed, timesteps=1024 if args.quick else 4096)

@@ -6,13 +6,15 @@ Run ``python examples/reproduce_fig3.py --help`` for the options (output folder,
 import argparse
 import sys
 
+from lyagym.agents.cli import parse_with_threads
+
 from lyagym.agents.reproduce import fig3
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=fig3.__doc__.splitlines()[0])
     fig3.add_arguments(parser)
-    return fig3.run(parser.parse_args(argv))
+    return fig3.run(parse_with_threads(parser, argv))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Run ``python examples/reproduce_lyanet_digits.py --help`` for the options (outpu
 import argparse
 import sys
 
+from lyagym.agents.cli import parse_with_threads
+
 from lyagym.agents.reproduce import lyanet_digits
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=lyanet_digits.__doc__.splitlines()[0])
     lyanet_digits.add_arguments(parser)
-    return lyanet_digits.run(parser.parse_args(argv))
+    return lyanet_digits.run(parse_with_threads(parser, argv))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Run ``python examples/reproduce_lyanet_toy.py --help`` for the options (output f
 import argparse
 import sys
 
+from lyagym.agents.cli import parse_with_threads
+
 from lyagym.agents.reproduce import lyanet_toy
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=lyanet_toy.__doc__.splitlines()[0])
     lyanet_toy.add_arguments(parser)
-    return lyanet_toy.run(parser.parse_args(argv))
+    return lyanet_toy.run(parse_with_threads(parser, argv))
 
 
 if __name__ == "__main__":

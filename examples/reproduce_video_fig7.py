@@ -8,9 +8,10 @@ Same as ``lyagym reproduce video-fig7``; run with ``--help`` for the options, e.
 
 import argparse
 
+from lyagym.agents.cli import parse_with_threads
 from lyagym.agents.reproduce import video_fig7
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=video_fig7.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     video_fig7.add_arguments(parser)
-    raise SystemExit(video_fig7.run(parser.parse_args()))
+    raise SystemExit(video_fig7.run(parse_with_threads(parser)))

@@ -290,3 +290,26 @@ def test_demo_plots_legend_batch_and_reference(monkeypatch, tmp_path):
                             tmp_path / "r.png", 0.05, "t")
     labels = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
     assert any(label.startswith("x = 0") for label in labels)
+
+
+def test_examples_default_to_one_thread():
+    import argparse
+    import pathlib
+
+    import torch
+
+    from lyagym.agents.cli import parse_with_threads
+
+    torch.set_num_threads(2)
+    args = parse_with_threads(argparse.ArgumentParser(), [])
+    assert args.threads == 1 and torch.get_num_threads() == 1
+    parse_with_threads(argparse.ArgumentParser(), ["--threads", "2"])
+    assert torch.get_num_threads() == 2
+    own = argparse.ArgumentParser()
+    own.add_argument("--threads", type=int, default=None)  # a study's own option (fig5) is kept
+    assert parse_with_threads(own, []).threads is None and torch.get_num_threads() == 1
+    torch.set_num_threads(1)
+    root = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    for name in ["mbrl_swingup.py", "mpc_swingup.py", "quickstart_pendulum.py"] + sorted(p.name for p in root.glob("reproduce_*.py")):
+        text = (root / name).read_text()
+        assert "parse_with_threads(parser" in text, name
