@@ -313,3 +313,28 @@ def test_examples_default_to_one_thread():
     for name in ["mbrl_swingup.py", "mpc_swingup.py", "quickstart_pendulum.py"] + sorted(p.name for p in root.glob("reproduce_*.py")):
         text = (root / name).read_text()
         assert "parse_with_threads(parser" in text, name
+
+
+# ---------------------------------------------------------------- items 10, 11, 17: the README says it
+def _readme() -> str:
+    import pathlib
+
+    return (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_install_text_is_honest():
+    text = _readme()
+    assert "pip install torch==2.13.0 && pip install -e . && lyagym demo" in text  # the two commands stay
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert "CUDA build" in text and "so pip does not pull the\nCUDA build" not in text
+
+
+def test_readme_threads_and_video_block():
+    import re
+
+    text = _readme()
+    assert "--threads N" in text and "10-15x slower" in text
+    video = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "make_texture" in b]
+    assert len(video) == 1
+    assert 'projection="exact"' in video[0] and "print(" in video[0] and "perf_counter" in video[0]
+    assert "SB3VectorEnv" in text
