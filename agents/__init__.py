@@ -13,6 +13,7 @@ _LAZY = {
     "SB3WorldModelVecEnv": "world_model_env",
     "SB3VectorEnv": "sb3_vector",
     "make_sb3_vec_env": "sb3_vector",
+    "WorldModelTorchRLEnv": "torchrl_env",  # needs torchrl (pip install "lyagym[torchrl]")
     "MPCController": "mbrl",
     "run_pets": "mbrl",
     "run_dyna": "mbrl",
