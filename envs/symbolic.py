@@ -30,7 +30,11 @@ a structure ``(n_links, damping_mode, actuated)``. The compiler then
 
 The source is cached in :func:`cache_dir` keyed by structure, :data:`FORMAT_VERSION` and the
 sympy version; loading a cached model never imports sympy. A corrupt or stale file is
-rebuilt with a warning.
+rebuilt with a warning. A cached module is code that gets executed, and its checksum only
+catches accidents (anyone who can edit the file can recompute it), so the cache directory is
+created owner-only (``0700``) and a file, or a directory, that is not the user's own or that
+group or others may write is never loaded: a warning says so and the model is derived again
+in memory (see :func:`unsafe_reason`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import functools
 import hashlib
 import math
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -47,7 +52,7 @@ from pathlib import Path
 from types import CodeType
 from typing import Any, Sequence
 
-__all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
+__all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "unsafe_reason", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
 #: Bump when the generated source changes meaning or layout; old cache files become stale.
 FORMAT_VERSION = 7
@@ -66,6 +71,41 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "lyagym"
+
+
+def unsafe_reason(path: Path) -> str | None:
+    """Why ``path`` (a cache file or directory) must not be trusted, or ``None`` if it may be.
+
+    Trusted means: not a symbolic link, owned by the current user, and not writable by group
+    or others; anyone else who could write it could make us execute their code. Where the
+    platform has no notion of file owners (Windows) only the link test applies."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot stat it ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return None
+    if st.st_uid != getuid():
+        return f"it is owned by uid {st.st_uid}, not by this user (uid {getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group or others can write it (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` owner-only; raise ``OSError`` if it exists but is not trusted."""
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made by a concurrent process meanwhile: checked below
+            pass
+    reason = unsafe_reason(directory)
+    if reason is not None:
+        raise PermissionError(f"untrusted cache directory {directory}: {reason}")
 
 
 def _sympy_version() -> str:
@@ -607,7 +647,9 @@ def _namespaces(code: CodeType) -> tuple[dict, dict, dict]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to ``path`` via a temp file and a rename; the file is owner-only (0600:
+    ``mkstemp``'s mode) in an owner-only directory."""
+    _private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -638,6 +680,14 @@ def _memo(n: int, mode: str, act: tuple[int, ...], directory: str) -> CompiledPe
 
 def _build(n: int, mode: str, act: tuple[int, ...], *, use_cache: bool) -> CompiledPendulum:
     path = cache_dir() / f"{structure_key(n, mode, act)}.py" if use_cache else None
+    if path is not None and path.exists():
+        reason = unsafe_reason(path.parent) or unsafe_reason(path)
+        if reason is not None:
+            # never executed, and not rewritten either: a directory others control stays theirs
+            warnings.warn(f"lyagym: refusing to load pendulum cache {path}: {reason}; re-deriving in memory "
+                          "(fix: remove the file, or make it and its directory yours and not writable by others)",
+                          RuntimeWarning, stacklevel=3)
+            path = None
     if path is not None and path.exists():
         try:
             source = path.read_text()

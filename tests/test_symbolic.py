@@ -116,3 +116,55 @@ def test_bad_structure():
         symbolic.compile_pendulum(2, "coulomb")
     with pytest.raises(ValueError, match="actuated"):
         symbolic.compile_pendulum(2, "absolute", (0, 0))
+
+
+def test_cache_directory_is_created_owner_only(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    target = tmp_path / "deep" / "cache"
+    monkeypatch.setenv("LYAGYM_CACHE_DIR", str(target))
+    symbolic._memo.cache_clear()
+    try:
+        PendulumDynamics(1, actuated=())
+    finally:
+        symbolic._memo.cache_clear()
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    (path,) = target.glob("pendulum_n1_*.py")
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "getuid"), reason="POSIX permissions")
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_cache_writable_by_others_is_never_executed(fresh_cache, where):
+    """An edited module with a recomputed checksum would pass ``_verify``: the permission
+    check is what keeps it from running."""
+    import hashlib
+
+    dyn = PendulumDynamics(1, actuated=())
+    x = np.array([[0.4, 0.1]])
+    expected = dyn.derivative(x)
+    (path,) = fresh_cache.glob("pendulum_n1_*.py")
+    body = path.read_text().partition("\n")[2] + "\nraise SystemExit('planted code ran')\n"
+    path.write_text(f"# sha256 {hashlib.sha256(body.encode()).hexdigest()}\n" + body)
+    (path if where == "file" else fresh_cache).chmod(0o666 if where == "file" else 0o777)
+    symbolic._memo.cache_clear()
+    with pytest.warns(RuntimeWarning, match="refusing to load .*group or others can write"):
+        rebuilt = PendulumDynamics(1, actuated=())
+    np.testing.assert_array_equal(rebuilt.derivative(x), expected)
+    assert "planted code ran" in path.read_text()  # left alone: not ours to rewrite
+
+
+def test_unsafe_reason(tmp_path):
+    import os
+
+    private = tmp_path / "p"
+    private.mkdir(mode=0o700)
+    assert symbolic.unsafe_reason(private) is None
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    assert "symbolic link" in symbolic.unsafe_reason(link)
+    if hasattr(os, "getuid"):
+        private.chmod(0o720)
+        assert "group or others" in symbolic.unsafe_reason(private)
+    assert "cannot stat" in symbolic.unsafe_reason(tmp_path / "missing")
