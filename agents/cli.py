@@ -123,8 +123,15 @@ def _load(module: str):
     return importlib.import_module(f"lyagym.agents.{module}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit code 2): the flag and what it accepts, no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="lyagym",
         description="Pendulum environments, certified stable world models and MPC agents.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -25,11 +25,14 @@ PENDULUM = "lyagym/NLinkPendulum-v0"
 
 
 def add_env_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli_train import MAX_DT
+    from .cli_types import integer, number
+
     parser.add_argument("--env", default=PENDULUM, help="Gymnasium env id with a built-in adapter (lyagym.agents.adapters.ADAPTERS)")
-    parser.add_argument("--links", type=int, default=None, help="pendulum links (lyagym/NLinkPendulum-v0 only; default 1)")
+    parser.add_argument("--links", type=integer(1), default=None, help="pendulum links (lyagym/NLinkPendulum-v0 only; default 1)")
     parser.add_argument("--task", default=None, choices=["swingup", "regulate"], help="pendulum task (default swingup)")
-    parser.add_argument("--dt", type=float, default=None, help="pendulum env step in s (default 0.05)")
-    parser.add_argument("--max-torque", type=float, default=None, help="pendulum torque limit (default 5)")
+    parser.add_argument("--dt", type=number(0, strict=True, maximum=MAX_DT), default=None, help="pendulum env step in s (default 0.05)")
+    parser.add_argument("--max-torque", type=number(0, strict=True), default=None, help="pendulum torque limit (default 5)")
 
 
 def make_env(args, episode_steps: int | None, render_mode: str | None = None):
@@ -62,37 +65,39 @@ def make_env(args, episode_steps: int | None, render_mode: str | None = None):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli_types import integer, number
+
     d = argparse.ArgumentDefaultsHelpFormatter
     parser.formatter_class = d
     add_env_arguments(parser)
     parser.add_argument("--algo", default="pets", choices=ALGOS,
                         help="pets (MPC on the model), mbpo (SAC on model rollouts), dyna (legacy), sac, ppo")
     parser.add_argument("--model", default="stable", choices=MODELS, help="world model for pets/mbpo/dyna")
-    parser.add_argument("--ensemble-size", type=int, default=None, help="members of an ensemble model (default 5)")
+    parser.add_argument("--ensemble-size", type=integer(1), default=None, help="members of an ensemble model (default 5)")
     parser.add_argument("--propagation", default=None, choices=["tsinf", "ts1", "expectation"], help="ensemble propagation (default tsinf)")
-    parser.add_argument("--particles", type=int, default=None, help="particles per candidate with an ensemble (default 5)")
-    parser.add_argument("--episodes", type=int, default=5, help="real episodes after the random ones (pets/mbpo/dyna)")
-    parser.add_argument("--random-episodes", type=int, default=1)
-    parser.add_argument("--episode-steps", type=int, default=None, help="real env steps per episode (default: the env's adapter, 200 for the pendulum)")
-    parser.add_argument("--steps", type=int, default=20000, help="real env steps for sac/ppo")
+    parser.add_argument("--particles", type=integer(1), default=None, help="particles per candidate with an ensemble (default 5)")
+    parser.add_argument("--episodes", type=integer(0), default=5, help="real episodes after the random ones (pets/mbpo/dyna)")
+    parser.add_argument("--random-episodes", type=integer(0), default=1)
+    parser.add_argument("--episode-steps", type=integer(1), default=None, help="real env steps per episode (default: the env's adapter, 200 for the pendulum)")
+    parser.add_argument("--steps", type=integer(1), default=20000, help="real env steps for sac/ppo")
     parser.add_argument("--planner", default=None, choices=["mppi", "cem", "icem", "gradient"], help="default mppi")
-    parser.add_argument("--horizon", type=int, default=None, help="planner horizon (default: the adapter's; 50 for one link, 15 for more)")
-    parser.add_argument("--samples", dest="num_samples", type=int, default=None, help="candidate sequences per iteration (default 300)")
-    parser.add_argument("--iterations", type=int, default=None, help="planner iterations per step (default 3)")
-    parser.add_argument("--warmup-iterations", type=int, default=None, help="iterations of each episode's first plan (default 30; 0: --iterations)")
-    parser.add_argument("--noise-std", type=float, default=None, help="sampling std in action units (default 1)")
-    parser.add_argument("--temperature", type=float, default=None, help="MPPI temperature in cost units (default 0.5)")
+    parser.add_argument("--horizon", type=integer(1), default=None, help="planner horizon (default: the adapter's; 50 for one link, 15 for more)")
+    parser.add_argument("--samples", dest="num_samples", type=integer(1), default=None, help="candidate sequences per iteration (default 300)")
+    parser.add_argument("--iterations", type=integer(1), default=None, help="planner iterations per step (default 3)")
+    parser.add_argument("--warmup-iterations", type=integer(0), default=None, help="iterations of each episode's first plan (default 30; 0: --iterations)")
+    parser.add_argument("--noise-std", type=number(0, strict=True), default=None, help="sampling std in action units (default 1)")
+    parser.add_argument("--temperature", type=number(0, strict=True), default=None, help="MPPI temperature in cost units (default 0.5)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="pets plans on rollouts that wrap the angles after every step (AngleWrappedModel)")
     parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="world model with the mechanical priors (sin/cos angles, affine in the action, SiLU; "
                         "lyagym.agents.mbrl.model_priors); --no-model-priors: the paper's plain MLP")
-    parser.add_argument("--fit-epochs", type=int, default=None, help="default 60")
-    parser.add_argument("--fit-steps", type=int, default=None, help="at least this many Adam steps per model fit (default 0)")
-    parser.add_argument("--random-steps", dest="random_episode_steps", type=int, default=None,
+    parser.add_argument("--fit-epochs", type=integer(1), default=None, help="default 60")
+    parser.add_argument("--fit-steps", type=integer(0), default=None, help="at least this many Adam steps per model fit (default 0)")
+    parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of the random-action episodes (default: --episode-steps)")
-    parser.add_argument("--imagined-steps", type=int, default=None, help="dyna: SAC steps per imagined batch per episode")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--imagined-steps", type=integer(0), default=None, help="dyna: SAC steps per imagined batch per episode")
+    parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="lyagym-mbrl", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's committed checkpoint")
@@ -114,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from .mbrl_config import MBRLConfig, config_for
     from .pets import check_config
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _fail(f"--out {args.out!r} is a file; expected a folder")
     for name in ("episodes", "random_episodes"):
         if getattr(args, name) < 0:
             return _fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

@@ -25,18 +25,26 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli_types import integer
+
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_env_arguments(parser)
     parser.add_argument("--model", default="true", help="'true' (physics) or a saved world-model checkpoint")
-    parser.add_argument("--planner", default="mppi", help="cem, mppi or gradient (default mppi)")
-    parser.add_argument("--horizon", type=int, default=30)
-    parser.add_argument("--samples", type=int, default=500, help="K sampled sequences per plan")
-    parser.add_argument("--iterations", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=200, help="env steps to run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--planner", default="mppi", choices=PLANNER_NAMES, help="the MPC planner")
+    parser.add_argument("--horizon", type=integer(1), default=30)
+    parser.add_argument("--samples", type=integer(1), default=500, help="K sampled sequences per plan")
+    parser.add_argument("--iterations", type=integer(1), default=2)
+    parser.add_argument("--steps", type=integer(1), default=200, help="env steps to run")
+    parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="folder for a trajectory plot and GIF (optional)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the plot and GIF of an earlier run in --out")
     parser.add_argument("--no-progress", action="store_true")
+
+
+#: What ``--planner`` accepts (``lyagym.agents.planners.PLANNERS``, named here so that parsing
+#: the command line imports no torch).
+PLANNER_NAMES = ("mppi", "cem", "icem", "gradient")
 
 
 def _fail(message: str) -> int:
@@ -44,12 +52,45 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_out(args: argparse.Namespace) -> str | None:
+    """The one-line reason ``--out`` cannot take this run's files, or ``None``."""
+    if args.out is None:
+        return None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out!r} is a file; expected a folder"
+    names = ("mpc.gif",) if args.env != PENDULUM else ("mpc_trajectory.png", "mpc.gif")
+    existing = [os.path.join(args.out, name) for name in names if os.path.exists(os.path.join(args.out, name))]
+    if existing and not args.overwrite:
+        return f"--out: {' and '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; pass --overwrite to replace it or choose another --out"
+    return None
+
+
+def _check_checkpoint(model, adapter, args: argparse.Namespace) -> str | None:
+    """The one-line reason the loaded checkpoint ``model`` cannot drive ``adapter``'s env, or ``None``."""
+    if abs(model.dt - adapter.dt) > 1e-12:
+        return (f"the checkpoint's dt={model.dt} differs from the env's step {adapter.dt}"
+                + (f"; pass --dt {model.dt}" if args.env == PENDULUM else ""))
+    if (model.state_dim, model.action_dim) == (adapter.state_dim, adapter.action_dim):
+        return None
+    if args.env == PENDULUM and model.state_dim % 2 == 0:
+        links = model.state_dim // 2
+        return (f"--model {args.model} is for {links} link{'s' if links != 1 else ''} (state_dim={model.state_dim}, "
+                f"action_dim={model.action_dim}) but --links {adapter.state_dim // 2} makes state_dim={adapter.state_dim}, "
+                f"action_dim={adapter.action_dim}; pass --links {links}")
+    return (f"the checkpoint is for state_dim={model.state_dim}, action_dim={model.action_dim}; "
+            f"--env {args.env} has {adapter.state_dim} and {adapter.action_dim}")
+
+
 def run(args: argparse.Namespace) -> int:
+    message = _check_out(args)
+    if message:
+        return _fail(message)
+    if args.model != "true" and not os.path.isfile(args.model):
+        return _fail(f"--model: no checkpoint file at {args.model!r} (use --model true for the physics)")
+
     from .adapters import make_adapter, true_physics_model
     from .mpc import mpc_episode
 
-    if args.steps < 1:
-        return _fail(f"--steps must be >= 1, got {args.steps}")
     try:
         env = make_env(args, args.steps, render_mode="rgb_array" if args.out else None)
     except ValueError as e:
@@ -62,16 +103,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         from lyagym.learned_models import load_model
 
-        if not os.path.exists(args.model):
-            print(f"lyagym plan: no checkpoint at {args.model!r} (use --model true for the physics)")
-            return 2
-        model = load_model(args.model, map_location=args.device)
-        if abs(model.dt - adapter.dt) > 1e-12:
-            return _fail(f"the checkpoint's dt={model.dt} differs from the env's step {adapter.dt}"
-                         + (f"; pass --dt {model.dt}" if args.env == PENDULUM else ""))
-        if (model.state_dim, model.action_dim) != (adapter.state_dim, adapter.action_dim):
-            return _fail(f"the checkpoint is for state_dim={model.state_dim}, action_dim={model.action_dim}; "
-                         f"--env {args.env} has {adapter.state_dim} and {adapter.action_dim}")
+        try:
+            model = load_model(args.model, map_location=args.device)
+        except (ValueError, OSError) as e:
+            return _fail(f"--model {args.model}: {str(e).splitlines()[0]}")  # torch's own text runs to many lines
+        message = _check_checkpoint(model, adapter, args)
+        if message:
+            return _fail(message)
     ep = mpc_episode(env, model, planner=args.planner, horizon=args.horizon, num_samples=args.samples,
                      iterations=args.iterations, steps=args.steps, seed=args.seed, frames=bool(args.out),
                      progress=not args.no_progress, adapter=adapter)

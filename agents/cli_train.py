@@ -23,43 +23,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "certificate_path", "MAX_DT"]
+
+#: Largest accepted ``--dt`` (s): the pendulum env integrates a control step in 0.01 s
+#: substeps, so a longer step is a long run of substeps and no longer a control step.
+MAX_DT = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--links", type=int, default=1)
+    from .cli_types import integer, number
+
+    parser.add_argument("--links", type=integer(1), default=1)
     parser.add_argument("--kind", default="stable", choices=["stable", "simple"], help="world model kind")
     parser.add_argument("--data", default="env", choices=["env", "pairs"], help="env transitions (controlled) or (x, xdot) pairs")
-    parser.add_argument("--samples", type=int, default=2000, help="transitions (env) or pairs")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--dt", type=float, default=0.05, help="model step (s); env control step for --data env")
-    parser.add_argument("--alpha", type=float, default=None, help="stable models: certified decay rate")
+    parser.add_argument("--samples", type=integer(10), default=2000, help="transitions (env) or pairs")
+    parser.add_argument("--epochs", type=integer(1), default=100)
+    parser.add_argument("--batch-size", type=integer(1), default=256)
+    parser.add_argument("--lr", type=number(0, strict=True), default=3e-3)
+    parser.add_argument("--dt", type=number(0, strict=True, maximum=MAX_DT), default=0.05,
+                        help="model step (s); env control step for --data env")
+    parser.add_argument("--alpha", type=number(0), default=None, help="stable models: certified decay rate")
     parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="--data env: the mechanical priors in fhat (sin/cos angles, affine in torque, SiLU; "
                         "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="checkpoint path (.pt); the certificate goes to PATH.cert.json")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint and its certificate")
     parser.add_argument("--no-progress", action="store_true")
 
 
+def certificate_path(out: str) -> str:
+    """Where ``lyagym train --out OUT`` writes a stable model's certificate: ``OUT`` without its
+    extension, plus ``.cert.json``."""
+    return os.path.splitext(out)[0] + ".cert.json"
+
+
 def run(args: argparse.Namespace) -> int:
+    from .cli_types import out_file
+
+    # Every path is checked before the (minutes long) training: a missing folder or an
+    # existing certificate would otherwise only show after it.
+    companions = (certificate_path(args.out),) if args.kind == "stable" else ()
+    message = out_file("--out", args.out, overwrite=args.overwrite, companions=companions)
+    if message:
+        print(f"lyagym train: {message}", file=sys.stderr)
+        return 2
+
     import torch
 
     from lyagym.learned_models import SimpleDynamics, StableDynamics, fit
 
     from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model, model_priors
 
-    if args.links < 1 or args.samples < 10 or args.epochs < 1:
-        print("lyagym train: --links >= 1, --samples >= 10 and --epochs >= 1 are required")
-        return 2
-    if os.path.exists(args.out) and not args.overwrite:
-        print(f"lyagym train: {args.out} exists; pass --overwrite or choose another --out")
-        return 2
     progress = not args.no_progress
     n = args.links
     extra = {} if args.alpha is None or args.kind == "simple" else {"alpha": args.alpha}
@@ -89,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {type(model).__name__} on {what}: best validation loss {min(losses):.4g}; saved {args.out}")
     if hasattr(model, "certificate"):
         cert = model.certificate()
-        cert_path = os.path.splitext(args.out)[0] + ".cert.json"
+        cert_path = certificate_path(args.out)
         cert.save(cert_path)
         print(f"certificate ({cert.claim}, alpha={cert.alpha:g}, evidence {cert.evidence}) saved to {cert_path}")
     return 0

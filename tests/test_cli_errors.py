@@ -1,0 +1,157 @@
+"""Every user mistake on the command line: exit code 2, one line on stderr naming the flag and
+what it accepts, no traceback, and nothing done (checked before any work starts)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from lyagym.agents import cli
+
+COMMANDS = ("train", "plan", "mbrl")
+
+
+def _call(argv: list[str], capsys) -> tuple[int, str]:
+    """``lyagym ARGV`` in this process: ``(exit code, stderr)``."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse ends through sys.exit
+        code = e.code
+    return int(code or 0), capsys.readouterr().err
+
+
+def _assert_one_line_error(code: int, err: str, flag: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0] and "Traceback" not in err
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    cli._load(cli.COMMANDS[command][0]).add_arguments(sub)
+    return sub
+
+
+def _numeric_flags(command: str) -> list[argparse.Action]:
+    return [a for a in _subparser(command)._actions if a.option_strings and a.type is not None]
+
+
+def _bad_values(kind) -> list[str]:
+    """Values outside what ``kind`` (a ``cli_types`` converter) accepts, from its declared range."""
+    bad = ["nan", "inf", "-inf", "abc", ""]
+    low, high = kind.minimum, kind.maximum
+    if kind.__name__ == "integer":
+        bad += ["1.5", "1e3"]
+        if low is not None:
+            bad.append(str(low - 1))
+        if high is not None:
+            bad.append(str(high + 1))
+    else:
+        if low is not None:
+            bad.append(repr(low if kind.strict else low - 1e-3))
+            bad.append(repr(low - 1.0))
+        if high is not None:
+            bad.append(repr(high * 2 + 1))
+    return bad
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_numeric_flag_states_its_range(command):
+    """No bare int/float: every numeric flag goes through a range-checking converter."""
+    flags = _numeric_flags(command)
+    assert flags
+    for action in flags:
+        assert getattr(action.type, "__name__", "") in ("integer", "number"), (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_bad_numbers_exit_2_in_one_line_naming_the_flag(command, tmp_path, capsys):
+    out = str(tmp_path / ("m.pt" if command == "train" else "run"))
+    for action in _numeric_flags(command):
+        flag = action.option_strings[0]
+        for value in _bad_values(action.type):
+            code, err = _call([command, flag, value, "--out", out, "--no-progress"], capsys)
+            _assert_one_line_error(code, err, flag)
+            assert "expected" in err, err
+    assert not os.listdir(tmp_path)  # nothing was written
+
+
+def test_the_issues_examples(tmp_path, capsys):
+    out = str(tmp_path / "x.pt")
+    for argv, flag, accepted in (
+        (["train", "--dt", "nan", "--out", out], "--dt", "finite number in (0, 1]"),
+        (["train", "--device", "meta", "--out", out], "--device", "cpu"),
+        (["mbrl", "--fit-epochs", "0", "--out", str(tmp_path / "r")], "--fit-epochs", "integer >= 1"),
+        (["mbrl", "--episodes", "-1", "--out", str(tmp_path / "r")], "--episodes", "integer >= 0"),
+        (["mbrl", "--algo", "sac", "--steps", "-5", "--out", str(tmp_path / "r")], "--steps", "integer >= 1"),
+        (["plan", "--planner", "sgd"], "--planner", "mppi"),
+    ):
+        code, err = _call(argv + ["--no-progress"], capsys)
+        _assert_one_line_error(code, err, flag)
+        assert accepted in err, err
+    assert not os.listdir(tmp_path)
+
+
+def test_train_checks_its_output_paths_before_training(tmp_path, capsys):
+    base = ["train", "--samples", "10", "--epochs", "1", "--no-progress", "--out"]
+    code, err = _call(base + [str(tmp_path / "nodir" / "x.pt")], capsys)
+    _assert_one_line_error(code, err, "--out")
+    assert "does not exist" in err
+    code, err = _call(base + [str(tmp_path)], capsys)
+    _assert_one_line_error(code, err, "--out")
+    # the certificate beside the checkpoint is never replaced silently, even without the .pt
+    (tmp_path / "mine.cert.json").write_text("{}")
+    code, err = _call(base + [str(tmp_path / "mine.pt")], capsys)
+    _assert_one_line_error(code, err, "--out")
+    assert "mine.cert.json exists" in err and "--overwrite" in err
+    assert (tmp_path / "mine.cert.json").read_text() == "{}" and not (tmp_path / "mine.pt").exists()
+    # a simple model writes no certificate: the same name is free for it
+    (tmp_path / "mine.pt").write_bytes(b"x")
+    code, err = _call(base[:-1] + ["--kind", "simple", "--out", str(tmp_path / "mine.pt")], capsys)
+    _assert_one_line_error(code, err, "--out")
+    assert "mine.pt exists" in err
+
+
+def test_plan_checks_model_and_out_before_planning(tmp_path, capsys):
+    import torch
+
+    from lyagym.learned_models import StableControlledDynamics
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "n1.pt"
+    StableControlledDynamics(2, 1, hidden=(8,), lyap_hidden=(8,), sigma_hidden=(4,), dt=0.05).save(ckpt)
+    code, err = _call(["plan", "--model", str(ckpt), "--links", "2", "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--links")
+    assert "is for 1 link" in err and "pass --links 1" in err
+    code, err = _call(["plan", "--model", str(ckpt), "--dt", "0.1", "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--dt 0.05")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, err = _call(["plan", "--model", str(tmp_path / "junk.pt"), "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--model")
+    code, err = _call(["plan", "--model", str(tmp_path / "missing.pt"), "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--model")
+    # plan --out never replaces an earlier run's plot and GIF silently
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "mpc.gif").write_bytes(b"earlier")
+    code, err = _call(["plan", "--out", str(folder), "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--out")
+    assert "--overwrite" in err and (folder / "mpc.gif").read_bytes() == b"earlier"
+    code, err = _call(["plan", "--out", str(ckpt), "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--out")
+
+
+def test_mbrl_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    code, err = _call(["mbrl", "--out", str(tmp_path / "f"), "--no-progress"], capsys)
+    _assert_one_line_error(code, err, "--out")
+
+
+def test_argparse_mistakes_are_one_line_too(capsys):
+    for argv, flag in ((["train"], "--out"), (["plan", "--bogus"], "--bogus"), (["plan", "--horizon"], "--horizon")):
+        code, err = _call(argv, capsys)
+        _assert_one_line_error(code, err, flag)
