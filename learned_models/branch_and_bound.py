@@ -1,0 +1,128 @@
+"""Branch and bound over a box of states: prove ``h(x) < 0`` everywhere, find a state with
+``h(x) > 0``, or say how much of the box is proven when the budget runs out.
+
+Each round takes the worst open boxes (largest certified upper bound first, so a violation
+is found early), splits each of them in half along *every* dimension, bounds all ``2 n``
+children in one batched call and keeps the split whose worse child has the smaller upper
+bound (the dimension that tightens the bound most; the children's bounds are then already
+computed, so the choice costs no extra pass). A child whose upper bound is ``< 0`` is proven;
+one the caller marks as covered (by another argument: the local certificate's ball, a
+sublevel set outside the claim) needs no proof. Box centres are evaluated exactly
+(``value_fn``) on the way: a centre with ``h > 0`` outside the covered region is a
+counterexample, re-checked by that plain evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["BranchAndBoundResult", "branch_and_bound"]
+
+
+@dataclass
+class BranchAndBoundResult:
+    """``status``: ``"verified"`` (``h < 0`` on the whole box outside the covered part),
+    ``"counterexample"`` (``counterexample: (n,)`` with ``h = counterexample_value > 0``) or
+    ``"unknown"`` (budget spent). ``verified_fraction``: share of the box volume proven or
+    covered; ``covered_fraction``: the covered part alone. ``open_lo, open_hi: (k, n)``: the
+    boxes left unresolved, ``worst_upper`` their largest upper bound."""
+
+    status: str
+    verified_fraction: float
+    covered_fraction: float
+    boxes: int
+    seconds: float
+    counterexample: torch.Tensor | None = None
+    counterexample_value: float | None = None
+    worst_upper: float | None = None
+    open_lo: torch.Tensor | None = field(default=None, repr=False)
+    open_hi: torch.Tensor | None = field(default=None, repr=False)
+
+
+def branch_and_bound(
+    bound_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    value_fn: Callable[[torch.Tensor], torch.Tensor],
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    budget_s: float = 30.0,
+    max_boxes: int = 10_000_000,
+    batch: int = 512,
+    progress: Callable[[float, int], None] | None = None,
+) -> BranchAndBoundResult:
+    """Prove ``h < 0`` on the box ``[lo, hi]`` (``(n,)`` each) outside a covered region.
+
+    Args:
+        bound_fn: ``(lo, hi) -> (upper, covered)`` for boxes ``(batch, n)``: a certified upper
+            bound of ``h`` on each box, ``(batch,)``, and a bool ``(batch,)``, true for boxes
+            that need no proof (wholly inside a region another argument covers).
+        value_fn: ``x: (batch, n) -> h(x): (batch,)`` by plain evaluation, and points
+            ``(batch, n)`` that are covered must be reported by ``bound_fn`` on the degenerate
+            box ``[x, x]``.
+        budget_s: wall-clock budget in seconds; max_boxes: budget in bounded boxes.
+        batch: boxes split per round (each gives ``2 n`` bounded children).
+        progress: called as ``progress(verified_fraction, boxes)`` after each round.
+    """
+    start = time.perf_counter()
+    lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
+    n = lo.shape[1]
+    total = float((hi - lo).prod())
+    upper, covered = bound_fn(lo, hi)
+    boxes = 1
+    proven = covered | (upper < 0)
+    done = float((hi - lo).prod(-1)[proven].sum())
+    covered_volume = float((hi - lo).prod(-1)[covered].sum())
+    keep = ~proven
+    open_lo, open_hi, open_up = lo[keep], hi[keep], upper[keep]
+
+    def result(status: str, **extra) -> BranchAndBoundResult:
+        worst = float(open_up.max()) if open_up.numel() else None
+        return BranchAndBoundResult(status, done / total, covered_volume / total, boxes, time.perf_counter() - start,
+                                    worst_upper=worst, open_lo=open_lo, open_hi=open_hi, **extra)
+
+    while open_lo.shape[0]:
+        if time.perf_counter() - start > budget_s or boxes >= max_boxes:
+            return result("unknown")
+        order = torch.argsort(open_up, descending=True)
+        take, rest = order[:batch], order[batch:]
+        blo, bhi = open_lo[take], open_hi[take]
+        # Counterexample search at the centres of the boxes about to be split.
+        centre = (blo + bhi) / 2
+        h = value_fn(centre)
+        bad = h > 0
+        if bool(bad.any()):
+            _, at_centre_covered = bound_fn(centre[bad], centre[bad])
+            hits = torch.nonzero(bad).squeeze(-1)[~at_centre_covered]
+            if hits.numel():
+                i = int(hits[torch.argmax(h[hits])])
+                return result("counterexample", counterexample=centre[i].clone(), counterexample_value=float(h[i]))
+        # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
+        k = blo.shape[0]
+        mid = (blo + bhi) / 2
+        eye = torch.eye(n, dtype=torch.bool, device=blo.device)
+        c_lo = torch.stack([torch.where(eye, blo.unsqueeze(1), blo.unsqueeze(1)), torch.where(eye, mid.unsqueeze(1), blo.unsqueeze(1))], 2)
+        c_hi = torch.stack([torch.where(eye, mid.unsqueeze(1), bhi.unsqueeze(1)), torch.where(eye, bhi.unsqueeze(1), bhi.unsqueeze(1))], 2)
+        # (k, n dims, 2 halves, n)
+        up, cov = bound_fn(c_lo.reshape(-1, n), c_hi.reshape(-1, n))
+        boxes += up.numel()
+        up, cov = up.view(k, n, 2), cov.view(k, n, 2)
+        score = torch.where(cov | (up < 0), torch.full_like(up, -torch.inf), up).max(-1).values  # (k, n)
+        dim = torch.argmin(score, dim=1)
+        idx = torch.arange(k, device=blo.device)
+        ch_lo, ch_hi = c_lo[idx, dim], c_hi[idx, dim]  # (k, 2, n)
+        ch_up, ch_cov = up[idx, dim], cov[idx, dim]
+        ch_lo, ch_hi, ch_up, ch_cov = ch_lo.reshape(-1, n), ch_hi.reshape(-1, n), ch_up.reshape(-1), ch_cov.reshape(-1)
+        ok = ch_cov | (ch_up < 0)
+        vol = (ch_hi - ch_lo).prod(-1)
+        done += float(vol[ok].sum())
+        covered_volume += float(vol[ch_cov].sum())
+        open_lo = torch.cat([open_lo[rest], ch_lo[~ok]])
+        open_hi = torch.cat([open_hi[rest], ch_hi[~ok]])
+        open_up = torch.cat([open_up[rest], ch_up[~ok]])
+        if progress is not None:
+            progress(done / total, boxes)
+    return result("verified")
