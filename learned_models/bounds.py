@@ -407,25 +407,24 @@ def field_bounds(model: nn.Module, x: LinearBounds, u: LinearBounds | None = Non
 
 
 def decrease_bounds(model: nn.Module, lyapunov: nn.Module, lo: torch.Tensor, hi: torch.Tensor, alpha: float, *,
-                    u_box: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                    u_lo: torch.Tensor | None = None, u_hi: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Certified bounds over boxes ``lo, hi: (batch, n)`` (float64 recommended) of
 
     - ``V``, ``f`` (``(batch, n)``) and ``h = grad V . f + alpha V``, the Lyapunov decrease
       condition (``h <= 0`` means ``dV/dt <= -alpha V``);
-    - with ``u_box = (u_lo, u_hi)``, ``(m,)`` each, ``f(x, u)`` for every ``u`` in that box too.
+    - with ``u_lo, u_hi: (batch, m)``, ``f(x, u)`` and ``h`` for every input ``u`` in that box too.
 
     Returns ``{"V": (lower, upper), "f": (lower, upper), "h": (lower, upper)}``, each a pair of
     ``(batch,)`` (``(batch, n)`` for ``f``) tensors.
     """
-    x = LinearBounds.from_box(lo, hi)
+    n = lo.shape[1]
     u = None
-    if u_box is not None:
-        # u gets its own box coordinates: the inputs are [x, u] with xi in [-1, 1]^(n + m).
-        u_lo = u_box[0].to(lo).expand(lo.shape[0], -1)
-        u_hi = u_box[1].to(lo).expand(lo.shape[0], -1)
+    if u_lo is not None and u_lo.shape[-1] > 0:
+        # u gets box coordinates of its own: the inputs are [x, u] with xi in [-1, 1]^(n + m).
         xu = LinearBounds.from_box(torch.cat([lo, u_lo], -1), torch.cat([hi, u_hi], -1))
-        n = lo.shape[1]
         x, u = xu[slice(0, n)], xu[slice(n, None)]
+    else:
+        x = LinearBounds.from_box(lo, hi)
     Vb = lyapunov_bounds(lyapunov, x)
     f = field_bounds(model, x, u)
     h = Vb.grad.mul(f).sum() + Vb.value.scale(lo.new_full((1,), float(alpha)))

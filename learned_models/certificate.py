@@ -11,6 +11,9 @@ what ``evidence``:
 - ``"falsification"``: a search for counterexamples (``Certificate.check``) found none.
 - ``"empirical"``: measured on held-out data (e.g. LyaNet's soft Lyapunov loss); a
   statement about the data seen, not a proof.
+- ``"formal"``: proven by sound bound propagation and branch and bound over a box of states
+  (``Certificate.verify``; ``details["formal"]`` says where: the box, the sublevel level
+  ``rho``, the local ellipsoid at the equilibrium, the proven fraction and the margin).
 
 The exponential-stability constants follow eq. (2) of Manek & Kolter:
 ``c1 ||x - x_eq||^2 <= V(x) <= c2 ||x - x_eq||^2`` and ``dV/dt <= -alpha V`` give
@@ -43,7 +46,7 @@ CLAIMS = (
     "lyapunov_convergence",  # LyaNet: inference ODE converges to its prediction at rate kappa
 )
 #: Kinds of evidence, strongest first.
-EVIDENCE = ("by_construction", "falsification", "empirical")
+EVIDENCE = ("by_construction", "formal", "falsification", "empirical")
 
 FORMAT_VERSION = 1
 
@@ -54,7 +57,8 @@ MEANING = {
     "c2": "V(x) <= c2 ||x - x_eq||^2 (null: unknown)",
     "overshoot": "sqrt(c2 / c1): ||x(t) - x_eq|| <= overshoot ||x(0) - x_eq|| exp(-alpha t / 2)",
     "time_domain": "continuous: the ODE xdot = f(x); discrete: the model's step map with `integrator` and step `h`",
-    "evidence": "by_construction (architecture), falsification (no counterexample found), empirical (measured on data)",
+    "evidence": "by_construction (architecture), formal (proven over a box by bound propagation; see details.formal), "
+                "falsification (no counterexample found), empirical (measured on data)",
     "weights_hash": "sha256 of the exact weights the claim is about; fine-tuning voids it",
 }
 
@@ -241,6 +245,21 @@ class Certificate:
         from .falsification import falsify  # the falsifier is heavier; load on demand
 
         return falsify(self, model, **kwargs)
+
+    def verify(self, model, *, box: Any, budget_s: float = 30.0, lyapunov: torch.nn.Module | None = None,
+               rho: float | str | None = None, u_box: Any = None, progress: Any = None) -> "Certificate":
+        """Prove this certificate's decrease condition on ``box``; see ``lyagym.learned_models.verification``.
+
+        ``box``: ``state_dim`` pairs ``[lo, hi]``; ``lyapunov``: ``V`` (default ``model.lyapunov``);
+        ``rho``: ``None`` (the whole box), a level (``{V <= rho}``) or ``"auto"`` (the largest level
+        found by bisection: a region of attraction). Returns a copy with evidence ``"formal"``
+        added when proven, and ``details["formal"]`` (tool, boxes, fraction, margin, seconds,
+        rho, the local certificate, or the counterexample) either way. ``check()`` stays the
+        fast falsifier.
+        """
+        from .verification import formal_certificate  # bounds and branch and bound load on demand
+
+        return formal_certificate(self, model, box=box, budget_s=budget_s, lyapunov=lyapunov, rho=rho, u_box=u_box, progress=progress)
 
 
 def _short_list(values: list[float], n: int = 4) -> str:
