@@ -227,6 +227,11 @@ def _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings):
     return x_eq + chosen.unsqueeze(-1) * dy
 
 
+#: rows per block of a CPU rollout (``ODEWorldModel.rollout``): small enough that a block's
+#: activations stay in cache over the horizon, large enough that each matrix product is efficient
+ROLLOUT_BLOCK_ROWS = 4096
+
+
 class ODEWorldModel(nn.Module):
     """Base of the learned continuous-time models: validation, ``step``, ``rollout``, checkpoints.
 
@@ -334,6 +339,17 @@ class ODEWorldModel(nn.Module):
             if self.action_dim:
                 self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
             inputs = actions.unbind(1) if self.action_dim else [None] * actions.shape[1]
+        rows = x0.shape[0]
+        if x0.device.type == "cpu" and rows > 2 * ROLLOUT_BLOCK_ROWS:
+            # Rows are independent. On a CPU a block of rows keeps its activations in cache
+            # through the whole horizon, where all rows at once stream every stage through
+            # memory: 64k rows x 30 steps of a (100, 100) MLP ran 4x faster in 4k-row blocks.
+            blocks = [self._rollout_rows(x0[i:i + ROLLOUT_BLOCK_ROWS], [u if u is None else u[i:i + ROLLOUT_BLOCK_ROWS] for u in inputs])
+                      for i in range(0, rows, ROLLOUT_BLOCK_ROWS)]
+            return torch.cat(blocks, dim=0)
+        return self._rollout_rows(x0, inputs)
+
+    def _rollout_rows(self, x0: torch.Tensor, inputs: list) -> torch.Tensor:
         states = [x0]
         x = x0
         for u in inputs:

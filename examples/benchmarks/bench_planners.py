@@ -12,6 +12,10 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
    (target <= 10% overhead).
 3. Batched planning: plans/s (states planned per second) for B = 1, 64, 1024 states at once,
    on CPU and on CUDA when present.
+4. MPPI on learned models (the plain ``SimpleDynamics`` MLP and the PETS loop's default
+   model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``): states planned per
+   second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
+   ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both).
 
 All figures are medians over ``--repeats`` timed runs after a warm-up run; contenders are
 timed in alternation so that changes in machine load affect both alike.
@@ -171,6 +175,42 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
         print(f"  {device:5s} B={b:5d} K={k:5d} H={H}: {b / t:10.1f} states planned/s  ({1 / t:7.2f} calls/s)")
 
 
+def bench_learned(K: int, H: int, repeats: int) -> None:
+    import gymnasium as gym
+
+    from lyagym.agents.adapters import make_adapter
+    from lyagym.agents.mbrl import world_model_for
+    from lyagym.learned_models import SimpleDynamics
+
+    try:
+        from pytorch_mppi import MPPI
+    except ImportError:
+        print("  (pytorch_mppi not installed: pip install pytorch_mppi)")
+        return
+    adapter = make_adapter(gym.make("Pendulum-v1"))
+    models = {"SimpleDynamics(2, 1, 100-100), plain MLP": SimpleDynamics(2, 1, hidden=(100, 100), dt=adapter.dt),
+              "world_model_for(Pendulum-v1, 'simple'), priors": world_model_for(adapter, "simple")}
+    cost = PendulumCost(1, "swingup")
+    for name, model in models.items():
+        model.requires_grad_(False)
+        theirs = MPPI(lambda s, a: model.step(s, a), lambda s, a: cost.step_cost(s, a), 2, torch.eye(1), num_samples=K,
+                      horizon=H, lambda_=1.0, u_min=torch.tensor([-2.0]), u_max=torch.tensor([2.0]),
+                      terminal_state_cost=lambda s, a: cost.step_cost(s[0, :, -1]))
+        for b in (1, 64):
+            ours = MPPIPlanner(model, cost, horizon=H, num_samples=K, noise_std=1.0, temperature=1.0, action_low=-2.0,
+                               action_high=2.0, seed=0)
+            x = torch.rand(b, 2, generator=torch.Generator().manual_seed(b)) * 2 - 1
+
+            def loop_theirs():
+                with torch.no_grad():
+                    for i in range(b):
+                        theirs.command(x[i])
+
+            t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], repeats if b == 1 else max(3, repeats // 3))
+            print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
+                  f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the anchor figure)")
@@ -192,6 +232,8 @@ def main() -> None:
     bench_batched("cpu", K, H, args.repeats)
     if torch.cuda.is_available():
         bench_batched("cuda", K, H, args.repeats)
+    print("4. MPPI on learned models, B states per call vs a loop of pytorch_mppi single-state plans:")
+    bench_learned(K, H, args.repeats)
 
 
 if __name__ == "__main__":
