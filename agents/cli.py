@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli_train", "train a world model on pendulum data and save a checkpoint"),
     "plan": ("cli_plan", "run an MPC planner on an env (the pendulum by default) with a world model"),
     "mbrl": ("cli_mbrl", "model-based RL (PETS / MBPO) or an SB3 baseline on any env with an adapter"),
+    "verify": ("cli_verify", "prove a model's Lyapunov decrease over a box of states (bound propagation + branch and bound)"),
     "reproduce": ("reproduce.cli", "reproduce a paper figure or table (see `lyagym reproduce --list`)"),
 }
 

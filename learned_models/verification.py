@@ -319,3 +319,26 @@ def _short(values: Sequence) -> str:
         return "[" + ", ".join(fmt(x) for x in v) + "]" if isinstance(v, (list, tuple)) else f"{v:.4g}"
 
     return fmt(values)
+
+
+def lyapunov_payload(lyapunov: nn.Module) -> dict[str, Any]:
+    """``V`` as plain data (config and weights) for a checkpoint's metadata: ``save_model(f,
+    path, metadata={"lyapunov": lyapunov_payload(V), "alpha": alpha})`` stores a model whose
+    ``V`` is separate (the soft-Lyapunov model), so that ``lyagym verify PATH`` finds both."""
+    config = {"state_dim": lyapunov.state_dim, "hidden": list(lyapunov.g.hidden), "eps": lyapunov.eps, "d": lyapunov.d,
+              "warp": lyapunov.warp_name, "x_eq": lyapunov.x_eq.tolist(), "shift": lyapunov.shift,
+              "quadratic": lyapunov.L is not None}
+    return {"config": config, "state_dict": {k: v.detach().cpu() for k, v in lyapunov.state_dict().items()}}
+
+
+def lyapunov_from_payload(payload: dict[str, Any]) -> nn.Module:
+    """The ``LyapunovFunction`` stored by ``lyapunov_payload`` (``ValueError`` if malformed)."""
+    from .lyapunov import LyapunovFunction
+
+    try:
+        V = LyapunovFunction(**payload["config"])
+        V = V.to(next(iter(payload["state_dict"].values())).dtype)
+        V.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, StopIteration) as e:
+        raise ValueError(f"the checkpoint's 'lyapunov' metadata does not build a LyapunovFunction: {e}") from None
+    return V

@@ -1,0 +1,134 @@
+"""``lyagym verify CHECKPOINT --box LO,HI ...``: prove a model's Lyapunov decrease over a box.
+
+The checkpoint is a ``save_model`` file whose model has a ``lyapunov`` attribute or whose
+metadata holds one (``lyagym.learned_models.verification.lyapunov_payload``: the
+soft-Lyapunov model, a plain ``SimpleDynamics`` with a separately fitted ``V``). Prints a
+progress bar and writes the result as JSON (stdout, or ``--out``): status (verified /
+counterexample / unknown), the proven fraction of the box, boxes, seconds, the margin, the
+local certificate at the equilibrium and, with ``--rho auto``, the certified region of
+attraction ``{V <= rho}``.
+
+Example::
+
+    lyagym verify soft_n1.pt --box=-3.1416,3.1416 --box=-8,8 --rho auto --budget-s 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+
+def _pair(text: str) -> tuple[float, float]:
+    import math
+
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. -3.1416,3.1416), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"expected finite LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _rho(text: str) -> float | str:
+    if text == "auto":
+        return text
+    from .cli_types import number
+
+    return number(0, strict=True)(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli_types import number
+
+    parser.add_argument("checkpoint", help="a lyagym model checkpoint (save_model) with a Lyapunov function")
+    parser.add_argument("--box", type=_pair, action="append", required=True, metavar="LO,HI",
+                        help="one per state dimension, in order (write --box=-3.14,3.14 for a negative LO)")
+    parser.add_argument("--u-box", type=_pair, action="append", default=None, metavar="LO,HI",
+                        help="one per input dimension: prove the decrease for every input in this box")
+    parser.add_argument("--alpha", type=number(0), default=None,
+                        help="decay rate to prove (default: the checkpoint's metadata 'alpha', else the model's alpha)")
+    parser.add_argument("--rho", type=_rho, default=None,
+                        help="restrict the claim to {V <= RHO}; 'auto': the largest such level by bisection (region of attraction)")
+    parser.add_argument("--budget-s", type=number(0, strict=True), default=30.0, help="time budget in seconds")
+    parser.add_argument("--out", default=None, help="write the JSON result here (atomically) instead of stdout")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _fail(message: str) -> int:
+    print(f"lyagym verify: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from lyagym.learned_models import load_model
+    from lyagym.learned_models.verification import lyapunov_from_payload, region_of_attraction, verify_decrease
+
+    try:
+        model = load_model(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    meta = getattr(model, "checkpoint_metadata", {}) or {}
+    V = getattr(model, "lyapunov", None)
+    try:
+        if V is None and "lyapunov" in meta:
+            V = lyapunov_from_payload(meta["lyapunov"])
+    except ValueError as e:
+        return _fail(f"{args.checkpoint}: {e}")
+    if V is None:
+        return _fail(f"{args.checkpoint} holds a {type(model).__name__} without a Lyapunov function "
+                     "(save it with metadata={'lyapunov': lyapunov_payload(V)})")
+    alpha = args.alpha if args.alpha is not None else meta.get("alpha", getattr(model, "alpha", None))
+    if alpha is None:
+        return _fail("no decay rate: pass --alpha")
+    if len(args.box) != V.state_dim:
+        return _fail(f"--box: expected {V.state_dim} (one per state dimension), got {len(args.box)}")
+    m = int(getattr(model, "action_dim", 0) or 0)
+    if m and (args.u_box is None or len(args.u_box) != m):
+        return _fail(f"--u-box: the model takes {m} input(s); expected {m} LO,HI pairs, got {0 if args.u_box is None else len(args.u_box)}")
+    if args.rho == "auto" and m:
+        return _fail("--rho auto needs an autonomous model (no inputs)")
+    if args.out is not None and os.path.dirname(os.path.abspath(args.out)) and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        return _fail(f"--out: folder {os.path.dirname(os.path.abspath(args.out))!r} does not exist")
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc="verify", unit="% of box", bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}<{remaining}]{postfix}")
+
+    def progress(fraction: float, boxes: int) -> None:
+        if bar is not None:
+            bar.n = 100 * fraction
+            bar.set_postfix(boxes=boxes, refresh=False)
+            bar.refresh()
+
+    try:
+        if args.rho == "auto":
+            res = region_of_attraction(model, V, args.box, alpha=float(alpha), budget_s=args.budget_s, progress=progress)
+        else:
+            res = verify_decrease(model, V, args.box, alpha=float(alpha), rho=args.rho, u_box=args.u_box, budget_s=args.budget_s,
+                                  progress=progress)
+    except (TypeError, ValueError) as e:
+        if bar is not None:
+            bar.close()
+        return _fail(str(e))
+    if bar is not None:
+        bar.close()
+    text = json.dumps({"checkpoint": args.checkpoint, "model_class": type(model).__name__, **res.details()}, indent=2)
+    if args.out is None:
+        print(text)
+    else:
+        from pathlib import Path
+
+        from lyagym.learned_models.files import atomic_write
+
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n"))
+        print(f"{res.status}: {100 * res.fraction:.4g}% of the box in {res.seconds:.1f} s; wrote {args.out}")
+    return 0
