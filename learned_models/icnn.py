@@ -127,7 +127,49 @@ def _plan(W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequ
     return _Plan(W if Wt is None else Wt.t(), b.unsqueeze(-1), Ud, [u.t() for u in Ud], W[:rows], sizes, list(widths[:-1]) + [1])
 
 
-def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+def _centered_activation(a: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``zh = d sigma(a)`` of one layer in difference form, in place on ``a: (width, batch + 1)``.
+
+    The columns ``:-1`` of ``a`` hold ``delta = a(x_i) - a(x_ref)``, the last ``p = a(x_ref)``;
+    ``zh`` comes back in the same form (``zh(x_i) - zh(x_ref)``, then ``zh(x_ref)``) and ``m``
+    absolute (``clamp(a(x_i), 0, d)``, then ``clamp(p, 0, d)``). The difference is the integral
+    of ``clamp(t, 0, d)`` from ``p`` to ``p + delta``: with ``P = clamp(p, 0, d)``,
+    ``e = p - P``, ``dC = clamp(delta + e, -P, d - P)`` (the change of the clamp) and
+    ``M = P + dC``, it is ``M delta + dC (e - dC / 2)``. No two nearly equal numbers are
+    subtracted, so near ``x_ref`` the difference keeps its relative precision (subtracting
+    ``zh(x_ref)`` from ``zh(x_i)`` would leave only the rounding of ``zh(x_ref)``).
+    """
+    p = a[:, -1:]
+    P = p.clamp(0.0, d)
+    e = p - P
+    delta = a[:, :-1]
+    dC = torch.add(delta, e).clamp_(min=-P, max=d - P)
+    m = torch.empty_like(a)
+    torch.add(dC, P, out=m[:, :-1])
+    m[:, -1:] = P
+    q = torch.add(e, dC, alpha=-0.5)
+    delta.mul_(m[:, :-1]).addcmul_(dC, q)
+    p.sub_(P, alpha=0.5).mul_(P)
+    return a, m
+
+
+def _centered_activation_plain(a: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_centered_activation`` batch-major (``a: (batch + 1, width)``, the reference row last),
+    out of place: differentiable by ordinary autograd and batched by ``vmap``."""
+    p, delta = a[-1:], a[:-1]
+    P = p.clamp(0.0, d)
+    e = p - P
+    dC = torch.clamp(delta + e, min=-P, max=d - P)
+    M = P + dC
+    return torch.cat([M * delta + dC * (e - 0.5 * dC), (p - 0.5 * P) * P]), torch.cat([M, P])
+
+
+def _centered_input(x: torch.Tensor) -> torch.Tensor:
+    """``[x_i - x_ref; x_ref]`` from ``x = [x_i; x_ref]``: the input of the difference form."""
+    return torch.cat([x[:-1] - x[-1:], x[-1:]])
+
+
+def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False, centered: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Eq. 11 forward without autograd: ``g: (batch,)``, and with ``keep`` the ``zh_i`` and ``m_i``.
 
     With ``m = clamp(a, 0, d) = d sigma'(a)`` a layer is ``zh = m (a - m / 2) = d sigma(a)``
@@ -137,9 +179,20 @@ def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False) -> tuple[
     Feature-major: the pre-activations of all layers are one ``(rows, batch)`` buffer, so each
     layer's block is contiguous, the z-path product accumulates into it in place (``addmm_``,
     no copy of the input term) and ``zh_i, m_i`` are ``(widths[i], batch)``.
+
+    ``centered``: the last row of ``x`` is a reference ``x_ref`` and ``g`` comes back as
+    ``[g(x_i) - g(x_ref); g(x_ref)]``, every layer carried in difference form (see
+    ``_centered_activation``; the layers are affine in ``x`` and ``zh`` apart from the
+    activation, so the bias only enters the reference column). ``zh_i`` are then in
+    difference form too; ``m_i`` are absolute.
     """
     k = len(plan.Ud)  # hidden layers
-    blocks = torch.addmm(plan.b1, plan.A, x.t()).split(plan.sizes)
+    if centered:
+        pre = torch.mm(plan.A, _centered_input(x).t())
+        pre[:, -1:].add_(plan.b1)
+    else:
+        pre = torch.addmm(plan.b1, plan.A, x.t())
+    blocks = pre.split(plan.sizes)
     zs: list[torch.Tensor] = []
     ms: list[torch.Tensor] = []
     z = x
@@ -147,8 +200,11 @@ def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False) -> tuple[
         a = blocks[i]
         if i > 0:
             a.addmm_(plan.Ud[i - 1], z)
-        m = a.clamp(0.0, d)
-        z = a.sub_(m, alpha=0.5).mul_(m)  # in place: a is this call's own buffer
+        if centered:
+            z, m = _centered_activation(a, d)
+        else:
+            m = a.clamp(0.0, d)
+            z = a.sub_(m, alpha=0.5).mul_(m)  # in place: a is this call's own buffer
         if keep:
             zs.append(z)
             ms.append(m)
@@ -157,15 +213,16 @@ def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False) -> tuple[
 
 
 def _value_and_grad(
-    x: torch.Tensor, plan: _Plan, d: float, keep: bool = False
+    x: torch.Tensor, plan: _Plan, d: float, keep: bool = False, centered: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Eq. 11 forward and its explicit reverse pass, without autograd (in-place where safe).
 
     Returns ``g: (batch,)``, ``dg/dx: (batch, in_dim)`` and, with ``keep``, what the backward
     of ``_ICNNValueAndGrad`` needs (feature-major): ``zh_i``, ``m_i``, the reverse-pass inputs
     ``e_i`` (``delta_i = e_i * m_i``) and ``D = [delta_0; ...; delta_{k-1}; 1]: (sum hidden + 1, batch)``.
+    ``centered``: ``g`` (and ``zh_i``) in difference form, see ``_value``; ``dg/dx`` is absolute.
     """
-    g, zs, ms = _value(x, plan, d, keep=True)
+    g, zs, ms = _value(x, plan, d, keep=True, centered=centered)
     # Reverse pass: delta_i = dg/d(a_i) = e_i * m_i with e_{k-1} = U_{k-1}^T / d (the affine
     # output) and e_i = U_i^T delta_{i+1} / d. The deltas are stacked in one buffer whose last
     # row is 1, so that dg/dx = sum_i delta_i^T W_i + W_k is one product.
@@ -188,7 +245,7 @@ def _value_and_grad(
 
 
 def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequence[int], d: float,
-                          need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          need_grad: bool = True, centered: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(g: (batch,), dg/dx: (batch, in_dim))`` with plain out-of-place ops (for ``functorch_safe``).
 
     The same eq. 11 forward and reverse pass as ``_value_and_grad`` (``1/d`` folded into
@@ -196,16 +253,25 @@ def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud:
     ``m = clamp(a, 0, d)``), batch-major, without ``out=``, in-place updates or a custom
     autograd node: ``vmap`` batches it and ordinary autograd differentiates it (once or more).
     ``W: (sum widths, in_dim)``, ``b: (sum widths,)``. Without ``need_grad`` the gradient is ``None``.
+    ``centered``: ``g`` in difference form against the last row, as ``_value``.
     """
     k = len(Ud)
+    if centered:
+        pre = _centered_input(x) @ W.t()
+        pre = torch.cat([pre[:-1], pre[-1:] + b])  # the bias enters the reference row only
+    else:
+        pre = torch.addmm(b, x, W.t())
     # split, not slices: its backward is one cat, where each slice's would zero-fill a full-size buffer
-    pre = torch.addmm(b, x, W.t()).split(list(widths), dim=-1)  # per layer (batch, widths[i])
+    pre = pre.split(list(widths), dim=-1)  # per layer (batch, widths[i])
     ms: list[torch.Tensor] = []
     zh = x
     for i in range(k):
         a = pre[i] if i == 0 else torch.addmm(pre[i], zh, Ud[i - 1].t())
-        m = a.clamp(0.0, d)  # d sigma'(a)
-        zh = torch.sub(a, m, alpha=0.5) * m  # d sigma_d(a), eq. 13
+        if centered:
+            zh, m = _centered_activation_plain(a, d)
+        else:
+            m = a.clamp(0.0, d)  # d sigma'(a)
+            zh = torch.sub(a, m, alpha=0.5) * m  # d sigma_d(a), eq. 13
         ms.append(m)
     g = torch.addmm(pre[k], zh, Ud[-1].t()).squeeze(-1)
     if not need_grad:
@@ -243,20 +309,27 @@ class _ICNNValueAndGrad(torch.autograd.Function):
     (``d zh / da = m``). Inputs: ``x`` and the ICNN's single parameter vector ``theta``
     (``U = softplus(U_raw)`` and the ``1 / d`` are applied inside; ``softplus' = sigmoid``).
     Feature-major like ``_value``: ``P`` stacks the adjoints of all pre-activations.
+    ``centered``: ``g`` in difference form (``_value``); its adjoint is turned into that of
+    the absolute values (the reference row's gets minus the others' sum) and the saved
+    ``zh_i`` are made absolute, so the backward itself is the same.
     """
 
     @staticmethod
-    def forward(ctx, widths, d, x, theta):
+    def forward(ctx, widths, d, x, theta, centered=False):
         W, b, U_raw = _split_theta(theta, widths, x.shape[1])
         Ud = _unflatten(F.softplus(U_raw).mul_(1.0 / d), _z_shapes(widths))
-        g, grad, zs, ms, es, D = _value_and_grad(x, _plan(W, b, Ud, widths), d, keep=True)
-        ctx.widths, ctx.d, ctx.k = tuple(widths), float(d), len(Ud)
+        g, grad, zs, ms, es, D = _value_and_grad(x, _plan(W, b, Ud, widths), d, keep=True, centered=centered)
+        if centered:  # the backward needs zh(x_i) itself for the z-path weights' adjoints
+            zs = [torch.cat([z[:, :-1] + z[:, -1:], z[:, -1:]], dim=1) for z in zs]
+        ctx.widths, ctx.d, ctx.k, ctx.centered = tuple(widths), float(d), len(Ud), bool(centered)
         ctx.save_for_backward(x, theta, D, *Ud, *zs, *ms, *es[:-1])
         return g, grad
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gbar, Gbar):
+        if ctx.centered:
+            gbar = torch.cat([gbar[:-1], gbar[-1:] - gbar[:-1].sum(0, keepdim=True)])
         widths, d, k = ctx.widths, ctx.d, ctx.k
         saved = ctx.saved_tensors
         x, theta, D = saved[:3]
@@ -301,7 +374,7 @@ class _ICNNValueAndGrad(torch.autograd.Function):
             # U = softplus(U_raw) / d inside: dU/dU_raw = sigmoid(U_raw) / d.
             Ubar = torch.cat([u.reshape(-1) for u in Udbar]).mul_(torch.sigmoid(U_raw)).mul_(1.0 / d)
             theta_bar = torch.cat([Wbar.reshape(-1), P.sum(1), Ubar])
-        return None, None, xbar, theta_bar
+        return None, None, xbar, theta_bar, None
 
 
 class _WeightsCache:
@@ -533,13 +606,22 @@ class ICNN(nn.Module):
         finally:
             cache.active, cache.value = False, None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (batch, in_dim)`` -> ``g(x): (batch,)``."""
+    def forward(self, x: torch.Tensor, *, centered: bool = False) -> torch.Tensor:
+        """``x: (batch, in_dim)`` -> ``g(x): (batch,)``.
+
+        ``centered``: the last row of ``x`` is a reference ``x_ref``; returns
+        ``[g(x_i) - g(x_ref); g(x_ref)]`` with the differences computed layer by layer in
+        difference form, so that they keep their relative precision however close ``x_i``
+        is to ``x_ref`` (``g(x_i) - g(x_ref)`` from two full evaluations keeps only the
+        rounding of ``g(x_ref)`` there).
+        """
         if _FunctorchState.depth:  # under vmap: no weights cache, no in-place passes
-            return self._plain_value_and_grad(x, need_grad=False)[0]
+            return self._plain_value_and_grad(x, need_grad=False, centered=centered)[0]
         W, b, U, plan = self._prepared()
         if plan is not None:  # no grad mode: in-place activations, no graph
-            return _value(x, plan, self.d)[0]
+            return _value(x, plan, self.d, centered=centered)[0]
+        if centered:
+            return self._plain_value_and_grad(x, need_grad=False, centered=True)[0]
         off = _offsets(self.widths)
         pre = torch.addmm(b, x, W.t())  # (batch, sum widths + padding)
         U = _unflatten(U, self._z_shapes)
@@ -548,7 +630,9 @@ class ICNN(nn.Module):
             z = smooth_relu(torch.addmm(pre[:, off[i] : off[i + 1]], z, U[i - 1].t()), self.d)
         return torch.addmm(pre[:, off[-2] : off[-1]], z, U[-1].t()).squeeze(-1)
 
-    def forward_and_grad(self, x: torch.Tensor, *, method: str = "analytic", create_graph: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_grad(
+        self, x: torch.Tensor, *, method: str = "analytic", create_graph: bool | None = None, centered: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``g(x): (batch,)`` and ``dg/dx: (batch, in_dim)`` for the whole batch at once.
 
         Args:
@@ -558,6 +642,8 @@ class ICNN(nn.Module):
                 graph under ``torch.no_grad``) or ``"autograd"`` (``torch.autograd.grad``,
                 twice differentiable with ``create_graph``; the reference).
             create_graph: ``"autograd"`` only; default ``torch.is_grad_enabled()``.
+            centered: ``g`` as ``[g(x_i) - g(x_ref); g(x_ref)]`` against the last row (see
+                ``forward``); ``dg/dx`` stays absolute.
         """
         if method == "autograd":
             if create_graph is None:
@@ -566,23 +652,26 @@ class ICNN(nn.Module):
                 xg = x if (x.requires_grad and create_graph) else x.detach().requires_grad_(True)
                 g = self.forward(xg)
                 (grad,) = torch.autograd.grad(g.sum(), xg, create_graph=create_graph)
+                if centered:
+                    g = self.forward(xg, centered=True)
             return (g, grad) if create_graph else (g.detach(), grad.detach())
         if method != "analytic":
             raise ValueError(f"method must be 'analytic' or 'autograd', got {method!r}")
         if _FunctorchState.depth:
-            return self._plain_value_and_grad(x)
+            return self._plain_value_and_grad(x, centered=centered)
         if torch.is_grad_enabled() and (x.requires_grad or self.theta.requires_grad):
-            return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta)
+            return _ICNNValueAndGrad.apply(self.widths, self.d, x, self.theta, centered)
         W, b, U, plan = self._prepared()
         if plan is None:  # grad mode, nothing to differentiate
             plan = _plan(W, b, _unflatten(U * (1.0 / self.d), self._z_shapes), self.widths)
-        return _value_and_grad(x, plan, self.d)[:2]
+        return _value_and_grad(x, plan, self.d, centered=centered)[:2]
 
-    def _plain_value_and_grad(self, x: torch.Tensor, need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _plain_value_and_grad(self, x: torch.Tensor, need_grad: bool = True, centered: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         # The functorch_safe pass: weights from theta as they are now (under functional_call,
         # the swapped-in tensors), plain ops throughout.
         W, b, U_raw = _split_theta(self.theta, self.widths, self.in_dim)
-        return _value_and_grad_plain(x, W, b, _unflatten(F.softplus(U_raw) * (1.0 / self.d), self._z_shapes), self.widths, self.d, need_grad)
+        return _value_and_grad_plain(x, W, b, _unflatten(F.softplus(U_raw) * (1.0 / self.d), self._z_shapes), self.widths, self.d,
+                                     need_grad, centered)
 
     def lipschitz_bound(self) -> float:
         """An upper bound on the Lipschitz constant of ``g`` (operator 2-norms, cf. eq. 17).

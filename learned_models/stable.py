@@ -302,7 +302,7 @@ class StableDynamics(ODEWorldModel):
         slack = self._slack(x, u)
         if lyapunov.warp is None and lyapunov.L is None:
             # The default V (convex, eq. 12): eq. 12 and eq. 10 in one node, see _ConvexField.
-            gx, dg = lyapunov.g.forward_and_grad(x_with_eq)
+            gx, dg = lyapunov.g.forward_and_grad(x_with_eq, centered=True)  # g(x) - g(x_eq) without cancellation
             tangent = lyapunov.shift == "tangent"
             if _FunctorchState.depth:  # under vmap: plain ops, ordinary autograd
                 V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
