@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dis
 import math
+import operator
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -84,20 +85,60 @@ def _used_arguments(fn: Callable, n: int) -> dict[str, bool]:
     return {"cos": any(f"c{i + 1}" in names for i in range(n))}
 
 
+def _largest(a) -> float:
+    """``max |a|`` of an array, tensor, sequence of floats or ``None`` (0), for error messages."""
+    if a is None:
+        return 0.0
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().double().numpy()
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    return float(a.max()) if a.size else 0.0
+
+
 def _compiling() -> bool:
     """Inside ``torch.compile`` tracing: skip data-dependent checks (they would break the graph)."""
     is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
     return bool(is_compiling()) if is_compiling is not None else False
 
 
+#: Accepted range of every mass (kg) and rod length (m), and the upper end of ``gravity`` and
+#: ``damping``: twelve orders of magnitude around a unit pendulum. Outside it the parameter
+#: constants (products of up to four masses and lengths) leave float64's range or lose the
+#: mass matrix to rounding (``masses=[1e308, 1e-308]``), and the physics returns NaN.
+PARAMETER_RANGE = (1e-6, 1e6)
+
+
+def _real_array(value, name: str) -> np.ndarray:
+    """``value`` as float64, refusing complex input (``np.asarray(.., float64)`` would drop the
+    imaginary part with only a warning)."""
+    if np.iscomplexobj(value) or isinstance(value, complex):
+        raise TypeError(f"{name} must be real, got a complex value")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except TypeError:
+        raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}") from None
+
+
+def _joint_index(j) -> int:
+    """An int or numpy integer (``operator.index``); a float such as 0.7, or a bool, is refused
+    rather than truncated to a joint."""
+    if isinstance(j, (bool, np.bool_)):
+        raise TypeError(f"{j!r} is not a joint index")
+    return operator.index(j)
+
+
 def _per_link(value, n: int, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = _real_array(value, name)
+    except ValueError:  # ragged or non-numeric
+        raise ValueError(f"{name} must be a scalar or a sequence of n_links={n} numbers, got {value!r}") from None
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):
         raise ValueError(f"{name} must be a scalar or a sequence of n_links={n} values, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be finite and > 0, got {arr.tolist()}")
+    low, high = PARAMETER_RANGE
+    if not np.all((arr >= low) & (arr <= high)):  # also false for NaN
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {arr.tolist()}")
     arr = arr.copy()
     arr.setflags(write=False)  # the compiled coefficients were computed from these values
     return arr
@@ -144,8 +185,8 @@ class PendulumDynamics:
         self.masses = _per_link(1.0 if masses is None else masses, n, "masses")
         self.lengths = _per_link(1.0 / n if lengths is None else lengths, n, "lengths")
         for name, value in (("gravity", gravity), ("damping", damping)):
-            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value <= PARAMETER_RANGE[1]:
+                raise ValueError(f"{name} must be a number in [0, {PARAMETER_RANGE[1]:g}], got {value!r}")
         self.gravity = float(gravity)
         self.damping = float(damping)
         if damping_mode not in DAMPING_MODES:
@@ -154,9 +195,9 @@ class PendulumDynamics:
         if actuated is None:
             actuated = tuple(range(n))
         try:
-            act = tuple(int(j) for j in actuated)
+            act = tuple(_joint_index(j) for j in actuated)
         except TypeError:
-            raise ValueError(f"actuated must be None or a sequence of joint indices, got {actuated!r}") from None
+            raise ValueError(f"actuated must be None or a sequence of int joint indices, got {actuated!r}") from None
         if any(j < 0 or j >= n for j in act) or len(set(act)) != len(act):
             raise ValueError(f"actuated must hold distinct joint indices in [0, {n - 1}], got {act}")
         self.actuated = tuple(sorted(act))
@@ -241,7 +282,7 @@ class PendulumDynamics:
             if x.device.type == "cpu" and not _compiling() and not _all_finite(x):
                 raise ValueError(f"{name} contains NaN or inf")
             return x
-        arr = np.asarray(x, dtype=np.float64)
+        arr = _real_array(x, name)
         if arr.ndim < 1 or arr.shape[-1] != self.state_dim:
             raise ValueError(f"{name} must have shape (..., state_dim={self.state_dim}), got {arr.shape}")
         if not _all_finite(arr):
@@ -253,10 +294,12 @@ class PendulumDynamics:
         if u is None:
             return None
         is_torch = isinstance(x, torch.Tensor)
+        if u.is_complex() if isinstance(u, torch.Tensor) else np.iscomplexobj(u):
+            raise TypeError(f"{name} must be real, got a complex value")
         if is_torch:
             u = torch.as_tensor(u, dtype=x.dtype, device=x.device)
         else:
-            u = np.asarray(u, dtype=np.float64)
+            u = _real_array(u, name)
         if self.action_dim == 0:
             if u.numel() if is_torch else u.size:
                 raise ValueError(f"{name} must be None (or empty): this model has no actuated joints, got shape {tuple(u.shape)}")
@@ -283,6 +326,25 @@ class PendulumDynamics:
         if not isinstance(h, (int, float, np.floating)) or not math.isfinite(h) or h <= 0:
             raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
         return float(h) / int(substeps)
+
+    def _check_result(self, out, x, u, what: str = "step"):
+        """``out`` if finite, else the error that names the overflow: every input was finite
+        (checked on the way in), so a NaN or inf here means the dynamics left the dtype's range.
+        Skipped where the input check is (accelerator tensors, ``torch.compile`` tracing)."""
+        if isinstance(out, torch.Tensor):
+            if out.device.type != "cpu" or _compiling() or _all_finite(out):
+                return out
+        elif _all_finite(out):
+            return out
+        self._overflow(x, u, what)
+
+    def _overflow(self, x, u, what: str):
+        dtype = str(x.dtype).replace("torch.", "")
+        raise ValueError(
+            f"x: the {what} overflowed {dtype} from finite inputs (largest |x| = {_largest(x):.3g}, |u| = {_largest(u):.3g}): "
+            f"the state is outside what {dtype} can integrate; use smaller states, float64, or a smaller dt / more "
+            "substeps if the motion diverged"
+        )
 
     # ------------------------------------------------------------------ right-hand sides
     def _rhs_numpy_T(self, X: np.ndarray, U: tuple) -> np.ndarray:
@@ -331,9 +393,9 @@ class PendulumDynamics:
         u = self._check_u(u, x)
         if isinstance(x, torch.Tensor):
             X = x.movedim(-1, 0).contiguous()
-            return self._rhs_torch_T(X, self._u_rows_torch(u, x.shape[:-1])).movedim(0, -1)
+            return self._check_result(self._rhs_torch_T(X, self._u_rows_torch(u, x.shape[:-1])).movedim(0, -1), x, u, "derivative")
         X = np.ascontiguousarray(np.moveaxis(x, -1, 0))
-        return np.moveaxis(self._rhs_numpy_T(X, self._u_rows_numpy(u, x.shape[:-1])), 0, -1)
+        return self._check_result(np.moveaxis(self._rhs_numpy_T(X, self._u_rows_numpy(u, x.shape[:-1])), 0, -1), x, u, "derivative")
 
     def step(self, x, u=None, dt: float | None = None, method: str = "rk4", substeps: int = 1):
         """Advance ``x`` by ``dt`` (default ``self.dt``) with zero-order-hold torques ``u``.
@@ -365,13 +427,13 @@ class PendulumDynamics:
                 X = integrate(f, X, h)
             # a (..., 2n) view of the (2n, ...) result: feeding it back into step() costs no
             # copy, so loops (rollouts, vector envs) stay in the fast layout
-            return X.movedim(0, -1)
+            return self._check_result(X.movedim(0, -1), x, u)
         X = np.ascontiguousarray(np.moveaxis(x, -1, 0))
         U = self._u_rows_numpy(u, x.shape[:-1])
         f = lambda s: self._rhs_numpy_T(s, U)  # noqa: E731
         for _ in range(substeps):
             X = integrate(f, X, h)
-        return np.ascontiguousarray(np.moveaxis(X, 0, -1))
+        return self._check_result(np.ascontiguousarray(np.moveaxis(X, 0, -1)), x, u)
 
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
         """``WorldModel.rollout``: RK4 at ``self.dt`` under zero-order-hold torques.
@@ -411,7 +473,8 @@ class PendulumDynamics:
             U = [()] * horizon
         else:  # (horizon, action_dim, batch): each step's torques are contiguous rows
             U = [step.unbind(0) for step in actions.permute(1, 2, 0).contiguous().unbind(0)]
-        return self._rollout_T(x0.t().contiguous(), U)
+        # one check of the whole trajectory, after the loop: the loop itself stays sync-free
+        return self._check_result(self._rollout_T(x0.t().contiguous(), U), x0, actions, "rollout")
 
     def _rollout_T(self, X: torch.Tensor, U: list) -> torch.Tensor:
         """The fused RK4 loop from ``X: (2n, batch)`` with ``U[k]``: the ``action_dim`` torque
@@ -502,13 +565,21 @@ class PendulumDynamics:
                 raise ValueError(f"u contains NaN or inf: {us}")
         if not math.isfinite(sum(xs)) and not all(map(math.isfinite, xs)):
             raise ValueError(f"x contains NaN or inf: {xs}")
-        if dt is None and substeps == 1 and method == "rk4":
-            xs = self._py_steps["rk4"](xs, us, self.dt, self._K)
-        else:
-            h = self._check_method(method, dt, substeps)
-            stepper = self._py_steps[method]
-            for _ in range(substeps):
-                xs = stepper(xs, us, h, self._K)
+        try:
+            if dt is None and substeps == 1 and method == "rk4":
+                xs = self._py_steps["rk4"](xs, us, self.dt, self._K)
+            else:
+                h = self._check_method(method, dt, substeps)
+                stepper = self._py_steps[method]
+                for _ in range(substeps):
+                    xs = stepper(xs, us, h, self._K)
+            finite = math.isfinite(sum(xs)) or all(map(math.isfinite, xs))
+        except (OverflowError, ValueError) as e:  # float ** overflow, math.sin(inf) in a later stage
+            if "dt" in str(e) or "substeps" in str(e) or "method" in str(e):
+                raise
+            finite = False
+        if not finite:
+            self._overflow(np.array(x, dtype=np.float64), us, "step")
         return np.array(xs)
 
     def energy(self, x):
@@ -524,11 +595,11 @@ class PendulumDynamics:
         x = self._check_x(x)
         if isinstance(x, torch.Tensor):
             q, w = x[..., : self.n_links], x[..., self.n_links :]
-            return self._th_energy(*torch.sin(q).unbind(-1), *torch.cos(q).unbind(-1), *w.unbind(-1), self._K)
+            return self._check_result(self._th_energy(*torch.sin(q).unbind(-1), *torch.cos(q).unbind(-1), *w.unbind(-1), self._K), x, None, "energy")
         X = np.moveaxis(x, -1, 0)
         q = X[: self.n_links]
         e = self._np_energy(*np.sin(q), *np.cos(q), *X[self.n_links :], self._K)
-        return np.asarray(e, dtype=np.float64) if np.ndim(e) == 0 else e
+        return self._check_result(np.asarray(e, dtype=np.float64) if np.ndim(e) == 0 else e, x, None, "energy")
 
     def positions(self, x):
         """Positions of the link ends (the bobs), pivot at the origin, ``x`` right, ``y`` up.
@@ -582,6 +653,7 @@ class PendulumDynamics:
         for k in range(n_steps):
             X = integrate(f, X, h)
             traj[:, k + 1] = X.T
+        self._check_result(traj, X0, u, "simulation")
         return traj[0] if single else traj
 
     def reference_solve(self, x0, times, u=None, *, rtol: float = 1e-10, atol: float = 1e-10) -> np.ndarray:

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from . import rewards
 from .dynamics import PendulumDynamics
 
-__all__ = ["NLinkPendulumEnv", "INTEGRATORS", "OBSERVATION_MODES", "initial_state_box", "observation_box"]
+__all__ = ["NLinkPendulumEnv", "INTEGRATORS", "OBSERVATION_MODES", "STATE_LIMIT", "initial_state_box", "observation_box", "check_start_state"]
 
 #: Integrators the env accepts (the ``method`` of ``PendulumDynamics.step``).
 INTEGRATORS = ("rk4", "euler")
@@ -25,6 +25,33 @@ INTEGRATORS = ("rk4", "euler")
 OBSERVATION_MODES = ("raw", "trig")
 
 _TWO_PI = 2.0 * math.pi
+
+#: Largest ``|q_i|`` (rad) and ``|qdot_i|`` (rad/s) a starting state may have: far beyond any
+#: motion of a real pendulum, and well inside what float64 integrates (at 1e200 rad/s one RK4
+#: step already overflows; at 1e16 rad an angle has no digits left below one turn).
+STATE_LIMIT = 1e6
+
+
+def check_start_state(state, shapes: tuple[tuple[int, ...], ...], name: str = "options['state']") -> np.ndarray:
+    """``state`` as float64 if it is real, finite, of one of ``shapes`` and within
+    ``STATE_LIMIT``; else a ``ValueError``/``TypeError`` naming ``name`` and what it accepts."""
+    if hasattr(state, "detach"):  # a torch tensor, possibly requiring grad
+        state = state.detach().cpu()
+        if state.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor")
+        state = state.numpy()
+    if np.iscomplexobj(state):
+        raise TypeError(f"{name} must be real, got a complex value")
+    try:
+        arr = np.array(state, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of real numbers, got {state!r}") from None
+    if arr.shape not in shapes:
+        wanted = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"{name} must have shape {wanted} = (q_1..q_n, qdot_1..qdot_n), got {arr.shape}")
+    if not np.all(np.abs(arr) <= STATE_LIMIT):  # also false for NaN
+        raise ValueError(f"{name} must be finite with every |q_i| and |qdot_i| <= {STATE_LIMIT:g}, got {arr.tolist()}")
+    return arr
 
 
 def initial_state_box(n_links: int, task: str, init_angle: float | None, init_velocity: float | None):
@@ -172,7 +199,10 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
     ``[-0.1, 0.1]`` (hanging near rest); for ``regulate`` and ``free`` angles in
     ``[-pi, pi]`` and velocities in ``[-1, 1]``. ``init_angle`` / ``init_velocity``
     change the half-widths. ``reset(options={"state": x0})`` starts from a given
-    ``(2 * n_links,)`` state instead.
+    ``(2 * n_links,)`` state instead (real, with every ``|q_i|``, ``|qdot_i|`` at most
+    ``STATE_LIMIT = 1e6``). Should the motion still diverge until float64 overflows (an
+    integrator step too long for stiff parameters), ``step`` raises ``ValueError``
+    instead of returning NaN.
 
     ## Episode End
 
@@ -315,14 +345,7 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
         if unknown:
             raise ValueError(f"options accepts only the key 'state', got unknown keys {sorted(unknown)}")
         if options.get("state") is not None:
-            state = np.array(options["state"], dtype=np.float64)
-            if state.shape != (self.state_dim,):
-                raise ValueError(
-                    f"options['state'] must have shape ({self.state_dim},) = (q_1..q_n, qdot_1..qdot_n), "
-                    f"got {state.shape}"
-                )
-            if not np.all(np.isfinite(state)):
-                raise ValueError(f"options['state'] must be finite, got {state}")
+            state = check_start_state(options["state"], ((self.state_dim,),))
         else:
             state = self.np_random.uniform(self.init_low, self.init_high)
         self._state = state
@@ -344,6 +367,11 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
             reward = 0.0
         else:
             reward = -rewards.pendulum_cost_floats(self._xs, u, self._target, **self.weights)
+        if not math.isfinite(reward):  # a finite state whose squared velocity overflows float64
+            raise ValueError(
+                f"NLinkPendulumEnv.step: the reward overflowed at the state {self._xs} (the motion diverged); "
+                "a smaller dt or more substeps keeps the integrator stable for these parameters"
+            )
         if self._default_integration:  # the compiled plain-float RK4 step, no options to parse
             x = self.dynamics.step_single(self._xs, u)
         else:
@@ -404,9 +432,14 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _clip_action(self, action) -> list[float]:
         """Validate and clip one action; returns ``action_dim`` plain floats."""
-        if type(action) is np.ndarray and action.shape == self.action_space.shape:
+        if type(action) is np.ndarray and action.shape == self.action_space.shape and action.dtype.kind == "f":
             u = action.tolist()
         else:
+            if hasattr(action, "detach"):  # a torch tensor (maybe requiring grad), as the vector env takes it
+                action = action.detach().cpu()
+                action = action.resolve_conj().numpy() if action.is_complex() else action.numpy()
+            if np.iscomplexobj(action) or isinstance(action, complex):
+                raise TypeError(f"action must be real, got a complex value {action!r}")
             try:
                 arr = np.asarray(action, dtype=np.float64)
             except (TypeError, ValueError):

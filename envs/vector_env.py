@@ -22,7 +22,7 @@ from gymnasium.vector.utils import batch_space
 
 from . import rewards
 from .dynamics import PendulumDynamics
-from .n_link_pendulum import NLinkPendulumEnv
+from .n_link_pendulum import NLinkPendulumEnv, check_start_state
 from .vector_utils import autoreset_mode as _autoreset_mode
 from .vector_utils import reject_scalar_actions, reset_mask
 
@@ -83,8 +83,9 @@ class NLinkPendulumVectorEnv(VectorEnv):
     ``self.np_random`` exactly as the single env does, so sub-env 0 starts where
     ``NLinkPendulumEnv.reset(seed=s)`` starts; the same seed gives the same batch of episodes.
     ``reset(options={"state": x0})`` takes a ``(2 * n_links,)`` state for every env or a
-    ``(num_envs, 2 * n_links)`` batch; ``options={"reset_mask": mask}`` (``(num_envs,)``
-    bool numpy array or tensor) resets only some envs (an all-false mask is a no-op).
+    ``(num_envs, 2 * n_links)`` batch (real, every ``|x_i| <= STATE_LIMIT``, as the single
+    env); ``options={"reset_mask": mask}`` (``(num_envs,)`` bool numpy array or tensor)
+    resets only some envs (an all-false mask is a no-op).
 
     ## Arguments
 
@@ -229,14 +230,9 @@ class NLinkPendulumVectorEnv(VectorEnv):
 
         b, d = self.num_envs, self.state_dim
         if options.get("state") is not None:
-            state = torch.as_tensor(options["state"]).to(device=self.device, dtype=self.dtype)
-            if state.shape not in ((d,), (b, d)):
-                raise ValueError(
-                    f"options['state'] must have shape ({d},) or (num_envs={b}, {d}), got {tuple(state.shape)}"
-                )
-            if not bool(torch.isfinite(state).all()):
-                raise ValueError("options['state'] must be finite")
-            x0 = state.expand(b, d).clone()
+            # the single env's rule (real, finite, |x_i| <= STATE_LIMIT), checked on the host once per reset
+            state = check_start_state(options["state"], ((d,), (b, d)))
+            x0 = torch.as_tensor(state).to(device=self.device, dtype=self.dtype).expand(b, d).clone()
         else:
             # One numpy draw of shape (num_envs, state_dim): row 0 is the single env's draw
             # for the same seed.
@@ -278,6 +274,14 @@ class NLinkPendulumVectorEnv(VectorEnv):
             self._reset_pending = False
         u = self._validated_actions(actions)
         x, reward, obs = self._transition(self._x, u)
+        # The physics raises on an overflowing CPU step; a state that diverged just short of
+        # float64's range still squares to inf in the reward. Free on the host, skipped on
+        # accelerators (a device sync per step), as the physics' own check.
+        if self.device.type == "cpu" and not bool(torch.isfinite(reward).all()):
+            raise ValueError(
+                "NLinkPendulumVectorEnv.step: the reward overflowed (the motion diverged); a smaller dt or more "
+                "substeps keeps the integrator stable for these parameters"
+            )
         self._elapsed += 1
         self._max_elapsed += 1
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -370,6 +374,8 @@ class NLinkPendulumVectorEnv(VectorEnv):
         """Actions as a ``(num_envs, action_dim)`` tensor on ``device``; clipping is in ``_transition``."""
         shape = (self.num_envs, self.action_dim)
         reject_scalar_actions(actions, shape)
+        if actions.is_complex() if isinstance(actions, torch.Tensor) else np.iscomplexobj(actions):
+            raise TypeError(f"actions must be real, got a complex {type(actions).__name__}")
         if isinstance(actions, torch.Tensor):
             u = actions.detach().to(device=self.device, dtype=self.dtype)
             if tuple(u.shape) != shape:

@@ -1,0 +1,168 @@
+"""Finite inputs never silently become NaN, and inputs outside the accepted range are refused
+with an error naming the argument and the range (physics, envs, vector env)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lyagym.envs import NLinkPendulumEnv, PendulumDynamics
+from lyagym.envs.dynamics import PARAMETER_RANGE
+from lyagym.envs.n_link_pendulum import STATE_LIMIT
+from lyagym.envs.vector_env import NLinkPendulumVectorEnv
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+
+
+def _finite_or_overflow_error(fn):
+    """``fn()`` either returns finite values or raises the overflow ``ValueError``: never NaN/inf."""
+    try:
+        out = fn()
+    except ValueError as e:
+        assert "overflowed" in str(e) and str(e).startswith("x:"), e
+        return False
+    values = out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    assert np.isfinite(values).all(), values
+    return True
+
+
+@pytest.mark.parametrize("n_links", [1, 2])
+def test_huge_finite_states_step_or_raise_never_nan(n_links):
+    rng = np.random.default_rng(0)
+    dyn = PendulumDynamics(n_links)
+    outcomes = set()
+    for _ in range(40):
+        x = rng.uniform(-1, 1, 2 * n_links) * 10.0 ** rng.uniform(0, 300)
+        u = rng.uniform(-1, 1, n_links) * 10.0 ** rng.uniform(0, 300)
+        outcomes.add(_finite_or_overflow_error(lambda: dyn.step(x, u)))
+        _finite_or_overflow_error(lambda: dyn.step_single(x, u))
+        _finite_or_overflow_error(lambda: dyn.step_single(x, u, method="euler", substeps=3))
+        _finite_or_overflow_error(lambda: dyn.derivative(x, u))
+        _finite_or_overflow_error(lambda: dyn.energy(x))
+        _finite_or_overflow_error(lambda: dyn.simulate(x[None], 3, u=u))
+        x32 = np.clip(x, -3e38, 3e38)
+        for dtype in (torch.float32, torch.float64):
+            t = torch.as_tensor(x32 if dtype == torch.float32 else x, dtype=dtype)[None]
+            ut = torch.as_tensor(np.clip(u, -3e38, 3e38), dtype=dtype)[None]
+            _finite_or_overflow_error(lambda: dyn.step(t, ut))
+            _finite_or_overflow_error(lambda: dyn.rollout(t, ut[:, None].expand(1, 3, n_links)))
+    if n_links == 2:  # one link has no squared velocities: it overflows only next to float64's max
+        assert outcomes == {True, False}  # the sweep saw both sides of the boundary
+
+
+def test_the_reported_overflows_are_named():
+    dyn = PendulumDynamics(2)
+    with pytest.raises(ValueError, match=r"x: the step overflowed float64 .*1e\+200"):
+        dyn.step(np.array([0.0, 0.0, 1e200, 0.0]))
+    with pytest.raises(ValueError, match="x: the step overflowed float32"):
+        dyn.step(torch.tensor([[0.0, 0.0, 3e38, 0.0]]))
+    with pytest.raises(ValueError, match="x: the rollout overflowed float32"):
+        dyn.rollout(torch.tensor([[0.0, 0.0, 1e15, 0.0]]), torch.zeros(1, 3, 2))
+    assert np.isfinite(dyn.step(np.array([0.0, 0.0, 1e3, 0.0]))).all()  # fast but representable
+
+
+@pytest.mark.parametrize("name", ["masses", "lengths"])
+def test_per_link_parameters_outside_the_range_are_refused(name):
+    low, high = PARAMETER_RANGE
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        values = 10.0 ** rng.uniform(-300, 300, 2)
+        inside = bool(np.all((values >= low) & (values <= high)))
+        if inside:
+            PendulumDynamics(2, **{name: values.tolist()})
+        else:
+            with pytest.raises(ValueError, match=rf"{name} must lie in \[1e-06, 1e\+06\]"):
+                PendulumDynamics(2, **{name: values.tolist()})
+    for bad in (1e-200, [1e308, 1e-308], 0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match=name):
+            PendulumDynamics(2, **{name: bad})
+    for bad in ("gravity", "damping"):
+        with pytest.raises(ValueError, match=rf"{bad} must be a number in \[0, 1e\+06\]"):
+            PendulumDynamics(2, **{bad: 1e300})
+
+
+def test_parameters_inside_the_range_give_finite_steps():
+    """Extreme corners of the accepted range (ratios up to 1e12) still step to finite states."""
+    low, high = PARAMETER_RANGE
+    rng = np.random.default_rng(2)
+    for _ in range(25):
+        masses, lengths = 10.0 ** rng.uniform(np.log10(low), np.log10(high), (2, 2))
+        dyn = PendulumDynamics(2, masses=masses.tolist(), lengths=lengths.tolist(), gravity=float(rng.uniform(0, 20)))
+        x = rng.uniform(-1, 1, 4)
+        _finite_or_overflow_error(lambda: dyn.step(x, rng.uniform(-1, 1, 2)))
+        assert np.isfinite(dyn.derivative(x)).all()
+
+
+def test_actuated_takes_int_joint_indices_only():
+    for bad in ((0.7,), (True,), ("0",), (1.0,)):
+        with pytest.raises(ValueError, match="actuated must be None or a sequence of int joint indices"):
+            PendulumDynamics(2, actuated=bad)
+    assert PendulumDynamics(2, actuated=(np.int64(1),)).actuated == (1,)
+
+
+def test_complex_states_and_torques_are_refused():
+    dyn = PendulumDynamics(2)
+    with pytest.raises(TypeError, match="x must be real"):
+        dyn.step(np.array([0, 0, 1j, 0]))
+    with pytest.raises(TypeError, match="u must be real"):
+        dyn.step(np.zeros(4), np.array([1j, 0]))
+    with pytest.raises(TypeError, match="u must be real"):
+        dyn.step(torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="x must be a floating-point tensor"):
+        dyn.step(torch.zeros(1, 4, dtype=torch.complex64))
+
+
+def test_env_reset_state_range_and_type():
+    env = NLinkPendulumEnv(n_links=2)
+    for bad in ([0, 0, 1e200, 0], [0, 0, STATE_LIMIT * 1.01, 0], [math.nan, 0, 0, 0]):
+        with pytest.raises(ValueError, match=r"options\['state'\] must be finite with every \|q_i\| and \|qdot_i\| <= 1e\+06"):
+            env.reset(options={"state": bad})
+    with pytest.raises(TypeError, match=r"options\['state'\] must be real"):
+        env.reset(options={"state": [0, 0, 1j, 0]})
+    obs, _ = env.reset(options={"state": torch.tensor([0.1, 0, 0, 0], requires_grad=True)})
+    assert np.isfinite(obs).all()
+
+
+def test_env_step_takes_tensors_as_the_vector_env_and_refuses_complex():
+    env = NLinkPendulumEnv(n_links=2)
+    env.reset(seed=0)
+    with_grad = env.step(torch.tensor([0.5, -0.25], requires_grad=True))
+    env.reset(seed=0)
+    plain = env.step(np.array([0.5, -0.25], dtype=np.float32))
+    assert np.array_equal(with_grad[0], plain[0]) and with_grad[1] == plain[1]
+    with pytest.raises(TypeError, match="action must be real"):
+        env.step(np.array([1j, 0]))
+
+
+def test_a_diverging_env_raises_before_any_nan():
+    """A step far too long for stiff parameters (damping / (m l^2) = 1e18 per second at
+    dt = 0.01): RK4 multiplies the velocity by ~1e60 per step until float64 overflows; the env
+    raises then, and every observation before was finite."""
+    env = NLinkPendulumEnv(n_links=1, masses=1e-6, lengths=1e-6, damping=1.0, task="regulate")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="overflowed|diverged"):
+        for _ in range(200):
+            obs, reward, *_ = env.step(np.zeros(1, dtype=np.float32))
+            assert np.isfinite(obs).all() and math.isfinite(reward)
+
+
+def test_vector_env_refuses_out_of_range_and_complex_input():
+    env = NLinkPendulumVectorEnv(2, n_links=2)
+    with pytest.raises(ValueError, match=r"<= 1e\+06"):
+        env.reset(options={"state": [0, 0, 1e30, 0]})
+    with pytest.raises(TypeError, match="real"):
+        env.reset(options={"state": np.array([0, 0, 1j, 0])})
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="actions must be real"):
+        env.step(np.zeros((2, 2)) + 1j)
+    with pytest.raises(TypeError, match="actions must be real"):
+        env.step(torch.zeros((2, 2), dtype=torch.complex64))
+    stiff = NLinkPendulumVectorEnv(2, n_links=1, masses=1e-6, lengths=1e-6, damping=1.0, dtype=torch.float64)
+    stiff.reset(seed=0)
+    with pytest.raises(ValueError, match="overflowed"):
+        for _ in range(200):
+            obs, reward, *_ = stiff.step(np.zeros((2, 1)))
+            assert np.isfinite(obs).all() and np.isfinite(reward).all()
