@@ -16,6 +16,8 @@ the same objective (up to the constant cost of the current state).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -214,8 +216,8 @@ class LyapunovTerminalCost:
                 "the certificate was issued for different weights than this model's (weights_hash mismatch: "
                 "the model was changed after certification); re-certify with model.certificate()"
             )
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")  # inf * V(x_eq) = inf * 0 = NaN
         self.V = V
         self.weight = float(weight)
         self.certificate = certificate

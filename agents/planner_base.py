@@ -159,6 +159,8 @@ class Planner:
     def _as_states(self, state) -> tuple[torch.Tensor, bool]:
         """Accept ``(n,)`` or ``(B, n)`` arrays/tensors; return ``(B, n)`` on the model's device."""
         on_host = not (isinstance(state, torch.Tensor) and state.device.type != "cpu")
+        if state.is_complex() if isinstance(state, torch.Tensor) else np.iscomplexobj(state):
+            raise TypeError("state must be real, got a complex value")  # .to(dtype) would drop the imaginary part
         x = torch.as_tensor(state)
         single = x.ndim == 1
         if single:
@@ -224,6 +226,24 @@ class Planner:
         (``None``: the cost was not computed on the way; ``solution_cost`` computes it if asked)."""
         raise NotImplementedError
 
+    def _check_finite_plan(self, x0: torch.Tensor, sequence: torch.Tensor, cost: torch.Tensor | None) -> None:
+        """Refuse a plan with NaN actions or a non-finite cost: from finite states that means the
+        model's rollout or the cost overflowed. One check per plan, on host models only (an
+        accelerator would pay a device sync), as the state check."""
+        if self.device.type != "cpu":
+            return
+        bad = ~torch.isfinite(sequence.detach()).flatten(1).all(1)
+        if cost is not None:
+            bad |= ~torch.isfinite(cost.detach())
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            largest = float(x0[bad].abs().max()) if x0.numel() else 0.0
+            raise ValueError(
+                f"state: planning from state(s) {rows} (largest |x| = {largest:.3g}) gave non-finite actions or costs: "
+                f"the model's predictions or the cost overflowed {str(self.dtype).replace('torch.', '')}; plan from "
+                "states inside the range the model was built or trained for"
+            )
+
     @property
     def solution_cost(self) -> torch.Tensor | None:
         """``(B,)`` predicted cost of the last ``solution`` (one extra rollout the first time it is read)."""
@@ -237,6 +257,7 @@ class Planner:
         x0, single = self._as_states(state)
         mean = self.initial_mean(x0.shape[0])
         sequence, cost = self._optimise(x0, mean)
+        self._check_finite_plan(x0, sequence, cost)
         sequence = self.clamp(sequence.detach())
         self.solution, self._solution_x0 = sequence, x0
         self._solution_cost = None if cost is None else cost.detach()

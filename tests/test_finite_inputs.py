@@ -166,3 +166,46 @@ def test_vector_env_refuses_out_of_range_and_complex_input():
         for _ in range(200):
             obs, reward, *_ = stiff.step(np.zeros((2, 1)))
             assert np.isfinite(obs).all() and np.isfinite(reward).all()
+
+
+# ----------------------------------------------------------------------------- planners
+
+
+def _planner(name: str = "cem"):
+    from lyagym.agents.costs import QuadraticCost
+    from lyagym.agents.planners import make_planner
+
+    return make_planner(name, PendulumDynamics(1), QuadraticCost(2, 1), horizon=3, num_samples=8, seed=0)
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi", "icem", "gradient"])
+def test_planners_refuse_states_whose_plan_overflows(name):
+    rng = np.random.default_rng(3)
+    planner = _planner(name)
+    for _ in range(12):
+        state = rng.uniform(-1, 1, 2) * 10.0 ** rng.uniform(0, 38)
+        try:
+            action = planner.plan(state)
+        except ValueError as e:
+            assert str(e).startswith(("state:", "x:")) and ("overflowed" in str(e)), e
+            continue
+        assert torch.isfinite(action).all()
+    with pytest.raises(ValueError, match=r"state: planning from state\(s\) \[0\] \(largest \|x\| = 1e\+30\)"):
+        planner.plan(np.array([0.0, 1e30]))
+
+
+def test_planners_refuse_complex_states():
+    with pytest.raises(TypeError, match="state must be real"):
+        _planner().plan(np.array([0.0, 1j]))
+    with pytest.raises(TypeError, match="state must be real"):
+        _planner().plan(torch.zeros(2, dtype=torch.complex64))
+
+
+def test_lyapunov_terminal_cost_weight_must_be_finite():
+    from lyagym.agents.costs import LyapunovTerminalCost
+
+    V = lambda x: (x * x).sum(-1)  # noqa: E731
+    for bad in (math.inf, math.nan, -1.0, "1", True):
+        with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+            LyapunovTerminalCost(V, weight=bad)
+    assert LyapunovTerminalCost(V, weight=np.float32(2.0)).weight == 2.0
