@@ -200,6 +200,24 @@ def _as_x_eq(x_eq, state_dim: int) -> torch.Tensor | None:
     return x_eq
 
 
+def max_offset(dtype: torch.dtype) -> float:
+    """Largest ``|x_i - x_eq_i|`` (and ``|u_i|``) the stable models accept in ``dtype``:
+    ``1e-3 sqrt(finfo.max)``, about 1.8e16 in float32 and 1.3e151 in float64. ``V`` grows like
+    ``||x - x_eq||^2`` and eq. 10 divides by ``||grad V||^2``, so both overflow (and the step
+    returns NaN) from about ``sqrt(finfo.max)``; the factor 1e-3 leaves room for ``eps``, a learned
+    quadratic, the input gain and the dimension."""
+    return 1e-3 * math.sqrt(torch.finfo(dtype).max)
+
+
+def _check_range(offset: torch.Tensor, name: str, what: str) -> None:
+    """One reduction (a host sync, as the finiteness check): ``max |offset| <= max_offset``."""
+    limit = max_offset(offset.dtype)
+    largest = offset.abs().amax()
+    if not bool(largest <= limit):
+        dtype = str(offset.dtype).replace("torch.", "")
+        raise ValueError(f"{name}: every |{what}| must be <= {limit:.2g} in {dtype} (V and eq. 10 square it), got {float(largest):.3g}")
+
+
 def _check_rate(name: str, value: float, positive: bool = False) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
@@ -277,7 +295,7 @@ class StableDynamics(ODEWorldModel):
         if u is None:
             return self.fhat(torch.cat([x, self.x_eq.unsqueeze(0)], dim=0) if x_with_eq is None else x_with_eq)
         xu = torch.cat([x, u], dim=-1)
-        eq_row = torch.cat([self.x_eq.unsqueeze(0), torch.zeros_like(u[:1])], dim=-1)
+        eq_row = torch.cat([self.x_eq.unsqueeze(0), u.new_zeros(1, u.shape[-1])], dim=-1)  # also for an empty batch
         return self.fhat(torch.cat([xu, eq_row], dim=0))
 
     def _fhat_centered(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
@@ -320,6 +338,18 @@ class StableDynamics(ODEWorldModel):
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return self._field_and_V(x, u)[0]
 
+    # -- accepted range ------------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
+        super()._check_x(x, name)
+        if self.validate_finite and not _FunctorchState.depth and x.numel():
+            _check_range(x - self.x_eq, name, f"{name} - x_eq")
+
+    def _check_u(self, u: torch.Tensor | None, batch: int, name: str = "u") -> torch.Tensor | None:
+        u = super()._check_u(u, batch, name)
+        if u is not None and self.validate_finite and not _FunctorchState.depth and u.numel():
+            _check_range(u, name, name)
+        return u
+
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         """The state ``dt`` later: ``x: (batch, n)`` -> ``(batch, n)``.
 
@@ -334,6 +364,9 @@ class StableDynamics(ODEWorldModel):
         Precision: the bound holds for ``V`` as evaluated; in float32, ``g(F(x)) - g(F(x_eq))``
         loses digits to cancellation, so within ~1e-3 of ``x_eq`` ``V`` (and hence the
         bound) is only good to ~1e-3 relative; use float64 where that matters.
+        Accepted range: every ``|x_i - x_eq_i|`` and ``|u_i|`` at most :func:`max_offset`
+        (1.8e16 in float32, 1.3e151 in float64; ``ValueError`` beyond, where ``V`` would
+        overflow into NaN). An empty batch gives an empty result.
         """
         return super().step(x, u)
 

@@ -209,3 +209,57 @@ def test_lyapunov_terminal_cost_weight_must_be_finite():
         with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
             LyapunovTerminalCost(V, weight=bad)
     assert LyapunovTerminalCost(V, weight=np.float32(2.0)).weight == 2.0
+
+
+# ----------------------------------------------------------------------------- stable models
+
+
+def _stable_models(seed: int):
+    from lyagym.learned_models import StableControlledDynamics, StableDynamics
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    small = {"hidden": (8,), "lyap_hidden": (8,)}
+    for k in range(6):
+        eps = float(10.0 ** rng.uniform(-3, 1))
+        options = {"eps": eps, "lyap_quadratic": k % 3 == 1, "warp": "coupling" if k % 3 == 2 else None,
+                   "x_eq": rng.uniform(-2, 2, 2).tolist()}
+        yield StableDynamics(2, **small, **options)
+        yield StableControlledDynamics(2, 1, **small, sigma_hidden=(4,), input_gain=float(10.0 ** rng.uniform(-1, 2)), **options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stable_models_step_finite_up_to_the_accepted_range_and_refuse_beyond(dtype):
+    from lyagym.learned_models.stable import max_offset
+
+    limit = max_offset(dtype)
+    rng = np.random.default_rng(4)
+    for model in _stable_models(5):
+        model = model.to(dtype)
+        x_eq = model.x_eq
+        m = model.action_dim
+        with torch.no_grad():
+            for _ in range(4):
+                scale = limit * 10.0 ** rng.uniform(-12, 0)
+                x = x_eq + torch.as_tensor(rng.choice([-1.0, 1.0], (3, 2)) * scale, dtype=dtype)
+                u = torch.as_tensor(rng.uniform(-1, 1, (3, m)) * limit, dtype=dtype) if m else None
+                assert torch.isfinite(model.step(x, u)).all()
+                actions = u[:, None].expand(3, 2, m) if m else 2
+                assert torch.isfinite(model.rollout(x, actions)).all()
+            corner = x_eq + torch.full((1, 2), limit, dtype=dtype)
+            assert torch.isfinite(model.step(corner, torch.full((1, m), limit, dtype=dtype) if m else None)).all()
+            beyond = x_eq + torch.tensor([[limit * 1.01, 0.0]], dtype=dtype)
+            with pytest.raises(ValueError, match=r"x: every \|x - x_eq\| must be <= "):
+                model.step(beyond, torch.zeros(1, m, dtype=dtype) if m else None)
+            if m:
+                with pytest.raises(ValueError, match=r"u: every \|u\| must be <= "):
+                    model.step(x_eq[None], torch.full((1, m), limit * 1.01, dtype=dtype))
+            with pytest.raises(ValueError, match="contains NaN or inf|must be <="):
+                model.step(torch.full((1, 2), math.nan, dtype=dtype), torch.zeros(1, m, dtype=dtype) if m else None)
+
+
+def test_stable_models_step_an_empty_batch():
+    for model in _stable_models(6):
+        m = model.action_dim
+        out = model.step(torch.zeros(0, 2), torch.zeros(0, m) if m else None)
+        assert out.shape == (0, 2)
