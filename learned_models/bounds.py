@@ -438,8 +438,17 @@ def interval_jacobian(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tup
     Forward-mode interval arithmetic: ``J <- W J`` through a linear layer, ``J <- s'(a) J``
     through an activation, with ``s'`` bounded on the pre-activation interval.
     """
+    from .dynamics_net import DynamicsNet
+
+    if isinstance(net, DynamicsNet) and net.angle_dims == 0 and not net.control_affine and net.action_dim == 0:
+        # fhat(x) = out_scale * net(x / in_scale): scale the columns and rows of the inner Jacobian
+        inv = 1.0 / _f64(net.input_scale, lo)
+        J_lo, J_hi = interval_jacobian(net.net, lo * inv, hi * inv)
+        out = _f64(net.output_scale, lo).unsqueeze(-1) * inv  # both positive
+        return J_lo * out, J_hi * out
     if not isinstance(net, nn.Sequential):
-        raise TypeError(f"interval_jacobian needs an nn.Sequential MLP, got {type(net).__name__}")
+        raise TypeError(f"interval_jacobian needs an nn.Sequential MLP (or a DynamicsNet without angles, inputs "
+                        f"or control-affine output), got {type(net).__name__}")
     x = LinearBounds.from_box(lo, hi)
     n = lo.shape[1]
     J_lo = torch.eye(n, dtype=lo.dtype, device=lo.device).expand(lo.shape[0], n, n)

@@ -5,7 +5,7 @@ Each round takes the worst open boxes (largest certified upper bound first, so a
 is found early), splits each of them in half along *every* dimension, bounds all ``2 n``
 children in one batched call and keeps the split whose worse child has the smaller upper
 bound (the dimension that tightens the bound most; the children's bounds are then already
-computed, so the choice costs no extra pass). A child whose upper bound is ``< 0`` is proven;
+computed, so the choice costs no extra pass; ties go to the widest side). A child whose upper bound is ``< 0`` is proven;
 one the caller marks as covered (by another argument: the local certificate's ball, a
 sublevel set outside the claim) needs no proof. Box centres are evaluated exactly
 (``value_fn``) on the way: a centre with ``h > 0`` outside the covered region is a
@@ -71,6 +71,7 @@ def branch_and_bound(
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
     n = lo.shape[1]
     total = float((hi - lo).prod())
+    extent = hi - lo
     upper, covered = bound_fn(lo, hi)
     boxes = 1
     proven = covered | (upper < 0)
@@ -111,7 +112,12 @@ def branch_and_bound(
         boxes += up.numel()
         up, cov = up.view(k, n, 2), cov.view(k, n, 2)
         score = torch.where(cov | (up < 0), torch.full_like(up, -torch.inf), up).max(-1).values  # (k, n)
-        dim = torch.argmin(score, dim=1)
+        # Ties (e.g. a bound that only one corner decides) go to the widest side relative to the
+        # root box, or the boxes would shrink into slivers along one dimension.
+        best = score.min(1, keepdim=True).values
+        near = score <= best + 1e-12 * (1 + best.abs())
+        near |= torch.isinf(best) & (best < 0)
+        dim = torch.argmax(torch.where(near, (bhi - blo) / extent, torch.full_like(score, -1.0)), dim=1)
         idx = torch.arange(k, device=blo.device)
         ch_lo, ch_hi = c_lo[idx, dim], c_hi[idx, dim]  # (k, 2, n)
         ch_up, ch_cov = up[idx, dim], cov[idx, dim]
