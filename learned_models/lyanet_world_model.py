@@ -146,27 +146,40 @@ class LyaNetWorldModel(nn.Module):
 
     # ---- prediction -------------------------------------------------------------------
 
-    def _inputs(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    def _check_inputs(self, x: torch.Tensor, u: torch.Tensor | None) -> None:
+        """Type, shape, dtype/device and finiteness of ``x: (batch, state_dim)`` and ``u``, each
+        named in its error; the finiteness of both costs one host sync."""
+        tensors = [("x", x, self.state_dim)] + ([("u", u, self.action_dim)] if self.action_dim else [])
+        for name, t, dim in tensors:
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(t).__name__}")
         if x.ndim != 2 or x.shape[1] != self.state_dim:
             raise ValueError(f"x must have shape (batch, state_dim={self.state_dim}), got {tuple(x.shape)}")
         if self.action_dim == 0:
             if u is not None and u.numel() != 0:
                 raise ValueError(f"this model is autonomous (action_dim=0); got u of shape {tuple(u.shape)}")
-            z = x
-        else:
-            if u is None or u.shape != (x.shape[0], self.action_dim):
-                raise ValueError(
-                    f"u must have shape (batch={x.shape[0]}, action_dim={self.action_dim}), got {None if u is None else tuple(u.shape)}"
-                )
-            z = torch.cat([x, u], dim=-1)
-        return (z - self.in_mean) / self.in_std
+        elif u is None or u.shape != (x.shape[0], self.action_dim):
+            raise ValueError(f"u must have shape (batch={x.shape[0]}, action_dim={self.action_dim}), got {None if u is None else tuple(u.shape)}")
+        for name, t, _ in tensors:
+            if t.dtype != self.dtype or t.device != self.device:
+                raise ValueError(f"{name} is {t.dtype} on {t.device} but the model is {self.dtype} on {self.device}; "
+                                 f"convert with {name}.to(model.device, model.dtype) or call model.to(...)")
+        finite = torch.stack([torch.isfinite(t).all() for _, t, _ in tensors]).tolist()
+        for (name, _, _), ok in zip(tensors, finite):
+            if not ok:
+                raise ValueError(f"{name} contains NaN or inf")
+
+    def _predict(self, x: torch.Tensor, u: torch.Tensor | None, t: float) -> torch.Tensor:
+        """``predict`` on validated inputs (the integrator's stages: no check, no host sync)."""
+        z = x if self.action_dim == 0 else torch.cat([x, u], dim=-1)
+        return self.ode((z - self.in_mean) / self.in_std, t) * self.out_std + self.out_mean
 
     def predict(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
         """The learned target at ``(x, u)``, ``(batch, state_dim)``: ``(x_{k+1} - x_k) / dt``
         or ``xdot``. ``t`` overrides ``early_exit_t`` (inference stopped at time ``t``)."""
         t = self.early_exit_t if t is None else self._check_t(t)
-        z = self._inputs(x, u)
-        return self.ode(z, t) * self.out_std + self.out_mean
+        self._check_inputs(x, u)
+        return self._predict(x, u, t)
 
     def derivative(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
         """``xdot = g(x, u)``, ``(batch, state_dim)``; only for ``target="derivative"``."""
@@ -175,10 +188,15 @@ class LyaNetWorldModel(nn.Module):
         return self.predict(x, u, t=t)
 
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None, *, t: float | None = None) -> torch.Tensor:
-        """State one ``dt`` later, ``(batch, state_dim)``; differentiable in ``x`` and ``u``."""
+        """State one ``dt`` later, ``(batch, state_dim)``; differentiable in ``x`` and ``u``.
+
+        ``x``, ``u`` must be tensors of the model's dtype and device, finite (``ValueError``
+        naming the argument otherwise)."""
+        t = self.early_exit_t if t is None else self._check_t(t)
+        self._check_inputs(x, u)
         if self.target == "next_state":
-            return x + self.dt * self.predict(x, u, t=t)
-        g = lambda s: self.predict(s, u, t=t)  # noqa: E731 -- u is held over the step
+            return x + self.dt * self._predict(x, u, t)
+        g = lambda s: self._predict(s, u, t)  # noqa: E731 -- u is held over the step
         if self.integrator == "euler":
             return x + self.dt * g(x)
         h = self.dt
@@ -396,14 +414,21 @@ class LyaNetWorldModel(nn.Module):
             raise ValueError(f"{path!r} is not a readable LyaNetWorldModel checkpoint: {e}") from None
         if not isinstance(payload, dict) or payload.get("format") != "lyagym.LyaNetWorldModel":
             raise ValueError(f"{path!r} is not a LyaNetWorldModel checkpoint")
-        state = payload["state_dict"]
-        dtype = state["in_mean"].dtype
-        config = {"time_dependent": True, **payload["config"]}  # checkpoints from before the option
-        model = cls(**config, dtype=dtype)
-        model.load_state_dict(state)
-        model.half_width = payload["half_width"]
-        if payload["heldout"] is not None:
-            model._heldout = tuple(payload["heldout"])
+        try:
+            state = payload["state_dict"]
+            dtype = state["in_mean"].dtype
+            config = {"time_dependent": True, **payload["config"]}  # checkpoints from before the option
+            model = cls(**config, dtype=dtype)
+            model.load_state_dict(state)
+            model.half_width = payload["half_width"]
+            heldout = payload["heldout"]
+        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as e:  # a missing, foreign or mismatched entry
+            raise ValueError(f"{path!r} is a damaged LyaNetWorldModel checkpoint ({type(e).__name__}: {e})") from None
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{path!r} holds NaN or inf in {bad}; refusing a model that would predict NaN")
+        if heldout is not None:
+            model._heldout = tuple(heldout)
         if device is not None:
             model.to(device)
             if model._heldout is not None:

@@ -263,3 +263,56 @@ def test_stable_models_step_an_empty_batch():
         m = model.action_dim
         out = model.step(torch.zeros(0, 2), torch.zeros(0, m) if m else None)
         assert out.shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------- LyaNet world model
+
+
+def _lyanet():
+    from lyagym.learned_models import LyaNetWorldModel
+
+    torch.manual_seed(0)
+    return LyaNetWorldModel(2, 1, dt=0.05, width=8, depth=1)
+
+
+def test_lyanet_step_names_the_bad_argument():
+    model = _lyanet()
+    x, u = torch.zeros(3, 2), torch.zeros(3, 1)
+    with pytest.raises(ValueError, match="^u contains NaN or inf"):
+        model.step(x, u + math.nan)
+    with pytest.raises(ValueError, match="^x contains NaN or inf"):
+        model.step(x + math.inf, u)
+    with pytest.raises(ValueError, match="x is torch.float64 on cpu but the model is torch.float32"):
+        model.step(x.double(), u)
+    with pytest.raises(ValueError, match="u is torch.float64"):
+        model.predict(x, u.double())
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model.step([[0.0, 0.0]], u)
+    with pytest.raises(ValueError, match="u must have shape"):
+        model.step(x, torch.zeros(2, 1))
+    assert model.rollout(x, torch.zeros(3, 4, 1)).shape == (3, 5, 2)
+
+
+def test_lyanet_load_refuses_damaged_files_in_one_clear_error(tmp_path):
+    from lyagym.learned_models import LyaNetWorldModel
+
+    good = tmp_path / "good.pt"
+    _lyanet().save(good)
+    payload = torch.load(good, weights_only=True)
+    damaged = {
+        "garbage": b"not a checkpoint",
+        "no_state": {k: v for k, v in payload.items() if k != "state_dict"},
+        "no_config": {k: v for k, v in payload.items() if k != "config"},
+        "bad_config": {**payload, "config": {**payload["config"], "width": 9}},
+        "nan_weights": {**payload, "state_dict": {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+                                                  for k, v in payload["state_dict"].items()}},
+    }
+    for name, content in damaged.items():
+        path = tmp_path / f"{name}.pt"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(ValueError, match="NaN or inf" if name == "nan_weights" else "LyaNetWorldModel checkpoint"):
+            LyaNetWorldModel.load(path)
+    assert LyaNetWorldModel.load(good).state_dim == 2
