@@ -33,6 +33,8 @@ import torch
 
 from lyagym.learned_models.world_model import rollout as _shared_rollout
 
+from . import native
+from .structured import ChainTables, StructureError, load_structure
 from .symbolic import DAMPING_MODES, compile_pendulum
 
 __all__ = ["PendulumDynamics", "INTEGRATORS"]
@@ -93,6 +95,15 @@ def _largest(a) -> float:
         a = a.detach().cpu().double().numpy()
     a = np.abs(np.asarray(a, dtype=np.float64))
     return float(a.max()) if a.size else 0.0
+
+
+#: Chains up to this many links use the expanded form (every entry of ``M^{-1} f`` printed as
+#: straight-line code) for the torch/numpy paths; longer ones the structured form (tables and
+#: an O(n) sweep), whose cost and derivation time grow like the physics instead of like the
+#: expanded expressions (n^2.3 per step, 824 KB of source at n = 32). One state and CPU
+#: batches without gradients use the compiled sweep (:mod:`lyagym.envs.native`) at every n
+#: when a C compiler is available.
+EXPANDED_MAX_LINKS = 4
 
 
 def _compiling() -> bool:
@@ -209,18 +220,56 @@ class PendulumDynamics:
         self._device = torch.device("cpu")
         self._dtype = torch.float32
 
-        compiled = compile_pendulum(n, damping_mode, self.actuated)
-        self._K = compiled.constants(self.masses, self.lengths, self.gravity, self.damping)
-        self._np_accel = compiled.numpy["accel"]
-        self._np_energy = compiled.numpy["energy"]
-        self._th_accel = compiled.torch["accel"]
-        self._th_energy = compiled.torch["energy"]
-        self._th_accel_d = compiled.torch["accel_d"]
-        self._py_accel = compiled.scalar["accel_f"]
-        self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
         self._zero_u = (0.0,) * self.action_dim
-        self._accel_uses = _used_arguments(self._th_accel_d, n)
         self._K_tensors: dict = {}
+        self._tables: ChainTables | None = None
+        self._kernel: native.ChainKernel | None = None
+        #: ``"expanded"`` or ``"structured"``: which form the numpy/torch paths evaluate.
+        self.form = "expanded" if n <= EXPANDED_MAX_LINKS else "structured"
+        if self.form == "structured":
+            try:
+                self._load_tables()
+                self._K = ()  # the expanded form's coefficients; the tables hold the parameters here
+            except StructureError:  # not expected for this model; the expanded form always works
+                self.form = "expanded"
+        if self.form == "expanded":
+            compiled = compile_pendulum(n, damping_mode, self.actuated)
+            self._K = compiled.constants(self.masses, self.lengths, self.gravity, self.damping)
+            self._np_accel = compiled.numpy["accel"]
+            self._np_energy = compiled.numpy["energy"]
+            self._th_accel = compiled.torch["accel"]
+            self._th_energy = compiled.torch["energy"]
+            self._th_accel_d = compiled.torch["accel_d"]
+            self._py_accel = compiled.scalar["accel_f"]
+            self._py_steps = {"rk4": compiled.scalar["step_rk4"], "euler": compiled.scalar["step_euler"]}
+            self._accel_uses = _used_arguments(self._th_accel_d, n)
+        # the compiled sweep for one state and CPU batches; for the expanded form loaded on the
+        # first call that can use it (its tables cost one more derivation when not cached)
+        self._kernel_pending = native.available()
+
+    def _load_tables(self) -> ChainTables:
+        if self._tables is None:
+            data = load_structure(self.n_links, self.damping_mode, self.actuated)
+            self._tables = ChainTables(data, self.masses, self.lengths, self.gravity, self.damping)
+        return self._tables
+
+    def _native(self) -> native.ChainKernel | None:
+        """The compiled sweep, or ``None`` (no compiler, ``LYAGYM_NATIVE=0``, not a chain)."""
+        if self._kernel_pending:
+            self._kernel_pending = False
+            try:
+                self._kernel = native.kernel(self._load_tables())
+            except StructureError:
+                self._kernel = None
+        return self._kernel
+
+    def _native_ok(self, x, u) -> bool:
+        """Whether a torch batch may take the compiled path: CPU, no autograd, not traced."""
+        if x.device.type != "cpu" or _compiling():
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or (u is not None and u.requires_grad)):
+            return False
+        return self._native() is not None
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -351,7 +400,10 @@ class PendulumDynamics:
         """``X: (2n, *batch)`` -> ``(2n, *batch)``; ``U``: per-joint arrays or floats."""
         n = self.n_links
         q = X[:n]
-        acc = self._np_accel(*np.sin(q), *np.cos(q), *X[n:], *U, self._K)
+        if self.form == "structured":
+            acc = self._tables.accel(np.sin(q), np.cos(q), X[n:], None if U is self._zero_u else np.stack(np.broadcast_arrays(*U)))
+        else:
+            acc = self._np_accel(*np.sin(q), *np.cos(q), *X[n:], *U, self._K)
         out = np.empty_like(X)
         out[:n] = X[n:]
         for i, a in enumerate(acc):
@@ -370,6 +422,9 @@ class PendulumDynamics:
         strided columns of a ``(batch, 2n)`` tensor."""
         n = self.n_links
         q, w = X[:n], X[n:]
+        if self.form == "structured":
+            acc = self._tables.accel(torch.sin(q), torch.cos(q), w, None if U is self._zero_u else torch.stack(U, 0))
+            return torch.cat((w, acc), 0)
         acc = self._th_accel(*torch.sin(q).unbind(0), *torch.cos(q).unbind(0), *w.unbind(0), *U, self._K)
         return torch.stack((*w.unbind(0), *acc), dim=0)
 
@@ -419,6 +474,13 @@ class PendulumDynamics:
         x = self._check_x(x)
         u = self._check_u(u, x)
         integrate = INTEGRATORS[method]
+        if isinstance(x, torch.Tensor) and self._native_ok(x, u):
+            out = self._native_batch(x.detach().cpu().numpy(), None if u is None else u.detach().numpy(), h, substeps, method)
+            # the same (..., 2n) view of a (2n, ...) buffer as the torch path returns
+            X = torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))).to(x.dtype)
+            return self._check_result(X.movedim(0, -1), x, u)
+        if not isinstance(x, torch.Tensor) and self._native() is not None:
+            return self._check_result(self._native_batch(x, u, h, substeps, method), x, u)
         if isinstance(x, torch.Tensor):
             U = self._u_rows_torch(u, x.shape[:-1])
             f = lambda s: self._rhs_torch_T(s, U)  # noqa: E731
@@ -434,6 +496,14 @@ class PendulumDynamics:
         for _ in range(substeps):
             X = integrate(f, X, h)
         return self._check_result(np.ascontiguousarray(np.moveaxis(X, 0, -1)), x, u)
+
+    def _native_batch(self, x: np.ndarray, u: np.ndarray | None, h: float, substeps: int, method: str) -> np.ndarray:
+        """``x: (..., 2n)`` float64 stepped by the compiled sweep (one C loop over the batch)."""
+        batch_shape = x.shape[:-1]
+        flat = x.reshape(-1, self.state_dim)
+        if u is not None:
+            u = np.broadcast_to(u, (*batch_shape, self.action_dim)).reshape(-1, self.action_dim)
+        return self._kernel.step_batch(flat, u, h, substeps, method).reshape(x.shape)
 
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
         """``WorldModel.rollout``: RK4 at ``self.dt`` under zero-order-hold torques.
@@ -469,6 +539,13 @@ class PendulumDynamics:
             horizon, actions = int(actions), None
         else:
             raise ValueError(f"actions must be a torch.Tensor of shape (batch, horizon, {m}) or an int horizon, got {type(actions).__name__}")
+        if self._native_ok(x0, actions):
+            states = [x0.detach().cpu().double().numpy()]
+            steps = [None] * horizon if actions is None else actions.detach().cpu().double().numpy().transpose(1, 0, 2)
+            for u in steps:
+                states.append(self._kernel.step_batch(states[-1], u, self.dt))
+            out = torch.from_numpy(np.stack(states, 1)).to(x0.dtype)
+            return self._check_result(out, x0, actions, "rollout")
         if actions is None:  # autonomous (an int horizon, or an empty action tensor)
             U = [()] * horizon
         else:  # (horizon, action_dim, batch): each step's torques are contiguous rows
@@ -486,20 +563,26 @@ class PendulumDynamics:
         ``(Q + c h W_s, W + c h A_s)``. At this size every tensor op costs mostly dispatch, so
         the loop is written to issue as few as possible."""
         n, h = self.n_links, self.dt
-        accel = self._th_accel_d
-        K = self._torch_constants(X.dtype, X.device)
-        # sin/cos of the angles and of all their differences q_i - q_j (``accel_d``'s pair
-        # order: offset d = j - i, then i), two transcendental calls per stage for any n
-        offsets = range(1, n)
-        want_cos = self._accel_uses["cos"] or n > 1  # one link needs no cosine at all
+        if self.form == "structured":
+            tables = self._tables
 
-        def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
-            angles = torch.cat((Qs, *(Qs[: n - d] - Qs[d:] for d in offsets)), 0) if n > 1 else Qs
-            sin = torch.sin(angles).unbind(0)
-            cos = torch.cos(angles).unbind(0) if want_cos else (None,) * n
-            pairs = len(sin) - n
-            acc = accel(*sin[:n], *cos[:n], *sin[n:], *cos[n:n + pairs], *Ws.unbind(0), *u, K)
-            return acc[0].unsqueeze(0) if n == 1 else torch.stack(acc, 0)
+            def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
+                return tables.accel(torch.sin(Qs), torch.cos(Qs), Ws, torch.stack(u, 0) if len(u) else None)
+        else:
+            accel = self._th_accel_d
+            K = self._torch_constants(X.dtype, X.device)
+            # sin/cos of the angles and of all their differences q_i - q_j (``accel_d``'s pair
+            # order: offset d = j - i, then i), two transcendental calls per stage for any n
+            offsets = range(1, n)
+            want_cos = self._accel_uses["cos"] or n > 1  # one link needs no cosine at all
+
+            def acceleration(Qs, Ws, u):  # (n, batch) blocks -> (n, batch) angular accelerations
+                angles = torch.cat((Qs, *(Qs[: n - d] - Qs[d:] for d in offsets)), 0) if n > 1 else Qs
+                sin = torch.sin(angles).unbind(0)
+                cos = torch.cos(angles).unbind(0) if want_cos else (None,) * n
+                pairs = len(sin) - n
+                acc = accel(*sin[:n], *cos[:n], *sin[n:], *cos[n:n + pairs], *Ws.unbind(0), *u, K)
+                return acc[0].unsqueeze(0) if n == 1 else torch.stack(acc, 0)
 
         grad = torch.is_grad_enabled() and (X.requires_grad or any(r.requires_grad for u in U[:1] for r in u))
         if grad:
@@ -566,7 +649,19 @@ class PendulumDynamics:
         if not math.isfinite(sum(xs)) and not all(map(math.isfinite, xs)):
             raise ValueError(f"x contains NaN or inf: {xs}")
         try:
-            if dt is None and substeps == 1 and method == "rk4":
+            kernel = self._native()
+            if kernel is not None:
+                fast = dt is None and substeps == 1 and method == "rk4"
+                h = self.dt if fast else self._check_method(method, dt, substeps)
+                xs = kernel.step_list(xs, us, h, substeps, method)
+            elif self.form == "structured":
+                h = self._check_method(method, dt, substeps)
+                X = np.array(xs)[:, None]
+                U = tuple(np.array([v]) for v in us) if u is not None else self._zero_u
+                for _ in range(substeps):
+                    X = INTEGRATORS[method](lambda s: self._rhs_numpy_T(s, U), X, h)
+                xs = X[:, 0].tolist()
+            elif dt is None and substeps == 1 and method == "rk4":
                 xs = self._py_steps["rk4"](xs, us, self.dt, self._K)
             else:
                 h = self._check_method(method, dt, substeps)
@@ -593,6 +688,12 @@ class PendulumDynamics:
             ``(...)`` of the same type.
         """
         x = self._check_x(x)
+        if self.form == "structured":
+            X = x.movedim(-1, 0) if isinstance(x, torch.Tensor) else np.moveaxis(x, -1, 0)
+            q = X[: self.n_links]
+            sin, cos = (torch.sin, torch.cos) if isinstance(x, torch.Tensor) else (np.sin, np.cos)
+            e = self._tables.energy(sin(q), cos(q), X[self.n_links :])
+            return self._check_result(e if isinstance(x, torch.Tensor) or np.ndim(e) else np.asarray(e, dtype=np.float64), x, None, "energy")
         if isinstance(x, torch.Tensor):
             q, w = x[..., : self.n_links], x[..., self.n_links :]
             return self._check_result(self._th_energy(*torch.sin(q).unbind(-1), *torch.cos(q).unbind(-1), *w.unbind(-1), self._K), x, None, "energy")
@@ -648,6 +749,13 @@ class PendulumDynamics:
         integrate = INTEGRATORS[method]
         traj = np.empty((X0.shape[0], n_steps + 1, self.state_dim))
         traj[:, 0] = X0
+        kernel = self._native()
+        if kernel is not None:
+            u_rows = None if u is None else np.broadcast_to(u, (X0.shape[0], self.action_dim))
+            for k in range(n_steps):
+                traj[:, k + 1] = kernel.step_batch(traj[:, k], u_rows, h, 1, method)
+            self._check_result(traj, X0, u, "simulation")
+            return traj[0] if single else traj
         X = np.ascontiguousarray(X0.T)  # (2n, batch): contiguous rows for the generated code
         f = lambda s: self._rhs_numpy_T(s, U)  # noqa: E731
         for k in range(n_steps):
@@ -683,8 +791,16 @@ class PendulumDynamics:
         X0 = np.atleast_2d(x0)
         u = self._check_u(u, X0)
         U = np.zeros((X0.shape[0], self.action_dim)) if u is None else np.broadcast_to(u, (X0.shape[0], self.action_dim))
-        accel = self._py_accel
         n = self.n_links
+        if self.form == "structured":
+            tables = self._tables
+
+            def accel(*args):  # q.., w.., u.., K -> qddot, through the (n, 1) numpy sweep
+                y = np.array(args[: 2 * n])[:, None]
+                uu = np.array(args[2 * n : 2 * n + self.action_dim])[:, None] if self.action_dim else None
+                return tables.accel(np.sin(y[:n]), np.cos(y[:n]), y[n:], uu)[:, 0].tolist()
+        else:
+            accel = self._py_accel
         out = np.empty((X0.shape[0], t_eval.size, self.state_dim))
         for b, (x_init, ub) in enumerate(zip(X0, U)):
             us = ub.tolist()

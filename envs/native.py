@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["kernel", "ChainKernel"]
+__all__ = ["available", "kernel", "ChainKernel"]
 
 _SOURCE = Path(__file__).with_name("assets") / "chain_kernel.c"
 _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
@@ -37,7 +37,7 @@ _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
 class _Tables(ctypes.Structure):
     """``lyagym_chain_tables`` of the C source."""
 
-    _fields_ = [("n", ctypes.c_long), ("m", ctypes.c_long)] + [(k, _DOUBLE_P) for k in ("r", "dmu", "G_r", "Dlo_r", "Dd_r", "Dup_r", "E_r")]
+    _fields_ = [("n", ctypes.c_long), ("m", ctypes.c_long)] + [(k, _DOUBLE_P) for k in ("r", "mu", "dmu", "G_r", "Dlo_r", "Dd_r", "Dup_r", "E_r")]
 
 
 def _compiler() -> str | None:
@@ -105,7 +105,7 @@ class ChainKernel:
         self.n, self.m = tables.n_links, tables.action_dim
         r = tables.r
         self._arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (
-            r, tables.dmu, tables.G / r, tables.damping_bands[0] / r, tables.damping_bands[1] / r,
+            r, tables.mu, tables.dmu, tables.G / r, tables.damping_bands[0] / r, tables.damping_bands[1] / r,
             tables.damping_bands[2] / r, (tables.E / r[:, None]).reshape(-1) if self.m else np.zeros(1))]
         self._tables = _Tables(self.n, self.m, *(a.ctypes.data_as(_DOUBLE_P) for a in self._arrays))
         self._tables_p = ctypes.pointer(self._tables)
@@ -126,7 +126,7 @@ class ChainKernel:
 
     def step_batch(self, x: np.ndarray, u: np.ndarray | None, h: float, steps: int = 1, method: str = "rk4") -> np.ndarray:
         out = np.array(x, dtype=np.float64, order="C", copy=True)
-        if self.m:
+        if self.m and u is not None:
             u = np.ascontiguousarray(u, dtype=np.float64)
             stride, u_ptr = (0 if u.ndim == 1 else self.m), u.ctypes.data
         else:
@@ -136,6 +136,11 @@ class ChainKernel:
 
     def __getstate__(self):  # pragma: no cover - the owner rebuilds it instead
         raise TypeError("ChainKernel does not pickle; PendulumDynamics rebuilds it on load")
+
+
+def available() -> bool:
+    """Whether the compiled backend can be used (builds it on the first call, ~0.3 s)."""
+    return _library() is not None
 
 
 def kernel(tables) -> ChainKernel | None:

@@ -268,7 +268,7 @@ class ChainTables:
     def _np(self) -> dict:
         col = lambda a: np.ascontiguousarray(a, dtype=np.float64)[:, None]  # noqa: E731
         return {
-            "r": col(self.r), "dmu": col(self.dmu), "G_r": col(self.G / self.r),
+            "r": col(self.r), "mu": col(self.mu), "dmu": col(self.dmu), "G_r": col(self.G / self.r),
             "Dlo_r": col(self.damping_bands[0] / self.r), "Dd_r": col(self.damping_bands[1] / self.r),
             "Dup_r": col(self.damping_bands[2] / self.r), "E_r": self.E / self.r[:, None], "P": col(self.P),
         }
@@ -285,16 +285,25 @@ class ChainTables:
         T = self._arrays(s)
         is_np = isinstance(s, np.ndarray)
         n = self.n_links
-        # f / r: centripetal -(s_i X_i - c_i Y_i) with (X, Y) = T_mu (r w^2 (c, s)), gravity,
-        # damping (tridiagonal) and motors
+        batch_shape = tuple(s.shape[1:])
+        if len(batch_shape) != 1:  # the tables are (n, 1) columns: work on (n, batch)
+            s, c, W = (a.reshape(n, -1) for a in (s, c, W))
+            U = None if U is None else U.reshape(U.shape[0], -1)
+        # f / r. Centripetal: -sum_{j != i} mu_max(i,j) z_j sin(q_i - q_j), z = r w^2, split
+        # into links before i (weight mu_i, exclusive prefix sums P) and after i (weight mu_j,
+        # exclusive suffix sums S); leaving out j = i exactly keeps a huge w_i from leaving
+        # rounding noise of size eps * w_i^2 where the true term is 0
         z = T["r"] * W * W
         zc, zs = z * c, z * s
+        mzc, mzs = T["mu"] * zc, T["mu"] * zs
         if is_np:
-            pc, ps = np.cumsum(zc, 0) * T["dmu"], np.cumsum(zs, 0) * T["dmu"]
-            X, Y = np.cumsum(pc[::-1], 0)[::-1], np.cumsum(ps[::-1], 0)[::-1]
+            Pc, Ps = _shifted(np.cumsum(zc, 0), 1, True), _shifted(np.cumsum(zs, 0), 1, True)
+            Sc, Ss = _shifted(np.cumsum(mzc[::-1], 0)[::-1], -1, True), _shifted(np.cumsum(mzs[::-1], 0)[::-1], -1, True)
         else:
-            pc, ps = zc.cumsum(0) * T["dmu"], zs.cumsum(0) * T["dmu"]
-            X, Y = pc.flip(0).cumsum(0).flip(0), ps.flip(0).cumsum(0).flip(0)
+            Pc, Ps = _shifted(zc.cumsum(0), 1, False), _shifted(zs.cumsum(0), 1, False)
+            Sc, Ss = _shifted(mzc.flip(0).cumsum(0).flip(0), -1, False), _shifted(mzs.flip(0).cumsum(0).flip(0), -1, False)
+        Y = T["mu"] * Ps + Ss
+        X = T["mu"] * Pc + Sc
         g = c * Y - s * X + T["G_r"] * s + T["Dd_r"] * W
         if n > 1:  # the damping's off-diagonal bands: D_{i,i-1} w_{i-1} + D_{i,i+1} w_{i+1}
             g = g + T["Dlo_r"] * _shifted(W, 1, is_np) + T["Dup_r"] * _shifted(W, -1, is_np)
@@ -330,18 +339,21 @@ class ChainTables:
             y = (gam[i] - (ntx[i] * vx + nty[i] * vy)) * sig[i]
             out[i] = y / r[i]
             vx, vy = vx + cs[i] * y, vy + ss[i] * y
-        return np.stack(out) if is_np else _torch_stack(out)
+        a = np.stack(out) if is_np else _torch_stack(out)
+        return a if len(batch_shape) == 1 else a.reshape(n, *batch_shape)
 
     def energy(self, s, c, W):
         """Kinetic + potential energy from ``(n, *batch)`` blocks: ``1/2 sum_k dmu_k |v_k|^2``
         with ``v_k = sum_{i<=k} r_i w_i t_i``, plus ``sum_k P_k cos q_k``."""
         T = self._arrays(s)
+        n, batch_shape = self.n_links, tuple(s.shape[1:])
+        s, c, W = (a.reshape(n, -1) for a in (s, c, W))
         z = T["r"] * W
         if isinstance(s, np.ndarray):
             vx, vy = np.cumsum(z * c, 0), np.cumsum(z * s, 0)
         else:
             vx, vy = (z * c).cumsum(0), (z * s).cumsum(0)
-        return (0.5 * T["dmu"] * (vx * vx + vy * vy) + T["P"] * c).sum(0)
+        return (0.5 * T["dmu"] * (vx * vx + vy * vy) + T["P"] * c).sum(0).reshape(batch_shape)
 
 
 def _shifted(W, k: int, is_np: bool):

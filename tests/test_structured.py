@@ -214,3 +214,41 @@ def test_kernel_in_a_directory_others_can_write_is_not_loaded(fresh_cache):
             assert native._library() is None
     finally:
         native._library.cache_clear()
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+def test_pendulum_dynamics_structured_paths_agree(native_on):
+    """Past EXPANDED_MAX_LINKS every path (numpy, torch with autograd, one state, rollout,
+    energy) evaluates the tables; with and without the compiled kernel."""
+    from lyagym.envs import dynamics as dynamics_module
+
+    n = dynamics_module.EXPANDED_MAX_LINKS + 2
+    dyn = PendulumDynamics(n, damping_mode="joint", actuated=(0, 3), masses=np.linspace(0.5, 2, n))
+    assert dyn.form == "structured"
+    if not native_on:
+        dyn._kernel_pending, dyn._kernel = False, None
+    ref_tables = ChainTables(chain_data(n, "joint", (0, 3)), dyn.masses, dyn.lengths, dyn.gravity, dyn.damping)
+    x, u = sample(n, 2, 3, seed=11)
+    deriv = dyn.derivative(x, u)
+    np.testing.assert_allclose(deriv[:, n:], np.stack([dense_accel(ref_tables, xb, ub) for xb, ub in zip(x, u)]), rtol=1e-10, atol=1e-10)
+    step = dyn.step(x, u)
+    xt = torch.tensor(x, requires_grad=True)
+    step_t = dyn.step(xt, torch.tensor(u))  # autograd: the torch sweep, never the kernel
+    np.testing.assert_allclose(step_t.detach().numpy(), step, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(torch.autograd.grad(step_t.sum(), xt)[0]).all()
+    np.testing.assert_allclose(dyn.step_single(x[0], u[0]), step[0], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(dyn.step(torch.tensor(x), torch.tensor(u)).numpy(), step, rtol=1e-12, atol=1e-12)
+    actions = torch.tensor(np.repeat(u[:, None], 3, 1))
+    roll = dyn.rollout(torch.tensor(x), actions)
+    with torch.enable_grad():
+        roll_grad = dyn.rollout(torch.tensor(x, requires_grad=True), actions)
+    np.testing.assert_allclose(roll.numpy(), roll_grad.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(roll[:, 1].numpy(), step, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dyn.simulate(x, 3, u=u), roll.numpy(), rtol=1e-12, atol=1e-12)
+    energy = dyn.energy(x)
+    q, w = x[:, :n], x[:, n:]
+    A = np.outer(ref_tables.r, ref_tables.r) * ref_tables.mu[np.maximum.outer(np.arange(n), np.arange(n))]
+    kinetic = 0.5 * np.einsum("bi,ij,bij,bj->b", w, A, np.cos(q[:, :, None] - q[:, None, :]), w)
+    np.testing.assert_allclose(energy, kinetic + np.cos(q) @ ref_tables.P, rtol=1e-12)
+    assert dyn.energy(x[0]).shape == () and torch.is_tensor(dyn.energy(torch.tensor(x)))

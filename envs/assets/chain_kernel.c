@@ -2,7 +2,7 @@
  * RK4 / Euler steps, for one state or a batch of states, float64.
  *
  * The chain is given by its tables at one parameter value:
- *   r, dmu   (n)   mass matrix M_ij = r_i r_j mu_max(i,j) cos(q_i - q_j), dmu_i = mu_i - mu_{i+1}
+ *   r, mu, dmu (n) mass matrix M_ij = r_i r_j mu_max(i,j) cos(q_i - q_j), dmu_i = mu_i - mu_{i+1}
  *   G_r      (n)   gravity coefficient / r_i            (f_i += G_i sin q_i)
  *   Dlo_r, Dd_r, Dup_r (n)  damping bands / r_i          (f_i += D_{i,i-1} w_{i-1} + ...)
  *   E_r      (n*m) motor coefficients / r_i, row-major   (f_i += sum_k E_ik u_k)
@@ -13,7 +13,7 @@
 
 typedef struct {
     int n, m;
-    const double *r, *dmu, *G_r, *Dlo_r, *Dd_r, *Dup_r, *E_r;
+    const double *r, *mu, *dmu, *G_r, *Dlo_r, *Dd_r, *Dup_r, *E_r;
 } chain_t;
 
 /* qddot from (q, w) and the motor part tau_r = E_r u (constant over a step).
@@ -23,24 +23,29 @@ static void accel(const chain_t *ch, const double *q, const double *w, const dou
     const int n = ch->n;
     double *c = work, *s = work + n, *g = work + 2 * n, *sig = work + 3 * n;
     double *ntx = work + 4 * n, *nty = work + 5 * n, *X = work + 6 * n, *Y = work + 7 * n;
+    /* centripetal: -sum_{j != i} mu_max(i,j) z_j sin(q_i - q_j), z = r w^2, from exclusive
+     * prefix sums (links before i, weight mu_i) and suffix sums (after i, weight mu_j) */
     double px = 0.0, py = 0.0;
     for (int i = 0; i < n; i++) {
         s[i] = sin(q[i]);
         c[i] = cos(q[i]);
+        X[i] = px;
+        Y[i] = py;
         double z = ch->r[i] * w[i] * w[i];
         px += z * c[i];
         py += z * s[i];
-        X[i] = px * ch->dmu[i];
-        Y[i] = py * ch->dmu[i];
     }
     double sx = 0.0, sy = 0.0;
-    for (int i = n - 1; i >= 0; i--) {  /* suffix sums: (X, Y)_i = sum_{k>=i} dmu_k prefix_k */
-        sx += X[i];
-        sy += Y[i];
-        double gi = c[i] * sy - s[i] * sx + ch->G_r[i] * s[i] + ch->Dd_r[i] * w[i] + tau_r[i];
+    for (int i = n - 1; i >= 0; i--) {
+        double mu = ch->mu[i];
+        double xi = mu * X[i] + sx, yi = mu * Y[i] + sy;
+        double gi = c[i] * yi - s[i] * xi + ch->G_r[i] * s[i] + ch->Dd_r[i] * w[i] + tau_r[i];
         if (i > 0) gi += ch->Dlo_r[i] * w[i - 1];
         if (i + 1 < n) gi += ch->Dup_r[i] * w[i + 1];
         g[i] = gi;
+        double z = mu * ch->r[i] * w[i] * w[i];
+        sx += z * c[i];
+        sy += z * s[i];
     }
     /* backward sweep: phi_i = K_i v_{i-1} + beta_i, from the tip inwards */
     double Kxx = 0.0, Kxy = 0.0, Kyy = 0.0, bx = 0.0, by = 0.0;
@@ -103,24 +108,24 @@ static void step_one(const chain_t *ch, double *x, const double *tau_r, double h
 /* The tables, built once per model by the caller (ctypes), so a call passes one pointer. */
 typedef struct {
     long n, m;
-    const double *r, *dmu, *G_r, *Dlo_r, *Dd_r, *Dup_r, *E_r;
+    const double *r, *mu, *dmu, *G_r, *Dlo_r, *Dd_r, *Dup_r, *E_r;
 } lyagym_chain_tables;
 
 /* x: (batch, 2n) row-major, stepped in place `steps` times by h; u: (batch, m) row-major,
- * or one row for all states when u_stride == 0 (NULL when m == 0). Returns 0, or -1 when
+ * or one row for all states when u_stride == 0; NULL means zero torques. Returns 0, or -1 when
  * n is out of the supported range. */
 int lyagym_chain_step(const lyagym_chain_tables *t, long batch, double *x, const double *u, long u_stride,
                       double h, long steps, long method)
 {
     const int n = (int)t->n, m = (int)t->m;
     if (n < 1 || n > 512) return -1;  /* the work arrays live on the stack */
-    chain_t ch = {n, m, t->r, t->dmu, t->G_r, t->Dlo_r, t->Dd_r, t->Dup_r, t->E_r};
+    chain_t ch = {n, m, t->r, t->mu, t->dmu, t->G_r, t->Dlo_r, t->Dd_r, t->Dup_r, t->E_r};
     double work[17 * n], tau_r[n];
     for (long b = 0; b < batch; b++) {
         const double *ub = u ? u + b * u_stride : NULL;
         for (int i = 0; i < n; i++) {
             double acc = 0.0;
-            for (int k = 0; k < m; k++) acc += t->E_r[i * m + k] * ub[k];
+            if (ub) for (int k = 0; k < m; k++) acc += t->E_r[i * m + k] * ub[k];
             tau_r[i] = acc;
         }
         double *xb = x + b * 2 * (long)n;
