@@ -58,6 +58,18 @@ def load_texture_model(
     return model.to(device).eval().requires_grad_(False)
 
 
+def _real(value, name: str):
+    """``value`` with complex input refused (a cast to float would silently drop the imaginary
+    part); tensors come back detached, so one that requires grad converts like any other."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor")
+        return value.detach()
+    if np.iscomplexobj(value) or isinstance(value, complex):
+        raise TypeError(f"{name} must be real, got a complex value")
+    return value
+
+
 def _reference_indices(model: VideoVAE, texture: str | None) -> torch.Tensor:
     if texture is None:
         return torch.arange(len(model.reference_latents), device=model.device)
@@ -196,7 +208,8 @@ class VideoTextureEnv(gym.Env):
         if "target_index" in options:
             self._set_target(options.pop("target_index"))
         if "latent" in options:
-            z = torch.as_tensor(np.asarray(options.pop("latent"), dtype=np.float32)).reshape(-1)
+            latent = _real(options.pop("latent"), "options['latent']")
+            z = torch.as_tensor(latent.cpu() if isinstance(latent, torch.Tensor) else np.asarray(latent, dtype=np.float32)).reshape(-1)
             if z.numel() != self.latent_dim or not torch.isfinite(z).all():
                 raise ValueError(f"options['latent'] must be {self.latent_dim} finite numbers, got shape {tuple(z.shape)}")
             z = z.to(self.model.device, self.model.dtype)
@@ -217,7 +230,8 @@ class VideoTextureEnv(gym.Env):
     def step(self, action):
         if self._z is None:
             raise RuntimeError("call reset() before step()")
-        a = np.asarray(action, dtype=np.float32)
+        action = _real(action, "action")
+        a = np.asarray(action.cpu() if isinstance(action, torch.Tensor) else action, dtype=np.float32)
         if a.shape != self.action_space.shape:
             raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
         if not np.isfinite(a).all():
@@ -387,7 +401,7 @@ class VideoTextureVectorEnv(VectorEnv):
                 raise gym.error.ResetNeeded("reset_mask needs a full reset() first")
         options.pop("reset_mask", None)
         if "latent" in options:
-            z = torch.as_tensor(options.pop("latent"), device=self.device, dtype=self.model.dtype)
+            z = torch.as_tensor(_real(options.pop("latent"), "options['latent']"), device=self.device, dtype=self.model.dtype)
             if z.shape != (self.num_envs, self.latent_dim) or not torch.isfinite(z).all():
                 raise ValueError(f"options['latent'] must be finite with shape ({self.num_envs}, {self.latent_dim}), got {tuple(z.shape)}")
         elif "start_index" in options:
@@ -431,7 +445,7 @@ class VideoTextureVectorEnv(VectorEnv):
             self._reset_pending = False
         shape = (self.num_envs, self.latent_dim)
         reject_scalar_actions(actions, shape)
-        a = torch.as_tensor(actions, device=self.device, dtype=self.model.dtype)
+        a = torch.as_tensor(_real(actions, "actions"), device=self.device, dtype=self.model.dtype)
         if a.shape != shape:
             raise ValueError(f"actions must have shape {shape}, got {tuple(a.shape)}")
         # No per-step host sync in the hot path: NaN actions are turned into an error lazily,

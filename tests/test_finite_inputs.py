@@ -316,3 +316,35 @@ def test_lyanet_load_refuses_damaged_files_in_one_clear_error(tmp_path):
         with pytest.raises(ValueError, match="NaN or inf" if name == "nan_weights" else "LyaNetWorldModel checkpoint"):
             LyaNetWorldModel.load(path)
     assert LyaNetWorldModel.load(good).state_dim == 2
+
+
+# ----------------------------------------------------------------------------- video env
+
+
+def test_video_envs_refuse_complex_and_take_grad_tensors():
+    from lyagym.envs import VideoTextureEnv
+    from lyagym.envs.video_data import make_texture
+    from lyagym.envs.video_texture import VideoTextureVectorEnv
+    from lyagym.learned_models import VideoVAE
+
+    torch.manual_seed(0)
+    model = VideoVAE(16, 4, dynamics="stable", channels=(4,), dynamics_kwargs={"hidden": (8,), "lyap_hidden": (8,)})
+    model.set_reference_frames(make_texture("clouds", n_frames=4, size=16, seed=0), [0] * 4)
+    env = VideoTextureEnv(model)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="action must be real"):
+        env.step(np.array([0.5j, 0, 0, 0]))
+    with pytest.raises(TypeError, match=r"options\['latent'\] must be real"):
+        env.reset(options={"latent": np.zeros(4) + 1j})
+    env.reset(seed=0)
+    with_grad = env.step(torch.full((4,), 0.5, requires_grad=True))[0]
+    env.reset(seed=0)
+    assert np.array_equal(with_grad, env.step(np.full(4, 0.5, dtype=np.float32))[0])
+    vec = VideoTextureVectorEnv(2, model)
+    vec.reset(seed=0)
+    with pytest.raises(TypeError, match="actions must be real"):
+        vec.step(np.zeros((2, 4)) + 1j)
+    with pytest.raises(TypeError, match="actions must be real"):
+        vec.step(torch.zeros((2, 4), dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"options\['latent'\] must be real"):
+        vec.reset(options={"latent": torch.zeros((2, 4), dtype=torch.complex64)})
