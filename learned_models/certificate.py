@@ -36,7 +36,7 @@ import torch
 
 from .files import atomic_write
 
-__all__ = ["Certificate", "CLAIMS", "EVIDENCE", "weights_hash"]
+__all__ = ["Certificate", "CLAIMS", "EVIDENCE", "weights_hash", "model_hash"]
 
 #: The claims a certificate can make.
 CLAIMS = (
@@ -48,7 +48,14 @@ CLAIMS = (
 #: Kinds of evidence, strongest first.
 EVIDENCE = ("by_construction", "formal", "falsification", "empirical")
 
-FORMAT_VERSION = 1
+#: 2: ``weights_hash`` is ``model_hash`` (class, config, dtype and weights; version 1 hashed
+#: the weights' values only) and ``numerics`` states the per-dtype tolerance and excluded ball.
+FORMAT_VERSION = 2
+
+#: Floating point dtypes a certificate can state its precision for.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Normalised tolerances assumed when a certificate states none (format version 1).
+DEFAULT_TOLERANCE = {"float32": 1e-3, "float64": 1e-6}
 
 #: The explanations written into every certificate's JSON (``"meaning"``).
 MEANING = {
@@ -59,7 +66,10 @@ MEANING = {
     "time_domain": "continuous: the ODE xdot = f(x); discrete: the model's step map with `integrator` and step `h`",
     "evidence": "by_construction (architecture), formal (proven over a box by bound propagation; see details.formal), "
                 "falsification (no counterexample found), empirical (measured on data)",
-    "weights_hash": "sha256 of the exact weights the claim is about; fine-tuning voids it",
+    "weights_hash": "sha256 of the model the claim is about: class, config (alpha, integrator, step, rescale, ...), "
+    "dtype and weights; fine-tuning or changing any of them voids it",
+    "numerics": "per dtype: the claim holds as evaluated in that dtype up to `tolerance` (normalised by V(x)) at "
+    "every state with ||x - x_eq|| >= `radius` (closer states round to within a few units of x_eq)",
 }
 
 
@@ -77,6 +87,35 @@ def weights_hash(module: torch.nn.Module | None) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.to(torch.float64).contiguous().numpy().tobytes() if t.is_floating_point() else t.contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def model_hash(module: torch.nn.Module | None) -> str:
+    """SHA-256 of everything a model's behaviour, and so a claim about it, depends on.
+
+    The class name, ``module.config()`` where the model has one (``alpha``, integrator, step,
+    ``keep_guarantee``, ``x_eq``, ...; canonical JSON), every tensor's dtype and
+    ``weights_hash`` of the values. Device-independent. Changing ``alpha``, the integrator or
+    the rescale, converting with ``.double()`` or fine-tuning all change it.
+    """
+    h = hashlib.sha256(b"lyagym model_hash 2\0")
+    if module is None:
+        return h.hexdigest()
+    h.update(type(module).__name__.encode())
+    config = getattr(module, "config", None)
+    if callable(config):
+        h.update(json.dumps(config(), sort_keys=True, default=repr).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}".encode())
+    h.update(weights_hash(module).encode())
+    return h.hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -111,9 +150,14 @@ class Certificate:
         h: for discrete claims, the step size.
         iss_gain: for ISS claims, a description or bound of the input gain.
         evidence: a subset of ``EVIDENCE``.
-        weights_hash: ``weights_hash(model)`` of the model the claim is about.
+        weights_hash: ``model_hash(model)`` of the model the claim is about (class, config,
+            dtype and weights; ``applies_to`` compares it).
         model_class: the model's class name.
         details: free-form supporting numbers (falsification counts, measured rates, radii).
+        numerics: per dtype name (``"float32"``, ``"float64"``), ``{"tolerance": t, "radius": r}``:
+            evaluated in that dtype, the claim holds up to normalised excess ``t`` at every
+            state with ``||x - x_eq|| >= r`` (``tolerance(dtype)``, ``excluded_radius(dtype)``;
+            ``check`` uses both). Empty: an exact-arithmetic claim with the default tolerances.
     """
 
     claim: str
@@ -129,9 +173,14 @@ class Certificate:
     weights_hash: str = ""
     model_class: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    numerics: dict[str, dict[str, float]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if not isinstance(self.format_version, int) or isinstance(self.format_version, bool) or self.format_version < 1:
+            raise ValueError(f"format_version must be an int >= 1, got {self.format_version!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"certificate format_version {self.format_version} is newer than this lyagym understands ({FORMAT_VERSION})")
         if self.claim not in CLAIMS:
             raise ValueError(f"claim must be one of {CLAIMS}, got {self.claim!r}")
         bad = [e for e in self.evidence if e not in EVIDENCE]
@@ -141,8 +190,27 @@ class Certificate:
             raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {self.time_domain!r}")
         if self.time_domain == "discrete" and (self.h is None or self.integrator is None):
             raise ValueError("a discrete-time certificate needs both `integrator` and `h`")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+        if not (_finite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if self.h is not None and not (_finite(self.h) and self.h > 0):
+            raise ValueError(f"h must be a finite number > 0 (the step size), got {self.h!r}")
+        if self.c1 is not None and not (_finite(self.c1) and self.c1 > 0):
+            raise ValueError(f"c1 must be a finite number > 0 (V >= c1 ||x - x_eq||^2) or None, got {self.c1!r}")
+        if self.c2 is not None and not (_finite(self.c2) and self.c2 > 0 and (self.c1 is None or self.c2 >= self.c1)):
+            raise ValueError(f"c2 must be a finite number >= c1 > 0 (V <= c2 ||x - x_eq||^2) or None, got {self.c2!r} (c1 = {self.c1!r})")
+        if not isinstance(self.equilibrium, list) or not all(_finite(v) for v in self.equilibrium):
+            raise ValueError(f"equilibrium must be a list of finite numbers, got {self.equilibrium!r}")
+        if not isinstance(self.evidence, list):
+            raise ValueError(f"evidence must be a list drawn from {EVIDENCE}, got {self.evidence!r}")
+        if not isinstance(self.weights_hash, str) or not isinstance(self.model_class, str) or not isinstance(self.details, dict):
+            raise ValueError("weights_hash and model_class must be strings and details a dict")
+        if not isinstance(self.numerics, dict):
+            raise ValueError(f"numerics must be a dict {{dtype name: {{'tolerance': t, 'radius': r}}}}, got {self.numerics!r}")
+        for name, entry in self.numerics.items():
+            if name not in DTYPES:
+                raise ValueError(f"numerics names an unknown dtype {name!r}; known: {sorted(DTYPES)}")
+            if not isinstance(entry, dict) or set(entry) != {"tolerance", "radius"} or not all(_finite(v) and v >= 0 for v in entry.values()):
+                raise ValueError(f"numerics[{name!r}] must be {{'tolerance': t >= 0, 'radius': r >= 0}} (finite numbers), got {entry!r}")
 
     @property
     def overshoot(self) -> float | None:
@@ -150,6 +218,24 @@ class Certificate:
         if self.c1 is None or self.c2 is None or self.c1 <= 0:
             return None
         return math.sqrt(self.c2 / self.c1)
+
+    def tolerance(self, dtype: torch.dtype | str) -> float:
+        """The normalised excess this certificate allows when evaluated in ``dtype``."""
+        name = self._dtype_key(dtype)
+        entry = self.numerics.get(name)
+        return float(entry["tolerance"]) if entry is not None else DEFAULT_TOLERANCE[name]
+
+    def excluded_radius(self, dtype: torch.dtype | str) -> float:
+        """``r``: the claim is made for ``||x - x_eq|| >= r`` when evaluated in ``dtype`` (0: everywhere)."""
+        entry = self.numerics.get(self._dtype_key(dtype))
+        return float(entry["radius"]) if entry is not None else 0.0
+
+    @staticmethod
+    def _dtype_key(dtype: torch.dtype | str) -> str:
+        name = _dtype_name(dtype)
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} (a certificate states no precision for {name}), got {dtype!r}")
+        return name
 
     def region(self) -> str:
         """Where the claim holds, in words (``details["region"]`` when the issuer says so)."""
@@ -182,15 +268,24 @@ class Certificate:
         if "precision" in self.details or "dtype" in self.details:
             dtype = f"{self.details['dtype']} weights; " if "dtype" in self.details else ""
             lines.append(f"  precision: {dtype}{self.details.get('precision', '')}".rstrip("; "))
-        lines.append(f"  weights:   sha256 {self.weights_hash[:12] or '(none)'}... (cert.applies_to(model) checks it)")
+        for name, entry in sorted(self.numerics.items()):
+            where = f"||x - x_eq|| >= {entry['radius']:.3g}" if entry["radius"] > 0 else "every state"
+            lines.append(f"  {name}:   holds to {entry['tolerance']:g} (relative to V) at {where}")
+        lines.append(f"  model:     sha256 {self.weights_hash[:12] or '(none)'}... of class, config, dtype and weights "
+                     "(cert.applies_to(model) checks it)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
 
     def applies_to(self, model: torch.nn.Module) -> bool:
-        """True if ``model`` has exactly the weights this certificate was issued for."""
-        return weights_hash(model) == self.weights_hash
+        """True if ``model`` is exactly the model this certificate was issued for: same class,
+        config (``alpha``, integrator, step, ``keep_guarantee``, ...), dtype and weights.
+
+        A version-1 certificate hashed the weights' values only, which cannot tell a changed
+        ``alpha`` or integrator apart: it applies to no model (re-issue it).
+        """
+        return self.format_version >= 2 and model_hash(model) == self.weights_hash
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -203,13 +298,18 @@ class Certificate:
         d = dict(d)
         d.pop("overshoot", None)
         d.pop("meaning", None)
-        version = d.get("format_version", FORMAT_VERSION)
+        version = d.setdefault("format_version", 1)  # every file since version 1 names it
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"certificate format_version must be an int, got {version!r}")
         if version > FORMAT_VERSION:
             raise ValueError(f"certificate format_version {version} is newer than this lyagym understands ({FORMAT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown certificate fields: {sorted(unknown)}")
+        missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(d)
+        if missing:
+            raise ValueError(f"certificate lacks the fields {sorted(missing)}")
         return cls(**d)
 
     def to_json(self, **kwargs: Any) -> str:
@@ -234,8 +334,15 @@ class Certificate:
     def load(cls, path: str | os.PathLike) -> "Certificate":
         if not os.path.exists(path):
             raise FileNotFoundError(f"no certificate at {os.fspath(path)!r}")
-        with open(path) as f:
-            return cls.from_json(f.read())
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise ValueError(f"{os.fspath(path)!r} is not a certificate: not UTF-8 text (a binary file?)") from None
+        try:
+            return cls.from_json(text)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid certificate: {e}") from None
 
     def check(self, model, **kwargs: Any):
         """Try to falsify this certificate on ``model``; see ``lyagym.learned_models.falsification.falsify``.

@@ -3,14 +3,17 @@
 A checkpoint is a ``torch.save`` dictionary of plain data (no pickled classes, so it loads
 with ``weights_only=True``)::
 
-    {"format": "lyagym-model", "format_version": 1, "class": "StableDynamics",
+    {"format": "lyagym-model", "format_version": 2, "class": "StableDynamics",
      "config": {...constructor kwargs...}, "dtype": "float32", "state_dict": {...},
-     "weights_hash": "<sha256>", "metadata": {...}}
+     "weights_hash": "<sha256>", "model_hash": "<sha256>", "metadata": {...}}
 
 It is written atomically (temporary file in the same folder, then ``os.replace``), so a
 crash mid-write never leaves a half-written file under the user's name. ``load_model``
-rebuilds the model from ``config`` and checks the weights against ``weights_hash``; a
-missing, corrupt, truncated or mismatched file raises an error naming the file.
+rebuilds the model from ``config`` and checks it against ``model_hash`` (class, config,
+dtype and weights, as a ``Certificate`` identifies a model: an edited ``config.alpha`` is
+refused) and the weights against ``weights_hash``; a missing, corrupt, truncated or
+mismatched file, or one with NaN/inf weights, raises an error naming the file.
+Version-1 files (no ``model_hash``) still load, checked against ``weights_hash`` only.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .certificate import weights_hash
+from .certificate import model_hash, weights_hash
 from .files import atomic_write
 
 __all__ = ["save_model", "load_model", "register_model", "MODEL_CLASSES", "FORMAT_VERSION"]
 
 FORMAT = "lyagym-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds "model_hash" (class, config, dtype, weights)
 
 #: Model classes ``load_model`` can rebuild, by class name. Filled by ``register_model``.
 MODEL_CLASSES: dict[str, type] = {}
@@ -57,6 +60,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str,
         "dtype": str(dtype).removeprefix("torch."),
         "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
         "weights_hash": weights_hash(model),
+        "model_hash": model_hash(model),
         "metadata": dict(metadata or {}),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -113,12 +117,20 @@ def load_model(
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path!r}: its config does not build a {name}: {e}") from None
     model = model.to(dtype)
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r}: state_dict is not a dictionary of tensors")
+    bad = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{path!r}: weights contain NaN or inf ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); refusing to load them")
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path!r}: weights do not match the {name} built from its config: {e}") from None
     if weights_hash(model) != payload["weights_hash"]:
         raise ValueError(f"{path!r}: weights do not match the hash recorded at save time (file corrupted?)")
+    if payload["format_version"] >= 2 and model_hash(model) != payload.get("model_hash"):
+        raise ValueError(f"{path!r}: its config does not match the hash recorded at save time (file edited or corrupted?)")
     model.checkpoint_metadata = dict(payload.get("metadata", {}))
     if map_location is not None:
         model = model.to(map_location)

@@ -70,7 +70,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from .certificate import Certificate, weights_hash
+from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
@@ -615,7 +615,7 @@ class EnsembleCertificate:
         member_class: the members' class name.
         evidence: ``"per_member"`` (see each member's ``evidence``) or ``"none"``.
         covers: what the member certificates cover and what they do not (the sampled noise).
-        weights_hash: ``weights_hash`` of the whole ensemble at issue.
+        weights_hash: ``model_hash`` of the whole ensemble at issue (class, config, dtype, weights).
         size: ``E``.
     """
 
@@ -634,7 +634,7 @@ class EnsembleCertificate:
             member_class=name,
             evidence="per_member" if members else "none",
             covers=_COVERAGE if members else _NO_GUARANTEE.format(cls=name),
-            weights_hash=weights_hash(ensemble),
+            weights_hash=model_hash(ensemble),
             size=ensemble.size,
         )
 
@@ -644,8 +644,8 @@ class EnsembleCertificate:
         return bool(self.members) and len(self.members) == self.size
 
     def applies_to(self, ensemble: Ensemble) -> bool:
-        """True if ``ensemble`` has exactly the weights this certificate was issued for."""
-        return weights_hash(ensemble) == self.weights_hash
+        """True if ``ensemble`` is exactly the one this certificate was issued for (config, dtype, weights)."""
+        return model_hash(ensemble) == self.weights_hash
 
     def check(self, ensemble: Ensemble, **falsify_kwargs: Any) -> EnsembleCheck:
         """Run every member's ``Certificate.check`` on ``ensemble.member(i)`` (``falsify`` with

@@ -13,14 +13,19 @@ Where the search looks (all batched):
 
 1. ``random``: ``n_samples`` states ``x_eq + r w``, ``w`` uniform on the sphere, ``r``
    log-uniform in ``[1e-3, 1e2]``;
-2. ``shells``: spheres of radius ``1e-6 .. 1`` around ``x_eq`` (where 0/0 lurks);
+2. ``shells``: spheres of radius ``1e-12 .. 1`` around ``x_eq`` (where 0/0 and cancellation
+   lurk), and one more right at the certificate's excluded radius for the dtype when that is
+   below ``1e-12`` (``Certificate.excluded_radius``: closer states are not claimed, and no
+   phase counts them);
 3. ``large_norm``: spheres of radius ``1 .. max_norm`` (overflow, saturation);
 4. ``gradient``: Adam ascent on ``r`` from the worst states found so far;
 5. ``rollouts`` (discrete claims): trajectories of the model's own ``step``, every transition
    checked.
 
 By default the model is evaluated on a float64 copy, so that a reported violation is a
-property of the weights, not float32 rounding (pass ``dtype=None`` to test as-is).
+property of the weights, not float32 rounding (pass ``dtype=None`` to test as-is, or
+``dtype=torch.float32``). The tolerance is the one the certificate states for that dtype
+(``Certificate.tolerance``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .certificate import Certificate, weights_hash
+from .certificate import Certificate, model_hash
 
 __all__ = ["falsify", "FalsificationReport", "empirical_certificate"]
 
@@ -80,7 +85,7 @@ class FalsificationReport:
         for name, t in self.per_test.items():
             lines.append(f"  {name:<11} checked {int(t['checked']):>8}  violations {int(t['violations']):>6}  worst {t['worst']:.3g}")
         if not self.applies:
-            lines.append("  certificate weights_hash does not match the model (issued for other weights)")
+            lines.append("  the certificate was issued for another model (its hash of class, config, dtype and weights differs)")
         if not self.complete:
             lines.append("  time limit reached before all phases ran")
         return "\n".join(lines)
@@ -115,6 +120,37 @@ def _sphere(n_points: int, dim: int, radii: torch.Tensor, gen: torch.Generator, 
     w = torch.randn(n_points, dim, generator=gen, dtype=dtype).to(device)
     w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     return w * radii.to(device, dtype).unsqueeze(-1)
+
+
+_COUNTS = ("n_samples", "shells", "per_shell", "large_norm_samples", "grad_steps", "grad_starts", "rollouts", "rollout_steps", "max_counterexamples")
+
+
+def _check_arguments(cert: Any, args: dict[str, Any]) -> None:
+    """``falsify``'s arguments, checked before any work (an error names the argument)."""
+    if not isinstance(cert, Certificate):
+        raise TypeError(f"cert must be a Certificate, got {type(cert).__name__}")
+    for name in _COUNTS:
+        v = args[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    if not isinstance(args["batch"], int) or isinstance(args["batch"], bool) or args["batch"] < 1:
+        raise ValueError(f"batch must be an int >= 1 (states per evaluation chunk), got {args['batch']!r}")
+    if not isinstance(args["seed"], int) or isinstance(args["seed"], bool):
+        raise ValueError(f"seed must be an int, got {args['seed']!r}")
+
+    def number(name: str, ok: Callable[[float], bool], what: str, none_ok: bool = False) -> None:
+        v = args[name]
+        if v is None and none_ok:
+            return
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v) or not ok(float(v)):
+            raise ValueError(f"{name} must be {what}, got {v!r}")
+
+    number("tol", lambda v: math.isfinite(v) and v >= 0, "None or a finite number >= 0 (normalised violation)", none_ok=True)
+    number("max_norm", lambda v: math.isfinite(v) and v >= 1, "a finite number >= 1 (the largest radius probed)")
+    number("input_scale", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    number("time_limit", lambda v: v > 0, "a number of seconds > 0")
+    if args["dtype"] not in (None, torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float64, torch.float32 or None (the model's own), got {args['dtype']!r}")
 
 
 def falsify(
@@ -153,16 +189,19 @@ def falsify(
             rollouts, rollout_steps: sizes of the phases.
         input_scale: inputs for ISS claims are drawn in ``[-input_scale, input_scale]^m``
             (a quarter of them zero).
-        tol: normalised violation counted as a counterexample (default ``1e-6`` in float64,
-            ``1e-3`` in float32).
-        dtype: evaluate on a copy in this dtype (default float64); ``None`` keeps the model's.
+        tol: normalised violation counted as a counterexample (default: what the certificate
+            states for the dtype evaluated, ``cert.tolerance(dtype)``; ``1e-6`` in float64 and
+            ``1e-3`` in float32 when it states none).
+        dtype: evaluate on a copy in this dtype, ``torch.float64`` (default) or
+            ``torch.float32``; ``None`` keeps the model's (which must be one of them).
         seed, time_limit (seconds; phases that do not fit are skipped, ``complete=False``),
         batch (evaluation chunk), max_counterexamples, progress (tqdm over phases).
     """
     start = time.perf_counter()
+    _check_arguments(cert, locals())
     claim = cert.claim
     discrete = cert.time_domain == "discrete"
-    applies = (not cert.weights_hash) or not isinstance(model, nn.Module) or weights_hash(model) == cert.weights_hash
+    applies = (not cert.weights_hash) or not isinstance(model, nn.Module) or cert.applies_to(model)
     if dtype is not None and isinstance(model, nn.Module):
         model = copy.deepcopy(model).to(dtype)
         if isinstance(V, nn.Module):
@@ -174,6 +213,8 @@ def falsify(
     if isinstance(V, nn.Module) and dtype is not None:
         V = V.to(dtype)
     work_dtype = dtype or getattr(model, "dtype", torch.get_default_dtype())
+    if work_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype: the model is {work_dtype}; falsify evaluates in torch.float32 or torch.float64 (pass dtype=)")
     device = getattr(model, "device", torch.device("cpu"))
     n = int(getattr(model, "state_dim", len(cert.equilibrium)))
     m = int(getattr(model, "action_dim", 0))
@@ -181,7 +222,8 @@ def falsify(
         raise ValueError(f"certificate equilibrium has {len(cert.equilibrium)} entries, model state_dim is {n}")
     x_eq = torch.tensor(cert.equilibrium, dtype=work_dtype, device=device)
     if tol is None:
-        tol = 1e-6 if work_dtype == torch.float64 else 1e-3
+        tol = cert.tolerance(work_dtype)
+    radius = cert.excluded_radius(work_dtype)
     alpha = float(cert.alpha)
     gamma = 0.0
     if claim == "input_to_state_stability":
@@ -229,13 +271,18 @@ def falsify(
 
     def record(name: str, x: torch.Tensor, u: torch.Tensor | None, r: torch.Tensor) -> None:
         r = torch.nan_to_num(r, nan=math.inf)  # a NaN is a violation, never a pass
+        checked = r.numel()
+        if radius > 0:  # inside the excluded ball nothing is claimed: not counted
+            inside = (x - x_eq).norm(dim=-1) < radius
+            r = r.masked_fill(inside, -math.inf)
+            checked -= int(inside.sum())
         t = per_test.setdefault(name, {"checked": 0, "violations": 0, "worst": -math.inf})
         bad = int((r > tol).sum())
         worst = float(r.max()) if r.numel() else -math.inf
-        t["checked"] += r.numel()
+        t["checked"] += checked
         t["violations"] += bad
         t["worst"] = max(t["worst"], worst)
-        totals["checked"] += r.numel()
+        totals["checked"] += checked
         totals["violations"] += bad
         totals["worst"] = max(totals["worst"], worst)
         k = min(grad_starts, r.numel())
@@ -257,7 +304,14 @@ def falsify(
     phases.append(("random", lambda: evaluate("random", x_eq + _sphere(n_samples, n, 10 ** (torch.rand(n_samples, generator=gen, dtype=work_dtype) * 5 - 3), gen, work_dtype, device))))
 
     def run_shells() -> None:
-        radii = torch.logspace(-6, 0, shells, dtype=work_dtype).repeat_interleave(per_shell)
+        # One shell per decade from 1e-12 (or the excluded radius) to 1, and one at the
+        # excluded radius itself when it is smaller: the claim is probed right up to its edge.
+        edge = radius * (1 + 1e-3)  # just outside: the stored states round by ~u |x_eq|
+        lo = max(edge, 1e-12)
+        radii = torch.logspace(math.log10(lo), 0, shells, dtype=work_dtype) if shells > 1 else torch.full((shells,), lo, dtype=work_dtype)
+        if 0 < edge < lo:
+            radii = torch.cat([radii.new_full((1,), edge), radii])
+        radii = radii.repeat_interleave(per_shell)
         evaluate("shells", x_eq + _sphere(radii.numel(), n, radii, gen, work_dtype, device))
 
     def run_large() -> None:
@@ -271,16 +325,16 @@ def falsify(
         us = torch.cat([w[1] for w in worst_states]) if use_inputs else None
         top = rs.topk(min(grad_starts, rs.numel())).indices
         dx = (xs[top] - x_eq).clone()
-        radius = dx.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        log_r = radius.log().requires_grad_(True)
-        w = (dx / radius).requires_grad_(True)
+        floor = max(radius * (1 + 1e-3), tiny ** 0.5)
+        log_r = dx.norm(dim=-1, keepdim=True).clamp_min(floor).log().requires_grad_(True)
+        w = (dx / dx.norm(dim=-1, keepdim=True).clamp_min(tiny)).requires_grad_(True)
         params = [log_r, w]
         if use_inputs:
             v = torch.atanh((us[top] / input_scale).clamp(-0.999, 0.999)).clone().requires_grad_(True)
             params.append(v)
         opt = torch.optim.Adam(params, lr=0.05)
         for k in range(grad_steps):
-            x = x_eq + log_r.clamp(max=math.log(max_norm)).exp() * w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            x = x_eq + log_r.clamp(min=math.log(floor), max=math.log(max_norm)).exp() * w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             u = input_scale * torch.tanh(v) if use_inputs else None
             with torch.enable_grad():
                 r = violation(x, u)
@@ -404,7 +458,7 @@ def empirical_certificate(
         equilibrium=[float(v) for v in x_eq.tolist()],
         time_domain="continuous",
         evidence=evidence,
-        weights_hash=weights_hash(model) if isinstance(model, nn.Module) else "",
+        weights_hash=model_hash(model) if isinstance(model, nn.Module) else "",
         model_class=type(model).__name__,
         details=details,
     )

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .certificate import Certificate, weights_hash
+from .certificate import Certificate, model_hash
 from .files import atomic_write
 from .lyanet import FitHistory, convergence_rates, decrease_along_paths, fit, lipschitz_estimate, regression_box, robustness_radius
 from .lyapunov_loss import _check_kappa
@@ -357,7 +357,7 @@ class LyaNetWorldModel(nn.Module):
             alpha=alpha,
             time_domain="continuous",
             evidence=["empirical"],
-            weights_hash=weights_hash(self),
+            weights_hash=model_hash(self),
             model_class=type(self).__name__,
             details={
                 "about": "the inference ODE inside each prediction converges to the target: ||eta(t) - y||^2 <= ||y||^2 "

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .certificate import Certificate, weights_hash
+from .certificate import DTYPES, Certificate, model_hash
 from .checkpoint import register_model
 from .integrators import ODEWorldModel, _FunctorchState, integrate, lyapunov_rescale
 from .lyapunov import LyapunovFunction, _outer, _outer_backward
@@ -218,6 +218,31 @@ def _check_range(offset: torch.Tensor, name: str, what: str) -> None:
         raise ValueError(f"{name}: every |{what}| must be <= {limit:.2g} in {dtype} (V and eq. 10 square it), got {float(largest):.3g}")
 
 
+#: Normalised excess the certificates state per dtype. Measured worst over norms 1e-12..1e8 with
+#: x_eq = 0 (examples/benchmarks/probe_certificate.py, 1e5 states per band and model kind):
+#: about 2e-15 in float64 and 2e-6 in float32, from the rounding of V (centered ICNN pass).
+STATED_TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+#: States near a nonzero x_eq are stored to u |x_eq| per entry (u: the unit roundoff), which
+#: moves V by up to about u |x_eq| / r relative at distance r (measured: 0.05 to 0.5 times
+#: that); the excluded radius is where this factor times it reaches the stated tolerance.
+_ROUNDING_FACTOR = 16.0
+
+
+def _numerics(x_eq: list[float], c1: float) -> dict[str, dict[str, float]]:
+    """Per dtype, the certificate's ``{"tolerance", "radius"}`` (see ``Certificate.numerics``)."""
+    out = {}
+    scale = max((abs(v) for v in x_eq), default=0.0)
+    for name, dtype in DTYPES.items():
+        info = torch.finfo(dtype)
+        u = info.eps / 2
+        tol = STATED_TOLERANCE[name]
+        radius = _ROUNDING_FACTOR * u * scale / tol
+        # Closer than sqrt(tiny / (u c1)), V ~ c1 r^2 is subnormal and keeps no relative precision.
+        radius = max(radius, math.sqrt(info.tiny / (u * c1)))
+        out[name] = {"tolerance": tol, "radius": float(f"{radius:.3g}") if radius > 0 else 0.0}
+    return out
+
+
 def _check_rate(name: str, value: float, positive: bool = False) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
@@ -361,9 +386,10 @@ class StableDynamics(ODEWorldModel):
         Accuracy cost: ``y`` is unchanged wherever the integrator already meets the bound;
         elsewhere the move is of the order of the integrator's local error (``O(dt^5)`` for
         RK4), so the step keeps the integrator's order. Differentiable in ``x`` (and ``u``).
-        Precision: the bound holds for ``V`` as evaluated; in float32, ``g(F(x)) - g(F(x_eq))``
-        loses digits to cancellation, so within ~1e-3 of ``x_eq`` ``V`` (and hence the
-        bound) is only good to ~1e-3 relative; use float64 where that matters.
+        Precision: the bound holds for ``V`` as evaluated, and ``V`` keeps its relative
+        precision down to ``x_eq`` (the ICNN's centered pass computes ``g(x) - g(x_eq)``
+        without cancellation); near a nonzero ``x_eq`` the states themselves are rounded to
+        ~``u |x_eq|``, hence the certificate's per-dtype excluded ball (``cert.numerics``).
         Accepted range: every ``|x_i - x_eq_i|`` and ``|u_i|`` at most :func:`max_offset`
         (1.8e16 in float32, 1.3e151 in float64; ``ValueError`` beyond, where ``V`` would
         overflow into NaN). An empty batch gives an empty result.
@@ -421,9 +447,8 @@ class StableDynamics(ODEWorldModel):
             "lyap_quadratic": V.L is not None,
             "state_dim": self.state_dim,
             "dtype": str(next(self.parameters()).dtype).replace("torch.", ""),
-            "precision": "exact-arithmetic claim; float64 evaluation meets it to ~1e-10 relative, and to "
-            "~4e-16 |x_eq| / ||x - x_eq|| relative near a nonzero x_eq (the rounding of x - x_eq), float32 only "
-            "away from x_eq (within ~1e-3 of it, V itself carries ~1e-7 absolute rounding)",
+            "precision": "exact-arithmetic claim; evaluated in float64 or float32 it holds to the tolerance of "
+            "`numerics` outside its ball around x_eq (only the rounding of states near a nonzero x_eq)",
         }
         if V.convex:
             details["lipschitz_bound_g"] = V.g.lipschitz_bound()
@@ -438,9 +463,10 @@ class StableDynamics(ODEWorldModel):
             h=self.dt if domain == "discrete" else None,
             iss_gain=self._iss_gain(domain),
             evidence=["by_construction"] if V.convex else [],
-            weights_hash=weights_hash(self),
+            weights_hash=model_hash(self),
             model_class=type(self).__name__,
             details=details,
+            numerics=_numerics([float(v) for v in self.x_eq.detach().cpu().tolist()], V.eps),
         )
 
     def _iss_gain(self, domain: str) -> Any:

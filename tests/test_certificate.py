@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from lyagym.learned_models import Certificate, WorldModel, check_world_model, rollout, weights_hash
+from lyagym.learned_models import Certificate, WorldModel, check_world_model, rollout
+from lyagym.learned_models.certificate import model_hash
 
 
 class LinearModel(torch.nn.Module):
@@ -80,7 +81,7 @@ def test_corrupt_and_missing_files(tmp_path):
 
 def test_certificate_stops_applying_after_fine_tuning():
     model = LinearModel()
-    cert = make_cert(weights_hash=weights_hash(model))
+    cert = make_cert(weights_hash=model_hash(model))
     assert cert.applies_to(model)
     with torch.no_grad():
         model.A[0, 0] += 1e-6

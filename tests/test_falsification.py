@@ -46,7 +46,9 @@ def test_falsify_passes_on_stable_models_continuous_and_discrete():
         assert report.passed, report.summary()
         assert report.n_violations == 0 and report.worst_violation <= report.tolerance
         assert set(report.per_test) >= {"random", "shells", "large_norm", "gradient"}
-        assert report.per_test["shells"]["checked"] == 13 * 150
+        # 13 shells from 1e-12 to 1, and one at the certificate's excluded radius (below 1e-12 here).
+        assert 0 < model.certificate(domain).excluded_radius(torch.float64) < 1e-12
+        assert report.per_test["shells"]["checked"] == 14 * 150
         assert report.counterexamples.shape == (0, 4)
     assert report.per_test["rollouts"]["checked"] == 32 * 15
     # Certificate.check is the same search.
