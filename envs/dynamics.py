@@ -677,6 +677,24 @@ class PendulumDynamics:
             self._overflow(np.array(x, dtype=np.float64), us, "step")
         return np.array(xs)
 
+    def _step_floats(self, xs: list, us: list) -> list:
+        """One default step (RK4, ``dt``) of a list of finite floats under finite torques, as
+        a list: the single env's hot path, whose inputs are already checked (``reset``
+        validated the state, every step checks the result, actions are clipped and finite)."""
+        kernel = self._native()
+        if kernel is not None:
+            out = kernel.step_list(xs, us, self.dt)
+        elif self.form == "expanded":
+            try:
+                out = list(self._py_steps["rk4"](xs, us, self.dt, self._K))
+            except (OverflowError, ValueError):  # float ** overflow, math.sin(inf) in a later stage
+                out = [math.nan]
+        else:
+            return self.step_single(xs, us).tolist()
+        if not math.isfinite(sum(out)) and not all(map(math.isfinite, out)):
+            self._overflow(np.array(xs), us, "step")
+        return out
+
     def energy(self, x):
         """Total energy, kinetic + potential (potential zero at the pivot's height, so the
         pendulum hanging at rest has ``-g * sum_i m_i * (l_1 + .. + l_i)``).

@@ -372,12 +372,12 @@ class NLinkPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"NLinkPendulumEnv.step: the reward overflowed at the state {self._xs} (the motion diverged); "
                 "a smaller dt or more substeps keeps the integrator stable for these parameters"
             )
-        if self._default_integration:  # the compiled plain-float RK4 step, no options to parse
-            x = self.dynamics.step_single(self._xs, u)
+        if self._default_integration:  # the compiled RK4 step on plain floats; inputs checked above
+            xs = self.dynamics._step_floats(self._xs, u)
         else:
-            x = self.dynamics.step_single(self._xs, u, method=self.integrator, substeps=self.substeps)
-        self._state = x
-        self._xs = xs = x.tolist()
+            xs = self.dynamics.step_single(self._xs, u, method=self.integrator, substeps=self.substeps).tolist()
+        self._state = np.array(xs)
+        self._xs = xs
         self._last_u = u
         self._elapsed += 1
         truncated = self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
