@@ -7,9 +7,9 @@ children in one batched call and keeps the split whose worse child has the small
 bound (the dimension that tightens the bound most; the children's bounds are then already
 computed, so the choice costs no extra pass; ties go to the widest side). A child whose upper bound is ``< 0`` is proven;
 one the caller marks as covered (by another argument: the local certificate's ball, a
-sublevel set outside the claim) needs no proof. Box centres are evaluated exactly
-(``value_fn``) on the way: a centre with ``h > 0`` outside the covered region is a
-counterexample, re-checked by that plain evaluation.
+sublevel set outside the claim) needs no proof. Box centres and one random point per box
+are evaluated exactly (``value_fn``) on the way: a point with ``h > 0`` outside the covered
+region is a counterexample, re-checked by that plain evaluation.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def branch_and_bound(
     max_boxes: int = 10_000_000,
     batch: int = 512,
     progress: Callable[[float, int], None] | None = None,
+    seed: int = 0,
 ) -> BranchAndBoundResult:
     """Prove ``h < 0`` on the box ``[lo, hi]`` (``(n,)`` each) outside a covered region.
 
@@ -66,12 +67,14 @@ def branch_and_bound(
         budget_s: wall-clock budget in seconds; max_boxes: budget in bounded boxes.
         batch: boxes split per round (each gives ``2 n`` bounded children).
         progress: called as ``progress(verified_fraction, boxes)`` after each round.
+        seed: of the random points searched for a counterexample.
     """
     start = time.perf_counter()
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
     n = lo.shape[1]
     total = float((hi - lo).prod())
     extent = hi - lo
+    gen = torch.Generator().manual_seed(seed)
     upper, covered = bound_fn(lo, hi)
     boxes = 1
     proven = covered | (upper < 0)
@@ -91,16 +94,17 @@ def branch_and_bound(
         order = torch.argsort(open_up, descending=True)
         take, rest = order[:batch], order[batch:]
         blo, bhi = open_lo[take], open_hi[take]
-        # Counterexample search at the centres of the boxes about to be split.
-        centre = (blo + bhi) / 2
-        h = value_fn(centre)
+        # Counterexample search at the centres of the boxes about to be split and at one random
+        # point in each (seeded: a run is reproducible).
+        pts = torch.cat([(blo + bhi) / 2, blo + (bhi - blo) * torch.rand(blo.shape, generator=gen, dtype=blo.dtype).to(blo.device)])
+        h = value_fn(pts)
         bad = h > 0
         if bool(bad.any()):
-            _, at_centre_covered = bound_fn(centre[bad], centre[bad])
-            hits = torch.nonzero(bad).squeeze(-1)[~at_centre_covered]
+            _, at_point_covered = bound_fn(pts[bad], pts[bad])
+            hits = torch.nonzero(bad).squeeze(-1)[~at_point_covered]
             if hits.numel():
                 i = int(hits[torch.argmax(h[hits])])
-                return result("counterexample", counterexample=centre[i].clone(), counterexample_value=float(h[i]))
+                return result("counterexample", counterexample=pts[i].clone(), counterexample_value=float(h[i]))
         # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
         k = blo.shape[0]
         mid = (blo + bhi) / 2

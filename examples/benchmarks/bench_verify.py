@@ -7,6 +7,11 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
 - ``soft-n1``: the single pendulum, ReLU field 2-100-100-2, V's ICNN 2-60-60-1 (value shift);
 - ``soft-n1-pinned``: the same with a tanh field whose biases are fixed at 0, so that
   ``f(x_eq) = 0`` and V's minimum is the model's own equilibrium;
+- ``soft-n1-pinned-fitted-V``: ``soft-n1-pinned``'s field with a new ``V`` (tangent shift,
+  learned quadratic, ICNN 2-32-32-1) fitted to that field by the staged recipe of
+  ``lyapunov_fit`` (quadratic from the Lyapunov equation of the linear fit near ``x_eq``, then
+  ``fit_lyapunov`` with margin 0.05 on 20,000 box states below 15 J/kg of pendulum energy,
+  the upright being 19.6);
 - ``soft-n2``: the double pendulum, ReLU field 4-100-100-4, ICNN 4-60-60-1.
 
 For each: the decrease ``grad V . f + alpha V < 0`` on the whole box (``[-pi, pi]`` angles,
@@ -55,8 +60,27 @@ ANCHORS = [
 MODELS = {
     "soft-n1": dict(links=1, activation="relu", pinned=False),
     "soft-n1-pinned": dict(links=1, activation="tanh", pinned=True),
+    "soft-n1-pinned-fitted-V": dict(links=1, activation="tanh", pinned=True, fitted_V=True),
     "soft-n2": dict(links=2, activation="relu", pinned=False),
 }
+
+
+def fit_V_to_field(f: SimpleDynamics, seed: int = 0) -> LyapunovFunction:
+    """A ``V`` for ``f``'s own field (see ``soft-n1-pinned-fitted-V``)."""
+    from lyagym.learned_models.lyapunov_fit import fit_lyapunov, init_quadratic, quadratic_lyapunov
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(20000, 2, generator=gen) * 2 - 1) * torch.tensor([math.pi, 8.0])
+    energy = 0.5 * x[:, 1] ** 2 + 9.81 * (1 - torch.cos(x[:, 0]))  # per unit mass, link length 1
+    x = x[energy < 15.0]
+    with torch.no_grad():
+        fx = f(x)
+    torch.manual_seed(seed)
+    V = LyapunovFunction(2, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
+    near = x.norm(dim=-1) < 0.3
+    init_quadratic(V, quadratic_lyapunov(x[near], fx[near])[1])
+    fit_lyapunov(V, (x, fx), alpha=ALPHA, margin=0.05, steps=300, seed=seed, progress=False)
+    return V
 
 
 def train(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
@@ -67,6 +91,18 @@ def train(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
 
     spec = MODELS[name]
     n = spec["links"]
+    if spec.get("fitted_V"):
+        f, _ = train(name.removesuffix("-fitted-V"), cache)
+        path = os.path.join(cache, f"{name}.pt")
+        V = LyapunovFunction(2, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
+        if os.path.exists(path):
+            V.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            V = fit_V_to_field(f)
+            from lyagym.learned_models.files import atomic_write
+
+            atomic_write(path, lambda tmp: torch.save(V.state_dict(), tmp))
+        return f, V
     torch.manual_seed(0)
     f = SimpleDynamics(2 * n, hidden=(100, 100), activation=spec["activation"])
     torch.manual_seed(0)
