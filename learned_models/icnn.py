@@ -127,30 +127,26 @@ def _plan(W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequ
     return _Plan(W if Wt is None else Wt.t(), b.unsqueeze(-1), Ud, [u.t() for u in Ud], W[:rows], sizes, list(widths[:-1]) + [1])
 
 
-def _centered_activation(a: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``zh = d sigma(a)`` of one layer in difference form, in place on ``a: (width, batch + 1)``.
+def _centered_activation(a: torch.Tensor, d: float, need_m: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``zh = d sigma(a)`` of one layer in difference form; ``a: (width, batch + 1)``.
 
     The columns ``:-1`` of ``a`` hold ``delta = a(x_i) - a(x_ref)``, the last ``p = a(x_ref)``;
-    ``zh`` comes back in the same form (``zh(x_i) - zh(x_ref)``, then ``zh(x_ref)``) and ``m``
-    absolute (``clamp(a(x_i), 0, d)``, then ``clamp(p, 0, d)``). The difference is the integral
-    of ``clamp(t, 0, d)`` from ``p`` to ``p + delta``: with ``P = clamp(p, 0, d)``,
-    ``e = p - P``, ``dC = clamp(delta + e, -P, d - P)`` (the change of the clamp) and
-    ``M = P + dC``, it is ``M delta + dC (e - dC / 2)``. No two nearly equal numbers are
-    subtracted, so near ``x_ref`` the difference keeps its relative precision (subtracting
-    ``zh(x_ref)`` from ``zh(x_i)`` would leave only the rounding of ``zh(x_ref)``).
+    ``zh`` comes back in the same form (``zh(x_i) - zh(x_ref)``, then ``zh(x_ref)``) and, with
+    ``need_m``, ``m`` absolute (``clamp(a(x_i), 0, d)``, then ``clamp(p, 0, d)``). The difference
+    is the integral of ``clamp(t, 0, d)`` from ``p`` to ``p + delta``: with ``P = clamp(p, 0, d)``,
+    ``t = delta + p - P`` and ``dC = clamp(t, -P, d - P)`` (the change of the clamp), it is
+    ``dC (t - dC / 2) + P delta``. No two nearly equal numbers are subtracted, so near
+    ``x_ref`` the difference keeps its relative precision (subtracting ``zh(x_ref)`` from
+    ``zh(x_i)`` would leave only the rounding of ``zh(x_ref)``).
     """
-    p = a[:, -1:]
+    p, delta = a[:, -1:], a[:, :-1]
     P = p.clamp(0.0, d)
-    e = p - P
-    delta = a[:, :-1]
-    dC = torch.add(delta, e).clamp_(min=-P, max=d - P)
-    m = torch.empty_like(a)
-    torch.add(dC, P, out=m[:, :-1])
-    m[:, -1:] = P
-    q = torch.add(e, dC, alpha=-0.5)
-    delta.mul_(m[:, :-1]).addcmul_(dC, q)
-    p.sub_(P, alpha=0.5).mul_(P)
-    return a, m
+    t = delta + (p - P)
+    dC = torch.maximum(t, P.neg())  # clamp with tensor bounds is several times slower than max, min
+    torch.minimum(dC, d - P, out=dC)
+    t.sub_(dC, alpha=0.5).mul_(dC).addcmul_(delta, P)
+    m = torch.cat([dC.add_(P), P], dim=1) if need_m else None
+    return torch.cat([t, p.sub(P, alpha=0.5).mul_(P)], dim=1), m
 
 
 def _centered_activation_plain(a: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +197,7 @@ def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False, centered:
         if i > 0:
             a.addmm_(plan.Ud[i - 1], z)
         if centered:
-            z, m = _centered_activation(a, d)
+            z, m = _centered_activation(a, d, keep)
         else:
             m = a.clamp(0.0, d)
             z = a.sub_(m, alpha=0.5).mul_(m)  # in place: a is this call's own buffer

@@ -316,6 +316,7 @@ class LyapunovFunction(nn.Module):
         x_with_eq: torch.Tensor | None = None,
         dx: torch.Tensor | None = None,
         dx_sq: torch.Tensor | None = None,
+        precise: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``V(x): (batch,)`` and ``grad V(x): (batch, state_dim)`` for the whole batch.
 
@@ -326,13 +327,17 @@ class LyapunovFunction(nn.Module):
         ``torch.is_grad_enabled()`` (on while training, off under ``torch.no_grad``).
         A caller that already has them may pass ``x_with_eq = [x; x_eq]``, ``dx = x - x_eq``
         and ``dx_sq = ||dx||^2`` (the stable models share them with ``fhat``).
+        ``precise=False`` (no warp): ``g(x) - g(x_eq)`` as the difference of two evaluations,
+        cheaper and good to ~``u |g|`` absolute instead of relative precision down to ``x_eq``.
         """
         if self.warp is None:
             if dx is None:
                 dx = x - self.x_eq
             if dx_sq is None:
                 dx_sq = (dx * dx).sum(-1)
-            gx, dg = self.g.forward_and_grad(self._with_eq(x) if x_with_eq is None else x_with_eq, centered=True)
+            gx, dg = self.g.forward_and_grad(self._with_eq(x) if x_with_eq is None else x_with_eq, centered=precise)
+            if not precise:
+                gx = torch.cat([gx[:-1] - gx[-1:], gx[-1:]])  # the centered form _outer takes
             V, grad = _outer_value_and_grad(gx, dg, dx, dx_sq, self.eps, self.d, self.shift == "tangent")
             if self.L is not None:
                 Ldx = dx @ self.L.t()
