@@ -70,9 +70,9 @@ def _field(model: nn.Module):
     return model.fhat if hasattr(model, "fhat") else model
 
 
-def find_equilibrium(model: nn.Module, x0: torch.Tensor, *, steps: int = 50, tol: float = 1e-12) -> torch.Tensor:
+def find_equilibrium(model: nn.Module, x0: torch.Tensor, *, steps: int = 30, tol: float = 1e-12, reach: float = 1.0) -> torch.Tensor:
     """Newton's method on ``f(x) = 0`` (float64) from ``x0: (n,)``; raises ``ValueError`` if it
-    does not converge to ``||f|| <= tol``."""
+    does not converge to ``||f|| <= tol`` within ``reach`` of ``x0``."""
     net = _field(model)
     x = x0.detach().clone()
 
@@ -80,14 +80,19 @@ def find_equilibrium(model: nn.Module, x0: torch.Tensor, *, steps: int = 50, tol
         return net(y.unsqueeze(0))[0]
 
     for _ in range(steps):
-        fx = f(x)
+        with torch.no_grad():
+            fx = f(x)
         if float(fx.norm()) <= tol:
             return x
-        J = torch.func.jacrev(f)(x)
+        if float((x - x0).norm()) > reach:
+            break
+        J = torch.autograd.functional.jacobian(f, x)
         x = x - torch.linalg.solve(J, fx)
-    if float(f(x).norm()) <= tol:
+    with torch.no_grad():
+        residual = float(f(x).norm())
+    if residual <= tol and float((x - x0).norm()) <= reach:
         return x
-    raise ValueError(f"Newton's method found no equilibrium near x_eq (||f|| = {float(f(x).norm()):.3g} after {steps} steps)")
+    raise ValueError(f"Newton's method found no equilibrium within {reach} of x_eq (||f|| = {residual:.3g})")
 
 
 def local_certificate(model: nn.Module, x_eq: torch.Tensor, *, max_radius: float = 1.0, halvings: int = 40) -> LocalCertificate | None:
@@ -104,12 +109,11 @@ def local_certificate(model: nn.Module, x_eq: torch.Tensor, *, max_radius: float
 
     net = copy.deepcopy(_field(model)).to(torch.float64)
     x_eq = x_eq.detach().to(torch.float64).cpu()
-    with torch.no_grad():
-        try:
-            x_star = find_equilibrium(net, x_eq)
-        except (ValueError, RuntimeError):  # singular Jacobian or no convergence
-            return None
-    J = torch.func.jacrev(lambda y: net(y.unsqueeze(0))[0])(x_star).detach()
+    try:
+        x_star = find_equilibrium(net, x_eq)
+    except (ValueError, RuntimeError):  # singular Jacobian or no convergence
+        return None
+    J = torch.autograd.functional.jacobian(lambda y: net(y.unsqueeze(0))[0], x_star).detach()
     if not float(torch.linalg.eigvals(J).real.max()) < 0:
         return None
     n = J.shape[0]

@@ -241,7 +241,8 @@ def region_of_attraction(
     ``{V <= rho}`` (minus ``E``), with ``{V <= rho}`` inside ``box`` (module docstring).
 
     Each of the ``steps`` trials gets ``budget_s / (steps + 1)`` seconds. The result is the
-    best verified trial (``status="verified"``, ``rho`` set) or, if none is, the last trial.
+    best verified trial (``status="verified"``, ``rho`` set) or, if none is, the last trial
+    with ``rho = None``.
     ``trials`` lists every ``(rho, status, fraction, seconds)``.
     """
     n = int(lyapunov.state_dim)
@@ -274,6 +275,8 @@ def region_of_attraction(
         if rho_hi / rho_lo < 1.05:
             break
     out = best if best is not None else last
+    if best is None:
+        out.rho = None  # no level was proven: the last trial's level claims nothing
     out.trials = trials
     out.seconds = time.perf_counter() - start
     return out
