@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rho", type=_rho, default=None,
                         help="restrict the claim to {V <= RHO}; 'auto': the largest such level by bisection (region of attraction)")
     parser.add_argument("--budget-s", type=number(0, strict=True), default=30.0, help="time budget in seconds")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="after a counterexample, keep proving the rest of the box until the budget (the proven share)")
     parser.add_argument("--out", default=None, help="write the JSON result here (atomically) instead of stdout")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             res = region_of_attraction(model, V, args.box, alpha=float(alpha), budget_s=args.budget_s, progress=progress)
         else:
             res = verify_decrease(model, V, args.box, alpha=float(alpha), rho=args.rho, u_box=args.u_box, budget_s=args.budget_s,
-                                  progress=progress)
+                                  progress=progress, exhaustive=args.exhaustive)
     except (TypeError, ValueError) as e:
         if bar is not None:
             bar.close()

@@ -54,6 +54,7 @@ def branch_and_bound(
     batch: int = 512,
     progress: Callable[[float, int], None] | None = None,
     seed: int = 0,
+    exhaustive: bool = False,
 ) -> BranchAndBoundResult:
     """Prove ``h < 0`` on the box ``[lo, hi]`` (``(n,)`` each) outside a covered region.
 
@@ -68,6 +69,8 @@ def branch_and_bound(
         batch: boxes split per round (each gives ``2 n`` bounded children).
         progress: called as ``progress(verified_fraction, boxes)`` after each round.
         seed: of the random points searched for a counterexample.
+        exhaustive: keep proving the rest of the box after a counterexample (the worst one
+            found is returned at the end, with the proven fraction), instead of stopping.
     """
     start = time.perf_counter()
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
@@ -88,9 +91,16 @@ def branch_and_bound(
         return BranchAndBoundResult(status, done / total, covered_volume / total, boxes, time.perf_counter() - start,
                                     worst_upper=worst, open_lo=open_lo, open_hi=open_hi, **extra)
 
+    found: tuple[torch.Tensor, float] | None = None
+
+    def final(status: str) -> BranchAndBoundResult:
+        if found is None:
+            return result(status)
+        return result("counterexample", counterexample=found[0], counterexample_value=found[1])
+
     while open_lo.shape[0]:
         if time.perf_counter() - start > budget_s or boxes >= max_boxes:
-            return result("unknown")
+            return final("unknown")
         order = torch.argsort(open_up, descending=True)
         take, rest = order[:batch], order[batch:]
         blo, bhi = open_lo[take], open_hi[take]
@@ -104,7 +114,10 @@ def branch_and_bound(
             hits = torch.nonzero(bad).squeeze(-1)[~at_point_covered]
             if hits.numel():
                 i = int(hits[torch.argmax(h[hits])])
-                return result("counterexample", counterexample=pts[i].clone(), counterexample_value=float(h[i]))
+                if not exhaustive:
+                    return result("counterexample", counterexample=pts[i].clone(), counterexample_value=float(h[i]))
+                if found is None or float(h[i]) > found[1]:
+                    found = (pts[i].clone(), float(h[i]))
         # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
         k = blo.shape[0]
         mid = (blo + bhi) / 2
@@ -135,4 +148,4 @@ def branch_and_bound(
         open_up = torch.cat([open_up[rest], ch_up[~ok]])
         if progress is not None:
             progress(done / total, boxes)
-    return result("verified")
+    return final("verified")

@@ -130,6 +130,7 @@ def verify_decrease(
     local: LocalCertificate | None | bool = True,
     batch: int = 512,
     progress: Callable[[float, int], None] | None = None,
+    exhaustive: bool = False,
 ) -> VerificationResult:
     """Prove ``grad V . f + alpha V < 0`` on ``box`` (``n`` rows ``[lo, hi]``) minus ``E``.
 
@@ -143,6 +144,8 @@ def verify_decrease(
         local: ``True`` computes the local certificate (``E`` is then covered), ``False``
             uses none, or pass one already computed.
         batch, progress: see ``branch_and_bound``.
+        exhaustive: after a counterexample, keep proving the rest of the box until the budget
+            (``fraction`` then says how much of the box the condition provably holds on).
     """
     n = int(lyapunov.state_dim)
     X = parse_box(box, n)
@@ -178,7 +181,8 @@ def verify_decrease(
         return b["h"][1], covered
 
     res = branch_and_bound(bound_fn, _decrease_fn(model64, V64, float(alpha), n), X[:, 0], X[:, 1],
-                           budget_s=max(1e-3, budget_s - (time.perf_counter() - start)), batch=batch, progress=progress)
+                           budget_s=max(1e-3, budget_s - (time.perf_counter() - start)), batch=batch, progress=progress,
+                           exhaustive=exhaustive)
     return VerificationResult(
         status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=time.perf_counter() - start,
         alpha=float(alpha), box=X.tolist(), rho=rho, covered_fraction=res.covered_fraction,

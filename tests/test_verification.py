@@ -117,7 +117,8 @@ def test_interval_jacobian_encloses_autograd_jacobians():
         lo, hi = _random_boxes(2, 8, 0.5, gen)
         J_lo, J_hi = interval_jacobian(net, lo, hi)
         x = _samples(lo, hi, 16, gen)
-        J = torch.func.vmap(torch.func.jacrev(lambda y: net(y.unsqueeze(0))[0]))(x).detach()
+        # rows are independent, so the Jacobian of the batch sum holds every row's Jacobian
+        J = torch.autograd.functional.jacobian(lambda y: net(y).sum(0), x, vectorize=True).permute(1, 0, 2)
         _assert_encloses(J_lo, J_hi, J, 16)
 
 
@@ -142,6 +143,10 @@ def test_branch_and_bound_verifies_counterexamples_and_runs_out_of_budget():
     # h = x1 + x2 - 2 <= 0 with equality only at the corner: never proven there, never violated
     res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000)
     assert res.status == "unknown" and res.verified_fraction > 0.99 and res.open_lo.shape[0] > 0 and res.worst_upper >= 0
+    # exhaustive: the counterexample is kept and the rest of the box still proven (x1 + x2 < 1.9)
+    res = branch_and_bound(*_linear_problem(1.9), lo, hi, exhaustive=True, max_boxes=4000)
+    assert res.status == "counterexample" and res.counterexample_value > 0 and 0.99 < res.verified_fraction < 0.995 + 1e-9
+    res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000)
     # volume accounting: the unresolved boxes are exactly what is not proven
     assert float((res.open_hi - res.open_lo).prod(-1).sum()) == pytest.approx(1 - res.verified_fraction, abs=1e-12)
 
