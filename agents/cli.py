@@ -168,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         module.add_arguments(sub_action.choices[chosen])
         show_defaults(sub_action.choices[chosen])
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code == 2:  # a usage mistake, already reported in one line by _OneLineParser
+            return 2
+        raise  # --help
     if args.command is None:
         parser.print_help()
         return 0

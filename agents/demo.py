@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lyagym.learned_models.files import atomic_write
+from .cli_types import integer, number
 
 DEFAULT_OUT = os.path.join(".", "lyagym-output", "demo")
 OUTPUTS = ("pendulum.gif", "trajectory.png")
@@ -612,12 +613,12 @@ def run_model_stages(args: argparse.Namespace, folder: Path, basic_summary: str)
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--links", type=int, default=1, help="number of pendulum links (default 1)")
-    parser.add_argument("--seconds", type=float, default=None, help="simulated seconds (default: from --size)")
+    parser.add_argument("--links", type=integer(1), default=1, help="number of pendulum links (default 1)")
+    parser.add_argument("--seconds", type=number(0, strict=True), default=None, help="simulated seconds (default: from --size)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="amount of work (tiny is for tests)")
     parser.add_argument("--controller", choices=["energy", "random"], default="energy", help="swing-up controller")
     parser.add_argument("--device", default="cpu", help="torch device of the batched stage (cpu, cuda, ...)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=integer(0), default=0, help="random seed")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs in --out")
     parser.add_argument("--stages", choices=["all", "basic"], default="all",
                         help="all (default): also train world models, check the certificate and run MPC; basic: simulation only")

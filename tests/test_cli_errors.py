@@ -10,7 +10,10 @@ import pytest
 
 from lyagym.agents import cli
 
-COMMANDS = ("train", "plan", "mbrl")
+COMMANDS = ("train", "plan", "mbrl", "demo")
+#: ``lyagym reproduce STUDY``: each study is a subcommand of its own
+STUDIES = ("fig3", "fig4", "fig5", "lyanet-toy", "lyanet-digits", "lyanet-early-exit", "lyanet-pendulum", "video-fig7",
+           "mbrl-swingup", "mbrl-envs")
 
 
 def _call(argv: list[str], capsys) -> tuple[int, str]:
@@ -29,15 +32,24 @@ def _assert_one_line_error(code: int, err: str, flag: str) -> None:
     assert flag in lines[0] and "Traceback" not in err
 
 
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _subparser(command: str) -> argparse.ArgumentParser:
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    """The parser of ``lyagym COMMAND`` or, for ``"reproduce STUDY"``, of that study."""
+    command, _, study = command.partition(" ")
+    sub = _choices(cli.build_parser())[command]
     cli._load(cli.COMMANDS[command][0]).add_arguments(sub)
-    return sub
+    return _choices(sub)[study] if study else sub
 
 
 def _numeric_flags(command: str) -> list[argparse.Action]:
-    return [a for a in _subparser(command)._actions if a.option_strings and a.type is not None]
+    # --threads is global: lyagym takes it from anywhere on the line before parsing (tested below)
+    return [a for a in _subparser(command)._actions if a.option_strings and a.type is not None and a.dest != "threads"]
+
+
+ALL = COMMANDS + tuple(f"reproduce {study}" for study in STUDIES)
 
 
 def _bad_values(kind) -> list[str]:
@@ -59,7 +71,11 @@ def _bad_values(kind) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+def test_every_study_is_swept():
+    assert set(STUDIES) == set(_choices(_subparser("reproduce")))
+
+
+@pytest.mark.parametrize("command", ALL)
 def test_every_numeric_flag_states_its_range(command):
     """No bare int/float: every numeric flag goes through a range-checking converter."""
     flags = _numeric_flags(command)
@@ -68,15 +84,16 @@ def test_every_numeric_flag_states_its_range(command):
         assert getattr(action.type, "__name__", "") in ("integer", "number"), (command, action.option_strings)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", ALL)
 def test_bad_numbers_exit_2_in_one_line_naming_the_flag(command, tmp_path, capsys):
     out = str(tmp_path / ("m.pt" if command == "train" else "run"))
+    extra = ["--no-progress"] if "--no-progress" in _subparser(command)._option_string_actions else []
     for action in _numeric_flags(command):
         flag = action.option_strings[0]
         for value in _bad_values(action.type):
-            code, err = _call([command, flag, value, "--out", out, "--no-progress"], capsys)
+            code, err = _call([*command.split(), flag, value, "--out", out, *extra], capsys)
             _assert_one_line_error(code, err, flag)
-            assert "expected" in err, err
+            assert "expect" in err, err
     assert not os.listdir(tmp_path)  # nothing was written
 
 
@@ -152,6 +169,7 @@ def test_mbrl_out_must_be_a_folder(tmp_path, capsys):
 
 
 def test_argparse_mistakes_are_one_line_too(capsys):
-    for argv, flag in ((["train"], "--out"), (["plan", "--bogus"], "--bogus"), (["plan", "--horizon"], "--horizon")):
+    for argv, flag in ((["train"], "--out"), (["plan", "--bogus"], "--bogus"), (["plan", "--horizon"], "--horizon"),
+                       (["reproduce", "fig5", "--threads", "-1"], "--threads"), (["--threads", "x", "plan"], "--threads")):
         code, err = _call(argv, capsys)
         _assert_one_line_error(code, err, flag)

@@ -36,7 +36,7 @@ def test_demo_refuses_to_overwrite_without_flag(tmp_path, capsys):
 
 def test_demo_rejects_bad_links(tmp_path, capsys):
     assert cli.main(["demo", "--size", "tiny", "--stages", "basic", "--out", str(tmp_path), "--links", "0"]) == 2
-    assert "--links" in capsys.readouterr().out
+    assert "--links" in capsys.readouterr().err
 
 
 def test_energy_controller_swings_up_and_balances_one_link():

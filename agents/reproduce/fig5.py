@@ -86,6 +86,7 @@ import torch
 
 from .fig3 import prepare_output, save_figure, save_text
 from .pendulum_eval import HALF_WIDTH, N_STATES, N_STEPS, STEP_SIZE, rollout_error
+from ..cli_types import integer, number
 
 __all__ = ["Fig5Config", "PRESETS", "add_arguments", "run", "training_data", "train_models", "study"]
 
@@ -419,29 +420,29 @@ def plot(rows, path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--links", type=int, nargs="+", default=[1, 2, 4, 6, 8], help="numbers of links (default: 1 2 4 6 8)")
+    parser.add_argument("--links", type=integer(1), nargs="+", default=[1, 2, 4, 6, 8], help="numbers of links (default: 1 2 4 6 8)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="preset (default: %(default)s)")
     parser.add_argument("--out", default="./lyagym-output/fig5", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
-    parser.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and evaluation")
+    parser.add_argument("--seed", type=integer(0), default=None, help="seed of data, initialisation and evaluation")
     parser.add_argument("--data", choices=("trajectories", "box"), default=None, help="where training states come from")
-    parser.add_argument("--samples-per-link", type=int, default=None, help="(x, xdot) pairs per link")
-    parser.add_argument("--train-steps", type=int, default=None, help="Adam steps of the first phase, both models")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of the first phase")
-    parser.add_argument("--alpha", type=float, default=None, help="decay rate of the stable model")
-    parser.add_argument("--eps", type=float, default=None, help="eps of the Lyapunov function")
-    parser.add_argument("--d", type=float, default=None, help="smoothed-ReLU width of the Lyapunov function")
+    parser.add_argument("--samples-per-link", type=integer(1), default=None, help="(x, xdot) pairs per link")
+    parser.add_argument("--train-steps", type=integer(1), default=None, help="Adam steps of the first phase, both models")
+    parser.add_argument("--lr", type=number(0, strict=True), default=None, help="learning rate of the first phase")
+    parser.add_argument("--alpha", type=number(0), default=None, help="decay rate of the stable model")
+    parser.add_argument("--eps", type=number(0, strict=True), default=None, help="eps of the Lyapunov function")
+    parser.add_argument("--d", type=number(0, strict=True), default=None, help="smoothed-ReLU width of the Lyapunov function")
     parser.add_argument("--warp", choices=("none", "coupling"), default=None, help="input warp of V")
     parser.add_argument("--lyap-shift", choices=("value", "tangent"), default=None, help="shift of g in V: 'value' (paper eq. 12) or 'tangent' (Bregman, no flat zone at x_eq)")
     parser.add_argument("--lyap-quadratic", action=argparse.BooleanOptionalAction, default=None, help="add a learned quadratic ||L dx||^2 to V")
     parser.add_argument("--training", choices=("staged", "joint"), default=None, help="'staged' (default: nominal field, then a V fitted to the data) or 'joint' (the paper's end-to-end training)")
-    parser.add_argument("--lyap-steps", type=int, default=None, help="Adam steps of the V fit (--training staged)")
+    parser.add_argument("--lyap-steps", type=integer(0), default=None, help="Adam steps of the V fit (--training staged)")
     parser.add_argument("--schedule", choices=("two-phase", "cosine"), default=None, help="learning-rate schedule of both models")
     parser.add_argument("--paper-v", action="store_true", help="the paper's V trained end to end: --training joint --lyap-shift value --no-lyap-quadratic --icnn-init wide --d 0.1")
     parser.add_argument("--tangent-v", action="store_true", help="shorthand for --training joint --lyap-shift tangent --lyap-quadratic --icnn-init wide --d 1.0")
     parser.add_argument("--icnn-init", choices=("wide", "library"), default=None, help="start of the ICNN's z-path weights")
-    parser.add_argument("--eval-states", type=int, default=None, help="initial states of the evaluation (paper: 1000)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--eval-states", type=integer(1), default=None, help="initial states of the evaluation (paper: 1000)")
+    parser.add_argument("--threads", type=integer(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -489,7 +490,7 @@ def config_from_args(args: argparse.Namespace) -> Fig5Config:
 def run(args: argparse.Namespace) -> int:
     if any(n < 1 for n in args.links):
         raise SystemExit(f"--links must be positive integers, got {args.links}")
-    if args.threads is not None:
+    if args.threads:  # None or 0 (lyagym's global --threads 0): torch's default
         torch.set_num_threads(args.threads)
     config = config_from_args(args)
     folder = prepare_output(args.out, OUTPUTS, args.overwrite)

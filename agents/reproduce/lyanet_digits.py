@@ -60,6 +60,7 @@ from lyagym.learned_models.files import atomic_write
 from lyagym.learned_models.neural_ode import NeuralODE
 
 from .pgd import pgd_attack
+from ..cli_types import integer, number
 
 __all__ = ["add_arguments", "run", "load_digits_split", "build_model", "prepare_output", "write_atomic", "METHODS"]
 
@@ -138,25 +139,25 @@ def write_atomic(path: str, text: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./lyagym-output/lyanet-digits", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, initialisation and training (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of split, initialisation and training (default: %(default)s)")
+    parser.add_argument("--seeds", type=integer(0), nargs="+", default=None,
                         help="several seeds (each its own split, initialisation, training and attack); the table gives "
                         "mean ± std. Overrides --seed")
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs of every model (default: %(default)s)")
-    parser.add_argument("--kappa", type=float, default=4.0, help="LyaNet convergence rate; also sets the state box "
+    parser.add_argument("--epochs", type=integer(1), default=60, help="training epochs of every model (default: %(default)s)")
+    parser.add_argument("--kappa", type=number(0, strict=True), default=4.0, help="LyaNet convergence rate; also sets the state box "
                         "and the speed bound of every model (default: %(default)s)")
-    parser.add_argument("--width", type=int, default=128, help="hidden width of f (default: %(default)s)")
-    parser.add_argument("--eps-linf", type=float, nargs="+", default=[8 / 255, 16 / 255],
+    parser.add_argument("--width", type=integer(1), default=128, help="hidden width of f (default: %(default)s)")
+    parser.add_argument("--eps-linf", type=number(0), nargs="+", default=[8 / 255, 16 / 255],
                         help="PGD L-inf radii; the first is the main column (default: 8/255 as in the paper, and 16/255)")
-    parser.add_argument("--eps-l2", type=float, nargs="+", default=[127 / 255],
+    parser.add_argument("--eps-l2", type=number(0), nargs="+", default=[127 / 255],
                         help="PGD L2 radii; the first is the main column (default: 127/255 as in the paper)")
-    parser.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: %(default)s)")
+    parser.add_argument("--pgd-steps", type=integer(1), default=10, help="PGD iterations (default: %(default)s)")
     parser.add_argument("--attack-loss", choices=("cross_entropy", "margin"), default="cross_entropy",
                         help="loss the attack ascends (default: %(default)s)")
     parser.add_argument("--speed", choices=("box", "feasible"), default="box",
                         help="speed bound of f and Monte Carlo box: 'box' is appendix B's s(kappa); 'feasible' raises it "
                         "so that eq. 10 can hold from eta(0) = 0 (see lyanet.feasible_speed) (default: %(default)s)")
-    parser.add_argument("--pi-steps", type=int, default=10, help="path-integral segments of [0, 1] (default: %(default)s)")
+    parser.add_argument("--pi-steps", type=integer(1), default=10, help="path-integral segments of [0, 1] (default: %(default)s)")
     parser.add_argument("--weighting", choices=("absolute", "relative", "sqrt"), default="absolute",
                         help="point-wise Lyapunov loss weighting of both LyaNet rows (default: %(default)s, the paper's)")
     parser.add_argument("--rows", nargs="+", choices=list(_ROW_KEYS), default=_DEFAULT_ROWS,

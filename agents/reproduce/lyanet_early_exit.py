@@ -23,6 +23,7 @@ from lyagym.learned_models.lyanet import fit
 from lyagym.learned_models.neural_ode import NeuralODE
 
 from .lyanet_digits import build_model, load_digits_split, prepare_output, write_atomic
+from ..cli_types import integer, number
 
 __all__ = ["add_arguments", "run", "early_exit_curve"]
 
@@ -32,10 +33,10 @@ FILES = ["fig3_early_exit.png", "early_exit.json"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./lyagym-output/lyanet-early-exit", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs (default: %(default)s)")
-    parser.add_argument("--kappa", type=float, default=4.0, help="LyaNet convergence rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=5, help="timing repeats per point (default: %(default)s)")
+    parser.add_argument("--epochs", type=integer(1), default=60, help="training epochs (default: %(default)s)")
+    parser.add_argument("--kappa", type=number(0, strict=True), default=4.0, help="LyaNet convergence rate (default: %(default)s)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed (default: %(default)s)")
+    parser.add_argument("--repeats", type=integer(1), default=5, help="timing repeats per point (default: %(default)s)")
 
 
 @torch.no_grad()

@@ -59,6 +59,7 @@ from lyagym.learned_models.lyapunov_loss import lyapunov_loss
 from .fig5 import Fig5Config, build_models, train_models, training_data
 from .lyanet_digits import prepare_output, write_atomic
 from .pendulum_eval import STEP_SIZE, rollout_error
+from ..cli_types import integer, number
 
 __all__ = ["add_arguments", "run", "fit_soft_lyapunov"]
 
@@ -68,25 +69,25 @@ FILES = ["lyanet_pendulum.md", "lyanet_pendulum.json"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./lyagym-output/lyanet-pendulum", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
-    parser.add_argument("--links", type=int, nargs="+", default=[1, 2], help="numbers of links (default: 1 2)")
-    parser.add_argument("--samples-per-link", type=int, default=2000, help="(x, xdot) pairs per link (default: %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=3000,
+    parser.add_argument("--links", type=integer(1), nargs="+", default=[1, 2], help="numbers of links (default: 1 2)")
+    parser.add_argument("--samples-per-link", type=integer(1), default=2000, help="(x, xdot) pairs per link (default: %(default)s)")
+    parser.add_argument("--train-steps", type=integer(1), default=3000,
                         help="Adam steps of every model (simple/stable: fig5's schedule, which adds a quarter at lr/10; "
                         "soft and LyaNet: the same number of steps as whole epochs) (default: %(default)s)")
-    parser.add_argument("--eval-states", type=int, default=1000, help="evaluation initial states (default: 1000, the paper's)")
-    parser.add_argument("--eval-steps", type=int, default=999, help="evaluation steps (default: 999, the paper's)")
-    parser.add_argument("--kappa", type=float, default=12.0,
+    parser.add_argument("--eval-states", type=integer(1), default=1000, help="evaluation initial states (default: 1000, the paper's)")
+    parser.add_argument("--eval-steps", type=integer(1), default=999, help="evaluation steps (default: 999, the paper's)")
+    parser.add_argument("--kappa", type=number(0, strict=True), default=12.0,
                         help="LyaNet inference convergence rate; the prediction's squared error at t = 1 is at best "
                         "exp(-kappa) of the start's, so kappa sets the precision (default: %(default)s)")
-    parser.add_argument("--step-size", type=float, default=0.1, help="rk4 step of LyaNet inference (default: %(default)s)")
+    parser.add_argument("--step-size", type=number(0, strict=True), default=0.1, help="rk4 step of LyaNet inference (default: %(default)s)")
     parser.add_argument("--sampler", choices=("targets", "hypercube", "hypersphere"), default="targets",
                         help="Monte Carlo measure on eta (default: %(default)s; 'hypercube' is appendix B's)")
     parser.add_argument("--weighting", choices=("sqrt", "relative", "absolute"), default="sqrt",
                         help="point-wise Lyapunov loss weighting (default: %(default)s; 'absolute' is eq. 12 as printed)")
     parser.add_argument("--finetune-weighting", choices=("relative", "sqrt", "absolute"), default="relative",
                         help="weighting of LyaNet's second phase (a quarter of the steps at lr/10) (default: %(default)s)")
-    parser.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft Lyapunov penalty (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument("--soft-weight", type=number(0), default=1.0, help="weight of the soft Lyapunov penalty (default: %(default)s)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed (default: %(default)s)")
 
 
 def fit_soft_lyapunov(model, lyap, x, xdot, *, alpha: float, weight: float, epochs: int, batch_size: int = 256,

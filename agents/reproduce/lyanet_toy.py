@@ -26,6 +26,7 @@ from lyagym.learned_models.neural_ode import NeuralODE
 from lyagym.learned_models.toy_data import TOY_TASKS, make_toy
 
 from .lyanet_digits import prepare_output, write_atomic
+from ..cli_types import integer, number
 
 __all__ = ["add_arguments", "run", "train_models"]
 
@@ -36,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="./lyagym-output/lyanet-toy", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--task", choices=sorted(TOY_TASKS), default="circles", help="toy task (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=512, help="training points (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs (default: %(default)s)")
-    parser.add_argument("--kappa", type=float, default=2.0, help="LyaNet convergence rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument("--n", type=integer(1), default=512, help="training points (default: %(default)s)")
+    parser.add_argument("--epochs", type=integer(1), default=60, help="training epochs (default: %(default)s)")
+    parser.add_argument("--kappa", type=number(0, strict=True), default=2.0, help="LyaNet convergence rate (default: %(default)s)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed (default: %(default)s)")
 
 
 class _Mlp(nn.Module):

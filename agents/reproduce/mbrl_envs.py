@@ -36,6 +36,7 @@ import os
 import sys
 import time
 from typing import Any
+from ..cli_types import integer, number
 
 __all__ = ["add_arguments", "run", "run_cell", "ENV_DEFAULTS"]
 
@@ -55,18 +56,18 @@ EVAL_RESET_SEED = 1_000_003
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1"], help=f"env ids, of {sorted(ENV_DEFAULTS)}")
-    parser.add_argument("--links", type=int, default=2, help="links of lyagym/NLinkPendulum-v0")
+    parser.add_argument("--links", type=integer(1), default=2, help="links of lyagym/NLinkPendulum-v0")
     parser.add_argument("--methods", nargs="+", default=["pets-ensemble", "pets-ensemble-stable", "sac"],
                         help="pets-<model>, mbpo-<model> (model: simple, stable, ensemble, ensemble-stable) or sac")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--episodes", type=int, default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
-    parser.add_argument("--sac-steps", type=int, default=None, help="SAC's real steps (default per env)")
-    parser.add_argument("--eval-every", type=int, default=None, help="SAC evaluation interval (default per env)")
-    parser.add_argument("--samples", type=int, default=None, help="planner samples per iteration (default: MBRLConfig's)")
-    parser.add_argument("--particles", type=int, default=None, help="PETS particles per candidate (default 5)")
-    parser.add_argument("--ensemble-size", type=int, default=5)
-    parser.add_argument("--tolerance", type=float, default=0.05, help="fraction of |SAC's final return| a run may fall short")
-    parser.add_argument("--workers", type=int, default=1, help="cells run in this many local processes")
+    parser.add_argument("--seeds", nargs="+", type=integer(0), default=[0, 1, 2, 3, 4])
+    parser.add_argument("--episodes", type=integer(0), default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
+    parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
+    parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC evaluation interval (default per env)")
+    parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
+    parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
+    parser.add_argument("--ensemble-size", type=integer(1), default=5)
+    parser.add_argument("--tolerance", type=number(0), default=0.05, help="fraction of |SAC's final return| a run may fall short")
+    parser.add_argument("--workers", type=integer(1), default=1, help="cells run in this many local processes")
     parser.add_argument("--backend", choices=["local", "ray"], default="local", help="local processes or a Ray cluster")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
     parser.add_argument("--rerun", action="store_true", help="run every cell again")
@@ -97,6 +98,7 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
                 settings[name] = getattr(args, name)
         if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
+            settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
     if args.quick:
         settings["quick"] = True
     return settings

@@ -125,6 +125,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..cli_types import integer, number
+
 __all__ = [
     "add_arguments",
     "run",
@@ -143,35 +145,35 @@ TOLERANCES = (0.05, 0.1, 0.2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--links", type=int, default=1, help="pendulum links, all actuated (default 1)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--links", type=integer(1), default=1, help="pendulum links, all actuated (default 1)")
+    parser.add_argument("--seeds", type=integer(0), nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["mpc-true", "pets-stable", "pets-simple", "sac"], choices=METHODS)
-    parser.add_argument("--episodes", type=int, default=5, help="real episodes of the model-based methods (incl. 1 random)")
-    parser.add_argument("--random-steps", type=int, default=200, help="length of the random-torque first episode")
-    parser.add_argument("--sac-steps", type=int, default=20_000, help="real env steps of SAC")
-    parser.add_argument("--ppo-steps", type=int, default=None, help="real env steps of PPO (default: --sac-steps)")
-    parser.add_argument("--eval-every", type=int, default=EPISODE_STEPS, help="SAC/PPO evaluation period (real steps)")
+    parser.add_argument("--episodes", type=integer(1), default=5, help="real episodes of the model-based methods (incl. 1 random)")
+    parser.add_argument("--random-steps", type=integer(1), default=200, help="length of the random-torque first episode")
+    parser.add_argument("--sac-steps", type=integer(1), default=20_000, help="real env steps of SAC")
+    parser.add_argument("--ppo-steps", type=integer(1), default=None, help="real env steps of PPO (default: --sac-steps)")
+    parser.add_argument("--eval-every", type=integer(1), default=EPISODE_STEPS, help="SAC/PPO evaluation period (real steps)")
     # MPPI settings tuned on the true physics (module docstring, "Planner settings")
-    parser.add_argument("--samples", type=int, default=300, help="MPPI samples K")
-    parser.add_argument("--horizon", type=int, default=None,
+    parser.add_argument("--samples", type=integer(1), default=300, help="MPPI samples K")
+    parser.add_argument("--horizon", type=integer(1), default=None,
                         help="MPPI horizon H (steps; default 50 for one link, 15 for more)")
-    parser.add_argument("--iterations", type=int, default=3, help="MPPI iterations per step")
-    parser.add_argument("--warmup-iterations", type=int, default=30,
+    parser.add_argument("--iterations", type=integer(1), default=3, help="MPPI iterations per step")
+    parser.add_argument("--warmup-iterations", type=integer(0), default=30,
                         help="MPPI iterations of each episode's first plan (0: --iterations)")
-    parser.add_argument("--noise-std", type=float, default=1.0,
+    parser.add_argument("--noise-std", type=number(0, strict=True), default=1.0,
                         help="MPPI sampling std in torque units (0 or less: a quarter of the torque range)")
-    parser.add_argument("--temperature", type=float, default=0.5, help="MPPI temperature (cost units)")
+    parser.add_argument("--temperature", type=number(0, strict=True), default=0.5, help="MPPI temperature (cost units)")
     parser.add_argument("--wrap-angles", action=argparse.BooleanOptionalAction, default=True,
                         help="PETS plans on rollouts that wrap the angle after every step (AngleWrappedModel)")
     parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="world models with the mechanical priors (sin/cos angles, affine in torque, SiLU; "
                         "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
-    parser.add_argument("--fit-epochs", type=int, default=100)
-    parser.add_argument("--fit-steps", type=int, default=2000, help="at least this many Adam steps per model fit")
-    parser.add_argument("--imagined-steps", type=int, default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
-    parser.add_argument("--tolerance", type=float, default=0.05, help="reach SAC's final return within this fraction of it")
-    parser.add_argument("--dt", type=float, default=0.05)
-    parser.add_argument("--max-torque", type=float, default=5.0)
+    parser.add_argument("--fit-epochs", type=integer(1), default=100)
+    parser.add_argument("--fit-steps", type=integer(0), default=2000, help="at least this many Adam steps per model fit")
+    parser.add_argument("--imagined-steps", type=integer(0), default=2000, help="SAC steps (of 128 imagined envs) per real episode in dyna")
+    parser.add_argument("--tolerance", type=number(0), default=0.05, help="reach SAC's final return within this fraction of it")
+    parser.add_argument("--dt", type=number(0, strict=True, maximum=1.0), default=0.05)
+    parser.add_argument("--max-torque", type=number(0, strict=True), default=5.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=True,
                         help="stable-vs-simple help/hurt analysis (needs pets-stable runs)")

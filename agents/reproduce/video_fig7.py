@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..cli_types import integer, number
 
 MODELS = ("stable", "simple")
 COLUMNS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -52,33 +53,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--texture", default="fire", choices=sorted(TEXTURES), help="built-in texture (default: fire, like the paper's bonfire)")
     data.add_argument("--video", default=None, help="train on a real clip instead: a folder of frames or a video file")
-    data.add_argument("--size", type=int, default=32, help="frame height and width in pixels (default 32)")
-    data.add_argument("--frames", type=int, default=512, help="number of training frames (default 512)")
+    data.add_argument("--size", type=integer(8), default=32, help="frame height and width in pixels (default 32)")
+    data.add_argument("--frames", type=integer(2), default=512, help="number of training frames (default 512)")
     model = parser.add_argument_group("model and training (shared by both models)")
-    model.add_argument("--latent", type=int, default=32, help="latent size n (paper: 320; default 32)")
-    model.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="encoder conv channels")
-    model.add_argument("--epochs", type=int, default=40)
-    model.add_argument("--batch-size", type=int, default=32)
-    model.add_argument("--lr", type=float, default=1e-3)
-    model.add_argument("--alpha", type=float, default=1e-4, help="decay rate of the stable model's V per frame (default 1e-4)")
-    model.add_argument("--eps", type=float, default=1.0, help="weight of eps*||z||^2 in the stable model's V (default 1)")
-    model.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term of eq. 21 (paper: 1)")
-    model.add_argument("--latent-weight", type=float, default=1.0, help="weight of the latent prediction term (0 = eq. 21 only)")
-    model.add_argument("--level-weight", type=float, default=0.0, help="weight of the level-set term for the stable model (see VideoVAE)")
+    model.add_argument("--latent", type=integer(1), default=32, help="latent size n (paper: 320; default 32)")
+    model.add_argument("--channels", type=integer(1), nargs="+", default=[16, 32, 64], help="encoder conv channels")
+    model.add_argument("--epochs", type=integer(1), default=40)
+    model.add_argument("--batch-size", type=integer(1), default=32)
+    model.add_argument("--lr", type=number(0, strict=True), default=1e-3)
+    model.add_argument("--alpha", type=number(0), default=1e-4, help="decay rate of the stable model's V per frame (default 1e-4)")
+    model.add_argument("--eps", type=number(0, strict=True), default=1.0, help="weight of eps*||z||^2 in the stable model's V (default 1)")
+    model.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL term of eq. 21 (paper: 1)")
+    model.add_argument("--latent-weight", type=number(0), default=1.0, help="weight of the latent prediction term (0 = eq. 21 only)")
+    model.add_argument("--level-weight", type=number(0), default=0.0, help="weight of the level-set term for the stable model (see VideoVAE)")
     model.add_argument("--projection", choices=("exact", "decrease"), default="exact",
                        help="stable model: project fhat onto grad V . f = -alpha V (exact, default) or <= (eq. 10); see VideoVAE")
-    model.add_argument("--horizon", type=int, default=4,
+    model.add_argument("--horizon", type=integer(1), default=4,
                        help="frames predicted per encoded frame (1 = eq. 21; default 4, the same for both models)")
     model.add_argument("--predict-from", choices=("sample", "mean"), default="sample",
                        help="latent the prediction branch starts from (eq. 21: sample; see VideoVAE)")
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--steps", type=int, default=1000, help="rollout length (default 1000)")
-    ev.add_argument("--seeds", type=int, default=4, help="number of seed frames (spread over the clip)")
-    ev.add_argument("--real-factor", type=float, default=1.5)
-    ev.add_argument("--motion-factor", type=float, default=0.25)
-    parser.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--steps", type=integer(1), default=1000, help="rollout length (default 1000)")
+    ev.add_argument("--seeds", type=integer(1), default=4, help="number of seed frames (spread over the clip)")
+    ev.add_argument("--real-factor", type=number(0, strict=True), default=1.5)
+    ev.add_argument("--motion-factor", type=number(0, strict=True), default=0.25)
+    parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    parser.add_argument("--threads", type=integer(1), default=1, help="CPU threads for torch (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (16x16, 32 frames, 2 epochs, 50 steps)")
     parser.add_argument("--out", default="runs/video_fig7", help="output folder")
 
