@@ -12,6 +12,12 @@ Kinds (``WORLD_MODELS``):
 
 With ``priors`` (default) the networks get the mechanical priors of ``DynamicsNet``
 (sin/cos of the adapter's angles, affine in the action, SiLU).
+
+Ensemble members step with the Euler integrator unless ``integrator=`` says otherwise:
+``x' = x + dt f(x, u)`` is PETS' own model (a network that predicts the change of state),
+and planning on it costs 0.23-0.25 CPU-s per MPPI plan on ``Pendulum-v1`` (K 300, 5
+particles, H 30, 3 iterations, E 5) against 0.59-0.62 s with RK4's four evaluations of ``f``
+(one thread). Single models keep RK4, with which the pendulum studies were measured.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ def make_world_model(kind: str, state_dim: int, action_dim: int, dt: float, *, s
     """A fresh controlled world model ``kind`` (one of ``WORLD_MODELS``), seeded, on ``device``.
 
     ``kwargs`` go to the (member) model class: ``hidden``, the priors ``angle_dims``,
-    ``control_affine``, ``activation``; ``x_eq`` for the stable kinds.
+    ``control_affine``, ``activation``, ``integrator`` (ensembles: ``"euler"`` unless given,
+    single models: the class default ``"rk4"``); ``x_eq`` for the stable kinds.
     """
     if kind not in WORLD_MODELS:
         raise ValueError(f"unknown world model {kind!r}; choose one of {list(WORLD_MODELS)}")
@@ -57,6 +64,7 @@ def make_world_model(kind: str, state_dim: int, action_dim: int, dt: float, *, s
     from lyagym.learned_models import Ensemble
 
     member = "stable" if kind == "ensemble-stable" else "simple"
+    kwargs = {"integrator": "euler", **kwargs}
     return Ensemble(_member_factory(member, state_dim, action_dim, dt, kwargs), size=ensemble_size,
                     propagation=propagation, seed=seed).to(device)
 
