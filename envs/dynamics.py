@@ -106,6 +106,9 @@ def _largest(a) -> float:
 EXPANDED_MAX_LINKS = 4
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _compiling() -> bool:
     """Inside ``torch.compile`` tracing: skip data-dependent checks (they would break the graph)."""
     is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
@@ -265,7 +268,7 @@ class PendulumDynamics:
 
     def _native_ok(self, x, u) -> bool:
         """Whether a torch batch may take the compiled path: CPU, no autograd, not traced."""
-        if x.device.type != "cpu" or _compiling():
+        if x.device.type != "cpu" or x.dtype not in _NUMPY_DTYPES or _compiling():
             return False
         if torch.is_grad_enabled() and (x.requires_grad or (u is not None and u.requires_grad)):
             return False
@@ -288,6 +291,8 @@ class PendulumDynamics:
             if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
                 raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
             self._dtype = dtype
+        if self._tables is not None:  # the tables' tensors now, not first inside a torch.compile trace
+            self._tables._arrays(torch.empty(0, dtype=self._dtype, device=self._device))
         return self
 
     def config(self) -> dict[str, Any]:
@@ -475,9 +480,10 @@ class PendulumDynamics:
         u = self._check_u(u, x)
         integrate = INTEGRATORS[method]
         if isinstance(x, torch.Tensor) and self._native_ok(x, u):
-            out = self._native_batch(x.detach().cpu().numpy(), None if u is None else u.detach().numpy(), h, substeps, method)
-            # the same (..., 2n) view of a (2n, ...) buffer as the torch path returns
-            X = torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))).to(x.dtype)
+            out = self._native_batch(x.detach().numpy(), None if u is None else u.detach().numpy(), h, substeps, method)
+            # the same (..., 2n) view of a (2n, ...) buffer as the torch path returns; the
+            # transpose and the cast back to x's dtype in one pass
+            X = torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0), dtype=_NUMPY_DTYPES[x.dtype]))
             return self._check_result(X.movedim(0, -1), x, u)
         if not isinstance(x, torch.Tensor) and self._native() is not None:
             return self._check_result(self._native_batch(x, u, h, substeps, method), x, u)

@@ -246,6 +246,8 @@ class ChainTables:
         if np.any(np.triu(self.D, 2)) or np.any(np.tril(self.D, -2)):
             raise StructureError("damping must be tridiagonal")
         self.r, self.mu, self.dmu = r, mu, dmu
+        # Python floats for the sweeps' scalar factors (no numpy call inside traced code)
+        self._r_floats, self._dmu_floats = r.tolist(), dmu.tolist()
         self.damping_bands = np.stack([np.append(0.0, np.diag(self.D, -1)), np.diag(self.D).copy(), np.append(np.diag(self.D, 1), 0.0)])
         self._torch_cache: dict = {}
 
@@ -314,8 +316,8 @@ class ChainTables:
                 g = g + (T["E_r"] @ U.reshape(U.shape[0], -1)).reshape(g.shape)
 
         # backward sweep (tip to root)
-        dmu = self.dmu.tolist()
-        cs, ss, gs = list(c), list(s), list(g)
+        dmu = self._dmu_floats
+        cs, ss, gs = c.unbind(0) if not is_np else list(c), s.unbind(0) if not is_np else list(s), g.unbind(0) if not is_np else list(g)
         Kxx = Kxy = Kyy = bx = by = 0.0
         sig, ntx, nty, gam = [None] * n, [None] * n, [None] * n, [None] * n
         for i in reversed(range(n)):
@@ -332,7 +334,7 @@ class ChainTables:
                 ax, ay = ntx[i] * inv, nty[i] * inv
                 Kxx, Kxy, Kyy = Nxx - ntx[i] * ax, Nxy - ntx[i] * ay, Nyy - nty[i] * ay
         # forward sweep (root to tip)
-        r = self.r.tolist()
+        r = self._r_floats
         out = [None] * n
         vx = vy = 0.0
         for i in range(n):

@@ -29,6 +29,14 @@ from .vector_utils import reject_scalar_actions, reset_mask
 __all__ = ["NLinkPendulumVectorEnv"]
 
 
+def _batch_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x: (B, 2n)`` as a view of a ``(2n, B)`` buffer, the layout ``PendulumDynamics.step``
+    returns: every step then sees the same strides, so a ``compile=True`` transition is
+    compiled once (a row-major state from ``reset`` or a masked ``torch.where`` would trigger
+    a second compilation) and the eager path makes no layout copy."""
+    return x if x.stride(0) == 1 or x.shape[0] == 1 else x.t().contiguous().t()
+
+
 class NLinkPendulumVectorEnv(VectorEnv):
     """``num_envs`` independent n-link pendulums in one torch batch, on any device.
 
@@ -273,7 +281,7 @@ class NLinkPendulumVectorEnv(VectorEnv):
                 )
             self._reset_pending = False
         u = self._validated_actions(actions)
-        x, reward, obs = self._transition(self._x, u)
+        x, reward, obs = self._transition(_batch_contiguous(self._x), u)
         # The physics raises on an overflowing CPU step; a state that diverged just short of
         # float64's range still squares to inf in the reward. Free on the host, skipped on
         # accelerators (a device sync per step), as the physics' own check.

@@ -241,3 +241,29 @@ def test_gymnasium_vector_wrappers_count_episodes():
         if "episode" in info:
             lengths.append(info["episode"]["l"].tolist())
     assert lengths == [[3, 3, 3], [3, 3, 3]]
+
+
+def test_compiled_transition_is_compiled_once(monkeypatch):
+    """The state keeps one memory layout across reset, steps, masked resets and autoresets,
+    so ``compile=True`` traces the transition once (it used to trace again after the first
+    step, when the row-major state from ``reset`` became the physics' column layout)."""
+    graphs = []
+    real_compile = torch.compile
+
+    def counting_compile(fn, **kwargs):
+        def backend(gm, example_inputs):
+            graphs.append(len(gm.graph.nodes))
+            return gm.forward  # run the traced graph eagerly: no C++ build in the test
+
+        return real_compile(fn, backend=backend, dynamic=kwargs.get("dynamic"))
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    torch._dynamo.reset()
+    env = NLinkPendulumVectorEnv(num_envs=4, n_links=1, compile=True, max_episode_steps=3)
+    env.reset(seed=0)
+    actions = np.zeros((4, 1), dtype=np.float32)
+    for _ in range(4):  # crosses a truncation and the next-step autoreset
+        env.step(actions)
+    env.reset(options={"reset_mask": np.array([True, False, True, False])})
+    env.step(actions)
+    assert len(graphs) == 1, graphs
