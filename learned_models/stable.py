@@ -368,7 +368,9 @@ class StableDynamics(ODEWorldModel):
         return f, V
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        return self._field_and_V(x, u)[0]
+        # Fitting the weights on data (grad mode, x without grad) needs no precision near x_eq;
+        # evaluating the field (no grad mode, or a gradient in x: the falsifier, a planner) does.
+        return self._field_and_V(x, u, precise=not torch.is_grad_enabled() or x.requires_grad)[0]
 
     # -- accepted range ------------------------------------------------------------------
     def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
@@ -409,7 +411,7 @@ class StableDynamics(ODEWorldModel):
         def field(z: torch.Tensor) -> torch.Tensor:
             # V(x) (the first stage) and V(y) (the rescale) decide the certified bound and are
             # computed precisely; the inner stages only shape y (a third cheaper each).
-            f, V = self._field_and_V(z, u, precise=z is x)
+            f, V = self._field_and_V(z, u, precise=z is x and self.keep_guarantee)
             if z is x and not Vx:  # Euler's and RK4's first stage: keep V(x) for the rescale
                 Vx.append(V)
             return f
