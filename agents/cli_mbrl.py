@@ -65,7 +65,7 @@ def make_env(args, episode_steps: int | None, render_mode: str | None = None):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli_types import integer, number
+    from .cli_types import folder, integer, number
 
     d = argparse.ArgumentDefaultsHelpFormatter
     parser.formatter_class = d
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imagined-steps", type=integer(0), default=None, help="dyna: SAC steps per imagined batch per episode")
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="lyagym-mbrl", help="output folder")
+    parser.add_argument("--out", type=folder, default="lyagym-mbrl", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's committed checkpoint")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
@@ -119,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
     from .mbrl_config import MBRLConfig, config_for
     from .pets import check_config
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return _fail(f"--out {args.out!r} is a file; expected a folder")
     for name in ("episodes", "random_episodes"):
         if getattr(args, name) < 0:
             return _fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

@@ -25,7 +25,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli_types import integer
+    from .cli_types import folder, integer
 
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_env_arguments(parser)
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer(1), default=200, help="env steps to run")
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="folder for a trajectory plot and GIF (optional)")
+    parser.add_argument("--out", type=folder, default=None, help="folder for a trajectory plot and GIF (optional)")
     parser.add_argument("--overwrite", action="store_true", help="replace the plot and GIF of an earlier run in --out")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -56,8 +56,6 @@ def _check_out(args: argparse.Namespace) -> str | None:
     """The one-line reason ``--out`` cannot take this run's files, or ``None``."""
     if args.out is None:
         return None
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return f"--out {args.out!r} is a file; expected a folder"
     names = ("mpc.gif",) if args.env != PENDULUM else ("mpc_trajectory.png", "mpc.gif")
     existing = [os.path.join(args.out, name) for name in names if os.path.exists(os.path.join(args.out, name))]
     if existing and not args.overwrite:

@@ -13,7 +13,7 @@ import argparse
 import math
 from typing import Callable
 
-__all__ = ["integer", "number", "out_file"]
+__all__ = ["integer", "number", "folder", "existing_path", "out_file"]
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
@@ -55,6 +55,27 @@ def number(minimum: float | None = None, *, strict: bool = False, maximum: float
     convert.__name__ = "number"
     convert.minimum, convert.maximum, convert.strict = minimum, maximum, strict
     return convert
+
+
+def folder(text: str) -> str:
+    """An argparse type for an output folder: a path that is a folder or does not exist yet
+    (it is created on the first write), never an existing file."""
+    import os
+
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder path, got ''")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder, but {text!r} is a file")
+    return text
+
+
+def existing_path(text: str) -> str:
+    """An argparse type for an input: a file or folder that exists."""
+    import os
+
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"expected an existing file or folder, got {text!r} (not found)")
+    return text
 
 
 def out_file(flag: str, path: str, *, overwrite: bool, companions: tuple[str, ...] = ()) -> str | None:

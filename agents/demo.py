@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lyagym.learned_models.files import atomic_write
-from .cli_types import integer, number
+from .cli_types import folder, integer, number
 
 DEFAULT_OUT = os.path.join(".", "lyagym-output", "demo")
 OUTPUTS = ("pendulum.gif", "trajectory.png")
@@ -612,7 +612,7 @@ def run_model_stages(args: argparse.Namespace, folder: Path, basic_summary: str)
 
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=folder, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--links", type=integer(1), default=1, help="number of pendulum links (default 1)")
     parser.add_argument("--seconds", type=number(0, strict=True), default=None, help="simulated seconds (default: from --size)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="amount of work (tiny is for tests)")

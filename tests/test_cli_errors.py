@@ -44,9 +44,13 @@ def _subparser(command: str) -> argparse.ArgumentParser:
     return _choices(sub)[study] if study else sub
 
 
-def _numeric_flags(command: str) -> list[argparse.Action]:
+def _typed_flags(command: str) -> list[argparse.Action]:
     # --threads is global: lyagym takes it from anywhere on the line before parsing (tested below)
     return [a for a in _subparser(command)._actions if a.option_strings and a.type is not None and a.dest != "threads"]
+
+
+def _numeric_flags(command: str) -> list[argparse.Action]:
+    return [a for a in _typed_flags(command) if a.type.__name__ in ("integer", "number")]
 
 
 ALL = COMMANDS + tuple(f"reproduce {study}" for study in STUDIES)
@@ -77,11 +81,11 @@ def test_every_study_is_swept():
 
 @pytest.mark.parametrize("command", ALL)
 def test_every_numeric_flag_states_its_range(command):
-    """No bare int/float: every numeric flag goes through a range-checking converter."""
-    flags = _numeric_flags(command)
-    assert flags
+    """No bare int/float/str conversion: every typed flag goes through a checking converter."""
+    flags = _typed_flags(command)
+    assert _numeric_flags(command)
     for action in flags:
-        assert getattr(action.type, "__name__", "") in ("integer", "number"), (command, action.option_strings)
+        assert getattr(action.type, "__name__", "") in ("integer", "number", "folder", "existing_path"), (command, action.option_strings)
 
 
 @pytest.mark.parametrize("command", ALL)
@@ -162,10 +166,26 @@ def test_plan_checks_model_and_out_before_planning(tmp_path, capsys):
     _assert_one_line_error(code, err, "--out")
 
 
-def test_mbrl_out_must_be_a_folder(tmp_path, capsys):
+@pytest.mark.parametrize("command", [c for c in ALL if c != "train"])
+def test_output_folders_are_never_files(command, tmp_path, capsys):
     (tmp_path / "f").write_text("")
-    code, err = _call(["mbrl", "--out", str(tmp_path / "f"), "--no-progress"], capsys)
+    code, err = _call([*command.split(), "--out", str(tmp_path / "f")], capsys)
     _assert_one_line_error(code, err, "--out")
+    assert "is a file" in err
+
+
+def test_missing_input_paths_are_named(tmp_path, capsys):
+    code, err = _call(["reproduce", "video-fig7", "--video", str(tmp_path / "nothing.mp4")], capsys)
+    _assert_one_line_error(code, err, "--video")
+
+
+def test_earlier_study_results_are_one_line(tmp_path, capsys):
+    out = tmp_path / "fig3"
+    out.mkdir()
+    (out / "fig3.png").write_bytes(b"earlier")
+    code, err = _call(["reproduce", "fig3", "--size", "tiny", "--out", str(out)], capsys)
+    _assert_one_line_error(code, err, "--overwrite")
+    assert (out / "fig3.png").read_bytes() == b"earlier"
 
 
 def test_argparse_mistakes_are_one_line_too(capsys):

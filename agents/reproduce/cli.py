@@ -37,4 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "_unavailable", False):
         print(f"lyagym reproduce {args.study}: this study is not available in this installation", file=sys.stderr)
         return 2
-    return int(_study_module(args.study).run(args) or 0)
+    try:
+        return int(_study_module(args.study).run(args) or 0)
+    except FileExistsError as e:  # prepare_output: results of an earlier run in --out, before any work
+        print(f"lyagym reproduce {args.study}: {e}", file=sys.stderr)
+        return 2

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lyagym.learned_models.files import atomic_write
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "stream_plot", "contour_plot", "save_figure", "prepare_output"]
 
@@ -161,7 +161,7 @@ def nominal_field(model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/fig3", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/fig3", help="output folder (default: %(default)s)")
     parser.add_argument("--size", choices=sorted(GRID), default="default", help="grid resolution preset")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the random networks (default: %(default)s)")
     parser.add_argument("--alpha", type=number(0), default=0.5, help="decay rate of eq. 10 (default: %(default)s)")

@@ -29,7 +29,7 @@ import torch
 from .fig3 import contour_plot, prepare_output, save_figure, save_text, stream_plot
 from .fig5 import widen_icnn_init
 from .pendulum_eval import STEP_SIZE, rk4_step, squared_state_error
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "Fig4Config", "PRESETS"]
 
@@ -57,7 +57,7 @@ EXTENT = (-math.pi, math.pi, -2 * math.pi, 2 * math.pi)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/fig4", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/fig4", help="output folder (default: %(default)s)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="preset (default: %(default)s)")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of data and initialisation (default: %(default)s)")
     parser.add_argument("--x0", type=number(), nargs=2, default=(2.5, 0.0), metavar=("ANGLE", "VELOCITY"),

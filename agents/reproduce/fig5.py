@@ -86,7 +86,7 @@ import torch
 
 from .fig3 import prepare_output, save_figure, save_text
 from .pendulum_eval import HALF_WIDTH, N_STATES, N_STEPS, STEP_SIZE, rollout_error
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["Fig5Config", "PRESETS", "add_arguments", "run", "training_data", "train_models", "study"]
 
@@ -422,7 +422,7 @@ def plot(rows, path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--links", type=integer(1), nargs="+", default=[1, 2, 4, 6, 8], help="numbers of links (default: 1 2 4 6 8)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="preset (default: %(default)s)")
-    parser.add_argument("--out", default="./lyagym-output/fig5", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/fig5", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--seed", type=integer(0), default=None, help="seed of data, initialisation and evaluation")
     parser.add_argument("--data", choices=("trajectories", "box"), default=None, help="where training states come from")

@@ -60,7 +60,7 @@ from lyagym.learned_models.files import atomic_write
 from lyagym.learned_models.neural_ode import NeuralODE
 
 from .pgd import pgd_attack
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "load_digits_split", "build_model", "prepare_output", "write_atomic", "METHODS"]
 
@@ -137,7 +137,7 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/lyanet-digits", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/lyanet-digits", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of split, initialisation and training (default: %(default)s)")
     parser.add_argument("--seeds", type=integer(0), nargs="+", default=None,

@@ -23,7 +23,7 @@ from lyagym.learned_models.lyanet import fit
 from lyagym.learned_models.neural_ode import NeuralODE
 
 from .lyanet_digits import build_model, load_digits_split, prepare_output, write_atomic
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "early_exit_curve"]
 
@@ -31,7 +31,7 @@ FILES = ["fig3_early_exit.png", "early_exit.json"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/lyanet-early-exit", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/lyanet-early-exit", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--epochs", type=integer(1), default=60, help="training epochs (default: %(default)s)")
     parser.add_argument("--kappa", type=number(0, strict=True), default=4.0, help="LyaNet convergence rate (default: %(default)s)")

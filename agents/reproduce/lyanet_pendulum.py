@@ -59,7 +59,7 @@ from lyagym.learned_models.lyapunov_loss import lyapunov_loss
 from .fig5 import Fig5Config, build_models, train_models, training_data
 from .lyanet_digits import prepare_output, write_atomic
 from .pendulum_eval import STEP_SIZE, rollout_error
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "fit_soft_lyapunov"]
 
@@ -67,7 +67,7 @@ FILES = ["lyanet_pendulum.md", "lyanet_pendulum.json"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/lyanet-pendulum", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/lyanet-pendulum", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--links", type=integer(1), nargs="+", default=[1, 2], help="numbers of links (default: 1 2)")
     parser.add_argument("--samples-per-link", type=integer(1), default=2000, help="(x, xdot) pairs per link (default: %(default)s)")

@@ -26,7 +26,7 @@ from lyagym.learned_models.neural_ode import NeuralODE
 from lyagym.learned_models.toy_data import TOY_TASKS, make_toy
 
 from .lyanet_digits import prepare_output, write_atomic
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "train_models"]
 
@@ -34,7 +34,7 @@ FILES = ["fig1_dynamics.png", "fig4_softmax.png", "toy_results.json"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="./lyagym-output/lyanet-toy", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=folder, default="./lyagym-output/lyanet-toy", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing result files in --out")
     parser.add_argument("--task", choices=sorted(TOY_TASKS), default="circles", help="toy task (default: %(default)s)")
     parser.add_argument("--n", type=integer(1), default=512, help="training points (default: %(default)s)")

@@ -36,7 +36,7 @@ import os
 import sys
 import time
 from typing import Any
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "run_cell", "ENV_DEFAULTS"]
 
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerun", action="store_true", help="run every cell again")
     parser.add_argument("--stored-only", action="store_true", help="only summarise the stored cells")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="runs/mbrl-envs")
+    parser.add_argument("--out", type=folder, default="runs/mbrl-envs")
 
 
 def _slug(env_id: str) -> str:

@@ -125,7 +125,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..cli_types import integer, number
+from ..cli_types import folder, integer, number
 
 __all__ = [
     "add_arguments",
@@ -181,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stored-only", action="store_true",
                         help="run nothing: summarise the stored runs with these settings (missing ones are skipped)")
     parser.add_argument("--quick", action="store_true", help="small budgets for a smoke run (minutes)")
-    parser.add_argument("--out", default=os.path.join("lyagym-output", "mbrl-swingup"))
+    parser.add_argument("--out", type=folder, default=os.path.join("lyagym-output", "mbrl-swingup"))
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ..cli_types import integer, number
+from ..cli_types import existing_path, folder, integer, number
 
 MODELS = ("stable", "simple")
 COLUMNS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     data = parser.add_argument_group("data")
     data.add_argument("--texture", default="fire", choices=sorted(TEXTURES), help="built-in texture (default: fire, like the paper's bonfire)")
-    data.add_argument("--video", default=None, help="train on a real clip instead: a folder of frames or a video file")
+    data.add_argument("--video", type=existing_path, default=None, help="train on a real clip instead: a folder of frames or a video file")
     data.add_argument("--size", type=integer(8), default=32, help="frame height and width in pixels (default 32)")
     data.add_argument("--frames", type=integer(2), default=512, help="number of training frames (default 512)")
     model = parser.add_argument_group("model and training (shared by both models)")
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=integer(1), default=1, help="CPU threads for torch (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (16x16, 32 frames, 2 epochs, 50 steps)")
-    parser.add_argument("--out", default="runs/video_fig7", help="output folder")
+    parser.add_argument("--out", type=folder, default="runs/video_fig7", help="output folder")
 
 
 def _load_clip(args) -> np.ndarray:
