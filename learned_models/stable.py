@@ -411,7 +411,7 @@ class StableDynamics(ODEWorldModel):
         def field(z: torch.Tensor) -> torch.Tensor:
             # V(x) (the first stage) and V(y) (the rescale) decide the certified bound and are
             # computed precisely; the inner stages only shape y (a third cheaper each).
-            f, V = self._field_and_V(z, u, precise=z is x and self.keep_guarantee)
+            f, V = self._field_and_V(z, u, precise=z is x)
             if z is x and not Vx:  # Euler's and RK4's first stage: keep V(x) for the rescale
                 Vx.append(V)
             return f
