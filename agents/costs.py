@@ -200,7 +200,8 @@ class LyapunovTerminalCost:
         source: a model with ``.lyapunov`` (``(N, n) -> (N,)``), or the ``V`` callable itself.
         weight: scale of ``V`` relative to the running cost.
         certificate: optional ``Certificate`` of ``source``; refused (``ValueError``) if it
-            was issued for other weights (``certificate.applies_to(model)`` is false),
+            was issued for another model (``certificate.applies_to(model)`` is false: other
+            weights, or ``alpha``, the integrator, the rescale or the dtype changed since),
             because then ``V`` is no longer certified.
         state_dim: declared state dimension (read from the model when it has one).
     """
@@ -213,8 +214,9 @@ class LyapunovTerminalCost:
             V = source
         if certificate is not None and isinstance(source, torch.nn.Module) and not certificate.applies_to(source):
             raise ValueError(
-                "the certificate was issued for different weights than this model's (weights_hash mismatch: "
-                "the model was changed after certification); re-certify with model.certificate()"
+                "the certificate was issued for another model than this one (weights_hash, of class, config, dtype "
+                "and weights, differs: fine-tuned, or alpha, the integrator, the rescale or the dtype changed); "
+                "re-certify with model.certificate()"
             )
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")  # inf * V(x_eq) = inf * 0 = NaN

@@ -3,7 +3,10 @@
 A ``Certificate`` says *what* is claimed (e.g. global exponential stability of the ODE
 ``xdot = f(x)`` towards ``equilibrium`` at rate ``alpha``), *where* (continuous time or the
 discrete step map with a given integrator and step ``h``), with which constants, for which
-exact weights (``weights_hash``: a certificate stops applying after fine-tuning), and on
+exact model (``weights_hash`` is ``model_hash``: class, config, dtype and weights, so a
+certificate stops applying after fine-tuning and after changing ``alpha``, the integrator,
+the step, the rescale or the dtype), to which precision per dtype (``numerics``: the
+tolerance and the ball around ``x_eq`` where rounding of the states themselves rules), and on
 what ``evidence``:
 
 - ``"by_construction"``: the claim follows from the model's architecture (Manek & Kolter's
