@@ -153,6 +153,20 @@ def _spread(t: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 1e-6, std, torch.ones_like(std))
 
 
+def _check_stable_range(t: torch.Tensor, x_eq: torch.Tensor | None, name: str) -> None:
+    """Stable members refuse ``|x - x_eq|`` (or ``|u|``) beyond ``stable.max_offset`` (V would
+    overflow into NaN); under ``vmap`` they cannot check it themselves. ``max|x| + max|x_eq|``
+    bounds every member's offset: one reduction, no ``(members, batch, n)`` temporary."""
+    from .stable import max_offset
+
+    limit = max_offset(t.dtype)
+    largest = t.abs().amax() + (0.0 if x_eq is None else x_eq.abs().amax())
+    if not bool(largest <= limit):
+        what = name if x_eq is None else f"{name} - x_eq"
+        raise ValueError(f"{name}: every |{what}| must be <= {limit:.2g} in {str(t.dtype).replace('torch.', '')} for "
+                         f"the ensemble's stable members, got up to {float(largest):.3g}")
+
+
 @register_model
 class Ensemble(nn.Module):
     """``E`` members of one world-model class evaluated as one batched computation (PETS).
@@ -380,6 +394,9 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} has an empty batch")
         if self.validate_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf")
+        x_eq = self._stacked_tensors()[1].get("model.lyapunov.x_eq") if self.validate_finite else None
+        if x_eq is not None:  # stable members: their accepted range, as each member checks it alone
+            _check_stable_range(x, x_eq, name)
 
     def _check_u(self, u: Any, batch: int, name: str = "u") -> torch.Tensor | None:
         if self.action_dim == 0:
@@ -397,6 +414,8 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} is {u.dtype} on {u.device} but the ensemble is {self.dtype} on {self.device}")
         if self.validate_finite and not bool(torch.isfinite(u).all()):
             raise ValueError(f"{name} contains NaN or inf")
+        if self.validate_finite and "model.lyapunov.x_eq" in self._buffer_names:
+            _check_stable_range(u, None, name)
         return u
 
     # -- the batched members -----------------------------------------------------------------

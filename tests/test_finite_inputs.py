@@ -348,3 +348,18 @@ def test_video_envs_refuse_complex_and_take_grad_tensors():
         vec.step(torch.zeros((2, 4), dtype=torch.complex64))
     with pytest.raises(TypeError, match=r"options\['latent'\] must be real"):
         vec.reset(options={"latent": torch.zeros((2, 4), dtype=torch.complex64)})
+
+
+def test_ensembles_of_stable_members_refuse_what_a_member_refuses():
+    from lyagym.learned_models import Ensemble, StableControlledDynamics
+    from lyagym.learned_models.stable import max_offset
+
+    torch.manual_seed(0)
+    ens = Ensemble(lambda: StableControlledDynamics(2, 1, hidden=(8,), lyap_hidden=(8,), sigma_hidden=(4,)), 2)
+    limit = max_offset(torch.float32)
+    inside = torch.full((2, 2), limit / 2)
+    assert torch.isfinite(ens.step(inside, torch.full((2, 1), limit / 2))).all()
+    with pytest.raises(ValueError, match=r"x: every \|x - x_eq\| must be <= "):
+        ens.step(torch.full((2, 2), 1e20), torch.zeros(2, 1))  # NaN before the check
+    with pytest.raises(ValueError, match=r"u: every \|u\| must be <= "):
+        ens.step(torch.zeros(2, 2), torch.full((2, 1), 1e20))
