@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exhaustive", action="store_true",
                         help="after a counterexample, keep proving the rest of the box until the budget (the proven share)")
     parser.add_argument("--out", default=None, help="write the JSON result here (atomically) instead of stdout")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -68,8 +69,6 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from lyagym.learned_models import load_model
     from lyagym.learned_models.verification import lyapunov_from_payload, region_of_attraction, verify_decrease
 
@@ -97,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--u-box: the model takes {m} input(s); expected {m} LO,HI pairs, got {0 if args.u_box is None else len(args.u_box)}")
     if args.rho == "auto" and m:
         return _fail("--rho auto needs an autonomous model (no inputs)")
-    if args.out is not None and os.path.dirname(os.path.abspath(args.out)) and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        return _fail(f"--out: folder {os.path.dirname(os.path.abspath(args.out))!r} does not exist")
+    if args.out is not None:
+        from .cli_types import out_file
+
+        message = out_file("--out", args.out, overwrite=args.overwrite)
+        if message:
+            return _fail(message)
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm

@@ -308,6 +308,8 @@ def test_cli_verify_writes_json_and_refuses_bad_input(tmp_path, capsys):
                 code = e.code
             err = capsys.readouterr().err
             assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (bad, err)
+        assert cli.main(["verify", str(path), "--box=-1,1", "--box=-1,1", "--out", str(out)]) == 2  # exists: --overwrite
+        assert "--overwrite" in capsys.readouterr().err
         assert cli.main(["verify", str(tmp_path / "missing.pt"), "--box=-1,1", "--box=-1,1"]) == 2
         assert "missing.pt" in capsys.readouterr().err
     finally:
