@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=integer(10), default=2000, help="transitions (env) or pairs")
     parser.add_argument("--epochs", type=integer(1), default=100)
     parser.add_argument("--batch-size", type=integer(1), default=256)
-    parser.add_argument("--lr", type=number(0, strict=True), default=3e-3)
+    parser.add_argument("--lr", type=number(0, strict=True, maximum=10.0), default=3e-3)
     parser.add_argument("--dt", type=number(0, strict=True, maximum=MAX_DT), default=0.05,
                         help="model step (s); env control step for --data env")
     parser.add_argument("--alpha", type=number(0), default=None, help="stable models: certified decay rate")

@@ -34,12 +34,20 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[
     return convert
 
 
-def number(minimum: float | None = None, *, strict: bool = False, maximum: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite float ``>= minimum`` (``> minimum`` with ``strict``), ``<= maximum``.
+#: Default magnitude bound of a float flag: every float setting of the CLI (rates, weights,
+#: temperatures, torques, tolerances, states) is meaningful far below it, and the float32 models
+#: overflow (1e300 in a float32 tensor is inf) long before float64 does.
+BOUND = 1e6
+
+
+def number(minimum: float | None = None, *, strict: bool = False, maximum: float | None = BOUND) -> Callable[[str], float]:
+    """An argparse type: a finite float ``>= minimum`` (``> minimum`` with ``strict``), ``<= maximum``;
+    ``minimum=None`` means ``-BOUND``.
 
     NaN and infinities are refused whatever the bounds: every float flag of the CLI is a
     physical or numerical setting that NaN would turn into a silent NaN result (or a crash far
     from the flag)."""
+    minimum = -BOUND if minimum is None else minimum
     accepted = _range_text("a finite number", minimum, maximum, ">" if strict else ">=")
 
     def convert(text: str) -> float:
