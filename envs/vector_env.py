@@ -12,6 +12,8 @@ tensor advanced by ``PendulumDynamics``' torch path, with no Python loop over en
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -27,6 +29,27 @@ from .vector_utils import autoreset_mode as _autoreset_mode
 from .vector_utils import reject_scalar_actions, reset_mask
 
 __all__ = ["NLinkPendulumVectorEnv"]
+
+
+_THREADS_WARNED = False
+
+
+def _warn_if_threads_oversubscribe() -> None:
+    """Warn once per process when torch runs several CPU threads on a machine already busy."""
+    global _THREADS_WARNED
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    if _THREADS_WARNED or threads <= 1 or not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    if load >= cores:
+        _THREADS_WARNED = True
+        warnings.warn(
+            f"NLinkPendulumVectorEnv: torch uses {threads} CPU threads on a busy machine (load {load:.1f} on {cores} "
+            "cores); batched steps can run 10-100x slower while threads wait on each other. Call "
+            "torch.set_num_threads(1) (lyagym's CLI default) unless the machine is idle.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _batch_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +103,16 @@ class NLinkPendulumVectorEnv(VectorEnv):
 
     ## Performance
 
-    A step costs a few dozen batched kernels whatever ``num_envs`` is, so throughput grows
-    with the batch until memory bandwidth rules (see ``examples/benchmarks/bench_envs.py``).
-    ``compile=True`` fuses them (about 2x on CPU). On a CPU shared with other busy
-    processes, ``torch.set_num_threads(1)`` avoids OpenMP threads waiting on each other.
+    On CPU the physics of a step is one call of the compiled O(n) sweep over the whole batch
+    (:mod:`lyagym.envs.native`, single-threaded; the torch path where no C compiler is
+    found), plus a few dozen batched kernels for actions, reward and observation; throughput
+    grows with the batch until memory bandwidth rules (``examples/benchmarks/bench_envs.py``,
+    ``bench_mujoco.py``). ``compile=True`` traces the torch path once and fuses it (the
+    structured form past ``EXPANDED_MAX_LINKS``, so the graph grows like n, not like the
+    expanded equations). Threads: a CPU env made while torch runs several threads on a busy
+    machine (1-minute load average at or above the core count) warns once: there OpenMP
+    threads wait on each other and batched steps lost 10-100x; ``torch.set_num_threads(1)``
+    (the ``lyagym`` CLI's default) avoids it.
 
     ## Seeding
 
@@ -183,6 +212,8 @@ class NLinkPendulumVectorEnv(VectorEnv):
         self._init_span = as_tensor(t.init_high - t.init_low)
         self._weights = t.weights
         self._generator = torch.Generator(device=self.device)
+        if self.device.type == "cpu":
+            _warn_if_threads_oversubscribe()
         self._compile = bool(compile)
         if compile:
             self._compile_transition()

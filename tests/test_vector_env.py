@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -267,3 +269,23 @@ def test_compiled_transition_is_compiled_once(monkeypatch):
     env.reset(options={"reset_mask": np.array([True, False, True, False])})
     env.step(actions)
     assert len(graphs) == 1, graphs
+
+
+def test_threads_on_a_busy_machine_warn_once(monkeypatch):
+    import os
+
+    import lyagym.envs.vector_env as vector_env
+
+    if not hasattr(os, "getloadavg"):
+        pytest.skip("no load average on this platform")
+    monkeypatch.setattr(vector_env, "_THREADS_WARNED", False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.warns(RuntimeWarning, match="torch.set_num_threads"):
+        NLinkPendulumVectorEnv(num_envs=2, n_links=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NLinkPendulumVectorEnv(num_envs=2, n_links=1)  # once per process
+        monkeypatch.setattr(vector_env, "_THREADS_WARNED", False)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        NLinkPendulumVectorEnv(num_envs=2, n_links=1)  # one thread: nothing to say
