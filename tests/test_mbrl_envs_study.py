@@ -47,3 +47,17 @@ def test_ray_backend_stores_the_same_cells(tmp_path):
     assert main(args + ["--out", str(tmp_path / "serial")]) == 0
     assert main(args + ["--backend", "ray", "--out", str(tmp_path / "ray")]) == 0
     assert _rows(str(tmp_path / "serial" / "evaluations.csv")) == _rows(str(tmp_path / "ray" / "evaluations.csv"))
+
+
+def test_certified_cells_store_their_certificate_check(tmp_path, capsys):
+    import json
+
+    out = str(tmp_path / "study")
+    args = ["reproduce", "mbrl-envs", "--quick", "--envs", "Pendulum-v1", "--methods", "pets-stable", "--seeds", "0", "--out", out]
+    assert main(args) == 0
+    (cell,) = [os.path.join(d, "cell.json") for d, _, files in os.walk(out) if "cell.json" in files]
+    with open(cell) as f:
+        check = json.load(f)["certificate"]
+    assert check["passed"] and check["models"] == check["models_passed"] == 1
+    assert check["checked"] > 0 and check["violations"] == 0 and check["worst_violation"] <= check["tolerance"]
+    assert "pets-stable: certificate check after training passed on 1 of 1 seeds" in capsys.readouterr().out

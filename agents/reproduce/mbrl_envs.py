@@ -38,7 +38,7 @@ import time
 from typing import Any
 from ..cli_types import folder, integer, number
 
-__all__ = ["add_arguments", "run", "run_cell", "ENV_DEFAULTS"]
+__all__ = ["add_arguments", "run", "run_cell", "certificate_check", "ENV_DEFAULTS"]
 
 #: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO, pendulum links
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -173,6 +173,39 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     return {"evaluations": evaluations, "episodes": episodes}
 
 
+def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: str = "cpu") -> dict[str, Any] | None:
+    """A stable-model cell's certificate after training: the final committed model of its run
+    folder, rebuilt, its certificate issued and ``check``-ed (``falsify`` with its defaults).
+    ``None`` for cells without a certified model or without a committed model."""
+    import torch
+
+    from lyagym.agents.adapters import make_adapter
+    from lyagym.agents.mbrl import world_model_for
+    from lyagym.agents.run_log import RunFolder
+
+    method = settings["method"]
+    kind = method.split("-", 1)[-1]
+    if method == "sac" or "stable" not in kind:
+        return None
+    run = RunFolder(os.path.join(folder, "run"), algo=method.split("-", 1)[0], settings={})
+    manifest = run.manifest()
+    if manifest is None:
+        return None
+    torch.set_num_threads(1)
+    adapter = make_adapter(_make_env(settings))
+    extra = {"ensemble_size": settings["ensemble_size"]} if kind.startswith("ensemble") else {}
+    small = {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)} if settings.get("quick") else {}
+    model = world_model_for(adapter, kind, seed=seed, device=device, **small, **extra)
+    model.load_state_dict(torch.load(run.file(manifest, "model_weights.pt"), map_location=model.device, weights_only=True))
+    t0 = time.perf_counter()
+    report = model.certificate().check(model)
+    reports = getattr(report, "reports", [report])  # an ensemble's check holds one report per member
+    return {"passed": bool(report.passed), "models": len(reports), "models_passed": sum(bool(r.passed) for r in reports),
+            "checked": int(sum(r.n_checked for r in reports)), "violations": int(sum(r.n_violations for r in reports)),
+            "worst_violation": float(max(r.worst_violation for r in reports)),
+            "tolerance": float(min(r.tolerance for r in reports)), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def cell_dir(out: str, settings: dict[str, Any], seed: int) -> str:
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(out, _slug(settings["env"]), settings["method"], f"seed{seed}-{digest}")
@@ -189,6 +222,9 @@ def load_or_run(out: str, settings: dict[str, Any], seed: int, rerun: bool = Fal
         with open(path) as f:
             stored = json.load(f)
         if stored.get("settings") == settings:
+            if "certificate" not in stored and not stored_only:  # a cell stored before the check existed
+                stored["certificate"] = certificate_check(settings, seed, folder, device)
+                atomic_save(path, lambda f: f.write(json.dumps(stored, default=float)), mode="w")
             return stored
     if stored_only:
         return None
@@ -199,6 +235,7 @@ def load_or_run(out: str, settings: dict[str, Any], seed: int, rerun: bool = Fal
     t0 = time.perf_counter()
     result = run_cell(settings, seed, folder, device=device)
     result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1))
+    result["certificate"] = certificate_check(settings, seed, folder, device)
     atomic_save(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
     return result
 
@@ -227,6 +264,23 @@ def _run_all(jobs: list[tuple], workers: int, backend: str) -> list[tuple]:
     # spawn: a fresh interpreter per worker (no forked torch thread pools), one thread each
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_cell_entry, jobs))
+
+
+def certificate_lines(results: dict[tuple, dict], env: str) -> str:
+    """Markdown lines: per certified method, how many seeds' final models pass their certificate check."""
+    lines = []
+    for method in dict.fromkeys(key[1] for key in results if key[0] == env):
+        checks = {key[2]: res.get("certificate") for key, res in results.items() if key[:2] == (env, method)}
+        done = {seed: c for seed, c in checks.items() if c}
+        if not done:
+            continue
+        passed = [seed for seed, c in sorted(done.items()) if c["passed"]]
+        worst = max(c["worst_violation"] for c in done.values())
+        lines.append(f"- {method}: certificate check after training passed on {len(passed)} of {len(done)} seeds "
+                     f"({sum(c['models_passed'] for c in done.values())} of {sum(c['models'] for c in done.values())} "
+                     f"models, {sum(c['checked'] for c in done.values()):,} checks, {sum(c['violations'] for c in done.values())} "
+                     f"violations, worst normalised violation {worst:.2g})")
+    return ("\n".join(lines) + "\n") if lines else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [r for r in evaluations if r["env"] == env]
         if rows:
             table, _ = summarise(rows, tolerance=args.tolerance)
-            sections.append(f"## {env}\n\n{table}\n")
+            sections.append(f"## {env}\n\n{table}\n{certificate_lines(results, env)}")
     text = "\n".join(sections)
     atomic_save(os.path.join(args.out, "summary.md"), lambda f: f.write(text), mode="w")
     print(text)
