@@ -70,7 +70,8 @@ def branch_and_bound(
         progress: called as ``progress(verified_fraction, boxes)`` after each round.
         seed: of the random points searched for a counterexample.
         exhaustive: keep proving the rest of the box after a counterexample (the worst one
-            found is returned at the end, with the proven fraction), instead of stopping.
+            found is returned at the end, with the proven fraction; the largest open boxes
+            are then split first), instead of stopping.
     """
     start = time.perf_counter()
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
@@ -101,7 +102,11 @@ def branch_and_bound(
     while open_lo.shape[0]:
         if time.perf_counter() - start > budget_s or boxes >= max_boxes:
             return final("unknown")
-        order = torch.argsort(open_up, descending=True)
+        if exhaustive and found is not None:
+            # the share proven is what is left to win: the largest boxes first
+            order = torch.argsort((open_hi - open_lo).prod(-1), descending=True)
+        else:
+            order = torch.argsort(open_up, descending=True)
         take, rest = order[:batch], order[batch:]
         blo, bhi = open_lo[take], open_hi[take]
         # Counterexample search at the centres of the boxes about to be split and at one random

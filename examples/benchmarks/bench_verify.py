@@ -12,7 +12,8 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
   ``lyapunov_fit`` (quadratic from the Lyapunov equation of the linear fit near ``x_eq``, then
   ``fit_lyapunov`` with margin 0.05 on 20,000 box states below 15 J/kg of pendulum energy,
   the upright being 19.6);
-- ``soft-n2``: the double pendulum, ReLU field 4-100-100-4, ICNN 4-60-60-1.
+- ``soft-n2``: the double pendulum, ReLU field 4-100-100-4, ICNN 4-60-60-1; ``soft-n2-pinned``
+  and ``soft-n2-pinned-fitted-V`` as for one link.
 
 For each: the decrease ``grad V . f + alpha V < 0`` on the whole box (``[-pi, pi]`` angles,
 ``[-8, 8]`` velocities; exhaustive: the worst counterexample found and the share of the box
@@ -63,24 +64,36 @@ MODELS = {
     "soft-n1-pinned": dict(links=1, activation="tanh", pinned=True),
     "soft-n1-pinned-fitted-V": dict(links=1, activation="tanh", pinned=True, fitted_V=True),
     "soft-n2": dict(links=2, activation="relu", pinned=False),
+    "soft-n2-pinned": dict(links=2, activation="tanh", pinned=True),
+    "soft-n2-pinned-fitted-V": dict(links=2, activation="tanh", pinned=True, fitted_V=True),
 }
 
 
 def fit_V_to_field(f: SimpleDynamics, seed: int = 0) -> LyapunovFunction:
-    """A ``V`` for ``f``'s own field (see ``soft-n1-pinned-fitted-V``)."""
+    """A ``V`` for ``f``'s own field (see ``soft-n1-pinned-fitted-V``): states uniform in the
+    box below 3/4 of the physics' lowest non-hanging equilibrium energy (15 of 19.6 J/kg for one
+    link), plus 2,000 within 0.15 of ``x_eq`` for the quadratic's linear fit."""
+    from lyagym.envs import PendulumDynamics
     from lyagym.learned_models.lyapunov_fit import fit_lyapunov, init_quadratic, quadratic_lyapunov
 
+    n = f.state_dim // 2
+    physics = PendulumDynamics(n_links=n)
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(20000, 2, generator=gen) * 2 - 1) * torch.tensor([math.pi, 8.0])
-    energy = 0.5 * x[:, 1] ** 2 + 9.81 * (1 - torch.cos(x[:, 0]))  # per unit mass, link length 1
-    x = x[energy < 15.0]
+    half = torch.tensor([math.pi] * n + [8.0] * n)
+    x = (torch.rand(20000 * n, 2 * n, generator=gen) * 2 - 1) * half
+    rest = torch.zeros(1, 2 * n, dtype=torch.float64)
+    e0 = physics.energy(rest)
+    corners = torch.cartesian_prod(*[torch.tensor([0.0, math.pi], dtype=torch.float64)] * n).reshape(-1, n)[1:]
+    barrier = float((physics.energy(torch.cat([corners, torch.zeros_like(corners)], -1)) - e0).min())
+    energy = physics.energy(x.double()) - e0
+    x = x[energy < 0.75 * barrier]
+    near = (torch.rand(2000, 2 * n, generator=gen) * 2 - 1) * 0.15
     with torch.no_grad():
-        fx = f(x)
+        fx, fnear = f(x), f(near)
     torch.manual_seed(seed)
-    V = LyapunovFunction(2, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
-    near = x.norm(dim=-1) < 0.3
-    init_quadratic(V, quadratic_lyapunov(x[near], fx[near])[1])
-    fit_lyapunov(V, (x, fx), alpha=ALPHA, margin=0.05, steps=300, seed=seed, progress=False)
+    V = LyapunovFunction(2 * n, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
+    init_quadratic(V, quadratic_lyapunov(near, fnear)[1])
+    fit_lyapunov(V, (torch.cat([x, near]), torch.cat([fx, fnear])), alpha=ALPHA, margin=0.05, steps=300, seed=seed, progress=False)
     return V
 
 
@@ -95,7 +108,7 @@ def train(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
     if spec.get("fitted_V"):
         f, _ = train(name.removesuffix("-fitted-V"), cache)
         path = os.path.join(cache, f"{name}.pt")
-        V = LyapunovFunction(2, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
+        V = LyapunovFunction(2 * n, (32, 32), eps=1e-3, shift="tangent", quadratic=True)
         if os.path.exists(path):
             V.load_state_dict(torch.load(path, weights_only=True))
         else:
@@ -143,7 +156,8 @@ def sizes(f: SimpleDynamics, V: LyapunovFunction) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n2",
+                                                        "soft-n2-pinned-fitted-V"], choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per 2-D verification (box, then ROA)")
     parser.add_argument("--budget-4d", type=float, default=300.0, help="seconds per 4-D verification (box, then ROA)")
     parser.add_argument("--cache", default="./lyagym-output/bench-verify")
