@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .certificate import model_hash, weights_hash
-from .files import atomic_write
+from .files import atomic_write, remove_stale_temps
 
 __all__ = ["save_model", "load_model", "register_model", "MODEL_CLASSES", "FORMAT_VERSION"]
 
@@ -71,6 +71,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
+    remove_stale_temps(path)  # what a killed save of this checkpoint left behind
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, foreign pickle ...
