@@ -10,7 +10,8 @@ import pytest
 
 from lyagym.agents import cli
 
-COMMANDS = ("train", "plan", "mbrl", "demo")
+#: every subcommand with flags (``info`` has none; ``reproduce`` is swept study by study)
+COMMANDS = tuple(c for c in cli.COMMANDS if c not in ("info", "reproduce"))
 #: ``lyagym reproduce STUDY``: each study is a subcommand of its own
 STUDIES = ("fig3", "fig4", "fig5", "lyanet-toy", "lyanet-digits", "lyanet-early-exit", "lyanet-pendulum", "video-fig7",
            "mbrl-swingup", "mbrl-envs")
@@ -85,7 +86,9 @@ def test_every_numeric_flag_states_its_range(command):
     flags = _typed_flags(command)
     assert _numeric_flags(command)
     for action in flags:
-        assert getattr(action.type, "__name__", "") in ("integer", "number", "folder", "existing_path"), (command, action.option_strings)
+        # cli_types' converters, or a command's own that parse a structured value (verify's LO,HI boxes)
+        assert getattr(action.type, "__name__", "") in ("integer", "number", "folder", "existing_path", "_pair", "_rho"), (
+            command, action.option_strings)
 
 
 @pytest.mark.parametrize("command", ALL)
@@ -95,7 +98,8 @@ def test_bad_numbers_exit_2_in_one_line_naming_the_flag(command, tmp_path, capsy
     for action in _numeric_flags(command):
         flag = action.option_strings[0]
         for value in _bad_values(action.type):
-            code, err = _call([*command.split(), flag, value, "--out", out, *extra], capsys)
+            positional = ["model.pt"] if command == "verify" else []  # its checkpoint argument
+            code, err = _call([*command.split(), *positional, flag, value, "--out", out, *extra], capsys)
             _assert_one_line_error(code, err, flag)
             assert "expect" in err, err
     assert not os.listdir(tmp_path)  # nothing was written
@@ -166,8 +170,14 @@ def test_plan_checks_model_and_out_before_planning(tmp_path, capsys):
     _assert_one_line_error(code, err, "--out")
 
 
-@pytest.mark.parametrize("command", [c for c in ALL if c != "train"])
+def _out_type(command: str) -> str:
+    out = next(a for a in _subparser(command)._actions if a.dest == "out")
+    return getattr(out.type, "__name__", "")
+
+
+@pytest.mark.parametrize("command", [c for c in ALL if c not in ("train", "verify")])  # their --out is a file
 def test_output_folders_are_never_files(command, tmp_path, capsys):
+    assert _out_type(command) == "folder"
     (tmp_path / "f").write_text("")
     code, err = _call([*command.split(), "--out", str(tmp_path / "f")], capsys)
     _assert_one_line_error(code, err, "--out")
