@@ -29,7 +29,7 @@ from torch import nn
 
 from .bounds import LinearBounds, field_bounds, interval_jacobian
 
-__all__ = ["LocalCertificate", "local_certificate"]
+__all__ = ["LocalCertificate", "local_certificate", "local_step_certificate"]
 
 
 @dataclass
@@ -139,5 +139,67 @@ def local_certificate(model: nn.Module, x_eq: torch.Tensor, *, max_radius: float
                 # the inner ball must sit well inside E, or E says nothing beyond it
                 if inner < 0.1 * math.sqrt(level / norm_P):
                     return LocalCertificate(x_star, P, level, slack / norm_P, r, delta, phi, inner)
+            r /= 2
+    return None
+
+
+def local_step_certificate(model: nn.Module, x_eq: torch.Tensor, h: float, method: str = "rk4", *, max_radius: float = 1.0,
+                           halvings: int = 40) -> LocalCertificate | None:
+    """The local certificate of the model's discrete step map ``step`` (``method``, step ``h``)
+    at the field's equilibrium ``x*`` near ``x_eq``, or ``None`` (as ``local_certificate``).
+
+    ``M = D step(x*)`` must be Schur stable; ``P`` solves ``M^T P M - P = -I``. On the box ``B``
+    of half-width ``r``, ``step(x) - x* = Mbar dx + c`` with ``||Mbar - M||_F <= delta``
+    (``step_bounds.step_jacobian_bounds``) and ``||c|| <= phi`` (``c = step(x*) - x*``, rounding
+    only), so with ``kappa = (2 ||M^T P|| delta + ||P|| delta^2) / lambda_min(P)``::
+
+        V_loc(step(x)) <= (1 - 1/lambda_max(P) + kappa) V_loc(x) + 2 ||P|| (||M|| + delta) phi ||dx|| + ||P|| phi^2.
+
+    With ``s = 1/lambda_max(P) - kappa > 0`` the ``phi`` terms take at most ``s/2`` of it
+    outside the inner radius, so ``V_loc`` contracts by ``1 - s/2`` per step on ``E`` (outside
+    that tiny ball, whose image stays in ``E``); ``rate`` is ``-log(1 - s/2) / h``.
+    """
+    import copy
+
+    from scipy.linalg import solve_discrete_lyapunov
+
+    from .step_bounds import step_bounds, step_jacobian_bounds
+
+    net = copy.deepcopy(_field(model)).to(torch.float64)
+    x_eq = x_eq.detach().to(torch.float64).cpu()
+    try:
+        x_star = find_equilibrium(net, x_eq)
+    except (ValueError, RuntimeError):
+        return None
+    from .integrators import integrate
+
+    M = torch.autograd.functional.jacobian(lambda y: integrate(lambda z: net(z), y.unsqueeze(0), h, method)[0], x_star).detach()
+    if not float(torch.linalg.eigvals(M).abs().max()) < 1:
+        return None
+    n = M.shape[0]
+    P = torch.as_tensor(solve_discrete_lyapunov(M.numpy().T, torch.eye(n, dtype=torch.float64).numpy()))
+    P = 0.5 * (P + P.T)
+    lam = torch.linalg.eigvalsh(P)
+    norm_P, norm_M, norm_MP = float(lam[-1]), float(torch.linalg.matrix_norm(M, 2)), float(torch.linalg.matrix_norm(M.T @ P, 2))
+    with torch.no_grad():
+        point = LinearBounds.from_box(x_star.unsqueeze(0), x_star.unsqueeze(0))
+        s_lo, s_hi = step_bounds(net, point, h, method).bounds()
+        phi = float(torch.maximum((s_lo - x_star).abs(), (s_hi - x_star).abs()).norm())
+        r = float(max_radius)
+        for _ in range(halvings):
+            try:
+                J_lo, J_hi = step_jacobian_bounds(net, (x_star - r).unsqueeze(0), (x_star + r).unsqueeze(0), h, method)
+            except TypeError:
+                return None
+            delta = float(torch.maximum((J_lo[0] - M).abs(), (J_hi[0] - M).abs()).norm())
+            slack = 1.0 / norm_P - (2 * norm_MP * delta + norm_P * delta * delta) / float(lam[0])
+            if slack > 0:
+                a = slack * float(lam[0]) / 2
+                b = 2 * norm_P * (norm_M + delta) * phi
+                inner = (b + math.sqrt(b * b + 4 * a * norm_P * phi * phi)) / (2 * a)
+                level = float(lam[0]) * r * r
+                image = norm_P * ((norm_M + delta) * inner + phi) ** 2  # V_loc of the inner ball's image
+                if inner < 0.1 * math.sqrt(level / norm_P) and image < level:
+                    return LocalCertificate(x_star, P, level, -math.log(1 - slack / 2) / h, r, delta, phi, inner)
             r /= 2
     return None

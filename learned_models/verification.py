@@ -33,7 +33,8 @@ from torch import nn
 
 from .bounds import MARGIN, LinearBounds, decrease_bounds, lyapunov_bounds
 from .branch_and_bound import branch_and_bound
-from .local_certificate import LocalCertificate, local_certificate
+from .local_certificate import LocalCertificate, local_certificate, local_step_certificate
+from .step_bounds import STEP_METHODS, discrete_decrease_bounds
 
 __all__ = ["VerificationResult", "verify_decrease", "region_of_attraction", "parse_box"]
 
@@ -63,6 +64,8 @@ class VerificationResult:
     counterexample_value: float | None = None
     local: LocalCertificate | None = None
     worst_upper: float | None = None
+    time_domain: str = "continuous"
+    step: dict[str, Any] | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
@@ -70,6 +73,10 @@ class VerificationResult:
         return {
             "tool": TOOL,
             "status": self.status,
+            "condition": ("grad V . f + alpha V < 0" if self.time_domain == "continuous"
+                          else "V(step(x)) - exp(-alpha h) V(x) < 0"),
+            "time_domain": self.time_domain,
+            "step": self.step,
             "box": self.box,
             "alpha": self.alpha,
             "rho": self.rho,
@@ -118,6 +125,28 @@ def _decrease_fn(model64: nn.Module, V64: nn.Module, alpha: float, n: int) -> Ca
     return h
 
 
+def _discrete_decrease_fn(model64: nn.Module, V64: nn.Module, alpha: float, h: float, method: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Plain evaluation of ``V(step(x)) - exp(-alpha h) V(x)`` at points ``(batch, n)``."""
+    from .integrators import integrate
+
+    field = model64.fhat if hasattr(model64, "fhat") else model64
+    decay = math.exp(-alpha * h)
+
+    def d(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return V64(integrate(field, x, h, method)) - decay * V64(x)
+
+    return d
+
+
+def _step_of(model: nn.Module) -> tuple[float, str]:
+    h, method = getattr(model, "dt", None), getattr(model, "integrator", None)
+    if h is None or method not in STEP_METHODS:
+        raise ValueError(f"the discrete condition needs a model with dt and integrator in {STEP_METHODS}; "
+                         f"{type(model).__name__} has dt={h!r}, integrator={method!r}")
+    return float(h), str(method)
+
+
 def verify_decrease(
     model: nn.Module,
     lyapunov: nn.Module,
@@ -131,6 +160,7 @@ def verify_decrease(
     batch: int = 512,
     progress: Callable[[float, int], None] | None = None,
     exhaustive: bool = False,
+    time_domain: str = "continuous",
 ) -> VerificationResult:
     """Prove ``grad V . f + alpha V < 0`` on ``box`` (``n`` rows ``[lo, hi]``) minus ``E``.
 
@@ -146,7 +176,12 @@ def verify_decrease(
         batch, progress: see ``branch_and_bound``.
         exhaustive: after a counterexample, keep proving the rest of the box until the budget
             (``fraction`` then says how much of the box the condition provably holds on).
+        time_domain: ``"continuous"`` or ``"discrete"``: the step map's decrease
+            ``V(step(x)) <= exp(-alpha h) V(x)`` with the model's ``dt`` and ``integrator``
+            (``"euler"`` or ``"rk4"``), ``E`` from ``local_step_certificate``.
     """
+    if time_domain not in ("continuous", "discrete"):
+        raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {time_domain!r}")
     n = int(lyapunov.state_dim)
     X = parse_box(box, n)
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
@@ -165,29 +200,47 @@ def verify_decrease(
     model64, V64 = _float64(model), _float64(lyapunov)
     device = next(V64.parameters()).device
     X = X.to(device)
+    step = None
+    if time_domain == "discrete":
+        if m:
+            raise ValueError("the discrete condition is for autonomous models (no u_box)")
+        h, method = _step_of(model)
+        step = {"h": h, "integrator": method}
     if local is True:
-        local = local_certificate(model64, V64.x_eq) if m == 0 else None
+        if m:
+            local = None
+        elif step is None:
+            local = local_certificate(model64, V64.x_eq)
+        else:
+            local = local_step_certificate(model64, V64.x_eq, h, method)
     elif local is False:
         local = None
 
     def bound_fn(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            b = decrease_bounds(model64, V64, lo[:, :n], hi[:, :n], alpha, u_lo=lo[:, n:], u_hi=hi[:, n:])
-        covered = torch.zeros_like(b["h"][1], dtype=torch.bool)
+            if step is None:
+                b = decrease_bounds(model64, V64, lo[:, :n], hi[:, :n], alpha, u_lo=lo[:, n:], u_hi=hi[:, n:])
+                upper = b["h"][1]
+            else:
+                b = discrete_decrease_bounds(model64, V64, lo, hi, alpha, h, method)
+                upper = b["d"][1]
+        covered = torch.zeros_like(upper, dtype=torch.bool)
         if local is not None:
             covered |= local.contains_boxes(lo[:, :n], hi[:, :n])
         if rho is not None:
             covered |= b["V"][0] > rho
-        return b["h"][1], covered
+        return upper, covered
 
-    res = branch_and_bound(bound_fn, _decrease_fn(model64, V64, float(alpha), n), X[:, 0], X[:, 1],
+    value_fn = _decrease_fn(model64, V64, float(alpha), n) if step is None else _discrete_decrease_fn(model64, V64, float(alpha), h, method)
+    res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1],
                            budget_s=max(1e-3, budget_s - (time.perf_counter() - start)), batch=batch, progress=progress,
                            exhaustive=exhaustive)
     return VerificationResult(
         status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=time.perf_counter() - start,
         alpha=float(alpha), box=X.tolist(), rho=rho, covered_fraction=res.covered_fraction,
         counterexample=None if res.counterexample is None else res.counterexample.tolist(),
-        counterexample_value=res.counterexample_value, local=local, worst_upper=res.worst_upper,
+        counterexample_value=res.counterexample_value, local=local, worst_upper=res.worst_upper, time_domain=time_domain,
+        step=step,
     )
 
 
@@ -240,6 +293,7 @@ def region_of_attraction(
     budget_s: float = 60.0,
     steps: int = 10,
     progress: Callable[[float, int], None] | None = None,
+    time_domain: str = "continuous",
 ) -> VerificationResult:
     """The largest ``rho`` found by bisection such that the decrease is proven on
     ``{V <= rho}`` (minus ``E``), with ``{V <= rho}`` inside ``box`` (module docstring).
@@ -247,13 +301,19 @@ def region_of_attraction(
     Each of the ``steps`` trials gets ``budget_s / (steps + 1)`` seconds. The result is the
     best verified trial (``status="verified"``, ``rho`` set) or, if none is, the last trial
     with ``rho = None``.
-    ``trials`` lists every ``(rho, status, fraction, seconds)``.
+    ``trials`` lists every ``(rho, status, fraction, seconds)``. ``time_domain="discrete"``:
+    the same for the step map (``V`` is convex without a warp, so ``{V <= rho}`` is connected
+    and a step that keeps ``V <= rho`` cannot jump out of the box).
     """
     n = int(lyapunov.state_dim)
     X = parse_box(box, n)
     start = time.perf_counter()
     model64 = _float64(model)
-    local = local_certificate(model64, lyapunov.x_eq.detach().to(torch.float64))
+    x_eq = lyapunov.x_eq.detach().to(torch.float64)
+    if time_domain == "discrete":
+        local = local_step_certificate(model64, x_eq, *_step_of(model))
+    else:
+        local = local_certificate(model64, x_eq)
     rho_hi = boundary_minimum(lyapunov, X) * (1 - 1e-9)
     trials: list[dict[str, Any]] = []
     best: VerificationResult | None = None
@@ -265,7 +325,7 @@ def region_of_attraction(
     per_trial = budget_s / (steps + 1)
     for _ in range(steps):
         res = verify_decrease(model, lyapunov, X, alpha=alpha, rho=rho, budget_s=per_trial, local=local if local else False,
-                              progress=progress)
+                              progress=progress, time_domain=time_domain)
         trials.append({"rho": rho, "status": res.status, "fraction": res.fraction, "seconds": res.seconds})
         last = res
         if res.status == "verified":
@@ -292,9 +352,13 @@ def formal_certificate(cert: Any, model: nn.Module, *, box: Any, budget_s: float
     evidence ``"formal"`` and ``details["region"]`` saying where the claim now holds."""
     import dataclasses
 
-    if cert.time_domain != "continuous" or cert.claim not in ("exponential_stability", "input_to_state_stability"):
-        raise ValueError(f"verify proves the continuous-time decrease dV/dt <= -alpha V; this certificate claims "
-                         f"{cert.claim!r} ({cert.time_domain})")
+    if cert.claim not in ("exponential_stability", "input_to_state_stability", "discrete_exponential_stability"):
+        raise ValueError(f"verify proves a Lyapunov decrease (dV/dt <= -alpha V, or V(x_(k+1)) <= exp(-alpha h) V(x_k)); "
+                         f"this certificate claims {cert.claim!r}")
+    if cert.time_domain == "discrete":
+        h, method = _step_of(model)
+        if cert.h is not None and abs(cert.h - h) > 1e-12 * max(1.0, h):
+            raise ValueError(f"the certificate's step h={cert.h} is not the model's dt={h}")
     if cert.weights_hash and not cert.applies_to(model):
         raise ValueError("this certificate was issued for other weights (cert.applies_to(model) is False)")
     V = lyapunov if lyapunov is not None else getattr(model, "lyapunov", None)
@@ -303,9 +367,10 @@ def formal_certificate(cert: Any, model: nn.Module, *, box: Any, budget_s: float
     if rho == "auto":
         if u_box is not None:
             raise ValueError("rho='auto' (region of attraction) needs an autonomous model; give rho a level or None")
-        res = region_of_attraction(model, V, box, alpha=cert.alpha, budget_s=budget_s, progress=progress)
+        res = region_of_attraction(model, V, box, alpha=cert.alpha, budget_s=budget_s, progress=progress, time_domain=cert.time_domain)
     elif rho is None or isinstance(rho, (int, float)):
-        res = verify_decrease(model, V, box, alpha=cert.alpha, rho=rho, u_box=u_box, budget_s=budget_s, progress=progress)
+        res = verify_decrease(model, V, box, alpha=cert.alpha, rho=rho, u_box=u_box, budget_s=budget_s, progress=progress,
+                              time_domain=cert.time_domain)
     else:
         raise ValueError(f"rho must be None, a number > 0 or 'auto', got {rho!r}")
     details = dict(cert.details)
@@ -317,6 +382,8 @@ def formal_certificate(cert: Any, model: nn.Module, *, box: Any, budget_s: float
         where = f"{{V <= {res.rho:.4g}}} inside the box" if res.rho is not None else "the box"
         hole = (f"; inside the local ellipsoid around x* = {_short(res.local.x_star.tolist())} (radius "
                 f"<= {res.local.radius:.2g}) by the linearisation with a certified remainder") if res.local is not None else ""
+        if res.time_domain == "discrete":
+            hole += f"; for the {res.step['integrator']} step map with h = {res.step['h']:g}"
         details["region"] = f"{where} {_short([list(map(float, r)) for r in res.box])} (proven by bound propagation){hole}"
     return dataclasses.replace(cert, evidence=evidence, details=details)
 

@@ -314,3 +314,46 @@ def test_cli_verify_writes_json_and_refuses_bad_input(tmp_path, capsys):
         assert "missing.pt" in capsys.readouterr().err
     finally:
         torch.set_num_threads(threads)
+
+
+# ---- the discrete step map ----------------------------------------------------------------
+
+
+def test_step_and_discrete_decrease_bounds_enclose_sampled_values():
+    from lyagym.learned_models.integrators import integrate
+    from lyagym.learned_models.step_bounds import discrete_decrease_bounds, step_bounds, step_jacobian_bounds
+
+    gen = torch.Generator().manual_seed(8)
+    torch.manual_seed(0)
+    V = LyapunovFunction(2, (8,), eps=1e-2, shift="tangent", quadratic=True).to(D64)
+    f = SimpleDynamics(2, hidden=(16,), activation="tanh").to(D64)
+    for method, h in (("rk4", 0.1), ("euler", 0.05)):
+        lo, hi = _random_boxes(2, 16, 0.3, gen)
+        x = _samples(lo, hi, 64, gen)
+        with torch.no_grad():
+            y = integrate(f.fhat, x, h, method)
+            d = V(y) - math.exp(-0.2 * h) * V(x)
+        _assert_encloses(*step_bounds(f, LinearBounds.from_box(lo, hi), h, method).bounds(), y, 64)
+        _assert_encloses(*discrete_decrease_bounds(f, V, lo, hi, 0.2, h, method)["d"], d, 64)
+        J = torch.autograd.functional.jacobian(lambda z: integrate(f.fhat, z, h, method).sum(0), x, vectorize=True).permute(1, 0, 2)
+        _assert_encloses(*step_jacobian_bounds(f, lo, hi, h, method), J, 64)
+
+
+def test_discrete_step_map_verified_and_planted_violation():
+    from lyagym.learned_models.local_certificate import local_step_certificate
+
+    V = _quadratic_V()
+    model = _tanh_model(A_STABLE)  # dt 0.01, rk4
+    lc = local_step_certificate(model, torch.zeros(2, dtype=D64), model.dt, model.integrator)
+    assert lc is not None and lc.rate > 0
+    box = [[0.5, 1.0], [-1.0, 1.0]]
+    res = verify_decrease(model, V, box, alpha=1.5, budget_s=20, time_domain="discrete")
+    assert res.status == "verified" and res.details()["condition"].startswith("V(step(x))")
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(100_000, 2, generator=gen, dtype=D64) * torch.tensor([0.5, 2.0], dtype=D64) + torch.tensor([0.5, -1.0], dtype=D64)
+    with torch.no_grad():
+        assert bool((V(model.step(x)) - math.exp(-1.5 * model.dt) * V(x) <= 0).all())
+    narrow = _relu_linear_field(A_STABLE, bump=(0.5, 0.52, 400.0))
+    assert verify_decrease(narrow, V, BOX, alpha=0.1, budget_s=10, time_domain="discrete").status == "counterexample"
+    cert = Certificate(claim="discrete_exponential_stability", alpha=1.5, time_domain="discrete", integrator="rk4", h=0.01)
+    assert "formal" in cert.verify(model, box=box, lyapunov=V, budget_s=20).evidence
