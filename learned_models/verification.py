@@ -320,7 +320,9 @@ def region_of_attraction(
     last: VerificationResult | None = None
     if rho_hi <= 0:
         raise ValueError(f"V's certified lower bound on the boundary of box is {rho_hi:.3g} <= 0: the box is too small")
-    rho_lo = rho_hi * 1e-12
+    # six decades below the boundary level: smaller sublevel sets are of little use, and the
+    # first geometric step then lands at 1e-3 of it
+    rho_lo = rho_hi * 1e-6
     rho = rho_hi
     per_trial = budget_s / (steps + 1)
     for _ in range(steps):

@@ -172,7 +172,7 @@ def main() -> None:
         budget = args.budget if n == 2 else args.budget_4d
         # exhaustive: past the first counterexample, how much of the box is proven in the budget
         whole = verify_decrease(f, V, box, alpha=ALPHA, budget_s=budget, exhaustive=True)
-        roa = region_of_attraction(f, V, box, alpha=ALPHA, budget_s=budget)
+        roa = region_of_attraction(f, V, box, alpha=ALPHA, budget_s=budget, steps=6)
         rows.append((name, sizes(f, V), whole, roa))
         print(f"{name}: box {whole.status} ({100 * whole.fraction:.4g}% proven, {whole.boxes} boxes, {whole.seconds:.1f} s"
               + (f", h = {whole.counterexample_value:.3g} at {[round(v, 4) for v in whole.counterexample]}" if whole.counterexample else "")
