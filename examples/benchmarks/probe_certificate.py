@@ -14,6 +14,12 @@ dtype; bands inside the certificate's excluded ball for that dtype are skipped (
 The table gives, per dtype and band, the largest ``r`` over all kinds and the violation
 count; ``--kinds`` lists every kind separately.
 
+Measured (1e5 states per band and kind, six kinds, one thread, 970 s on a busy 2-core machine):
+0 violations; worst normalised excess 4.0e-11 in float64 (tolerance 1e-9; 2e-16 at x_eq = 0)
+and 3.9e-5 in float32 (tolerance 1e-3; 1.7e-6 at x_eq = 0). With ``g(x) - g(x_eq)`` as the
+difference of two evaluations (before the ICNN's centered pass): up to 1.7e-3 in float64 within
+1e-11 of x_eq and 263 in float32 at 1e-8.
+
 Usage::
 
     python examples/benchmarks/probe_certificate.py                 # 1e5 states per band
