@@ -31,3 +31,6 @@ from .video_vae import VideoVAE
 
 # --- fig5 helper: staged training of stable models (fit V to the data) ---
 from .lyapunov_fit import NominalView, fit_lyapunov, init_quadratic, lyapunov_rate_violation, quadratic_lyapunov
+
+# --- formal verification (issue 17): sound bounds, branch and bound, local and region-of-attraction certificates ---
+from .verification import VerificationResult, region_of_attraction, verify_decrease
