@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=integer(1), default=None, help="particles per candidate with an ensemble (default 5)")
     parser.add_argument("--episodes", type=integer(0), default=5, help="real episodes after the random ones (pets/mbpo/dyna)")
     parser.add_argument("--random-episodes", type=integer(0), default=1)
+    parser.add_argument("--max-real-steps", type=integer(1), default=None,
+                        help="pets/mbpo: no episode starts once the run has taken this many real steps (--episodes stays the cap)")
     parser.add_argument("--episode-steps", type=integer(1), default=None, help="real env steps per episode (default: the env's adapter, 200 for the pendulum)")
     parser.add_argument("--steps", type=integer(1), default=20000, help="real env steps for sac/ppo")
     parser.add_argument("--planner", default=None, choices=["mppi", "cem", "icem", "gradient"], help="default mppi")

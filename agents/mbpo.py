@@ -261,6 +261,8 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     buffer = TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims)
     total = config.random_episodes + config.episodes
     capacity_real = total * config.episode_steps
+    if config.max_real_steps is not None:  # the last episode may start just below the budget
+        capacity_real = min(capacity_real, config.max_real_steps + config.episode_steps)
     real = TensorReplay(max(1, capacity_real), adapter.feature_dim, adapter.action_dim, agent.sac.device)
     max_len = max(config.rollout_schedule[2], config.rollout_schedule[3])
     model_store = TensorReplay(config.model_rollouts * config.model_train_every * max_len * config.model_retain_epochs,
@@ -303,6 +305,8 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         return both
 
     for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
+        if config.max_real_steps is not None and real_steps >= config.max_real_steps:
+            break
         ep_seed = config.seed * 10_000 + episode
         evaluation = None
         if episode < config.random_episodes:

@@ -14,6 +14,11 @@ class MBRLConfig:
     ``config_for(adapter)`` applies an env's own settings)."""
 
     episodes: int = 5  #: real episodes after the random ones
+    #: a budget of real env steps: no episode starts once the run has taken this many
+    #: (``episodes`` stays the cap on episodes). For envs whose failing episodes end early
+    #: (``InvertedPendulum-v5`` falls within 5-50 steps) an episode count says little about
+    #: the data; ``None``: no budget
+    max_real_steps: int | None = None
     random_episodes: int = 1  #: episodes of uniform random actions to start the data
     episode_steps: int = 200  #: real env steps per episode (termination may end one sooner)
     random_episode_steps: int | None = None  #: length of the random episodes (default ``episode_steps``)

@@ -62,6 +62,8 @@ def check_config(config: MBRLConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"config.{name} must be an int >= 1, got {value!r}")
+    if config.max_real_steps is not None and (not isinstance(config.max_real_steps, (int, np.integer)) or config.max_real_steps < 1):
+        raise ValueError(f"config.max_real_steps must be None or an int >= 1, got {config.max_real_steps!r}")
     if config.random_episode_steps is not None and config.random_episode_steps < 1:
         raise ValueError(f"config.random_episode_steps must be None or >= 1, got {config.random_episode_steps!r}")
     if config.propagation not in ("tsinf", "ts1", "expectation"):
@@ -183,6 +185,8 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
     total = config.random_episodes + config.episodes
     bar = tqdm(range(len(rows), total), desc=f"{method} episodes", disable=not progress, initial=len(rows), total=total)
     for episode in bar:
+        if config.max_real_steps is not None and real_steps >= config.max_real_steps:
+            break
         ep_seed = config.seed * 10_000 + episode
         if episode < config.random_episodes:
             ep = collect_episode(env, None, steps=config.random_episode_steps or config.episode_steps, seed=ep_seed, adapter=adapter)

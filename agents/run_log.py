@@ -106,8 +106,9 @@ class RunFolder:
     """
 
     MANIFEST = "manifest.json"
-    #: settings a resume may change: extending a run by more episodes is what resuming is for
-    EXTENDABLE = ("episodes",)
+    #: settings a resume may change: extending a run by more episodes (or a larger budget of
+    #: real steps) is what resuming is for
+    EXTENDABLE = ("episodes", "max_real_steps")
 
     def __init__(self, path: str, *, algo: str, settings: dict[str, Any]) -> None:
         self.path, self.algo = str(path), str(algo)

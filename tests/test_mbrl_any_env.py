@@ -145,3 +145,21 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
     assert main(["mbrl", "--env", "CartPole-v1", "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "cannot be resumed" in err and "no built-in adapter" in err
+
+
+def test_a_budget_of_real_steps_ends_both_loops(tmp_path):
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    config = tiny(adapter, episodes=10, max_real_steps=60)  # 25-step episodes: 25, 50, then 75 >= 60 stops
+    for loop, kind in ((run_pets, "ensemble"), (run_mbpo, "simple")):
+        rows = loop(env, model_for(adapter, kind), config, adapter=adapter, progress=False) if loop is run_mbpo else \
+            loop(env, model_for(adapter, kind), None, config, adapter=adapter, progress=False)
+        assert [r["real_steps"] for r in rows] == [25, 50, 75]
+    with pytest.raises(ValueError, match="max_real_steps"):
+        run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, max_real_steps=0), progress=False)
+    # a resume may raise the budget, as it may add episodes
+    out = str(tmp_path / "run")
+    run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, episodes=10, max_real_steps=30), out_dir=out, progress=False)
+    more = run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, episodes=10, max_real_steps=60), out_dir=out,
+                    resume=True, progress=False)
+    assert [r["real_steps"] for r in more] == [25, 50, 75]

@@ -40,12 +40,15 @@ from ..cli_types import folder, integer, number
 
 __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "ENV_DEFAULTS"]
 
-#: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO, pendulum links
+#: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO (the cap) and,
+#: where failing episodes end early, their budget of real steps (``MBRLConfig.max_real_steps``)
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 4, "mbpo_episodes": 10},
     "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
-    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 4, "mbpo_episodes": 10},
-    "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 6, "mbpo_episodes": 15},
+    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 3000,
+                            "mbpo_episodes": 300, "mbpo_steps": 5000},
+    "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 5000,
+                                  "mbpo_episodes": 300, "mbpo_steps": 10_000},
     "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 5, "mbpo_episodes": 10},
 }
 MODELS = ("simple", "stable", "ensemble", "ensemble-stable")
@@ -61,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pets-<model>, mbpo-<model> (model: simple, stable, ensemble, ensemble-stable) or sac")
     parser.add_argument("--seeds", nargs="+", type=integer(0), default=[0, 1, 2, 3, 4])
     parser.add_argument("--episodes", type=integer(0), default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
+    parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
     parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
     parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC evaluation interval (default per env)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
@@ -93,6 +97,9 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     else:
         algo = method.split("-", 1)[0]
         settings["episodes"] = args.episodes or defaults[f"{algo}_episodes"]
+        budget = args.max_real_steps or defaults.get(f"{algo}_steps")
+        if budget is not None:
+            settings["max_real_steps"] = budget
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
@@ -138,7 +145,7 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     algo, kind = method.split("-", 1)
     if kind not in MODELS:
         raise ValueError(f"unknown world model in method {method!r}; choose one of {MODELS}")
-    overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed}
+    overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed, "max_real_steps": settings.get("max_real_steps")}
     if algo == "pets":  # planned episodes start where SAC's and MBPO's greedy evaluations do
         overrides["mpc_reset_seed"] = EVAL_RESET_SEED + seed
     if "samples" in settings:
