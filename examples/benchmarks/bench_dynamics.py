@@ -4,7 +4,8 @@ Run:  python examples/benchmarks/bench_dynamics.py [--quick] [--repeats 3] [--th
 
 Printed in one run, each beside its anchor where one exists:
 
-1. Sympy derivation (Kane's method + code generation) for n = 1, 2, 4, 8: cold (a fresh
+1. Sympy derivation (Kane's method + code generation up to ``EXPANDED_MAX_LINKS``, the
+   structured tables beyond; ``--derive-links`` adds sizes, e.g. 16 32) for n = 1, 2, 4, 8: cold (a fresh
    process with an empty cache directory, sympy import included) and cached (a second fresh
    process reading the cache). Anchor: the 2019 reference code needs 6.8 s for n = 8.
    Targets: n = 8 cold <= 3 s, cached <= 0.2 s.
@@ -45,9 +46,14 @@ DERIVATION_2019_S = {8: 6.8}
 _TIMER = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from lyagym.envs import symbolic
+from lyagym.envs import dynamics, structured, symbolic
 t1, c1 = time.perf_counter(), time.process_time()
-symbolic.compile_pendulum(int(sys.argv[1]))
+n = int(sys.argv[1])
+# the form PendulumDynamics uses at this n: expanded code, or the structured tables
+if n <= dynamics.EXPANDED_MAX_LINKS:
+    symbolic.compile_pendulum(n)
+else:
+    structured.load_structure(n)
 t2, c2 = time.perf_counter(), time.process_time()
 print(json.dumps({"import_s": t1 - t0, "compile_s": t2 - t1, "compile_cpu_s": c2 - c1}))
 """
@@ -186,6 +192,7 @@ def bench_single(repeats: int, steps: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (n <= 4, batch <= 1k), for a smoke run")
+    parser.add_argument("--derive-links", type=int, nargs="*", default=[], help="extra sizes for the derivation figure (e.g. 16 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["derivation", "reference", "batched", "single"])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
     sizes = [1, 2, 4] if args.quick else [1, 2, 4, 8]
     print(f"lyagym physics benchmark | torch {torch.__version__} | numpy {np.__version__} | {os.cpu_count()} CPUs | load avg {os.getloadavg()[0]:.1f}")
     if "derivation" not in args.skip:
-        bench_derivation(sizes, args.repeats)
+        bench_derivation(sizes + args.derive_links, args.repeats)
     if "reference" not in args.skip:
         bench_reference(sizes, args.repeats)
     if "batched" not in args.skip:

@@ -14,8 +14,10 @@ MuJoCo's joint angles are relative, ours absolute: ``q_i = theta_1 + .. + theta_
 3. Env step: ``gym.make("lyagym/NLinkPendulum-v0")`` against a MuJoCo-backed Gymnasium env
    defined here with the same observation (``cos q, sin q, qdot``), reward and wrappers.
 4. Batches of 1k and 64k states: ``PendulumDynamics.step`` on a float32 CPU tensor without
-   autograd (the vector env's call; the compiled sweep when a C compiler is present), the
-   pure-torch sweep (what autograd and accelerators run), a closed-form reference written
+   autograd (the vector env's call: the compiled sweep or vectorised torch, whichever
+   ``PendulumDynamics`` picks), torch only (no compiled backend: what autograd and
+   accelerators run, the expanded code up to 4 links, the torch sweep beyond), a closed-form
+   reference written
    for the comparison (point-mass ``M_ij = l_i l_j sum_{k >= max(i,j)} m_k cos(q_i - q_j)``,
    batched Cholesky solve, torch float64), against ``mujoco.rollout`` (one thread).
 5. Accuracy per cost: RK4 error after 1 s against a DOP853 reference (rtol 1e-12) of MuJoCo
@@ -320,10 +322,10 @@ def main() -> None:
               f"{theirs:20.1e} | {ours:.1e} ({h:.4f})", flush=True)
     for batch in batches:
         print(f"\n4. batch {batch}: us per state-step; ratio = mujoco.rollout / ours")
-        print("    n | ours (step, f32) | torch sweep | closed-form ref | rollout | ratio ours | ratio torch | ours / ref")
+        print("    n | ours (step, f32) | torch only | closed-form ref | rollout | ratio ours | ratio torch | ours / ref")
         for n in args.links:
             b = bench_batch(n, batch, max(3, args.repeats // 2))
-            print(f"   {n:2d} | {b['ours'] * 1e6:16.3f} | {b['torch'] * 1e6:11.3f} | {b['reference'] * 1e6:15.3f} | "
+            print(f"   {n:2d} | {b['ours'] * 1e6:16.3f} | {b['torch'] * 1e6:10.3f} | {b['reference'] * 1e6:15.3f} | "
                   f"{b['mujoco'] * 1e6:7.3f} | {b['mujoco'] / b['ours']:10.2f} | {b['mujoco'] / b['torch']:11.2f} | "
                   f"{b['ours'] / b['reference']:10.2f}", flush=True)
 
