@@ -86,7 +86,8 @@ def single_train_step(model, opt, x, u, y):
 
 def bench(kind: str, args) -> dict[str, float]:
     n, m = 2 * args.links, args.links
-    options = dict(dt=0.05, angle_dims=args.links, control_affine=True, activation="silu", hidden=tuple(args.hidden))
+    options = dict(dt=0.05, angle_dims=args.links, control_affine=True, activation="silu", hidden=tuple(args.hidden),
+                   integrator=args.integrator)
     torch.manual_seed(0)
     factory = member_factory(kind, n, m, **options)
     ens5 = Ensemble(factory, args.members, propagation="tsinf")
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=2, help="pendulum links: state_dim = 2 links, action_dim = links (default 2)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="fhat widths (default 100 100)")
     parser.add_argument("--members", type=int, default=5, help="E (default 5)")
+    parser.add_argument("--integrator", default="euler", help="members' integrator (default euler, the MBRL loops' ensembles; rk4: four evaluations per step)")
     parser.add_argument("--batch", type=int, default=256, help="training rows per member (default 256)")
     parser.add_argument("--plan-batch", type=int, default=30000, help="planning rows B*K (default 30000)")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (default 15)")
@@ -144,7 +146,7 @@ def main() -> None:
     global CLOCK
     clock = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
     CLOCK = time.thread_time if clock == "thread" else time.perf_counter
-    print(f"clock={clock}  malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
+    print(f"clock={clock}  malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  integrator={args.integrator}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
     E = args.members
     for kind in args.kinds:
         t = bench(kind, args)
