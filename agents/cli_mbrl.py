@@ -6,7 +6,7 @@ Examples::
     lyagym mbrl --algo pets --model stable --links 1 --episodes 5 --out runs/pets
     lyagym mbrl --env Pendulum-v1 --algo pets --model ensemble-stable --out runs/pendulum-v1
     lyagym mbrl --env lyagym/NLinkPendulum-v0 --links 2 --algo pets --out runs/double
-    lyagym mbrl --env InvertedPendulum-v5 --algo mbpo --model ensemble --episodes 10 --out runs/ip
+    lyagym mbrl --env InvertedPendulum-v5 --algo mbpo --model ensemble --episodes 300 --max-real-steps 5000 --out runs/ip
     lyagym mbrl --algo sac --steps 20000 --out runs/sac
     lyagym mbrl --algo pets --tensorboard --out runs/pets_tb   # then: tensorboard --logdir runs/pets_tb/tensorboard
 """
