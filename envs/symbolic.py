@@ -1,5 +1,7 @@
 """Equations of motion of the planar n-link pendulum, derived with Kane's method and
-compiled to straight-line Python for numpy, torch and plain floats.
+compiled to straight-line Python for numpy, torch and plain floats (the *expanded* form, used
+up to ``lyagym.envs.dynamics.EXPANDED_MAX_LINKS`` links; longer chains use the same derivation
+read as coefficient tables, :mod:`lyagym.envs.structured`, whose cost grows like n).
 
 The model: a chain of ``n`` point masses ``m_i`` on massless rods of length ``l_i``, hinged
 at a fixed pivot. Angles are **absolute**, measured from the downward vertical (``q = 0``

@@ -104,12 +104,14 @@ class NLinkPendulumVectorEnv(VectorEnv):
     ## Performance
 
     On CPU the physics of a step is one call of the compiled O(n) sweep over the whole batch
-    (:mod:`lyagym.envs.native`, single-threaded; the torch path where no C compiler is
-    found), plus a few dozen batched kernels for actions, reward and observation; throughput
-    grows with the batch until memory bandwidth rules (``examples/benchmarks/bench_envs.py``,
-    ``bench_mujoco.py``). ``compile=True`` traces the torch path once and fuses it (the
-    structured form past ``EXPANDED_MAX_LINKS``, so the graph grows like n, not like the
-    expanded equations). Threads: a CPU env made while torch runs several threads on a busy
+    (:mod:`lyagym.envs.native`, single-threaded; vectorised torch where that is faster, and
+    wherever no C compiler is found), plus a few dozen batched kernels for actions, reward
+    and observation; throughput grows with the batch until memory bandwidth rules
+    (``examples/benchmarks/bench_envs.py``, ``bench_mujoco.py``). ``compile=True`` traces the
+    transition once: up to ``EXPANDED_MAX_LINKS`` links the physics is traced and fused with
+    the rest; beyond, the compiled sweep runs between two small fused graphs, so the cold
+    compile does not grow with n (n = 8: 17 CPU-s with the compiler's workers, imports
+    included). Threads: a CPU env made while torch runs several threads on a busy
     machine (1-minute load average at or above the core count) warns once: there OpenMP
     threads wait on each other and batched steps lost 10-100x; ``torch.set_num_threads(1)``
     (the ``lyagym`` CLI's default) avoids it.
@@ -136,8 +138,9 @@ class NLinkPendulumVectorEnv(VectorEnv):
       value (``"NextStep"``, ``"SameStep"``, ``"Disabled"``); ``"next_step"`` etc. also work.
     - ``validate_actions`` (``True``): reject NaN/inf actions.
     - ``compile`` (``False``): ``torch.compile`` the batched transition (physics + reward)
-      for throughput; the first step then pays a one-time compilation (tens of seconds on
-      CPU, which needs a C++ compiler). Results match the eager path to round-off.
+      for throughput; the first step pays a one-time compilation (seconds to tens of
+      seconds on CPU, which needs a C++ compiler), once per shape. Results match the eager
+      path to round-off.
     - ``render_mode`` (``None`` or ``"rgb_array"``): ``render()`` returns a tuple of
       ``num_envs`` frames, one per sub-env, as ``SyncVectorEnv`` and ``CartPoleVectorEnv`` do
       (drawn on the CPU one by one: meant for a few envs, e.g. under
@@ -233,8 +236,8 @@ class NLinkPendulumVectorEnv(VectorEnv):
         self._fresh_pending = False
 
     def _compile_transition(self) -> None:
-        # Fuses the physics, reward and clamps into a few kernels; costs a one-time
-        # compilation (tens of seconds on CPU, where it needs a C++ compiler).
+        # Fuses the physics (or, past EXPANDED_MAX_LINKS, the work around the compiled sweep),
+        # reward and clamps into a few kernels; a one-time compilation (C++ compiler on CPU).
         self._transition = torch.compile(self._transition, dynamic=False)
 
     def __getstate__(self) -> dict[str, Any]:
