@@ -44,6 +44,17 @@ __all__ = ["StableDynamics", "StableControlledDynamics", "project_onto_decrease"
 _hardtanh_backward = torch.ops.aten.hardtanh_backward  # (grad, x, lo, hi) -> grad where lo < x < hi, else 0
 
 
+def _rounding_guard(terms: torch.Tensor, V: torch.Tensor, alpha: float, slack: torch.Tensor | None) -> torch.Tensor:
+    """``(4 n + 8) u (sum_i |grad_i V fhat_i| + alpha V + slack)``: a bound on the rounding of the
+    projection's arithmetic and of a recomputed ``grad V . f`` (dot products of ``n`` terms, ``u``
+    the unit roundoff), so the decrease holds for ``f`` as computed. ``terms: (batch, n)``."""
+    n = terms.shape[-1]
+    scale = terms.abs().sum(-1) + alpha * V
+    if slack is not None:
+        scale = scale + slack
+    return scale * ((4 * n + 8) * torch.finfo(terms.dtype).eps / 2)
+
+
 def _project(
     fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None, keep: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,11 +65,19 @@ def _project(
     where ``excess = 0`` too), so the floor never divides 0 by 0 and leaves ``f = fhat`` there.
     The cap on ``coef`` only matters at a (non-convex, warped) ``V``'s stationary point, where
     ``coef`` would overflow: ``grad V * coef`` stays finite for ``|grad V| <= sqrt(max)``.
+
+    The excess carries a rounding guard, ``_rounding_guard``: the projection removes that much
+    more, so that ``grad V . f <= -alpha V + slack`` holds for ``f`` *as computed* (and as
+    anyone recomputes ``grad V . f``), not only in exact arithmetic. Without it, close to
+    ``x_eq`` the rounding of ``grad V . fhat`` (``u |grad V| |fhat|``, with ``fhat`` dominated
+    by the rounding of ``fhat(x) - fhat(x_eq)`` there) exceeds ``alpha V`` itself.
     """
     info = torch.finfo(grad_V.dtype)
-    excess = torch.add((grad_V * fhat).sum(-1), V, alpha=alpha)
+    terms = grad_V * fhat
+    excess = torch.add(terms.sum(-1), V, alpha=alpha)
     if slack is not None:
         excess = excess.sub_(slack)
+    excess = excess.add_(_rounding_guard(terms, V, alpha, slack))
     sq_norm = (grad_V * grad_V).sum(-1).clamp_min_(info.tiny)
     coef = excess.relu_().div_(sq_norm).clamp_(max=math.sqrt(info.max))
     f = torch.addcmul(fhat, grad_V, coef.unsqueeze(-1), value=-1.0)
@@ -72,9 +91,11 @@ def _project_plain(
 ) -> torch.Tensor:
     """Eq. 10 as ``_project``, out of place, for ordinary autograd under ``vmap`` (``functorch_safe``)."""
     info = torch.finfo(grad_V.dtype)
-    excess = (grad_V * fhat).sum(-1) + alpha * V
+    terms = grad_V * fhat
+    excess = terms.sum(-1) + alpha * V
     if slack is not None:
         excess = excess - slack
+    excess = excess + _rounding_guard(terms, V, alpha, slack)
     sq_norm = (grad_V * grad_V).sum(-1).clamp_min(info.tiny)
     coef = (torch.relu(excess) / sq_norm).clamp(max=math.sqrt(info.max))
     f = fhat - grad_V * coef.unsqueeze(-1)

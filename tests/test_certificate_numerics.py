@@ -86,6 +86,27 @@ def test_discrete_claim_holds_at_every_norm_in_every_dtype(kind, dtype):
     assert excess.max() <= cert.tolerance(dtype), f"{kind} {dtype}: worst {float(excess.max()):.3g} at |dx| {float(r[excess.argmax()]):.3g}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["stable", "stable-tangent-quadratic-xeq", "controlled-priors"])
+def test_continuous_claim_holds_at_every_norm_in_every_dtype(kind, dtype):
+    """grad V . f <= -alpha V (+ gamma ||u||^2) for f as computed, from the edge of the excluded
+    ball (1e-145 in float64 at x_eq = 0) to 1e8: the projection's rounding guard."""
+    model = _kinds()[kind].to(dtype)
+    cert = model.certificate("continuous")
+    x, u, r = _sweep(model, cert, dtype)
+    edge = torch.randn(50, x.shape[1], dtype=torch.float64)
+    edge = torch.tensor(cert.equilibrium, dtype=torch.float64) + edge / edge.norm(dim=-1, keepdim=True) * 1.01 * cert.excluded_radius(dtype)
+    x = torch.cat([x, edge.to(dtype)])
+    u = None if u is None else torch.cat([u, torch.zeros(50, u.shape[1], dtype=dtype)])
+    with torch.no_grad():
+        V, gV = model.lyapunov.forward_and_grad(x)
+        decrease = (gV * model.derivative(x, u)).sum(-1) + cert.alpha * V
+    if u is not None:
+        decrease = decrease - cert.iss_gain["gamma"] * (u * u).sum(-1)
+    worst = (decrease / V).max()
+    assert worst <= cert.tolerance(dtype), f"{kind} {dtype}: worst {float(worst):.3g}"
+
+
 def test_stated_tolerance_and_excluded_ball_follow_the_rounding():
     """float32 resolves less than float64; only a nonzero x_eq needs a ball (the stored states'
     rounding u |x_eq| over the distance), and it scales with |x_eq|."""
