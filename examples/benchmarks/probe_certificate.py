@@ -12,7 +12,8 @@ in the model's dtype (``V`` of the member that stepped the row, for ensembles). 
 violates the certificate when ``r`` exceeds the tolerance the certificate states for that
 dtype; bands inside the certificate's excluded ball for that dtype are skipped (``excl``).
 The table gives, per dtype and band, the largest ``r`` over all kinds and the violation
-count; ``--kinds`` lists every kind separately.
+count; ``--per-kind`` lists every kind separately. ``--claim continuous`` probes the ODE's claim
+instead, ``r = (grad V . f(x, u) + alpha V - gamma ||u||^2) / V``.
 
 Measured (1e5 states per band and kind, six kinds, one thread, 970 s on a busy 2-core machine):
 0 violations; worst normalised excess 4.0e-11 in float64 (tolerance 1e-9; 2e-16 at x_eq = 0)
@@ -24,6 +25,7 @@ Usage::
 
     python examples/benchmarks/probe_certificate.py                 # 1e5 states per band
     python examples/benchmarks/probe_certificate.py --n 20000 --per-kind
+    python examples/benchmarks/probe_certificate.py --claim continuous
 """
 
 from __future__ import annotations
@@ -71,14 +73,28 @@ def lyapunov_rows(model, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def continuous_rows(model, x: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V(x), grad V(x) . f(x, u))`` per row, from the member of each row for ensembles."""
+    members = [model.member(e) for e in range(model.size)] if isinstance(model, Ensemble) else [model]
+    V, dV = x.new_empty(x.shape[0]), x.new_empty(x.shape[0])
+    for e, member in enumerate(members):
+        rows = slice(e, None, len(members))
+        v, g = member.lyapunov.forward_and_grad(x[rows])
+        V[rows], dV[rows] = v, (g * member.derivative(x[rows], None if u is None else u[rows])).sum(-1)
+    return V, dV
+
+
 def gain(model) -> float:
     if isinstance(model, Ensemble):
         return float(model.member(0).input_gain) if model.action_dim else 0.0
     return float(getattr(model, "input_gain", 0.0))
 
 
-def probe(model, dtype: torch.dtype, n: int, seed: int, batch: int = 20_000) -> dict[int, tuple[float, int, bool]]:
-    """``{band: (max r, violations, excluded)}`` for one model in one dtype."""
+def probe(model, dtype: torch.dtype, n: int, seed: int, claim: str = "discrete", batch: int = 20_000) -> dict[int, tuple[float, int, bool]]:
+    """``{band: (max r, violations, excluded)}`` for one model in one dtype.
+
+    ``claim="continuous"``: ``r = (grad V . f + alpha V - gamma ||u||^2) / V`` instead (the ODE's claim).
+    """
     model = model.to(dtype)
     cert = certificate_of(model)
     tol, radius = cert.tolerance(dtype), cert.excluded_radius(dtype)
@@ -106,11 +122,15 @@ def probe(model, dtype: torch.dtype, n: int, seed: int, batch: int = 20_000) -> 
                 v = v / v.norm(dim=-1, keepdim=True) * (r.clamp(max=1.0) * torch.rand(b, generator=gen, dtype=torch.float64)).unsqueeze(-1)
                 v[: b // 4] = 0.0
                 u = v.to(dtype)
-            with torch.no_grad():
-                Vx = lyapunov_rows(model, x)
-                Vy = lyapunov_rows(model, model.step(x, u))
             s = gamma * (u * u).sum(-1) if u is not None else 0.0
-            excess = (Vy - decay * Vx - inject * s) / Vx.clamp_min(torch.finfo(dtype).tiny)
+            with torch.no_grad():
+                if claim == "continuous":
+                    Vx, dV = continuous_rows(model, x, u)
+                    lhs = dV + alpha * Vx - s
+                else:
+                    Vx = lyapunov_rows(model, x)
+                    lhs = lyapunov_rows(model, model.step(x, u)) - decay * Vx - inject * s
+            excess = lhs / Vx.clamp_min(torch.finfo(dtype).tiny)
             excess = torch.nan_to_num(excess, nan=math.inf)
             worst = max(worst, float(excess.max()))
             bad += int((excess > tol).sum())
@@ -123,6 +143,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="states per band and kind (default 1e5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-kind", action="store_true", help="one table per model kind")
+    parser.add_argument("--claim", choices=("discrete", "continuous"), default="discrete",
+                        help="the step map's claim (default) or the ODE's, grad V . f <= -alpha V (+ gamma ||u||^2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,9 +153,9 @@ def main() -> None:
     for dtype in (torch.float64, torch.float32):
         results = {}
         for name, model in kinds(args.seed).items():
-            results[name] = probe(model, dtype, args.n, args.seed)
+            results[name] = probe(model, dtype, args.n, args.seed, args.claim)
         cert = certificate_of(next(iter(kinds(args.seed).values())).to(dtype))
-        print(f"\n{str(dtype)[6:]}: stated tolerance {cert.tolerance(dtype):g} (normalised), {args.n} states per band and kind")
+        print(f"\n{args.claim} claim, {str(dtype)[6:]}: stated tolerance {cert.tolerance(dtype):g} (normalised), {args.n} states per band and kind")
         tables = results.items() if args.per_kind else [("all kinds", {k: (max(r[k][0] for r in results.values()),
                                                                               sum(r[k][1] for r in results.values()),
                                                                               all(r[k][2] for r in results.values()))
