@@ -98,7 +98,9 @@ def model_hash(module: torch.nn.Module | None) -> str:
     The class name, ``module.config()`` where the model has one (``alpha``, integrator, step,
     ``keep_guarantee``, ``x_eq``, ...; canonical JSON), every tensor's dtype and
     ``weights_hash`` of the values. Device-independent. Changing ``alpha``, the integrator or
-    the rescale, converting with ``.double()`` or fine-tuning all change it.
+    the rescale, converting with ``.double()`` or fine-tuning all change it. Config keys the
+    class lists in ``runtime_config_keys`` (run-time choices that leave every claim as it is,
+    such as an ensemble's ``propagation``) are left out.
     """
     h = hashlib.sha256(b"lyagym model_hash 2\0")
     if module is None:
@@ -106,7 +108,8 @@ def model_hash(module: torch.nn.Module | None) -> str:
     h.update(type(module).__name__.encode())
     config = getattr(module, "config", None)
     if callable(config):
-        h.update(json.dumps(config(), sort_keys=True, default=repr).encode())
+        exempt = set(getattr(module, "runtime_config_keys", ()))
+        h.update(json.dumps({k: v for k, v in config().items() if k not in exempt}, sort_keys=True, default=repr).encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}".encode())
     h.update(weights_hash(module).encode())

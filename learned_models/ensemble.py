@@ -211,6 +211,9 @@ class Ensemble(nn.Module):
     #: check inputs for NaN/inf in ``step``/``rollout``/``predict`` (one host sync per call), as
     #: ``ODEWorldModel.validate_finite``; planners in tight GPU loops may turn it off.
     validate_finite: bool = True
+    #: config keys that choose how ``step`` samples, not what the members compute: the
+    #: certificate's ``model_hash`` leaves them out (see ``EnsembleCertificate``).
+    runtime_config_keys = ("propagation", "sample", "seed")
 
     def __init__(
         self,

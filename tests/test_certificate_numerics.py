@@ -204,6 +204,11 @@ def test_ensemble_certificate_follows_the_ensemble_config():
     cert = ens.certificate()
     assert cert.applies_to(ens) and all(c.applies_to(ens.member(i)) for i, c in enumerate(cert.members))
     assert not cert.applies_to(copy.deepcopy(ens).double())
+    ens.propagation = "tsinf"  # how step samples, not what the members compute
+    assert cert.applies_to(ens)
+    with torch.no_grad():
+        dict(ens.named_parameters())["stacked.model.fhat.0.weight"][1].add_(1e-3)  # member 1 fine-tuned
+    assert not cert.applies_to(ens) and cert.members[0].applies_to(ens.member(0)) and not cert.members[1].applies_to(ens.member(1))
 
 
 def test_checkpoint_with_an_edited_config_or_nan_weights_is_refused(tmp_path):
