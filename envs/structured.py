@@ -359,6 +359,7 @@ class ChainTables:
 
         n = self.n_links
         dmu = self._dmu_floats
+        dot = functools.partial(torch.linalg.vecdot, dim=0)  # one kernel for x*x' + y*y'
         t_all = torch.stack((c, s), 1)  # (n, 2, batch): the unit tangents
         tangents, gs = t_all.unbind(0), g.unbind(0)
         K = b = None
@@ -368,14 +369,14 @@ class ChainTables:
             if K is None:  # the tip: K = 0, beta = 0
                 N = None
                 nt = t * dmu[i]
-                inv = (nt * t).sum(0).reciprocal()
+                inv = dot(nt, t).reciprocal()
                 gam[i] = gs[i]
                 b = nt * (gam[i] * inv)
             else:
                 N = K + T["dmu_eye"][i]  # (3, batch): K + dmu_i I
                 nt = torch.addcmul(N[0:2] * t[0:1], N[1:3], t[1:2])  # N t
-                inv = (nt * t).sum(0).reciprocal()
-                gam[i] = gs[i] - (b * t).sum(0)
+                inv = dot(nt, t).reciprocal()
+                gam[i] = gs[i] - dot(b, t)
                 b = torch.addcmul(b, nt, gam[i] * inv)
             sig[i], nts[i] = inv, nt
             if i:  # K_i = N - (N t)(N t)^T / (t^T N t); K_0 is never used
@@ -385,7 +386,7 @@ class ChainTables:
         out = [None] * n
         v = None
         for i in range(n):
-            y = gam[i] * sig[i] if v is None else (gam[i] - (nts[i] * v).sum(0)) * sig[i]
+            y = gam[i] * sig[i] if v is None else (gam[i] - dot(nts[i], v)) * sig[i]
             out[i] = y
             v = tangents[i] * y if v is None else torch.addcmul(v, tangents[i], y)
         return torch.stack(out, 0) * T["inv_r"]
