@@ -3,7 +3,6 @@ expanded form and with the closed-form point-mass chain at every n up to 32."""
 
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest
