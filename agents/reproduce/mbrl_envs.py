@@ -32,13 +32,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 from typing import Any
+
 from ..cli_types import folder, integer, number
 
-__all__ = ["add_arguments", "run", "run_cell", "certificate_check", "ENV_DEFAULTS"]
+__all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_paired", "ENV_DEFAULTS"]
 
 #: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO (the cap) and,
 #: where failing episodes end early, their budget of real steps (``MBRLConfig.max_real_steps``)
@@ -273,6 +275,46 @@ def _run_all(jobs: list[tuple], workers: int, backend: str) -> list[tuple]:
         return list(pool.map(_cell_entry, jobs))
 
 
+def summarise_paired(evaluations: list[dict], tolerance: float = 0.05) -> tuple[str, dict]:
+    """Markdown table of the sample-efficiency metric with each seed paired with SAC's run of
+    the same seed: every method's seed ``s`` is evaluated from the same start as SAC's seed
+    ``s`` (``EVAL_RESET_SEED + s``), and starts differ in how much return they allow
+    (``Pendulum-v1``: -123 from one, -233 from another), so seed ``s``'s target is SAC seed
+    ``s``'s final return, reached at ``>= target - tolerance |target|``; the ratio is the real
+    steps SAC seed ``s`` took to reach it over the method's."""
+    import numpy as np
+
+    from lyagym.agents.reproduce.mbrl_swingup import _by_method, steps_to_reach
+
+    by_method = _by_method(evaluations)
+    sac = by_method.get("sac", {})
+    targets = {seed: runs[-1]["return"] for seed, runs in sac.items()}
+    sac_steps = {seed: steps_to_reach(sac[seed], targets[seed], tolerance) for seed in sac}
+    lines = [
+        (f"Per seed, SAC's final return from that seed's evaluation start ({', '.join(f'{targets[k]:.1f}' for k in sorted(targets))}"
+         f" for seeds {', '.join(map(str, sorted(targets)))}), reached at >= target - {tolerance:g} |target|; SAC got there "
+         f"after {', '.join('never' if not math.isfinite(sac_steps[k]) else f'{sac_steps[k]:.0f}' for k in sorted(sac_steps))} real steps."
+         if sac else "No SAC run: the steps-to-SAC columns are left empty."),
+        "",
+        "| method | seeds | final eval return (mean +- std) | real steps to SAC's return, per seed | ratio to SAC, per seed | median ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    numbers: dict[str, Any] = {"targets": targets, "sac_steps": sac_steps, "tolerance": tolerance, "methods": {}}
+    for method, runs in by_method.items():
+        finals = [r[-1]["return"] for r in runs.values()]
+        paired = [seed for seed in sorted(runs) if seed in targets]
+        reach = [steps_to_reach(runs[seed], targets[seed], tolerance) for seed in paired]
+        ratios = [sac_steps[seed] / k if math.isfinite(k) and k > 0 and math.isfinite(sac_steps[seed])
+                  else (math.inf if k == 0 else 0.0) for seed, k in zip(paired, reach)]
+        median = float(np.median(ratios)) if ratios else math.nan
+        numbers["methods"][method] = {"final_return": float(np.mean(finals)), "seeds": sorted(runs), "steps_to_target": reach,
+                                      "ratios": ratios, "median_ratio": median}
+        lines.append(f"| {method} | {len(runs)} | {np.mean(finals):.1f} +- {np.std(finals):.1f} | "
+                     f"{', '.join('never' if not math.isfinite(k) else f'{k:.0f}' for k in reach)} | "
+                     f"{', '.join(f'{x:.1f}x' for x in ratios)} | {f'**{median:.1f}x**' if ratios else ''} |")
+    return "\n".join(lines), numbers
+
+
 def certificate_lines(results: dict[tuple, dict], env: str) -> str:
     """Markdown lines: per certified method, how many seeds' final models pass their certificate check."""
     lines = []
@@ -323,8 +365,10 @@ def run(args: argparse.Namespace) -> int:
     for env in args.envs:
         rows = [r for r in evaluations if r["env"] == env]
         if rows:
-            table, _ = summarise(rows, tolerance=args.tolerance)
-            sections.append(f"## {env}\n\n{table}\n{certificate_lines(results, env)}")
+            table, _ = summarise_paired(rows, tolerance=args.tolerance)
+            pooled, _ = summarise(rows, tolerance=args.tolerance)
+            sections.append(f"## {env}\n\n{table}\n\n{certificate_lines(results, env)}\nPooled over seeds (one target, the mean "
+                            f"of SAC's final returns, although the seeds start from different states):\n\n{pooled}\n")
     text = "\n".join(sections)
     atomic_save(os.path.join(args.out, "summary.md"), lambda f: f.write(text), mode="w")
     print(text)
