@@ -648,7 +648,9 @@ class PendulumDynamics:
         return cached
 
     def step_single(self, x, u=None, dt: float | None = None, method: str = "rk4", substeps: int = 1) -> np.ndarray:
-        """Fast path for ONE state on plain Python floats (the single environment).
+        """Fast path for ONE state (the single environment): the compiled sweep when a C
+        compiler is available, else the expanded plain-float code (up to
+        ``EXPANDED_MAX_LINKS`` links) or the numpy sweep.
 
         Args:
             x: ``(2n,)`` array or sequence.
