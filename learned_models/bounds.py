@@ -33,7 +33,6 @@ tangent shift, learned quadratic; no warp) with ``grad V``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
