@@ -17,6 +17,9 @@ and the quadratic ``V_loc`` decays inside it: ``S`` is a certified region of att
 Models: ``SimpleDynamics`` (or any network ``bounds.network_bounds`` covers) with a
 ``LyapunovFunction`` without warp; with ``u_box`` the condition is proven for every input in
 that box too (the local certificate is then not used: it needs an autonomous field).
+``time_domain="discrete"`` proves the step map's ``V(step(x)) <= exp(-alpha h) V(x)`` instead
+(``step_bounds.py``; ``E`` from ``local_step_certificate``); ``V`` is convex without a warp, so
+``{V <= rho}`` is connected and a step that keeps ``V <= rho`` stays inside the box.
 """
 
 from __future__ import annotations
