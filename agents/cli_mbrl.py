@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="world model with the mechanical priors (sin/cos angles, affine in the action, SiLU; "
                         "lyagym.agents.mbrl.model_priors); --no-model-priors: the paper's plain MLP")
     parser.add_argument("--fit-epochs", type=integer(1), default=None, help="default 60")
-    parser.add_argument("--fit-steps", type=integer(0), default=None, help="at least this many Adam steps per model fit (default 0)")
+    parser.add_argument("--fit-steps", type=integer(0), default=None, help="at least this many Adam steps per model fit (default 2000)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of the random-action episodes (default: --episode-steps)")
     parser.add_argument("--imagined-steps", type=integer(0), default=None, help="dyna: SAC steps per imagined batch per episode")

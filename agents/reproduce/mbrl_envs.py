@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,7 +46,7 @@ __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_p
 #: per env: SAC's budget and evaluation interval, real episodes of PETS / MBPO (the cap) and,
 #: where failing episodes end early, their budget of real steps (``MBRLConfig.max_real_steps``)
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 4, "mbpo_episodes": 10},
+    "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 3, "mbpo_episodes": 10},
     "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
     "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 3000,
                             "mbpo_episodes": 300, "mbpo_steps": 5000},
@@ -90,6 +91,11 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     """Everything that determines a cell's result (its storage key, with the seed)."""
     defaults = ENV_DEFAULTS.get(env_id, ENV_DEFAULTS["Pendulum-v1"])
     settings: dict[str, Any] = {"env": env_id, "method": method}
+    if method != "sac":  # a change of the loops' defaults makes new cells
+        from lyagym.agents.mbrl_config import MBRLConfig
+
+        defaults_json = json.dumps(dataclasses.asdict(MBRLConfig()), sort_keys=True)
+        settings["config_defaults"] = hashlib.sha1(defaults_json.encode()).hexdigest()[:8]
     if method.startswith("pets"):
         settings["protocol"] = "planned episodes from the evaluation start"
     if env_id == "lyagym/NLinkPendulum-v0":
