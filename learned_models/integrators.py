@@ -318,10 +318,22 @@ class ODEWorldModel(nn.Module):
         """Same as ``derivative`` (so the model drops into code expecting ``model(x)``)."""
         return self.derivative(x, u)
 
+    def _check_result(self, y: torch.Tensor, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """With ``validate_finite``: a non-finite result from the finite inputs just checked is
+        an overflow inside the model (e.g. RK4 stages of huge float32 states); say so instead
+        of returning NaN. One reduction per call, as the input check."""
+        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(y).all()):
+            largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
+            dtype = str(y.dtype).replace("torch.", "")
+            raise ValueError(f"x: the model's step overflowed {dtype} from finite inputs (largest |x| {float(x.abs().amax()):.3g}"
+                             f"{largest_u}); use smaller inputs or float64")
+        return y
+
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         """The state ``dt`` later with ``self.integrator``: ``(batch, state_dim)``."""
         self._check_x(x)
-        return self._step(x, self._check_u(u, x.shape[0]))
+        u = self._check_u(u, x.shape[0])
+        return self._check_result(self._step(x, u), x, u)
 
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
         """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` or int horizon -> ``(batch, horizon + 1, state_dim)``."""
@@ -346,8 +358,10 @@ class ODEWorldModel(nn.Module):
             # memory: 64k rows x 30 steps of a (100, 100) MLP ran 4x faster in 4k-row blocks.
             blocks = [self._rollout_rows(x0[i:i + ROLLOUT_BLOCK_ROWS], [u if u is None else u[i:i + ROLLOUT_BLOCK_ROWS] for u in inputs])
                       for i in range(0, rows, ROLLOUT_BLOCK_ROWS)]
-            return torch.cat(blocks, dim=0)
-        return self._rollout_rows(x0, inputs)
+            states = torch.cat(blocks, dim=0)
+        else:
+            states = self._rollout_rows(x0, inputs)
+        return self._check_result(states, x0, None if isinstance(actions, int) or not self.action_dim else actions)
 
     def _rollout_rows(self, x0: torch.Tensor, inputs: list) -> torch.Tensor:
         states = [x0]

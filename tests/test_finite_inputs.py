@@ -363,3 +363,30 @@ def test_ensembles_of_stable_members_refuse_what_a_member_refuses():
         ens.step(torch.full((2, 2), 1e20), torch.zeros(2, 1))  # NaN before the check
     with pytest.raises(ValueError, match=r"u: every \|u\| must be <= "):
         ens.step(torch.zeros(2, 2), torch.full((2, 1), 1e20))
+
+
+def test_learned_models_never_return_nan_from_accepted_finite_inputs():
+    """Inside the stable models' accepted range a float32 control-affine model's RK4 stages can
+    still overflow (|x| = |u| = 3e7); step and rollout then raise instead of returning NaN."""
+    from lyagym.learned_models import SimpleDynamics, StableControlledDynamics
+
+    torch.manual_seed(0)
+    models = [StableControlledDynamics(4, 2, angle_dims=2, control_affine=True, activation="silu", dt=0.05),
+              SimpleDynamics(4, 2, angle_dims=2, control_affine=True, activation="silu", dt=0.05)]
+    g = torch.Generator().manual_seed(1)
+    overflowed = 0
+    for model in models:
+        for norm in (1.0, 1e4, 3e7, 1e12, 1e15):
+            x = torch.randn(64, 4, generator=g)
+            u = torch.randn(64, 2, generator=g)
+            x, u = norm * x / x.norm(dim=1, keepdim=True), norm * u / u.norm(dim=1, keepdim=True)
+            for call in (lambda: model.step(x, u), lambda: model.rollout(x, u[:, None].expand(64, 3, 2))):
+                try:
+                    with torch.no_grad():
+                        out = call()
+                except ValueError as e:
+                    assert "overflowed float32" in str(e)
+                    overflowed += 1
+                else:
+                    assert torch.isfinite(out).all()
+    assert overflowed > 0  # the sweep reaches the overflow (else it tests nothing)
