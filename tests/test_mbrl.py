@@ -27,7 +27,7 @@ from lyagym.agents.mbrl import (
 from lyagym.agents.world_model_env import pendulum_world_model_env
 from lyagym.learned_models import SimpleDynamics
 
-TINY = MBRLConfig(episodes=1, random_episodes=1, episode_steps=15, fit_epochs=2, batch_size=64, horizon=5,
+TINY = MBRLConfig(episodes=1, random_episodes=1, episode_steps=15, fit_epochs=2, fit_steps=0, batch_size=64, horizon=5,
                   num_samples=16, iterations=1, imagined_envs=8, imagined_horizon=5, imagined_steps=40, sac_batch_size=32)
 
 
@@ -260,7 +260,7 @@ def test_cli_plan_and_mbrl_run(tmp_path):
                  "--out", str(tmp_path / "plan")]) == 0
     assert os.path.exists(tmp_path / "plan" / "mpc.gif")
     out = str(tmp_path / "mbrl")
-    args = ["mbrl", "--algo", "pets", "--model", "simple", "--episodes", "1", "--episode-steps", "10", "--fit-epochs", "1",
+    args = ["mbrl", "--algo", "pets", "--model", "simple", "--episodes", "1", "--episode-steps", "10", "--fit-epochs", "1", "--fit-steps", "0",
             "--samples", "16", "--horizon", "5", "--no-progress", "--out", out]
     assert main(args) == 0
     assert main(args) == 2  # refuses to overwrite a finished run without --resume

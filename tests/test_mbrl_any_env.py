@@ -22,7 +22,7 @@ SMALL = {"simple": {"hidden": (16, 16)}, "stable": {"hidden": (16, 16), "lyap_hi
 
 def tiny(adapter, **kw):
     base = dict(episodes=1, random_episodes=1, episode_steps=25, random_episode_steps=25, num_samples=16, horizon=4,
-                iterations=1, warmup_iterations=1, fit_epochs=2, ensemble_size=2, particles=2, model_rollouts=2,
+                iterations=1, warmup_iterations=1, fit_epochs=2, fit_steps=0, ensemble_size=2, particles=2, model_rollouts=2,
                 model_train_every=10, sac_updates_per_step=1, sac_batch_size=16)
     return config_for(adapter, **{**base, **kw})
 
@@ -134,7 +134,7 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["mbrl", "--env", "Pendulum-v1", "--algo", "pets", "--model", "ensemble-stable", "--episodes", "1",
             "--episode-steps", "20", "--samples", "8", "--horizon", "3", "--iterations", "1", "--warmup-iterations", "1",
-            "--fit-epochs", "1", "--ensemble-size", "2", "--particles", "2", "--no-progress", "--out", out]
+            "--fit-epochs", "1", "--fit-steps", "0", "--ensemble-size", "2", "--particles", "2", "--no-progress", "--out", out]
     assert main(args) == 0
     assert "pets: 2 episodes, 40 real steps" in capsys.readouterr().out
     assert main(["mbrl", "--env", "Pendulum-v1", "--links", "2", "--out", str(tmp_path / "x")]) == 2

@@ -165,7 +165,7 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     small: dict[str, Any] = {}
     if quick:
         overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
-                         warmup_iterations=1, fit_epochs=2, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
+                         warmup_iterations=1, fit_epochs=2, fit_steps=0, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
                          sac_updates_per_step=1, sac_batch_size=32)
         small = {"hidden": (16, 16)} if "stable" not in kind else {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}
     config = config_for(adapter, **overrides)
