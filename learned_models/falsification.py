@@ -340,6 +340,8 @@ def falsify(
                 r = violation(x, u)
                 opt.zero_grad()
                 (-r.clamp(max=1e6).sum()).backward()
+            for p in params:  # a NaN/inf gradient (e.g. through the rescale's min) gives no direction:
+                p.grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)  # else Adam makes x NaN
             last = k == grad_steps - 1
             if last or k % 10 == 0:
                 record("gradient", x.detach(), None if u is None else u.detach(), r.detach())
