@@ -45,7 +45,10 @@ and stable members with the mechanical priors) and 3-4x the single model's own f
 TS-infinity planning step on 30,000 rows costs 1.06-1.12x one member stepping those rows.
 The floor is arithmetic: the members' matrix products grow with E (about a third of one
 simple member's step at these widths), so E = 5 / E = 1 <= 2x holds for narrower members
-(widths (32, 32): 1.7x simple, 2.0x stable) and not quite at (100, 100).
+(widths (32, 32): 1.7x simple, 2.0x stable) and not quite at (100, 100). With Euler members
+(the MBRL loops' default, one evaluation of ``f`` per step; ``bench_ensemble.py``'s default):
+1.68x simple, 2.16x stable, and TS-infinity planning 1.44x / 1.29x one member (the regrouping
+of rows weighs more against one evaluation than against four).
 
 Certificates: ``Ensemble.certificate()`` lists each member's own ``Certificate`` (issued by
 ``member(i).certificate()``, with member ``i``'s weights hash) and states what they cover:
