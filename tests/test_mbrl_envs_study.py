@@ -53,11 +53,20 @@ def test_certified_cells_store_their_certificate_check(tmp_path, capsys):
     import json
 
     out = str(tmp_path / "study")
-    args = ["reproduce", "mbrl-envs", "--quick", "--envs", "Pendulum-v1", "--methods", "pets-stable", "--seeds", "0", "--out", out]
+    args = ["reproduce", "mbrl-envs", "--quick", "--envs", "Pendulum-v1", "--methods", "pets-stable", "pets-ensemble-stable",
+            "--seeds", "0", "--out", out]
     assert main(args) == 0
-    (cell,) = [os.path.join(d, "cell.json") for d, _, files in os.walk(out) if "cell.json" in files]
-    with open(cell) as f:
-        check = json.load(f)["certificate"]
-    assert check["passed"] and check["models"] == check["models_passed"] == 1
-    assert check["checked"] > 0 and check["violations"] == 0 and check["worst_violation"] <= check["tolerance"]
-    assert "pets-stable: certificate check after training passed on 1 of 1 seeds" in capsys.readouterr().out
+    cells = {}
+    for d, _, files in os.walk(out):
+        if "cell.json" in files:
+            with open(os.path.join(d, "cell.json")) as f:
+                cell = json.load(f)
+            cells[cell["settings"]["method"]] = cell["certificate"]
+    # the quick ensemble has 2 members (not --ensemble-size's 5): the check rebuilds the model the run used
+    for method, members in (("pets-stable", 1), ("pets-ensemble-stable", 2)):
+        check = cells[method]
+        assert check["passed"] and check["models"] == check["models_passed"] == members
+        assert check["checked"] > 0 and check["violations"] == 0 and check["worst_violation"] <= check["tolerance"]
+    printed = capsys.readouterr().out
+    assert "pets-stable: certificate check after training passed on 1 of 1 seeds" in printed
+    assert "pets-ensemble-stable: certificate check after training passed on 1 of 1 seeds" in printed

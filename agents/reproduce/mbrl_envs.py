@@ -134,12 +134,40 @@ def _make_env(settings: dict[str, Any]):
     return gym.make(settings["env"], **({"max_episode_steps": 60} if settings.get("quick") else {}))
 
 
+def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device: str):
+    """A PETS / MBPO cell's ``MBRLConfig`` and its freshly built world model (one place, so a
+    run and the later certificate check of its committed weights build the same model)."""
+    from lyagym.agents.mbrl import config_for, world_model_for
+
+    algo, kind = settings["method"].split("-", 1)
+    if kind not in MODELS:
+        raise ValueError(f"unknown world model in method {settings['method']!r}; choose one of {MODELS}")
+    overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed, "max_real_steps": settings.get("max_real_steps")}
+    if algo == "pets":  # planned episodes start where SAC's and MBPO's greedy evaluations do
+        overrides["mpc_reset_seed"] = EVAL_RESET_SEED + seed
+    if "samples" in settings:
+        overrides["num_samples"] = settings["samples"]
+    if "particles" in settings:
+        overrides["particles"] = settings["particles"]
+    if "ensemble_size" in settings:
+        overrides["ensemble_size"] = settings["ensemble_size"]
+    small: dict[str, Any] = {}
+    if settings.get("quick"):
+        overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
+                         warmup_iterations=1, fit_epochs=2, fit_steps=0, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
+                         sac_updates_per_step=1, sac_batch_size=32)
+        small = {"hidden": (16, 16)} if "stable" not in kind else {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}
+    config = config_for(adapter, **overrides)
+    extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if kind.startswith("ensemble") else {}
+    return config, world_model_for(adapter, kind, seed=seed, device=device, **small, **extra)
+
+
 def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Run one cell; ``{"evaluations": [...], "episodes": [...]}`` (not stored; see ``load_or_run``)."""
     import torch
 
     from lyagym.agents.adapters import make_adapter
-    from lyagym.agents.mbrl import config_for, run_mbpo, run_pets, world_model_for
+    from lyagym.agents.mbrl import run_mbpo, run_pets
     from lyagym.agents.sb3_baselines import train_baseline
 
     torch.set_num_threads(1)
@@ -154,26 +182,7 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
                                   adapter=adapter, method="sac", **({"learning_starts": 50} if quick else {}))
         return {"evaluations": evaluations, "episodes": episodes}
     algo, kind = method.split("-", 1)
-    if kind not in MODELS:
-        raise ValueError(f"unknown world model in method {method!r}; choose one of {MODELS}")
-    overrides: dict[str, Any] = {"episodes": settings["episodes"], "seed": seed, "max_real_steps": settings.get("max_real_steps")}
-    if algo == "pets":  # planned episodes start where SAC's and MBPO's greedy evaluations do
-        overrides["mpc_reset_seed"] = EVAL_RESET_SEED + seed
-    if "samples" in settings:
-        overrides["num_samples"] = settings["samples"]
-    if "particles" in settings:
-        overrides["particles"] = settings["particles"]
-    if "ensemble_size" in settings:
-        overrides["ensemble_size"] = settings["ensemble_size"]
-    small: dict[str, Any] = {}
-    if quick:
-        overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
-                         warmup_iterations=1, fit_epochs=2, fit_steps=0, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
-                         sac_updates_per_step=1, sac_batch_size=32)
-        small = {"hidden": (16, 16)} if "stable" not in kind else {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}
-    config = config_for(adapter, **overrides)
-    extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if kind.startswith("ensemble") else {}
-    model = world_model_for(adapter, kind, seed=seed, device=device, **small, **extra)
+    config, model = _cell_config_and_model(settings, adapter, seed, device)
     run_dir = os.path.join(cell_dir, "run")
     if algo == "pets":
         resume = os.path.exists(os.path.join(run_dir, "manifest.json"))
@@ -198,7 +207,6 @@ def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: 
     import torch
 
     from lyagym.agents.adapters import make_adapter
-    from lyagym.agents.mbrl import world_model_for
     from lyagym.agents.run_log import RunFolder
 
     method = settings["method"]
@@ -210,10 +218,7 @@ def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: 
     if manifest is None:
         return None
     torch.set_num_threads(1)
-    adapter = make_adapter(_make_env(settings))
-    extra = {"ensemble_size": settings["ensemble_size"]} if kind.startswith("ensemble") else {}
-    small = {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)} if settings.get("quick") else {}
-    model = world_model_for(adapter, kind, seed=seed, device=device, **small, **extra)
+    _, model = _cell_config_and_model(settings, make_adapter(_make_env(settings)), seed, device)
     model.load_state_dict(torch.load(run.file(manifest, "model_weights.pt"), map_location=model.device, weights_only=True))
     t0 = time.perf_counter()
     report = model.certificate().check(model)
