@@ -35,9 +35,6 @@ def test_temps_of_a_killed_save_are_removed_by_the_next_save_or_load(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
-
-    import torch
 
     from lyagym.learned_models import SimpleDynamics, load_model
 
@@ -61,6 +58,7 @@ def test_temps_of_a_killed_save_are_removed_by_the_next_save_or_load(tmp_path):
     load_model(path)  # a load of the path cleans up as well
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["model.pt", live.name, foreign.name])
-    torch.save({"a": 1}, tmp_path / "other.pt")
-    atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
-    assert path.read_text() == "new" and live.exists()
+    dead = tmp_path / f".model.pt.pid{proc.pid}.xyz.pt"  # the killed writer's pid: its process is gone
+    dead.write_bytes(b"left behind")
+    atomic_write(path, lambda tmp: open(tmp, "w").write("new"))  # a save cleans up too
+    assert path.read_text() == "new" and live.exists() and not dead.exists()
