@@ -135,7 +135,7 @@ def lyapunov_rescale(
     x: torch.Tensor,
     y: torch.Tensor,
     V: Callable[[torch.Tensor], torch.Tensor],
-    alpha: float,
+    alpha: float | torch.Tensor,
     h: float,
     x_eq: torch.Tensor,
     *,
@@ -167,7 +167,7 @@ def lyapunov_rescale(
     Args:
         x, y: ``(batch, state_dim)`` the state and the integrator's next state.
         V: callable ``(batch, state_dim) -> (batch,)`` with ``V(x_eq) = 0``, ``V > 0`` elsewhere.
-        alpha: decay rate (``>= 0``); ``h``: step size.
+        alpha: decay rate (``>= 0``; a number, or a positive 0-dim tensor for a learned rate); ``h``: step size.
         x_eq: ``(state_dim,)`` equilibrium.
         slack: ``(batch,)`` the input's allowed energy injection ``sigma(x, u) >= 0`` or ``None``.
         Vx: ``V(x)`` if the caller already has it (saves one evaluation).
@@ -180,10 +180,15 @@ def lyapunov_rescale(
         Vx, Vy = Vxy[: x.shape[0]], Vxy[x.shape[0] :]
     else:
         Vy = V(y)
-    bound = math.exp(-alpha * h) * Vx
-    if slack is not None:
-        # Exact integral of dV/dt = -alpha V + sigma over [0, h] with sigma held constant.
-        bound = bound + (-math.expm1(-alpha * h) / alpha if alpha > 0 else h) * slack
+    if isinstance(alpha, torch.Tensor):  # a learned rate (0-dim, > 0): differentiable, no host sync
+        bound = torch.exp(alpha * -h) * Vx
+        if slack is not None:
+            bound = bound + torch.expm1(alpha * -h).neg() / alpha * slack
+    else:
+        bound = math.exp(-alpha * h) * Vx
+        if slack is not None:
+            # Exact integral of dV/dt = -alpha V + sigma over [0, h] with sigma held constant.
+            bound = bound + (-math.expm1(-alpha * h) / alpha if alpha > 0 else h) * slack
     # s = min(1, bound / V(y)). V(y) is floored at the smallest normal number, which only
     # makes s smaller (so the bound still holds); V(y) = 0 only at y = x_eq, where any s will do.
     s = bound / Vy.clamp_min(torch.finfo(Vy.dtype).tiny)

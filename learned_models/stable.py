@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from .certificate import DTYPES, Certificate, model_hash
 from .checkpoint import register_model
@@ -44,7 +45,10 @@ __all__ = ["StableDynamics", "StableControlledDynamics", "project_onto_decrease"
 _hardtanh_backward = torch.ops.aten.hardtanh_backward  # (grad, x, lo, hi) -> grad where lo < x < hi, else 0
 
 
-def _rounding_guard(terms: torch.Tensor, V: torch.Tensor, alpha: float, slack: torch.Tensor | None) -> torch.Tensor:
+Rate = float | torch.Tensor  # a fixed decay rate, or a learned one as a 0-dim tensor (differentiable)
+
+
+def _rounding_guard(terms: torch.Tensor, V: torch.Tensor, alpha: Rate, slack: torch.Tensor | None) -> torch.Tensor:
     """``(4 n + 8) u (sum_i |grad_i V fhat_i| + alpha V + slack)``: a bound on the rounding of the
     projection's arithmetic and of a recomputed ``grad V . f`` (dot products of ``n`` terms, ``u``
     the unit roundoff), so the decrease holds for ``f`` as computed. ``terms: (batch, n)``."""
@@ -56,7 +60,7 @@ def _rounding_guard(terms: torch.Tensor, V: torch.Tensor, alpha: float, slack: t
 
 
 def _project(
-    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None, keep: torch.Tensor | None
+    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: Rate, slack: torch.Tensor | None, keep: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 10 without autograd: ``(f, coef, max(||grad V||^2, tiny))``; ``keep: (batch,)`` multiplies ``f``.
 
@@ -74,7 +78,10 @@ def _project(
     """
     info = torch.finfo(grad_V.dtype)
     terms = grad_V * fhat
-    excess = torch.add(terms.sum(-1), V, alpha=alpha)
+    if isinstance(alpha, torch.Tensor):
+        excess = torch.addcmul(terms.sum(-1), V, alpha.detach())
+    else:
+        excess = torch.add(terms.sum(-1), V, alpha=alpha)
     if slack is not None:
         excess = excess.sub_(slack)
     excess = excess.add_(_rounding_guard(terms, V, alpha, slack))
@@ -87,7 +94,7 @@ def _project(
 
 
 def _project_plain(
-    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None, keep: torch.Tensor | None
+    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: Rate, slack: torch.Tensor | None, keep: torch.Tensor | None
 ) -> torch.Tensor:
     """Eq. 10 as ``_project``, out of place, for ordinary autograd under ``vmap`` (``functorch_safe``)."""
     info = torch.finfo(grad_V.dtype)
@@ -110,7 +117,7 @@ class _ProjectOntoDecrease(torch.autograd.Function):
     ``cbar = -keep fbar . grad V``, ``ebar = cbar / q`` where ``0 < c < cap`` (else 0),
     ``qbar = -c ebar`` where ``||grad V||^2 > tiny`` (else 0); then
     ``fhatbar = keep fbar + ebar grad V``, ``grad_Vbar = -c keep fbar + ebar fhat + 2 qbar grad V``,
-    ``Vbar = alpha ebar``, ``slackbar = -ebar``.
+    ``Vbar = alpha ebar``, ``slackbar = -ebar`` and, for a learned rate, ``alphabar = sum ebar V``.
     """
 
     @staticmethod
@@ -119,17 +126,20 @@ class _ProjectOntoDecrease(torch.autograd.Function):
         if center:
             fhat = fhat[:-1] - fhat[-1:]
         f, coef, sq_norm = _project(fhat, V, grad_V, alpha, slack, keep)
-        ctx.alpha, ctx.center = float(alpha), bool(center)
-        ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep)
+        learned = isinstance(alpha, torch.Tensor)
+        ctx.alpha, ctx.center, ctx.learned = alpha.detach() if learned else float(alpha), bool(center), learned
+        ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep, V if learned else None)
         return f
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, fbar):
-        fhat_bar, ebar, grad_V_bar = _project_backward(ctx.saved_tensors, fbar, ctx.center)
+        saved = ctx.saved_tensors
+        fhat_bar, ebar, grad_V_bar = _project_backward(saved[:5], fbar, ctx.center)
         V_bar = ebar * ctx.alpha if ctx.needs_input_grad[1] else None
         slack_bar = -ebar if ctx.needs_input_grad[3] else None
-        return fhat_bar, V_bar, grad_V_bar, slack_bar, None, None, None
+        alpha_bar = (ebar * saved[5]).sum() if ctx.learned and ctx.needs_input_grad[5] else None
+        return fhat_bar, V_bar, grad_V_bar, slack_bar, None, alpha_bar, None
 
 
 def _project_backward(saved, fbar, center):
@@ -163,8 +173,10 @@ class _ConvexField(torch.autograd.Function):
         V, grad_V, s, m, dshift = _outer(gx, dg, dx, dx_sq, eps, d, tangent)
         fhat = fhat_out[:-1] - fhat_out[-1:]
         f, coef, sq_norm = _project(fhat, V, grad_V, alpha, slack, keep)
-        ctx.alpha, ctx.eps, ctx.d, ctx.tangent = alpha, eps, d, tangent
-        ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep, dg, dx, dx_sq, s, m, dshift)
+        learned = isinstance(alpha, torch.Tensor)
+        ctx.alpha, ctx.learned = alpha.detach() if learned else alpha, learned
+        ctx.eps, ctx.d, ctx.tangent = eps, d, tangent
+        ctx.save_for_backward(fhat, grad_V, coef, sq_norm, keep, dg, dx, dx_sq, s, m, dshift, V if learned else None)
         return f, V
 
     @staticmethod
@@ -172,17 +184,18 @@ class _ConvexField(torch.autograd.Function):
     def backward(ctx, fbar, Vbar):
         saved = ctx.saved_tensors
         fhat_bar, ebar, grad_V_bar = _project_backward(saved[:5], fbar, True)
-        V_bar = torch.add(Vbar, ebar, alpha=ctx.alpha)
-        gx_bar, dg_bar, dx_bar = _outer_backward(saved[5:], ctx.eps, ctx.d, ctx.tangent, V_bar, grad_V_bar, ctx.needs_input_grad[1:4])
+        V_bar = torch.addcmul(Vbar, ebar, ctx.alpha) if ctx.learned else torch.add(Vbar, ebar, alpha=ctx.alpha)
+        gx_bar, dg_bar, dx_bar = _outer_backward(saved[5:11], ctx.eps, ctx.d, ctx.tangent, V_bar, grad_V_bar, ctx.needs_input_grad[1:4])
         slack_bar = -ebar if ctx.needs_input_grad[5] else None
-        return fhat_bar, gx_bar, dg_bar, dx_bar, None, slack_bar, None, None, None, None, None
+        alpha_bar = (ebar * saved[11]).sum() if ctx.learned and ctx.needs_input_grad[7] else None
+        return fhat_bar, gx_bar, dg_bar, dx_bar, None, slack_bar, None, alpha_bar, None, None, None
 
 
 def _project_onto_decrease(
     fhat: torch.Tensor,
     V: torch.Tensor,
     grad_V: torch.Tensor,
-    alpha: float,
+    alpha: Rate,
     slack: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
     center: bool = False,
@@ -191,7 +204,8 @@ def _project_onto_decrease(
     ``(batch + 1, n)`` with ``fhat(x_eq)`` last and ``fhat(x) - fhat(x_eq)`` is projected."""
     if _FunctorchState.depth:
         return _project_plain(fhat[:-1] - fhat[-1:] if center else fhat, V, grad_V, alpha, slack, keep)
-    if torch.is_grad_enabled() and (fhat.requires_grad or V.requires_grad or grad_V.requires_grad or (slack is not None and slack.requires_grad)):
+    if torch.is_grad_enabled() and (fhat.requires_grad or V.requires_grad or grad_V.requires_grad or (slack is not None and slack.requires_grad)
+                                    or (isinstance(alpha, torch.Tensor) and alpha.requires_grad)):
         return _ProjectOntoDecrease.apply(fhat, V, grad_V, slack, keep, alpha, center)
     if center:
         fhat = fhat[:-1] - fhat[-1:]
@@ -199,11 +213,12 @@ def _project_onto_decrease(
 
 
 def project_onto_decrease(
-    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: float, slack: torch.Tensor | None = None
+    fhat: torch.Tensor, V: torch.Tensor, grad_V: torch.Tensor, alpha: Rate, slack: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Eq. 10: project ``fhat: (batch, n)`` onto ``{f : grad V . f <= -alpha V + slack}``.
 
-    ``V: (batch,)``, ``grad_V: (batch, n)``, ``slack: (batch,)`` or ``None`` (zero).
+    ``V: (batch,)``, ``grad_V: (batch, n)``, ``slack: (batch,)`` or ``None`` (zero); ``alpha``
+    a number or a 0-dim tensor (a learned rate, which then receives a gradient).
     Where ``grad V = 0`` (only at ``x_eq`` for a convex ``V``, where ``V = 0`` too) the
     constraint reads ``0 <= -alpha V + slack``, which no ``f`` can change, so ``fhat`` is
     returned: the denominator is floored at the smallest normal number instead of dividing
@@ -265,9 +280,32 @@ def _numerics(x_eq: list[float], c1: float) -> dict[str, dict[str, float]]:
 
 
 def _check_rate(name: str, value: float, positive: bool = False) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
     return float(value)
+
+
+#: Bounds of a learned decay rate when none are given (1/s of the model's time): from a
+#: distance half-life of about 2 min (alpha 0.01) to one of 0.14 s (alpha 10).
+ALPHA_BOUNDS = (0.01, 10.0)
+#: Where a learned rate starts when no ``alpha`` is given: distance half-life 1.4 s.
+ALPHA_INIT = 1.0
+#: A learned rate's sigmoid starts at least this far inside (0, 1), so its gradient is not nil.
+_RATE_MARGIN = 1e-4
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float]:
+    ok = isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+    if not ok or not 0 < bounds[0] < bounds[1]:
+        raise ValueError(f"alpha_bounds must be (lo, hi) with 0 < lo < hi, finite numbers, got {bounds!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def _rate_logit(alpha: float, lo: float, hi: float) -> float:
+    """``raw`` with ``lo + (hi - lo) sigmoid(raw) = alpha`` (``alpha`` clipped just inside the bounds)."""
+    p = min(max((alpha - lo) / (hi - lo), _RATE_MARGIN), 1.0 - _RATE_MARGIN)
+    return math.log(p / (1.0 - p))
 
 
 @register_model
@@ -278,7 +316,14 @@ class StableDynamics(ODEWorldModel):
         state_dim: ``n`` in ``x: (batch, n)``.
         hidden: widths of the nominal MLP ``fhat`` (paper: ``(100, 100)``).
         lyap_hidden: widths of ``V``'s ICNN (paper: ``(60, 60)``).
-        alpha: certified decay rate, ``dV/dt <= -alpha V`` (0.01: the paper's released code).
+        alpha: certified decay rate, ``dV/dt <= -alpha V``. A number without ``alpha_bounds``:
+            that fixed rate (the paper's released code: 0.01). With ``alpha_bounds``: where
+            the learned rate starts. ``None`` (default): learned, starting at ``ALPHA_INIT`` = 1.
+        alpha_bounds: ``(lo, hi)``, ``0 < lo < hi``: the rate is learned,
+            ``alpha = lo + (hi - lo) sigmoid(alpha_raw)`` with ``alpha_raw`` a parameter (so
+            ``fit`` trains it with the weights, see ``fit``'s ``rate_weight``, and
+            ``calibrate_rate`` sets it from data). Default ``ALPHA_BOUNDS`` = (0.01, 10) when
+            ``alpha`` is ``None``. The certificate states the rate of the stored weights.
         eps: ``V(x) >= eps ||x - x_eq||^2`` (0.01).
         d: smoothed-ReLU width in ``V`` (eq. 13).
         warp: ``None`` or ``"coupling"``: an invertible input warp of ``V`` (eq. 14); then
@@ -296,7 +341,17 @@ class StableDynamics(ODEWorldModel):
 
     Attributes:
         lyapunov: the ``LyapunovFunction`` ``V``, callable on ``(batch, n)`` -> ``(batch,)``.
-        alpha, x_eq, state_dim, action_dim (0), dt, integrator, device, dtype.
+        alpha: the current decay rate (a float), alpha_bounds (``None`` for a fixed rate),
+        x_eq, state_dim, action_dim (0), dt, integrator, device, dtype.
+
+    Example::
+
+        model = StableDynamics(2)                                  # rate learned in (0.01, 10)
+        model = StableDynamics(2, alpha=0.3, alpha_bounds=(0.1, 3))  # learned, starting at 0.3
+        model = StableDynamics(2, alpha=0.3)                       # fixed at 0.3
+        fit(model, (x, xdot))
+        cert = model.certificate()       # cert.alpha == model.alpha
+        cert.time_to(1e-3, region=1.0)   # when every start within 1 of x_eq is within 1e-3
     """
 
     def __init__(
@@ -305,7 +360,8 @@ class StableDynamics(ODEWorldModel):
         *,
         hidden: Sequence[int] = (100, 100),
         lyap_hidden: Sequence[int] = (60, 60),
-        alpha: float = 0.01,
+        alpha: float | None = None,
+        alpha_bounds: tuple[float, float] | None = None,
         eps: float = 0.01,
         d: float = 0.1,
         warp: str | None = None,
@@ -316,12 +372,13 @@ class StableDynamics(ODEWorldModel):
         lyap_shift: str = "value",
         lyap_quadratic: bool = False,
     ) -> None:
-        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic)
+        self._init_stable(state_dim, 0, hidden, lyap_hidden, alpha, alpha_bounds, eps, d, warp, x_eq, dt, integrator, keep_guarantee,
+                          lyap_shift, lyap_quadratic)
 
-    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic,
-                     **network: Any) -> None:
+    def _init_stable(self, state_dim, action_dim, hidden, lyap_hidden, alpha, alpha_bounds, eps, d, warp, x_eq, dt, integrator, keep_guarantee,
+                     lyap_shift, lyap_quadratic, **network: Any) -> None:
         super().__init__(state_dim, action_dim, dt, integrator)
-        self.alpha = _check_rate("alpha", alpha)
+        self._init_rate(alpha, alpha_bounds)
         self.hidden = tuple(int(h) for h in hidden)
         self.keep_guarantee = bool(keep_guarantee)
         self.fhat = nominal_network(state_dim, action_dim, self.hidden, **network)
@@ -333,6 +390,97 @@ class StableDynamics(ODEWorldModel):
     def x_eq(self) -> torch.Tensor:
         """The equilibrium, ``(state_dim,)`` (a buffer of ``lyapunov``)."""
         return self.lyapunov.x_eq
+
+    # -- the decay rate ------------------------------------------------------------------
+    def _init_rate(self, alpha: float | None, alpha_bounds: Any) -> None:
+        if alpha_bounds is None and alpha is not None:
+            self._alpha_init = _check_rate("alpha", alpha)
+            self.alpha_bounds = None
+            self.register_parameter("alpha_raw", None)
+            return
+        lo, hi = _check_bounds(ALPHA_BOUNDS if alpha_bounds is None else alpha_bounds)
+        start = ALPHA_INIT if alpha is None else _check_rate("alpha", alpha)
+        if not lo <= start <= hi:
+            raise ValueError(f"alpha (the learned rate's start) must lie in alpha_bounds [{lo:g}, {hi:g}], got {alpha!r}")
+        self._alpha_init = start
+        self.alpha_bounds = (lo, hi)
+        self.alpha_raw = nn.Parameter(torch.tensor(_rate_logit(start, lo, hi), dtype=torch.get_default_dtype()))
+
+    @property
+    def learned_rate(self) -> bool:
+        """Whether ``alpha`` is a trained parameter (``alpha_bounds`` given) rather than fixed."""
+        return self.alpha_bounds is not None
+
+    def _rate(self) -> Rate:
+        """The rate eq. 10 and the rescale use: the fixed float, or ``lo + (hi - lo) sigmoid(alpha_raw)``
+        as a 0-dim tensor in the weights' dtype (differentiable; under ``vmap`` each member's own)."""
+        if self.alpha_bounds is None:
+            return self._alpha_init
+        lo, hi = self.alpha_bounds
+        return torch.sigmoid(self.alpha_raw).mul(hi - lo).add(lo)
+
+    @property
+    def alpha(self) -> float:
+        """The certified decay rate of the current weights (``dV/dt <= -alpha V``), a float.
+
+        A learned rate is evaluated in float64 from the stored ``alpha_raw`` (so the same on
+        every device and for a float32 model and its float64 copy; the float32 model's own
+        rate differs by an ulp, inside the projection's rounding guard)."""
+        if self.alpha_bounds is None:
+            return self._alpha_init
+        lo, hi = self.alpha_bounds
+        return lo + (hi - lo) * float(torch.sigmoid(self.alpha_raw.detach().to("cpu", torch.float64)))
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        """Set the rate: a fixed one is replaced; a learned one moves to ``value`` (inside its bounds)."""
+        value = _check_rate("alpha", value)
+        if self.alpha_bounds is None:
+            self._alpha_init = value
+            return
+        lo, hi = self.alpha_bounds
+        if not lo <= value <= hi:
+            raise ValueError(f"alpha must lie in alpha_bounds [{lo:g}, {hi:g}], got {value!r}")
+        with torch.no_grad():
+            self.alpha_raw.fill_(_rate_logit(value, lo, hi))
+
+    def data_rates(self, x: torch.Tensor, xdot: torch.Tensor) -> torch.Tensor:
+        """``-grad V(x) . xdot / V(x)``: ``(N,)``, the rate at which each observed pair decreases ``V``.
+
+        ``x, xdot: (N, state_dim)`` (states and their time derivatives, without input). A pair
+        with rate ``>= alpha`` obeys eq. 10's constraint, so the projection leaves it in place;
+        pairs at ``x_eq`` (``V = 0``) give ``+inf``.
+        """
+        x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
+        xdot = torch.as_tensor(xdot, dtype=self.dtype, device=self.device)
+        if x.ndim != 2 or x.shape[1] != self.state_dim or xdot.shape != x.shape:
+            raise ValueError(f"x and xdot must both have shape (N, state_dim={self.state_dim}), got {tuple(x.shape)} and {tuple(xdot.shape)}")
+        with torch.no_grad():
+            V, grad_V = self.lyapunov.forward_and_grad(x)
+            rate = -(grad_V * xdot).sum(-1) / V.clamp_min(torch.finfo(V.dtype).tiny)
+        return torch.where(V > 0, rate, torch.full_like(rate, math.inf))
+
+    def calibrate_rate(self, data: Any, *, quantile: float = 0.0) -> float:
+        """Set a learned rate from data: the largest rate that all but ``quantile`` of the pairs obey.
+
+        ``data``: ``(x, xdot)`` tensors ``(N, state_dim)`` (no inputs). The rate becomes the
+        ``quantile`` of ``data_rates(x, xdot)`` (0: their minimum), clipped to ``alpha_bounds``;
+        with the current ``V`` the projection then leaves those pairs' true derivatives
+        feasible (eq. 10 moves ``f`` no farther from them). Returns the new ``alpha``.
+        """
+        if not self.learned_rate:
+            raise ValueError("calibrate_rate needs a learned rate: build the model with alpha_bounds=(lo, hi)")
+        if not (isinstance(quantile, (int, float)) and 0.0 <= quantile < 1.0):
+            raise ValueError(f"quantile must be a number in [0, 1), got {quantile!r}")
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(f"data must be (x, xdot), got {type(data).__name__}")
+        rates = self.data_rates(*data).double()
+        finite = rates[torch.isfinite(rates)]
+        if finite.numel() == 0:
+            raise ValueError("data: every pair sits at x_eq, they say nothing about the rate")
+        lo, hi = self.alpha_bounds
+        self.alpha = min(max(float(torch.quantile(finite, quantile)), lo), hi)
+        return self.alpha
 
     # -- eq. 10 ------------------------------------------------------------------------
     def _fhat_with_eq(self, x: torch.Tensor, u: torch.Tensor | None, x_with_eq: torch.Tensor | None = None) -> torch.Tensor:
@@ -352,14 +500,16 @@ class StableDynamics(ODEWorldModel):
     def _slack(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
-    def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None, precise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses).
+    def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None, precise: bool = True, alpha: Rate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses); ``alpha``: ``_rate()`` if known.
 
         ``precise``: ``g(x) - g(x_eq)`` by the ICNN's centered pass (relative precision down to
         ``x_eq``); ``False`` subtracts two evaluations, which is cheaper and good to ~``u |g|``
         absolute: for the integrator's inner stages, which shape the step but carry no claim.
         """
         lyapunov = self.lyapunov
+        if alpha is None:
+            alpha = self._rate()
         x_eq = lyapunov.x_eq
         x_with_eq = torch.cat([x, x_eq.unsqueeze(0)], dim=0)  # shared by fhat and V
         dx = x - x_eq
@@ -377,15 +527,16 @@ class StableDynamics(ODEWorldModel):
             tangent = lyapunov.shift == "tangent"
             if _FunctorchState.depth:  # under vmap: plain ops, ordinary autograd
                 V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
-                return _project_plain(fhat_out[:-1] - fhat_out[-1:], V, grad_V, self.alpha, slack, keep), V
-            if torch.is_grad_enabled() and (fhat_out.requires_grad or gx.requires_grad or dx.requires_grad or (slack is not None and slack.requires_grad)):
-                return _ConvexField.apply(fhat_out, gx, dg, dx, dx_sq, slack, keep, self.alpha, lyapunov.eps, lyapunov.d, tangent)
+                return _project_plain(fhat_out[:-1] - fhat_out[-1:], V, grad_V, alpha, slack, keep), V
+            if torch.is_grad_enabled() and (fhat_out.requires_grad or gx.requires_grad or dx.requires_grad or (slack is not None and slack.requires_grad)
+                                            or (isinstance(alpha, torch.Tensor) and alpha.requires_grad)):
+                return _ConvexField.apply(fhat_out, gx, dg, dx, dx_sq, slack, keep, alpha, lyapunov.eps, lyapunov.d, tangent)
             V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
         elif lyapunov.warp is None:  # convex V with a learned quadratic: share [x; x_eq], dx and ||dx||^2
             V, grad_V = lyapunov.forward_and_grad(x, x_with_eq=x_with_eq, dx=dx, dx_sq=dx_sq, precise=precise)
         else:
             V, grad_V = lyapunov.forward_and_grad(x)
-        f = _project_onto_decrease(fhat_out, V, grad_V, self.alpha, slack, keep, center=True)
+        f = _project_onto_decrease(fhat_out, V, grad_V, alpha, slack, keep, center=True)
         return f, V
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
@@ -428,11 +579,12 @@ class StableDynamics(ODEWorldModel):
 
     def _step(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         Vx: list[torch.Tensor] = []
+        alpha = self._rate()  # once per step, shared by the stages and the rescale
 
         def field(z: torch.Tensor) -> torch.Tensor:
             # V(x) (the first stage) and V(y) (the rescale) decide the certified bound and are
             # computed precisely; the inner stages only shape y (a third cheaper each).
-            f, V = self._field_and_V(z, u, precise=z is x)
+            f, V = self._field_and_V(z, u, precise=z is x, alpha=alpha)
             if z is x and not Vx:  # Euler's and RK4's first stage: keep V(x) for the rescale
                 Vx.append(V)
             return f
@@ -446,7 +598,7 @@ class StableDynamics(ODEWorldModel):
             if not self.keep_guarantee:
                 return y
             return lyapunov_rescale(
-                x, y, lyapunov, self.alpha, self.dt, lyapunov.x_eq,
+                x, y, lyapunov, alpha, self.dt, lyapunov.x_eq,
                 slack=self._slack(x, u), verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
             )
 
@@ -510,7 +662,10 @@ class StableDynamics(ODEWorldModel):
             "state_dim": self.state_dim,
             "hidden": list(self.hidden),
             "lyap_hidden": list(V.g.hidden),
-            "alpha": self.alpha,
+            # A learned rate's start (its current value is the weight alpha_raw): members of
+            # one ensemble share a config while their rates differ.
+            "alpha": self._alpha_init,
+            **({"alpha_bounds": list(self.alpha_bounds)} if self.learned_rate else {}),
             "eps": V.eps,
             "d": V.d,
             "warp": V.warp_name,
@@ -524,7 +679,8 @@ class StableDynamics(ODEWorldModel):
         }
 
     def extra_repr(self) -> str:
-        return f"state_dim={self.state_dim}, action_dim={self.action_dim}, alpha={self.alpha}, dt={self.dt}, integrator={self.integrator!r}, keep_guarantee={self.keep_guarantee}"
+        rate = f"alpha={self.alpha:.4g} (learned in [{self.alpha_bounds[0]:g}, {self.alpha_bounds[1]:g}])" if self.learned_rate else f"alpha={self.alpha}"
+        return f"state_dim={self.state_dim}, action_dim={self.action_dim}, {rate}, dt={self.dt}, integrator={self.integrator!r}, keep_guarantee={self.keep_guarantee}"
 
 
 @register_model
@@ -576,7 +732,8 @@ class StableControlledDynamics(StableDynamics):
         lyap_hidden: Sequence[int] = (60, 60),
         sigma_hidden: Sequence[int] = (32,),
         input_gain: float = 10.0,
-        alpha: float = 0.01,
+        alpha: float | None = None,
+        alpha_bounds: tuple[float, float] | None = None,
         eps: float = 0.01,
         d: float = 0.1,
         warp: str | None = None,
@@ -593,7 +750,7 @@ class StableControlledDynamics(StableDynamics):
         if not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"action_dim must be an int >= 1 for a controlled model (use StableDynamics for 0), got {action_dim!r}")
         self._init_stable(
-            state_dim, action_dim, hidden, lyap_hidden, alpha, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic,
+            state_dim, action_dim, hidden, lyap_hidden, alpha, alpha_bounds, eps, d, warp, x_eq, dt, integrator, keep_guarantee, lyap_shift, lyap_quadratic,
             angle_dims=angle_dims, control_affine=control_affine, activation=activation,
         )
         self.input_gain = _check_rate("input_gain", input_gain)
