@@ -12,7 +12,9 @@ its input, a slope ``k`` and two offsets with ``k t + bl <= s(t) <= k t + bu`` (
 slope; the offsets are the exact extremes of ``s(t) - k t`` for piecewise-linear ``s``, and
 for smooth ``s`` its extremes on a grid widened by ``M2 h^2 / 8``, the largest gap between a
 function with ``|s''| <= M2`` and its interpolant on a grid of step ``h``). A product of two
-bounded quantities uses the McCormick planes. This is the forward form of CROWN's linear
+bounded quantities uses the McCormick planes; the decrease condition's dot product ``grad V .
+f`` also gets a second-order bound (``LinearBounds.dot_bounds``: the products of the planes
+summed as one exact quadratic in ``xi`` before it is bounded), and the better of the two is kept. This is the forward form of CROWN's linear
 bound propagation (Zhang et al. 2018): with the 2-4 inputs of our state spaces, carrying the
 ``n`` coefficients forward costs about as much as the network itself and keeps the
 correlations that plain interval arithmetic loses (``x - x`` is 0, not ``[-2r, 2r]``).
@@ -161,9 +163,59 @@ class LinearBounds:
         return LinearBounds(torch.where(pick_l, lower1.lA, lower2.lA), torch.where(pick_l[..., 0], lower1.lb, lower2.lb),
                             torch.where(pick_u, upper1.uA, upper2.uA), torch.where(pick_u[..., 0], upper1.ub, upper2.ub))
 
+    def dot_bounds(self, other: "LinearBounds", extra: "LinearBounds | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concrete ``(lower, upper)``, each ``(batch,)``, of ``sum_i self_i other_i (+ extra)``
+        (``extra`` of width 1), by a second-order bound that keeps the products' correlations.
+
+        For the upper bound, ``g = self`` is its midpoint plane plus a deviation, ``g_i = gm_i(xi)
+        + dg_i`` with ``|dg_i| <= Eg_i`` (the largest half-gap between its planes on the box),
+        and ``f = other`` is replaced by one plane ``p_i``: its upper plane where ``g_i >= 0`` on
+        the whole box, its lower plane where ``g_i <= 0`` (then ``g_i f_i <= g_i p_i`` exactly),
+        its midpoint plane otherwise (with the deviation ``|g_i| Ef_i``). The sum of plane
+        products is the exact quadratic ``xi^T M xi + c . xi + d`` with ``M = sum_i gA_i pA_i^T``:
+        summing before bounding lets the quadratic terms cancel (near an equilibrium ``grad V . f``
+        is ``-x^T Q x`` and ``M`` is negative definite), which per-product McCormick planes
+        cannot see. The quadratic is bounded exactly along the diagonal (a parabola per
+        coordinate on ``[-1, 1]``) and by ``|S_jk|`` off it (``S`` the symmetric part of ``M``).
+        The lower bound is minus the upper bound of ``sum_i g_i (-f_i) - extra``.
+        """
+        upper = _dot_upper(self, other, extra)
+        lower = -_dot_upper(self, -other, None if extra is None else -extra)
+        return lower, upper
+
     def square(self) -> "LinearBounds":
         """``q^2`` elementwise: the chord above and the parallel tangent below (both exact)."""
         return self.relax(_square)
+
+
+def _dot_upper(g: LinearBounds, f: LinearBounds, extra: LinearBounds | None) -> torch.Tensor:
+    """The upper bound of ``LinearBounds.dot_bounds``, ``(batch,)``."""
+    gA, g0 = (g.lA + g.uA) / 2, (g.lb + g.ub) / 2
+    Eg = ((g.ub - g.lb) + (g.uA - g.lA).abs().sum(-1)) / 2
+    gl, gu = g.bounds()
+    pos, neg = (gl >= 0).unsqueeze(-1), (gu <= 0).unsqueeze(-1)
+    mA, m0 = (f.lA + f.uA) / 2, (f.lb + f.ub) / 2
+    pA = torch.where(pos, f.uA, torch.where(neg, f.lA, mA))
+    p0 = torch.where(pos[..., 0], f.ub, torch.where(neg[..., 0], f.lb, m0))
+    Ef = torch.where(pos[..., 0] | neg[..., 0], torch.zeros_like(m0), ((f.ub - f.lb) + (f.uA - f.lA).abs().sum(-1)) / 2)
+    M = torch.einsum("bki,bkj->bij", gA, pA)
+    S = (M + M.transpose(1, 2)) / 2
+    c = torch.einsum("bk,bkn->bn", g0, pA) + torch.einsum("bk,bkn->bn", p0, gA)
+    d = (g0 * p0).sum(-1)
+    # g_i f_i - gm_i p_i <= |g_i| Ef_i + |dg_i| |p_i|
+    rest = (torch.maximum(gl.abs(), gu.abs()) * Ef + Eg * (p0.abs() + pA.abs().sum(-1))).sum(-1)
+    magnitude = (g0 * p0).abs().sum(-1) + rest
+    if extra is not None:
+        c, d = c + extra.uA[:, 0], d + extra.ub[:, 0]
+        magnitude = magnitude + extra.ub[:, 0].abs()
+    s = torch.diagonal(S, dim1=1, dim2=2)
+    off = S.abs().sum((1, 2)) - s.abs().sum(-1)
+    # each coordinate's parabola s t^2 + c t on [-1, 1]: its ends and its vertex (clamped)
+    vertex = torch.where(s != 0, -c / torch.where(s != 0, 2 * s, torch.ones_like(s)), torch.zeros_like(s)).clamp(-1.0, 1.0)
+    t = torch.stack([-torch.ones_like(s), torch.ones_like(s), vertex], -1)
+    top = (s.unsqueeze(-1) * t * t + c.unsqueeze(-1) * t).max(-1).values.sum(-1)
+    magnitude = magnitude + c.abs().sum(-1) + S.abs().sum((1, 2))
+    return d + top + off + rest + MARGIN * (1.0 + magnitude)
 
 
 # ---- relaxations: (l, u) -> (slope, lower offset, upper offset) ---------------------------
@@ -426,8 +478,12 @@ def decrease_bounds(model: nn.Module, lyapunov: nn.Module, lo: torch.Tensor, hi:
         x = LinearBounds.from_box(lo, hi)
     Vb = lyapunov_bounds(lyapunov, x)
     f = field_bounds(model, x, u)
-    h = Vb.grad.mul(f).sum() + Vb.value.scale(lo.new_full((1,), float(alpha)))
-    return {"V": tuple(t[:, 0] for t in Vb.value.bounds()), "f": f.bounds(), "h": tuple(t[:, 0] for t in h.bounds())}
+    aV = Vb.value.scale(lo.new_full((1,), float(alpha)))
+    # McCormick per product and the second-order bound of the whole sum: both sound, keep the better
+    h_lo, h_hi = (t[:, 0] for t in (Vb.grad.mul(f).sum() + aV).bounds())
+    q_lo, q_hi = Vb.grad.dot_bounds(f, aV)
+    h = (torch.maximum(h_lo, q_lo), torch.minimum(h_hi, q_hi))
+    return {"V": tuple(t[:, 0] for t in Vb.value.bounds()), "f": f.bounds(), "h": h}
 
 
 def interval_jacobian(net: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,7 @@ def branch_and_bound(
     progress: Callable[[float, int], None] | None = None,
     seed: int = 0,
     exhaustive: bool = False,
+    split: str = "best",
 ) -> BranchAndBoundResult:
     """Prove ``h < 0`` on the box ``[lo, hi]`` (``(n,)`` each) outside a covered region.
 
@@ -72,7 +73,12 @@ def branch_and_bound(
         exhaustive: keep proving the rest of the box after a counterexample (the worst one
             found is returned at the end, with the proven fraction; the largest open boxes
             are then split first), instead of stopping.
+        split: ``"best"``: bound the halves along every dimension and keep the pair whose
+            worse child has the smaller upper bound (``2 n`` bounds per split); ``"widest"``:
+            halve the widest side relative to the root box (2 bounds per split).
     """
+    if split not in ("best", "widest"):
+        raise ValueError(f"split must be 'best' or 'widest', got {split!r}")
     start = time.perf_counter()
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
     n = lo.shape[1]
@@ -123,9 +129,25 @@ def branch_and_bound(
                     return result("counterexample", counterexample=pts[i].clone(), counterexample_value=float(h[i]))
                 if found is None or float(h[i]) > found[1]:
                     found = (pts[i].clone(), float(h[i]))
-        # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
         k = blo.shape[0]
         mid = (blo + bhi) / 2
+        if split == "widest":
+            dim = torch.argmax((bhi - blo) / extent, dim=1, keepdim=True)
+            ch_lo = torch.stack([blo, blo.scatter(1, dim, mid.gather(1, dim))], 1).reshape(-1, n)
+            ch_hi = torch.stack([bhi.scatter(1, dim, mid.gather(1, dim)), bhi], 1).reshape(-1, n)
+            ch_up, ch_cov = bound_fn(ch_lo, ch_hi)
+            boxes += ch_up.numel()
+            ok = ch_cov | (ch_up < 0)
+            vol = (ch_hi - ch_lo).prod(-1)
+            done += float(vol[ok].sum())
+            covered_volume += float(vol[ch_cov].sum())
+            open_lo = torch.cat([open_lo[rest], ch_lo[~ok]])
+            open_hi = torch.cat([open_hi[rest], ch_hi[~ok]])
+            open_up = torch.cat([open_up[rest], ch_up[~ok]])
+            if progress is not None:
+                progress(done / total, boxes)
+            continue
+        # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
         eye = torch.eye(n, dtype=torch.bool, device=blo.device)
         c_lo = torch.stack([torch.where(eye, blo.unsqueeze(1), blo.unsqueeze(1)), torch.where(eye, mid.unsqueeze(1), blo.unsqueeze(1))], 2)
         c_hi = torch.stack([torch.where(eye, mid.unsqueeze(1), bhi.unsqueeze(1)), torch.where(eye, bhi.unsqueeze(1), bhi.unsqueeze(1))], 2)

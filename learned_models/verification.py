@@ -164,6 +164,7 @@ def verify_decrease(
     progress: Callable[[float, int], None] | None = None,
     exhaustive: bool = False,
     time_domain: str = "continuous",
+    split: str = "best",
 ) -> VerificationResult:
     """Prove ``grad V . f + alpha V < 0`` on ``box`` (``n`` rows ``[lo, hi]``) minus ``E``.
 
@@ -182,6 +183,7 @@ def verify_decrease(
         time_domain: ``"continuous"`` or ``"discrete"``: the step map's decrease
             ``V(step(x)) <= exp(-alpha h) V(x)`` with the model's ``dt`` and ``integrator``
             (``"euler"`` or ``"rk4"``), ``E`` from ``local_step_certificate``.
+        split: see ``branch_and_bound``.
     """
     if time_domain not in ("continuous", "discrete"):
         raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {time_domain!r}")
@@ -237,7 +239,7 @@ def verify_decrease(
     value_fn = _decrease_fn(model64, V64, float(alpha), n) if step is None else _discrete_decrease_fn(model64, V64, float(alpha), h, method)
     res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1],
                            budget_s=max(1e-3, budget_s - (time.perf_counter() - start)), batch=batch, progress=progress,
-                           exhaustive=exhaustive)
+                           exhaustive=exhaustive, split=split)
     return VerificationResult(
         status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=time.perf_counter() - start,
         alpha=float(alpha), box=X.tolist(), rho=rho, covered_fraction=res.covered_fraction,

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from scipy.linalg import solve_continuous_lyapunov
 from torch import nn
 
 from lyagym.learned_models import Certificate, DynamicsNet, LyapunovFunction, SimpleDynamics, save_model
@@ -104,6 +105,36 @@ def test_bounds_tighten_on_small_boxes():
     torch.set_grad_enabled(True)
     assert gaps[0] >= 0 and gaps[1] >= 0
     assert gaps[1] < gaps[0] / 10
+
+
+def test_second_order_dot_bound_encloses_sampled_values():
+    # sum_i g_i f_i (+ extra) for unrelated networks g, f, e on wide and narrow boxes
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    g, f = (SimpleDynamics(3, hidden=(16,), activation=a).fhat.to(D64) for a in ("tanh", "relu"))
+    e = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).to(D64)
+    for width in (2.0, 0.1):
+        lo, hi = _random_boxes(3, 32, width, gen)
+        x = LinearBounds.from_box(lo, hi)
+        lower, upper = network_bounds(g, x).dot_bounds(network_bounds(f, x), network_bounds(e, x))
+        pts = _samples(lo, hi, 256, gen)
+        with torch.no_grad():
+            _assert_encloses(lower, upper, (g(pts) * f(pts)).sum(-1) + e(pts)[:, 0], 256)
+
+
+def test_second_order_dot_bound_is_exact_on_a_lyapunov_quadratic():
+    # f = J x, grad V = 2 P x with J^T P + P J = -I: grad V . f = -|x|^2, whose range over a box
+    # [-r, r] is [-|r|^2, 0]; the second-order bound finds it (per-product McCormick planes
+    # would give an upper bound of order |r|^2 above 0).
+    J = torch.tensor([[0.0, 1.0], [-2.0, -0.5]], dtype=D64)
+    P = torch.as_tensor(solve_continuous_lyapunov(J.T.numpy(), -torch.eye(2, dtype=D64).numpy()))
+    assert torch.allclose(J.T @ P + P @ J, -torch.eye(2, dtype=D64))
+    r = torch.tensor([[0.3, 0.7]], dtype=D64)
+    x = LinearBounds.from_box(-r, r)
+    lower, upper = x.linear(2 * P).dot_bounds(x.linear(J))
+    assert abs(float(upper)) < 1e-9 and abs(float(lower) + float((r * r).sum())) < 1e-9
+    mc_upper = x.linear(2 * P).mul(x.linear(J)).sum().bounds()[1]
+    assert float(mc_upper) > 0.1
 
 
 def test_interval_jacobian_encloses_autograd_jacobians():
