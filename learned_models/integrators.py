@@ -24,12 +24,15 @@ import contextlib
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchdiffeq
 from torch import nn
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+
+if TYPE_CHECKING:
+    from .mlp_rollout import MLPField
 
 __all__ = ["INTEGRATORS", "TORCHDIFFEQ_METHODS", "euler", "rk4", "integrate", "odeint", "lyapunov_rescale", "ODEWorldModel", "functorch_safe"]
 
@@ -232,6 +235,14 @@ def _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings):
     return x_eq + chosen.unsqueeze(-1) * dy
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()``, in one pass over ``t`` in the usual case: a sum is finite
+    only if every term is (an inf or NaN term makes it inf or NaN), so only a non-finite sum
+    (a non-finite entry, or finite entries whose sum overflows) needs the elementwise check.
+    On 62k float32 entries (a 1000 x 31 x 2 rollout) 10 us instead of 130 us."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 #: rows per block of a CPU rollout (``ODEWorldModel.rollout``): small enough that a block's
 #: activations stay in cache over the horizon, large enough that each matrix product is efficient
 ROLLOUT_BLOCK_ROWS = 4096
@@ -287,7 +298,7 @@ class ODEWorldModel(nn.Module):
             )
         # Under vmap (functorch_safe) the check would be a data-dependent host sync; the
         # caller (the Ensemble) has validated its own inputs at its boundary.
-        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(x).all()):
+        if self.validate_finite and not _FunctorchState.depth and not _all_finite(x):
             raise ValueError(f"{name} contains NaN or inf")
 
     def _check_u(self, u: torch.Tensor | None, batch: int, name: str = "u") -> torch.Tensor | None:
@@ -303,7 +314,7 @@ class ODEWorldModel(nn.Module):
             raise ValueError(f"{name} must have shape (batch={batch}, action_dim={self.action_dim}), got {tuple(u.shape)}")
         if u.dtype != self.dtype or u.device != self.device:
             raise ValueError(f"{name} is {u.dtype} on {u.device} but the model is {self.dtype} on {self.device}")
-        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(u).all()):
+        if self.validate_finite and not _FunctorchState.depth and not _all_finite(u):
             raise ValueError(f"{name} contains NaN or inf")
         return u
 
@@ -327,7 +338,7 @@ class ODEWorldModel(nn.Module):
         """With ``validate_finite``: a non-finite result from the finite inputs just checked is
         an overflow inside the model (e.g. RK4 stages of huge float32 states); say so instead
         of returning NaN. One reduction per call, as the input check."""
-        if self.validate_finite and not _FunctorchState.depth and not bool(torch.isfinite(y).all()):
+        if self.validate_finite and not _FunctorchState.depth and not _all_finite(y):
             largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
             dtype = str(y.dtype).replace("torch.", "")
             raise ValueError(f"x: the model's step overflowed {dtype} from finite inputs (largest |x| {float(x.abs().amax()):.3g}"
@@ -348,14 +359,21 @@ class ODEWorldModel(nn.Module):
                 raise ValueError(f"horizon must be >= 0, got {actions}")
             if self.action_dim:
                 raise ValueError(f"an int horizon is only valid for autonomous models; pass actions of shape (batch, horizon, {self.action_dim})")
-            inputs = [None] * actions
+            horizon = actions
         else:
             if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[0] != x0.shape[0] or actions.shape[2] != self.action_dim:
                 shape = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
                 raise ValueError(f"actions must have shape (batch={x0.shape[0]}, horizon, action_dim={self.action_dim}), got {shape}")
             if self.action_dim:
                 self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
-            inputs = actions.unbind(1) if self.action_dim else [None] * actions.shape[1]
+            horizon = actions.shape[1]
+        controls = actions if self.action_dim else None
+        # Without autograd an MLP field runs as a few matrix products per stage (``mlp_rollout``):
+        # the planners' rollouts, 1.5x faster for a (100, 100) MLP.
+        field = self._inference_field() if self._without_autograd(x0, actions) else None
+        if field is not None:
+            return self._check_result(field.rollout(x0, controls, horizon, self.dt, self.integrator), x0, controls)
+        inputs = controls.unbind(1) if controls is not None else [None] * horizon
         rows = x0.shape[0]
         if x0.device.type == "cpu" and rows > 2 * ROLLOUT_BLOCK_ROWS:
             # Rows are independent. On a CPU a block of rows keeps its activations in cache
@@ -366,7 +384,23 @@ class ODEWorldModel(nn.Module):
             states = torch.cat(blocks, dim=0)
         else:
             states = self._rollout_rows(x0, inputs)
-        return self._check_result(states, x0, None if isinstance(actions, int) or not self.action_dim else actions)
+        return self._check_result(states, x0, controls)
+
+    def _inference_field(self) -> "MLPField | None":
+        """The field lowered for rollouts without autograd (``mlp_rollout.MLPField``), or
+        ``None`` (default) to roll out through ``_step``. Called once per ``rollout``."""
+        return None
+
+    def _without_autograd(self, x0: torch.Tensor, actions: torch.Tensor | int) -> bool:
+        """True when a rollout may skip autograd and ``torch.func``-incompatible ops: nothing
+        asks for a gradient, no ``vmap``/``grad`` transform is active, and the integrator is
+        one ``MLPField`` implements."""
+        if self.integrator not in INTEGRATORS or _FunctorchState.depth or torch._C._are_functorch_transforms_active():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (x0.requires_grad or (isinstance(actions, torch.Tensor) and actions.requires_grad)
+                    or any(p.requires_grad for p in self.parameters()))
 
     def _rollout_rows(self, x0: torch.Tensor, inputs: list) -> torch.Tensor:
         states = [x0]

@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint import register_model
 from .dynamics_net import mlp, network_options, nominal_network
 from .integrators import ODEWorldModel
+from .mlp_rollout import MLPField
 
 __all__ = ["SimpleDynamics", "mlp"]
 
@@ -59,6 +60,9 @@ class SimpleDynamics(ODEWorldModel):
 
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return self.fhat(x if u is None else torch.cat([x, u], dim=-1))
+
+    def _inference_field(self) -> MLPField | None:
+        return MLPField.lower(self.fhat, self.state_dim, self.action_dim)
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "hidden": list(self.hidden), "dt": self.dt, "integrator": self.integrator,

@@ -1,0 +1,202 @@
+"""Inference rollouts of an MLP vector field, lowered once per call to a few matrix products.
+
+A learned model's ``rollout`` under a planner spends most of its time in the field
+``fhat``: 1000 rows x 30 steps x 4 RK4 stages of a (100, 100) MLP are 120 evaluations,
+each three matrix products with their bias copies, activations out of place, a
+concatenation of ``[x, u]`` and the scaling of inputs and outputs. When no gradient is
+wanted, ``MLPField`` evaluates the same function with less traffic through memory:
+
+- activations are feature-major, ``(features, rows)``: the state is ``(state_dim, rows)``,
+  so a stage input ``x + a k`` is written straight into the rows the first layer reads,
+  and the thin first (``state_dim + action_dim`` inputs) and last (``state_dim`` outputs)
+  layers are wide matrix products instead of narrow ones;
+- each bias is the last column of its weight matrix and every activation buffer carries a
+  row of ones, so a layer is one ``mm`` into a preallocated buffer (no bias copy, no
+  ``beta = 1`` read of the output) and the activation runs in place;
+- the input scales, output scales and the control-affine gain's input scale of a
+  ``DynamicsNet`` are folded into the first and last weight matrices, once per call;
+- rows run in blocks of ``BLOCK_ROWS`` on a CPU, each through the whole horizon, so a
+  block's activations stay in the core's cache.
+
+Same function, different rounding: the results agree with the ordinary path to float
+rounding (the tests compare them). Measured at one thread on a 2-core EPYC (Zen 4),
+1000 rows x 30 RK4 steps of ``SimpleDynamics(2, 1)`` (100-100 ReLU MLP): 60 ms -> 39 ms
+(CPU time), of which the (100, 100) products take about 30 ms at ~85 GFLOP/s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .dynamics_net import DynamicsNet
+
+__all__ = ["MLPField", "BLOCK_ROWS"]
+
+#: rows per block of a CPU rollout: a block's (101, rows) activation buffers (200 KB at 512
+#: rows, float32) stay in a core's L2 cache over the horizon; 512 ran 7% faster per row than
+#: 1000 and 20% faster than 4096 (100-100 MLP, one thread)
+BLOCK_ROWS = 512
+
+
+def _softplus_(module: nn.Softplus) -> Callable[[torch.Tensor], None]:
+    def apply(h: torch.Tensor) -> None:
+        h.copy_(nn.functional.softplus(h, module.beta, module.threshold))
+
+    return apply
+
+
+def _in_place(module: nn.Module) -> Callable[[torch.Tensor], None] | None:
+    """The activation of ``module`` applied in place, or ``None`` for one we do not know."""
+    if isinstance(module, nn.ReLU):
+        return torch.relu_
+    if isinstance(module, nn.SiLU):
+        return lambda h: nn.functional.silu(h, inplace=True)
+    if isinstance(module, nn.Tanh):
+        return torch.tanh_
+    if isinstance(module, nn.Softplus):
+        return _softplus_(module)
+    return None
+
+
+class MLPField:
+    """``fhat`` of a ``SimpleDynamics`` (a plain ``Linear``/activation ``nn.Sequential`` on
+    ``[x, u]``, or a ``DynamicsNet``) as feature-major matrices, for rollouts without autograd.
+
+    Build with ``MLPField.lower(fhat, state_dim, action_dim)``, which returns ``None`` for a
+    network it does not recognise (the caller keeps its ordinary path). The matrices are
+    detached copies of the weights as they are at that call: lower again after training.
+
+    Attributes:
+        weights: per layer ``(out, in + 1)``, the bias as last column; the first layer's
+            columns are the input features ``[sin q, cos q, x[k:], u, 1]`` (``q = x[:k]``,
+            ``k = angle_dims``; no ``u`` for a control-affine net; ``[x, u, 1]`` for a plain
+            MLP), the last layer's rows the derivative (and the gains ``B(x)``, row-major
+            ``(state_dim, action_dim)``, for a control-affine net).
+        activations: in-place activation after each layer but the last.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], activations: list[Callable[[torch.Tensor], None]], state_dim: int,
+                 action_dim: int, *, angle_dims: int = 0, control_affine: bool = False) -> None:
+        self.weights, self.activations = weights, activations
+        self.state_dim, self.action_dim = state_dim, action_dim
+        self.angle_dims, self.control_affine = angle_dims, control_affine
+
+    @classmethod
+    def lower(cls, fhat: nn.Module, state_dim: int, action_dim: int) -> "MLPField | None":
+        """``fhat: (batch, state_dim + action_dim) -> (batch, state_dim)`` as an ``MLPField``, or ``None``."""
+        net, angle_dims, control_affine = fhat, 0, False
+        if isinstance(fhat, DynamicsNet):
+            net, angle_dims, control_affine = fhat.net, fhat.angle_dims, fhat.control_affine
+        if not isinstance(net, nn.Sequential) or len(net) % 2 != 1:
+            return None
+        linears, activations = list(net[0::2]), [_in_place(m) for m in net[1::2]]
+        if not all(type(m) is nn.Linear for m in linears) or any(a is None for a in activations):
+            return None
+        with torch.no_grad():
+            weights = [torch.cat([lin.weight, lin.bias[:, None] if lin.bias is not None else lin.weight.new_zeros(lin.out_features, 1)], 1)
+                       for lin in linears]
+            if isinstance(fhat, DynamicsNet):
+                n, k, m = state_dim, angle_dims, action_dim
+                # The net sees [sin q, cos q, x[k:] / s_x, (u / s_u)]: fold 1 / s into those columns.
+                scaled_in = weights[0].shape[1] - 1 - 2 * k
+                weights[0][:, 2 * k:2 * k + scaled_in] /= fhat.input_scale[:scaled_in]
+                # It returns (drift + B (u / s_u)) * s_out: fold s_out into the drift rows, s_out / s_u into the gains.
+                rows = fhat.output_scale
+                if control_affine:
+                    gain_scale = fhat.output_scale[:, None] / fhat.input_scale[n - k:][None, :]  # (n, m)
+                    rows = torch.cat([rows, gain_scale.reshape(n * m)])
+                weights[-1] *= rows[:, None]
+            weights = [w.contiguous() for w in weights]
+        return cls(weights, activations, state_dim, action_dim, angle_dims=angle_dims, control_affine=control_affine)
+
+    # ----------------------------------------------------------------------------- rollout
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str) -> torch.Tensor:
+        """States of ``horizon`` steps of ``method`` (``"euler"`` or ``"rk4"``), no autograd.
+
+        Args:
+            x0: ``(batch, state_dim)`` initial states (validated by the caller).
+            actions: ``(batch, horizon, action_dim)``, or ``None`` for an autonomous model.
+            horizon: number of steps; dt: step length.
+
+        Returns:
+            ``(batch, horizon + 1, state_dim)`` states, ``x0`` first (a new contiguous tensor).
+        """
+        rows = x0.shape[0]
+        out = x0.new_empty(rows, horizon + 1, self.state_dim)
+        block = BLOCK_ROWS if x0.device.type == "cpu" else max(rows, 1)
+        for i in range(0, rows, block):
+            part = None if actions is None else actions[i:i + block]
+            out[i:i + block] = self._rollout_block(x0[i:i + block], part, horizon, dt, method).permute(2, 0, 1)
+        return out
+
+    def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str) -> torch.Tensor:
+        """``(horizon + 1, state_dim, rows)``: the trajectory of one block, feature-major."""
+        n, k, rows = self.state_dim, self.angle_dims, x0.shape[0]
+        # Input rows of the first layer: [sin q, cos q] (angle nets), the state or its non-angle
+        # part, u (unless control-affine), and the ones that multiply the bias column.
+        first = x0.new_empty(self.weights[0].shape[1], rows)
+        first[-1].fill_(1.0)
+        u_rows = None
+        if actions is not None and self.action_dim:
+            u_all = actions.permute(1, 2, 0).contiguous()  # (horizon, action_dim, rows)
+            if not self.control_affine:
+                u_rows = first[-1 - self.action_dim:-1]
+        # The stage state y = x + a k_i: a plain MLP reads it directly as its first rows.
+        y = first[:n] if k == 0 else x0.new_empty(n, rows)
+        hidden = []
+        for w in self.weights[:-1]:
+            buf = x0.new_empty(w.shape[0] + 1, rows)
+            buf[-1].fill_(1.0)
+            hidden.append(buf)
+        raw = x0.new_empty(self.weights[-1].shape[0], rows)
+        deriv = x0.new_empty(n, rows) if self.control_affine else raw
+        traj = x0.new_empty(horizon + 1, n, rows)
+        traj[0].copy_(x0.t())
+        acc = x0.new_empty(n, rows)
+        gain_u = None
+
+        def field() -> torch.Tensor:
+            if k:
+                torch.sin(y[:k], out=first[:k])
+                torch.cos(y[:k], out=first[k:2 * k])
+                first[2 * k:n + k].copy_(y[k:])
+            h = first
+            for w, act, buf in zip(self.weights, self.activations, hidden):
+                act(torch.mm(w, h, out=buf[:-1]))
+                h = buf
+            torch.mm(self.weights[-1], h, out=raw)
+            if not self.control_affine:
+                return raw
+            gains = raw[n:]
+            if self.action_dim == 1:
+                return torch.addcmul(raw[:n], gains, gain_u, out=deriv)
+            # B(x) u with B row-major (n, m): (n, m, rows) * (1, m, rows), summed over m.
+            return torch.add(raw[:n], (gains.view(n, self.action_dim, rows) * gain_u.unsqueeze(0)).sum(1), out=deriv)
+
+        for t in range(horizon):
+            x = traj[t]
+            if u_rows is not None:
+                u_rows.copy_(u_all[t])
+            elif self.control_affine:
+                gain_u = u_all[t]
+            y.copy_(x)
+            if method == "euler":
+                torch.add(x, field(), alpha=dt, out=traj[t + 1])
+                continue
+            # Classical RK4 with the operations of ``integrators.rk4`` in its order; each
+            # stage's derivative is read before the next stage overwrites its buffer.
+            k1 = field()
+            acc.copy_(k1)
+            torch.add(x, k1, alpha=0.5 * dt, out=y)
+            k2 = field()
+            acc.add_(k2, alpha=2.0)
+            torch.add(x, k2, alpha=0.5 * dt, out=y)
+            k3 = field()
+            acc.add_(k3, alpha=2.0)
+            torch.add(x, k3, alpha=dt, out=y)
+            acc.add_(field())
+            torch.add(x, acc, alpha=dt / 6.0, out=traj[t + 1])
+        return traj

@@ -1,0 +1,120 @@
+"""Rollouts without autograd run an MLP field as feature-major matrix products
+(``mlp_rollout.MLPField``): the same function as the ordinary path up to float rounding,
+taken only when no gradient is asked for, and the same plans."""
+
+import pytest
+import torch
+
+from lyagym.agents import CEMPlanner, MPPIPlanner, PendulumCost
+from lyagym.learned_models import SimpleDynamics, mlp_rollout
+from lyagym.learned_models.integrators import functorch_safe
+
+CONFIGS = [
+    dict(action_dim=1),
+    dict(action_dim=2, integrator="euler"),
+    dict(action_dim=1, angle_dims=1, control_affine=True, activation="silu"),
+    dict(action_dim=2, angle_dims=2, control_affine=True, activation="silu"),
+    dict(action_dim=1, angle_dims=1, activation="tanh"),
+    dict(action_dim=2, control_affine=True, activation="softplus"),
+    dict(action_dim=0),
+]
+
+
+def _model(action_dim, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    model = SimpleDynamics(3, action_dim, hidden=(16, 16), dt=0.05, **kw).to(dtype)
+    if hasattr(model.fhat, "calibrate"):  # scales other than 1, so their folding is exercised
+        g = torch.Generator().manual_seed(1)
+        model.fhat.calibrate(2 * torch.randn(50, 3, generator=g, dtype=dtype), 3 * torch.randn(50, action_dim, generator=g, dtype=dtype),
+                             5 * torch.randn(50, 3, generator=g, dtype=dtype))
+    return model
+
+
+@pytest.fixture
+def lowered_calls(monkeypatch):
+    """Counts rollouts that took the lowered path."""
+    calls = []
+    original = mlp_rollout.MLPField.rollout
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlp_rollout.MLPField, "rollout", spy)
+    return calls
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lowered_rollout_equals_autograd_rollout(config, dtype, lowered_calls):
+    model = _model(dtype=dtype, **config)
+    m = config["action_dim"]
+    rows = mlp_rollout.BLOCK_ROWS + 37  # two blocks, the last one partial
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(rows, 3, generator=g, dtype=dtype)
+    actions = 2 * torch.randn(rows, 6, m, generator=g, dtype=dtype) if m else 6
+    reference = model.rollout(x0, actions)  # parameters require grad: the ordinary path
+    assert reference.requires_grad and not lowered_calls
+    with torch.inference_mode():
+        lowered = model.rollout(x0, actions)
+    assert len(lowered_calls) == 1
+    assert lowered.shape == (rows, 7, 3) and lowered.is_contiguous()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(lowered, reference.detach(), rtol=tol, atol=tol)
+    assert torch.equal(lowered[:, 0], x0)
+
+
+def test_frozen_model_takes_lowered_path_outside_inference_mode(lowered_calls):
+    model = _model(1).requires_grad_(False)
+    out = model.rollout(torch.zeros(4, 3), torch.zeros(4, 2, 1))
+    assert len(lowered_calls) == 1 and not out.requires_grad
+
+
+def test_gradients_keep_the_autograd_path(lowered_calls):
+    model = _model(1).requires_grad_(False)
+    actions = torch.zeros(5, 3, 1, requires_grad=True)
+    model.rollout(torch.ones(5, 3), actions)[:, -1].sum().backward()
+    assert not lowered_calls
+    assert actions.grad is not None and actions.grad.abs().sum() > 0
+    # torch.func transforms also keep it: their gradient equals autograd's.
+    func_grad = torch.func.grad(lambda a: model.rollout(torch.ones(5, 3), a)[:, -1].sum())(torch.zeros(5, 3, 1))
+    torch.testing.assert_close(func_grad, actions.grad)
+    assert not lowered_calls
+    with torch.no_grad(), functorch_safe():
+        model.rollout(torch.ones(5, 3), torch.zeros(5, 3, 1))
+    assert not lowered_calls
+
+
+def test_unknown_network_is_not_lowered(lowered_calls):
+    model = _model(1)
+    model.fhat = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    assert mlp_rollout.MLPField.lower(model.fhat, 3, 1) is None
+    with torch.no_grad():
+        out = model.rollout(torch.zeros(2, 3), torch.zeros(2, 4, 1))
+    assert out.shape == (2, 5, 3) and not lowered_calls
+
+
+def test_finite_check_accepts_large_finite_inputs():
+    # The one-pass check sums the entries; a sum that overflows must fall back, not reject.
+    model = _model(1)
+    model._check_x(torch.full((2, 3), 3e38))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model._check_x(torch.tensor([[1.0, float("nan"), 3e38]]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model._check_u(torch.tensor([[float("-inf")]]), 1)
+
+
+@pytest.mark.parametrize("planner_cls", [MPPIPlanner, CEMPlanner])
+def test_plans_equal_with_and_without_lowering(planner_cls, lowered_calls):
+    """A planner on the lowered rollout plans the same actions (to rounding) as on ``_step``."""
+    torch.manual_seed(3)
+    model = SimpleDynamics(2, 1, hidden=(32, 32), dt=0.05, angle_dims=1, control_affine=True, activation="silu").requires_grad_(False)
+    states = torch.tensor([[3.0, 0.0], [0.5, -1.0], [-2.0, 2.0]])
+    plans = []
+    for lowered in (True, False):
+        if not lowered:
+            model._inference_field = lambda: None  # the ordinary path, same model and seed
+        planner = planner_cls(model, PendulumCost(1, "swingup"), horizon=8, num_samples=64, action_low=-2.0, action_high=2.0, seed=0)
+        plans.append(torch.stack([planner.plan_sequence(states) for _ in range(3)]))  # warm starts included
+    assert lowered_calls
+    torch.testing.assert_close(plans[0], plans[1], rtol=1e-4, atol=1e-5)
