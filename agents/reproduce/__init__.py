@@ -19,4 +19,5 @@ STUDIES: dict[str, tuple[str, str]] = {
     "video-fig7": ("video_fig7", "Manek & Kolter Fig. 7: stable vs unconstrained video texture rollouts"),
     "mbrl-swingup": ("mbrl_swingup", "MPC / model-based RL vs SAC and PPO on pendulum swing-up"),
     "mbrl-envs": ("mbrl_envs", "PETS / MBPO with ensembles vs SAC on any env with an adapter, cells in parallel"),
+    "lasa": ("lasa", "LASA handwriting: stable vs plain models on human demonstrations, DTW beside SDSEF's"),
 }
