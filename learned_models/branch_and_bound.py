@@ -2,10 +2,13 @@
 ``h(x) > 0``, or say how much of the box is proven when the budget runs out.
 
 Each round takes the worst open boxes (largest certified upper bound first, so a violation
-is found early), splits each of them in half along *every* dimension, bounds all ``2 n``
-children in one batched call and keeps the split whose worse child has the smaller upper
-bound (the dimension that tightens the bound most; the children's bounds are then already
-computed, so the choice costs no extra pass; ties go to the widest side). A child whose upper bound is ``< 0`` is proven;
+is found early) and halves each along its widest side relative to the root box (the default
+``split="widest"``: two bounds per split, boxes kept near the root's shape), or, with
+``split="best"``, bounds the halves along *every* dimension in one batched call and keeps the
+split whose worse child has the smaller upper bound (``2 n`` bounds per split; ties go to the
+widest side). Measured on the 4-D double-pendulum model (one thread, 60 s, the same box): 76%
+of the box proven with ``"widest"``, 24% with ``"best"``; in 2-D the two prove the same share
+(99.915% in 30 s). A child whose upper bound is ``< 0`` is proven;
 one the caller marks as covered (by another argument: the local certificate's ball, a
 sublevel set outside the claim) needs no proof. Box centres and one random point per box
 are evaluated exactly (``value_fn``) on the way: a point with ``h > 0`` outside the covered
@@ -55,7 +58,8 @@ def branch_and_bound(
     progress: Callable[[float, int], None] | None = None,
     seed: int = 0,
     exhaustive: bool = False,
-    split: str = "best",
+    split: str = "widest",
+    clock: Callable[[], float] = time.perf_counter,
 ) -> BranchAndBoundResult:
     """Prove ``h < 0`` on the box ``[lo, hi]`` (``(n,)`` each) outside a covered region.
 
@@ -66,20 +70,22 @@ def branch_and_bound(
         value_fn: ``x: (batch, n) -> h(x): (batch,)`` by plain evaluation, and points
             ``(batch, n)`` that are covered must be reported by ``bound_fn`` on the degenerate
             box ``[x, x]``.
-        budget_s: wall-clock budget in seconds; max_boxes: budget in bounded boxes.
+        budget_s: budget in seconds of ``clock``; max_boxes: budget in bounded boxes.
         batch: boxes split per round (each gives ``2 n`` bounded children).
         progress: called as ``progress(verified_fraction, boxes)`` after each round.
         seed: of the random points searched for a counterexample.
         exhaustive: keep proving the rest of the box after a counterexample (the worst one
             found is returned at the end, with the proven fraction; the largest open boxes
             are then split first), instead of stopping.
-        split: ``"best"``: bound the halves along every dimension and keep the pair whose
-            worse child has the smaller upper bound (``2 n`` bounds per split); ``"widest"``:
-            halve the widest side relative to the root box (2 bounds per split).
+        split: ``"widest"``: halve the widest side relative to the root box (2 bounds per
+            split); ``"best"``: bound the halves along every dimension and keep the pair whose
+            worse child has the smaller upper bound (``2 n`` bounds per split).
+        clock: what ``budget_s`` and ``seconds`` count: wall-clock time by default;
+            ``time.thread_time`` counts this thread's CPU time (one core, whatever else runs).
     """
     if split not in ("best", "widest"):
         raise ValueError(f"split must be 'best' or 'widest', got {split!r}")
-    start = time.perf_counter()
+    start = clock()
     lo, hi = lo.reshape(1, -1), hi.reshape(1, -1)
     n = lo.shape[1]
     total = float((hi - lo).prod())
@@ -95,7 +101,7 @@ def branch_and_bound(
 
     def result(status: str, **extra) -> BranchAndBoundResult:
         worst = float(open_up.max()) if open_up.numel() else None
-        return BranchAndBoundResult(status, done / total, covered_volume / total, boxes, time.perf_counter() - start,
+        return BranchAndBoundResult(status, done / total, covered_volume / total, boxes, clock() - start,
                                     worst_upper=worst, open_lo=open_lo, open_hi=open_hi, **extra)
 
     found: tuple[torch.Tensor, float] | None = None
@@ -106,7 +112,7 @@ def branch_and_bound(
         return result("counterexample", counterexample=found[0], counterexample_value=found[1])
 
     while open_lo.shape[0]:
-        if time.perf_counter() - start > budget_s or boxes >= max_boxes:
+        if clock() - start > budget_s or boxes >= max_boxes:
             return final("unknown")
         if exhaustive and found is not None:
             # the share proven is what is left to win: the largest boxes first

@@ -164,7 +164,8 @@ def verify_decrease(
     progress: Callable[[float, int], None] | None = None,
     exhaustive: bool = False,
     time_domain: str = "continuous",
-    split: str = "best",
+    split: str = "widest",
+    clock: Callable[[], float] = time.perf_counter,
 ) -> VerificationResult:
     """Prove ``grad V . f + alpha V < 0`` on ``box`` (``n`` rows ``[lo, hi]``) minus ``E``.
 
@@ -183,7 +184,7 @@ def verify_decrease(
         time_domain: ``"continuous"`` or ``"discrete"``: the step map's decrease
             ``V(step(x)) <= exp(-alpha h) V(x)`` with the model's ``dt`` and ``integrator``
             (``"euler"`` or ``"rk4"``), ``E`` from ``local_step_certificate``.
-        split: see ``branch_and_bound``.
+        split, clock: see ``branch_and_bound`` (``budget_s`` and ``seconds`` count ``clock``).
     """
     if time_domain not in ("continuous", "discrete"):
         raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {time_domain!r}")
@@ -201,7 +202,7 @@ def verify_decrease(
         X = torch.cat([X, Ub])
     elif m:
         raise ValueError(f"the model takes inputs (action_dim={m}): pass u_box, {m} pairs [lo, hi]")
-    start = time.perf_counter()
+    start = clock()
     model64, V64 = _float64(model), _float64(lyapunov)
     device = next(V64.parameters()).device
     X = X.to(device)
@@ -238,10 +239,10 @@ def verify_decrease(
 
     value_fn = _decrease_fn(model64, V64, float(alpha), n) if step is None else _discrete_decrease_fn(model64, V64, float(alpha), h, method)
     res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1],
-                           budget_s=max(1e-3, budget_s - (time.perf_counter() - start)), batch=batch, progress=progress,
-                           exhaustive=exhaustive, split=split)
+                           budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch, progress=progress,
+                           exhaustive=exhaustive, split=split, clock=clock)
     return VerificationResult(
-        status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=time.perf_counter() - start,
+        status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=clock() - start,
         alpha=float(alpha), box=X.tolist(), rho=rho, covered_fraction=res.covered_fraction,
         counterexample=None if res.counterexample is None else res.counterexample.tolist(),
         counterexample_value=res.counterexample_value, local=local, worst_upper=res.worst_upper, time_domain=time_domain,
@@ -299,6 +300,8 @@ def region_of_attraction(
     steps: int = 10,
     progress: Callable[[float, int], None] | None = None,
     time_domain: str = "continuous",
+    split: str = "widest",
+    clock: Callable[[], float] = time.perf_counter,
 ) -> VerificationResult:
     """The largest ``rho`` found by bisection such that the decrease is proven on
     ``{V <= rho}`` (minus ``E``), with ``{V <= rho}`` inside ``box`` (module docstring).
@@ -308,11 +311,12 @@ def region_of_attraction(
     with ``rho = None``.
     ``trials`` lists every ``(rho, status, fraction, seconds)``. ``time_domain="discrete"``:
     the same for the step map (``V`` is convex without a warp, so ``{V <= rho}`` is connected
-    and a step that keeps ``V <= rho`` cannot jump out of the box).
+    and a step that keeps ``V <= rho`` cannot jump out of the box). ``split``, ``clock``: see
+    ``branch_and_bound``.
     """
     n = int(lyapunov.state_dim)
     X = parse_box(box, n)
-    start = time.perf_counter()
+    start = clock()
     model64 = _float64(model)
     x_eq = lyapunov.x_eq.detach().to(torch.float64)
     if time_domain == "discrete":
@@ -332,7 +336,7 @@ def region_of_attraction(
     per_trial = budget_s / (steps + 1)
     for _ in range(steps):
         res = verify_decrease(model, lyapunov, X, alpha=alpha, rho=rho, budget_s=per_trial, local=local if local else False,
-                              progress=progress, time_domain=time_domain)
+                              progress=progress, time_domain=time_domain, split=split, clock=clock)
         trials.append({"rho": rho, "status": res.status, "fraction": res.fraction, "seconds": res.seconds})
         last = res
         if res.status == "verified":
@@ -349,7 +353,7 @@ def region_of_attraction(
     if best is None:
         out.rho = None  # no level was proven: the last trial's level claims nothing
     out.trials = trials
-    out.seconds = time.perf_counter() - start
+    out.seconds = clock() - start
     return out
 
 

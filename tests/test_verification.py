@@ -164,22 +164,25 @@ def _linear_problem(c):
     return bound_fn, lambda x: x.sum(-1) - c
 
 
-def test_branch_and_bound_verifies_counterexamples_and_runs_out_of_budget():
+@pytest.mark.parametrize("split", ["widest", "best"])
+def test_branch_and_bound_verifies_counterexamples_and_runs_out_of_budget(split):
     lo, hi = torch.zeros(2, dtype=D64), torch.ones(2, dtype=D64)
-    res = branch_and_bound(*_linear_problem(2.1), lo, hi)
+    res = branch_and_bound(*_linear_problem(2.1), lo, hi, split=split)
     assert res.status == "verified" and res.verified_fraction == 1.0
-    res = branch_and_bound(*_linear_problem(1.9), lo, hi)
+    res = branch_and_bound(*_linear_problem(1.9), lo, hi, split=split)
     assert res.status == "counterexample" and float(res.counterexample.sum()) - 1.9 == pytest.approx(res.counterexample_value)
     assert res.counterexample_value > 0
     # h = x1 + x2 - 2 <= 0 with equality only at the corner: never proven there, never violated
-    res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000)
+    res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000, split=split)
     assert res.status == "unknown" and res.verified_fraction > 0.99 and res.open_lo.shape[0] > 0 and res.worst_upper >= 0
     # exhaustive: the counterexample is kept and the rest of the box still proven (x1 + x2 < 1.9)
-    res = branch_and_bound(*_linear_problem(1.9), lo, hi, exhaustive=True, max_boxes=4000)
+    res = branch_and_bound(*_linear_problem(1.9), lo, hi, exhaustive=True, max_boxes=4000, split=split)
     assert res.status == "counterexample" and res.counterexample_value > 0 and 0.99 < res.verified_fraction < 0.995 + 1e-9
-    res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000)
+    res = branch_and_bound(*_linear_problem(2.0), lo, hi, max_boxes=2000, split=split)
     # volume accounting: the unresolved boxes are exactly what is not proven
     assert float((res.open_hi - res.open_lo).prod(-1).sum()) == pytest.approx(1 - res.verified_fraction, abs=1e-12)
+    with pytest.raises(ValueError, match="split"):
+        branch_and_bound(*_linear_problem(2.1), lo, hi, split="random")
 
 
 # ---- planted violations and a verified region ------------------------------------------
