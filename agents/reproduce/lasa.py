@@ -184,7 +184,7 @@ def cell_settings(shape: str, model: str, args) -> dict[str, Any]:
             config.pop(key)
     settings = {"shape": shape, "model": model, "config": config, "horizon": 1.0 if args.quick else HORIZON,
                 "protocol": "every 4th sample, /50 mm, h=0.01, DTW cut at 1 mm, box +20%"}
-    return settings
+    return json.loads(json.dumps(settings))  # as stored (tuples become lists), so a stored cell compares equal
 
 
 def _build(settings: dict[str, Any]):
