@@ -149,3 +149,27 @@ def test_adapters_pickle(env_id):
     u = torch.zeros(3, adapter.action_dim, dtype=torch.float64)
     torch.testing.assert_close(copy.reward(x, u, x), adapter.reward(x, u, x))
     assert copy.angle_dims == adapter.angle_dims and copy.dt == adapter.dt
+
+
+def test_inverted_pendulum_plans_on_a_shaped_reward_that_still_pays_for_survival():
+    pytest.importorskip("mujoco")
+    ip = make_adapter(gym.make("InvertedPendulum-v5"))
+    cost = ip.planning_cost()
+    u = torch.zeros(1, 1, 1)
+
+    def plan(*states):  # one plan through the given states: (1, H + 1, 4)
+        return torch.tensor([states], dtype=torch.float64)
+
+    upright, tilted, off_centre = [0.0, 0.0, 0, 0], [0.0, 0.15, 0, 0], [0.5, 0.0, 0, 0]
+    fallen = [0.0, 0.25, 0, 0]
+    # upright at the middle scores best; tilting or leaving the middle costs, falling costs most
+    j = {name: float(cost(plan(upright, s), u)) for name, s in
+         [("upright", upright), ("tilted", tilted), ("off", off_centre), ("fallen", fallen)]}
+    assert j["upright"] == -2.0 and j["upright"] < j["tilted"] < 0 and j["upright"] < j["off"] < 0
+    assert j["fallen"] == 0.0
+    # surviving always pays: one more step alive at the end of the track, nearly falling,
+    # beats falling there
+    two = torch.zeros(1, 2, 1)
+    edge = [0.99, 0.199, 0, 0]
+    assert float(cost(plan(upright, edge, edge), two)) < float(cost(plan(upright, edge, fallen), two)) < 0
+    assert ip.planning_reward != make_adapter(gym.make("Pendulum-v1")).planning_reward

@@ -174,9 +174,13 @@ class EnvAdapter:
         """Task-specific figures of one real episode's states ``(T + 1, n)`` for its log row."""
         return {}
 
+    #: what ``planning_cost`` scores, in words (part of a stored study cell's key)
+    planning_reward: str = "the env's reward"
+
     def planning_cost(self, **kwargs: Any):
         """The planner's cost: minus the env's return over a planned trajectory, with no
-        reward after a predicted termination (``RewardCost``)."""
+        reward after a predicted termination (``RewardCost``). An adapter may plan on a
+        shaped reward instead (and says so in ``planning_reward``)."""
         from ..costs import RewardCost
 
         return RewardCost(self.reward, self.termination, state_dim=self.state_dim, action_dim=self.action_dim, **kwargs)

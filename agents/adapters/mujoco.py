@@ -8,7 +8,13 @@ coordinate choice; a certified model of them is reported as such, not as a descr
 the plant.
 
 ``InvertedPendulum-v5``: state = observation ``(x, theta, xdot, thetadot)``; reward 1 per
-step while ``|theta| <= 0.2`` (and the state is finite), termination otherwise.
+step while ``|theta| <= 0.2`` (and the state is finite), termination otherwise. The planner
+scores plans by that reward minus a preference for an upright pole at the middle of the
+track (``planning_reward``): the alive reward alone is flat inside the safe set, so every
+plan that survives the horizon ties, the chosen actions are an average of noise and the cart
+drifts until it hits the end of its rail (at ``|x| = 1``) and the pole falls. PETS with an
+ensemble on seed 0, the env's reward alone: best return 396 within 3,100 real steps; with
+the preference: 1000 (the whole episode) after 232 real steps.
 
 ``InvertedDoublePendulum-v5``: the observation is ``(x, sin q1, sin q2, cos q1, cos q2,
 xdot, q1dot, q2dot, constraint force)`` (velocities and force clipped to 10). The model
@@ -38,18 +44,34 @@ def _ip_reward(x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.
     return (~_ip_done(x_next)).to(x.dtype)
 
 
+def _ip_planning_reward(x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+    """``2 - 0.5 (theta / 0.2)^2 - x^2`` while alive: between 0.5 and 2 on the track
+    (``|x| <= 1``, ``|theta| <= 0.2``), so surviving longer always pays, and more upright
+    at the track's middle."""
+    alive = (~_ip_done(x_next)).to(x.dtype)
+    return alive * (2.0 - 0.5 * (x_next[..., 1] / 0.2) ** 2 - x_next[..., 0] ** 2)
+
+
 class InvertedPendulumAdapter(EnvAdapter):
     """Adapter of ``InvertedPendulum-v5`` (see the module docstring)."""
 
     name = "inverted-pendulum"
     open_loop_stable = False
+    planning_reward = "alive * (2 - 0.5 (theta / 0.2)^2 - x^2)"
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env, reward_fn=_ip_reward, termination_fn=_ip_done)
         self.config_overrides = {"horizon": 20, "episode_steps": 1000, "random_episode_steps": 50}
 
+    def planning_cost(self, **kwargs):
+        """Minus the planning reward (module docstring) over a plan, nothing after a predicted fall."""
+        from ..costs import RewardCost
+
+        return RewardCost(_ip_planning_reward, self.termination, state_dim=self.state_dim, action_dim=self.action_dim, **kwargs)
+
     def metrics(self, states: np.ndarray) -> dict[str, float]:
-        return {"max_abs_angle": float(np.abs(np.asarray(states)[:, 1]).max())}
+        states = np.asarray(states)
+        return {"max_abs_angle": float(np.abs(states[:, 1]).max()), "max_abs_cart": float(np.abs(states[:, 0]).max())}
 
 
 _POLE = 0.6

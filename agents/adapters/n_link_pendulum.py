@@ -95,6 +95,8 @@ class NLinkPendulumAdapter(EnvAdapter):
         tail = err[-max(1, len(err) // 5):]
         return {"final_angle_error": float(err[-1]), "hold_angle_error": float(tail.max())}
 
+    planning_reward = "the env's reward, and the plan's final state scored as one more step"
+
     def planning_cost(self, **kwargs: Any):
         """The env's task cost over a plan with the final state scored too (``PendulumCost``)."""
         from ..costs import PendulumCost

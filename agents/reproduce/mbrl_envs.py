@@ -51,11 +51,11 @@ __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_p
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 3, "mbpo_episodes": 10},
     "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
-    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 3000,
+    "InvertedPendulum-v5": {"sac_steps": 30_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 3000,
                             "mbpo_episodes": 300, "mbpo_steps": 5000},
     "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 5000,
                                   "mbpo_episodes": 300, "mbpo_steps": 10_000},
-    "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 5, "mbpo_episodes": 10},
+    "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 8, "mbpo_episodes": 10},
 }
 MODELS = ("simple", "stable", "ensemble", "ensemble-stable")
 #: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
@@ -101,6 +101,11 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         settings["config_defaults"] = hashlib.sha1(defaults_json.encode()).hexdigest()[:8]
     if method.startswith("pets"):
         settings["protocol"] = "planned episodes from the evaluation start"
+        from lyagym.agents.adapters import EnvAdapter, make_adapter
+
+        planning = make_adapter(_make_env({**settings, "links": args.links})).planning_reward
+        if planning != EnvAdapter.planning_reward:  # an adapter's shaped planning reward
+            settings["planning_reward"] = planning
     if env_id == "lyagym/NLinkPendulum-v0":
         settings["links"] = args.links
     if method == "sac":
@@ -257,7 +262,7 @@ def load_or_run(out: str, settings: dict[str, Any], seed: int, rerun: bool = Fal
         shutil.rmtree(os.path.join(folder, "run"))
     t0 = time.perf_counter()
     result = run_cell(settings, seed, folder, device=device)
-    result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1))
+    result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1), device=str(device))
     result["certificate"] = certificate_check(settings, seed, folder, device)
     atomic_save(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
     return result
