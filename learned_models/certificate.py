@@ -21,7 +21,13 @@ what ``evidence``:
 The exponential-stability constants follow eq. (2) of Manek & Kolter:
 ``c1 ||x - x_eq||^2 <= V(x) <= c2 ||x - x_eq||^2`` and ``dV/dt <= -alpha V`` give
 ``||x(t) - x_eq|| <= m ||x(0) - x_eq|| exp(-alpha t / 2)`` with overshoot
-``m = sqrt(c2 / c1)``.
+``m = sqrt(c2 / c1)``. So from every start within distance ``R`` of ``x_eq`` the state is within
+``eps`` of it after ``time_to(eps, region=R) = (2 / alpha) ln(m R / eps)`` (a box region is
+reduced to the distance of its farthest corner); a model certifies how long it takes to settle,
+not only that it does.
+
+Models without a guarantee (``SimpleDynamics``, ensembles of them) issue a certificate with
+claim ``"none"``: it states nothing, and its ``check`` passes with nothing to check.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,7 @@ CLAIMS = (
     "discrete_exponential_stability",  # of the step map: V(x_{k+1}) <= exp(-alpha h) V(x_k)
     "input_to_state_stability",  # with inputs: dV/dt <= -alpha V + sigma(x, u), sigma(x, 0) = 0
     "lyapunov_convergence",  # LyaNet: inference ODE converges to its prediction at rate kappa
+    "none",  # an unconstrained model: nothing is claimed (check passes with nothing to check)
 )
 #: Kinds of evidence, strongest first.
 EVIDENCE = ("by_construction", "formal", "falsification", "empirical")
@@ -73,7 +81,13 @@ MEANING = {
     "dtype and weights; fine-tuning or changing any of them voids it",
     "numerics": "per dtype: the claim holds as evaluated in that dtype up to `tolerance` (normalised by V(x)) at "
     "every state with ||x - x_eq|| >= `radius` (closer states round to within a few units of x_eq)",
+    "settling": "details.settling, where stated: from every start in `region` (a radius around x_eq or a box), "
+    "||x(t) - x_eq|| <= eps for all t >= `time` (= (2 / alpha) ln(overshoot * radius / eps), radius the region's "
+    "farthest distance from x_eq; discrete: rounded up to a whole step); with inputs, for u = 0",
 }
+
+#: ``eps`` of the settling line every ``summary`` prints: the time to shrink the distance 100-fold.
+_SUMMARY_SHRINK = 0.01
 
 
 def weights_hash(module: torch.nn.Module | None) -> str:
@@ -225,6 +239,74 @@ class Certificate:
             return None
         return math.sqrt(self.c2 / self.c1)
 
+    def region_radius(self, region: float | Sequence[Sequence[float]]) -> float:
+        """The largest ``||x0 - x_eq||`` over ``region``: a radius (returned as is) or a box of
+        ``state_dim`` pairs ``[lo, hi]`` (the distance of its farthest corner from ``x_eq``)."""
+        if isinstance(region, (int, float)) and not isinstance(region, bool):
+            if not (math.isfinite(region) and region >= 0):
+                raise ValueError(f"region as a radius must be a finite number >= 0, got {region!r}")
+            return float(region)
+        try:
+            box = [[float(lo), float(hi)] for lo, hi in region]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"region must be a radius or a box of state_dim pairs [lo, hi], got {region!r}") from None
+        n = len(self.equilibrium)
+        if len(box) != n or not all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in box):
+            raise ValueError(f"region as a box must have {n} pairs [lo, hi] of finite numbers with lo <= hi (one per state entry), got {region!r}")
+        return math.sqrt(sum(max(abs(lo - e), abs(hi - e)) ** 2 for (lo, hi), e in zip(box, self.equilibrium)))
+
+    def time_to(self, eps: float, region: float | Sequence[Sequence[float]]) -> float:
+        """When the certified bound puts every start of ``region`` within ``eps`` of ``x_eq``.
+
+        ``||x(t) - x_eq|| <= m R exp(-alpha t / 2) <= eps`` for all ``t >= (2 / alpha) ln(m R / eps)``,
+        with ``m`` the overshoot and ``R = region_radius(region)`` (``region``: a radius, or a box
+        of ``state_dim`` pairs ``[lo, hi]``); 0 when ``m R <= eps``, ``inf`` when ``alpha = 0``.
+        In the model's time unit; a discrete claim holds at whole steps, so the time is rounded up
+        to a multiple of ``h``. For an ISS claim this is the unforced (``u = 0``) motion.
+
+        Raises ``ValueError`` when the certificate bounds no distance: it claims nothing,
+        states no ``c1`` / ``c2`` (e.g. a warped ``V``), or is LyaNet's convergence claim.
+        """
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0 (a distance to x_eq), got {eps!r}")
+        radius = self.region_radius(region)
+        m = self.overshoot
+        if self.claim in ("none", "lyapunov_convergence") or m is None:
+            why = "claims nothing" if self.claim == "none" else (
+                "is about LyaNet's inference ODE, not a state's distance" if self.claim == "lyapunov_convergence" else "states no c2 (overshoot unknown)")
+            raise ValueError(f"this certificate bounds no distance to x_eq: it {why}")
+        if m * radius <= eps:
+            return 0.0
+        if self.alpha <= 0:
+            return math.inf
+        t = 2.0 / self.alpha * math.log(m * radius / eps)
+        if self.time_domain == "discrete":
+            # The bound holds at every step k with t = k h, so the first whole step past t.
+            t = math.ceil(t / self.h * (1 - 1e-12)) * self.h
+        return t
+
+    def with_settling(self, eps: float, region: float | Sequence[Sequence[float]]) -> "Certificate":
+        """A copy whose ``details["settling"]`` states ``time_to(eps, region)`` and the overshoot
+        (``summary`` prints it): ``{"eps", "region", "radius", "time", "overshoot", "region_text"}``."""
+        t = self.time_to(eps, region)
+        radius = self.region_radius(region)
+        if isinstance(region, (int, float)):
+            stored: Any = float(region)
+            text = f"the ball of radius {radius:.4g}"
+        else:
+            stored = [[float(lo), float(hi)] for lo, hi in region]  # type: ignore[union-attr]
+            text = "the box " + " x ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in stored[:4]) + (" x ..." if len(stored) > 4 else "")
+        details = dict(self.details)
+        details["settling"] = {"eps": float(eps), "region": stored, "radius": radius, "time": t, "overshoot": self.overshoot, "region_text": text}
+        return dataclasses.replace(self, details=details)
+
+    @classmethod
+    def claims_nothing(cls, model: torch.nn.Module, reason: str) -> "Certificate":
+        """The certificate of a model that guarantees nothing (claim ``"none"``), for ``model``'s
+        current weights; ``reason`` goes to ``details["reason"]``."""
+        return cls(claim="none", alpha=0.0, weights_hash=model_hash(model), model_class=type(model).__name__,
+                   details={"reason": reason})
+
     def tolerance(self, dtype: torch.dtype | str) -> float:
         """The normalised excess this certificate allows when evaluated in ``dtype``."""
         name = self._dtype_key(dtype)
@@ -259,6 +341,13 @@ class Certificate:
         def num(v: float | None) -> str:
             return "unknown" if v is None else f"{v:.4g}"
 
+        if self.claim == "none":
+            return "\n".join([
+                f"Certificate: claims nothing about {self.model_class or 'a model'}",
+                f"  why:       {self.details.get('reason', 'no guarantee is built in')}",
+                "  check:     passes with nothing to check",
+                f"  model:     sha256 {self.weights_hash[:12] or '(none)'}... of class, config, dtype and weights",
+            ])
         domain = self.time_domain if self.time_domain == "continuous" else f"discrete, {self.integrator} step h={self.h:g}"
         m = self.overshoot
         lines = [
@@ -268,6 +357,14 @@ class Certificate:
             f"  c1, c2:    {num(self.c1)}, {num(self.c2)} (c1 |x - x_eq|^2 <= V(x) <= c2 |x - x_eq|^2)",
             f"  overshoot: {num(m)} (sqrt(c2/c1): |x(t) - x_eq| <= overshoot |x(0) - x_eq| exp(-alpha t / 2))",
         ]
+        if m is not None and self.claim != "lyapunov_convergence" and self.alpha > 0:
+            unforced = " (u = 0)" if self.claim == "input_to_state_stability" else ""
+            lines.append(f"  settling:  |x - x_eq| <= 1% of |x(0) - x_eq| after {num(self.time_to(_SUMMARY_SHRINK, 1.0))}{unforced} "
+                         "(cert.time_to(eps, region))")
+        settling = self.details.get("settling")
+        if isinstance(settling, dict) and {"eps", "radius", "time"} <= set(settling):
+            lines.append(f"  settles:   |x - x_eq| <= {settling['eps']:g} after t = {num(settling['time'])} from every start "
+                         f"within {settling['radius']:.4g} of x_eq ({settling.get('region_text', 'the stated region')})")
         if isinstance(self.iss_gain, dict) and "dissipation" in self.iss_gain:
             lines.append(f"  inputs:    {self.iss_gain['dissipation']}")
         lines.append(f"  evidence:  {', '.join(self.evidence) if self.evidence else 'none yet (run cert.check(model))'}")

@@ -380,12 +380,13 @@ class Ensemble(nn.Module):
     def certificate(self) -> "EnsembleCertificate":
         """Every member's ``Certificate`` (``member(i).certificate()``) and what they cover.
 
-        For ``SimpleDynamics`` members (no guarantee) the object has no member certificates
-        and ``evidence == "none"``; see ``EnsembleCertificate``.
+        For ``SimpleDynamics`` members (their certificates claim nothing) the object has no
+        member certificates and ``evidence == "none"``, and its ``check`` passes with nothing
+        to check; see ``EnsembleCertificate``.
         """
-        certs: list[Certificate] = []
-        if hasattr(self.member_class, "certificate"):
-            certs = [self.member(i).certificate() for i in range(self.size)]
+        certs = [self.member(i).certificate() for i in range(self.size)]
+        if all(c.claim == "none" for c in certs):  # unconstrained members: the ensemble claims nothing either
+            certs = []
         return EnsembleCertificate.issue(self, certs)
 
     # -- boundary validation ---------------------------------------------------------------
@@ -623,7 +624,7 @@ class EnsembleCheck:
 
     def summary(self) -> str:
         if not self.reports:
-            return f"FAILED -- {self.reason}"
+            return f"{'PASSED' if self.passed else 'FAILED'} -- nothing to check: {self.reason}"
         lines = [f"ensemble of {len(self.reports)}: {'PASSED' if self.passed else 'FAILED'}"]
         for i, (report, ok) in enumerate(zip(self.reports, self.applies)):
             lines.append(f"member {i}: " + report.summary().replace("\n", "\n  ") + ("" if ok else "  (weights changed since issue)"))
@@ -677,8 +678,8 @@ class EnsembleCertificate:
         ``falsify_kwargs``); passed when each member's passes and applies to its weights."""
         if not isinstance(ensemble, Ensemble):
             raise TypeError(f"check needs the Ensemble the certificate is about, got {type(ensemble).__name__}")
-        if not self.members:
-            return EnsembleCheck(passed=False, reason=self.covers)
+        if not self.members:  # claims nothing: passes, saying there was nothing to check
+            return EnsembleCheck(passed=self.applies_to(ensemble), reason=self.covers)
         if ensemble.size != len(self.members):
             raise ValueError(f"the certificate lists {len(self.members)} members, the ensemble has {ensemble.size}")
         reports, applies = [], []

@@ -60,8 +60,11 @@ class FalsificationReport:
         counterexample_inputs: ``(k, action_dim)`` their inputs (ISS claims) or ``None``.
         per_test: ``{phase: {"checked", "violations", "worst"}}``.
         applies: the certificate's ``weights_hash`` matches the model (or it has none).
-        complete: all phases ran within ``time_limit``.
+        complete: every phase ran to its end within ``time_limit`` (``False`` when the limit
+            skipped a phase or stopped one part way; then ``passed`` is ``False`` and the
+            summary says INCOMPLETE unless a violation was found).
         tolerance, seconds.
+        note: why nothing was checked (a certificate that claims nothing), else ``""``.
     """
 
     claim: str
@@ -76,10 +79,21 @@ class FalsificationReport:
     complete: bool = True
     tolerance: float = 0.0
     seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """``"PASSED"``, ``"FAILED"`` (a violation, or the certificate is another model's) or
+        ``"INCOMPLETE"`` (no violation in what the time limit let run)."""
+        if self.passed:
+            return "PASSED"
+        return "INCOMPLETE" if (self.n_violations == 0 and self.applies and not self.complete) else "FAILED"
 
     def summary(self) -> str:
+        if self.note:
+            return f"{self.claim}: {self.verdict} -- nothing to check: {self.note}"
         lines = [
-            f"{self.claim}: {'PASSED' if self.passed else 'FAILED'} -- {self.n_violations} violations in {self.n_checked} checks, "
+            f"{self.claim}: {self.verdict} -- {self.n_violations} violations in {self.n_checked} checks, "
             f"worst normalised violation {self.worst_violation:.3g} (tol {self.tolerance:g}), {self.seconds:.1f} s"
         ]
         for name, t in self.per_test.items():
@@ -87,7 +101,7 @@ class FalsificationReport:
         if not self.applies:
             lines.append("  the certificate was issued for another model (its hash of class, config, dtype and weights differs)")
         if not self.complete:
-            lines.append("  time limit reached before all phases ran")
+            lines.append("  time limit reached before every phase ran to its end: the search is incomplete (raise time_limit)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +116,8 @@ class FalsificationReport:
             "complete": self.complete,
             "tolerance": self.tolerance,
             "seconds": self.seconds,
+            "verdict": self.verdict,
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -200,6 +216,15 @@ def falsify(
     start = time.perf_counter()
     _check_arguments(cert, locals())
     claim = cert.claim
+    if claim == "none":
+        applies = (not cert.weights_hash) or not isinstance(model, nn.Module) or cert.applies_to(model)
+        n = len(cert.equilibrium) or int(getattr(model, "state_dim", 0))
+        return FalsificationReport(
+            claim=claim, passed=applies, n_checked=0, n_violations=0, worst_violation=-math.inf,
+            counterexamples=torch.empty(0, n), counterexample_inputs=None, applies=applies,
+            tolerance=0.0, seconds=time.perf_counter() - start,
+            note="the certificate claims nothing" + (f" ({cert.details['reason']})" if cert.details.get("reason") else ""),
+        )
     discrete = cert.time_domain == "discrete"
     applies = (not cert.weights_hash) or not isinstance(model, nn.Module) or cert.applies_to(model)
     if dtype is not None and isinstance(model, nn.Module):
@@ -289,8 +314,13 @@ def falsify(
         top = r.topk(k).indices
         worst_states.append((x[top].detach(), None if u is None else u[top].detach(), r[top].detach()))
 
+    cut = []  # the phases the time limit stopped part way
+
     def evaluate(name: str, x: torch.Tensor) -> None:
         for i in range(0, x.shape[0], batch):
+            if i and out_of_time():
+                cut.append(name)
+                return
             xb = x[i : i + batch]
             ub = inputs(xb.shape[0])
             with torch.no_grad():
@@ -345,7 +375,8 @@ def falsify(
             last = k == grad_steps - 1
             if last or k % 10 == 0:
                 record("gradient", x.detach(), None if u is None else u.detach(), r.detach())
-                if out_of_time():
+                if not last and out_of_time():
+                    cut.append("gradient")
                     break
             opt.step()
 
@@ -361,7 +392,8 @@ def falsify(
                 r = (V(y) - decay * Vx - inject * s) / Vx.clamp_min(tiny)
                 record("rollouts", x, u, r)
                 x = y
-                if k % 20 == 0 and out_of_time():
+                if k % 20 == 0 and k < rollout_steps - 1 and out_of_time():
+                    cut.append("rollouts")
                     break
 
     phases += [("shells", run_shells), ("large_norm", run_large), ("gradient", run_gradient)]
@@ -379,6 +411,8 @@ def falsify(
         if name == "gradient" and (grad_steps <= 0 or not worst_states):
             continue
         run()
+    if cut:
+        complete = False
     for name in names:
         per_test.setdefault(name, {"checked": 0, "violations": 0, "worst": -math.inf})
 

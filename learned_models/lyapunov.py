@@ -364,6 +364,19 @@ class LyapunovFunction(nn.Module):
         """``grad V(x): (batch, state_dim)``; see ``forward_and_grad``."""
         return self.forward_and_grad(x)[1]
 
+    def lower_constant(self) -> float:
+        """A proven ``c1`` with ``V(x) >= c1 ||x - x_eq||^2`` everywhere: ``eps``, plus
+        ``sigma_min(L)^2`` with the learned quadratic (the ICNN term is ``>= 0``).
+
+        The smallest singular value is computed in float64 and shrunk by ``1e-12 ||L||^2``,
+        more than its rounding, so the bound stays a lower one. A larger ``c1`` means a
+        smaller certified overshoot ``sqrt(c2 / c1)``.
+        """
+        if self.L is None:
+            return self.eps
+        sv = torch.linalg.svdvals(self.L.detach().to("cpu", torch.float64))
+        return self.eps + max(float(sv[-1]) ** 2 - 1e-12 * float(sv[0]) ** 2, 0.0)
+
     def upper_constant(self) -> float | None:
         """A proven ``c2`` with ``V(x) <= c2 ||x - x_eq||^2`` everywhere, or ``None`` with a warp.
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .certificate import Certificate
 from .checkpoint import register_model
 from .dynamics_net import mlp, network_options, nominal_network
 from .integrators import ODEWorldModel
@@ -63,6 +64,11 @@ class SimpleDynamics(ODEWorldModel):
 
     def _inference_field(self) -> MLPField | None:
         return MLPField.lower(self.fhat, self.state_dim, self.action_dim)
+
+    def certificate(self) -> Certificate:
+        """A certificate that claims nothing (claim ``"none"``): ``fhat`` is unconstrained, so no
+        stability, rate or bound holds by construction. ``check`` passes with nothing to check."""
+        return Certificate.claims_nothing(self, "an unconstrained network xdot = fhat(x, u): no stability, rate or bound is claimed")
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "hidden": list(self.hidden), "dt": self.dt, "integrator": self.integrator,

@@ -7,7 +7,7 @@
 
 with ``V`` a ``LyapunovFunction`` (eq. 12/14). Then ``dV/dt = grad V . f <= -alpha V`` at every
 state, so ``xdot = f(x)`` is globally exponentially stable to ``x_eq`` (Theorem 1):
-``||x(t) - x_eq|| <= sqrt(c2/c1) ||x(0) - x_eq|| exp(-alpha t / 2)`` with ``c1 = eps``. Centering
+``||x(t) - x_eq|| <= sqrt(c2/c1) ||x(0) - x_eq|| exp(-alpha t / 2)`` with ``c1 = eps`` (plus ``sigma_min(L)^2`` with a learned quadratic). Centering
 ``fhat`` makes ``x_eq`` an exact equilibrium, and ``f`` continuous there (eq. 10 alone leaves
 ``f(x_eq) = fhat(x_eq)``, which the projection cannot remove because ``grad V(x_eq) = 0``).
 
@@ -606,17 +606,22 @@ class StableDynamics(ODEWorldModel):
     def _claim(self, domain: str) -> str:
         return "exponential_stability" if domain == "continuous" else "discrete_exponential_stability"
 
-    def certificate(self, domain: str | None = None) -> Certificate:
-        """What this model guarantees, for its current weights.
+    def certificate(self, domain: str | None = None, *, eps: float | None = None, region: Any = None) -> Certificate:
+        """What this model guarantees, for its current weights (and its current rate ``alpha``).
 
         Args:
             domain: ``"continuous"`` (the ODE ``xdot = f(x)``) or ``"discrete"`` (the map
                 ``step``; needs ``keep_guarantee``). Default: ``"discrete"`` when
                 ``keep_guarantee`` else ``"continuous"``.
+            eps, region: with both, ``details["settling"]`` (and the summary) states when every
+                start in ``region`` (a radius around ``x_eq``, or ``state_dim`` pairs
+                ``[lo, hi]``) is certified within ``eps`` of ``x_eq``: ``cert.time_to(eps, region)``.
 
         Evidence is ``["by_construction"]`` for a convex ``V`` (no warp); with a warp it is
         empty until ``cert.check(model)`` passes (then add ``"falsification"``).
         """
+        if (eps is None) != (region is None):
+            raise ValueError(f"eps and region go together (the settling time from region to eps), got eps={eps!r}, region={region!r}")
         if domain is None:
             domain = "discrete" if self.keep_guarantee else "continuous"
         if domain not in ("continuous", "discrete"):
@@ -636,10 +641,10 @@ class StableDynamics(ODEWorldModel):
         }
         if V.convex:
             details["lipschitz_bound_g"] = V.g.lipschitz_bound()
-        return Certificate(
+        cert = Certificate(
             claim=self._claim(domain),
             alpha=self.alpha,
-            c1=V.eps,
+            c1=V.lower_constant(),
             c2=V.upper_constant(),
             equilibrium=[float(v) for v in self.x_eq.detach().cpu().tolist()],
             time_domain=domain,
@@ -652,6 +657,9 @@ class StableDynamics(ODEWorldModel):
             details=details,
             numerics=_numerics([float(v) for v in self.x_eq.detach().cpu().tolist()], V.eps),
         )
+        if self.learned_rate:
+            cert.details["alpha_bounds"] = list(self.alpha_bounds)
+        return cert if eps is None else cert.with_settling(eps, region)
 
     def _iss_gain(self, domain: str) -> Any:
         return None
