@@ -391,3 +391,62 @@ def test_discrete_step_map_verified_and_planted_violation():
     assert verify_decrease(narrow, V, BOX, alpha=0.1, budget_s=10, time_domain="discrete").status == "counterexample"
     cert = Certificate(claim="discrete_exponential_stability", alpha=1.5, time_domain="discrete", integrator="rk4", h=0.01)
     assert "formal" in cert.verify(model, box=box, lyapunov=V, budget_s=20).evidence
+
+
+# ---- LyaNet inference contraction ------------------------------------------------------------
+
+
+def test_log_norm_bound_holds_for_sampled_matrices():
+    from lyagym.learned_models.contraction import log_norm_bounds
+
+    gen = torch.Generator().manual_seed(9)
+    C = torch.randn(64, 3, 3, generator=gen, dtype=D64)
+    R = torch.rand(64, 3, 3, generator=gen, dtype=D64) * 0.5
+    upper = log_norm_bounds(C - R, C + R)
+    J = C.unsqueeze(1) + R.unsqueeze(1) * (2 * torch.rand(64, 500, 3, 3, generator=gen, dtype=D64) - 1)
+    exact = torch.linalg.eigvalsh((J + J.transpose(-1, -2)) / 2)[..., -1]
+    assert bool((exact <= upper.unsqueeze(1)).all())
+    # a point interval is exact: lambda_max of the symmetric part
+    assert torch.allclose(log_norm_bounds(C, C), torch.linalg.eigvalsh((C + C.transpose(1, 2)) / 2)[:, -1], atol=1e-8)
+
+
+def _linear_lyanet(a):
+    """A ``LyaNetWorldModel(1)`` whose inference field is exactly ``f(eta, z, t) = -a eta``
+    (``silu(s) - silu(-s) = s`` through both hidden layers)."""
+    from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
+
+    model = LyaNetWorldModel(1, 0, width=2, depth=2, dtype=D64)
+    first, _, second, _, last = model.ode.dynamics.net
+    with torch.no_grad():
+        for layer in (first, second, last):
+            layer.weight.zero_(), layer.bias.zero_()
+        first.weight[:, 0] = torch.tensor([1.0, -1.0], dtype=D64)
+        second.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=D64))
+        last.weight.copy_(torch.tensor([[-a, a]], dtype=D64))
+    return model
+
+
+def test_contraction_verified_and_refuted_on_a_linear_inference_field():
+    from lyagym.learned_models.contraction import verify_contraction
+
+    model = _linear_lyanet(2.0)
+    eta = torch.linspace(-1, 1, 5, dtype=D64).unsqueeze(1)
+    with torch.no_grad():
+        assert torch.allclose(model.ode.f(eta, torch.zeros(5, 1, dtype=D64), 0.3), -2 * eta)
+    box, eta_box = [[-1.0, 1.0]], [[-1.0, 1.0]]
+    res = verify_contraction(model, box, rate=1.5, eta_box=eta_box, budget_s=20)
+    assert res.status == "verified" and res.fraction == 1.0 and "contraction" in res.details()["condition"]
+    res = verify_contraction(model, box, rate=2.5, eta_box=eta_box, budget_s=20)
+    assert res.status == "counterexample" and res.counterexample_value == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="rate"):
+        verify_contraction(model, box, rate=0.0, eta_box=eta_box)
+    with pytest.raises(ValueError, match="half_width"):
+        verify_contraction(model, box, rate=1.0)
+    # Certificate.verify: a LyaNet claim (rate alpha on ||eta - y||^2) gets formal evidence from
+    # contraction at alpha / 2
+    model.half_width = 1.0
+    cert = Certificate(claim="lyapunov_convergence", alpha=3.0, evidence=["empirical"])
+    formal = cert.verify(model, box=box, budget_s=20)
+    assert formal.evidence == ["empirical", "formal"] and "contracts at rate 1.5" in formal.details["region"]
+    failed = Certificate(claim="lyapunov_convergence", alpha=5.0, evidence=["empirical"]).verify(model, box=box, budget_s=20)
+    assert "formal" not in failed.evidence and failed.details["formal"]["status"] == "counterexample"
