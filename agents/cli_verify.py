@@ -8,9 +8,14 @@ counterexample / unknown), the proven fraction of the box, boxes, seconds, the m
 local certificate at the equilibrium and, with ``--rho auto``, the certified region of
 attraction ``{V <= rho}``.
 
+A ``LyaNetWorldModel`` checkpoint (``model.save``) gets its inference contraction proven
+instead (``lyagym.learned_models.contraction``): rate ``alpha / 2`` over ``--box`` (its inputs)
+and its training cube of inference states, ``alpha`` from ``--alpha`` or its certificate.
+
 Example::
 
     lyagym verify soft_n1.pt --box=-3.1416,3.1416 --box=-8,8 --rho auto --budget-s 30
+    lyagym verify lyanet_n1.pt --box=-3.1416,3.1416 --box=-8,8 --alpha 2 --budget-s 60
 """
 
 from __future__ import annotations
@@ -75,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
-        return _fail(str(e))
+        lyanet = _load_lyanet(args.checkpoint)
+        if lyanet is None:
+            return _fail(str(e))
+        return _run_contraction(args, lyanet)
     meta = getattr(model, "checkpoint_metadata", {}) or {}
     V = getattr(model, "lyapunov", None)
     try:
@@ -102,18 +110,7 @@ def run(args: argparse.Namespace) -> int:
         message = out_file("--out", args.out, overwrite=args.overwrite)
         if message:
             return _fail(message)
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=100, desc="verify", unit="% of box", bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}<{remaining}]{postfix}")
-
-    def progress(fraction: float, boxes: int) -> None:
-        if bar is not None:
-            bar.n = 100 * fraction
-            bar.set_postfix(boxes=boxes, refresh=False)
-            bar.refresh()
-
+    bar, progress = _progress(args)
     try:
         if args.rho == "auto":
             res = region_of_attraction(model, V, args.box, alpha=float(alpha), budget_s=args.budget_s, progress=progress)
@@ -126,6 +123,71 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     if bar is not None:
         bar.close()
+    return _write(args, model, res)
+
+
+def _progress(args: argparse.Namespace):
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc="verify", unit="% of box", bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}<{remaining}]{postfix}")
+
+    def progress(fraction: float, boxes: int) -> None:
+        if bar is not None:
+            bar.n = 100 * fraction
+            bar.set_postfix(boxes=boxes, refresh=False)
+            bar.refresh()
+
+    return bar, progress
+
+
+def _load_lyanet(path: str):
+    """The ``LyaNetWorldModel`` at ``path``, or ``None`` if it is not one."""
+    from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
+
+    try:
+        return LyaNetWorldModel.load(path)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _run_contraction(args: argparse.Namespace, model) -> int:
+    from lyagym.learned_models.contraction import verify_contraction
+
+    k = model.state_dim + model.action_dim
+    if len(args.box) != k:
+        return _fail(f"--box: expected {k} (one per input of the LyaNet model: state, then action), got {len(args.box)}")
+    if args.rho is not None or args.u_box is not None:
+        return _fail("--rho and --u-box are for Lyapunov decrease checkpoints; a LyaNet model's inputs all go in --box")
+    if args.out is not None:
+        from .cli_types import out_file
+
+        message = out_file("--out", args.out, overwrite=args.overwrite)
+        if message:
+            return _fail(message)
+    alpha = args.alpha
+    if alpha is None:
+        try:
+            alpha = model.certificate().alpha
+        except RuntimeError as e:
+            return _fail(f"no rate: pass --alpha ({e})")
+    if not alpha > 0:
+        return _fail(f"--alpha: the rate to prove must be > 0, got {alpha}")
+    bar, progress = _progress(args)
+    try:
+        res = verify_contraction(model, args.box, rate=float(alpha) / 2, budget_s=args.budget_s, progress=progress,
+                                 exhaustive=args.exhaustive)
+    except (TypeError, ValueError) as e:
+        if bar is not None:
+            bar.close()
+        return _fail(str(e))
+    if bar is not None:
+        bar.close()
+    return _write(args, model, res)
+
+
+def _write(args: argparse.Namespace, model, res) -> int:
     text = json.dumps({"checkpoint": args.checkpoint, "model_class": type(model).__name__, **res.details()}, indent=2)
     if args.out is None:
         print(text)

@@ -346,6 +346,16 @@ def test_cli_verify_writes_json_and_refuses_bad_input(tmp_path, capsys):
         assert "--overwrite" in capsys.readouterr().err
         assert cli.main(["verify", str(tmp_path / "missing.pt"), "--box=-1,1", "--box=-1,1"]) == 2
         assert "missing.pt" in capsys.readouterr().err
+        # a LyaNet checkpoint: its inference contraction, at alpha / 2
+        lyanet = _linear_lyanet(2.0)
+        lyanet.half_width = 1.0
+        lyanet.save(tmp_path / "lyanet.pt")
+        assert cli.main(["verify", str(tmp_path / "lyanet.pt"), "--box=-1,1", "--alpha", "3", "--budget-s", "20", "--out",
+                         str(tmp_path / "c.json"), "--no-progress"]) == 0
+        result = json.loads((tmp_path / "c.json").read_text())
+        assert result["status"] == "verified" and result["alpha"] == 1.5 and "contraction" in result["condition"]
+        assert cli.main(["verify", str(tmp_path / "lyanet.pt"), "--box=-1,1", "--box=-1,1", "--alpha", "3"]) == 2
+        assert "one per input" in capsys.readouterr().err
     finally:
         torch.set_num_threads(threads)
 
