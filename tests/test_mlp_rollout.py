@@ -49,7 +49,7 @@ def lowered_calls(monkeypatch):
 def test_lowered_rollout_equals_autograd_rollout(config, dtype, lowered_calls):
     model = _model(dtype=dtype, **config)
     m = config["action_dim"]
-    rows = mlp_rollout.BLOCK_ROWS + 37  # two blocks, the last one partial
+    rows = mlp_rollout.BLOCK_ROWS + 37  # two blocks of unequal size (519 and 518 rows)
     g = torch.Generator().manual_seed(2)
     x0 = torch.randn(rows, 3, generator=g, dtype=dtype)
     actions = 2 * torch.randn(rows, 6, m, generator=g, dtype=dtype) if m else 6
