@@ -113,7 +113,13 @@ class Fig5Config:
     train_steps: int = 8000  # Adam steps of the first phase (same for both models and every n)
     batch_size: int = 256
     lr: float = 3e-3  # 1e-3 leaves the 8-link models badly under-fit in this budget
-    alpha: float = 1e-3  # decay rate of the stable model (eq. 10)
+    # Decay rate of the stable model (eq. 10). Staged: the rate the V fit demands of the pairs,
+    # and the learned rate's start; after the V fit the rate is calibrated to what the pairs
+    # obey (all but rate_quantile of them), inside alpha_bounds. None bounds: alpha stays fixed.
+    alpha: float = 0.2
+    alpha_bounds: tuple[float, float] | None = (1e-3, 10.0)
+    rate_quantile: float = 1e-3
+    settle_eps: float = 1e-2  # the certified time to ||x - x_eq|| <= settle_eps from the evaluation box is reported
     eps: float = 1e-3  # eps of V (eq. 12)
     d: float = 0.1  # smoothed-ReLU width of V (eq. 13)
     lyap_shift: str = "tangent"  # "value": the paper's eq. 12; "tangent": Bregman shift of g at x_eq (no flat zone)
@@ -133,9 +139,9 @@ class Fig5Config:
 
 #: ``--paper-v``: the paper's V (eq. 12) trained end to end with the projection (the study's
 #: default before staged training; README's first table).
-PAPER_V = {"training": "joint", "lyap_shift": "value", "lyap_quadratic": False, "icnn_init": "wide", "d": 0.1}
+PAPER_V = {"training": "joint", "lyap_shift": "value", "lyap_quadratic": False, "icnn_init": "wide", "d": 0.1, "alpha": 1e-3, "alpha_bounds": None}
 #: ``--tangent-v``: tangent-shifted V with a learned quadratic, trained end to end.
-TANGENT_V = {"training": "joint", "lyap_shift": "tangent", "lyap_quadratic": True, "icnn_init": "wide", "d": 1.0}
+TANGENT_V = {"training": "joint", "lyap_shift": "tangent", "lyap_quadratic": True, "icnn_init": "wide", "d": 1.0, "alpha": 1e-3, "alpha_bounds": None}
 
 PRESETS: dict[str, Fig5Config] = {
     # A smoke test: seconds, not a result.
@@ -193,6 +199,7 @@ def build_models(n: int, config: Fig5Config) -> dict[str, torch.nn.Module]:
         hidden=config.hidden,
         lyap_hidden=config.lyap_hidden,
         alpha=config.alpha,
+        alpha_bounds=config.alpha_bounds,
         eps=config.eps,
         d=config.d,
         warp=config.warp,
@@ -240,8 +247,11 @@ def train_staged(model, data, config: Fig5Config, *, progress: bool = True) -> d
     1. ``fhat_c`` alone (unprojected, ``NominalView``) with exactly the simple model's schedule;
     2. ``V``'s quadratic term from the continuous Lyapunov equation of the data's
        least-squares linear fit (``quadratic_lyapunov``, ``init_quadratic``);
-    3. ``V`` fitted so that the pairs decrease it at rate ``alpha`` (``fit_lyapunov``).
-    Returns the V fit's history. No access to the true model: only the pairs.
+    3. ``V`` fitted so that the pairs decrease it at rate ``alpha`` (``fit_lyapunov``);
+    4. a learned rate (``alpha_bounds``) set to the largest rate all but ``rate_quantile`` of the
+       pairs obey under that ``V`` (``calibrate_rate``): the projection then leaves their true
+       derivatives feasible, and the certificate states that rate.
+    Returns the V fit's history (with ``"alpha"``, the rate). No access to the true model: only the pairs.
     """
     from lyagym.learned_models.lyapunov_fit import NominalView, fit_lyapunov, init_quadratic, quadratic_lyapunov
 
@@ -254,6 +264,9 @@ def train_staged(model, data, config: Fig5Config, *, progress: bool = True) -> d
     history = fit_lyapunov(
         model.lyapunov, data, alpha=config.alpha, margin=config.lyap_margin, steps=config.lyap_steps, seed=config.seed, progress=progress
     )
+    if model.learned_rate:
+        model.calibrate_rate(data, quantile=config.rate_quantile)
+    history["alpha"] = model.alpha
     model.eval()
     return history
 
@@ -300,6 +313,10 @@ def study(links, config: Fig5Config, *, progress: bool = True, log=print) -> lis
             progress=progress,
         )
         eval_seconds = time.perf_counter() - t_eval
+        stable = models["stable"]
+        box = [[-HALF_WIDTH, HALF_WIDTH]] * (2 * n)  # where the evaluation starts
+        certificate = stable.certificate("discrete", eps=config.settle_eps, region=box)
+        settling = certificate.details["settling"]
         for name in scores:
             s = scores[name]
             rows.append(
@@ -312,11 +329,17 @@ def study(links, config: Fig5Config, *, progress: bool = True, log=print) -> lis
                     "diverged": s.diverged,
                     "train_pairs": int(data[0].shape[0]),
                     "train_seconds": train_seconds.get(name, 0.0),
+                    # The stable model's certified rate, overshoot and time to settle_eps from the box.
+                    "alpha": certificate.alpha if name.startswith("stable") else float("nan"),
+                    "overshoot": settling["overshoot"] if name.startswith("stable") else float("nan"),
+                    "certified_time": settling["time"] if name.startswith("stable") else float("nan"),
                     "per_step": s.per_step,
                 }
             )
         log(
-            f"n={n}: average error simple {scores['simple'].average:.4g}, stable {scores['stable'].average:.4g} "
+            f"n={n}: average error simple {scores['simple'].average:.4g}, stable {scores['stable'].average:.4g}; "
+            f"certified alpha {certificate.alpha:.3g}, overshoot {settling['overshoot']:.3g}, "
+            f"within {config.settle_eps:g} of x_eq after {settling['time']:.4g} s from the evaluation box "
             f"({data[0].shape[0]} pairs, train {sum(train_seconds.values()):.0f} s, evaluate {eval_seconds:.0f} s, "
             f"total {time.perf_counter() - start:.0f} s)"
         )
@@ -325,7 +348,8 @@ def study(links, config: Fig5Config, *, progress: bool = True, log=print) -> lis
 
 # --------------------------------------------------------------------------- outputs
 
-_COLUMNS = ("n_links", "model", "average_error", "median_error", "final_error", "diverged", "train_pairs", "train_seconds")
+_COLUMNS = ("n_links", "model", "average_error", "median_error", "final_error", "diverged", "train_pairs", "train_seconds",
+            "alpha", "overshoot", "certified_time")
 
 
 def _csv_text(rows) -> str:
@@ -353,8 +377,9 @@ def markdown_table(rows, config: Fig5Config, command: str) -> str:
     for r in rows:
         by_n.setdefault(r["n_links"], {})[r["model"]] = r
     lines = [
-        "| n links | train pairs | simple | stable | stable / simple | stable, certified step | x = 0 (reference) | winner |",
-        "|---:|---:|---:|---:|---:|---:|---:|:---|",
+        "| n links | train pairs | simple | stable | stable / simple | stable, certified step | x = 0 (reference) | winner "
+        f"| certified alpha | overshoot | certified time to {config.settle_eps:g} |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|",
     ]
     for n, m in sorted(by_n.items()):
         s, t = m["simple"], m["stable"]
@@ -362,7 +387,8 @@ def markdown_table(rows, config: Fig5Config, command: str) -> str:
         winner = "stable" if t["average_error"] < s["average_error"] else "simple"
         lines.append(
             f"| {n} | {s['train_pairs']} | {s['average_error']:.3g} | {t['average_error']:.3g} | {ratio:.3g} "
-            f"| {m['stable-certified-step']['average_error']:.3g} | {m['equilibrium']['average_error']:.3g} | {winner} |"
+            f"| {m['stable-certified-step']['average_error']:.3g} | {m['equilibrium']['average_error']:.3g} | {winner} "
+            f"| {t['alpha']:.3g} | {t['overshoot']:.3g} | {t['certified_time']:.4g} s |"
         )
     settings = ", ".join(f"{k}={v}" for k, v in asdict(config).items())
     return (
@@ -376,6 +402,9 @@ def markdown_table(rows, config: Fig5Config, command: str) -> str:
             else " (joint: the projected model end to end).\n\n"
         )
         + "\n".join(lines)
+        + f"\n\nCertified: the stable model's certificate (its guarantee-keeping step) puts every start of the evaluation "
+        f"box within {config.settle_eps:g} of x_eq (rad, rad/s) after the stated time: "
+        "(2 / alpha) ln(overshoot R / eps), R the box's corner distance."
         + f"\n\nCommand: `{command}`\n\nSettings: {settings}\n"
     )
 
@@ -429,7 +458,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-link", type=integer(1), default=None, help="(x, xdot) pairs per link")
     parser.add_argument("--train-steps", type=integer(1), default=None, help="Adam steps of the first phase, both models")
     parser.add_argument("--lr", type=number(0, strict=True), default=None, help="learning rate of the first phase")
-    parser.add_argument("--alpha", type=number(0), default=None, help="decay rate of the stable model")
+    parser.add_argument("--alpha", type=number(0), default=None, help="decay rate of the stable model: staged, the rate the V fit demands of the pairs and where the learned rate starts before its calibration; --paper-v/--tangent-v: the fixed rate")
     parser.add_argument("--eps", type=number(0, strict=True), default=None, help="eps of the Lyapunov function")
     parser.add_argument("--d", type=number(0, strict=True), default=None, help="smoothed-ReLU width of the Lyapunov function")
     parser.add_argument("--warp", choices=("none", "coupling"), default=None, help="input warp of V")
