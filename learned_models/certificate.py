@@ -359,8 +359,8 @@ class Certificate:
         ]
         if m is not None and self.claim != "lyapunov_convergence" and self.alpha > 0:
             unforced = " (u = 0)" if self.claim == "input_to_state_stability" else ""
-            lines.append(f"  settling:  |x - x_eq| <= 1% of |x(0) - x_eq| after {num(self.time_to(_SUMMARY_SHRINK, 1.0))}{unforced} "
-                         "(cert.time_to(eps, region))")
+            lines.append(f"  settling:  |x - x_eq| <= 1% of |x(0) - x_eq| after t = {num(self.time_to(_SUMMARY_SHRINK, 1.0))}{unforced}, "
+                         "any start (cert.time_to(eps, region) for a region)")
         settling = self.details.get("settling")
         if isinstance(settling, dict) and {"eps", "radius", "time"} <= set(settling):
             lines.append(f"  settles:   |x - x_eq| <= {settling['eps']:g} after t = {num(settling['time'])} from every start "

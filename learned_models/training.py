@@ -139,7 +139,7 @@ def fit(
             pendulum pairs (1 link) give 0.31 and 0.34 from starts 0.05 and 1 (the linearisation
             allows at most 0.30 for a quadratic ``V``); LASA JShape demonstrations (noisy, human)
             drift down to 0.12 from 1 (0.23 with a tangent-shifted quadratic ``V``), and
-            ``rate_weight=0.05`` gives 0.18 (0.34) at 3 % (3 %) more loss, but on the exact
+            ``rate_weight=0.05`` gives 0.18 (0.34) at 1 % (3 %) more validation loss, but on the exact
             pendulum pairs 0.39 at 1.5x the loss. Raise it, or the lower bound of
             ``alpha_bounds``, when a settling time matters more than the last digits of the fit.
             The reported and validation losses are the plain loss.
