@@ -15,7 +15,8 @@
   members inside it. Outside it nothing changes.
 - ``ODEWorldModel``: the ``nn.Module`` base of ``SimpleDynamics``, ``StableDynamics`` and
   ``StableControlledDynamics``: input validation, ``derivative``, ``step``, ``rollout``,
-  ``save``/``load``, ``device``/``dtype``.
+  ``save``/``load``, ``device``/``dtype``. A rollout that needs no gradient runs the field a
+  subclass lowers in ``_inference_field`` (``SimpleDynamics``: ``mlp_rollout.MLPField``).
 """
 
 from __future__ import annotations

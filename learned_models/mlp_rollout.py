@@ -15,13 +15,17 @@ wanted, ``MLPField`` evaluates the same function with less traffic through memor
   ``beta = 1`` read of the output) and the activation runs in place;
 - the input scales, output scales and the control-affine gain's input scale of a
   ``DynamicsNet`` are folded into the first and last weight matrices, once per call;
-- rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole horizon, so a
-  block's activations stay in the core's cache.
+- rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole
+  horizon, so a block's activations stay in the core's cache.
 
 Same function, different rounding: the results agree with the ordinary path to float
-rounding (the tests compare them). Measured at one thread on a 2-core EPYC (Zen 4),
-1000 rows x 30 RK4 steps of ``SimpleDynamics(2, 1)`` (100-100 ReLU MLP): 60 ms -> 39 ms
-(CPU time), of which the (100, 100) products take about 30 ms at ~85 GFLOP/s.
+rounding (the tests compare rollouts and plans). Measured at one thread on a loaded 2-core
+AMD EPYC (AVX-512), CPU time of 1000 rows x 30 RK4 steps of ``SimpleDynamics(2, 1)`` (100-100 ReLU
+MLP): 44 ms through ``_step``, 34 ms here, of which the (100, 100) products take 26 ms at
+85-90 GFLOP/s (MKL reaches 85 on a 1024^3 product on the same core): what is left is that product.
+``torch.compile`` (inductor) of the row-major RK4 step was slower than eager on the same
+rollout (49.6 vs 42.5 ms; with freezing 67 vs 50, with its C++ GEMM template 60 vs 46) and
+took 17-45 s to compile, so it is not used.
 """
 
 from __future__ import annotations

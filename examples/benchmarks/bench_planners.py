@@ -15,10 +15,18 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
 4. MPPI on learned models (the plain ``SimpleDynamics`` MLP and the PETS loop's default
    model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
-   ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both).
+   ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
+   at B = 1: the model's hidden-to-hidden matrix products alone (K rows x H steps x 4 RK4
+   stages, in the rollout's own blocks and layout), the work every planner of this model must
+   do; pytorch_mppi's time over it is the highest ratio any planner could reach at this
+   machine's matrix-product rate. And the rollout of K rows x H steps without autograd
+   (``mlp_rollout.MLPField``, what ``plan`` runs) against the same rollout through the
+   model's ``_step`` (the autograd-capable path, which pytorch_mppi's ``model.step`` runs).
 
 All figures are medians over ``--repeats`` timed runs after a warm-up run; contenders are
-timed in alternation so that changes in machine load affect both alike.
+timed in alternation so that changes in machine load affect both alike. Section 4 also
+gives the ratio of CPU times (``time.thread_time``, a second interleaved series), which a
+loaded machine disturbs less than wall-clock time.
 """
 
 from __future__ import annotations
@@ -45,17 +53,19 @@ def median_time(fn, repeats: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(fns, repeats: int) -> list[float]:
+def interleaved_medians(fns, repeats: int, clock=time.perf_counter) -> list[float]:
     """Median time of each function, timed in alternation (A, B, A, B, ...) after a warm-up
-    call each, so a change in machine load hits every contender alike."""
+    call each, so a change in machine load hits every contender alike. ``clock``:
+    ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time: on a loaded
+    machine, the time spent waiting for a core is left out)."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            bucket.append(time.perf_counter() - t0)
+            bucket.append(clock() - t0)
     return [statistics.median(b) for b in times]
 
 
@@ -175,6 +185,26 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
         print(f"  {device:5s} B={b:5d} K={k:5d} H={H}: {b / t:10.1f} states planned/s  ({1 / t:7.2f} calls/s)")
 
 
+def hidden_products(model, rows: int, H: int):
+    """A function that runs only the (hidden, hidden) matrix products of ``H`` RK4 steps of
+    ``model`` over ``rows`` rows, as ``MLPField`` runs them (feature-major, in its blocks)."""
+    from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, MLPField
+
+    field = MLPField.lower(model.fhat, model.state_dim, model.action_dim)
+    blocks = [min(BLOCK_ROWS, rows - i) for i in range(0, rows, BLOCK_ROWS)]
+    hidden = field.weights[1:-1]
+    inputs = [[torch.rand(w.shape[1], b) for w in hidden] for b in blocks]
+    outputs = [[torch.empty(w.shape[0], b) for w in hidden] for b in blocks]
+
+    def run():
+        for ins, outs in zip(inputs, outputs):
+            for _ in range(4 * H):
+                for w, i, o in zip(hidden, ins, outs):
+                    torch.mm(w, i, out=o)
+
+    return run
+
+
 def bench_learned(K: int, H: int, repeats: int) -> None:
     import gymnasium as gym
 
@@ -206,9 +236,29 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                     for i in range(b):
                         theirs.command(x[i])
 
-            t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], repeats if b == 1 else max(3, repeats // 3))
+            if b > 1:
+                t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3))
+                c_ours, c_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3), time.thread_time)
+            else:
+                x_rows, actions = x.expand(K, 2), torch.rand(K, H, 1) * 4 - 2
+
+                def lowered():
+                    with torch.inference_mode():
+                        model.rollout(x_rows, actions)
+
+                def through_step():
+                    with torch.inference_mode():
+                        model._rollout_rows(x_rows, list(actions.unbind(1)))
+
+                contenders = [lambda: ours.plan(x), loop_theirs, hidden_products(model, K, H), lowered, through_step]
+                t_ours, t_theirs, t_floor, t_low, t_step = interleaved_medians(contenders, repeats)
+                c_ours, c_theirs = interleaved_medians(contenders[:2], repeats, time.thread_time)
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
-                  f"ratio {t_theirs / t_ours:5.2f}x  (target >= 2x)")
+                  f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
+            if b == 1:
+                print(f"    hidden (100, 100) products alone {t_floor * 1e3:6.1f} ms = {100 * t_floor / t_ours:3.0f}% of ours, "
+                      f"{100 * t_floor / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor:4.2f}x; "
+                      f"rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 
 
 def main() -> None:
