@@ -5,7 +5,7 @@ taken only when no gradient is asked for, and the same plans."""
 import pytest
 import torch
 
-from lyagym.agents import CEMPlanner, MPPIPlanner, PendulumCost
+from lyagym.agents import CEMPlanner, GradientPlanner, ICEMPlanner, MPPIPlanner, PendulumCost
 from lyagym.learned_models import SimpleDynamics, mlp_rollout
 from lyagym.learned_models.integrators import functorch_safe
 
@@ -104,7 +104,7 @@ def test_finite_check_accepts_large_finite_inputs():
         model._check_u(torch.tensor([[float("-inf")]]), 1)
 
 
-@pytest.mark.parametrize("planner_cls", [MPPIPlanner, CEMPlanner])
+@pytest.mark.parametrize("planner_cls", [MPPIPlanner, CEMPlanner, ICEMPlanner])
 def test_plans_equal_with_and_without_lowering(planner_cls, lowered_calls):
     """A planner on the lowered rollout plans the same actions (to rounding) as on ``_step``."""
     torch.manual_seed(3)
@@ -118,3 +118,18 @@ def test_plans_equal_with_and_without_lowering(planner_cls, lowered_calls):
         plans.append(torch.stack([planner.plan_sequence(states) for _ in range(3)]))  # warm starts included
     assert lowered_calls
     torch.testing.assert_close(plans[0], plans[1], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_planner_still_differentiates(lowered_calls):
+    """The gradient planner asks for gradients: its rollouts keep autograd, and it improves its plan."""
+    torch.manual_seed(4)
+    model = SimpleDynamics(2, 1, hidden=(16, 16), dt=0.05).requires_grad_(False)
+    cost = PendulumCost(1, "swingup")
+    planner = GradientPlanner(model, cost, horizon=8, num_samples=4, action_low=-2.0, action_high=2.0, seed=0)
+    state = torch.tensor([[3.0, 0.0]])
+    start = planner.initial_mean(1).clone()
+    sequence = planner.plan_sequence(state)
+    assert len(lowered_calls) == 1  # 20 Adam steps through autograd, the final scoring without
+    with torch.no_grad():
+        before, after = (planner.sequence_cost(state, s.unsqueeze(1))[0, 0] for s in (start, sequence))
+    assert after < before
