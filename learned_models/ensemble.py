@@ -750,6 +750,7 @@ def fit_ensemble(
     seed: int = 0,
     progress: bool = True,
     bootstrap: bool = True,
+    rate_lr: float = 0.02,
 ) -> dict[str, Any]:
     """Train all members at once on transitions ``(x, u) -> x_next``; return the history.
 
@@ -775,6 +776,9 @@ def fit_ensemble(
         progress: a tqdm bar "fit ensemble" (it says at the end whether it stopped early).
         bootstrap: resample per member (default); ``False`` gives every member the whole
             training split (members then differ only by initialisation and shuffling).
+        rate_lr: Adam's step for stable members' learned decay rates (their logits
+            ``alpha_raw``, one per member), as ``fit``'s: at ``lr`` the rate would barely leave
+            its start.
 
     Returns:
         ``{"train_loss": [...] (mean member loss per epoch), "val_loss": [...], "best_epoch",
@@ -795,6 +799,8 @@ def fit_ensemble(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
+    if not (isinstance(rate_lr, (int, float)) and rate_lr > 0 and math.isfinite(rate_lr)):
+        raise ValueError(f"rate_lr must be a finite number > 0, got {rate_lr!r}")
     n, m, E = ensemble.state_dim, ensemble.action_dim, ensemble.size
     x = _as_data(x, "x", (None, n))
     x_next = _as_data(x_next, "x_next", (x.shape[0], n))
@@ -826,7 +832,12 @@ def fit_ensemble(
         members_idx = train_idx.unsqueeze(0).expand(E, n_train)
     bs = n_train if batch_size == 0 else min(batch_size, n_train)
 
-    opt = torch.optim.Adam(ensemble.parameters(), lr=lr, weight_decay=weight_decay)
+    rate = dict(ensemble.named_parameters()).get("stacked.model.alpha_raw")  # stable members with a learned rate
+    if rate is None:
+        opt = torch.optim.Adam(ensemble.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        weights = [p for p in ensemble.parameters() if p is not rate]
+        opt = torch.optim.Adam([{"params": weights}, {"params": [rate], "lr": rate_lr, "weight_decay": 0.0}], lr=lr, weight_decay=weight_decay)
 
     def validate() -> float:
         total = 0.0
