@@ -88,3 +88,22 @@ def test_quick_cell_runs_stores_and_is_reused(tmp_path, capsys):
     assert cli.main(argv + ["--stored-only"]) == 0  # reads the stored cell back
     assert "JShape | 0.68 |" in capsys.readouterr().out
     assert cli.main(["reproduce", "lasa", "--shapes", "NoSuchShape", "--out", out]) == 2
+
+
+def test_guarded_rollout_freezes_a_diverging_row_and_keeps_the_others():
+    import torch
+
+    from lyagym.agents.reproduce.lasa import guarded_rollout
+    from lyagym.learned_models import SimpleDynamics
+
+    model = SimpleDynamics(2, hidden=(2,))
+    first, last = model.fhat[0], model.fhat[2]
+    with torch.no_grad():  # f(x) = 50 relu(x): x1 = 1 grows like exp(50 t); (-1, -2) is at rest
+        first.weight.copy_(torch.eye(2)), first.bias.zero_(), last.weight.copy_(50 * torch.eye(2)), last.bias.zero_()
+        x0 = torch.tensor([[1.0, 0.0], [-1.0, -2.0]])
+        with pytest.raises(ValueError, match="overflowed"):
+            model.rollout(x0, 300)
+        traj = guarded_rollout(model, x0, 300)
+    assert traj.shape == (2, 301, 2)
+    assert torch.isinf(traj[0, -1]).all() and torch.isfinite(traj[0, :11]).all()
+    assert torch.equal(traj[1], x0[1].expand(301, 2))
