@@ -215,14 +215,17 @@ def third_party_bounds(f: SimpleDynamics, box: list[list[float]], rel: float = 1
     from lyagym.learned_models.bounds import LinearBounds, network_bounds
 
     dn = f.fhat.double()
-    if dn.angle_dims or dn.control_affine:
+    if isinstance(dn, torch.nn.Sequential):
+        net, scale = dn, torch.ones(len(box), dtype=torch.float64)
+    elif dn.angle_dims or dn.control_affine:
         return "bound-propagation comparison: only for fields without angle features or inputs"
-    net = dn.net
+    else:
+        net, scale = dn.net, dn.input_scale.detach()
     B = torch.tensor(box, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     half = (B[:, 1] - B[:, 0]) / 2
     c = B.mean(1) + (torch.rand(count, B.shape[0], generator=gen, dtype=torch.float64) * 2 - 1) * half * (1 - rel)
-    inv = 1.0 / dn.input_scale.detach()  # the inner MLP sees x / input_scale (positive output scale: ratios unchanged)
+    inv = 1.0 / scale  # the inner MLP sees x / input_scale (positive output scale: ratios unchanged)
     lo, hi = (c - rel * half) * inv, (c + rel * half) * inv
     pts = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.rand(count, 1000, B.shape[0], generator=gen, dtype=torch.float64)
     with torch.no_grad():
