@@ -13,6 +13,12 @@ state, so ``xdot = f(x)`` is globally exponentially stable to ``x_eq`` (Theorem 
 
 ``StableControlledDynamics`` extends the projection to inputs, see its docstring.
 
+The rate ``alpha`` is learned by default, ``alpha = lo + (hi - lo) sigmoid(alpha_raw)`` with
+``alpha_raw`` a parameter and ``(lo, hi) = alpha_bounds``: eq. 10 holds for whatever value the
+weights give it, so training may move it, and the certificate states the rate of the stored
+weights. A fixed tiny rate certifies convergence that takes thousands of seconds; a learned one
+settles where the data put it (``fit``'s ``rate_weight``, ``calibrate_rate``).
+
 Both models' ``step`` keeps the guarantee in discrete time by default (``keep_guarantee=True``):
 the integrator's result is rescaled toward ``x_eq`` (``integrators.lyapunov_rescale``) so that
 ``V(x_{k+1}) <= exp(-alpha h) V(x_k)`` holds for the step map itself.
