@@ -19,6 +19,11 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
   decrease of the fitted ``V`` fails on 29% of sampled states (11% for a ``V`` fitted to the
   whole box), so no verifier can prove 99% of it.
 
+With ``--lyanet``: ``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link, whose
+inference contraction (``contraction.py``; LyaNet's own condition needs each input's target)
+is proven over its inputs ``[-pi, pi] x [-8, 8]``, its training cube of inference states and
+``t in [0, 1]`` (5-D), at half its certificate's rate and at half the worst sampled rate.
+
 Each row also prints the share of 10^6 uniform states of the box where ``h > 0`` (the verifier
 can prove at most the rest), the CPU time at which 90% and 99% of the box were proven, and,
 when ``bound-propagation`` (GPL-3.0, an optional extra never imported by the package)
@@ -44,6 +49,7 @@ Usage::
     python examples/benchmarks/bench_verify.py                    # all models
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned --budget 30
     python examples/benchmarks/bench_verify.py --models soft-n2-pinned-local-V --budget-4d 600 --budget-roa-4d 300
+    python examples/benchmarks/bench_verify.py --models soft-n1-pinned-fitted-V --lyanet   # + LyaNet contraction rows
 """
 
 from __future__ import annotations
@@ -246,13 +252,67 @@ def third_party_bounds(f: SimpleDynamics, box: list[list[float]], rel: float = 1
     return "f on %d boxes of 1/%d the box's width: " % (count, round(1 / rel)) + "; ".join(rows)
 
 
+def train_lyanet(cache: str):
+    """``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link (seed 0, 3000 + 750
+    steps of Fig. 5 pairs, kappa = 12), from ``cache`` if there."""
+    from lyagym.agents.reproduce.fig5 import Fig5Config, training_data
+    from lyagym.envs import PendulumDynamics
+    from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
+
+    path = os.path.join(cache, "lyanet-n1.pt")
+    if os.path.exists(path):
+        return LyaNetWorldModel.load(path)
+    config = dataclasses.replace(Fig5Config(), samples_per_link=2000, seed=0)
+    x, xdot = training_data(PendulumDynamics(n_links=1), config)
+    torch.manual_seed(0)
+    model = LyaNetWorldModel(2, 0, dt=0.01, target="derivative", integrator="rk4", kappa=12.0, step_size=0.1)
+    phase1, phase2 = (max(1, math.ceil(s * config.batch_size / x.shape[0])) for s in (3000, 750))
+    model.fit(x, None, xdot, epochs=phase1, batch_size=config.batch_size, lr=1e-3, seed=0, sampler="targets", weighting="sqrt",
+              finetune_epochs=phase2, finetune_weighting="relative")
+    os.makedirs(cache, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def lyanet_row(cache: str, budget: float, clock) -> str:
+    """The LyaNet world model's inference contraction (``contraction.py``): at half its
+    certificate's measured rate (what ``Certificate.verify`` proves), and at half the worst
+    contraction rate sampled on 10^5 points of (inference state, input, t)."""
+    from lyagym.learned_models.contraction import _log_norm_at, verify_contraction
+
+    model = train_lyanet(cache)
+    cert = model.certificate()
+    model = model.double()
+    box = [[-math.pi, math.pi], [-8.0, 8.0]]
+    net = model.ode.dynamics.net
+    B = torch.tensor(box, dtype=torch.float64)
+    Z = (B - model.in_mean.unsqueeze(1)) / model.in_std.unsqueeze(1)
+    H = torch.tensor([[-model.half_width, model.half_width]] * 2, dtype=torch.float64)
+    full = torch.cat([H, Z, torch.tensor([[0.0, 1.0]], dtype=torch.float64)])
+    gen = torch.Generator().manual_seed(0)
+    pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, 5, generator=gen, dtype=torch.float64)
+    mu = _log_norm_at(net, pts, 2)
+    out = []
+    for rate in (cert.alpha / 2, -float(mu.max()) / 2):
+        share = float((mu + rate > 0).double().mean())
+        res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, clock=clock)
+        answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
+        out.append(f"| lyanet-n1, contraction at c = {rate:.3g} | f 5-128-128-2 SiLU on [eta, z, t] | eta in "
+                   f"[{-model.half_width:.3g}, {model.half_width:.3g}]^2, inputs [-pi, pi] x [-8, 8], t in [0, 1] | {100 * share:.3g}% "
+                   f"| {answer}, {100 * res.fraction:.4g}%, {res.seconds:.1f} s | - | certificate alpha = {cert.alpha:.3g} "
+                   f"(sampled mu <= {float(mu.max()):.3g}) | - |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n2",
+    parser.add_argument("--models", nargs="*", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n2",
                                                         "soft-n2-pinned-fitted-V", "soft-n2-pinned-local-V"], choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=30.0, help="CPU seconds per 2-D verification (box, then ROA)")
     parser.add_argument("--budget-4d", type=float, default=600.0, help="CPU seconds per 4-D verification of the box")
     parser.add_argument("--budget-roa-4d", type=float, default=300.0, help="CPU seconds per 4-D region of attraction")
+    parser.add_argument("--lyanet", action="store_true", help="add the LyaNet world model's inference contraction rows")
+    parser.add_argument("--budget-lyanet", type=float, default=120.0, help="CPU seconds per LyaNet contraction proof")
     parser.add_argument("--cache", default="./lyagym-output/bench-verify")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -297,6 +357,8 @@ def main() -> None:
         sides = " x ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in box[::links][:2]) + ("" if links == 1 else f" (each of {links})")
         print(f"| {name} | {size} | {sides} | {100 * violated:.3g}% | {box_answer}, {100 * whole.fraction:.4g}%, {whole.seconds:.1f} s "
               f"| {times} | {roa_answer}, {roa.seconds:.1f} s | {local} |")
+    if args.lyanet:
+        print(lyanet_row(args.cache, args.budget_lyanet, clock))
     print("\nPublished anchors (as quoted in the issue; their networks are smaller than ours, sizes not quoted there):\n")
     for what, figure in ANCHORS:
         print(f"- {what}: {figure}")
