@@ -204,17 +204,18 @@ def _dot_upper(g: LinearBounds, f: LinearBounds, extra: LinearBounds | None) -> 
     d = (g0 * p0).sum(-1)
     # g_i f_i - gm_i p_i <= |g_i| Ef_i + |dg_i| |p_i|
     rest = (torch.maximum(gl.abs(), gu.abs()) * Ef + Eg * (p0.abs() + pA.abs().sum(-1))).sum(-1)
-    magnitude = (g0 * p0).abs().sum(-1) + rest
+    # every term summed above, in absolute value (cancellation cannot hide rounding from the margin)
+    gn, pn = gA.abs().sum(-1), pA.abs().sum(-1)
+    magnitude = (g0.abs() * (p0.abs() + pn) + p0.abs() * gn + gn * pn).sum(-1) + rest
     if extra is not None:
         c, d = c + extra.uA[:, 0], d + extra.ub[:, 0]
-        magnitude = magnitude + extra.ub[:, 0].abs()
+        magnitude = magnitude + extra.ub[:, 0].abs() + extra.uA[:, 0].abs().sum(-1)
     s = torch.diagonal(S, dim1=1, dim2=2)
     off = S.abs().sum((1, 2)) - s.abs().sum(-1)
     # each coordinate's parabola s t^2 + c t on [-1, 1]: its ends and its vertex (clamped)
     vertex = torch.where(s != 0, -c / torch.where(s != 0, 2 * s, torch.ones_like(s)), torch.zeros_like(s)).clamp(-1.0, 1.0)
     t = torch.stack([-torch.ones_like(s), torch.ones_like(s), vertex], -1)
     top = (s.unsqueeze(-1) * t * t + c.unsqueeze(-1) * t).max(-1).values.sum(-1)
-    magnitude = magnitude + c.abs().sum(-1) + S.abs().sum((1, 2))
     return d + top + off + rest + MARGIN * (1.0 + magnitude)
 
 
