@@ -16,8 +16,8 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
   and ``soft-n2-pinned-fitted-V`` as for one link;
 - ``soft-n2-pinned-local-V``: ``soft-n2-pinned``'s field with a ``V`` fitted on, and verified
   on, the smaller box ``[-0.5, 0.5]`` (angles) x ``[-1, 1]`` (velocities): on the whole box the
-  decrease of the fitted ``V`` fails on 29% of sampled states (11% for a ``V`` fitted to the
-  whole box), so no verifier can prove 99% of it.
+  decrease of ``soft-n2-pinned-fitted-V`` fails on 29% of sampled states, so no verifier can
+  prove 99% of it.
 
 With ``--lyanet``: ``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link, whose
 inference contraction (``contraction.py``; LyaNet's own condition needs each input's target)
