@@ -94,6 +94,20 @@ def test_unknown_network_is_not_lowered(lowered_calls):
     assert out.shape == (2, 5, 3) and not lowered_calls
 
 
+def test_subclass_with_its_own_field_is_not_lowered(lowered_calls):
+    class Damped(SimpleDynamics):
+        def _derivative(self, x, u):
+            return super()._derivative(x, u) - x
+
+    torch.manual_seed(0)
+    model = Damped(3, 1, hidden=(16, 16), dt=0.05)
+    x0, actions = torch.randn(4, 3), torch.randn(4, 5, 1)
+    reference = model.rollout(x0, actions).detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(model.rollout(x0, actions), reference)
+    assert not lowered_calls
+
+
 def test_finite_check_accepts_large_finite_inputs():
     # The one-pass check sums the entries; a sum that overflows must fall back, not reject.
     model = _model(1)
