@@ -57,13 +57,13 @@ def _softplus_(module: nn.Softplus) -> Callable[[torch.Tensor], None]:
 
 def _in_place(module: nn.Module) -> Callable[[torch.Tensor], None] | None:
     """The activation of ``module`` applied in place, or ``None`` for one we do not know."""
-    if isinstance(module, nn.ReLU):
+    if type(module) is nn.ReLU:
         return torch.relu_
-    if isinstance(module, nn.SiLU):
+    if type(module) is nn.SiLU:
         return lambda h: nn.functional.silu(h, inplace=True)
-    if isinstance(module, nn.Tanh):
+    if type(module) is nn.Tanh:
         return torch.tanh_
-    if isinstance(module, nn.Softplus):
+    if type(module) is nn.Softplus:
         return _softplus_(module)
     return None
 
@@ -94,18 +94,21 @@ class MLPField:
     @classmethod
     def lower(cls, fhat: nn.Module, state_dim: int, action_dim: int) -> "MLPField | None":
         """``fhat: (batch, state_dim + action_dim) -> (batch, state_dim)`` as an ``MLPField``, or ``None``."""
+        # Exact types only: a subclass may compute something else in its forward.
         net, angle_dims, control_affine = fhat, 0, False
-        if isinstance(fhat, DynamicsNet):
+        if type(fhat) is DynamicsNet:
             net, angle_dims, control_affine = fhat.net, fhat.angle_dims, fhat.control_affine
-        if not isinstance(net, nn.Sequential) or len(net) % 2 != 1:
+        if type(net) is not nn.Sequential or len(net) % 2 != 1:
             return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in fhat.modules()):
+            return None  # hooks expect the modules to be called
         linears, activations = list(net[0::2]), [_in_place(m) for m in net[1::2]]
         if not all(type(m) is nn.Linear for m in linears) or any(a is None for a in activations):
             return None
         with torch.no_grad():
             weights = [torch.cat([lin.weight, lin.bias[:, None] if lin.bias is not None else lin.weight.new_zeros(lin.out_features, 1)], 1)
                        for lin in linears]
-            if isinstance(fhat, DynamicsNet):
+            if type(fhat) is DynamicsNet:
                 n, k, m = state_dim, angle_dims, action_dim
                 # The net sees [sin q, cos q, x[k:] / s_x, (u / s_u)]: fold 1 / s into those columns.
                 scaled_in = weights[0].shape[1] - 1 - 2 * k

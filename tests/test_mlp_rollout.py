@@ -87,6 +87,9 @@ def test_gradients_keep_the_autograd_path(lowered_calls):
 
 def test_unknown_network_is_not_lowered(lowered_calls):
     model = _model(1)
+    hooked = _model(1).fhat
+    hooked[0].register_forward_hook(lambda module, inputs, output: None)
+    assert mlp_rollout.MLPField.lower(hooked, 3, 1) is None
     model.fhat = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
     assert mlp_rollout.MLPField.lower(model.fhat, 3, 1) is None
     with torch.no_grad():
