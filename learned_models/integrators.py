@@ -370,7 +370,7 @@ class ODEWorldModel(nn.Module):
             horizon = actions.shape[1]
         controls = actions if self.action_dim else None
         # Without autograd an MLP field runs as a few matrix products per stage (``mlp_rollout``):
-        # the planners' rollouts, 1.5x faster for a (100, 100) MLP.
+        # the planners' rollouts, 1.25-1.4x faster for a (100, 100) MLP (1000 rows x 30 RK4 steps).
         field = self._inference_field() if self._without_autograd(x0, actions) else None
         if field is not None:
             return self._check_result(field.rollout(x0, controls, horizon, self.dt, self.integrator), x0, controls)
