@@ -355,12 +355,14 @@ class Certificate:
             f"  region:    {self.region()}; equilibrium {_short_list(self.equilibrium)}",
             f"  alpha:     {num(self.alpha)} (decay rate of V; distance decays like exp(-alpha t / 2))",
             f"  c1, c2:    {num(self.c1)}, {num(self.c2)} (c1 |x - x_eq|^2 <= V(x) <= c2 |x - x_eq|^2)",
-            f"  overshoot: {num(m)} (sqrt(c2/c1): |x(t) - x_eq| <= overshoot |x(0) - x_eq| exp(-alpha t / 2))",
+            f"  overshoot: {num(m)} (sqrt(c2/c1): |x(t) - x_eq| <= overshoot |x(0) - x_eq| exp(-alpha t / 2)",
         ]
         if m is not None and self.claim != "lyapunov_convergence" and self.alpha > 0:
-            unforced = " (u = 0)" if self.claim == "input_to_state_stability" else ""
-            lines.append(f"  settling:  |x - x_eq| <= 1% of |x(0) - x_eq| after t = {num(self.time_to(_SUMMARY_SHRINK, 1.0))}{unforced}, "
-                         "any start (cert.time_to(eps, region) for a region)")
+            # When the bound settles, on the overshoot line (the summary stays short).
+            unforced = ", u = 0" if self.claim == "input_to_state_stability" else ""
+            lines[-1] += f", <= 1% of |x(0) - x_eq| after t = {num(self.time_to(_SUMMARY_SHRINK, 1.0))}{unforced}; cert.time_to(eps, region))"
+        else:
+            lines[-1] += ")"
         settling = self.details.get("settling")
         if isinstance(settling, dict) and {"eps", "radius", "time"} <= set(settling):
             lines.append(f"  settles:   |x - x_eq| <= {settling['eps']:g} after t = {num(settling['time'])} from every start "
