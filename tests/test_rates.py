@@ -3,6 +3,7 @@ and is the one the model obeys and the certificate states; time_to holds on roll
 model kind has a certificate; falsify says INCOMPLETE when its time limit cut it short."""
 
 import copy
+import dataclasses
 import math
 import pickle
 
@@ -169,7 +170,7 @@ def test_time_to_matches_the_bound_and_holds_on_rollouts():
     exact = 2 / cert.alpha * math.log(m * radius / eps)
     assert exact <= t < exact + cert.h + 1e-9 and cert.details["settling"]["time"] == t
     assert "settles:   |x - x_eq| <= 0.01 after t = " in cert.summary() and "<= 1% of |x(0) - x_eq| after t = " in cert.summary()
-    assert cert.time_to(m * radius, box) == 0.0 and math.isinf(dataclass_replace(cert, alpha=0.0).time_to(eps, box))
+    assert cert.time_to(m * radius, box) == 0.0 and math.isinf(dataclasses.replace(cert, alpha=0.0).time_to(eps, box))
     # Starts on the box's corners and inside it, rolled for the certified number of steps.
     corners = torch.tensor([[lo, hi] for lo in box[0] for hi in box[1]])
     inside = torch.rand(60, 2) * torch.tensor([2.5, 1.0]) - torch.tensor([1.0, 0.5])
@@ -186,12 +187,6 @@ def test_time_to_matches_the_bound_and_holds_on_rollouts():
         cert.time_to(0.0, box)
     with pytest.raises(ValueError, match="box"):
         cert.time_to(eps, [[0.0, 1.0]])
-
-
-def dataclass_replace(cert: Certificate, **changes) -> Certificate:
-    import dataclasses
-
-    return dataclasses.replace(cert, **changes)
 
 
 def test_every_model_kind_has_a_certificate_and_the_unconstrained_claim_nothing():
