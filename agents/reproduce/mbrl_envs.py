@@ -51,7 +51,7 @@ __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_p
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 3, "mbpo_episodes": 10},
     "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
-    "InvertedPendulum-v5": {"sac_steps": 30_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 3000,
+    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 2000,
                             "mbpo_episodes": 300, "mbpo_steps": 5000},
     "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 5000,
                                   "mbpo_episodes": 300, "mbpo_steps": 10_000},
@@ -122,6 +122,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
+        if "stable" in method:  # the certified decay rate: learned within bounds (the models' default)
+            from lyagym.learned_models.stable import ALPHA_BOUNDS, ALPHA_INIT
+
+            settings["rate"] = f"learned in [{ALPHA_BOUNDS[0]:g}, {ALPHA_BOUNDS[1]:g}] from {ALPHA_INIT:g}"
     if args.quick:
         settings["quick"] = True
     return settings
