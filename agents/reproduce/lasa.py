@@ -357,6 +357,15 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "diverged" if v is None else format(v, spec)
 
 
+def _simple_median(values: list[float]) -> str:
+    if not values:
+        return ""
+    diverged = sum(not math.isfinite(v) for v in values)
+    if not diverged:
+        return f", simple {np.median(values):.2f} mm"
+    return f"; simple diverged from a demonstration's start on {diverged} of {len(values)} shapes"
+
+
 def summarise(results: list[dict[str, Any]]) -> str:
     """Markdown table: per shape, medians over seeds of each model's metrics beside SDSEF's DTW."""
     shapes = list(dict.fromkeys(r["settings"]["shape"] for r in results))
@@ -396,8 +405,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
         lines.append("")
         lines.append(f"Median DTW per point over the {len(medians['stable'])} shapes with peer figures: stable "
                      f"{np.median(medians['stable']):.2f} mm, SDSEF {np.median(medians['sdsef']):.2f} mm (quoted)"
-                     + (f", simple {np.median(medians['simple']):.2f} mm" if len(medians["simple"]) == len(medians["stable"]) else "")
-                     + ".")
+                     + _simple_median(medians["simple"]) + ".")
     return "\n".join(lines)
 
 
