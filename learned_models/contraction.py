@@ -36,7 +36,7 @@ from torch import nn
 from .bounds import MARGIN, interval_jacobian
 from .branch_and_bound import branch_and_bound
 
-__all__ = ["log_norm_bounds", "verify_contraction"]
+__all__ = ["log_norm_bounds", "log_norm_at", "verify_contraction"]
 
 
 def log_norm_bounds(J_lo: torch.Tensor, J_hi: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ def log_norm_bounds(J_lo: torch.Tensor, J_hi: torch.Tensor) -> torch.Tensor:
     return top + MARGIN * (1.0 + C.flatten(1).norm(dim=1) + R.flatten(1).norm(dim=1))
 
 
-def _log_norm_at(net: nn.Module, points: torch.Tensor, k: int) -> torch.Tensor:
+def log_norm_at(net: nn.Module, points: torch.Tensor, k: int) -> torch.Tensor:
     """``lambda_max(sym(df/deta))`` at ``points: (batch, k + d [+ 1])`` by autograd, ``(batch,)``."""
     with torch.enable_grad():
         J = torch.func.vmap(torch.func.jacrev(lambda p: net(p.unsqueeze(0))[0]))(points)[:, :, :k]
@@ -114,7 +114,7 @@ def verify_contraction(
         return upper, torch.zeros_like(upper, dtype=torch.bool)
 
     def value_fn(points: torch.Tensor) -> torch.Tensor:
-        return _log_norm_at(net64, points, k) + rate
+        return log_norm_at(net64, points, k) + rate
 
     res = branch_and_bound(bound_fn, value_fn, B[:, 0], B[:, 1], budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch,
                            progress=progress, exhaustive=exhaustive, clock=clock)

@@ -278,7 +278,7 @@ def lyanet_row(cache: str, budget: float, clock) -> str:
     """The LyaNet world model's inference contraction (``contraction.py``): at half its
     certificate's measured rate (what ``Certificate.verify`` proves), and at half the worst
     contraction rate sampled on 10^5 points of (inference state, input, t)."""
-    from lyagym.learned_models.contraction import _log_norm_at, verify_contraction
+    from lyagym.learned_models.contraction import log_norm_at, verify_contraction
 
     model = train_lyanet(cache)
     cert = model.certificate()
@@ -291,7 +291,7 @@ def lyanet_row(cache: str, budget: float, clock) -> str:
     full = torch.cat([H, Z, torch.tensor([[0.0, 1.0]], dtype=torch.float64)])
     gen = torch.Generator().manual_seed(0)
     pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, 5, generator=gen, dtype=torch.float64)
-    mu = _log_norm_at(net, pts, 2)
+    mu = log_norm_at(net, pts, 2)
     out = []
     for rate in (cert.alpha / 2, -float(mu.max()) / 2):
         share = float((mu + rate > 0).double().mean())
