@@ -14,7 +14,7 @@ from lyagym.agents import cli
 COMMANDS = tuple(c for c in cli.COMMANDS if c not in ("info", "reproduce"))
 #: ``lyagym reproduce STUDY``: each study is a subcommand of its own
 STUDIES = ("fig3", "fig4", "fig5", "lyanet-toy", "lyanet-digits", "lyanet-early-exit", "lyanet-pendulum", "video-fig7",
-           "mbrl-swingup", "mbrl-envs")
+           "mbrl-swingup", "mbrl-envs", "lasa")
 
 
 def _call(argv: list[str], capsys) -> tuple[int, str]:
