@@ -395,7 +395,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
         cert = max((r["certified"]["seconds"] for r in st), default=None)
         frac = lambda rows: f"{min(r['starts_within_1mm'] for r in rows):.1%}" if rows else ""  # noqa: E731
         lines.append(
-            f"| {shape} | {SDSEF_DTW.get(shape, float('nan')):.2f} | {_fmt(dtw_st) if st else ''} | {_fmt(dtw_si) if si else ''} | "
+            f"| {shape} | {f'{SDSEF_DTW[shape]:.2f}' if shape in SDSEF_DTW else '-'} | {_fmt(dtw_st) if st else ''} | {_fmt(dtw_si) if si else ''} | "
             f"{_fmt(med(st, 'velocity_rmse_mm_s'), '.1f') if st else ''} | {_fmt(med(si, 'velocity_rmse_mm_s'), '.1f') if si else ''} | "
             f"{_fmt(worst(st, 'final_distance_mm'), '.3f') if st else ''} | {_fmt(worst(si, 'final_distance_mm'), '.3f') if si else ''} | "
             f"{frac(st)} | {frac(si)} | {'' if cert is None else f'{cert:.1f}'} | "
