@@ -110,13 +110,20 @@ def run(args: argparse.Namespace) -> int:
         message = out_file("--out", args.out, overwrite=args.overwrite)
         if message:
             return _fail(message)
+    if args.rho == "auto":
+        return _verify_and_write(args, model, lambda progress: region_of_attraction(
+            model, V, args.box, alpha=float(alpha), budget_s=args.budget_s, progress=progress))
+    return _verify_and_write(args, model, lambda progress: verify_decrease(
+        model, V, args.box, alpha=float(alpha), rho=args.rho, u_box=args.u_box, budget_s=args.budget_s,
+        progress=progress, exhaustive=args.exhaustive))
+
+
+def _verify_and_write(args: argparse.Namespace, model, verify) -> int:
+    """Run ``verify(progress)`` under the progress bar, then write its result (or fail with
+    its argument error); the bar is closed before anything else is printed."""
     bar, progress = _progress(args)
     try:
-        if args.rho == "auto":
-            res = region_of_attraction(model, V, args.box, alpha=float(alpha), budget_s=args.budget_s, progress=progress)
-        else:
-            res = verify_decrease(model, V, args.box, alpha=float(alpha), rho=args.rho, u_box=args.u_box, budget_s=args.budget_s,
-                                  progress=progress, exhaustive=args.exhaustive)
+        res = verify(progress)
     except (TypeError, ValueError) as e:
         if bar is not None:
             bar.close()
@@ -174,17 +181,8 @@ def _run_contraction(args: argparse.Namespace, model) -> int:
             return _fail(f"no rate: pass --alpha ({e})")
     if not alpha > 0:
         return _fail(f"--alpha: the rate to prove must be > 0, got {alpha}")
-    bar, progress = _progress(args)
-    try:
-        res = verify_contraction(model, args.box, rate=float(alpha) / 2, budget_s=args.budget_s, progress=progress,
-                                 exhaustive=args.exhaustive)
-    except (TypeError, ValueError) as e:
-        if bar is not None:
-            bar.close()
-        return _fail(str(e))
-    if bar is not None:
-        bar.close()
-    return _write(args, model, res)
+    return _verify_and_write(args, model, lambda progress: verify_contraction(
+        model, args.box, rate=float(alpha) / 2, budget_s=args.budget_s, progress=progress, exhaustive=args.exhaustive))
 
 
 def _write(args: argparse.Namespace, model, res) -> int:

@@ -135,7 +135,6 @@ def branch_and_bound(
                     return result("counterexample", counterexample=pts[i].clone(), counterexample_value=float(h[i]))
                 if found is None or float(h[i]) > found[1]:
                     found = (pts[i].clone(), float(h[i]))
-        k = blo.shape[0]
         mid = (blo + bhi) / 2
         if split == "widest":
             dim = torch.argmax((bhi - blo) / extent, dim=1, keepdim=True)
@@ -143,35 +142,9 @@ def branch_and_bound(
             ch_hi = torch.stack([bhi.scatter(1, dim, mid.gather(1, dim)), bhi], 1).reshape(-1, n)
             ch_up, ch_cov = bound_fn(ch_lo, ch_hi)
             boxes += ch_up.numel()
-            ok = ch_cov | (ch_up < 0)
-            vol = (ch_hi - ch_lo).prod(-1)
-            done += float(vol[ok].sum())
-            covered_volume += float(vol[ch_cov].sum())
-            open_lo = torch.cat([open_lo[rest], ch_lo[~ok]])
-            open_hi = torch.cat([open_hi[rest], ch_hi[~ok]])
-            open_up = torch.cat([open_up[rest], ch_up[~ok]])
-            if progress is not None:
-                progress(done / total, boxes)
-            continue
-        # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
-        eye = torch.eye(n, dtype=torch.bool, device=blo.device)
-        c_lo = torch.stack([torch.where(eye, blo.unsqueeze(1), blo.unsqueeze(1)), torch.where(eye, mid.unsqueeze(1), blo.unsqueeze(1))], 2)
-        c_hi = torch.stack([torch.where(eye, mid.unsqueeze(1), bhi.unsqueeze(1)), torch.where(eye, bhi.unsqueeze(1), bhi.unsqueeze(1))], 2)
-        # (k, n dims, 2 halves, n)
-        up, cov = bound_fn(c_lo.reshape(-1, n), c_hi.reshape(-1, n))
-        boxes += up.numel()
-        up, cov = up.view(k, n, 2), cov.view(k, n, 2)
-        score = torch.where(cov | (up < 0), torch.full_like(up, -torch.inf), up).max(-1).values  # (k, n)
-        # Ties (e.g. a bound that only one corner decides) go to the widest side relative to the
-        # root box, or the boxes would shrink into slivers along one dimension.
-        best = score.min(1, keepdim=True).values
-        near = score <= best + 1e-12 * (1 + best.abs())
-        near |= torch.isinf(best) & (best < 0)
-        dim = torch.argmax(torch.where(near, (bhi - blo) / extent, torch.full_like(score, -1.0)), dim=1)
-        idx = torch.arange(k, device=blo.device)
-        ch_lo, ch_hi = c_lo[idx, dim], c_hi[idx, dim]  # (k, 2, n)
-        ch_up, ch_cov = up[idx, dim], cov[idx, dim]
-        ch_lo, ch_hi, ch_up, ch_cov = ch_lo.reshape(-1, n), ch_hi.reshape(-1, n), ch_up.reshape(-1), ch_cov.reshape(-1)
+        else:
+            ch_lo, ch_hi, ch_up, ch_cov, bounded = _best_of_all_splits(blo, bhi, mid, extent, bound_fn)
+            boxes += bounded
         ok = ch_cov | (ch_up < 0)
         vol = (ch_hi - ch_lo).prod(-1)
         done += float(vol[ok].sum())
@@ -182,3 +155,28 @@ def branch_and_bound(
         if progress is not None:
             progress(done / total, boxes)
     return final("verified")
+
+
+def _best_of_all_splits(blo: torch.Tensor, bhi: torch.Tensor, mid: torch.Tensor, extent: torch.Tensor, bound_fn):
+    """Bound all ``2n`` halves of each box ``(k, n)`` and keep, per box, the two halves of the
+    dimension whose worse half has the lowest bound: ``(lo, hi, up, covered, boxes bounded)``."""
+    k, n = blo.shape
+    # All 2n children: for dimension j, halves (lo, mid_j) and (mid_j, hi).
+    eye = torch.eye(n, dtype=torch.bool, device=blo.device)
+    c_lo = torch.stack([torch.where(eye, blo.unsqueeze(1), blo.unsqueeze(1)), torch.where(eye, mid.unsqueeze(1), blo.unsqueeze(1))], 2)
+    c_hi = torch.stack([torch.where(eye, mid.unsqueeze(1), bhi.unsqueeze(1)), torch.where(eye, bhi.unsqueeze(1), bhi.unsqueeze(1))], 2)
+    # (k, n dims, 2 halves, n)
+    up, cov = bound_fn(c_lo.reshape(-1, n), c_hi.reshape(-1, n))
+    bounded = up.numel()
+    up, cov = up.view(k, n, 2), cov.view(k, n, 2)
+    score = torch.where(cov | (up < 0), torch.full_like(up, -torch.inf), up).max(-1).values  # (k, n)
+    # Ties (e.g. a bound that only one corner decides) go to the widest side relative to the
+    # root box, or the boxes would shrink into slivers along one dimension.
+    best = score.min(1, keepdim=True).values
+    near = score <= best + 1e-12 * (1 + best.abs())
+    near |= torch.isinf(best) & (best < 0)
+    dim = torch.argmax(torch.where(near, (bhi - blo) / extent, torch.full_like(score, -1.0)), dim=1)
+    idx = torch.arange(k, device=blo.device)
+    ch_lo, ch_hi = c_lo[idx, dim], c_hi[idx, dim]  # (k, 2, n)
+    ch_up, ch_cov = up[idx, dim], cov[idx, dim]
+    return ch_lo.reshape(-1, n), ch_hi.reshape(-1, n), ch_up.reshape(-1), ch_cov.reshape(-1), bounded
