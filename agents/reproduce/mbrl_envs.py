@@ -101,10 +101,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         settings["config_defaults"] = hashlib.sha1(defaults_json.encode()).hexdigest()[:8]
     if method.startswith("pets"):
         settings["protocol"] = "planned episodes from the evaluation start"
-        from lyagym.agents.adapters import EnvAdapter, make_adapter
+        from lyagym.agents.adapters import ADAPTERS, EnvAdapter
 
-        planning = make_adapter(_make_env({**settings, "links": args.links})).planning_reward
-        if planning != EnvAdapter.planning_reward:  # an adapter's shaped planning reward
+        planning = getattr(ADAPTERS.get(env_id, EnvAdapter), "planning_reward", EnvAdapter.planning_reward)
+        if planning != EnvAdapter.planning_reward:  # an adapter's shaped planning reward (a class attribute)
             settings["planning_reward"] = planning
     if env_id == "lyagym/NLinkPendulum-v0":
         settings["links"] = args.links
