@@ -26,6 +26,11 @@ The exponential-stability constants follow eq. (2) of Manek & Kolter:
 reduced to the distance of its farthest corner); a model certifies how long it takes to settle,
 not only that it does.
 
+A ``"stabilisability"`` claim (``control_lyapunov.ControlLyapunov``) is about a plant that is
+not open-loop stable: on the region ``{V <= rho}`` it names, the fallback input ``u_fb(x)`` it
+names gives ``dV/dt <= -alpha V``, so the model's closed loop under ``u_fb`` converges; the
+constants and ``time_to`` read as above for that closed loop and that region.
+
 Models without a guarantee (``SimpleDynamics``, ensembles of them) issue a certificate with
 claim ``"none"``: it states nothing, and its ``check`` passes with nothing to check.
 """
@@ -53,6 +58,7 @@ CLAIMS = (
     "exponential_stability",  # of the continuous-time ODE xdot = f(x)
     "discrete_exponential_stability",  # of the step map: V(x_{k+1}) <= exp(-alpha h) V(x_k)
     "input_to_state_stability",  # with inputs: dV/dt <= -alpha V + sigma(x, u), sigma(x, 0) = 0
+    "stabilisability",  # a control Lyapunov function: on {V <= rho}, the fallback input gives dV/dt <= -alpha V
     "lyapunov_convergence",  # LyaNet: inference ODE converges to its prediction at rate kappa
     "none",  # an unconstrained model: nothing is claimed (check passes with nothing to check)
 )
@@ -367,6 +373,8 @@ class Certificate:
         if isinstance(settling, dict) and {"eps", "radius", "time"} <= set(settling):
             lines.append(f"  settles:   |x - x_eq| <= {settling['eps']:g} after t = {num(settling['time'])} from every start "
                          f"within {settling['radius']:.4g} of x_eq ({settling.get('region_text', 'the stated region')})")
+        if self.claim == "stabilisability" and "fallback" in self.details:
+            lines.append(f"  input:     {self.details['fallback']}")
         if isinstance(self.iss_gain, dict) and "dissipation" in self.iss_gain:
             lines.append(f"  inputs:    {self.iss_gain['dissipation']}")
         lines.append(f"  evidence:  {', '.join(self.evidence) if self.evidence else 'none yet (run cert.check(model))'}")
@@ -452,8 +460,14 @@ class Certificate:
     def check(self, model, **kwargs: Any):
         """Try to falsify this certificate on ``model``; see ``lyagym.learned_models.falsification.falsify``.
 
-        Returns a report (counts, worst normalised violation, counterexamples).
+        Returns a report (counts, worst normalised violation, counterexamples). A
+        ``"stabilisability"`` claim is checked by ``control_lyapunov.check_stabilisability``
+        (pass ``lyapunov=`` the ``ControlLyapunov`` it was issued with).
         """
+        if self.claim == "stabilisability":  # the decrease under the fallback input, on the stated region
+            from .control_lyapunov import check_stabilisability
+
+            return check_stabilisability(self, model, **kwargs)
         from .falsification import falsify  # the falsifier is heavier; load on demand
 
         return falsify(self, model, **kwargs)
