@@ -196,13 +196,20 @@ class LyapunovTerminalCost:
     swing-up, whose goal (upright) is *not* the certified equilibrium, it would pull the
     plan the wrong way -- the planner cannot tell, so choose it deliberately.
 
+    A control Lyapunov function (``ControlLyapunov``, for a plant that is not open-loop stable)
+    is the classic case: ``V`` decreases at rate ``alpha`` on ``{V <= rho}`` under the fallback
+    input, so a plan that ends inside that set ends where the fallback finishes the job (pass it
+    as ``source``, its ``"stabilisability"`` certificate as ``certificate``).
+
     Args:
-        source: a model with ``.lyapunov`` (``(N, n) -> (N,)``), or the ``V`` callable itself.
+        source: a model with ``.lyapunov`` (``(N, n) -> (N,)``), or the ``V`` callable itself
+            (e.g. a ``ControlLyapunov``).
         weight: scale of ``V`` relative to the running cost.
         certificate: optional ``Certificate`` of ``source``; refused (``ValueError``) if it
             was issued for another model (``certificate.applies_to(model)`` is false: other
             weights, or ``alpha``, the integrator, the rescale or the dtype changed since),
-            because then ``V`` is no longer certified.
+            because then ``V`` is no longer certified; a ``"stabilisability"`` certificate is
+            refused when it names another ``V`` (``details["lyapunov_hash"]``).
         state_dim: declared state dimension (read from the model when it has one).
     """
 
@@ -212,7 +219,14 @@ class LyapunovTerminalCost:
             if not callable(source):
                 raise TypeError(f"source must be a model with a `.lyapunov` or a callable V(x), got {type(source).__name__}")
             V = source
-        if certificate is not None and isinstance(source, torch.nn.Module) and not certificate.applies_to(source):
+        if certificate is not None and certificate.claim == "stabilisability":
+            # a control Lyapunov function's certificate is about the model; it names V by its hash
+            from lyagym.learned_models import model_hash
+
+            if not isinstance(source, torch.nn.Module) or certificate.details.get("lyapunov_hash") != model_hash(source):
+                raise ValueError("the stabilisability certificate was issued with another control Lyapunov function than "
+                                 "this one (lyapunov_hash differs: refitted or re-certified since); re-issue it with V.certificate(model)")
+        elif certificate is not None and isinstance(source, torch.nn.Module) and not certificate.applies_to(source):
             raise ValueError(
                 "the certificate was issued for another model than this one (weights_hash, of class, config, dtype "
                 "and weights, differs: fine-tuned, or alpha, the integrator, the rescale or the dtype changed); "

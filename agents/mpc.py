@@ -81,14 +81,20 @@ class MPCController:
         angle_dims: angle entries of the state, wrapped before planning (an int ``k``:
             the first ``k``).
         warmup_iterations: see above.
+        safeguard: optional ``(state, action) -> action`` applied to the planned first action,
+            e.g. ``CertifiedFallback`` (the plan only where the model predicts the certified
+            decrease of a control Lyapunov function, else its fallback input).
     """
 
-    def __init__(self, planner, angle_dims: Sequence[int] | int = (), *, warmup_iterations: int = 0) -> None:
+    def __init__(self, planner, angle_dims: Sequence[int] | int = (), *, warmup_iterations: int = 0, safeguard=None) -> None:
         if not isinstance(warmup_iterations, (int, np.integer)) or warmup_iterations < 0:
             raise ValueError(f"warmup_iterations must be an int >= 0, got {warmup_iterations!r}")
         self.planner = planner
         self.angle_dims = tuple(range(angle_dims)) if isinstance(angle_dims, (int, np.integer)) else tuple(int(i) for i in angle_dims)
         self.warmup_iterations = int(warmup_iterations)
+        if safeguard is not None and not callable(safeguard):
+            raise TypeError(f"safeguard must be callable (state, action) -> action, got {type(safeguard).__name__}")
+        self.safeguard = safeguard
         self._fresh = True
 
     def reset(self) -> None:
@@ -105,7 +111,8 @@ class MPCController:
         finally:
             self.planner.iterations = iterations
         self._fresh = False
-        return action.detach().cpu().numpy().astype(np.float32)
+        action = action.detach().cpu().numpy().astype(np.float32)
+        return action if self.safeguard is None else self.safeguard(x, action)
 
 
 def mpc_episode(env: gym.Env, model, *, planner: str = "mppi", cost=None, horizon: int = 30, num_samples: int = 500,

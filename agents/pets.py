@@ -15,6 +15,13 @@ The algorithm box::
         D <- D + that episode
 
 Any ``WorldModel`` plays the model (a single deterministic one uses one particle).
+
+For a plant that is not open-loop stable (``control_lyapunov=True``, the world-model kinds
+``"clf"`` / ``"ensemble-clf"``): after every fit a control Lyapunov function ``V`` is fitted to
+the model (``fit_control_lyapunov``), the plan's final state is charged ``V``
+(``LyapunovTerminalCost``), and each planned first action is applied only where the model
+predicts the certified decrease of ``V`` (``CertifiedFallback``; else the fallback input), so
+the model's closed loop converges from the certified region whatever the planner does.
 Models see the adapter's state with angles wrapped; with ``wrap_angles`` the planner's
 rollouts wrap them after every step too (``AngleWrappedModel``).
 
@@ -38,14 +45,20 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import EnvAdapter, make_adapter
+from .costs import LyapunovTerminalCost
 from .data import TransitionBuffer, collect_episode
 from .mbrl_config import MBRLConfig
 from .mpc import AngleWrappedModel, MPCController
 from .planners import make_planner
 from .run_log import RunFolder, TensorBoardLog
-from .world_models import fit_model, is_ensemble
+from .safeguard import CertifiedFallback
+from .world_models import fit_control_lyapunov, fit_model, is_ensemble
 
 __all__ = ["run_pets", "check_config", "check_model_fits"]
+
+#: weight of ``V(x_H)`` in a plan's cost with ``control_lyapunov`` (V is 1 on the boundary of
+#: the largest ellipsoid in the data's box, of the order of one step's reward)
+CLF_TERMINAL_WEIGHT = 1.0
 
 
 def check_config(config: MBRLConfig) -> None:
@@ -128,11 +141,11 @@ def _row(method: str, config: MBRLConfig, episode: int, real_steps: int, ep: dic
     return row
 
 
-def make_mpc_planner(model, adapter: EnvAdapter, cost, config: MBRLConfig, seed: int):
+def make_mpc_planner(model, adapter: EnvAdapter, cost, config: MBRLConfig, seed: int, terminal_cost=None):
     """The PETS planner of one episode: ``config.planner`` on the (angle-wrapped) model, with
     ``config.particles`` particles per candidate for an ensemble (one for a single model)."""
     plan_model = AngleWrappedModel(model, adapter.angle_dims) if config.wrap_angles and adapter.angle_dims else model
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {} if terminal_cost is None else {"terminal_cost": terminal_cost}
     if config.planner == "mppi":
         options["temperature"] = config.temperature
     if is_ensemble(model):
@@ -147,7 +160,7 @@ def make_mpc_planner(model, adapter: EnvAdapter, cost, config: MBRLConfig, seed:
 def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), *, adapter: EnvAdapter | None = None,
              out_dir: str | None = None, method: str = "pets", resume: bool = False, overwrite: bool = False,
              progress: bool = True, on_episode: Callable[[dict], None] | None = None,
-             tensorboard_dir: str | None = None) -> list[dict[str, Any]]:
+             tensorboard_dir: str | None = None, control_lyapunov: bool = False) -> list[dict[str, Any]]:
     """PETS (module docstring) on the real ``env`` with ``model``.
 
     Args:
@@ -164,6 +177,10 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
             refused unless ``overwrite``.
         on_episode: called with each episode's row.
         tensorboard_dir: also log each row there as TensorBoard scalars (``TensorBoardLog``).
+        control_lyapunov: certify the model's stabilisability and plan with it (module
+            docstring; needs a control-affine model). Rows then add ``clf_rho``,
+            ``clf_box_fraction`` (of the data's box, certified for the model the episode
+            planned on) and ``clf_replaced`` (planned actions the safeguard replaced).
 
     Returns:
         the per-episode rows (also in ``out_dir/episodes.csv``).
@@ -180,6 +197,9 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
     else:
         rows, buffer, fit_loss = [], TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims), None
     tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
+    clf, clf_info = None, {}
+    if control_lyapunov and fit_loss is not None:  # resumed: the committed model's V, fitted again (seeded)
+        clf, clf_info = fit_control_lyapunov(None, model, buffer, adapter, seed=config.seed)
     real_steps = int(rows[-1]["real_steps"]) if rows else 0
     t0 = time.perf_counter() - (float(rows[-1]["wall_s"]) if rows else 0.0)
     total = config.random_episodes + config.episodes
@@ -194,21 +214,29 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
         else:
             if hasattr(model, "reset_generator"):
                 model.reset_generator(ep_seed)
-            controller = MPCController(make_mpc_planner(model, adapter, cost, config, ep_seed), adapter.angle_dims,
-                                       warmup_iterations=config.warmup_iterations)
+            safeguard = CertifiedFallback(clf, model) if clf is not None else None
+            terminal = LyapunovTerminalCost(clf, weight=CLF_TERMINAL_WEIGHT) if clf is not None else None
+            controller = MPCController(make_mpc_planner(model, adapter, cost, config, ep_seed, terminal), adapter.angle_dims,
+                                       warmup_iterations=config.warmup_iterations, safeguard=safeguard)
             reset_seed = ep_seed if config.mpc_reset_seed is None else int(config.mpc_reset_seed)
             ep = collect_episode(env, lambda s, o: controller(s), steps=config.episode_steps, seed=reset_seed, adapter=adapter)
             policy = "mpc"
         buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
         real_steps += len(ep["actions"])
         row = _row(method, config, episode, real_steps, ep, adapter, fit_loss, t0, policy)
+        if control_lyapunov:
+            replaced = safeguard.counts["replaced"] if policy == "mpc" and safeguard is not None else 0
+            row.update(clf_rho=clf_info.get("rho", 0.0), clf_box_fraction=clf_info.get("box_fraction", 0.0), clf_replaced=replaced)
         rows.append(row)
         # the model the next episode plans on is fitted here (after the last episode too), so
         # the commit holds it fitted on all the data so far: a resume, also one that extends a
         # finished run, plans on exactly that model without fitting it again
         if episode >= config.random_episodes - 1:
             fit_loss = fit_model(model, buffer, config, progress)
-        _commit(run, model, buffer, rows, fit_loss)
+            if control_lyapunov:
+                clf, clf_info = fit_control_lyapunov(clf, model, buffer, adapter, seed=config.seed)
+        extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p)} if clf is not None else None
+        _commit(run, model, buffer, rows, fit_loss, extra)
         bar.set_postfix(ret=f"{row['return']:.1f}")
         if tensorboard is not None:
             tensorboard(row)

@@ -8,7 +8,15 @@ Kinds (``WORLD_MODELS``):
 - ``"ensemble"`` / ``"ensemble-simple"``: a probabilistic ensemble of simple members
   (PETS, Chua et al. 2018);
 - ``"ensemble-stable"``: the same with ``StableControlledDynamics`` members, each keeping
-  its own certificate.
+  its own certificate;
+- ``"clf"`` / ``"ensemble-clf"``: the simple model / ensemble (control-affine with the priors)
+  for a plant that is not open-loop stable, certified instead by a learned control Lyapunov
+  function fitted to it after every fit (``fit_control_lyapunov``; ``run_pets(...,
+  control_lyapunov=True)``): a *stabilisability* certificate, one ``V`` and one common input
+  for every member;
+- ``"certified"`` / ``"ensemble-certified"``: whichever certified kind the adapter calls for
+  (``certified_kind``): the stable kinds where ``adapter.open_loop_stable``, the clf kinds
+  otherwise.
 
 With ``priors`` (default) the networks get the mechanical priors of ``DynamicsNet``
 (sin/cos of the adapter's angles, affine in the action, SiLU).
@@ -31,17 +39,19 @@ import torch
 from .adapters import EnvAdapter
 from .data import TransitionBuffer
 
-__all__ = ["WORLD_MODELS", "make_world_model", "world_model_for", "model_priors", "is_ensemble", "fit_transitions", "fit_model"]
+__all__ = ["WORLD_MODELS", "make_world_model", "world_model_for", "model_priors", "is_ensemble", "fit_transitions", "fit_model",
+           "certified_kind", "is_stabilisable_kind", "fit_control_lyapunov"]
 
-_BASE_KINDS = ("simple", "stable")
+_BASE_KINDS = ("simple", "stable", "clf")
 #: world-model kinds by name (see the module docstring)
-WORLD_MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable")
+WORLD_MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable", "clf", "ensemble-clf", "certified",
+                "ensemble-certified")
 
 
 def _member_factory(kind: str, state_dim: int, action_dim: int, dt: float, kwargs: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     from lyagym.learned_models import SimpleDynamics, StableControlledDynamics
 
-    if kind == "simple":
+    if kind in ("simple", "clf"):  # a clf model is a simple one; its certificate is fitted beside it
         kwargs = {k: v for k, v in kwargs.items() if k != "x_eq"}
         return lambda: SimpleDynamics(state_dim, action_dim, dt=dt, **kwargs)
     return lambda: StableControlledDynamics(state_dim, action_dim, dt=dt, **kwargs)
@@ -58,12 +68,14 @@ def make_world_model(kind: str, state_dim: int, action_dim: int, dt: float, *, s
     """
     if kind not in WORLD_MODELS:
         raise ValueError(f"unknown world model {kind!r}; choose one of {list(WORLD_MODELS)}")
+    if kind in ("certified", "ensemble-certified"):
+        raise ValueError(f"world model {kind!r} is chosen by the env's adapter: use world_model_for(adapter, {kind!r})")
     torch.manual_seed(seed)
     if kind in _BASE_KINDS:
         return _member_factory(kind, state_dim, action_dim, dt, kwargs)().to(device)
     from lyagym.learned_models import Ensemble
 
-    member = "stable" if kind == "ensemble-stable" else "simple"
+    member = "stable" if kind == "ensemble-stable" else ("clf" if kind == "ensemble-clf" else "simple")
     kwargs = {"integrator": "euler", **kwargs}
     return Ensemble(_member_factory(member, state_dim, action_dim, dt, kwargs), size=ensemble_size,
                     propagation=propagation, seed=seed).to(device)
@@ -93,10 +105,72 @@ def world_model_for(adapter: EnvAdapter, kind: str, *, priors: bool = True, seed
     """``make_world_model`` for ``adapter``'s state, action and ``dt``; the stable kinds are
     certified towards ``adapter.rest_state`` (the plant's rest state, not the origin of
     whatever coordinates the env uses)."""
+    if kind in ("certified", "ensemble-certified"):
+        kind = certified_kind(adapter, ensemble=kind.startswith("ensemble"))
     options = {**model_priors(adapter, priors), **kwargs}
+    if is_stabilisable_kind(kind) and not options.get("control_affine"):
+        raise ValueError(f"world model {kind!r} needs a control-affine network (the priors, or control_affine=True)")
     if "stable" in kind and "x_eq" not in options and adapter.rest_state is not None:
         options["x_eq"] = [float(v) for v in adapter.rest_state]
     return make_world_model(kind, adapter.state_dim, adapter.action_dim, adapter.dt, seed=seed, device=device, **options)
+
+
+def certified_kind(adapter: EnvAdapter, *, ensemble: bool = True) -> str:
+    """The certified world-model kind for ``adapter``'s plant: ``"ensemble-stable"`` /
+    ``"stable"`` (stable without input, ISS with it) where it is ``open_loop_stable``, else
+    ``"ensemble-clf"`` / ``"clf"`` (a stabilisability certificate: a stable model cannot
+    represent an open-loop unstable plant)."""
+    base = "stable" if adapter.open_loop_stable else "clf"
+    return f"ensemble-{base}" if ensemble else base
+
+
+def is_stabilisable_kind(kind: str) -> bool:
+    """Whether world-model ``kind`` is certified by a control Lyapunov function."""
+    return kind in ("clf", "ensemble-clf")
+
+
+def data_box(adapter: EnvAdapter, buffer: TransitionBuffer, *, quantile: float = 0.01, margin: float = 0.05) -> np.ndarray:
+    """``(n, 2)``: the box of the real states seen (per entry the ``quantile`` to ``1 - quantile``
+    range, widened by ``margin`` of its width), made to hold the rest state: a learned model is
+    trusted only near its data, so a control Lyapunov function is certified there."""
+    x = buffer.tensors("cpu", torch.float64)[0].numpy()
+    lo, hi = np.quantile(x, quantile, axis=0), np.quantile(x, 1 - quantile, axis=0)
+    rest = adapter.rest_state if adapter.rest_state is not None else (lo + hi) / 2
+    width = np.maximum(hi - lo, 1e-3)
+    lo, hi = np.minimum(lo, rest) - margin * width, np.maximum(hi, rest) + margin * width
+    return np.stack([lo, hi], -1)
+
+
+def fit_control_lyapunov(clf, model, buffer: TransitionBuffer, adapter: EnvAdapter, *, fit_steps: int = 100, seed: int = 0,
+                         hidden: tuple[int, ...] = (32, 32)):
+    """Fit a control Lyapunov function to ``model`` (control-affine; an ensemble: one ``V`` for
+    every member) on the box of the data (``data_box``) towards ``adapter.rest_state``, with the
+    adapter's action bounds as the input box: the model's equilibrium near the rest state, LQR
+    ``P``, ``fit_steps`` steps of the correction, the certified level ``rho``.
+
+    ``clf``: the ``ControlLyapunov`` to refit in place (a planner's terminal cost keeps pointing
+    at it), or ``None`` for a new one. Returns ``(clf, info)`` with ``info`` the certified
+    ``rho``, the share of the box it covers and the linearisation's LQR rate.
+    """
+    from lyagym.learned_models.control_lyapunov import ControlLyapunov
+
+    box = data_box(adapter, buffer)
+    rest = adapter.rest_state if adapter.rest_state is not None else box.mean(1)
+    with torch.random.fork_rng(devices=[]):  # the correction's init draws from its own seed, not the loop's stream
+        torch.manual_seed(seed)
+        fresh = ControlLyapunov(adapter.state_dim, adapter.action_dim, box=box, u_low=adapter.action_low, u_high=adapter.action_high,
+                                x_eq=rest, angle_dims=adapter.angle_dims, hidden=hidden)
+    fresh = fresh.to(model.device, model.dtype)
+    if clf is None:
+        clf = fresh
+    else:
+        clf.load_state_dict(fresh.state_dict())
+    info = clf.initialise(model)
+    if info["stabilisable"]:
+        info.update(clf.fit(model, steps=fit_steps, seed=seed))
+    info["rho"] = float(clf.rho)
+    info["box_fraction"] = clf.box_fraction()
+    return clf, info
 
 
 def is_ensemble(model) -> bool:

@@ -128,13 +128,13 @@ def model_equilibrium(models: Sequence, x_guess: torch.Tensor, u_guess: torch.Te
     for _ in range(iterations):
         r = field(z)
         J = torch.autograd.functional.jacobian(field, z)
-        cost = float(r @ r + damping * (z - z0) @ (z - z0))
+        cost = float((r @ r + damping * (z - z0) @ (z - z0)).detach())
         H = J.T @ J + damping * torch.eye(len(z), dtype=z.dtype)
         g = J.T @ r + damping * (z - z0)
         step = torch.linalg.solve(H + lam * torch.eye(len(z), dtype=z.dtype), -g)
         cand = z + step
         rc = field(cand)
-        if float(rc @ rc + damping * (cand - z0) @ (cand - z0)) < cost:
+        if float((rc @ rc + damping * (cand - z0) @ (cand - z0)).detach()) < cost:
             z, lam = cand, lam * 0.3
         else:
             lam *= 10.0

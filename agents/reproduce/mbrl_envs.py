@@ -9,8 +9,11 @@ or on a Ray cluster (``--backend ray``, the ``ray`` extra); the stored results a
 whichever way they ran (each cell seeds everything it uses and runs on one thread).
 
 Methods: ``pets-<model>`` (``run_pets``; ``<model>`` one of ``simple``, ``stable``,
-``ensemble``, ``ensemble-stable``), ``mbpo-<model>`` (``run_mbpo``) and ``sac`` (SB3 SAC on
-the real env, the reference). Stable models are certified towards the adapter's rest state.
+``ensemble``, ``ensemble-stable``, ``clf``, ``ensemble-clf``), ``mbpo-<model>`` (``run_mbpo``)
+and ``sac`` (SB3 SAC on the real env, the reference). Stable models are certified towards the
+adapter's rest state; the clf models (for plants that are not open-loop stable) by a control
+Lyapunov function fitted after every fit, used as PETS' terminal cost and safeguard
+(``run_pets(..., control_lyapunov=True)``); their check is the stabilisability certificate's.
 
 **Evaluation.** For SAC, the greedy policy on a separate env copy every ``--eval-every``
 training steps from a fixed start; for MBPO the greedy policy after every real episode,
@@ -57,7 +60,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
                                   "mbpo_episodes": 300, "mbpo_steps": 10_000},
     "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 8, "mbpo_episodes": 10},
 }
-MODELS = ("simple", "stable", "ensemble", "ensemble-stable")
+MODELS = ("simple", "stable", "ensemble", "ensemble-stable", "clf", "ensemble-clf")
 #: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
 EVAL_RESET_SEED = 1_000_003
 
@@ -67,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1"], help=f"env ids, of {sorted(ENV_DEFAULTS)}")
     parser.add_argument("--links", type=integer(1), default=2, help="links of lyagym/NLinkPendulum-v0")
     parser.add_argument("--methods", nargs="+", default=["pets-ensemble", "pets-ensemble-stable", "sac"],
-                        help="pets-<model>, mbpo-<model> (model: simple, stable, ensemble, ensemble-stable) or sac")
+                        help="pets-<model>, mbpo-<model> (model: simple, stable, ensemble, ensemble-stable, clf, ensemble-clf) or sac")
     parser.add_argument("--seeds", nargs="+", type=integer(0), default=[0, 1, 2, 3, 4])
     parser.add_argument("--episodes", type=integer(0), default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
     parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
@@ -122,6 +125,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
+        if method.endswith("clf"):  # the stabilisability certificate's construction (a change makes new cells)
+            settings["clf"] = "LQR on the data box, 100 correction steps, discrete decrease, safeguard, terminal weight 1"
         if "stable" in method:  # the certified decay rate: learned within bounds (the models' default)
             from lyagym.learned_models.stable import ALPHA_BOUNDS, ALPHA_INIT
 
@@ -196,7 +201,7 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     if algo == "pets":
         resume = os.path.exists(os.path.join(run_dir, "manifest.json"))
         episodes = run_pets(env, model, None, config, adapter=adapter, out_dir=run_dir, method=method, resume=resume,
-                            progress=progress)
+                            progress=progress, control_lyapunov=kind.endswith("clf"))
         evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
                         "steps_used": episodes[-1]["real_steps"]} for r in episodes if r["policy"] == "mpc"]
     elif algo == "mbpo":
@@ -220,7 +225,7 @@ def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: 
 
     method = settings["method"]
     kind = method.split("-", 1)[-1]
-    if method == "sac" or "stable" not in kind:
+    if method == "sac" or ("stable" not in kind and not (kind.endswith("clf") and method.startswith("pets"))):
         return None
     run = RunFolder(os.path.join(folder, "run"), algo=method.split("-", 1)[0], settings={})
     manifest = run.manifest()
@@ -230,12 +235,26 @@ def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: 
     _, model = _cell_config_and_model(settings, make_adapter(_make_env(settings)), seed, device)
     model.load_state_dict(torch.load(run.file(manifest, "model_weights.pt"), map_location=model.device, weights_only=True))
     t0 = time.perf_counter()
-    report = model.certificate().check(model)
+    extra: dict[str, Any] = {}
+    if kind.endswith("clf"):  # the control Lyapunov function the last episodes planned with, as committed
+        from lyagym.learned_models.control_lyapunov import ControlLyapunov
+
+        adapter = make_adapter(_make_env(settings))
+        box = [[-1.0, 1.0]] * adapter.state_dim  # every buffer, the box included, comes from the committed weights
+        V = ControlLyapunov(adapter.state_dim, adapter.action_dim, box=box, u_low=adapter.action_low, u_high=adapter.action_high,
+                            x_eq=[0.0] * adapter.state_dim, angle_dims=adapter.angle_dims).to(model.device, model.dtype)
+        V.load_state_dict(torch.load(run.file(manifest, "clf_weights.pt"), map_location=model.device, weights_only=True))
+        cert = V.certificate(model)
+        report = cert.check(model, lyapunov=V)
+        extra = {"rho": float(V.rho), "box_fraction": V.box_fraction(), "box": cert.details["box"], "alpha": cert.alpha,
+                 "time_to_1e-2": cert.time_to(1e-2, math.sqrt(float(V.rho) / cert.c1)) if float(V.rho) > 0 else None}
+    else:
+        report = model.certificate().check(model)
     reports = getattr(report, "reports", [report])  # an ensemble's check holds one report per member
     return {"passed": bool(report.passed), "models": len(reports), "models_passed": sum(bool(r.passed) for r in reports),
             "checked": int(sum(r.n_checked for r in reports)), "violations": int(sum(r.n_violations for r in reports)),
             "worst_violation": float(max(r.worst_violation for r in reports)),
-            "tolerance": float(min(r.tolerance for r in reports)), "seconds": round(time.perf_counter() - t0, 1)}
+            "tolerance": float(min(r.tolerance for r in reports)), "seconds": round(time.perf_counter() - t0, 1), **extra}
 
 
 def cell_dir(out: str, settings: dict[str, Any], seed: int) -> str:
@@ -348,10 +367,14 @@ def certificate_lines(results: dict[tuple, dict], env: str) -> str:
             continue
         passed = [seed for seed, c in sorted(done.items()) if c["passed"]]
         worst = max(c["worst_violation"] for c in done.values())
+        region = ""
+        if all("rho" in c for c in done.values()):  # a stabilisability certificate: its region
+            region = "; certified region {V <= rho}: rho " + ", ".join(f"{c['rho']:.3g}" for c in done.values()) + \
+                ", share of the data's box " + ", ".join(f"{c['box_fraction']:.1%}" for c in done.values())
         lines.append(f"- {method}: certificate check after training passed on {len(passed)} of {len(done)} seeds "
                      f"({sum(c['models_passed'] for c in done.values())} of {sum(c['models'] for c in done.values())} "
                      f"models, {sum(c['checked'] for c in done.values()):,} checks, {sum(c['violations'] for c in done.values())} "
-                     f"violations, worst normalised violation {worst:.2g})")
+                     f"violations, worst normalised violation {worst:.2g}){region}")
     return ("\n".join(lines) + "\n") if lines else ""
 
 
