@@ -16,29 +16,36 @@ the minimum over ``u`` of the decrease is closed form (a box is a product of int
 
 ``ControlLyapunov`` is ``V(x) = e^T P e + ||h(e) - h(0)||^2`` with ``e = x - x_eq`` (angle
 entries wrapped, so ``V`` is periodic in them) and ``h`` a small smooth MLP (the learned
-correction, zero at initialisation). ``P`` comes from continuous-time LQR on the model's
-linearisation at its equilibrium ``(x_eq, u_eq)`` (``scipy.linalg.solve_continuous_are``,
-Bryson's rule for the weights: ``Q = diag(1 / d_i^2)`` with ``d_i`` the box's half-width about
-``x_eq``, ``R = diag(1 / r_j^2)`` with ``r_j`` the input's room about ``u_eq``).
+correction, zero at initialisation). ``P`` comes from LQR on the model's linearisation at its
+equilibrium ``(x_eq, u_eq)``: continuous-time (``scipy.linalg.solve_continuous_are``) for a
+continuous claim, discrete-time on the step map (``solve_discrete_are``) for a discrete one,
+with Bryson's rule for the weights: ``Q = diag(1 / d_i^2)``, ``d_i`` the box's half-width about
+``x_eq``, ``R = diag(1 / r_j^2)``, ``r_j`` the input's room about ``u_eq``.
 
 The certificate is about the input actually applied, the **fallback input**
 
-    u_fb(x) = clip(u_eq - R^-1 B(x)^T grad V(x) / 2, lo, hi)
+    u_fb(x) = clip(u_eq - W B(x)^T grad V(x) / 2, lo, hi)
 
-(LQR's ``u = u_eq - K e`` for the quadratic ``V``, saturated into ``U``; Lipschitz, so the held
-input of one step does not chatter as the bang-bang minimiser would). The **region** is the
+with ``W = R^-1`` (continuous: LQR's ``u = u_eq - K e`` for the quadratic ``V``) or
+``W = (R + dt B^T P B)^-1`` (discrete: the discrete LQR gain to first order in ``dt``; on
+``InvertedPendulum-v5``'s learned model the continuous gain's closed-loop pole at -22 /s is too
+fast for its 0.04 s step, and its ``V`` failed the one-step decrease on 12-35% of the states of
+every level), saturated into ``U``: Lipschitz, so the held input of one step does not chatter
+as the bang-bang minimiser would. The **region** is the
 largest sublevel set ``{V <= rho}`` inside the state box on which ``u_fb`` gives the decrease
 on every sampled state (``certify_region``): each round samples the set, and ``rho`` drops
 below the smallest ``V`` of any violating sample until a round finds none. Because
 ``V >= e^T P e``, ``rho <= min_i d_i^2 / (P^-1)_ii`` keeps the set inside the box, and a step
-that does not increase ``V`` cannot leave it. States with ``V < inner * rho`` are not claimed
-(rounding of a learned model's equilibrium rules there).
+that does not increase ``V`` cannot leave it. States with ``V < inner * rho`` are not claimed:
+rounding rules there, and for an ensemble the members' disagreement (each member has its own
+equilibrium, so no common input drives ``V`` to 0 on all of them; ``certify_region`` raises the
+inner level, up to a quarter of ``rho``, above the violations it finds only there).
 
 The claim (``Certificate`` claim ``"stabilisability"``): for every ``x`` in ``{V <= rho}`` with
 ``V(x) >= inner * rho``, ``u_fb(x)`` gives ``dV/dt <= -alpha V`` on the model (discrete, the
 default: ``V(step(x, u_fb(x))) <= exp(-alpha dt) V(x)`` with the model's own integrator and
 ``dt``, which is what a planner uses); hence the model's closed loop under ``u_fb`` stays in
-the region and converges to ``x_eq`` (down to the inner level) with the settling time
+the region and converges to ``x_eq`` (into ``{V <= inner * rho}``) with the settling time
 ``Certificate.time_to``. For an ensemble, one ``V`` and one common input (``u_fb`` from the
 members' mean ``B``) must give the decrease on every member's mean map. Evidence:
 ``"falsification"`` (sampled states and closed-loop rollouts); a sound proof with the bounds
@@ -168,11 +175,15 @@ class ControlLyapunov(nn.Module):
         x_eq: the rest state to look for the model's equilibrium near (default the box's centre).
         angle_dims: state entries that are angles (``e`` wraps them to ``[-pi, pi)``).
         hidden: widths of the correction ``h`` (``()``: ``V`` stays the LQR quadratic).
-        inner: states with ``V < inner * rho`` are not claimed.
+        inner: states with ``V < inner * rho`` are not claimed (``certify_region`` may raise it).
+        time_domain: the claim's: ``"discrete"`` (default; the model's step map, what a planner
+            uses: ``P`` from discrete-time LQR on the step's linearisation) or ``"continuous"``
+            (the ODE; ``P`` from continuous-time LQR).
     """
 
     def __init__(self, state_dim: int, action_dim: int, *, box: Any, u_low: Any, u_high: Any, x_eq: Any = None,
-                 angle_dims: Sequence[int] = (), hidden: Sequence[int] = (32, 32), inner: float = 1e-6) -> None:
+                 angle_dims: Sequence[int] = (), hidden: Sequence[int] = (32, 32), inner: float = 1e-6,
+                 time_domain: str = "discrete") -> None:
         super().__init__()
         if not isinstance(state_dim, int) or state_dim < 1 or not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"state_dim and action_dim must be ints >= 1, got {state_dim!r} and {action_dim!r}")
@@ -187,6 +198,9 @@ class ControlLyapunov(nn.Module):
         guess = box_t.mean(1) if x_eq is None else torch.as_tensor(np.asarray(x_eq, dtype=np.float64)).reshape(-1)
         if guess.shape != (n,) or not ((box_t[:, 0] < guess) & (guess < box_t[:, 1])).all():
             raise ValueError(f"x_eq must be ({n},) strictly inside the box, got {x_eq!r}")
+        if time_domain not in ("continuous", "discrete"):
+            raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {time_domain!r}")
+        self.time_domain = time_domain
         if not (isinstance(inner, (int, float)) and 0 < inner < 1):
             raise ValueError(f"inner must be a number in (0, 1) (the unclaimed level, relative to rho), got {inner!r}")
         self.state_dim, self.action_dim = n, m
@@ -206,7 +220,7 @@ class ControlLyapunov(nn.Module):
         self.register_buffer("x_eq", guess.to(f32))
         self.register_buffer("u_eq", torch.zeros(m, dtype=torch.float64).clamp(min=lo, max=hi).to(f32))
         self.register_buffer("P", torch.eye(n, dtype=f32))
-        self.register_buffer("r_inv", torch.ones(m, dtype=f32))
+        self.register_buffer("gain", torch.eye(m, dtype=f32))
         self.register_buffer("alpha", torch.zeros((), dtype=f32))
         self.register_buffer("rho", torch.zeros((), dtype=f32))
         self.register_buffer("inner", torch.tensor(float(inner), dtype=f32))
@@ -240,8 +254,8 @@ class ControlLyapunov(nn.Module):
 
     # -- the input and the decrease -----------------------------------------------------------
     def fallback(self, model, x: torch.Tensor, *, members: Sequence | None = None) -> torch.Tensor:
-        """``u_fb(x) = clip(u_eq - R^-1 B(x)^T grad V(x) / 2, lo, hi)``: ``(batch, n) -> (batch, m)``
-        (an ensemble: the members' mean ``B``)."""
+        """``u_fb(x) = clip(u_eq - W B(x)^T grad V(x) / 2, lo, hi)``: ``(batch, n) -> (batch, m)``
+        (an ensemble: the members' mean ``B``; ``W``: ``initialise``)."""
         members = members if members is not None else _members(model)
         _, g = self.value_and_grad(x)
         _, B = drift_and_gain(members, x)
@@ -249,9 +263,9 @@ class ControlLyapunov(nn.Module):
 
     def _saturated(self, B: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         s = (B.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
-        return torch.clamp(self.u_eq - 0.5 * self.r_inv * s, min=self.u_low, max=self.u_high)
+        return torch.clamp(self.u_eq - 0.5 * s @ self.gain.T, min=self.u_low, max=self.u_high)
 
-    def violation(self, model, x: torch.Tensor, u: torch.Tensor | None = None, *, time_domain: str = "discrete",
+    def violation(self, model, x: torch.Tensor, u: torch.Tensor | None = None, *, time_domain: str | None = None,
                   members: Sequence | None = None, create_graph: bool = False) -> torch.Tensor:
         """The normalised violation of the decrease under input ``u`` (default ``u_fb(x)``),
         the worst over an ensemble's members: ``(batch,)``, ``<= 0`` where it holds.
@@ -260,6 +274,7 @@ class ControlLyapunov(nn.Module):
         discrete:   ``(V(step(x, u)) - exp(-alpha dt) V(x)) / V(x)``.
         """
         members = members if members is not None else _members(model)
+        time_domain = time_domain or self.time_domain
         v, g = self.value_and_grad(x, create_graph=create_graph)
         a, B = drift_and_gain(members, x)
         if u is None:
@@ -296,12 +311,12 @@ class ControlLyapunov(nn.Module):
     def initialise(self, model, *, alpha: float | None = None, find_equilibrium: bool = True) -> dict[str, Any]:
         """Equilibrium, LQR ``P`` and the rate, from ``model`` (a control-affine model or ensemble).
 
-        ``alpha``: the certified rate; default half the LQR closed loop's rate of ``e^T P e``
+        ``alpha``: the certified rate; default a quarter of the LQR closed loop's rate of ``e^T P e``
         on the linearisation. Returns ``{"residual", "alpha_linear", "stabilisable"}``;
         ``stabilisable`` is false when the linearisation admits no LQR solution (``P`` then
         stays the Bryson ``Q`` and ``rho`` 0: nothing is certified).
         """
-        from scipy.linalg import solve_continuous_are
+        from scipy.linalg import solve_continuous_are, solve_discrete_are
 
         if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0 or None (automatic), got {alpha!r}")
@@ -322,30 +337,52 @@ class ControlLyapunov(nn.Module):
                 x0, u0 = x_eq, u_eq
         self.x_eq.copy_(x0)
         self.u_eq.copy_(u0)
+        dt = float(members[0].dt)
+        discrete = self.time_domain == "discrete"
+
+        def mean_map(xx: torch.Tensor, uu: torch.Tensor) -> torch.Tensor:
+            go = (lambda m: m.step) if discrete else (lambda m: m.derivative)
+            return torch.stack([go(m)(xx.unsqueeze(0), uu.unsqueeze(0))[0] for m in members]).mean(0)
+
         with torch.enable_grad():
-            A = torch.autograd.functional.jacobian(lambda xx: torch.stack([m.derivative(xx.unsqueeze(0), u0.unsqueeze(0))[0] for m in members]).mean(0), x0)
+            A, Bl = torch.autograd.functional.jacobian(mean_map, (x0, u0))
         _, Bk = drift_and_gain(members, x0.unsqueeze(0))
-        B = Bk.mean(0)[0]
+        B = Bk.mean(0)[0]  # the continuous B(x_eq), which u_fb multiplies grad V by
         d = torch.minimum(self.box[:, 1].double() - x0, x0 - self.box[:, 0].double())
         r = torch.minimum(self.u_high.double() - u0, u0 - self.u_low.double())
         Q, R = torch.diag(1.0 / d ** 2), torch.diag(1.0 / r ** 2)
-        self.r_inv.copy_(r ** 2)
         stabilisable = True
         try:
-            P = torch.as_tensor(solve_continuous_are(A.numpy(), B.numpy(), Q.numpy(), R.numpy()))
+            if discrete:  # the step map's LQR (weights per unit time), so the held input of a step is not too hard
+                P = torch.as_tensor(solve_discrete_are(A.numpy(), Bl.numpy(), dt * Q.numpy(), dt * R.numpy()))
+            else:
+                P = torch.as_tensor(solve_continuous_are(A.numpy(), Bl.numpy(), Q.numpy(), R.numpy()))
             P = 0.5 * (P + P.T)
             stabilisable = bool(torch.isfinite(P).all()) and float(torch.linalg.eigvalsh(P).min()) > 0
         except (np.linalg.LinAlgError, ValueError):
             stabilisable = False
         alpha_lin = 0.0
         if stabilisable:
-            Lc = torch.linalg.cholesky(torch.linalg.inv(P))  # P^-1 = Lc Lc^T
-            M = Q + P @ B @ torch.diag(r ** 2) @ B.T @ P  # -d/dt e^T P e = e^T M e under u = u_eq - K e
-            alpha_lin = float(torch.linalg.eigvalsh(Lc.T @ M @ Lc).min())
+            # u = u_eq - W B^T P e: continuous LQR's gain with W = R^-1; for the step map W =
+            # (R + dt B^T P B)^-1 matches the discrete LQR gain to first order in dt
+            W = torch.linalg.inv(R + dt * B.T @ P @ B) if discrete else torch.linalg.inv(R)
+            K = W @ B.T @ P
+            Lc = torch.linalg.cholesky(torch.linalg.inv(P))  # P^-1 = Lc Lc^T: e = Lc z has e^T P e = |z|^2
+            if discrete:
+                Acl = A - Bl @ K
+                contraction = float(torch.linalg.eigvalsh(Lc.T @ Acl.T @ P @ Acl @ Lc).max())
+                alpha_lin = -math.log(contraction) / dt if 0 < contraction < 1 else 0.0
+            else:
+                M = -(Lc.T @ ((A - B @ K).T @ P + P @ (A - B @ K)) @ Lc)
+                alpha_lin = max(0.0, float(torch.linalg.eigvalsh(M).min()))
+            stabilisable = alpha_lin > 0
+        if stabilisable:
             self.P.copy_(P)
+            self.gain.copy_(W)
         else:
             self.P.copy_(Q)
-        self.alpha.fill_(alpha if alpha is not None else 0.5 * alpha_lin)
+            self.gain.copy_(torch.linalg.inv(R))
+        self.alpha.fill_(alpha if alpha is not None else 0.25 * alpha_lin)
         self.rho.fill_(0.0)
         return {"residual": residual, "alpha_linear": alpha_lin, "stabilisable": stabilisable}
 
@@ -374,49 +411,70 @@ class ControlLyapunov(nn.Module):
         keep = (v <= rho) & (v >= float(self.inner) * rho)
         return x[keep]
 
-    def certify_region(self, model, *, time_domain: str = "discrete", samples: int = 20_000, rounds: int = 6,
-                       seed: int = 0, tol: float = 1e-6) -> float:
-        """Set ``rho``: the largest level whose set ``{V <= rho}`` (inside the box) shows no
-        violation of the decrease under ``u_fb`` on any sampled state; returns it (0: nothing).
+    def certify_region(self, model, *, time_domain: str | None = None, samples: int = 20_000, rounds: int = 8,
+                       seed: int = 0, tol: float = 1e-6, max_inner: float = 0.25, margin: float = 0.1) -> float:
+        """Set ``rho`` (and the inner level): the largest level whose set ``{V <= rho}`` (inside
+        the box) shows no violation of the decrease under ``u_fb`` on any sampled state above
+        the inner level ``inner * rho``; returns ``rho`` (0: nothing is certified).
 
-        Evaluated in float64. Each round samples ``{V <= rho}`` afresh and lowers ``rho`` below
-        the smallest ``V`` of the violating samples; it stops at the first round without one.
+        Evaluated in float64. Each round samples the set afresh. Violations above
+        ``max_inner * rho`` lower ``rho`` below the smallest ``V`` among them; violations only
+        below it raise the inner level above them instead: near ``x_eq`` an ensemble's members
+        disagree (each has its own equilibrium, so no common input makes ``V`` decay to 0 on
+        all of them), and the claim becomes convergence to ``{V <= inner * rho}``. It stops at
+        the first round without a violation. The samples must show the decrease at the rate
+        ``(1 + margin) alpha``, so that a fresh sample (``check``) of the claimed rate is not
+        caught by states the rounds happened to miss.
         """
         if float(self.alpha) <= 0:
             self.rho.fill_(0.0)
             return 0.0
         V = copy.deepcopy(self).double()
+        V.alpha.mul_(1 + margin)
         members = [copy.deepcopy(m).to(torch.float64) for m in _members(model)]
         gen = torch.Generator().manual_seed(seed)
-        rho = self.max_level()
+        rho, inner = self.max_level(), float(self.inner)
         for _ in range(rounds):
+            V.inner.fill_(inner)
             x = V.sample(samples, rho, gen)
             if x.shape[0] == 0:
                 break
             with torch.no_grad():
-                r = V.violation(None, x, time_domain=time_domain, members=members)
-                bad = r > tol
+                bad = V.violation(None, x, time_domain=time_domain, members=members) > tol
             if not bool(bad.any()):
                 break
             with torch.no_grad():
-                rho = min(rho, float(V(x[bad]).min()) * (1 - 1e-3))
+                levels = V(x[bad]).tolist()
+            # the largest level with no violation between max_inner * rho and rho
+            candidates = sorted({rho, *(level * (1 - 1e-3) for level in levels if level < rho)}, reverse=True)
+            rho = next((c for c in candidates if not any(max_inner * c <= level <= c for level in levels)), 0.0)
+            if rho <= 0:
+                break
+            below = [level for level in levels if level < max_inner * rho]
+            inner = max(inner, max(below) / rho * (1 + 1e-3)) if below else inner
         else:
             rho = 0.0  # still violating after every round: claim nothing
         self.rho.fill_(rho)
+        self.inner.fill_(inner)
         return rho
 
     def fit(self, model, *, steps: int = 300, batch: int = 512, lr: float = 3e-3, margin: float = 0.05,
-            time_domain: str = "discrete", seed: int = 0) -> dict[str, Any]:
+            time_domain: str | None = None, seed: int = 0) -> dict[str, Any]:
         """Train the correction ``h`` to enlarge the certified region; ``P``, ``alpha`` fixed.
 
         Minimises ``mean relu(r(x) + margin)`` (``violation``) over states drawn in the largest
         ellipsoid inside the box, then re-certifies; the fitted weights are kept only if the
-        certified level grew (else the previous ``V`` is restored). Returns ``{"rho_before",
-        "rho_after", "kept"}``.
+        certified set's share of the box grew (else the previous ``V`` is restored). Returns
+        ``{"box_fraction_before", "box_fraction_after", "kept"}``.
         """
         if self.correction is None:
-            return {"rho_before": float(self.rho), "rho_after": float(self.rho), "kept": False}
+            self.certify_region(model, time_domain=time_domain, seed=seed)
+            share = self.box_fraction()
+            return {"box_fraction_before": share, "box_fraction_after": share, "kept": False}
         before = self.certify_region(model, time_domain=time_domain, seed=seed)
+        share_before, inner_before = self.box_fraction(), float(self.inner)
+        if before >= self.max_level() * (1 - 1e-6):  # V >= e^T P e: no correction makes the set larger than the box allows
+            return {"box_fraction_before": share_before, "box_fraction_after": share_before, "kept": False}
         saved = copy.deepcopy(self.correction.state_dict())
         members = [copy.deepcopy(mm).requires_grad_(False) for mm in _members(model)]  # the user's model keeps training
         gen = torch.Generator().manual_seed(seed)
@@ -431,12 +489,14 @@ class ControlLyapunov(nn.Module):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        after = self.certify_region(model, time_domain=time_domain, seed=seed + 1)
-        kept = after > before
+        self.certify_region(model, time_domain=time_domain, seed=seed + 1)
+        share_after = self.box_fraction()
+        kept = share_after > share_before  # levels of two different V do not compare; the sets' sizes do
         if not kept:
             self.correction.load_state_dict(saved)
             self.rho.fill_(before)
-        return {"rho_before": before, "rho_after": float(self.rho), "kept": kept}
+            self.inner.fill_(inner_before)
+        return {"box_fraction_before": share_before, "box_fraction_after": max(share_before, share_after), "kept": kept}
 
     # -- the certificate ---------------------------------------------------------------------
     def box_fraction(self, samples: int = 20_000, seed: int = 0) -> float:
@@ -448,12 +508,13 @@ class ControlLyapunov(nn.Module):
             v = copy.deepcopy(self).double()(x)
         return float((v <= float(self.rho)).double().mean())
 
-    def certificate(self, model, *, time_domain: str = "discrete") -> Certificate:
+    def certificate(self, model) -> Certificate:
         """The ``"stabilisability"`` claim of ``model`` with this ``V`` on ``{V <= rho}`` (module
         docstring), for ``model``'s and ``V``'s current weights; evidence ``"falsification"`` once
         ``certify_region`` found a nonzero ``rho`` (``check`` samples it again)."""
         rho = float(self.rho)
         members = _members(model)
+        time_domain = self.time_domain
         c1 = float(torch.linalg.eigvalsh(self.P.double()).min())
         c2 = c1
         if rho > 0:
@@ -473,11 +534,12 @@ class ControlLyapunov(nn.Module):
             "box": box,
             "input_box": [[float(a), float(b)] for a, b in zip(self.u_low.tolist(), self.u_high.tolist())],
             "u_eq": [float(v) for v in self.u_eq.tolist()],
-            "fallback": "u_fb(x) = clip(u_eq - R^-1 B(x)^T grad V(x) / 2, lo, hi)" + (" (B: the members' mean)" if len(members) > 1 else ""),
+            "fallback": "u_fb(x) = clip(u_eq - W B(x)^T grad V(x) / 2, lo, hi)" + (" (B: the members' mean)" if len(members) > 1 else ""),
             "members": len(members),
             "region": (f"{{V <= {rho:.4g}}} inside the box, states with V >= {float(self.inner) * rho:.3g}" if rho > 0
                        else "empty (no level of V showed the decrease under u_fb)"),
             "c2_region": f"{{V <= {rho:.4g}}}",
+            "gain_W": [[float(v) for v in row] for row in self.gain.tolist()],
             "dtype": str(self.P.dtype).removeprefix("torch."),
         }
         return Certificate(
@@ -490,7 +552,7 @@ class ControlLyapunov(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "angle_dims": list(self.angle_dims),
-                "hidden": list(self.hidden)}
+                "hidden": list(self.hidden), "time_domain": self.time_domain}
 
     def extra_repr(self) -> str:
         return f"state_dim={self.state_dim}, action_dim={self.action_dim}, angle_dims={self.angle_dims}, hidden={self.hidden}"

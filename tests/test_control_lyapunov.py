@@ -48,9 +48,9 @@ class SaddlePlant(nn.Module):
         return integrate(lambda y: self.derivative(y, u), x, self.dt, "rk4")
 
 
-def certified(box: float = 3.0, hidden=(8,)) -> tuple[SaddlePlant, ControlLyapunov]:
+def certified(box: float = 3.0, hidden=(8,), time_domain: str = "discrete") -> tuple[SaddlePlant, ControlLyapunov]:
     plant = SaddlePlant()
-    V = ControlLyapunov(2, 1, box=[[-box, box], [-box, box]], u_low=[-2.0], u_high=[2.0], hidden=hidden)
+    V = ControlLyapunov(2, 1, box=[[-box, box], [-box, box]], u_low=[-2.0], u_high=[2.0], hidden=hidden, time_domain=time_domain)
     V.initialise(plant)
     V.certify_region(plant, samples=4000)
     return plant, V
@@ -63,12 +63,26 @@ def test_drift_and_gain_of_a_linear_plant():
     assert torch.allclose(a[0], x @ plant.A.T) and torch.allclose(B[0], plant.B.expand(5, 2, 1))
 
 
+def test_lqr_initialised_V_solves_the_riccati_equations():
+    # Bryson's weights on the box [-3, 3]^2 and |u| <= 2: Q = I / 9, R = 1 / 4
+    Q, R = torch.eye(2, dtype=torch.float64) / 9, torch.tensor([[0.25]], dtype=torch.float64)
+    plant, V = certified(time_domain="continuous")
+    A, B, P = plant.A.double(), plant.B.double(), V.P.double()
+    assert torch.allclose(A.T @ P + P @ A - P @ B @ torch.linalg.inv(R) @ B.T @ P + Q, torch.zeros(2, 2, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(V.gain.double(), torch.linalg.inv(R))
+    assert float(V.rho) > 0 and V.certificate(plant).time_domain == "continuous"
+    # discrete: the step map's Riccati equation, weights per unit time
+    plant, V = certified()
+    dt, P = plant.dt, V.P.double()
+    Ad = torch.linalg.matrix_exp(A * dt)  # RK4 of a linear system is exp(A dt) to O(dt^5)
+    Bd = torch.linalg.solve(A, (Ad - torch.eye(2, dtype=torch.float64)) @ B)
+    G = Ad.T @ P @ Bd
+    residual = Ad.T @ P @ Ad - P - G @ torch.linalg.inv(dt * R + Bd.T @ P @ Bd) @ G.T + dt * Q
+    assert residual.abs().max() < 1e-4 * P.abs().max()
+
+
 def test_lqr_initialised_V_certifies_a_region_and_the_fallback_converges():
     plant, V = certified()
-    # P solves the Riccati equation of the linearisation with Bryson's weights (Q = I / 9, R = 1 / 4)
-    A, B, P = plant.A.double(), plant.B.double(), V.P.double()
-    Q, R_inv = torch.eye(2, dtype=torch.float64) / 9, torch.tensor([[4.0]], dtype=torch.float64)
-    assert torch.allclose(A.T @ P + P @ A - P @ B @ R_inv @ B.T @ P + Q, torch.zeros(2, 2, dtype=torch.float64), atol=1e-5)
     rho = float(V.rho)
     assert 0 < rho <= V.max_level() * (1 + 1e-6)
     assert 0 < V.box_fraction(samples=4000) < 1
@@ -105,10 +119,15 @@ def test_planted_violation_is_caught():
     # a box so large that |u| <= 2 cannot hold the saddle everywhere: the certified level is
     # below the box's largest ellipsoid, and a certificate claiming the whole ellipsoid is false
     plant, V = certified(box=40.0, hidden=())
-    assert float(V.rho) < 0.95 * V.max_level()
+    assert float(V.rho) < 0.99 * V.max_level()
     V.rho.fill_(V.max_level())
     report = V.certificate(plant).check(plant, lyapunov=V, n_samples=4000, rollouts=16, rollout_steps=60)
     assert not report.passed and report.n_violations > 0 and report.worst_violation > 0
+    # a rate the input cannot achieve
+    plant, V = certified()
+    V.alpha.mul_(20)
+    report = V.certificate(plant).check(plant, lyapunov=V, n_samples=2000, rollouts=8, rollout_steps=20)
+    assert not report.passed and report.per_test["region"]["violations"] > 0
     # and a certificate of another plant does not apply
     _, V2 = certified()
     other = SaddlePlant(gain=0.5)
