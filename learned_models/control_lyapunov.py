@@ -54,6 +54,7 @@ of ``bounds.py`` is not implemented for this claim.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -258,8 +259,9 @@ class ControlLyapunov(nn.Module):
         (an ensemble: the members' mean ``B``; ``W``: ``initialise``)."""
         members = members if members is not None else _members(model)
         _, g = self.value_and_grad(x)
-        _, B = drift_and_gain(members, x)
-        return self._saturated(B.mean(0), g)
+        with torch.no_grad():
+            _, B = drift_and_gain(members, x)
+            return self._saturated(B.mean(0), g)
 
     def _saturated(self, B: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         s = (B.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
@@ -276,6 +278,10 @@ class ControlLyapunov(nn.Module):
         members = members if members is not None else _members(model)
         time_domain = time_domain or self.time_domain
         v, g = self.value_and_grad(x, create_graph=create_graph)
+        with contextlib.nullcontext() if create_graph else torch.no_grad():  # the model's weights are not trained here
+            return self._violation(members, x, u, v, g, time_domain)
+
+    def _violation(self, members, x, u, v, g, time_domain: str) -> torch.Tensor:
         a, B = drift_and_gain(members, x)
         if u is None:
             u = self._saturated(B.mean(0), g)
@@ -295,7 +301,8 @@ class ControlLyapunov(nn.Module):
         any admissible input achieves, per member: ``(k, batch)`` (``<= 0``: some input decreases V)."""
         members = members if members is not None else _members(model)
         v, g = self.value_and_grad(x)
-        a, B = drift_and_gain(members, x)
+        with torch.no_grad():
+            a, B = drift_and_gain(members, x)
         s = (B.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
         return (a * g).sum(-1) + torch.minimum(self.u_low * s, self.u_high * s).sum(-1) + self.alpha * v
 
