@@ -3,13 +3,18 @@
 The algorithm box, with Stable-Baselines3's SAC as the policy optimiser::
 
     D_env <- episodes of uniform random actions;  fit the world model on D_env
-    for each real step:
-        every F steps: fit the model on D_env; then branch M rollouts of k steps from
-            states drawn from D_env, acting with the current policy on the model, and
-            put them into D_model (a FIFO that keeps the latest rollout batches)
+    for each real step (counted across episodes):
+        every F steps: fit the model on D_env; then branch F * M rollouts of k steps
+            from states drawn from D_env, acting with the current policy on the model,
+            and put them into D_model (a FIFO that keeps the latest rollout batches)
         act in the real env with the policy;  D_env <- D_env + the transition
         G SAC updates, each on a batch of which a fraction ``real_ratio`` comes from
             D_env and the rest from D_model
+
+While D_env is small the model is refitted (and D_model refilled) sooner: as soon as D_env
+has doubled since the last fit, if that comes before F steps. Early episodes of the MuJoCo
+inverted pendulums end after 5-50 steps, so a first fit on a handful of random transitions
+would otherwise drive the policy for F steps.
 
 The rollout length ``k`` grows linearly from ``min`` to ``max`` between two episodes
 (``rollout_schedule``); an ensemble in TS1 mode draws a fresh member for every model
@@ -19,7 +24,10 @@ sees ``EnvAdapter.features`` of the model state (angles as sin, cos), in the rea
 in the model alike, so what it learns on the model applies to the env.
 
 One CSV row per real episode (as PETS), plus ``eval_*``: the greedy policy on a separate
-copy of the env from a fixed start. The run folder commits the model, the data, SAC (with
+copy of the env from a fixed start. With ``eval_every`` the greedy policy is also evaluated
+every that many real steps within episodes (a policy that balances for 1000 steps would
+otherwise be scored only when its 1000-step training episode ends); every evaluation goes
+to ``on_eval`` and ``evaluations.csv``. The run folder commits the model, the data, SAC (with
 its optimisers) and the rows after every episode.
 """
 
@@ -158,7 +166,8 @@ class _Agent:
         features = gym.spaces.Box(-np.inf, np.inf, (adapter.feature_dim,), np.float32)
         actions = gym.spaces.Box(adapter.action_low.astype(np.float32), adapter.action_high.astype(np.float32), dtype=np.float32)
         self.sac = SAC("MlpPolicy", _SpacesEnv(features, actions), seed=seed, device=device, batch_size=config.sac_batch_size,
-                       learning_starts=0, buffer_size=1, verbose=0)
+                       learning_starts=0, buffer_size=1, verbose=0,
+                       target_entropy="auto" if config.sac_target_entropy is None else float(config.sac_target_entropy))
         self.low = torch.as_tensor(adapter.action_low, dtype=torch.float32, device=self.sac.device)
         self.high = torch.as_tensor(adapter.action_high, dtype=torch.float32, device=self.sac.device)
 
@@ -227,7 +236,7 @@ def _evaluation_copy(env: gym.Env) -> gym.Env | None:
 def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter: EnvAdapter | None = None,
              out_dir: str | None = None, method: str = "mbpo", resume: bool = False, overwrite: bool = False,
              progress: bool = True, device: str = "cpu", on_episode: Callable[[dict], None] | None = None,
-             tensorboard_dir: str | None = None) -> list[dict[str, Any]]:
+             tensorboard_dir: str | None = None, on_eval: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """MBPO (module docstring) with SB3 SAC on the real ``env`` and ``model``.
 
     Args:
@@ -235,11 +244,14 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         resume: MBPO runs cannot be resumed yet (SAC's replay of model data is not
             stored): ``True`` raises instead of silently starting over.
         device: SAC's device.
+        on_eval: called with every evaluation ``{method, seed, real_steps, return, steps,
+            <adapter metrics>}`` (``real_steps``: the real steps learned from).
 
     Returns:
         the per-episode rows (also in ``out_dir/episodes.csv``); SAC is saved as
         ``sac.zip`` in the committed state.
     """
+    from .run_log import write_csv
     from .sb3_baselines import evaluation_episode, sb3_logger
 
     check_config(config)
@@ -275,7 +287,21 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     eval_env = _evaluation_copy(env)
     tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
     rows: list[dict[str, Any]] = []
-    real_steps, fit_loss, t0, since_fit = 0, None, time.perf_counter(), 0
+    real_steps, fit_loss, t0 = 0, None, time.perf_counter()
+    # the model's refit clock runs across episodes: real steps since the last fit, D_env's
+    # size at that fit, and whether D_model still has to be refilled from the new fit
+    clock = {"since_fit": 0, "fitted_on": 0, "fresh": False}
+    evaluations: list[dict[str, Any]] = []
+
+    def evaluate(learned_from: int) -> dict[str, Any] | None:
+        """The greedy policy on a separate copy of the env (its steps are not learned from)."""
+        if eval_env is None:
+            return None
+        result = evaluation_episode(eval_env, lambda s, o: agent.act(s, deterministic=True), seed=config.seed, adapter=adapter)
+        evaluations.append({"method": method, "seed": config.seed, "real_steps": learned_from, **result})
+        if on_eval is not None:
+            on_eval(evaluations[-1])
+        return result
 
     def add_real(ep: dict, only_last: bool = False) -> None:
         x = torch.as_tensor(ep["states"], dtype=torch.float32)
@@ -314,46 +340,55 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
             policy = "random"
         else:
             length = rollout_length(episode - config.random_episodes, config.rollout_schedule)
-            state: dict[str, Any] = {"fit": fit_loss, "states": [], "actions": []}
+            state: dict[str, Any] = {"states": [], "actions": []}
 
             def act(s: np.ndarray, o: np.ndarray) -> np.ndarray:
                 # The real transition that led to s joins D_env now (it was not terminal, or
                 # the episode would have ended): its reward is the adapter's, which equals the env's.
-                nonlocal since_fit
+                nonlocal fit_loss
                 if state["states"]:
                     x_prev, u_prev = state["states"][-1], state["actions"][-1]
                     x_now = x_prev + adapter.delta(x_prev, s)
                     add_real_transition(x_prev, u_prev, x_now)
                 state["states"].append(np.asarray(s, np.float64))
-                if since_fit % config.model_train_every == 0:
-                    if since_fit:  # the first fit of an episode happened at the end of the last one
-                        state["fit"] = fit_model(model, with_current(state), config, False)
-                    _branch_rollouts(model, agent, adapter, with_current(state), model_store,
+                data = None
+                if clock["since_fit"] >= min(config.model_train_every, max(1, clock["fitted_on"])):
+                    data = with_current(state)
+                    if len(data) >= 2:
+                        fit_loss = fit_model(model, data, config, False)
+                        clock.update(since_fit=0, fitted_on=len(data), fresh=True)
+                if clock["fresh"]:  # D_model is refilled after every fit, with the policy of that moment
+                    _branch_rollouts(model, agent, adapter, data if data is not None else with_current(state), model_store,
                                      config.model_rollouts * config.model_train_every, length, rng)
-                since_fit += 1
-                if real_steps + since_fit > config.sac_learning_starts:
+                    clock["fresh"] = False
+                clock["since_fit"] += 1
+                taken = real_steps + len(state["actions"])
+                if taken + 1 > config.sac_learning_starts:
                     agent.sac.train(gradient_steps=config.sac_updates_per_step, batch_size=config.sac_batch_size)
+                if config.eval_every and state["actions"] and taken % config.eval_every == 0:
+                    evaluate(taken)
                 action = agent.act(s, deterministic=False)
                 state["actions"].append(np.clip(np.asarray(action, np.float64), adapter.action_low, adapter.action_high))
                 return action
 
-            since_fit = 0
             ep = collect_episode(env, act, steps=config.episode_steps, seed=ep_seed, adapter=adapter)
-            fit_loss = state["fit"]
             policy = "sac"
-            if eval_env is not None:  # the greedy policy on a separate copy of the env (steps not learned from)
-                evaluation = evaluation_episode(eval_env, lambda s, o: agent.act(s, deterministic=True), seed=config.seed,
-                                                adapter=adapter)
         buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
         add_real(ep, only_last=policy == "sac")  # a SAC episode's earlier transitions joined step by step
         real_steps += len(ep["actions"])
-        if episode >= config.random_episodes - 1 and episode < total - 1:
-            fit_loss = fit_model(model, buffer, config, progress)
+        if policy == "sac":
+            evaluation = evaluate(real_steps)
+        if policy == "random":
+            clock["since_fit"] += len(ep["actions"])
+            if episode == config.random_episodes - 1 and episode < total - 1:
+                fit_loss = fit_model(model, buffer, config, progress)
+                clock.update(since_fit=0, fitted_on=len(buffer), fresh=True)
         row = _row(method, config, episode, real_steps, ep, adapter, fit_loss, t0, policy)
         if evaluation is not None:
             row.update({f"eval_{k}": v for k, v in evaluation.items()})
         rows.append(row)
-        _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p)})
+        _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p),
+                                                     "evaluations.csv": lambda p: write_csv(p, evaluations)})
         if tensorboard is not None:
             tensorboard(row)
         if on_episode is not None:

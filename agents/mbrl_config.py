@@ -71,6 +71,12 @@ class MBRLConfig:
     sac_updates_per_step: int = 10  #: SAC gradient steps per real step (G)
     sac_batch_size: int = 256
     sac_learning_starts: int = 0  #: real steps before SAC updates begin (after the random episodes)
+    #: SAC's entropy target (``None``: SB3's ``-action_dim``). MBPO's InvertedPendulum uses
+    #: -0.05: a one-dimensional balancing action needs a nearly deterministic policy
+    sac_target_entropy: float | None = None
+    #: also evaluate the greedy policy every this many real steps within episodes (``None``:
+    #: only after each episode)
+    eval_every: int | None = None
     # legacy Dyna loop (SAC on imagined episodes only)
     imagined_envs: int = 128
     imagined_horizon: int = 20

@@ -16,7 +16,8 @@ Lyapunov function fitted after every fit, used as PETS' terminal cost and safegu
 (``run_pets(..., control_lyapunov=True)``); their check is the stabilisability certificate's.
 
 **Evaluation.** For SAC, the greedy policy on a separate env copy every ``--eval-every``
-training steps from a fixed start; for MBPO the greedy policy after every real episode,
+training steps from a fixed start; for MBPO the greedy policy after every real episode and
+every ``--eval-every`` real steps within episodes,
 from the same start; for PETS each planned episode (with the model fitted on the steps
 before it) is its own evaluation, from the same start (``MBRLConfig.mpc_reset_seed``). **Metric**
 (``summarise_paired``): seed ``s`` of every method starts its evaluations where SAC's seed ``s``
@@ -61,6 +62,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 8, "mbpo_episodes": 10},
 }
 MODELS = ("simple", "stable", "ensemble", "ensemble-stable", "clf", "ensemble-clf")
+#: ``MBRLConfig`` fields that only ``run_mbpo`` reads and that a PETS cell's key leaves out
+MBPO_ONLY_FIELDS = ("sac_target_entropy", "eval_every")
 #: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
 EVAL_RESET_SEED = 1_000_003
 
@@ -75,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=integer(0), default=None, help="real episodes of PETS/MBPO after the random one (default per env)")
     parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
     parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
-    parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC evaluation interval (default per env)")
+    parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC and MBPO evaluation interval in real steps (default per env)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--ensemble-size", type=integer(1), default=5)
@@ -100,7 +103,11 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     if method != "sac":  # a change of the loops' defaults makes new cells
         from lyagym.agents.mbrl_config import MBRLConfig
 
-        defaults_json = json.dumps(dataclasses.asdict(MBRLConfig()), sort_keys=True)
+        loop_defaults = dataclasses.asdict(MBRLConfig())
+        if method.startswith("pets"):  # settings only MBPO reads cannot change a PETS result
+            for name in MBPO_ONLY_FIELDS:
+                loop_defaults.pop(name)
+        defaults_json = json.dumps(loop_defaults, sort_keys=True)
         settings["config_defaults"] = hashlib.sha1(defaults_json.encode()).hexdigest()[:8]
     if method.startswith("pets"):
         settings["protocol"] = "planned episodes from the evaluation start"
@@ -116,6 +123,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     else:
         algo = method.split("-", 1)[0]
         settings["episodes"] = args.episodes or defaults[f"{algo}_episodes"]
+        if algo == "mbpo":  # evaluated at SAC's interval of real steps, within episodes too
+            settings["eval_every"] = args.eval_every or defaults["eval_every"]
         budget = args.max_real_steps or defaults.get(f"{algo}_steps")
         if budget is not None:
             settings["max_real_steps"] = budget
@@ -133,6 +142,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             settings["rate"] = f"learned in [{ALPHA_BOUNDS[0]:g}, {ALPHA_BOUNDS[1]:g}] from {ALPHA_INIT:g}"
     if args.quick:
         settings["quick"] = True
+    if method.startswith("mbpo"):  # the env's own MBPO settings (its adapter's config_overrides) are part of the key
+        from lyagym.agents.adapters import make_adapter
+
+        settings["env_config"] = json.loads(json.dumps(make_adapter(_make_env(settings)).config_overrides, sort_keys=True))
     return settings
 
 
@@ -165,6 +178,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["particles"] = settings["particles"]
     if "ensemble_size" in settings:
         overrides["ensemble_size"] = settings["ensemble_size"]
+    if algo == "mbpo":
+        overrides["eval_every"] = settings.get("eval_every")
     small: dict[str, Any] = {}
     if settings.get("quick"):
         overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
@@ -205,10 +220,11 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
         evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
                         "steps_used": episodes[-1]["real_steps"]} for r in episodes if r["policy"] == "mpc"]
     elif algo == "mbpo":
+        evaluations = []
         episodes = run_mbpo(env, model, config, adapter=adapter, out_dir=run_dir, method=method, overwrite=True,
-                            progress=progress, device=device)
-        evaluations = [{"method": method, "seed": seed, "real_steps": r["real_steps"], "return": r["eval_return"],
-                        "steps_used": episodes[-1]["real_steps"]} for r in episodes if "eval_return" in r]
+                            progress=progress, device=device, on_eval=evaluations.append)
+        evaluations = [{"method": method, "seed": seed, "real_steps": r["real_steps"], "return": r["return"],
+                        "steps_used": episodes[-1]["real_steps"]} for r in evaluations]
     else:
         raise ValueError(f"unknown method {method!r}: pets-<model>, mbpo-<model> or sac")
     return {"evaluations": evaluations, "episodes": episodes}
