@@ -26,6 +26,8 @@ _LAZY = {
     "make_adapter": "adapters",
     "ADAPTERS": "adapters",
     "mpc_episode": "mpc",
+    "CertifiedFallback": "safeguard",
+    "certified_kind": "world_models",
     "train_baseline": "sb3_baselines",
 }
 

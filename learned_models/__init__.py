@@ -16,6 +16,9 @@ from .stable import StableControlledDynamics, StableDynamics
 from .training import fit
 from .falsification import FalsificationReport, empirical_certificate, falsify
 
+# --- stabilisability: a learned control Lyapunov function for plants that are not open-loop stable ---
+from .control_lyapunov import ControlLyapunov, check_stabilisability
+
 # --- probabilistic ensembles (PETS, Chua et al. 2018): members batched with torch.func.vmap ---
 from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, member_factory
 
