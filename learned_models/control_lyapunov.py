@@ -461,6 +461,8 @@ class ControlLyapunov(nn.Module):
             inner = max(inner, max(below) / rho * (1 + 1e-3)) if below else inner
         else:
             rho = 0.0  # still violating after every round: claim nothing
+        if rho < 1e-6 * self.max_level():  # violations at every scale: a vanishing set is no claim either
+            rho, inner = 0.0, float(self.inner)
         self.rho.fill_(rho)
         self.inner.fill_(inner)
         return rho
