@@ -163,3 +163,30 @@ def test_a_budget_of_real_steps_ends_both_loops(tmp_path):
     more = run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, episodes=10, max_real_steps=60), out_dir=out,
                     resume=True, progress=False)
     assert [r["real_steps"] for r in more] == [25, 50, 75]
+
+
+def test_mbpo_refits_on_a_clock_of_real_steps_and_evaluates_within_episodes(tmp_path, monkeypatch):
+    """The model is refitted every ``model_train_every`` real steps counted across episodes
+    (sooner while D_env doubles), not after every episode; the greedy policy is scored every
+    ``eval_every`` real steps within episodes and after each one; SAC gets the entropy target."""
+    import lyagym.agents.mbpo as mbpo
+    from stable_baselines3 import SAC
+
+    sizes = []
+    fit = mbpo.fit_model
+    monkeypatch.setattr(mbpo, "fit_model", lambda model, data, *a: sizes.append(len(data)) or fit(model, data, *a))
+    env = gym.make("Pendulum-v1", max_episode_steps=12)  # short evaluation episodes too
+    adapter = make_adapter(env)
+    config = tiny(adapter, episodes=5, episode_steps=12, random_episode_steps=12, model_train_every=20, eval_every=5,
+                  sac_target_entropy=-0.05)
+    evaluations = []
+    rows = run_mbpo(env, model_for(adapter, "simple"), config, adapter=adapter, out_dir=str(tmp_path / "run"), progress=False,
+                    on_eval=evaluations.append)
+    assert [r["real_steps"] for r in rows] == [12, 24, 36, 48, 60, 72]
+    assert sizes == [12, 24, 44, 64]  # after the random episode, then D_env doubled (12 steps), then every 20
+    ends = [r["real_steps"] for r in rows]
+    expected = [t for start, end in zip(ends, ends[1:]) for t in [*range(start + 1, end), end] if t % 5 == 0 or t == end]
+    assert [e["real_steps"] for e in evaluations] == expected
+    assert [e["return"] for e in evaluations if e["real_steps"] in ends] == [r["eval_return"] for r in rows[1:]]
+    assert len(read_csv(committed_file(str(tmp_path / "run"), "evaluations.csv"))) == len(expected)
+    assert SAC.load(committed_file(str(tmp_path / "run"), "sac.zip")).target_entropy == pytest.approx(-0.05)

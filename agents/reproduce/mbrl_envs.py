@@ -55,8 +55,8 @@ __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_p
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 3, "mbpo_episodes": 10},
     "MountainCarContinuous-v0": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 4, "mbpo_episodes": 10},
-    "InvertedPendulum-v5": {"sac_steps": 10_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 2000,
-                            "mbpo_episodes": 300, "mbpo_steps": 5000},
+    "InvertedPendulum-v5": {"sac_steps": 30_000, "eval_every": 500, "pets_episodes": 30, "pets_steps": 2000,
+                            "mbpo_episodes": 300, "mbpo_steps": 2000},
     "InvertedDoublePendulum-v5": {"sac_steps": 20_000, "eval_every": 1000, "pets_episodes": 30, "pets_steps": 5000,
                                   "mbpo_episodes": 300, "mbpo_steps": 10_000},
     "lyagym/NLinkPendulum-v0": {"sac_steps": 20_000, "eval_every": 200, "pets_episodes": 8, "mbpo_episodes": 10},
