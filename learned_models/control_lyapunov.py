@@ -327,7 +327,7 @@ class ControlLyapunov(nn.Module):
 
         if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0 or None (automatic), got {alpha!r}")
-        members = [copy.deepcopy(m).to(torch.float64) for m in _members(model)]
+        members = [copy.deepcopy(m).to(dtype=torch.float64) for m in _members(model)]
         dtype = torch.float64
         x0, u0 = self.x_eq.to(dtype), torch.zeros(self.action_dim, dtype=dtype)
         u0 = torch.clamp(u0, self.u_low.to(dtype), self.u_high.to(dtype))
@@ -438,7 +438,7 @@ class ControlLyapunov(nn.Module):
             return 0.0
         V = copy.deepcopy(self).double()
         V.alpha.mul_(1 + margin)
-        members = [copy.deepcopy(m).to(torch.float64) for m in _members(model)]
+        members = [copy.deepcopy(m).to(dtype=torch.float64) for m in _members(model)]
         gen = torch.Generator().manual_seed(seed)
         rho, inner = self.max_level(), float(self.inner)
         for _ in range(rounds):
@@ -534,7 +534,7 @@ class ControlLyapunov(nn.Module):
                     e = V.error(x)
                     c2 = max(c1, float((V(x) / (e * e).sum(-1)).max()))
         member = members[0]
-        integrator = getattr(member, "integrator", None) or "step"
+        integrator = getattr(member, "integrator", None) or "own"  # e.g. the true physics: its own step
         box = [[float(a), float(b)] for a, b in self.box.tolist()]
         details = {
             "lyapunov_hash": model_hash(self),
@@ -555,7 +555,8 @@ class ControlLyapunov(nn.Module):
             claim="stabilisability", alpha=float(self.alpha), c1=c1, c2=c2, equilibrium=[float(v) for v in self.x_eq.tolist()],
             time_domain=time_domain, integrator=integrator if time_domain == "discrete" else None,
             h=float(member.dt) if time_domain == "discrete" else None,
-            evidence=["falsification"] if rho > 0 else [], weights_hash=model_hash(model), model_class=type(model).__name__,
+            evidence=["falsification"] if rho > 0 else [], model_class=type(model).__name__,
+            weights_hash=model_hash(model) if isinstance(model, nn.Module) else "",  # e.g. the true physics: no weights
             details=details,
         )
 
@@ -588,7 +589,8 @@ def check_stabilisability(cert: Certificate, model, *, lyapunov: ControlLyapunov
     for name, v in (("n_samples", n_samples), ("rollouts", rollouts), ("rollout_steps", rollout_steps)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-    applies = cert.applies_to(model) and cert.details.get("lyapunov_hash") == model_hash(lyapunov)
+    applies = ((not cert.weights_hash) or not isinstance(model, nn.Module) or cert.applies_to(model)) and \
+        cert.details.get("lyapunov_hash") == model_hash(lyapunov)
     tol = cert.tolerance(torch.float64) if tol is None else float(tol)
     n = lyapunov.state_dim
     rho, inner = float(cert.details.get("rho", 0.0)), float(cert.details.get("inner_level", 0.0))
@@ -598,7 +600,7 @@ def check_stabilisability(cert: Certificate, model, *, lyapunov: ControlLyapunov
                                    tolerance=tol, seconds=time.perf_counter() - start, note="the certified region is empty")
     V = copy.deepcopy(lyapunov).double()
     V.alpha.fill_(cert.alpha)  # the claim as stated
-    members = [copy.deepcopy(m).to(torch.float64) for m in _members(model)]
+    members = [copy.deepcopy(m).to(dtype=torch.float64) for m in _members(model)]
     gen = torch.Generator().manual_seed(seed)
     per_test: dict[str, dict[str, float]] = {}
     worst, found = -math.inf, []
