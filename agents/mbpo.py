@@ -263,6 +263,10 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     for name in ("model_train_every", "model_rollouts", "sac_updates_per_step", "model_retain_epochs"):
         if getattr(config, name) < 1:
             raise ValueError(f"config.{name} must be >= 1, got {getattr(config, name)!r}")
+    if config.eval_every is not None and config.eval_every < 1:
+        raise ValueError(f"config.eval_every must be None or >= 1 real steps, got {config.eval_every!r}")
+    if config.sac_target_entropy is not None and not math.isfinite(config.sac_target_entropy):
+        raise ValueError(f"config.sac_target_entropy must be None or a finite number, got {config.sac_target_entropy!r}")
     run = RunFolder(out_dir, algo="mbpo", settings={"method": method, **dataclasses.asdict(config)}) if out_dir else None
     if run is not None:
         run.prepare(False, overwrite)

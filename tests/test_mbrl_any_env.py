@@ -190,3 +190,6 @@ def test_mbpo_refits_on_a_clock_of_real_steps_and_evaluates_within_episodes(tmp_
     assert [e["return"] for e in evaluations if e["real_steps"] in ends] == [r["eval_return"] for r in rows[1:]]
     assert len(read_csv(committed_file(str(tmp_path / "run"), "evaluations.csv"))) == len(expected)
     assert SAC.load(committed_file(str(tmp_path / "run"), "sac.zip")).target_entropy == pytest.approx(-0.05)
+    for bad in ({"eval_every": 0}, {"sac_target_entropy": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            run_mbpo(env, model_for(adapter, "simple"), tiny(adapter, **bad), progress=False)
