@@ -160,7 +160,7 @@ def make_mpc_planner(model, adapter: EnvAdapter, cost, config: MBRLConfig, seed:
 def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), *, adapter: EnvAdapter | None = None,
              out_dir: str | None = None, method: str = "pets", resume: bool = False, overwrite: bool = False,
              progress: bool = True, on_episode: Callable[[dict], None] | None = None,
-             tensorboard_dir: str | None = None, control_lyapunov: bool = False) -> list[dict[str, Any]]:
+             tensorboard_dir: str | None = None, control_lyapunov: bool | dict[str, Any] = False) -> list[dict[str, Any]]:
     """PETS (module docstring) on the real ``env`` with ``model``.
 
     Args:
@@ -178,7 +178,8 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
         on_episode: called with each episode's row.
         tensorboard_dir: also log each row there as TensorBoard scalars (``TensorBoardLog``).
         control_lyapunov: certify the model's stabilisability and plan with it (module
-            docstring; needs a control-affine model). Rows then add ``clf_rho``,
+            docstring; needs a control-affine model); a dict: also the options of
+            ``fit_control_lyapunov`` (``fit_steps``, ``hidden``). Rows then add ``clf_rho``,
             ``clf_box_fraction`` (of the data's box, certified for the model the episode
             planned on) and ``clf_replaced`` (planned actions the safeguard replaced).
 
@@ -198,8 +199,9 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
         rows, buffer, fit_loss = [], TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims), None
     tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
     clf, clf_info = None, {}
+    clf_options = control_lyapunov if isinstance(control_lyapunov, dict) else {}
     if control_lyapunov and fit_loss is not None:  # resumed: the committed model's V, fitted again (seeded)
-        clf, clf_info = fit_control_lyapunov(None, model, buffer, adapter, seed=config.seed)
+        clf, clf_info = fit_control_lyapunov(None, model, buffer, adapter, seed=config.seed, **clf_options)
     real_steps = int(rows[-1]["real_steps"]) if rows else 0
     t0 = time.perf_counter() - (float(rows[-1]["wall_s"]) if rows else 0.0)
     total = config.random_episodes + config.episodes
@@ -234,7 +236,7 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
         if episode >= config.random_episodes - 1:
             fit_loss = fit_model(model, buffer, config, progress)
             if control_lyapunov:
-                clf, clf_info = fit_control_lyapunov(clf, model, buffer, adapter, seed=config.seed)
+                clf, clf_info = fit_control_lyapunov(clf, model, buffer, adapter, seed=config.seed, **clf_options)
         extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p)} if clf is not None else None
         _commit(run, model, buffer, rows, fit_loss, extra)
         bar.set_postfix(ret=f"{row['return']:.1f}")

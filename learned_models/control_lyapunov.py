@@ -451,14 +451,17 @@ class ControlLyapunov(nn.Module):
             if not bool(bad.any()):
                 break
             with torch.no_grad():
-                levels = V(x[bad]).tolist()
-            # the largest level with no violation between max_inner * rho and rho
-            candidates = sorted({rho, *(level * (1 - 1e-3) for level in levels if level < rho)}, reverse=True)
-            rho = next((c for c in candidates if not any(max_inner * c <= level <= c for level in levels)), 0.0)
-            if rho <= 0:
+                levels = np.sort(V(x[bad]).numpy())
+            # the largest level with no violation between max_inner * rho and rho (sorted, so counts are searches)
+            candidates = np.concatenate([[rho], levels[levels < rho][::-1] * (1 - 1e-3)])
+            inside = np.searchsorted(levels, candidates, "right") - np.searchsorted(levels, max_inner * candidates, "left")
+            feasible = np.flatnonzero(inside == 0)
+            if not len(feasible):
+                rho = 0.0
                 break
-            below = [level for level in levels if level < max_inner * rho]
-            inner = max(inner, max(below) / rho * (1 + 1e-3)) if below else inner
+            rho = float(candidates[feasible[0]])
+            below = levels[levels < max_inner * rho]
+            inner = max(inner, float(below[-1]) / rho * (1 + 1e-3)) if len(below) else inner
         else:
             rho = 0.0  # still violating after every round: claim nothing
         if rho < 1e-6 * self.max_level():  # violations at every scale: a vanishing set is no claim either

@@ -240,3 +240,22 @@ def test_adapter_picks_the_certificate_kind():
     assert not is_ensemble(model) and model.fhat.control_affine  # the clf kind: a control-affine simple model
     assert type(world_model_for(stable, "certified", hidden=(8,), lyap_hidden=(8,), sigma_hidden=(4,))).__name__ == "StableControlledDynamics"
     assert is_ensemble(world_model_for(unstable, "ensemble-certified", hidden=(8,), ensemble_size=2))
+
+
+def test_pets_with_a_control_lyapunov_function_refits_it_and_commits_it(tmp_path):
+    from lyagym.agents.adapters import make_adapter
+    from lyagym.agents.mbrl import config_for, run_pets, world_model_for
+    from lyagym.agents.run_log import RunFolder
+
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    model = world_model_for(adapter, "clf", hidden=(16, 16))
+    config = config_for(adapter, episodes=1, episode_steps=30, num_samples=16, horizon=5, iterations=1, warmup_iterations=1,
+                        fit_epochs=2, fit_steps=0)
+    rows = run_pets(env, model, config=config, out_dir=str(tmp_path / "run"), progress=False,
+                    control_lyapunov={"fit_steps": 0, "hidden": ()})
+    assert [r["policy"] for r in rows] == ["random", "mpc"]
+    assert {"clf_rho", "clf_box_fraction", "clf_replaced"} <= set(rows[-1])
+    run = RunFolder(str(tmp_path / "run"), algo="pets", settings={})
+    state = torch.load(run.file(run.manifest(), "clf_weights.pt"), weights_only=True)
+    assert {"P", "rho", "x_eq", "box"} <= set(state)
