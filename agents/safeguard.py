@@ -8,7 +8,8 @@ safeguard, at a state ``x`` of the certified region, applies the planned ``u`` o
 
     V(step_k(x, u)) <= exp(-alpha dt) V(x)      for every member k of the model
 
-(the certificate's discrete condition, with the model's own integrator and ``dt``), and
+(the certificate's discrete condition, with the model's own integrator and ``dt``; for a
+continuous claim ``grad V . f(x, u) <= -alpha V``), and
 ``u_fb(x)`` otherwise; so every applied action satisfies the certified decrease on the model,
 and the model's closed loop under the safeguarded controller converges whatever the planner
 does. Outside the region (no claim there) and below its inner level the plan is applied as is.
@@ -66,7 +67,7 @@ class CertifiedFallback:
         self.counts["in_region"] += 1
         u = torch.as_tensor(np.asarray(action, np.float64), dtype=dtype, device=device).reshape(1, -1)
         u = torch.clamp(u, V.u_low, V.u_high)
-        if float(V.violation(None, x, u, time_domain="discrete", members=self.members)[0]) <= 0:
+        if float(V.violation(None, x, u, members=self.members)[0]) <= 0:  # in V's time domain (discrete by default)
             return np.asarray(action, np.float32)
         self.counts["replaced"] += 1
         return V.fallback(None, x, members=self.members)[0].cpu().numpy().astype(np.float32)

@@ -483,6 +483,9 @@ class Certificate:
         rho, the local certificate, or the counterexample) either way. ``check()`` stays the
         fast falsifier.
         """
+        if self.claim == "stabilisability":
+            raise NotImplementedError("a stabilisability claim has no formal verification yet (bounds of grad V . a and "
+                                      "grad V . B over boxes are not implemented for it); cert.check(model, lyapunov=V) falsifies it")
         from .verification import formal_certificate  # bounds and branch and bound load on demand
 
         return formal_certificate(self, model, box=box, budget_s=budget_s, lyapunov=lyapunov, rho=rho, u_box=u_box, progress=progress)
