@@ -63,6 +63,8 @@ class AngleWrappedModel:
         """``(batch, horizon + 1, n)`` states, each step wrapped."""
         from lyagym.learned_models import rollout
 
+        if getattr(self.model, "rollout_wraps_angles", False):  # an ensemble wraps inside its own (batched) rollout
+            return self.model.rollout(x0, actions, wrap_angles=self.angle_dims)
         return rollout(self, x0, actions)
 
 

@@ -77,7 +77,8 @@ from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
-from .integrators import INTEGRATORS, ODEWorldModel, functorch_safe
+from .integrators import INTEGRATORS, ODEWorldModel, _FunctorchState, functorch_safe
+from .mlp_rollout import MLPField
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "fit_ensemble", "member_factory"]
 
@@ -276,6 +277,7 @@ class Ensemble(nn.Module):
         self.propagation = propagation
         self._seed = int(seed)
         self._gen: torch.Generator | None = None
+        self._lowered_cache: tuple[tuple, Any] | None = None
 
     # -- construction ----------------------------------------------------------------------
     @staticmethod
@@ -356,6 +358,7 @@ class Ensemble(nn.Module):
         # A torch.Generator does not pickle; a copy restarts it from the stored seed.
         state = self.__dict__.copy()
         state["_gen"] = None
+        state["_lowered_cache"] = None  # rebuilt from the weights on the next rollout
         return state
 
     # -- members and their certificates -----------------------------------------------------
@@ -497,12 +500,20 @@ class Ensemble(nn.Module):
         """Same as ``step``."""
         return self.step(x, u)
 
-    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
+    #: ``rollout`` takes ``wrap_angles`` (``AngleWrappedModel`` passes its angles to it)
+    rollout_wraps_angles = True
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int, *, wrap_angles: Sequence[int] = ()) -> torch.Tensor:
         """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` (or an int
         horizon when autonomous) -> ``(batch, horizon + 1, state_dim)``, ``x0`` first.
 
         Under ``"tsinf"`` row ``i`` stays on member ``i % E`` for the whole rollout; under
-        ``"ts1"`` it gets a fresh random member at every step."""
+        ``"ts1"`` it gets a fresh random member at every step. ``wrap_angles``: state entries
+        wrapped to ``[-pi, pi)`` after every step (``x0`` as given), as a planner over angle
+        states wants (``AngleWrappedModel``). Without autograd, TS-infinity rollouts of
+        members with an MLP field (``SimpleDynamics``) run as batched matrix products
+        (``_inference_rollout``): the same numbers to float rounding, about 2x faster on a CPU
+        (5 members of 100-100 SiLU nets, 1500 rows x 20 steps: 21 vs 38-42 ms at one thread)."""
         self._check_x(x0, "x0")
         if isinstance(actions, int) and not isinstance(actions, bool):
             if actions < 0:
@@ -517,12 +528,105 @@ class Ensemble(nn.Module):
             if self.action_dim and actions.shape[1]:
                 self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
             inputs = list(actions.unbind(1)) if self.action_dim else [None] * actions.shape[1]
+        wrap = sorted({int(i) % self.state_dim for i in wrap_angles})
+        fast = self._inference_rollout(x0, actions if self.action_dim else None, len(inputs), wrap)
+        if fast is not None:
+            return fast
         states = [x0]
         x = x0
         for u in inputs:
             x = self._step(x, u)
+            if wrap:
+                x = x.clone()
+                x[:, wrap] = torch.remainder(x[:, wrap] + math.pi, 2.0 * math.pi) - math.pi
             states.append(x)
         return torch.stack(states, dim=1)
+
+    # -- rollouts without autograd -----------------------------------------------------------
+    def _lowered(self) -> tuple[MLPField, MLPField | None] | None:
+        """The members' fields and variance heads as stacked ``MLPField``s (``(E, out, in + 1)``
+        weights, the heads' feature normalisation folded into their first layer), or ``None``
+        when the members' class has no lowered field (stable members). Rebuilt only when a
+        weight changed since the last call (an optimiser step bumps the tensors' versions)."""
+        params, buffers = self._stacked_tensors()
+        tensors = {**params, **buffers}
+        owned = (self.target_scale, self.feature_shift, self.feature_scale) + ((self.max_logvar, self.min_logvar) if self.probabilistic else ())
+        key = tuple((t.data_ptr(), t._version) for t in (*tensors.values(), *owned))
+        if self._lowered_cache is not None and self._lowered_cache[0] == key:
+            return self._lowered_cache[1]
+        base = self._base.model
+        lowered = None
+        # On the meta base: is the member's field one ``MLPField`` computes (its fhat, lowered)?
+        if base.integrator in INTEGRATORS and base._inference_field() is not None:
+            field = MLPField.lower(base.fhat, self.state_dim, self.action_dim, tensors=lambda name: tensors["model.fhat." + name])
+            head = None
+            if self.probabilistic:
+                features = self.feature_shift.shape[0]
+                head = MLPField.lower(self._base.logvar_net, features, 0, tensors=lambda name: tensors["logvar_net." + name])
+                with torch.no_grad():  # (f - shift) / scale into the first layer: W' = W / scale, b' = b - W' shift
+                    w0 = head.weights[0]
+                    w0[..., :features] /= self.feature_scale
+                    w0[..., features] -= (w0[..., :features] * self.feature_shift).sum(-1)
+            lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
+        self._lowered_cache = (key, lowered)
+        return lowered
+
+    def _inference_rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
+        """TS-infinity rollout as a few batched matrix products per step (``MLPField`` with the
+        members stacked), or ``None`` where only ``_step`` applies (TS-1 or expectation, a
+        gradient wanted, a ``torch.func`` transform active, members without a lowered field).
+
+        Same function as stepping ``_grouped``: row ``i`` on member ``i % E`` (the rows padded
+        with the last one to a multiple of ``E``), and with ``sample`` the same noise (one
+        ``randn`` of shape ``(E, ceil(batch / E), state_dim)`` per step from the ensemble's
+        generator, in step order), so results agree with ``_step``'s to float rounding."""
+        if self._propagation != "tsinf" or _FunctorchState.depth or torch._C._are_functorch_transforms_active():
+            return None
+        if torch.is_grad_enabled() and (x0.requires_grad or (actions is not None and actions.requires_grad)
+                                        or any(p.requires_grad for p in self.parameters())):
+            return None
+        lowered = self._lowered()
+        if lowered is None:
+            return None
+        field, head = lowered
+        E, B, n, k = self.size, x0.shape[0], self.state_dim, self._angle_dims
+        pad = -B % E
+        if pad:  # as _grouped: repeat the last row (a valid state) to fill the last group; dropped below
+            x0 = torch.cat([x0, x0[-1:].expand(pad, n)])
+            actions = None if actions is None else torch.cat([actions, actions[-1:].expand(pad, *actions.shape[1:])])
+        b = x0.shape[0] // E
+        xs = x0.reshape(b, E, n).transpose(0, 1).contiguous()  # (E, b, n): row j * E + e is (e, j)
+        us = None if actions is None else actions.reshape(b, E, horizon, self.action_dim).transpose(0, 1).contiguous()
+        add_noise = None
+        if self.sample and head is not None:
+            gen = self._generator()
+            noise = [torch.randn((E, b, n), generator=gen, device=self.device, dtype=self.dtype) for _ in range(horizon)]
+            max_lv, min_lv = self.max_logvar.reshape(n, 1), self.min_logvar.reshape(n, 1)
+            scale = self.target_scale.reshape(n, 1)
+
+            def add_noise(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
+                # The variance head on [sin q, cos q, x[k:], u] of the state before the step, feature-major.
+                parts = [torch.sin(x[:, :k]), torch.cos(x[:, :k]), x[:, k:]] if k else [x]
+                h = torch.cat(parts + ([] if u is None else [u]) + [x.new_ones(E, 1, x.shape[-1])], dim=1)
+                for w, act in zip(head.weights[:-1], head.activations):
+                    h = torch.bmm(w, h)
+                    act(h)
+                    h = torch.cat([h, x.new_ones(E, 1, h.shape[-1])], dim=1)
+                raw = torch.bmm(head.weights[-1], h)
+                # PETS's soft bounds (_bounded_logvar), then the sample mean + std * eps.
+                lv = max_lv - F.softplus(max_lv - raw)
+                lv = min_lv + F.softplus(lv - min_lv)
+                x_next.addcmul_(torch.exp(0.5 * lv) * scale, noise[t][:, rows].transpose(1, 2))
+
+        after_step = add_noise
+        if wrap:
+            def after_step(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
+                if add_noise is not None:
+                    add_noise(t, rows, x, u, x_next)
+                x_next[:, wrap] = torch.remainder(x_next[:, wrap] + math.pi, 2.0 * math.pi) - math.pi
+
+        out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step)  # (E, b, horizon + 1, n)
+        return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
 
     # -- training objective ------------------------------------------------------------------
     def _loss(self, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

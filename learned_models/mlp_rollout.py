@@ -37,7 +37,10 @@ from torch import nn
 
 from .dynamics_net import DynamicsNet
 
-__all__ = ["MLPField", "BLOCK_ROWS"]
+__all__ = ["MLPField", "BLOCK_ROWS", "AfterStep"]
+
+#: ``after_step(t, rows, x, u, x_next)`` of ``MLPField.rollout`` (see there)
+AfterStep = Callable[[int, slice, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
 #: most rows per block of a CPU rollout; the rows are split into equal blocks. A block's
 #: (101, rows) float32 activation buffers (400 KB at 1000 rows) stay in a core's L2 cache over
@@ -92,12 +95,19 @@ class MLPField:
         self.angle_dims, self.control_affine = angle_dims, control_affine
 
     @classmethod
-    def lower(cls, fhat: nn.Module, state_dim: int, action_dim: int) -> "MLPField | None":
-        """``fhat: (batch, state_dim + action_dim) -> (batch, state_dim)`` as an ``MLPField``, or ``None``."""
+    def lower(cls, fhat: nn.Module, state_dim: int, action_dim: int,
+              tensors: Callable[[str], torch.Tensor] | None = None) -> "MLPField | None":
+        """``fhat: (batch, state_dim + action_dim) -> (batch, state_dim)`` as an ``MLPField``, or ``None``.
+
+        ``tensors(name)`` gives the tensor of ``fhat``'s parameter or buffer ``name`` (its own by
+        default). Stacked tensors of ``E`` networks of ``fhat``'s structure (``(E, out, in)``
+        weights, as an ``Ensemble`` holds its members') lower all ``E`` at once: the field's
+        weights are then ``(E, out, in + 1)`` and it rolls out ``E`` groups of rows, one per
+        network, with batched matrix products (``rollout``'s ``x0: (E, rows, state_dim)``)."""
         # Exact types only: a subclass may compute something else in its forward.
-        net, angle_dims, control_affine = fhat, 0, False
+        net, prefix, angle_dims, control_affine = fhat, "", 0, False
         if type(fhat) is DynamicsNet:
-            net, angle_dims, control_affine = fhat.net, fhat.angle_dims, fhat.control_affine
+            net, prefix, angle_dims, control_affine = fhat.net, "net.", fhat.angle_dims, fhat.control_affine
         if type(net) is not nn.Sequential or len(net) % 2 != 1:
             return None
         if any(m._forward_hooks or m._forward_pre_hooks for m in fhat.modules()):
@@ -105,73 +115,105 @@ class MLPField:
         linears, activations = list(net[0::2]), [_in_place(m) for m in net[1::2]]
         if not all(type(m) is nn.Linear for m in linears) or any(a is None for a in activations):
             return None
+        if tensors is None:
+            own = dict(fhat.named_parameters())
+            own.update(dict(fhat.named_buffers()))
+            tensors = own.__getitem__
         with torch.no_grad():
-            weights = [torch.cat([lin.weight, lin.bias[:, None] if lin.bias is not None else lin.weight.new_zeros(lin.out_features, 1)], 1)
-                       for lin in linears]
+            weights = []
+            for i, lin in enumerate(linears):
+                w = tensors(f"{prefix}{2 * i}.weight")
+                bias = tensors(f"{prefix}{2 * i}.bias").unsqueeze(-1) if lin.bias is not None else w.new_zeros(*w.shape[:-1], 1)
+                weights.append(torch.cat([w, bias], -1))
             if type(fhat) is DynamicsNet:
                 n, k, m = state_dim, angle_dims, action_dim
+                input_scale, output_scale = tensors("input_scale"), tensors("output_scale")
                 # The net sees [sin q, cos q, x[k:] / s_x, (u / s_u)]: fold 1 / s into those columns.
-                scaled_in = weights[0].shape[1] - 1 - 2 * k
-                weights[0][:, 2 * k:2 * k + scaled_in] /= fhat.input_scale[:scaled_in]
+                scaled_in = weights[0].shape[-1] - 1 - 2 * k
+                weights[0][..., 2 * k:2 * k + scaled_in] /= input_scale[..., None, :scaled_in]
                 # It returns (drift + B (u / s_u)) * s_out: fold s_out into the drift rows, s_out / s_u into the gains.
-                rows = fhat.output_scale
+                rows = output_scale
                 if control_affine:
-                    gain_scale = fhat.output_scale[:, None] / fhat.input_scale[n - k:][None, :]  # (n, m)
-                    rows = torch.cat([rows, gain_scale.reshape(n * m)])
-                weights[-1] *= rows[:, None]
+                    gain_scale = output_scale[..., :, None] / input_scale[..., None, n - k:]  # (..., n, m)
+                    rows = torch.cat([rows, gain_scale.flatten(-2)], -1)
+                weights[-1] *= rows[..., None]
             weights = [w.contiguous() for w in weights]
         return cls(weights, activations, state_dim, action_dim, angle_dims=angle_dims, control_affine=control_affine)
 
+    @property
+    def members(self) -> int | None:
+        """``E`` for a field of ``E`` stacked networks, ``None`` for one network."""
+        return self.weights[0].shape[0] if self.weights[0].ndim == 3 else None
+
     # ----------------------------------------------------------------------------- rollout
-    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str) -> torch.Tensor:
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
+                after_step: AfterStep | None = None) -> torch.Tensor:
         """States of ``horizon`` steps of ``method`` (``"euler"`` or ``"rk4"``), no autograd.
 
         Args:
-            x0: ``(batch, state_dim)`` initial states (validated by the caller).
-            actions: ``(batch, horizon, action_dim)``, or ``None`` for an autonomous model.
+            x0: ``(batch, state_dim)`` initial states (validated by the caller); for ``E``
+                stacked networks ``(E, rows, state_dim)``, group ``e`` on network ``e``.
+            actions: ``(batch, horizon, action_dim)`` (stacked: ``(E, rows, horizon,
+                action_dim)``), or ``None`` for an autonomous model.
             horizon: number of steps; dt: step length.
+            after_step: called as ``after_step(t, rows, x, u, x_next)`` after each step with
+                feature-major views (``x, x_next: (..., state_dim, block rows)``, ``u: (...,
+                action_dim, block rows)`` or ``None``) of the block of rows ``rows`` (a
+                ``slice``); it may change ``x_next`` in place (an ensemble adds its noise there).
 
         Returns:
-            ``(batch, horizon + 1, state_dim)`` states, ``x0`` first (a new contiguous tensor).
+            ``(batch, horizon + 1, state_dim)`` states, ``x0`` first (a new contiguous tensor);
+            stacked: ``(E, rows, horizon + 1, state_dim)``.
         """
-        rows = x0.shape[0]
-        out = x0.new_empty(rows, horizon + 1, self.state_dim)
-        blocks = -(-rows // BLOCK_ROWS) if x0.device.type == "cpu" else 1
+        stacked = self.members is not None
+        rows = x0.shape[-2]
+        groups = self.members or 1
+        out = x0.new_empty(*x0.shape[:-1], horizon + 1, self.state_dim)
+        # A block's buffers hold all groups' rows: at most BLOCK_ROWS rows in all.
+        blocks = -(-rows * groups // BLOCK_ROWS) if x0.device.type == "cpu" else 1
         block = max(-(-rows // max(blocks, 1)), 1)
         for i in range(0, rows, block):
-            part = None if actions is None else actions[i:i + block]
-            out[i:i + block] = self._rollout_block(x0[i:i + block], part, horizon, dt, method).permute(2, 0, 1)
+            part = None if actions is None else actions[..., i:i + block, :, :]
+            traj = self._rollout_block(x0[..., i:i + block, :], part, horizon, dt, method, after_step, slice(i, i + block))
+            out[..., i:i + block, :, :] = traj.permute(1, 3, 0, 2) if stacked else traj.permute(2, 0, 1)
         return out
 
-    def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str) -> torch.Tensor:
-        """``(horizon + 1, state_dim, rows)``: the trajectory of one block, feature-major."""
-        n, k, rows = self.state_dim, self.angle_dims, x0.shape[0]
+    def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
+                       after_step: AfterStep | None = None, block_rows: slice | None = None) -> torch.Tensor:
+        """``(horizon + 1, [E,] state_dim, rows)``: the trajectory of one block, feature-major."""
+        n, k, rows = self.state_dim, self.angle_dims, x0.shape[-2]
+        lead = x0.shape[:-2]  # (E,) for stacked networks, () for one
+        mm = torch.bmm if lead else torch.mm
         # Input rows of the first layer: [sin q, cos q] (angle nets), the state or its non-angle
         # part, u (unless control-affine), and the ones that multiply the bias column.
-        first = x0.new_empty(self.weights[0].shape[1], rows)
-        first[-1].fill_(1.0)
-        u_rows = None
+        first = x0.new_empty(*lead, self.weights[0].shape[-1], rows)
+        first[..., -1, :].fill_(1.0)
+        u_rows = u_all = None
         if actions is not None and self.action_dim:
-            u_all = actions.permute(1, 2, 0).contiguous()  # (horizon, action_dim, rows)
+            # (horizon, [E,] action_dim, rows)
+            u_all = (actions.permute(2, 0, 3, 1) if lead else actions.permute(1, 2, 0)).contiguous()
             if not self.control_affine:
-                u_rows = first[-1 - self.action_dim:-1]
+                u_rows = first[..., -1 - self.action_dim:-1, :]
         # The stage state y = x + a k_i: a plain MLP reads it directly as its first rows.
-        y = first[:n] if k == 0 else x0.new_empty(n, rows)
+        y = first[..., :n, :] if k == 0 else x0.new_empty(*lead, n, rows)
         layers = []  # (weights, activation, its output rows, the buffer the next layer reads)
         for w, act in zip(self.weights, self.activations):
-            buf = x0.new_empty(w.shape[0] + 1, rows)
-            buf[-1].fill_(1.0)
-            layers.append((w, act, buf[:-1], buf))
+            buf = x0.new_empty(*lead, w.shape[-2] + 1, rows)
+            buf[..., -1, :].fill_(1.0)
+            layers.append((w, act, buf[..., :-1, :], buf))
         last = self.weights[-1]
-        raw = x0.new_empty(last.shape[0], rows)
-        drift, gains = raw[:n], (raw[n:].view(n, self.action_dim, rows) if self.control_affine else None)
-        deriv = x0.new_empty(n, rows) if self.control_affine else raw
+        raw = x0.new_empty(*lead, last.shape[-2], rows)
+        drift = raw[..., :n, :]
+        gains = raw[..., n:, :].unflatten(-2, (n, self.action_dim)) if self.control_affine else None
+        gain0 = gains.select(-2, 0) if gains is not None and self.action_dim == 1 else None
+        deriv = x0.new_empty(*lead, n, rows) if self.control_affine else raw
         # Views made once: slicing inside the loop costs more than the small ops it feeds.
-        angles, sines, cosines, rest, rest_in = y[:k], first[:k], first[k:2 * k], y[k:], first[2 * k:n + k]
-        traj = x0.new_empty(horizon + 1, n, rows)
-        traj[0].copy_(x0.t())
+        angles, sines, cosines = y[..., :k, :], first[..., :k, :], first[..., k:2 * k, :]
+        rest, rest_in = y[..., k:, :], first[..., 2 * k:n + k, :]
+        traj = x0.new_empty(horizon + 1, *lead, n, rows)
+        traj[0].copy_(x0.transpose(-1, -2))
         states = traj.unbind(0)
-        acc = x0.new_empty(n, rows)
+        acc = x0.new_empty(*lead, n, rows)
         gain_u = None
 
         def field() -> torch.Tensor:
@@ -181,37 +223,40 @@ class MLPField:
                 rest_in.copy_(rest)
             h = first
             for w, act, out, buf in layers:
-                act(torch.mm(w, h, out=out))
+                act(mm(w, h, out=out))
                 h = buf
-            torch.mm(last, h, out=raw)
+            mm(last, h, out=raw)
             if not self.control_affine:
                 return raw
-            if self.action_dim == 1:
-                return torch.addcmul(drift, gains[:, 0], gain_u, out=deriv)
-            # B(x) u with B row-major (n, m): (n, m, rows) * (1, m, rows), summed over m.
-            return torch.add(drift, (gains * gain_u.unsqueeze(0)).sum(1), out=deriv)
+            if gain0 is not None:
+                return torch.addcmul(drift, gain0, gain_u, out=deriv)
+            # B(x) u with B row-major (n, m): (..., n, m, rows) * (..., 1, m, rows), summed over m.
+            return torch.add(drift, (gains * gain_u.unsqueeze(-3)).sum(-2), out=deriv)
 
         for t in range(horizon):
             x, x_next = states[t], states[t + 1]
+            u_t = None if u_all is None else u_all[t]
             if u_rows is not None:
-                u_rows.copy_(u_all[t])
+                u_rows.copy_(u_t)
             elif self.control_affine:
-                gain_u = u_all[t]
+                gain_u = u_t
             y.copy_(x)
             if method == "euler":
                 torch.add(x, field(), alpha=dt, out=x_next)
-                continue
-            # Classical RK4 with the operations of ``integrators.rk4`` in its order; each
-            # stage's derivative is read before the next stage overwrites its buffer.
-            k1 = field()
-            acc.copy_(k1)
-            torch.add(x, k1, alpha=0.5 * dt, out=y)
-            k2 = field()
-            acc.add_(k2, alpha=2.0)
-            torch.add(x, k2, alpha=0.5 * dt, out=y)
-            k3 = field()
-            acc.add_(k3, alpha=2.0)
-            torch.add(x, k3, alpha=dt, out=y)
-            acc.add_(field())
-            torch.add(x, acc, alpha=dt / 6.0, out=x_next)
+            else:
+                # Classical RK4 with the operations of ``integrators.rk4`` in its order; each
+                # stage's derivative is read before the next stage overwrites its buffer.
+                k1 = field()
+                acc.copy_(k1)
+                torch.add(x, k1, alpha=0.5 * dt, out=y)
+                k2 = field()
+                acc.add_(k2, alpha=2.0)
+                torch.add(x, k2, alpha=0.5 * dt, out=y)
+                k3 = field()
+                acc.add_(k3, alpha=2.0)
+                torch.add(x, k3, alpha=dt, out=y)
+                acc.add_(field())
+                torch.add(x, acc, alpha=dt / 6.0, out=x_next)
+            if after_step is not None:
+                after_step(t, block_rows if block_rows is not None else slice(0, rows), x, u_t, x_next)
         return traj
