@@ -219,7 +219,7 @@ class LyapunovTerminalCost:
             if not callable(source):
                 raise TypeError(f"source must be a model with a `.lyapunov` or a callable V(x), got {type(source).__name__}")
             V = source
-        if certificate is not None and certificate.claim == "stabilisability":
+        if certificate is not None and getattr(certificate, "claim", None) == "stabilisability":
             # a control Lyapunov function's certificate is about the model; it names V by its hash
             from lyagym.learned_models import model_hash
 
