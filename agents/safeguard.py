@@ -7,6 +7,7 @@ optimises something else (the env's reward) and may pick an action that lets ``V
 safeguard, at a state ``x`` of the certified region, applies the planned ``u`` only if
 
     V(step_k(x, u)) <= exp(-alpha dt) V(x)      for every member k of the model
+                                                (or the members' mean, as V was certified)
 
 (the certificate's discrete condition, with the model's own integrator and ``dt``; for a
 continuous claim ``grad V . f(x, u) <= -alpha V``), and
@@ -42,7 +43,7 @@ class CertifiedFallback:
         if not isinstance(lyapunov, ControlLyapunov):
             raise TypeError(f"lyapunov must be a ControlLyapunov, got {type(lyapunov).__name__}")
         self.lyapunov, self.model = lyapunov, model
-        self.members = _members(model)  # an ensemble's standalone members, built once per controller
+        self.members = _members(model, lyapunov.ensemble)  # an ensemble's members (or their mean), built once per controller
         self.reset_counts()
 
     def reset_counts(self) -> None:

@@ -12,8 +12,8 @@ Kinds (``WORLD_MODELS``):
 - ``"clf"`` / ``"ensemble-clf"``: the simple model / ensemble (control-affine with the priors)
   for a plant that is not open-loop stable, certified instead by a learned control Lyapunov
   function fitted to it after every fit (``fit_control_lyapunov``; ``run_pets(...,
-  control_lyapunov=True)``): a *stabilisability* certificate, one ``V`` and one common input
-  for every member;
+  control_lyapunov=True)``): a *stabilisability* certificate, for an ensemble about its
+  members' mean map (``CLF_ENSEMBLE_CLAIM``);
 - ``"certified"`` / ``"ensemble-certified"``: whichever certified kind the adapter calls for
   (``certified_kind``): the stable kinds where ``adapter.open_loop_stable``, the clf kinds
   otherwise.
@@ -141,8 +141,13 @@ def data_box(adapter: EnvAdapter, buffer: TransitionBuffer, *, quantile: float =
     return np.stack([lo, hi], -1)
 
 
+#: what a clf ensemble's certificate is about: the members' mean map (``"every"`` member certified
+#: nothing on ``InvertedPendulum-v5``: their equilibria differ; see ``control_lyapunov``)
+CLF_ENSEMBLE_CLAIM = "mean"
+
+
 def fit_control_lyapunov(clf, model, buffer: TransitionBuffer, adapter: EnvAdapter, *, fit_steps: int = 100, seed: int = 0,
-                         hidden: tuple[int, ...] = (32, 32)):
+                         hidden: tuple[int, ...] = (32, 32), ensemble: str = CLF_ENSEMBLE_CLAIM):
     """Fit a control Lyapunov function to ``model`` (control-affine; an ensemble: one ``V`` for
     every member) on the box of the data (``data_box``) towards ``adapter.rest_state``, with the
     adapter's action bounds as the input box: the model's equilibrium near the rest state, LQR
@@ -150,7 +155,8 @@ def fit_control_lyapunov(clf, model, buffer: TransitionBuffer, adapter: EnvAdapt
 
     ``clf``: the ``ControlLyapunov`` to refit in place (a planner's terminal cost keeps pointing
     at it), or ``None`` for a new one. Returns ``(clf, info)`` with ``info`` the certified
-    ``rho``, the share of the box it covers and the linearisation's LQR rate.
+    ``rho``, the share of the box it covers and the linearisation's LQR rate. ``ensemble``: see
+    ``ControlLyapunov`` (default: the claim is about an ensemble's mean map).
     """
     from lyagym.learned_models.control_lyapunov import ControlLyapunov
 
@@ -159,7 +165,7 @@ def fit_control_lyapunov(clf, model, buffer: TransitionBuffer, adapter: EnvAdapt
     with torch.random.fork_rng(devices=[]):  # the correction's init draws from its own seed, not the loop's stream
         torch.manual_seed(seed)
         fresh = ControlLyapunov(adapter.state_dim, adapter.action_dim, box=box, u_low=adapter.action_low, u_high=adapter.action_high,
-                                x_eq=rest, angle_dims=adapter.angle_dims, hidden=hidden)
+                                x_eq=rest, angle_dims=adapter.angle_dims, hidden=hidden, ensemble=ensemble)
     fresh = fresh.to(model.device, model.dtype)
     if clf is None:
         clf = fresh

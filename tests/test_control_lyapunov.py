@@ -69,7 +69,7 @@ def test_lqr_initialised_V_solves_the_riccati_equations():
     plant, V = certified(time_domain="continuous")
     A, B, P = plant.A.double(), plant.B.double(), V.P.double()
     assert torch.allclose(A.T @ P + P @ A - P @ B @ torch.linalg.inv(R) @ B.T @ P + Q, torch.zeros(2, 2, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(V.gain.double(), torch.linalg.inv(R))
+    assert torch.allclose(V.gain.double(), torch.linalg.inv(R) @ B.T @ P, atol=1e-5)  # K = R^-1 B^T P
     assert float(V.rho) > 0 and V.certificate(plant).time_domain == "continuous"
     # discrete: the step map's Riccati equation, weights per unit time
     plant, V = certified()
@@ -79,6 +79,8 @@ def test_lqr_initialised_V_solves_the_riccati_equations():
     G = Ad.T @ P @ Bd
     residual = Ad.T @ P @ Ad - P - G @ torch.linalg.inv(dt * R + Bd.T @ P @ Bd) @ G.T + dt * Q
     assert residual.abs().max() < 1e-4 * P.abs().max()
+    K = torch.linalg.solve(dt * R + Bd.T @ P @ Bd, G.T)  # the discrete LQR gain
+    assert torch.allclose(V.gain.double(), K, rtol=1e-3, atol=1e-4)
 
 
 def test_lqr_initialised_V_certifies_a_region_and_the_fallback_converges():

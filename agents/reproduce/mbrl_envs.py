@@ -135,7 +135,7 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
         if method.endswith("clf"):  # the stabilisability certificate's construction (a change makes new cells)
-            settings["clf"] = "LQR on the data box, 100 correction steps, discrete decrease, safeguard, terminal weight 1"
+            settings["clf"] = "LQR gain on the data box, 100 correction steps, discrete decrease of the mean map, safeguard, terminal weight 1"
         if "stable" in method:  # the certified decay rate: learned within bounds (the models' default)
             from lyagym.learned_models.stable import ALPHA_BOUNDS, ALPHA_INIT
 
@@ -257,8 +257,11 @@ def certificate_check(settings: dict[str, Any], seed: int, folder: str, device: 
 
         adapter = make_adapter(_make_env(settings))
         box = [[-1.0, 1.0]] * adapter.state_dim  # every buffer, the box included, comes from the committed weights
+        from lyagym.agents.world_models import CLF_ENSEMBLE_CLAIM
+
         V = ControlLyapunov(adapter.state_dim, adapter.action_dim, box=box, u_low=adapter.action_low, u_high=adapter.action_high,
-                            x_eq=[0.0] * adapter.state_dim, angle_dims=adapter.angle_dims).to(model.device, model.dtype)
+                            x_eq=[0.0] * adapter.state_dim, angle_dims=adapter.angle_dims,
+                            ensemble=CLF_ENSEMBLE_CLAIM).to(model.device, model.dtype)
         V.load_state_dict(torch.load(run.file(manifest, "clf_weights.pt"), map_location=model.device, weights_only=True))
         cert = V.certificate(model)
         report = cert.check(model, lyapunov=V)
