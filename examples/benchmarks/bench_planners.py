@@ -12,8 +12,9 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
    (target <= 10% overhead).
 3. Batched planning: plans/s (states planned per second) for B = 1, 64, 1024 states at once,
    on CPU and on CUDA when present.
-4. MPPI on learned models (the plain ``SimpleDynamics`` MLP and the PETS loop's default
-   model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``): states planned per
+4. MPPI on learned models (the plain ``SimpleDynamics`` MLP, the PETS loop's default
+   single model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``, and its ensemble of
+   5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
    at B = 1: the model's hidden-to-hidden matrix products alone (K rows x H steps x 4 RK4
@@ -219,7 +220,8 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
         return
     adapter = make_adapter(gym.make("Pendulum-v1"))
     models = {"SimpleDynamics(2, 1, 100-100), plain MLP": SimpleDynamics(2, 1, hidden=(100, 100), dt=adapter.dt),
-              "world_model_for(Pendulum-v1, 'simple'), priors": world_model_for(adapter, "simple")}
+              "world_model_for(Pendulum-v1, 'simple'), priors": world_model_for(adapter, "simple"),
+              "world_model_for(Pendulum-v1, 'ensemble'), 5 members, TS-inf": world_model_for(adapter, "ensemble")}
     cost = PendulumCost(1, "swingup")
     for name, model in models.items():
         model.requires_grad_(False)
@@ -236,8 +238,9 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                     for i in range(b):
                         theirs.command(x[i])
 
-            if b > 1:
-                t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3))
+            single = hasattr(model, "fhat")  # the floor and the two rollout paths are a single model's
+            if b > 1 or not single:
+                t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3) if b > 1 else repeats)
                 c_ours, c_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3), time.thread_time)
             else:
                 x_rows, actions = x.expand(K, 2), torch.rand(K, H, 1) * 4 - 2
@@ -255,7 +258,7 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                 c_ours, c_theirs = interleaved_medians(contenders[:2], repeats, time.thread_time)
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
                   f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
-            if b == 1:
+            if b == 1 and single:
                 print(f"    hidden (100, 100) products alone {t_floor * 1e3:6.1f} ms = {100 * t_floor / t_ours:3.0f}% of ours, "
                       f"{100 * t_floor / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor:4.2f}x; "
                       f"rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
