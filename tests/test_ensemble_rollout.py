@@ -1,6 +1,8 @@
-"""Ensemble rollouts without autograd (members stacked into batched matrix products) compute
-the same function as stepping the members one step at a time: same rows on the same members,
-the same sampled noise, the same angle wrapping, and fresh weights after every optimiser step."""
+"""MLP members run without ``vmap``, as batched matrix products over their stacked weights:
+rollouts without autograd compute the same function as stepping the members one step at a
+time (same rows on the same members, the same sampled noise, the same angle wrapping, fresh
+weights after every optimiser step), and the training loss and its gradients equal those of
+the vmapped members."""
 
 import pickle
 
@@ -10,6 +12,7 @@ import torch
 from lyagym.agents.adapters.base import wrap_angles
 from lyagym.agents.mpc import AngleWrappedModel
 from lyagym.learned_models import Ensemble, member_factory
+from lyagym.learned_models.integrators import functorch_safe
 
 
 def _ensemble(n=4, m=2, k=2, integrator="euler", probabilistic=True, sample=True, control_affine=True, activation="silu", seed=0):
@@ -127,3 +130,27 @@ def test_stable_members_keep_the_stepped_path():
     x0, actions = torch.randn(7, 2), torch.randn(7, 4, 1)
     with torch.no_grad():
         torch.testing.assert_close(ens.rollout(x0, actions), _stepped(ens, x0, actions, 4))
+
+
+@pytest.mark.parametrize("case", [dict(), dict(integrator="rk4"), dict(k=0, m=0, control_affine=False, activation="relu")])
+def test_stacked_training_loss_and_gradients_equal_the_vmapped_members(case):
+    ens = _ensemble(**case)
+    n, m = ens.state_dim, ens.action_dim
+    x = torch.randn(5, 33, n)
+    u = torch.randn(5, 33, m) if m else None
+    target = x + 0.1 * torch.randn_like(x)
+    results = []
+    for vmapped in (False, True):
+        ens.zero_grad()
+        if vmapped:
+            with functorch_safe():  # inside it the members run under vmap, as before the stacked path
+                loss, _ = ens._loss(x, u, target)
+        else:
+            loss, _ = ens._loss(x, u, target)
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in ens.named_parameters()}))
+    (loss_stacked, grads_stacked), (loss_vmapped, grads_vmapped) = results
+    torch.testing.assert_close(loss_stacked, loss_vmapped)
+    for name, grad in grads_vmapped.items():
+        assert bool(grad.abs().sum() > 0), name
+        torch.testing.assert_close(grads_stacked[name], grad, rtol=1e-5, atol=1e-7)

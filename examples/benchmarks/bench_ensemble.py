@@ -33,6 +33,7 @@ import time
 import torch
 
 from lyagym.learned_models import Ensemble, member_factory
+from lyagym.learned_models.ensemble import ensemble_optimizer
 
 
 def steady_malloc() -> bool:
@@ -98,8 +99,8 @@ def bench(kind: str, args) -> dict[str, float]:
     y5 = x5 + 0.05 * torch.randn_like(x5)
     x1, u1, y1 = x5[:1], u5[:1], y5[:1]
     cases = {
-        f"train E={args.members}": train_step(ens5, torch.optim.Adam(ens5.parameters(), 1e-4), x5, u5, y5),
-        "train E=1": train_step(ens1, torch.optim.Adam(ens1.parameters(), 1e-4), x1, u1, y1),
+        f"train E={args.members}": train_step(ens5, ensemble_optimizer(ens5, lr=1e-4), x5, u5, y5),
+        "train E=1": train_step(ens1, ensemble_optimizer(ens1, lr=1e-4), x1, u1, y1),
         "train single model": single_train_step(single, torch.optim.Adam(single.parameters(), 1e-4), x1[0], u1[0], y1[0]),
     }
     X, U = torch.randn(args.plan_batch, n), torch.randn(args.plan_batch, m)
