@@ -389,7 +389,7 @@ def certificate_lines(results: dict[tuple, dict], env: str) -> str:
         region = ""
         if all("rho" in c for c in done.values()):  # a stabilisability certificate: its region
             region = "; certified region {V <= rho}: rho " + ", ".join(f"{c['rho']:.3g}" for c in done.values()) + \
-                ", share of the data's box " + ", ".join(f"{c['box_fraction']:.1%}" for c in done.values())
+                ", share of the data's box " + ", ".join(f"{100 * c['box_fraction']:.2g}%" for c in done.values())
         lines.append(f"- {method}: certificate check after training passed on {len(passed)} of {len(done)} seeds "
                      f"({sum(c['models_passed'] for c in done.values())} of {sum(c['models'] for c in done.values())} "
                      f"models, {sum(c['checked'] for c in done.values()):,} checks, {sum(c['violations'] for c in done.values())} "
