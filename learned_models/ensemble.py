@@ -151,6 +151,12 @@ def _module_tree(named: dict[str, torch.Tensor], *, parameters: bool, root: nn.M
             node.register_buffer(leaf, tensor)
 
 
+def _wrap_rows_(x: torch.Tensor, entries: list[int], dim: int) -> None:
+    """Wrap the state entries ``entries`` (indices along ``dim``) of ``x`` to ``[-pi, pi)`` in place."""
+    idx = torch.tensor(entries, device=x.device)
+    x.index_copy_(dim, idx, torch.remainder(x.index_select(dim, idx) + math.pi, 2.0 * math.pi) - math.pi)
+
+
 def _spread(t: torch.Tensor) -> torch.Tensor:
     """Per-column standard deviation, 1 where a column does not vary (as ``DynamicsNet.calibrate``)."""
     std = t.std(0) if t.shape[0] > 1 else torch.ones_like(t[0])
@@ -596,7 +602,7 @@ class Ensemble(nn.Module):
             x = self._step(x, u)
             if wrap:
                 x = x.clone()
-                x[:, wrap] = torch.remainder(x[:, wrap] + math.pi, 2.0 * math.pi) - math.pi
+                _wrap_rows_(x, wrap, dim=1)
             states.append(x)
         return torch.stack(states, dim=1)
 
@@ -614,8 +620,7 @@ class Ensemble(nn.Module):
             return self._lowered_cache[1]
         base = self._base.model
         lowered = None
-        # On the meta base: is the member's field one ``MLPField`` computes (its fhat, lowered)?
-        if base.integrator in INTEGRATORS and base._inference_field() is not None:
+        if self._stacked_mlp_members():
             field = MLPField.lower(base.fhat, self.state_dim, self.action_dim, tensors=lambda name: tensors["model.fhat." + name])
             head = None
             if self.probabilistic:
@@ -681,7 +686,7 @@ class Ensemble(nn.Module):
             def after_step(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
                 if add_noise is not None:
                     add_noise(t, rows, x, u, x_next)
-                x_next[:, wrap] = torch.remainder(x_next[:, wrap] + math.pi, 2.0 * math.pi) - math.pi
+                _wrap_rows_(x_next, wrap, dim=1)  # feature-major: (E, n, rows)
 
         out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step)  # (E, b, horizon + 1, n)
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
