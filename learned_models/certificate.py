@@ -472,7 +472,7 @@ class Certificate:
 
         return falsify(self, model, **kwargs)
 
-    def verify(self, model, *, box: Any, budget_s: float = 30.0, lyapunov: torch.nn.Module | None = None,
+    def verify(self, model, *, box: Any = None, budget_s: float = 30.0, lyapunov: torch.nn.Module | None = None,
                rho: float | str | None = None, u_box: Any = None, progress: Any = None) -> "Certificate":
         """Prove this certificate's decrease condition on ``box``; see ``lyagym.learned_models.verification``.
 
@@ -482,10 +482,18 @@ class Certificate:
         added when proven, and ``details["formal"]`` (tool, boxes, fraction, margin, seconds,
         rho, the local certificate, or the counterexample) either way. ``check()`` stays the
         fast falsifier.
+
+        A ``"stabilisability"`` claim (``lyagym.learned_models.clf_verification``) needs
+        ``lyapunov=`` its ``ControlLyapunov``; its region is the certificate's own (``rho`` and
+        ``u_box`` must stay ``None``) and ``box`` defaults to the bounding box of that region.
         """
         if self.claim == "stabilisability":
-            raise NotImplementedError("a stabilisability claim has no formal verification yet (bounds of grad V . a and "
-                                      "grad V . B over boxes are not implemented for it); cert.check(model, lyapunov=V) falsifies it")
+            if rho is not None or u_box is not None:
+                raise ValueError("a stabilisability claim is verified on its own region {inner * rho <= V <= rho} under its "
+                                 f"fallback input: rho and u_box must be None, got rho={rho!r}, u_box={u_box!r}")
+            from .clf_verification import stabilisability_formal_certificate
+
+            return stabilisability_formal_certificate(self, model, lyapunov=lyapunov, box=box, budget_s=budget_s, progress=progress)
         from .verification import formal_certificate  # bounds and branch and bound load on demand
 
         return formal_certificate(self, model, box=box, budget_s=budget_s, lyapunov=lyapunov, rho=rho, u_box=u_box, progress=progress)

@@ -32,14 +32,16 @@ def _check(method: str) -> None:
         raise ValueError(f"method must be one of {STEP_METHODS} for bounds of the step map, got {method!r}")
 
 
-def step_bounds(model: nn.Module, x: LinearBounds, h: float, method: str = "rk4") -> LinearBounds:
+def step_bounds(model: nn.Module, x: LinearBounds, h: float, method: str = "rk4", u: LinearBounds | None = None) -> LinearBounds:
     """Bounds of ``step(x)`` (``(batch, n)``): ``method`` (``"euler"`` or ``"rk4"``, the
-    classical scheme of ``integrators.rk4``) with step ``h`` on the field of ``model``."""
+    classical scheme of ``integrators.rk4``) with step ``h`` on the field of ``model``; with
+    ``u`` (bounds of the input, ``(batch, m)``, in the same box coordinate as ``x``: a
+    feedback of the state keeps its correlation with it) held over the step in every stage."""
     _check(method)
     n, like = x.width, x.lb
 
     def f(y: LinearBounds) -> LinearBounds:
-        return field_bounds(model, y)
+        return field_bounds(model, y, u)
 
     if method == "euler":
         return x + f(x).scale(_const(h, like, n))

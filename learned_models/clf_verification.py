@@ -1,0 +1,356 @@
+"""Formal verification of a *stabilisability* certificate (a control Lyapunov function).
+
+The claim of ``control_lyapunov.ControlLyapunov`` (module docstring there): for every ``x``
+with ``inner * rho <= V(x) <= rho``, the fallback input ``u_fb(x) = clip(u_eq - K e, lo, hi)``
+gives the discrete decrease ``d(x) = V(step(x, u_fb(x))) - exp(-alpha h) V(x) <= 0`` (the
+model's own integrator and step; the continuous claim: ``grad V . f(x, u_fb(x)) + alpha V <= 0``),
+for every member's mean map of an ensemble or for the members' mean map.
+
+``verify_stabilisability`` proves ``d < 0`` by branch and bound (``branch_and_bound.py``) over
+a box holding the region (default: the bounding box of the ellipsoid ``{e^T P e <= rho}``,
+which holds ``{V <= rho}`` because ``V >= e^T P e``). A box whose certified lower bound of ``V``
+exceeds ``rho``, or whose upper bound is below ``inner * rho``, is outside the claim and is
+discharged; every other box must have a certified upper bound of ``d`` below 0. So no local
+certificate is needed at ``x_eq``: the claim itself leaves ``{V < inner * rho}`` out.
+
+The bound of one box (``stabilisability_bounds``), all as linear functions of the box
+coordinate (``bounds.LinearBounds``), so that every quantity keeps its dependence on ``x``:
+
+- ``e = x - x_eq`` (exact); the input ``z = u_eq - K e`` (exact) and ``u = clip(z, lo, hi)``
+  relaxed on ``z``'s interval by its chord and exact offsets (``clip`` is piecewise linear, its
+  extremes of ``clip(t) - k t`` are at the ends and the kinks);
+- the step ``y`` through the model's field with that ``u`` (``step_bounds.step_bounds``, ``u``
+  held over the step), averaged over the members for the mean map;
+- ``V = e . (P e) + D . D`` with ``D = h(e) - h(0)`` (``bounds.network_bounds`` of the tanh
+  correction), so ``d = ey . (P ey) + Dy . Dy - c e . (P e) - c Dx . Dx``, ``c = exp(-alpha h)``,
+  is *one* sum of products, bounded by ``LinearBounds.dot_bounds``: the products of the planes
+  are summed as one quadratic in the box coordinate before it is bounded, so the quadratic
+  parts of ``V(y)`` and ``c V(x)`` cancel as they do in the exact value (near ``x_eq``, ``d`` is
+  ``e^T (A^T P A - c P) e``, a small difference of large terms; bounding the two terms apart
+  would need boxes ``sqrt(alpha h)`` times smaller). The continuous condition is the sum
+  ``2 e . (P f) + 2 D . (J_h f) + alpha (e . (P e) + D . D)`` with ``J_h f`` the correction's
+  directional derivative, propagated forward through the layers (``tanh' = 1 - tanh^2``
+  relaxed like every smooth activation, the products by McCormick planes).
+
+Soundness margin: the bounds of ``bounds.py`` widen every offset by ``MARGIN = 1e-10`` times
+the magnitude of the terms summed (float64 rounding of a ``k``-term sum is below
+``k 2^-53``); nothing here sums outside them except ``c`` and ``h(0)``, computed once in
+float64 (relative error ~1e-16, absorbed by the same widening). ``P``, ``K`` and the
+weights are used exactly as stored (a float32 buffer converts to float64 exactly).
+
+Angles: ``V`` wraps ``e`` in its angle entries; the verified box must lie within ``pi`` of
+``x_eq`` there (so the wrap is the identity), and a box whose step may leave that range
+gets no proof (its bound is ``+inf``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bounds import ACTIVATION_RELAXATIONS, LinearBounds, field_bounds, network_bounds, piecewise_linear_relaxation, smooth_relaxation
+from .branch_and_bound import branch_and_bound
+from .certificate import model_hash
+from .control_lyapunov import ControlLyapunov, MeanMap, _members
+from .step_bounds import STEP_METHODS, step_bounds
+from .verification import VerificationResult, parse_box
+
+__all__ = ["stabilisability_bounds", "verify_stabilisability", "stabilisability_formal_certificate", "region_box"]
+
+# tanh' = 1 - tanh^2 has |tanh'''| <= 2 (at 0): its relaxation's grid error term.
+_TANH_SLOPE = smooth_relaxation(lambda t: 1.0 - torch.tanh(t) ** 2, 2.0)
+
+
+def _members64(model: nn.Module, ensemble: str) -> list[nn.Module]:
+    """The models the claim is about, as float64 copies: each one's field has bounds."""
+    members = [copy.deepcopy(m).to(dtype=torch.float64) for m in _members(model, ensemble)]
+    for m in members:
+        for leaf in (m.models if isinstance(m, MeanMap) else [m]):
+            if not hasattr(leaf, "fhat") and not isinstance(leaf, nn.Sequential):
+                raise TypeError(f"no bounds for the field of {type(leaf).__name__}: formal verification of a stabilisability "
+                                "claim covers models whose field is a network bounds.py covers (SimpleDynamics with a "
+                                "DynamicsNet, ensembles of them)")
+    return members
+
+
+def _leaves(member: nn.Module) -> list[nn.Module]:
+    return list(member.models) if isinstance(member, MeanMap) else [member]
+
+
+def _clip(z: LinearBounds, lo: torch.Tensor, hi: torch.Tensor) -> LinearBounds:
+    """``clip(z, lo, hi)`` per input entry (``lo, hi: (m,)``); the few inputs one at a time."""
+    parts = []
+    for j in range(z.width):
+        a, b = float(lo[j]), float(hi[j])
+        parts.append(z[slice(j, j + 1)].relax(piecewise_linear_relaxation(lambda t, a=a, b=b: t.clamp(a, b), [a, b])))
+    return LinearBounds.cat(parts)
+
+
+def _correction(V: ControlLyapunov, e: LinearBounds) -> LinearBounds | None:
+    """``D = h(e) - h(0)``: ``(batch, n)`` bounds, or ``None`` without a correction."""
+    if V.correction is None:
+        return None
+    with torch.no_grad():
+        h0 = V.correction(torch.zeros(1, V.state_dim, dtype=e.lb.dtype, device=e.lb.device))[0]
+    return network_bounds(V.correction, e).shift(-h0)
+
+
+def _directional(net: nn.Sequential, e: LinearBounds, v: LinearBounds) -> LinearBounds:
+    """``J_net(e) v``: the Jacobian-vector product through Linear and Tanh layers, forward."""
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            e = network_bounds(layer, e)
+            v = v.linear(layer.weight.detach().to(v.lb))
+        elif isinstance(layer, nn.Tanh):
+            v = e.relax(_TANH_SLOPE).mul(v)
+            e = e.relax(ACTIVATION_RELAXATIONS[nn.Tanh])
+        else:
+            raise TypeError(f"no directional-derivative bounds for {type(layer).__name__} in V's correction (Linear, Tanh)")
+    return v
+
+
+def _quadratic_terms(V: ControlLyapunov, e: LinearBounds, weight: float) -> tuple[list[LinearBounds], list[LinearBounds]]:
+    """``weight * V`` as ``g . f`` with ``g = [e, D]``, ``f = weight [P e, D]``."""
+    P = V.P.to(e.lb)
+    D = _correction(V, e)
+    g, f = [e], [e.linear(weight * P)]
+    if D is not None:
+        g.append(D)
+        f.append(D.scale(e.lb.new_full((V.state_dim,), weight)))
+    return g, f
+
+
+def _value_bounds(V: ControlLyapunov, e: LinearBounds) -> tuple[torch.Tensor, torch.Tensor]:
+    g, f = _quadratic_terms(V, e, 1.0)
+    return LinearBounds.cat(g).dot_bounds(LinearBounds.cat(f))
+
+
+def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo: torch.Tensor, hi: torch.Tensor, *, alpha: float,
+                           time_domain: str = "discrete", h: float | None = None, method: str | None = None
+                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Certified bounds over boxes ``lo, hi: (batch, n)`` (float64 ``V`` and ``members``) of ``V``
+    and of the condition under ``u_fb`` (module docstring): discrete ``d = V(step(x, u_fb(x))) -
+    exp(-alpha h) V(x)`` with ``method`` (``"euler"``, ``"rk4"``) and step ``h``; continuous
+    ``grad V . f(x, u_fb(x)) + alpha V``. For several members, the worst member's bounds.
+
+    Returns ``{"V": (lower, upper), "d": (lower, upper), "u": (lower, upper)}``, ``V`` and ``d``
+    ``(batch,)``, ``u`` ``(batch, m)``; ``d``'s upper bound is ``+inf`` where a step may leave
+    the range within ``pi`` of ``x_eq`` in an angle entry.
+    """
+    x = LinearBounds.from_box(lo, hi)
+    x_eq = V.x_eq.to(lo)
+    e = x.shift(-x_eq)
+    u = _clip(e.linear(-V.gain.to(lo), V.u_eq.to(lo)), V.u_low.to(lo), V.u_high.to(lo))
+    V_lo, V_hi = _value_bounds(V, e)
+    n = V.state_dim
+    angles = list(V.angle_dims)
+    uppers, lowers = [], []
+    for member in members:
+        leaves = _leaves(member)
+        mean = lo.new_full((n,), 1.0 / len(leaves))
+        if time_domain == "discrete":
+            y = step_bounds(leaves[0], x, h, method, u)
+            for leaf in leaves[1:]:
+                y = y + step_bounds(leaf, x, h, method, u)
+            ey = y.scale(mean).shift(-x_eq)
+            g1, f1 = _quadratic_terms(V, ey, 1.0)
+            g0, f0 = _quadratic_terms(V, e, -math.exp(-alpha * h))
+            d_lo, d_hi = LinearBounds.cat(g1 + g0).dot_bounds(LinearBounds.cat(f1 + f0))
+            if angles:
+                ey_lo, ey_hi = ey.bounds()
+                leaves_range = (ey_lo[:, angles] <= -math.pi) | (ey_hi[:, angles] >= math.pi)
+                d_hi = torch.where(leaves_range.any(-1), torch.full_like(d_hi, math.inf), d_hi)
+        else:
+            f = field_bounds(leaves[0], x, u)
+            for leaf in leaves[1:]:
+                f = f + field_bounds(leaf, x, u)
+            f = f.scale(mean)
+            g, fs = _quadratic_terms(V, e, alpha)
+            g.append(e)
+            fs.append(f.linear(2.0 * V.P.to(lo)))
+            if V.correction is not None:
+                D = _correction(V, e)
+                g.append(D)
+                fs.append(_directional(V.correction, e, f).scale(lo.new_full((n,), 2.0)))
+            d_lo, d_hi = LinearBounds.cat(g).dot_bounds(LinearBounds.cat(fs))
+        lowers.append(d_lo)
+        uppers.append(d_hi)
+    return {"V": (V_lo, V_hi), "d": (torch.stack(lowers).amax(0), torch.stack(uppers).amax(0)), "u": u.bounds()}
+
+
+def _condition_fn(V: ControlLyapunov, members: Sequence[nn.Module], alpha: float, time_domain: str, h: float | None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Plain float64 evaluation of the condition at states ``(batch, n)``, the worst member."""
+
+    def d(x: torch.Tensor) -> torch.Tensor:
+        u = V.fallback(None, x)
+        if time_domain == "discrete":
+            with torch.no_grad():
+                v = V(x)
+                return torch.stack([V(m.step(x, u)) for m in members]).amax(0) - math.exp(-alpha * h) * v
+        v, g = V.value_and_grad(x)
+        with torch.no_grad():
+            return torch.stack([(g * m.derivative(x, u)).sum(-1) for m in members]).amax(0) + alpha * v
+
+    return d
+
+
+def region_box(V: ControlLyapunov, rho: float) -> torch.Tensor:
+    """The bounding box ``(n, 2)`` (float64) of the ellipsoid ``{e^T P e <= rho}``, which holds
+    ``{V <= rho}``: ``x_eq +- sqrt(rho (P^-1)_ii)``, widened by ``1e-9`` relative for rounding."""
+    P = V.P.detach().to(torch.float64)
+    half = torch.sqrt(rho * torch.linalg.inv(P).diagonal()) * (1 + 1e-9) + 1e-300
+    x_eq = V.x_eq.detach().to(torch.float64)
+    return torch.stack([x_eq - half, x_eq + half], -1)
+
+
+def verify_stabilisability(
+    model: nn.Module,
+    lyapunov: ControlLyapunov,
+    *,
+    alpha: float,
+    rho: float,
+    inner_level: float,
+    time_domain: str = "discrete",
+    box: Any = None,
+    budget_s: float = 30.0,
+    batch: int = 512,
+    progress: Callable[[float, int], None] | None = None,
+    exhaustive: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> VerificationResult:
+    """Prove the stabilisability claim's decrease under ``u_fb`` on ``inner_level <= V <= rho``.
+
+    Args:
+        model: the model the claim is about (a control-affine ``SimpleDynamics``, an ensemble of
+            them; ``lyapunov.ensemble`` says which of its maps).
+        lyapunov: the ``ControlLyapunov`` (its ``P``, correction, ``K``, ``u_eq``, input box).
+        alpha: the claimed rate; rho, inner_level: the claimed annulus ``inner_level <= V <= rho``.
+        time_domain: ``"discrete"`` (``V(step(x, u_fb(x))) <= exp(-alpha h) V(x)`` with the
+            model's ``dt`` and ``integrator``, ``"euler"`` or ``"rk4"``) or ``"continuous"``.
+        box: ``n`` rows ``[lo, hi]`` to search; default ``region_box(lyapunov, rho)``.
+        budget_s, batch, progress, exhaustive, clock: see ``branch_and_bound``.
+
+    Returns a ``VerificationResult``: ``"verified"`` (the whole annulus inside ``box``),
+    ``"counterexample"`` (a state ``(n,)`` where plain float64 evaluation gives ``d > 0``) or
+    ``"unknown"``, with the proven share of ``box`` (boxes outside the annulus count as covered).
+    """
+    if not isinstance(lyapunov, ControlLyapunov):
+        raise TypeError(f"lyapunov must be the ControlLyapunov of the claim, got {type(lyapunov).__name__}")
+    if time_domain not in ("continuous", "discrete"):
+        raise ValueError(f"time_domain must be 'continuous' or 'discrete', got {time_domain!r}")
+    for name, value in (("alpha", alpha), ("rho", rho), ("inner_level", inner_level)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0 (the certified region {{V <= rho}} is empty), got {rho!r}")
+    if not (isinstance(budget_s, (int, float)) and budget_s > 0):
+        raise ValueError(f"budget_s must be a number > 0, got {budget_s!r}")
+    n = lyapunov.state_dim
+    X = region_box(lyapunov, rho) if box is None else parse_box(box, n)
+    x_eq = lyapunov.x_eq.detach().to(torch.float64)
+    for i in lyapunov.angle_dims:
+        if float(X[i, 0] - x_eq[i]) <= -math.pi or float(X[i, 1] - x_eq[i]) >= math.pi:
+            raise ValueError(f"box: angle entry {i} must lie within pi of x_eq ({float(x_eq[i]):.4g}), where V's wrap is the "
+                             f"identity; got [{float(X[i, 0]):.4g}, {float(X[i, 1]):.4g}]")
+    start = clock()
+    V64 = copy.deepcopy(lyapunov).to(torch.float64)
+    members = _members64(model, lyapunov.ensemble)
+    X = X.to(V64.x_eq.device)
+    step = None
+    h = method = None
+    if time_domain == "discrete":
+        h, method = float(members[0].dt), getattr(members[0], "integrator", None)
+        if method not in STEP_METHODS:
+            raise ValueError(f"the discrete claim is verified for the integrators {STEP_METHODS}; the model steps with {method!r}")
+        step = {"h": h, "integrator": method}
+
+    def bound_fn(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            b = stabilisability_bounds(V64, members, lo, hi, alpha=alpha, time_domain=time_domain, h=h, method=method)
+        V_lo, V_hi = b["V"]
+        return b["d"][1], (V_lo > rho) | (V_hi < inner_level)
+
+    value_fn = _condition_fn(V64, members, float(alpha), time_domain, h)
+    res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1], budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch,
+                           progress=progress, exhaustive=exhaustive, clock=clock)
+    condition = (f"V(step(x, u_fb(x))) - exp(-alpha h) V(x) < 0" if time_domain == "discrete"
+                 else "grad V . f(x, u_fb(x)) + alpha V < 0") + f" where {inner_level:.4g} <= V(x) <= {rho:.4g}"
+    out = VerificationResult(
+        status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=clock() - start, alpha=float(alpha),
+        box=X.tolist(), rho=float(rho), covered_fraction=res.covered_fraction,
+        counterexample=None if res.counterexample is None else res.counterexample.tolist(),
+        counterexample_value=res.counterexample_value, local=None, worst_upper=res.worst_upper, time_domain=time_domain,
+        step=step, condition=condition)
+    out.open_boxes = (res.open_lo, res.open_hi)  # for region_fraction; not part of details()
+    return out
+
+
+def region_fraction(result: VerificationResult, lyapunov: ControlLyapunov, inner_level: float, *, samples: int = 200_000,
+                    seed: int = 0) -> float:
+    """Monte Carlo share (by volume) of the claimed annulus ``inner_level <= V <= rho`` inside the
+    result's box that lies in no box left open: the proven share of the claim itself (the
+    box's ``fraction`` also counts what is outside the annulus). ``nan`` if no sample lands in it."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.tensor(result.box, dtype=torch.float64)
+    x = X[:, 0] + (X[:, 1] - X[:, 0]) * torch.rand(samples, X.shape[0], generator=gen, dtype=torch.float64)
+    V64 = copy.deepcopy(lyapunov).to(torch.float64)
+    with torch.no_grad():
+        v = V64(x.to(V64.x_eq.device)).cpu()
+    x = x[(v <= result.rho) & (v >= inner_level)]
+    if not x.shape[0]:
+        return math.nan
+    open_lo, open_hi = getattr(result, "open_boxes", (None, None))
+    if result.status == "verified" or open_lo is None or not open_lo.shape[0]:
+        return 1.0 if result.status == "verified" else math.nan
+    open_lo, open_hi = open_lo.cpu(), open_hi.cpu()
+    inside = torch.zeros(x.shape[0], dtype=torch.bool)
+    for k in range(0, open_lo.shape[0], 256):  # chunks of open boxes bound the (samples, boxes) memory
+        lo, hi = open_lo[k:k + 256], open_hi[k:k + 256]
+        inside |= ((x.unsqueeze(1) >= lo) & (x.unsqueeze(1) <= hi)).all(-1).any(-1)
+    return float(1.0 - inside.double().mean())
+
+
+def stabilisability_formal_certificate(cert: Any, model: nn.Module, *, lyapunov: ControlLyapunov | None, box: Any = None,
+                                       budget_s: float = 30.0, progress: Callable[[float, int], None] | None = None) -> Any:
+    """``Certificate.verify`` for a ``"stabilisability"`` claim: a copy with ``details["formal"]``
+    (the keys of the other claims, plus ``inner_level`` and ``region_fraction``) and, when the
+    whole annulus is proven, evidence ``"formal"``."""
+    if not isinstance(lyapunov, ControlLyapunov):
+        raise TypeError(f"lyapunov must be the ControlLyapunov the certificate was issued with (pass lyapunov=V), "
+                        f"got {type(lyapunov).__name__}")
+    if cert.details.get("lyapunov_hash") != model_hash(lyapunov):
+        raise ValueError("lyapunov is not the ControlLyapunov this certificate was issued with (its lyapunov_hash differs)")
+    if cert.weights_hash and isinstance(model, nn.Module) and not cert.applies_to(model):
+        raise ValueError("this certificate was issued for other weights (cert.applies_to(model) is False)")
+    rho, inner = float(cert.details.get("rho", 0.0)), float(cert.details.get("inner_level", 0.0))
+    if rho <= 0:
+        raise ValueError("this certificate's region is empty (rho = 0): nothing to verify")
+    if cert.time_domain == "discrete":
+        dt = float(_members(model, lyapunov.ensemble)[0].dt)
+        if cert.h is not None and abs(cert.h - dt) > 1e-12 * max(1.0, dt):
+            raise ValueError(f"the certificate's step h={cert.h} is not the model's dt={dt}")
+    res = verify_stabilisability(model, lyapunov, alpha=cert.alpha, rho=rho, inner_level=inner, time_domain=cert.time_domain,
+                                 box=box, budget_s=budget_s, progress=progress)
+    details = dict(cert.details)
+    formal = res.details()
+    formal["inner_level"] = inner
+    formal["region_fraction"] = region_fraction(res, lyapunov, inner)
+    formal["tool"] = formal["tool"] + " (u_fb relaxed through its affine map and clip, kept as a function of x)"
+    details["formal"] = formal
+    evidence = list(cert.evidence)
+    if res.status == "verified":
+        if "formal" not in evidence:
+            evidence.append("formal")
+        box_text = "[" + ", ".join(f"[{a:.4g}, {b:.4g}]" for a, b in res.box) + "]"
+        step = f" for the {res.step['integrator']} step map with h = {res.step['h']:g}" if res.step else ""
+        details["region"] = (f"{{V <= {rho:.4g}}} inside the box, states with V >= {inner:.3g} (proven by bound propagation on "
+                             f"the box {box_text}{step})")
+    return dataclasses.replace(cert, evidence=evidence, details=details)
