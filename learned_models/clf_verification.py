@@ -62,7 +62,8 @@ from .control_lyapunov import ControlLyapunov, MeanMap, _members
 from .step_bounds import STEP_METHODS, step_bounds
 from .verification import VerificationResult, parse_box
 
-__all__ = ["stabilisability_bounds", "verify_stabilisability", "stabilisability_formal_certificate", "region_box"]
+__all__ = ["fallback_bounds", "stabilisability_bounds", "verify_stabilisability", "stabilisability_formal_certificate", "region_box",
+           "region_coordinates", "region_fraction"]
 
 # tanh' = 1 - tanh^2 has |tanh'''| <= 2 (at 0): its relaxation's grid error term.
 _TANH_SLOPE = smooth_relaxation(lambda t: 1.0 - torch.tanh(t) ** 2, 2.0)
@@ -84,11 +85,15 @@ def _leaves(member: nn.Module) -> list[nn.Module]:
     return list(member.models) if isinstance(member, MeanMap) else [member]
 
 
-def _clip(z: LinearBounds, lo: torch.Tensor, hi: torch.Tensor) -> LinearBounds:
-    """``clip(z, lo, hi)`` per input entry (``lo, hi: (m,)``); the few inputs one at a time."""
+def fallback_bounds(V: ControlLyapunov, e: LinearBounds) -> LinearBounds:
+    """The fallback input ``u_fb = clip(u_eq - K e, lo, hi)`` (``(batch, m)``) as linear functions
+    of the box coordinate, from bounds of ``e = x - x_eq`` (``(batch, n)``): the affine map is
+    exact, the clip relaxed per input entry (the few inputs one at a time)."""
+    like = e.lb
+    z = e.linear(-V.gain.to(like), V.u_eq.to(like))
     parts = []
     for j in range(z.width):
-        a, b = float(lo[j]), float(hi[j])
+        a, b = float(V.u_low[j]), float(V.u_high[j])
         parts.append(z[slice(j, j + 1)].relax(piecewise_linear_relaxation(lambda t, a=a, b=b: t.clamp(a, b), [a, b])))
     return LinearBounds.cat(parts)
 
@@ -133,21 +138,29 @@ def _value_bounds(V: ControlLyapunov, e: LinearBounds) -> tuple[torch.Tensor, to
 
 
 def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo: torch.Tensor, hi: torch.Tensor, *, alpha: float,
-                           time_domain: str = "discrete", h: float | None = None, method: str | None = None
-                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                           time_domain: str = "discrete", h: float | None = None, method: str | None = None,
+                           transform: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Certified bounds over boxes ``lo, hi: (batch, n)`` (float64 ``V`` and ``members``) of ``V``
     and of the condition under ``u_fb`` (module docstring): discrete ``d = V(step(x, u_fb(x))) -
     exp(-alpha h) V(x)`` with ``method`` (``"euler"``, ``"rk4"``) and step ``h``; continuous
     ``grad V . f(x, u_fb(x)) + alpha V``. For several members, the worst member's bounds.
 
+    ``transform``: ``None``, the boxes are of states ``x``; else ``(n, n)`` ``T``, the boxes are of
+    ``w`` with ``x = x_eq + T w`` (``region_coordinates``: where ``e^T P e = |w|^2``, so the
+    quadratic part of ``V`` is bounded exactly on every box).
+
     Returns ``{"V": (lower, upper), "d": (lower, upper), "u": (lower, upper)}``, ``V`` and ``d``
     ``(batch,)``, ``u`` ``(batch, m)``; ``d``'s upper bound is ``+inf`` where a step may leave
     the range within ``pi`` of ``x_eq`` in an angle entry.
     """
-    x = LinearBounds.from_box(lo, hi)
     x_eq = V.x_eq.to(lo)
-    e = x.shift(-x_eq)
-    u = _clip(e.linear(-V.gain.to(lo), V.u_eq.to(lo)), V.u_low.to(lo), V.u_high.to(lo))
+    if transform is None:
+        x = LinearBounds.from_box(lo, hi)
+        e = x.shift(-x_eq)
+    else:
+        e = LinearBounds.from_box(lo, hi).linear(transform.to(lo))
+        x = e.shift(x_eq)
+    u = fallback_bounds(V, e)
     V_lo, V_hi = _value_bounds(V, e)
     n = V.state_dim
     angles = list(V.angle_dims)
@@ -202,6 +215,20 @@ def _condition_fn(V: ControlLyapunov, members: Sequence[nn.Module], alpha: float
     return d
 
 
+def region_coordinates(V: ControlLyapunov, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T: (n, n)`` and ``s: (n,)``: with ``x = x_eq + T w``, ``e^T P e = |w|^2`` (``T = L^-T``,
+    ``P = L L^T``), and the cube ``|w_i| <= s_i`` holds the ellipsoid ``{e^T P e <= rho}`` (hence
+    ``{V <= rho}``). ``s_i = sqrt(rho (N P^-1 N^T)_ii)`` with ``N = T^-1`` as computed (the exact
+    extent of the ellipsoid along ``w_i``, so rounding in ``T`` cannot leave a sliver out),
+    widened by ``1e-6`` relative."""
+    P = V.P.detach().to(torch.float64).cpu()
+    L = torch.linalg.cholesky(P)
+    T = torch.linalg.inv(L.T)
+    N = torch.linalg.inv(T)
+    s = torch.sqrt(rho * (N @ torch.linalg.inv(P) @ N.T).diagonal()) * (1 + 1e-6)
+    return T.to(V.x_eq.device), s.to(V.x_eq.device)
+
+
 def region_box(V: ControlLyapunov, rho: float) -> torch.Tensor:
     """The bounding box ``(n, 2)`` (float64) of the ellipsoid ``{e^T P e <= rho}``, which holds
     ``{V <= rho}``: ``x_eq +- sqrt(rho (P^-1)_ii)``, widened by ``1e-9`` relative for rounding."""
@@ -235,12 +262,17 @@ def verify_stabilisability(
         alpha: the claimed rate; rho, inner_level: the claimed annulus ``inner_level <= V <= rho``.
         time_domain: ``"discrete"`` (``V(step(x, u_fb(x))) <= exp(-alpha h) V(x)`` with the
             model's ``dt`` and ``integrator``, ``"euler"`` or ``"rk4"``) or ``"continuous"``.
-        box: ``n`` rows ``[lo, hi]`` to search; default ``region_box(lyapunov, rho)``.
+        box: ``None`` (default): the whole region, searched in the coordinates ``w`` of
+            ``region_coordinates`` (``x = x_eq + T w``, ``V``'s quadratic part is ``|w|^2``: boxes
+            of ``w`` fit the ellipsoid, and ``V`` is bounded exactly on them); or ``n`` rows
+            ``[lo, hi]`` of states to search instead (the claim is then proven on that box only).
         budget_s, batch, progress, exhaustive, clock: see ``branch_and_bound``.
 
-    Returns a ``VerificationResult``: ``"verified"`` (the whole annulus inside ``box``),
-    ``"counterexample"`` (a state ``(n,)`` where plain float64 evaluation gives ``d > 0``) or
-    ``"unknown"``, with the proven share of ``box`` (boxes outside the annulus count as covered).
+    Returns a ``VerificationResult``: ``"verified"`` (the whole annulus inside the searched
+    box), ``"counterexample"`` (a state ``(n,)`` where plain float64 evaluation gives ``d > 0``)
+    or ``"unknown"``, with the proven share of the searched box's volume (parts outside the
+    annulus count as covered); ``box`` is the state box searched (for ``box=None`` the bounding
+    box of the region, ``region_box``).
     """
     if not isinstance(lyapunov, ControlLyapunov):
         raise TypeError(f"lyapunov must be the ControlLyapunov of the claim, got {type(lyapunov).__name__}")
@@ -263,7 +295,13 @@ def verify_stabilisability(
     start = clock()
     V64 = copy.deepcopy(lyapunov).to(torch.float64)
     members = _members64(model, lyapunov.ensemble)
-    X = X.to(V64.x_eq.device)
+    device = V64.x_eq.device
+    if box is None:
+        T, half = region_coordinates(V64, rho)
+        root_lo, root_hi = -half, half
+    else:
+        T = None
+        root_lo, root_hi = X[:, 0].to(device), X[:, 1].to(device)
     step = None
     h = method = None
     if time_domain == "discrete":
@@ -272,49 +310,55 @@ def verify_stabilisability(
             raise ValueError(f"the discrete claim is verified for the integrators {STEP_METHODS}; the model steps with {method!r}")
         step = {"h": h, "integrator": method}
 
+    def to_state(w: torch.Tensor) -> torch.Tensor:
+        return w if T is None else V64.x_eq + w @ T.T
+
     def bound_fn(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            b = stabilisability_bounds(V64, members, lo, hi, alpha=alpha, time_domain=time_domain, h=h, method=method)
+            b = stabilisability_bounds(V64, members, lo, hi, alpha=alpha, time_domain=time_domain, h=h, method=method, transform=T)
         V_lo, V_hi = b["V"]
         return b["d"][1], (V_lo > rho) | (V_hi < inner_level)
 
-    value_fn = _condition_fn(V64, members, float(alpha), time_domain, h)
-    res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1], budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch,
-                           progress=progress, exhaustive=exhaustive, clock=clock)
-    condition = (f"V(step(x, u_fb(x))) - exp(-alpha h) V(x) < 0" if time_domain == "discrete"
+    condition_at = _condition_fn(V64, members, float(alpha), time_domain, h)
+    res = branch_and_bound(bound_fn, lambda w: condition_at(to_state(w)), root_lo, root_hi,
+                           budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch, progress=progress,
+                           exhaustive=exhaustive, clock=clock)
+    condition = ("V(step(x, u_fb(x))) - exp(-alpha h) V(x) < 0" if time_domain == "discrete"
                  else "grad V . f(x, u_fb(x)) + alpha V < 0") + f" where {inner_level:.4g} <= V(x) <= {rho:.4g}"
+    cex = None if res.counterexample is None else to_state(res.counterexample.unsqueeze(0))[0].tolist()
     out = VerificationResult(
         status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=clock() - start, alpha=float(alpha),
-        box=X.tolist(), rho=float(rho), covered_fraction=res.covered_fraction,
-        counterexample=None if res.counterexample is None else res.counterexample.tolist(),
+        box=X.tolist(), rho=float(rho), covered_fraction=res.covered_fraction, counterexample=cex,
         counterexample_value=res.counterexample_value, local=None, worst_upper=res.worst_upper, time_domain=time_domain,
         step=step, condition=condition)
-    out.open_boxes = (res.open_lo, res.open_hi)  # for region_fraction; not part of details()
+    # what region_fraction needs; not part of details()
+    out.open_boxes = (res.open_lo, res.open_hi, root_lo, root_hi, T)
     return out
 
 
-def region_fraction(result: VerificationResult, lyapunov: ControlLyapunov, inner_level: float, *, samples: int = 200_000,
+def region_fraction(result: VerificationResult, lyapunov: ControlLyapunov, inner_level: float, *, samples: int = 20_000,
                     seed: int = 0) -> float:
     """Monte Carlo share (by volume) of the claimed annulus ``inner_level <= V <= rho`` inside the
-    result's box that lies in no box left open: the proven share of the claim itself (the
+    searched box that lies in no box left open: the proven share of the claim itself (the
     box's ``fraction`` also counts what is outside the annulus). ``nan`` if no sample lands in it."""
+    if result.status == "verified":
+        return 1.0
+    open_lo, open_hi, root_lo, root_hi, T = result.open_boxes
     gen = torch.Generator().manual_seed(seed)
-    X = torch.tensor(result.box, dtype=torch.float64)
-    x = X[:, 0] + (X[:, 1] - X[:, 0]) * torch.rand(samples, X.shape[0], generator=gen, dtype=torch.float64)
-    V64 = copy.deepcopy(lyapunov).to(torch.float64)
+    root_lo, root_hi = root_lo.cpu(), root_hi.cpu()
+    w = root_lo + (root_hi - root_lo) * torch.rand(samples, root_lo.shape[0], generator=gen, dtype=torch.float64)
+    V64 = copy.deepcopy(lyapunov).to(torch.float64).cpu()
+    x = w if T is None else V64.x_eq + w @ T.cpu().T
     with torch.no_grad():
-        v = V64(x.to(V64.x_eq.device)).cpu()
-    x = x[(v <= result.rho) & (v >= inner_level)]
-    if not x.shape[0]:
+        v = V64(x)
+    w = w[(v <= result.rho) & (v >= inner_level)]
+    if not w.shape[0]:
         return math.nan
-    open_lo, open_hi = getattr(result, "open_boxes", (None, None))
-    if result.status == "verified" or open_lo is None or not open_lo.shape[0]:
-        return 1.0 if result.status == "verified" else math.nan
     open_lo, open_hi = open_lo.cpu(), open_hi.cpu()
-    inside = torch.zeros(x.shape[0], dtype=torch.bool)
+    inside = torch.zeros(w.shape[0], dtype=torch.bool)
     for k in range(0, open_lo.shape[0], 256):  # chunks of open boxes bound the (samples, boxes) memory
         lo, hi = open_lo[k:k + 256], open_hi[k:k + 256]
-        inside |= ((x.unsqueeze(1) >= lo) & (x.unsqueeze(1) <= hi)).all(-1).any(-1)
+        inside |= ((w.unsqueeze(1) >= lo) & (w.unsqueeze(1) <= hi)).all(-1).any(-1)
     return float(1.0 - inside.double().mean())
 
 
