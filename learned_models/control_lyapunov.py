@@ -56,8 +56,9 @@ claim is about the members' mean map (the ensemble's expectation) only. On
 certified nothing (in every level set 5-18% of the sampled states violate it on some member;
 near ``x_eq`` all do, where the members' equilibria differ), the mean map's whole ellipsoid
 in the data's box had no violation. Evidence:
-``"falsification"`` (sampled states and closed-loop rollouts); a sound proof with the bounds
-of ``bounds.py`` is not implemented for this claim.
+``"falsification"`` (sampled states and closed-loop rollouts); ``Certificate.verify(model,
+lyapunov=V)`` adds ``"formal"`` when sound bounds prove the whole claimed set
+(``clf_verification.py``).
 """
 
 from __future__ import annotations

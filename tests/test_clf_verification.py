@@ -135,7 +135,8 @@ def test_bounds_are_never_tighter_than_sampled_values(time_domain, method):
         lo, hi = centre - half, centre + half  # u_fb saturates on some, straddles a kink of the clip on others
         x = (lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * torch.rand(boxes, k, 2, generator=gen, dtype=D64)).reshape(-1, 2)
         for claim in ([MeanMap(members)], members):
-            b = stabilisability_bounds(V, claim, lo, hi, alpha=alpha, time_domain=time_domain, h=0.1, method=method)
+            b = stabilisability_bounds(V, claim, lo, hi, alpha=alpha, time_domain=time_domain, h=0.1, method=method, rho=1.0,
+                                       multipliers=(0.1, 1.0, 10.0))
             u = V.fallback(None, x)
             with torch.no_grad():
                 v = V(x)
@@ -149,6 +150,10 @@ def test_bounds_are_never_tighter_than_sampled_values(time_domain, method):
                 exact = exact.reshape(boxes, k, *exact.shape[1:])
                 assert bool((exact >= lower).all()) and bool((exact <= upper).all()), (name, scale)
             assert bool(torch.isfinite(b["d"][1]).all())  # these boxes' steps stay within pi of x_eq
+            # the S-procedure's bound holds for the states of each box inside {V <= rho}
+            inside = v.reshape(boxes, k) <= 1.0
+            assert bool((d.reshape(boxes, k) <= b["d_region"][1].unsqueeze(1))[inside].all())
+            assert bool((b["d_region"][1] <= b["d"][1]).all()) and bool((b["d_region"][1] < b["d"][1]).any())
         # u_fb's planes themselves (what the step's bounds use), not only their extremes
         planes = fallback_bounds(V, LinearBounds.from_box(lo, hi).shift(-V.x_eq))
         xi = ((x.reshape(boxes, k, 2) - ((lo + hi) / 2).unsqueeze(1)) / ((hi - lo) / 2).unsqueeze(1)).unsqueeze(-1)
