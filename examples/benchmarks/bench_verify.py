@@ -44,12 +44,20 @@ Near the bottom, a model whose ``f(x_eq) != 0`` (every unconstrained MLP) has it
 ``x*`` off ``V``'s minimum and ``V`` cannot decrease around ``x_eq``: no sublevel set of that
 ``V`` is a region of attraction, which is what the verifier reports for ``soft-n1``.
 
+With ``--clf-seeds``: the *stabilisability* certificates (control Lyapunov functions) of the
+``InvertedPendulum-v5`` PETS cells stored in ``examples/results/mbrl-envs`` (``pets-ensemble-clf``,
+the committed model and CLF of the run, rebuilt as ``certificate_check`` rebuilds them): the
+decrease under the fallback input on the claimed set ``inner * rho <= V <= rho``
+(``clf_verification.py``), the share of that set proven within ``--budget-clf`` CPU seconds,
+and the share of 10^6 uniform states of the set's bounding box, inside the set, that violate it.
+
 Usage::
 
     python examples/benchmarks/bench_verify.py                    # all models
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned --budget 30
     python examples/benchmarks/bench_verify.py --models soft-n2-pinned-local-V --budget-4d 600 --budget-roa-4d 300
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned-fitted-V --lyanet   # + LyaNet contraction rows
+    python examples/benchmarks/bench_verify.py --models --clf-seeds 3 4 --budget-clf 60  # only the CLF rows
 """
 
 from __future__ import annotations
@@ -304,6 +312,67 @@ def lyanet_row(cache: str, budget: float, clock) -> str:
     return "\n".join(out)
 
 
+def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/results/mbrl-envs") -> list[str]:
+    """The stabilisability rows (module docstring) for the stored ``pets-ensemble-clf`` cells of
+    ``InvertedPendulum-v5`` with these seeds whose run folder holds the committed weights."""
+    import glob
+    import json
+
+    from lyagym.agents.adapters import make_adapter
+    from lyagym.agents.reproduce.mbrl_envs import _cell_config_and_model, _make_env
+    from lyagym.agents.run_log import RunFolder
+    from lyagym.agents.world_models import CLF_ENSEMBLE_CLAIM
+    from lyagym.learned_models.clf_verification import region_box, region_fraction, verify_stabilisability
+    from lyagym.learned_models.control_lyapunov import ControlLyapunov, _members
+
+    rows = []
+    for seed in seeds:
+        folders = glob.glob(os.path.join(results, "InvertedPendulum-v5", "pets-ensemble-clf", f"seed{seed}-*"))
+        run = RunFolder(os.path.join(folders[0], "run"), algo="pets", settings={}) if folders else None
+        manifest = run.manifest() if run is not None else None
+        if manifest is None or not os.path.exists(run.file(manifest, "clf_weights.pt")):
+            rows.append(f"| InvertedPendulum-v5 seed {seed} | no stored weights in {results} | - | - | - | - | - |")
+            continue
+        with open(os.path.join(folders[0], "cell.json")) as fh:
+            settings = json.load(fh)["settings"]
+        adapter = make_adapter(_make_env(settings))
+        _, model = _cell_config_and_model(settings, adapter, seed, "cpu")
+        model.load_state_dict(torch.load(run.file(manifest, "model_weights.pt"), weights_only=True))
+        V = ControlLyapunov(adapter.state_dim, adapter.action_dim, box=[[-1.0, 1.0]] * adapter.state_dim, u_low=adapter.action_low,
+                            u_high=adapter.action_high, x_eq=[0.0] * adapter.state_dim, angle_dims=adapter.angle_dims,
+                            ensemble=CLF_ENSEMBLE_CLAIM)
+        V.load_state_dict(torch.load(run.file(manifest, "clf_weights.pt"), weights_only=True))
+        cert = V.certificate(model)
+        rho, inner = cert.details["rho"], cert.details["inner_level"]
+        # sampled violations: 10^6 uniform states of the set's bounding box, those in the set (float64)
+        V64 = V.double()
+        members = [m.double() for m in _members(model, V.ensemble)]
+        B = region_box(V64, rho)
+        gen = torch.Generator().manual_seed(0)
+        inside = bad = 0
+        for _ in range(10):
+            x = B[:, 0] + (B[:, 1] - B[:, 0]) * torch.rand(100_000, B.shape[0], generator=gen, dtype=torch.float64)
+            with torch.no_grad():
+                v = V64(x)
+            x = x[(v <= rho) & (v >= inner)]
+            inside += x.shape[0]
+            bad += int((V64.violation(None, x, members=members) > 0).sum())
+        res = verify_stabilisability(model, V, alpha=cert.alpha, rho=rho, inner_level=inner, time_domain=cert.time_domain,
+                                     budget_s=budget, clock=clock)
+        share = region_fraction(res, V, inner)
+        member = members[0].models[0] if hasattr(members[0], "models") else members[0]
+        widths = [m.out_features for m in member.fhat.net if isinstance(m, torch.nn.Linear)]
+        size = (f"{len(getattr(members[0], 'models', members))} x f {member.state_dim}-{'-'.join(map(str, widths))} "
+                f"{member.fhat.activation} ({V.ensemble} map, {member.integrator} h = {member.dt:g}); V LQR + "
+                f"{'-'.join(map(str, (V.state_dim, *V.hidden, V.state_dim)))} tanh")
+        answer = res.status + (f" (d = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
+        rows.append(f"| InvertedPendulum-v5 seed {seed} | {size} | rho {rho:.3g}, inner {inner:.2g}, alpha {cert.alpha:.3g} "
+                    f"| {100 * bad / max(inside, 1):.3g}% of {inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s "
+                    f"| {100 * share:.3g}% | {100 * res.fraction:.4g}% |")
+        print(f"clf seed {seed}: {rows[-1]}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n2",
@@ -313,6 +382,8 @@ def main() -> None:
     parser.add_argument("--budget-roa-4d", type=float, default=300.0, help="CPU seconds per 4-D region of attraction")
     parser.add_argument("--lyanet", action="store_true", help="add the LyaNet world model's inference contraction rows")
     parser.add_argument("--budget-lyanet", type=float, default=120.0, help="CPU seconds per LyaNet contraction proof")
+    parser.add_argument("--clf-seeds", type=int, nargs="*", default=[], help="stored InvertedPendulum-v5 pets-ensemble-clf cells")
+    parser.add_argument("--budget-clf", type=float, default=60.0, help="CPU seconds per stabilisability verification")
     parser.add_argument("--cache", default="./lyagym-output/bench-verify")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -359,6 +430,15 @@ def main() -> None:
               f"| {times} | {roa_answer}, {roa.seconds:.1f} s | {local} |")
     if args.lyanet:
         print(lyanet_row(args.cache, args.budget_lyanet, clock))
+    if args.clf_seeds:
+        clf = clf_rows(args.clf_seeds, args.budget_clf, clock)
+        print("\nStabilisability (control Lyapunov function: the decrease under u_fb on inner * rho <= V <= rho, the "
+              f"discrete claim of the model's step map), {args.budget_clf:g} CPU s each:\n")
+        print("| cell | networks | claim | sampled violations in the set | answer, boxes, CPU time | share of the set proven "
+              "| share of the searched cube proven or outside the set |")
+        print("|---|---|---|---|---|---|---|")
+        for row in clf:
+            print(row)
     print("\nPublished anchors (as quoted in the issue; their networks are smaller than ours, sizes not quoted there):\n")
     for what, figure in ANCHORS:
         print(f"- {what}: {figure}")
