@@ -49,7 +49,9 @@ With ``--clf-seeds``: the *stabilisability* certificates (control Lyapunov funct
 the committed model and CLF of the run, rebuilt as ``certificate_check`` rebuilds them): the
 decrease under the fallback input on the claimed set ``inner * rho <= V <= rho``
 (``clf_verification.py``), the share of that set proven within ``--budget-clf`` CPU seconds,
-and the share of 10^6 uniform states of the set's bounding box, inside the set, that violate it.
+and the share of 10^6 uniform states of the set's bounding box, inside the set, that violate it;
+``--clf-upright`` adds the pendulum's upright regulation (``examples/clf_pendulum_upright.py``'s
+model and CLF, trained here in a few seconds).
 
 Usage::
 
@@ -57,12 +59,13 @@ Usage::
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned --budget 30
     python examples/benchmarks/bench_verify.py --models soft-n2-pinned-local-V --budget-4d 600 --budget-roa-4d 300
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned-fitted-V --lyanet   # + LyaNet contraction rows
-    python examples/benchmarks/bench_verify.py --models --clf-seeds 3 4 --budget-clf 60  # only the CLF rows
+    python examples/benchmarks/bench_verify.py --models --clf-seeds 3 4 --clf-upright --budget-clf 60  # only the CLF rows
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import os
@@ -312,6 +315,40 @@ def lyanet_row(cache: str, budget: float, clock) -> str:
     return "\n".join(out)
 
 
+def clf_row(label: str, model, V, budget: float, clock) -> str:
+    """One stabilisability row: ``V``'s certificate of ``model`` verified on its claimed set."""
+    from lyagym.learned_models.clf_verification import region_box, region_fraction, verify_stabilisability
+    from lyagym.learned_models.control_lyapunov import _members
+
+    cert = V.certificate(model)
+    rho, inner = cert.details["rho"], cert.details["inner_level"]
+    # sampled violations: 10^6 uniform states of the set's bounding box, those in the set (float64)
+    V64 = copy.deepcopy(V).double()
+    members = [copy.deepcopy(m).double() for m in _members(model, V.ensemble)]
+    B = region_box(V64, rho)
+    gen = torch.Generator().manual_seed(0)
+    inside = bad = 0
+    for _ in range(10):
+        x = B[:, 0] + (B[:, 1] - B[:, 0]) * torch.rand(100_000, B.shape[0], generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            v = V64(x)
+        x = x[(v <= rho) & (v >= inner)]
+        inside += x.shape[0]
+        bad += int((V64.violation(None, x, members=members) > 0).sum())
+    res = verify_stabilisability(model, V, alpha=cert.alpha, rho=rho, inner_level=inner, time_domain=cert.time_domain,
+                                 budget_s=budget, clock=clock)
+    share = region_fraction(res, V, inner, samples=100_000)
+    member = members[0].models[0] if hasattr(members[0], "models") else members[0]
+    widths = [m.out_features for m in member.fhat.net if isinstance(m, torch.nn.Linear)]
+    first = member.fhat.net[0].in_features
+    maps = f"{len(members[0].models)} members' mean map" if hasattr(members[0], "models") else "the model"
+    size = (f"f {first}-{'-'.join(map(str, widths))} {member.fhat.activation} ({maps}, {member.integrator} h = {member.dt:g}); "
+            f"V LQR + {'-'.join(map(str, (V.state_dim, *V.hidden, V.state_dim)))} tanh")
+    answer = res.status + (f" (d = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
+    return (f"| {label} | {size} | rho {rho:.3g}, inner {inner:.2g}, alpha {cert.alpha:.3g} | {100 * bad / max(inside, 1):.3g}% of "
+            f"{inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s | {100 * share:.4g}% | {100 * res.fraction:.4g}% |")
+
+
 def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/results/mbrl-envs") -> list[str]:
     """The stabilisability rows (module docstring) for the stored ``pets-ensemble-clf`` cells of
     ``InvertedPendulum-v5`` with these seeds whose run folder holds the committed weights."""
@@ -322,8 +359,7 @@ def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/re
     from lyagym.agents.reproduce.mbrl_envs import _cell_config_and_model, _make_env
     from lyagym.agents.run_log import RunFolder
     from lyagym.agents.world_models import CLF_ENSEMBLE_CLAIM
-    from lyagym.learned_models.clf_verification import region_box, region_fraction, verify_stabilisability
-    from lyagym.learned_models.control_lyapunov import ControlLyapunov, _members
+    from lyagym.learned_models.control_lyapunov import ControlLyapunov
 
     rows = []
     for seed in seeds:
@@ -342,35 +378,40 @@ def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/re
                             u_high=adapter.action_high, x_eq=[0.0] * adapter.state_dim, angle_dims=adapter.angle_dims,
                             ensemble=CLF_ENSEMBLE_CLAIM)
         V.load_state_dict(torch.load(run.file(manifest, "clf_weights.pt"), weights_only=True))
-        cert = V.certificate(model)
-        rho, inner = cert.details["rho"], cert.details["inner_level"]
-        # sampled violations: 10^6 uniform states of the set's bounding box, those in the set (float64)
-        V64 = V.double()
-        members = [m.double() for m in _members(model, V.ensemble)]
-        B = region_box(V64, rho)
-        gen = torch.Generator().manual_seed(0)
-        inside = bad = 0
-        for _ in range(10):
-            x = B[:, 0] + (B[:, 1] - B[:, 0]) * torch.rand(100_000, B.shape[0], generator=gen, dtype=torch.float64)
-            with torch.no_grad():
-                v = V64(x)
-            x = x[(v <= rho) & (v >= inner)]
-            inside += x.shape[0]
-            bad += int((V64.violation(None, x, members=members) > 0).sum())
-        res = verify_stabilisability(model, V, alpha=cert.alpha, rho=rho, inner_level=inner, time_domain=cert.time_domain,
-                                     budget_s=budget, clock=clock)
-        share = region_fraction(res, V, inner)
-        member = members[0].models[0] if hasattr(members[0], "models") else members[0]
-        widths = [m.out_features for m in member.fhat.net if isinstance(m, torch.nn.Linear)]
-        size = (f"{len(getattr(members[0], 'models', members))} x f {member.state_dim}-{'-'.join(map(str, widths))} "
-                f"{member.fhat.activation} ({V.ensemble} map, {member.integrator} h = {member.dt:g}); V LQR + "
-                f"{'-'.join(map(str, (V.state_dim, *V.hidden, V.state_dim)))} tanh")
-        answer = res.status + (f" (d = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
-        rows.append(f"| InvertedPendulum-v5 seed {seed} | {size} | rho {rho:.3g}, inner {inner:.2g}, alpha {cert.alpha:.3g} "
-                    f"| {100 * bad / max(inside, 1):.3g}% of {inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s "
-                    f"| {100 * share:.3g}% | {100 * res.fraction:.4g}% |")
-        print(f"clf seed {seed}: {rows[-1]}", flush=True)
+        rows.append(clf_row(f"InvertedPendulum-v5 PETS seed {seed}", model, V, budget, clock))
+        print(f"clf: {rows[-1]}", flush=True)
     return rows
+
+
+def upright_row(budget: float, clock, seed: int = 0) -> str:
+    """The pendulum's upright (``examples/clf_pendulum_upright.py``'s model and CLF, its seed
+    and steps: 60 random-torque episodes of 20 steps from near upright, a control-affine
+    ``SimpleDynamics`` 3-64-64-4 fitted for 300 epochs, the LQR ``V`` with 200 correction steps)."""
+    import numpy as np
+
+    from lyagym.agents.adapters import NLinkPendulumAdapter, make_pendulum_env
+    from lyagym.agents.data import TransitionBuffer, collect_episode
+    from lyagym.agents.world_models import fit_transitions, world_model_for
+    from lyagym.learned_models.control_lyapunov import ControlLyapunov
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = make_pendulum_env(1, task="swingup", dt=0.05, max_torque=5.0, episode_steps=100)
+    adapter = NLinkPendulumAdapter(env)
+    buffer = TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims)
+    for k in range(60):
+        start = np.array([math.pi + rng.uniform(-1.0, 1.0), rng.uniform(-3.0, 3.0)])
+        ep = collect_episode(env, None, steps=20, seed=seed * 1000 + k, start_state=start, adapter=adapter)
+        buffer.add_trajectory(ep["states"], ep["actions"], ep["rewards"], ep["terminated"])
+    model = world_model_for(adapter, "clf", seed=seed, hidden=(64, 64))
+    fit_transitions(model, buffer, epochs=300, seed=seed, progress=False)
+    V = ControlLyapunov(2, 1, box=[[math.pi - 1, math.pi + 1], [-4.0, 4.0]], u_low=adapter.action_low,
+                        u_high=adapter.action_high, x_eq=[math.pi, 0.0], angle_dims=(0,))
+    V.initialise(model)
+    V.fit(model, steps=200, seed=seed)
+    row = clf_row("NLinkPendulum n = 1, upright", model, V, budget, clock)
+    print(f"clf: {row}", flush=True)
+    return row
 
 
 def main() -> None:
@@ -383,6 +424,7 @@ def main() -> None:
     parser.add_argument("--lyanet", action="store_true", help="add the LyaNet world model's inference contraction rows")
     parser.add_argument("--budget-lyanet", type=float, default=120.0, help="CPU seconds per LyaNet contraction proof")
     parser.add_argument("--clf-seeds", type=int, nargs="*", default=[], help="stored InvertedPendulum-v5 pets-ensemble-clf cells")
+    parser.add_argument("--clf-upright", action="store_true", help="add the pendulum upright CLF row (clf_pendulum_upright.py's model)")
     parser.add_argument("--budget-clf", type=float, default=60.0, help="CPU seconds per stabilisability verification")
     parser.add_argument("--cache", default="./lyagym-output/bench-verify")
     parser.add_argument("--threads", type=int, default=1)
@@ -430,8 +472,8 @@ def main() -> None:
               f"| {times} | {roa_answer}, {roa.seconds:.1f} s | {local} |")
     if args.lyanet:
         print(lyanet_row(args.cache, args.budget_lyanet, clock))
-    if args.clf_seeds:
-        clf = clf_rows(args.clf_seeds, args.budget_clf, clock)
+    if args.clf_seeds or args.clf_upright:
+        clf = clf_rows(args.clf_seeds, args.budget_clf, clock) + ([upright_row(args.budget_clf, clock)] if args.clf_upright else [])
         print("\nStabilisability (control Lyapunov function: the decrease under u_fb on inner * rho <= V <= rho, the "
               f"discrete claim of the model's step map), {args.budget_clf:g} CPU s each:\n")
         print("| cell | networks | claim | sampled violations in the set | answer, boxes, CPU time | share of the set proven "
