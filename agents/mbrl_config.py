@@ -33,6 +33,13 @@ class MBRLConfig:
     fit_steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
+    #: an ensemble's loss: beta of the beta-NLL (``fit_ensemble``; 0 is PETS's plain Gaussian NLL).
+    #: The plain NLL teaches the mean slowly wherever the variance head calls the data noisy: on
+    #: the double pendulum's 1,800 real transitions of a PETS run, 2000 Adam steps left its
+    #: members' one-step validation error at 0.053, 10x a single model's fitted on the squared
+    #: error (0.0055); with beta 0.5, 0.011, and PETS swung up (seed 0) where with the plain NLL
+    #: it did not within 1,800 real steps
+    ensemble_nll_beta: float = 0.5
     val_fraction: float = 0.1
     patience: int = 15
     # PETS planner. Defaults tuned on the true physics of the n = 1 swing-up (dt 0.05, torque 5):

@@ -190,13 +190,14 @@ def is_ensemble(model) -> bool:
 
 def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs: int = 60, batch_size: int = 256,
                     lr: float = 1e-3, val_fraction: float = 0.1, patience: int = 15, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, nll_beta: float = 0.0) -> dict[str, Any]:
     """Fit a controlled world model to real transitions.
 
     A single model: ``lyagym.learned_models.fit`` with each transition as a one-step
     trajectory, so the loss is ``||model.step(x, u) - x'||^2`` through the model's own
     integrator at the env's ``dt``. An ensemble: ``fit_ensemble`` (Gaussian NLL, a
-    bootstrap resample per member, all members in one batched computation). Returns the
+    bootstrap resample per member, all members in one batched computation; ``nll_beta``:
+    its beta-NLL weighting). Returns the
     history (validation split, early stopping, best weights restored).
     """
     if len(buffer) < 2:
@@ -206,7 +207,7 @@ def fit_transitions(model: torch.nn.Module, buffer: TransitionBuffer, *, epochs:
         from lyagym.learned_models import fit_ensemble
 
         return fit_ensemble(model, x, u, y, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-                            patience=patience, seed=seed, progress=progress)
+                            patience=patience, seed=seed, progress=progress, nll_beta=nll_beta)
     from lyagym.learned_models import fit
 
     states = torch.stack([x, y], dim=1)  # (N, 2, n)
@@ -224,6 +225,6 @@ def fit_model(model, buffer: TransitionBuffer, config, progress: bool) -> float:
     scale = max(1, math.ceil(config.fit_steps / (max(1, batches) * config.fit_epochs)))
     history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=config.lr,
                               val_fraction=config.val_fraction, patience=config.patience * scale, seed=config.seed,
-                              progress=progress)
+                              progress=progress, nll_beta=config.ensemble_nll_beta)
     losses = history.get("val_loss") or history.get("train_loss")
     return float(np.min(losses)) if losses else float("nan")

@@ -319,3 +319,39 @@ def test_bad_inputs_raise_clear_errors():
         fit_ensemble(ens, x, None, y, progress=False)
     with pytest.raises(ValueError, match="epochs"):
         fit_ensemble(ens, x, u, y, epochs=0, progress=False)
+
+
+def test_beta_nll_gives_the_mean_the_squared_errors_gradient():
+    """beta-NLL with beta = 1: the members' mean networks get exactly the gradient of
+    0.5 * mean(r^2) (the variance head is only weighted out of the mean's gradient); with
+    beta = 0 the gradient is the plain NLL's, which differs by the variance."""
+    ens = _ensemble("simple", E=3, dtype=torch.float64)
+    det = _ensemble("simple", E=3, dtype=torch.float64, probabilistic=False)
+    fhat = {name for name, _ in det.stacked.named_parameters()}
+    with torch.no_grad():  # the same mean networks in both
+        for name, p in det.stacked.named_parameters():
+            p.copy_(dict(ens.stacked.named_parameters())[name])
+        ens.target_scale.fill_(0.7)
+        det.target_scale.fill_(0.7)
+    x, u, y = _damped_linear(N=30)
+    xs, us, ys = (t.to(torch.float64).expand(3, -1, -1) for t in (x, u, y))
+
+    def mean_grads(model, **kw):
+        model.zero_grad(set_to_none=True)
+        model._loss(xs, us, ys, **kw)[0].backward()
+        return {n: p.grad.clone() for n, p in model.stacked.named_parameters() if n in fhat}
+
+    squared = mean_grads(det)
+    beta_one = mean_grads(ens, nll_beta=1.0)
+    plain = mean_grads(ens, nll_beta=0.0)
+    assert fhat and all(n in beta_one for n in fhat)
+    for name in fhat:
+        torch.testing.assert_close(beta_one[name], 0.5 * squared[name], rtol=1e-10, atol=1e-12)
+    assert any(not torch.allclose(plain[n], 0.5 * squared[n], rtol=1e-3) for n in fhat)
+
+
+def test_fit_ensemble_rejects_a_beta_outside_0_1():
+    ens = _ensemble("simple", E=2)
+    x, u, y = _damped_linear(N=20)
+    with pytest.raises(ValueError, match="nll_beta"):
+        fit_ensemble(ens, x, u, y, epochs=1, nll_beta=1.5, progress=False)

@@ -70,3 +70,47 @@ def test_certified_cells_store_their_certificate_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pets-stable: certificate check after training passed on 1 of 1 seeds" in printed
     assert "pets-ensemble-stable: certificate check after training passed on 1 of 1 seeds" in printed
+
+
+def test_a_cells_key_follows_the_ensemble_loss_it_ran_with():
+    """The ensembles' beta-NLL is part of an ensemble cell's key (a different loss is a
+    different result) and of no single-model cell's; beta 0, the plain NLL the cells before
+    it ran with, keys as those cells did (no entry, the loops' defaults without the field)."""
+    import argparse
+    import dataclasses
+    import hashlib
+    import json
+
+    from lyagym.agents.mbrl_config import MBRLConfig
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+
+    def key(method, *extra):
+        return mbrl_envs.cell_settings("Pendulum-v1", method, parser.parse_args(list(extra)))
+
+    default_beta = MBRLConfig().ensemble_nll_beta
+    assert default_beta != 0.0
+    assert key("pets-ensemble")["nll_beta"] == default_beta
+    assert key("pets-ensemble") == key("pets-ensemble", "--nll-beta", str(default_beta))
+    assert key("mbpo-ensemble") != key("mbpo-ensemble", "--nll-beta", "0.25")
+    assert key("pets-simple") == key("pets-simple", "--nll-beta", "0")
+    before = dataclasses.asdict(MBRLConfig())
+    del before["ensemble_nll_beta"]
+    for name in mbrl_envs.MBPO_ONLY_FIELDS:
+        before.pop(name)
+    plain = key("pets-ensemble", "--nll-beta", "0")
+    assert "nll_beta" not in plain
+    assert plain["config_defaults"] == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
+    assert mbrl_envs._cell_config_and_model({**plain, "quick": True}, _adapter(), 0, "cpu")[0].ensemble_nll_beta == 0.0
+    assert mbrl_envs._cell_config_and_model({**key("pets-ensemble"), "quick": True}, _adapter(), 0, "cpu")[0].ensemble_nll_beta == default_beta
+    assert main(["reproduce", "mbrl-envs", "--nll-beta", "2", "--stored-only"]) == 2
+
+
+def _adapter():
+    import gymnasium as gym
+
+    from lyagym.agents.adapters import make_adapter
+
+    return make_adapter(gym.make("Pendulum-v1"))

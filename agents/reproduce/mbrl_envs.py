@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--ensemble-size", type=integer(1), default=5)
+    parser.add_argument("--nll-beta", type=number(0, maximum=1), default=None,
+                        help="ensembles' beta-NLL (default: MBRLConfig's; 0, the plain NLL, reprints the cells stored before it)")
     parser.add_argument("--tolerance", type=number(0), default=0.05, help="fraction of |SAC's final return| a run may fall short")
     parser.add_argument("--workers", type=integer(1), default=1, help="cells run in this many local processes")
     parser.add_argument("--backend", choices=["local", "ray"], default="local", help="local processes or a Ray cluster")
@@ -104,6 +106,7 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         from lyagym.agents.mbrl_config import MBRLConfig
 
         loop_defaults = dataclasses.asdict(MBRLConfig())
+        loop_defaults.pop("ensemble_nll_beta")  # an ensemble cell states its own ("nll_beta" below)
         if method.startswith("pets"):  # settings only MBPO reads cannot change a PETS result
             for name in MBPO_ONLY_FIELDS:
                 loop_defaults.pop(name)
@@ -131,6 +134,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
+        if "ensemble" in method:  # the ensembles' loss; 0, the plain NLL, keys as the cells stored before beta existed
+            beta = args.nll_beta if getattr(args, "nll_beta", None) is not None else MBRLConfig().ensemble_nll_beta
+            if beta:
+                settings["nll_beta"] = beta
         if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
@@ -176,6 +183,7 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["num_samples"] = settings["samples"]
     if "particles" in settings:
         overrides["particles"] = settings["particles"]
+    overrides["ensemble_nll_beta"] = settings.get("nll_beta", 0.0)  # only ensembles read it
     if "ensemble_size" in settings:
         overrides["ensemble_size"] = settings["ensemble_size"]
     if algo == "mbpo":
