@@ -15,9 +15,11 @@ spoil its bounds; in ``w`` it is a ball and that part of ``V`` is bounded exactl
 budget the proven share of the claimed set went from 0.09% to 23%.) A box whose certified
 lower bound of ``V`` exceeds ``rho``, or whose upper bound is below ``inner * rho``, is outside
 the claim and is discharged; every other box must have a certified upper bound below 0 of
-``d``, or of ``d + lam (rho - V)`` for one of a few multipliers ``lam >= 0`` (the S-procedure:
-that is ``>= d`` on the part of the box inside ``{V <= rho}``, the only part claimed). No local
-certificate is needed at ``x_eq``: the claim itself leaves ``{V < inner * rho}`` out.
+``d``, or of ``d + lam (rho - V)`` or ``d + mu (V - inner * rho)`` for one of a few multipliers
+``lam, mu >= 0`` (the S-procedure: each is ``>= d`` on the part of the box in the annulus, the
+only part claimed; without them the boxes on the annulus' two boundaries, where ``d`` turns
+positive just outside, were split down to 2^-27 of the region's width). No local certificate
+is needed at ``x_eq``: the claim itself leaves ``{V < inner * rho}`` out.
 
 The bound of one box (``stabilisability_bounds``), all as linear functions of the box
 coordinate (``bounds.LinearBounds``), so that every quantity keeps its dependence on ``x``:
@@ -74,6 +76,9 @@ __all__ = ["fallback_bounds", "stabilisability_bounds", "verify_stabilisability"
 #: Multipliers of ``rho - V`` tried on every box, in units of the claimed decrease per unit of ``V``
 #: (``1 - exp(-alpha h)``, or ``alpha``): up to two decades above it.
 MULTIPLIERS = (1.0, 8.0, 64.0)
+#: Multipliers of ``V - inner * rho``, same units: below the decrease the claim asks for, or the
+#: term would cost more on the box's part above the inner level than it wins below it.
+INNER_MULTIPLIERS = (0.5, 2.0)
 
 # tanh' = 1 - tanh^2 has |tanh'''| <= 2 (at 0): its relaxation's grid error term.
 _TANH_SLOPE = smooth_relaxation(lambda t: 1.0 - torch.tanh(t) ** 2, 2.0)
@@ -173,8 +178,8 @@ def _sum_upper(g: list[LinearBounds], f: list[LinearBounds]) -> torch.Tensor:
 
 def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo: torch.Tensor, hi: torch.Tensor, *, alpha: float,
                            time_domain: str = "discrete", h: float | None = None, method: str | None = None,
-                           transform: torch.Tensor | None = None, rho: float | None = None,
-                           multipliers: Sequence[float] = ()) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                           transform: torch.Tensor | None = None, levels: tuple[float, float] | None = None,
+                           multipliers: Sequence[tuple[float, float]] = ()) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Certified bounds over boxes ``lo, hi: (batch, n)`` (float64 ``V`` and ``members``) of ``V``
     and of the condition under ``u_fb`` (module docstring): discrete ``d = V(step(x, u_fb(x))) -
     exp(-alpha h) V(x)`` with ``method`` (``"euler"``, ``"rk4"``) and step ``h``; continuous
@@ -184,12 +189,13 @@ def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo:
     ``w`` with ``x = x_eq + T w`` (``region_coordinates``: where ``e^T P e = |w|^2``, so the
     quadratic part of ``V`` is bounded exactly on every box).
 
-    ``rho`` and ``multipliers``: also ``"d_region"``, an upper bound of ``d`` over the part of each
-    box inside ``{V <= rho}`` only: the least over ``lam`` in ``(0, *multipliers)`` of the upper
-    bound of ``d + lam (rho - V)``, which is ``>= d`` wherever ``V <= rho`` (the S-procedure). A
-    box on the region's boundary, where ``d`` turns positive just outside, is then proven
-    without splitting it down to the boundary. It is the same sum of products, so it costs one
-    more ``dot_bounds`` per multiplier.
+    ``levels = (inner, rho)`` and ``multipliers``, pairs ``(lam, mu) >= 0``: also ``"d_region"``,
+    an upper bound of ``d`` over the part of each box in the annulus ``inner <= V <= rho`` only:
+    the least over ``(0, 0)`` and the pairs of the upper bound of ``d + lam (rho - V) + mu (V -
+    inner)``, which is ``>= d`` wherever ``inner <= V <= rho`` (the S-procedure). A box on either
+    boundary of the annulus, where ``d`` turns positive just outside, is then proven without
+    splitting it down to the boundary. It is the same sum of products with another weight on
+    ``V(x)``, so it costs one more ``dot_bounds`` per pair.
 
     Returns ``{"V": (lower, upper), "d": (lower, upper), "u": (lower, upper)}`` (and
     ``"d_region": (None, upper)``), ``V`` and ``d`` ``(batch,)``, ``u`` ``(batch, m)``; the upper
@@ -212,7 +218,8 @@ def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo:
     V_lo, V_hi = V_lo - slack, V_hi + slack
     n = V.state_dim
     angles = list(V.angle_dims)
-    lams = [0.0] + ([float(m) for m in multipliers] if rho is not None else [])
+    pairs = [(0.0, 0.0)] + ([(float(a), float(b)) for a, b in multipliers] if levels is not None else [])
+    inner, rho = levels if levels is not None else (0.0, 0.0)
     uppers, lowers, regions = [], [], []
     for member in members:
         leaves = _leaves(member)
@@ -226,10 +233,11 @@ def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo:
             decay = math.exp(-alpha * h)
             sums, slacks = [], []
             slack_y = _gram_slack(G, ey)
-            for lam in lams:  # d + lam (rho - V): V(x)'s weight -decay becomes -(decay + lam)
-                g0, f0 = _quadratic_terms(V, e, D, -(decay + lam), N)
+            for lam, mu in pairs:  # d + lam (rho - V) + mu (V - inner): V(x)'s weight -decay becomes -(decay + lam - mu)
+                weight = -(decay + lam - mu)
+                g0, f0 = _quadratic_terms(V, e, D, weight, N)
                 sums.append((g1 + g0, f1 + f0))
-                slacks.append(slack_y + (decay + lam) * slack)
+                slacks.append(slack_y + abs(weight) * slack)
             d_lo, d_hi = LinearBounds.cat(sums[0][0]).dot_bounds(LinearBounds.cat(sums[0][1]))
             escape = None
             if angles:
@@ -245,19 +253,20 @@ def stabilisability_bounds(V: ControlLyapunov, members: Sequence[nn.Module], lo:
                 g_dot.append(D)
                 f_dot.append(_directional(V.correction, e, f).scale(lo.new_full((n,), 2.0)))
             sums, slacks = [], []
-            for lam in lams:  # grad V . f + (alpha - lam) V + lam rho
-                g, fs = _quadratic_terms(V, e, D, alpha - lam, N)
+            for lam, mu in pairs:  # grad V . f + (alpha - lam + mu) V + lam rho - mu inner
+                g, fs = _quadratic_terms(V, e, D, alpha - lam + mu, N)
                 sums.append((g + g_dot, fs + f_dot))
-                slacks.append(abs(alpha - lam) * slack)
+                slacks.append(abs(alpha - lam + mu) * slack)
             d_lo, d_hi = LinearBounds.cat(sums[0][0]).dot_bounds(LinearBounds.cat(sums[0][1]))
             escape = None
         d_lo, d_hi = d_lo - slacks[0], d_hi + slacks[0]
         region = d_hi
-        for lam, (g, fs), extra in zip(lams[1:], sums[1:], slacks[1:]):
+        for (lam, mu), (g, fs), extra in zip(pairs[1:], sums[1:], slacks[1:]):
             upper = _sum_upper(g, fs) + extra
-            shifted = upper + lam * rho
+            constant = lam * rho - mu * inner
+            shifted = upper + constant
             # the one addition outside bounds.py's sums: widened as they widen theirs
-            region = torch.minimum(region, shifted + 1e-10 * (shifted.abs() + upper.abs() + lam * rho))
+            region = torch.minimum(region, shifted + 1e-10 * (shifted.abs() + upper.abs() + abs(constant)))
         if escape is not None:
             d_hi = torch.where(escape, torch.full_like(d_hi, math.inf), d_hi)
             region = torch.where(escape, torch.full_like(region, math.inf), region)
@@ -385,14 +394,27 @@ def verify_stabilisability(
 
     # S-procedure multipliers (stabilisability_bounds) around the rate the claim asks for per unit of V
     scale = 1.0 - math.exp(-alpha * h) if time_domain == "discrete" else alpha
-    multipliers = [max(scale, 1e-6) * k for k in MULTIPLIERS]
+    multipliers = [(max(scale, 1e-6) * k, 0.0) for k in MULTIPLIERS] + [(0.0, max(scale, 1e-6) * k) for k in INNER_MULTIPLIERS]
+
+    # The bounds keep an absolute floor of about 1e-10 (bounds.MARGIN's absolute terms), and at the
+    # inner level d is about -alpha h V: on InvertedPendulum-v5's model (inner level 7.6e-8) 1e-10
+    # itself. The bounds are of 4^k V instead, with 4^k about 1 / inner level: P times 4^k and h's
+    # last layer times 2^k, powers of two, so the scaled V is exactly 4^k V in floating point.
+    k = round(-math.log(max(inner_level, 1e-6 * rho), 4))
+    V_scaled = copy.deepcopy(V64)
+    with torch.no_grad():
+        V_scaled.P.mul_(4.0 ** k)
+        if V_scaled.correction is not None:
+            V_scaled.correction[-1].weight.mul_(2.0 ** k)
+            V_scaled.correction[-1].bias.mul_(2.0 ** k)
+    levels = (inner_level * 4.0 ** k, rho * 4.0 ** k)
 
     def bound_fn(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            b = stabilisability_bounds(V64, members, lo, hi, alpha=alpha, time_domain=time_domain, h=h, method=method, transform=T,
-                                       rho=rho, multipliers=multipliers)
+            b = stabilisability_bounds(V_scaled, members, lo, hi, alpha=alpha, time_domain=time_domain, h=h, method=method,
+                                       transform=T, levels=levels, multipliers=multipliers)
         V_lo, V_hi = b["V"]
-        return b["d_region"][1], (V_lo > rho) | (V_hi < inner_level)
+        return b["d_region"][1], (V_lo > levels[1]) | (V_hi < levels[0])
 
     condition_at = _condition_fn(V64, members, float(alpha), time_domain, h)
     res = branch_and_bound(bound_fn, lambda w: condition_at(to_state(w)), root_lo, root_hi,
