@@ -346,7 +346,7 @@ def clf_row(label: str, model, V, budget: float, clock) -> str:
             f"V LQR + {'-'.join(map(str, (V.state_dim, *V.hidden, V.state_dim)))} tanh")
     answer = res.status + (f" (d = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
     return (f"| {label} | {size} | rho {rho:.3g}, inner {inner:.2g}, alpha {cert.alpha:.3g} | {100 * bad / max(inside, 1):.3g}% of "
-            f"{inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s | {100 * share:.4g}% | {100 * res.fraction:.4g}% |")
+            f"{inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s | {100 * share:.6g}% | {100 * res.fraction:.6g}% |")
 
 
 def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/results/mbrl-envs") -> list[str]:
