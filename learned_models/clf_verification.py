@@ -462,8 +462,10 @@ def region_fraction(result: VerificationResult, lyapunov: ControlLyapunov, inner
 def stabilisability_formal_certificate(cert: Any, model: nn.Module, *, lyapunov: ControlLyapunov | None, box: Any = None,
                                        budget_s: float = 30.0, progress: Callable[[float, int], None] | None = None) -> Any:
     """``Certificate.verify`` for a ``"stabilisability"`` claim: a copy with ``details["formal"]``
-    (the keys of the other claims, plus ``inner_level`` and ``region_fraction``) and, when the
-    whole annulus is proven, evidence ``"formal"``."""
+    (the keys of the other claims, plus ``inner_level``, ``region_fraction`` and ``covers_claim``:
+    whether the searched box holds the whole claimed set) and, when the whole set is proven,
+    evidence ``"formal"`` (a ``box`` that leaves part of the set out can be verified, but adds
+    no evidence)."""
     if not isinstance(lyapunov, ControlLyapunov):
         raise TypeError(f"lyapunov must be the ControlLyapunov the certificate was issued with (pass lyapunov=V), "
                         f"got {type(lyapunov).__name__}")
@@ -485,9 +487,15 @@ def stabilisability_formal_certificate(cert: Any, model: nn.Module, *, lyapunov:
     formal["inner_level"] = inner
     formal["region_fraction"] = region_fraction(res, lyapunov, inner)
     formal["tool"] = formal["tool"] + " (u_fb relaxed through its affine map and clip, kept as a function of x)"
+    formal["margin"] += ("; V's quadratic part bounded as |N e|^2 with N^T N = P up to a bounded rounding G (|e|^T G |e| "
+                         "added); the bounds are of 4^k V, a power-of-two scaling that is exact in floating point")
+    # a box given by the caller may leave part of the claimed set out: then the proof is of that part only
+    enclosing = region_box(lyapunov, rho)
+    searched = torch.tensor(res.box, dtype=torch.float64)
+    formal["covers_claim"] = bool(((searched[:, 0] <= enclosing[:, 0]) & (enclosing[:, 1] <= searched[:, 1])).all())
     details["formal"] = formal
     evidence = list(cert.evidence)
-    if res.status == "verified":
+    if res.status == "verified" and formal["covers_claim"]:
         if "formal" not in evidence:
             evidence.append("formal")
         box_text = "[" + ", ".join(f"[{a:.4g}, {b:.4g}]" for a, b in res.box) + "]"

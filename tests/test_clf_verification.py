@@ -64,7 +64,11 @@ def test_certified_region_is_verified_and_sampled_states_agree(time_domain):
     out = cert.verify(plant, lyapunov=V, budget_s=30)
     formal = out.details["formal"]
     assert formal["status"] == "verified" and formal["fraction"] == pytest.approx(1.0) and "formal" in out.evidence
-    assert formal["region_fraction"] == 1.0 and formal["rho"] == rho and formal["inner_level"] == inner
+    assert formal["region_fraction"] == 1.0 and formal["rho"] == rho and formal["inner_level"] == inner and formal["covers_claim"]
+    # a box holding only part of the set: that part is proven, but the claim gains no evidence
+    part = cert.verify(plant, lyapunov=V, budget_s=30, box=[[0.2, 1.0], [-1.0, 1.0]])
+    assert part.details["formal"]["status"] == "verified" and not part.details["formal"]["covers_claim"]
+    assert part.evidence == ["falsification"]
     assert formal["condition"].startswith("V(step(x, u_fb(x)))" if time_domain == "discrete" else "grad V . f(x, u_fb(x))")
     assert out.evidence[0] == "falsification" and cert.evidence == ["falsification"]  # a copy; the original is unchanged
     # the same keys as the other claims' formal details
@@ -184,3 +188,21 @@ def test_bad_arguments_are_refused_before_work():
     pendulum = ControlLyapunov(2, 1, box=[[-3.0, 3.0], [-3.0, 3.0]], u_low=[-2.0], u_high=[2.0], angle_dims=(0,))
     with pytest.raises(ValueError, match="within pi of x_eq"):
         verify_stabilisability(plant, pendulum, alpha=0.1, rho=1.0, inner_level=0.0, box=[[-3.5, 3.0], [-1.0, 1.0]])
+
+
+@pytest.mark.parametrize("ensemble", ["every", "mean"])
+def test_an_ensembles_claim_is_verified_for_every_member_or_their_mean(ensemble):
+    from lyagym.learned_models import Ensemble
+
+    ens = Ensemble([saddle(gain=1.0), saddle(gain=0.7)], propagation="expectation", var_hidden=(4,))
+    V = ControlLyapunov(2, 1, box=[[-3.0, 3.0], [-3.0, 3.0]], u_low=[-2.0], u_high=[2.0], hidden=(), ensemble=ensemble)
+    V.initialise(ens)
+    V.certify_region(ens, samples=4000)
+    cert = V.certificate(ens)
+    out = cert.verify(ens, lyapunov=V, budget_s=30)
+    assert out.details["formal"]["status"] == "verified" and "formal" in out.evidence
+    # a gain 0.3x too weak for the saddle: refuted on the same set
+    V.gain.mul_(0.3)
+    res = verify_stabilisability(ens, V, alpha=cert.alpha, rho=cert.details["rho"], inner_level=cert.details["inner_level"],
+                                 budget_s=10)
+    assert res.status == "counterexample"
