@@ -17,9 +17,9 @@ lower bound of ``V`` exceeds ``rho``, or whose upper bound is below ``inner * rh
 the claim and is discharged; every other box must have a certified upper bound below 0 of
 ``d``, or of ``d + lam (rho - V)`` or ``d + mu (V - inner * rho)`` for one of a few multipliers
 ``lam, mu >= 0`` (the S-procedure: each is ``>= d`` on the part of the box in the annulus, the
-only part claimed; without them the boxes on the annulus' two boundaries, where ``d`` turns
-positive just outside, were split down to 2^-27 of the region's width). No local certificate
-is needed at ``x_eq``: the claim itself leaves ``{V < inner * rho}`` out.
+only part claimed; without them a box on either boundary of the annulus, where ``d`` may turn
+positive just outside, is proven only once it is split down to lie on one side). No local
+certificate is needed at ``x_eq``: the claim itself leaves ``{V < inner * rho}`` out.
 
 The bound of one box (``stabilisability_bounds``), all as linear functions of the box
 coordinate (``bounds.LinearBounds``), so that every quantity keeps its dependence on ``x``:
@@ -29,22 +29,29 @@ coordinate (``bounds.LinearBounds``), so that every quantity keeps its dependenc
   extremes of ``clip(t) - k t`` are at the ends and the kinks);
 - the step ``y`` through the model's field with that ``u`` (``step_bounds.step_bounds``, ``u``
   held over the step), averaged over the members for the mean map;
-- ``V = e . (P e) + D . D`` with ``D = h(e) - h(0)`` (``bounds.network_bounds`` of the tanh
-  correction), so ``d = ey . (P ey) + Dy . Dy - c e . (P e) - c Dx . Dx``, ``c = exp(-alpha h)``,
-  is *one* sum of products, bounded by ``LinearBounds.dot_bounds``: the products of the planes
+- ``V = |N e|^2 + D . D`` with ``N^T N = P`` and ``D = h(e) - h(0)`` (``bounds.network_bounds``
+  of the tanh correction), so ``d = |N ey|^2 + Dy . Dy - c |N e|^2 - c Dx . Dx``,
+  ``c = exp(-alpha h)``, is *one* sum of products, bounded by ``LinearBounds.dot_bounds``: the products of the planes
   are summed as one quadratic in the box coordinate before it is bounded, so the quadratic
   parts of ``V(y)`` and ``c V(x)`` cancel as they do in the exact value (near ``x_eq``, ``d`` is
   ``e^T (A^T P A - c P) e``, a small difference of large terms; bounding the two terms apart
   would need boxes ``sqrt(alpha h)`` times smaller). The continuous condition is the sum
-  ``2 e . (P f) + 2 D . (J_h f) + alpha (e . (P e) + D . D)`` with ``J_h f`` the correction's
+  ``2 e . (P f) + 2 D . (J_h f) + alpha (|N e|^2 + D . D)`` with ``J_h f`` the correction's
   directional derivative, propagated forward through the layers (``tanh' = 1 - tanh^2``
   relaxed like every smooth activation, the products by McCormick planes).
 
 Soundness margin: the bounds of ``bounds.py`` widen every offset by ``MARGIN = 1e-10`` times
 the magnitude of the terms summed (float64 rounding of a ``k``-term sum is below
-``k 2^-53``); nothing here sums outside them except ``c`` and ``h(0)``, computed once in
-float64 (relative error ~1e-16, absorbed by the same widening). ``P``, ``K`` and the
-weights are used exactly as stored (a float32 buffer converts to float64 exactly).
+``k 2^-53``); outside them, ``c``, ``h(0)`` and the multipliers' constants are computed once in
+float64 (relative error ~1e-16, below the same widening, which is also applied to the
+constants' additions), and ``N`` (a Cholesky factor) satisfies ``N^T N = P`` only up to
+rounding: that error is bounded elementwise (``_factor``: the computed residual plus the
+product's error bound, doubled) and ``|e|^T G |e|`` is added to every bound. ``K``, ``P`` and
+the weights are used exactly as stored (a float32 buffer converts to float64 exactly).
+``bounds.py``'s widening has an absolute part of about ``1e-10``, while at the inner level of
+``InvertedPendulum-v5``'s CLF (``7.6e-8``) ``d`` is about ``-alpha h V ~ -1e-10``: the bounds
+are taken of ``4^k V`` (``4^k`` about ``1 / inner level``; ``P`` times ``4^k`` and the
+correction's last layer times ``2^k``, exact in floating point), which is the same claim.
 
 Angles: ``V`` wraps ``e`` in its angle entries; the verified box must lie within ``pi`` of
 ``x_eq`` there (so the wrap is the identity), and a box whose step may leave that range
@@ -76,8 +83,8 @@ __all__ = ["fallback_bounds", "stabilisability_bounds", "verify_stabilisability"
 #: Multipliers of ``rho - V`` tried on every box, in units of the claimed decrease per unit of ``V``
 #: (``1 - exp(-alpha h)``, or ``alpha``): up to two decades above it.
 MULTIPLIERS = (1.0, 8.0, 64.0)
-#: Multipliers of ``V - inner * rho``, same units: below the decrease the claim asks for, or the
-#: term would cost more on the box's part above the inner level than it wins below it.
+#: Multipliers of ``V - inner * rho``, same units: near the decrease the claim asks for (one well
+#: above the actual rate costs more on the box's part above the inner level than it wins below).
 INNER_MULTIPLIERS = (0.5, 2.0)
 
 # tanh' = 1 - tanh^2 has |tanh'''| <= 2 (at 0): its relaxation's grid error term.
