@@ -223,7 +223,8 @@ def fit_model(model, buffer: TransitionBuffer, config, progress: bool) -> float:
     """
     batches = math.ceil(len(buffer) * (1 - config.val_fraction) / config.batch_size) if config.batch_size else 1
     scale = max(1, math.ceil(config.fit_steps / (max(1, batches) * config.fit_epochs)))
-    history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=config.lr,
+    lr = config.ensemble_lr if is_ensemble(model) and config.ensemble_lr is not None else config.lr
+    history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=lr,
                               val_fraction=config.val_fraction, patience=config.patience * scale, seed=config.seed,
                               progress=progress, nll_beta=config.ensemble_nll_beta)
     losses = history.get("val_loss") or history.get("train_loss")

@@ -72,10 +72,11 @@ def test_certified_cells_store_their_certificate_check(tmp_path, capsys):
     assert "pets-ensemble-stable: certificate check after training passed on 1 of 1 seeds" in printed
 
 
-def test_a_cells_key_follows_the_ensemble_loss_it_ran_with():
-    """The ensembles' beta-NLL is part of an ensemble cell's key (a different loss is a
-    different result) and of no single-model cell's; beta 0, the plain NLL the cells before
-    it ran with, keys as those cells did (no entry, the loops' defaults without the field)."""
+def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
+    """The ensembles' fit (beta-NLL, Adam step) is part of an ensemble cell's key (a different
+    fit is a different result) and of no single-model cell's; at the fit before these options
+    (beta 0, the loops' lr) a cell keys as the cells stored then (no entries, the loops'
+    defaults without the fields), and runs that fit."""
     import argparse
     import dataclasses
     import hashlib
@@ -90,22 +91,26 @@ def test_a_cells_key_follows_the_ensemble_loss_it_ran_with():
     def key(method, *extra):
         return mbrl_envs.cell_settings("Pendulum-v1", method, parser.parse_args(list(extra)))
 
-    default_beta = MBRLConfig().ensemble_nll_beta
-    assert default_beta != 0.0
-    assert key("pets-ensemble")["nll_beta"] == default_beta
-    assert key("pets-ensemble") == key("pets-ensemble", "--nll-beta", str(default_beta))
+    defaults = MBRLConfig()
+    assert defaults.ensemble_nll_beta != 0.0 and defaults.ensemble_lr != defaults.lr
+    assert key("pets-ensemble")["nll_beta"] == defaults.ensemble_nll_beta
+    assert key("pets-ensemble")["ensemble_lr"] == defaults.ensemble_lr
+    assert key("pets-ensemble") == key("pets-ensemble", "--nll-beta", str(defaults.ensemble_nll_beta))
     assert key("mbpo-ensemble") != key("mbpo-ensemble", "--nll-beta", "0.25")
-    assert key("pets-simple") == key("pets-simple", "--nll-beta", "0")
-    before = dataclasses.asdict(MBRLConfig())
-    del before["ensemble_nll_beta"]
-    for name in mbrl_envs.MBPO_ONLY_FIELDS:
+    assert key("mbpo-ensemble") != key("mbpo-ensemble", "--ensemble-lr", "0.01")
+    assert key("pets-simple") == key("pets-simple", "--nll-beta", "0", "--ensemble-lr", "0.01")
+    before = dataclasses.asdict(defaults)
+    for name in ("ensemble_nll_beta", "ensemble_lr", *mbrl_envs.MBPO_ONLY_FIELDS):
         before.pop(name)
-    plain = key("pets-ensemble", "--nll-beta", "0")
-    assert "nll_beta" not in plain
+    plain = key("pets-ensemble", "--nll-beta", "0", "--ensemble-lr", str(defaults.lr))
+    assert "nll_beta" not in plain and "ensemble_lr" not in plain
     assert plain["config_defaults"] == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
-    assert mbrl_envs._cell_config_and_model({**plain, "quick": True}, _adapter(), 0, "cpu")[0].ensemble_nll_beta == 0.0
-    assert mbrl_envs._cell_config_and_model({**key("pets-ensemble"), "quick": True}, _adapter(), 0, "cpu")[0].ensemble_nll_beta == default_beta
+    config = mbrl_envs._cell_config_and_model({**plain, "quick": True}, _adapter(), 0, "cpu")[0]
+    assert (config.ensemble_nll_beta, config.ensemble_lr) == (0.0, defaults.lr)
+    config = mbrl_envs._cell_config_and_model({**key("pets-ensemble"), "quick": True}, _adapter(), 0, "cpu")[0]
+    assert (config.ensemble_nll_beta, config.ensemble_lr) == (defaults.ensemble_nll_beta, defaults.ensemble_lr)
     assert main(["reproduce", "mbrl-envs", "--nll-beta", "2", "--stored-only"]) == 2
+    assert main(["reproduce", "mbrl-envs", "--ensemble-lr", "0", "--stored-only"]) == 2
 
 
 def _adapter():

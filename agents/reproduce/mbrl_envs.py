@@ -64,6 +64,10 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 MODELS = ("simple", "stable", "ensemble", "ensemble-stable", "clf", "ensemble-clf")
 #: ``MBRLConfig`` fields that only ``run_mbpo`` reads and that a PETS cell's key leaves out
 MBPO_ONLY_FIELDS = ("sac_target_entropy", "eval_every")
+#: ``MBRLConfig`` fields of an ensemble's fit: a cell's settings key, and the value of the fit
+#: before the field existed (cells at that value leave it out of their key, so the cells stored
+#: then keep theirs: ``--nll-beta 0 --ensemble-lr 0.001`` reprints them)
+ENSEMBLE_FIT_FIELDS = {"ensemble_nll_beta": ("nll_beta", 0.0), "ensemble_lr": ("ensemble_lr", 1e-3)}
 #: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
 EVAL_RESET_SEED = 1_000_003
 
@@ -83,7 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--ensemble-size", type=integer(1), default=5)
     parser.add_argument("--nll-beta", type=number(0, maximum=1), default=None,
-                        help="ensembles' beta-NLL (default: MBRLConfig's; 0, the plain NLL, reprints the cells stored before it)")
+                        help="ensembles' beta-NLL (default: MBRLConfig's; 0 is the plain NLL)")
+    parser.add_argument("--ensemble-lr", type=number(0, strict=True), default=None,
+                        help="ensembles' Adam step (default: MBRLConfig's; --nll-beta 0 --ensemble-lr 0.001 reprints the "
+                        "cells stored before these options)")
     parser.add_argument("--tolerance", type=number(0), default=0.05, help="fraction of |SAC's final return| a run may fall short")
     parser.add_argument("--workers", type=integer(1), default=1, help="cells run in this many local processes")
     parser.add_argument("--backend", choices=["local", "ray"], default="local", help="local processes or a Ray cluster")
@@ -106,7 +113,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         from lyagym.agents.mbrl_config import MBRLConfig
 
         loop_defaults = dataclasses.asdict(MBRLConfig())
-        loop_defaults.pop("ensemble_nll_beta")  # an ensemble cell states its own ("nll_beta" below)
+        for name in ENSEMBLE_FIT_FIELDS:  # an ensemble cell states its own (below)
+            loop_defaults.pop(name)
         if method.startswith("pets"):  # settings only MBPO reads cannot change a PETS result
             for name in MBPO_ONLY_FIELDS:
                 loop_defaults.pop(name)
@@ -134,10 +142,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
-        if "ensemble" in method:  # the ensembles' loss; 0, the plain NLL, keys as the cells stored before beta existed
-            beta = args.nll_beta if getattr(args, "nll_beta", None) is not None else MBRLConfig().ensemble_nll_beta
-            if beta:
-                settings["nll_beta"] = beta
+        if "ensemble" in method:  # the ensembles' fit; at the recipe before these fields a cell keys as before
+            settings.update(ensemble_fit_settings(args))
         if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
@@ -168,6 +174,18 @@ def _make_env(settings: dict[str, Any]):
     return gym.make(settings["env"], **({"max_episode_steps": 60} if settings.get("quick") else {}))
 
 
+def ensemble_fit_settings(args) -> dict[str, float]:
+    """An ensemble cell's fit settings that differ from the fit before they existed."""
+    from lyagym.agents.mbrl_config import MBRLConfig
+
+    defaults = MBRLConfig()
+    values = {"ensemble_nll_beta": getattr(args, "nll_beta", None), "ensemble_lr": getattr(args, "ensemble_lr", None)}
+    values = {name: getattr(defaults, name) if value is None else value for name, value in values.items()}
+    if values["ensemble_lr"] is None:  # MBRLConfig's None: the loops' lr
+        values["ensemble_lr"] = defaults.lr
+    return {key: values[name] for name, (key, before) in ENSEMBLE_FIT_FIELDS.items() if values[name] != before}
+
+
 def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device: str):
     """A PETS / MBPO cell's ``MBRLConfig`` and its freshly built world model (one place, so a
     run and the later certificate check of its committed weights build the same model)."""
@@ -183,7 +201,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["num_samples"] = settings["samples"]
     if "particles" in settings:
         overrides["particles"] = settings["particles"]
-    overrides["ensemble_nll_beta"] = settings.get("nll_beta", 0.0)  # only ensembles read it
+    for name, (key, before) in ENSEMBLE_FIT_FIELDS.items():  # only ensembles read them
+        overrides[name] = settings.get(key, before)
     if "ensemble_size" in settings:
         overrides["ensemble_size"] = settings["ensemble_size"]
     if algo == "mbpo":
