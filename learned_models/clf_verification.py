@@ -95,7 +95,7 @@ def _members64(model: nn.Module, ensemble: str) -> list[nn.Module]:
     """The models the claim is about, as float64 copies: each one's field has bounds."""
     members = [copy.deepcopy(m).to(dtype=torch.float64) for m in _members(model, ensemble)]
     for m in members:
-        for leaf in (m.models if isinstance(m, MeanMap) else [m]):
+        for leaf in _leaves(m):
             if not hasattr(leaf, "fhat") and not isinstance(leaf, nn.Sequential):
                 raise TypeError(f"no bounds for the field of {type(leaf).__name__}: formal verification of a stabilisability "
                                 "claim covers models whose field is a network bounds.py covers (SimpleDynamics with a "

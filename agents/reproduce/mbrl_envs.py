@@ -142,9 +142,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
-        if "ensemble" in method:  # the ensembles' fit; at the recipe before these fields a cell keys as before
+        if "ensemble" in method:  # the fit's settings only where they differ from the fit before them
             settings.update(ensemble_fit_settings(args))
-        if "ensemble" in method:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
         if method.endswith("clf"):  # the stabilisability certificate's construction (a change makes new cells)
@@ -179,11 +178,14 @@ def ensemble_fit_settings(args) -> dict[str, float]:
     from lyagym.agents.mbrl_config import MBRLConfig
 
     defaults = MBRLConfig()
-    values = {"ensemble_nll_beta": getattr(args, "nll_beta", None), "ensemble_lr": getattr(args, "ensemble_lr", None)}
-    values = {name: getattr(defaults, name) if value is None else value for name, value in values.items()}
-    if values["ensemble_lr"] is None:  # MBRLConfig's None: the loops' lr
-        values["ensemble_lr"] = defaults.lr
-    return {key: values[name] for name, (key, before) in ENSEMBLE_FIT_FIELDS.items() if values[name] != before}
+    settings = {}
+    for name, (key, before) in ENSEMBLE_FIT_FIELDS.items():  # the flag of each field is named as its settings key
+        value = getattr(args, key, None)
+        value = getattr(defaults, name) if value is None else value
+        value = defaults.lr if value is None else value  # ensemble_lr's None: the loops' lr
+        if value != before:
+            settings[key] = value
+    return settings
 
 
 def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device: str):
