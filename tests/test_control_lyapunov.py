@@ -136,6 +136,78 @@ def test_planted_violation_is_caught():
     assert not report.applies and not report.passed
 
 
+class TwinSaddleWithBump(nn.Module):
+    """Two uncoupled saddles (4 states, 2 inputs) plus an outward push ``k g(x) x`` with ``g`` a
+    Gaussian of width 0.15 around ``c``: a violation of the fallback's decrease confined to a
+    set of ~1e-5 of the region's volume, which uniform samples miss, while the violation rises
+    smoothly towards it."""
+
+    state_dim, action_dim, integrator = 4, 2, "rk4"
+
+    def __init__(self, k: float = 0.0, c: torch.Tensor | None = None, dt: float = 0.05) -> None:
+        super().__init__()
+        self.dt, self.k = dt, k
+        A, B = torch.zeros(4, 4), torch.zeros(4, 2)
+        A[0, 1] = A[1, 0] = A[2, 3] = A[3, 2] = 1.0
+        B[1, 0] = B[3, 1] = 1.0
+        self.register_buffer("A", A)
+        self.register_buffer("B", B)
+        self.register_buffer("c", torch.zeros(4) if c is None else c.clone())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
+
+    def derivative(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        bump = torch.exp(-((x - self.c) ** 2).sum(-1, keepdim=True) / (2 * 0.15 ** 2))
+        return x @ self.A.T + (0 if u is None else u @ self.B.T) + self.k * bump * x
+
+    def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        return integrate(lambda y: self.derivative(y, u), x, self.dt, "rk4")
+
+
+def test_gradient_ascent_finds_a_thin_violation_that_samples_miss():
+    def lyapunov() -> ControlLyapunov:
+        return ControlLyapunov(4, 2, box=[[-3.0, 3.0]] * 4, u_low=[-2.0, -2.0], u_high=[2.0, 2.0], hidden=())
+
+    clean = TwinSaddleWithBump()
+    V = lyapunov()
+    V.initialise(clean)
+    rho = V.certify_region(clean, samples=4000)
+    # plant the bump at a state halfway up the certified set, just strong enough to break the decrease there
+    x = V.sample(100, rho, torch.Generator().manual_seed(3))
+    c = x[int((V(x.float()) / rho - 0.5).abs().argmin())].float()
+    lo, hi = 0.0, 50.0
+    for _ in range(40):
+        k = (lo + hi) / 2
+        lo, hi = (lo, k) if float(V.violation(TwinSaddleWithBump(k, c), c[None])[0]) > 0.02 else (k, hi)
+    bumped = TwinSaddleWithBump(hi, c)
+    inside = V.sample(100_000, rho, torch.Generator().manual_seed(9))
+    assert float((V.violation(bumped, inside.float()) > 1e-6).double().mean()) < 1e-4  # a thin violating set
+
+    W = lyapunov()
+    W.initialise(bumped)
+    v_c = float(W(c[None]))
+    assert float(W.violation(bumped, c[None])[0]) > 0
+    assert W.certify_region(bumped, samples=4000, ascent_steps=0) > v_c  # uniform samples alone claim the violation
+    wrong = W.certificate(bumped)
+    found = []
+    for seed in range(4):
+        assert wrong.check(bumped, lyapunov=W, n_samples=4000, ascent_steps=0, rollouts=0, seed=seed).passed
+        report = wrong.check(bumped, lyapunov=W, n_samples=4000, rollouts=0, seed=seed)
+        assert report.per_test["region"]["violations"] == 0
+        found += [report.counterexamples] if report.per_test["gradient"]["violations"] else []
+    assert found, "the ascent found the planted violation on none of 4 seeds"
+    assert float((torch.cat(found) - c).norm(dim=-1).min()) < 0.05  # where it was planted
+    # with the ascent, certify_region keeps the violation out of the claimed set, and the check passes
+    assert W.certify_region(bumped, samples=4000) < v_c
+    assert W.certificate(bumped).check(bumped, lyapunov=W, n_samples=4000, rollouts=16, rollout_steps=60).passed
+
+
 def test_min_over_the_box_is_the_closed_form():
     plant, V = certified()
     x = V.sample(64, float(V.rho), torch.Generator().manual_seed(2), dtype=torch.float32)
