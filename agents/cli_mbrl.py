@@ -20,7 +20,7 @@ import sys
 __all__ = ["add_arguments", "run", "make_env"]
 
 ALGOS = ("pets", "mbpo", "dyna", "sac", "ppo")
-MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable")
+MODELS = ("simple", "stable", "ensemble", "ensemble-simple", "ensemble-stable", "clf", "ensemble-clf", "certified", "ensemble-certified")
 PENDULUM = "lyagym/NLinkPendulum-v0"
 
 
@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_env_arguments(parser)
     parser.add_argument("--algo", default="pets", choices=ALGOS,
                         help="pets (MPC on the model), mbpo (SAC on model rollouts), dyna (legacy), sac, ppo")
-    parser.add_argument("--model", default="stable", choices=MODELS, help="world model for pets/mbpo/dyna")
+    parser.add_argument("--model", default="stable", choices=MODELS,
+                        help="world model for pets/mbpo/dyna; clf kinds (a control Lyapunov function certified beside the "
+                             "model, for plants that are not open-loop stable) with pets only; certified: stable or clf from the plant")
     parser.add_argument("--ensemble-size", type=integer(1), default=None, help="members of an ensemble model (default 5)")
     parser.add_argument("--propagation", default=None, choices=["tsinf", "ts1", "expectation"], help="ensemble propagation (default tsinf)")
     parser.add_argument("--particles", type=integer(1), default=None, help="particles per candidate with an ensemble (default 5)")
@@ -128,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--steps must be >= 1, got {args.steps}")
     if args.algo in ("pets", "mbpo", "dyna") and args.episodes + args.random_episodes < 1:
         return _fail("--episodes + --random-episodes must be >= 1")
+    if args.algo != "pets" and args.model in ("clf", "ensemble-clf", "certified", "ensemble-certified"):
+        return _fail(f"--model {args.model}: the control Lyapunov function is fitted and planned with by pets only, not {args.algo}")
     if args.resume and args.algo != "pets":
         return _fail(f"--resume works for pets runs only; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
@@ -155,14 +159,26 @@ def run(args: argparse.Namespace) -> int:
                               tensorboard_dir=tensorboard_dir, adapter=adapter)
     else:
         from .mbrl import run_dyna, run_mbpo, run_pets
-        from .world_models import world_model_for
+        from .world_models import certified_kind, is_stabilisable_kind, world_model_for
 
-        extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if args.model.startswith("ensemble") else {}
-        model = world_model_for(adapter, args.model, priors=args.model_priors, seed=args.seed, device=args.device, **extra)
+        kind = args.model
+        if kind in ("certified", "ensemble-certified"):  # the stable or the clf kind, from the plant
+            kind = certified_kind(adapter, ensemble=kind.startswith("ensemble"))
+        extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if kind.startswith("ensemble") else {}
+        try:
+            model = world_model_for(adapter, kind, priors=args.model_priors, seed=args.seed, device=args.device, **extra)
+        except ValueError as e:
+            return _fail(str(e))
         method = f"{args.algo}-{args.model}"
         if args.algo == "pets":
             rows = run_pets(env, model, None, config, adapter=adapter, out_dir=args.out, method=method, resume=args.resume,
-                            progress=progress, tensorboard_dir=tensorboard_dir)
+                            progress=progress, tensorboard_dir=tensorboard_dir, control_lyapunov=is_stabilisable_kind(kind))
+            if is_stabilisable_kind(kind) and rows:
+                from .run_log import RunFolder
+
+                run = RunFolder(args.out, algo="pets", settings={})
+                print(f"model and its control Lyapunov function: {run.file(run.manifest(), 'model.pt')} "
+                      "(prove its certificate with `lyagym verify` on that file)")
         elif args.algo == "mbpo":
             rows = run_mbpo(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
                             device=args.device, tensorboard_dir=tensorboard_dir)

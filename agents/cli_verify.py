@@ -8,6 +8,11 @@ counterexample / unknown), the proven fraction of the box, boxes, seconds, the m
 local certificate at the equilibrium and, with ``--rho auto``, the certified region of
 attraction ``{V <= rho}``.
 
+A checkpoint whose metadata holds a control Lyapunov function (``control_lyapunov_payload``:
+what ``lyagym mbrl --model ensemble-clf`` commits as ``model.pt`` in its run folder's state)
+gets its stabilisability claim proven: the decrease under the fallback input on the certified
+set ``{inner * rho <= V <= rho}`` at the certified rate (``--box`` optional: a part of it).
+
 A ``LyaNetWorldModel`` checkpoint (``model.save``) gets its inference contraction proven
 instead (``lyagym.learned_models.contraction``): rate ``alpha / 2`` over ``--box`` (its inputs)
 and its training cube of inference states, ``alpha`` from ``--alpha`` or its certificate.
@@ -16,6 +21,7 @@ Example::
 
     lyagym verify soft_n1.pt --box=-3.1416,3.1416 --box=-8,8 --rho auto --budget-s 30
     lyagym verify lyanet_n1.pt --box=-3.1416,3.1416 --box=-8,8 --alpha 2 --budget-s 60
+    lyagym verify runs/ip/state-000012/model.pt --budget-s 120
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli_types import number
 
     parser.add_argument("checkpoint", help="a lyagym model checkpoint (save_model) with a Lyapunov function")
-    parser.add_argument("--box", type=_pair, action="append", required=True, metavar="LO,HI",
-                        help="one per state dimension, in order (write --box=-3.14,3.14 for a negative LO)")
+    parser.add_argument("--box", type=_pair, action="append", default=None, metavar="LO,HI",
+                        help="one per state dimension, in order (write --box=-3.14,3.14 for a negative LO); "
+                             "required except for a control Lyapunov checkpoint (default there: its certified set)")
     parser.add_argument("--u-box", type=_pair, action="append", default=None, metavar="LO,HI",
                         help="one per input dimension: prove the decrease for every input in this box")
     parser.add_argument("--alpha", type=number(0), default=None,
@@ -85,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
         return _run_contraction(args, lyanet)
     meta = getattr(model, "checkpoint_metadata", {}) or {}
+    if "control_lyapunov" in meta:
+        return _run_stabilisability(args, model, meta["control_lyapunov"])
+    if args.box is None:
+        return _fail("--box is required (one LO,HI pair per state dimension)")
     V = getattr(model, "lyapunov", None)
     try:
         if V is None and "lyapunov" in meta:
@@ -163,8 +174,8 @@ def _run_contraction(args: argparse.Namespace, model) -> int:
     from lyagym.learned_models.contraction import verify_contraction
 
     k = model.state_dim + model.action_dim
-    if len(args.box) != k:
-        return _fail(f"--box: expected {k} (one per input of the LyaNet model: state, then action), got {len(args.box)}")
+    if args.box is None or len(args.box) != k:
+        return _fail(f"--box: expected {k} (one per input of the LyaNet model: state, then action), got {len(args.box or [])}")
     if args.rho is not None or args.u_box is not None:
         return _fail("--rho and --u-box are for Lyapunov decrease checkpoints; a LyaNet model's inputs all go in --box")
     if args.out is not None:
@@ -185,8 +196,50 @@ def _run_contraction(args: argparse.Namespace, model) -> int:
         model, args.box, rate=float(alpha) / 2, budget_s=args.budget_s, progress=progress, exhaustive=args.exhaustive))
 
 
+def _run_stabilisability(args: argparse.Namespace, model, payload) -> int:
+    """Prove a control Lyapunov checkpoint's stabilisability claim (its own rate and region)."""
+    from lyagym.learned_models.control_lyapunov import control_lyapunov_from_payload
+
+    try:
+        V = control_lyapunov_from_payload(payload)
+    except ValueError as e:
+        return _fail(f"{args.checkpoint}: {e}")
+    if args.alpha is not None or args.rho is not None or args.u_box is not None:
+        return _fail("--alpha, --rho and --u-box do not apply to a control Lyapunov checkpoint: its claim is proven "
+                     "at its own rate, on its own set, under its fallback input")
+    if args.box is not None and len(args.box) != V.state_dim:
+        return _fail(f"--box: expected {V.state_dim} (one per state dimension), got {len(args.box)}")
+    if float(V.rho) <= 0:
+        return _fail(f"{args.checkpoint}: its control Lyapunov function certifies nothing (rho = 0)")
+    if args.out is not None:
+        from .cli_types import out_file
+
+        message = out_file("--out", args.out, overwrite=args.overwrite)
+        if message:
+            return _fail(message)
+    V = V.to(model.dtype)
+    cert = V.certificate(model)
+    bar, progress = _progress(args)
+    try:
+        proven = cert.verify(model, lyapunov=V, box=args.box, budget_s=args.budget_s, progress=progress)
+    except (TypeError, ValueError) as e:
+        return _fail(str(e))
+    finally:
+        if bar is not None:
+            bar.close()
+    formal = proven.details["formal"]
+    result = {"checkpoint": args.checkpoint, "model_class": type(model).__name__, "claim": proven.claim,
+              "alpha": proven.alpha, "evidence": proven.evidence, **formal}
+    return _emit(args, result, formal["status"], formal["fraction"], formal["seconds"])
+
+
 def _write(args: argparse.Namespace, model, res) -> int:
-    text = json.dumps({"checkpoint": args.checkpoint, "model_class": type(model).__name__, **res.details()}, indent=2)
+    result = {"checkpoint": args.checkpoint, "model_class": type(model).__name__, **res.details()}
+    return _emit(args, result, res.status, res.fraction, res.seconds)
+
+
+def _emit(args: argparse.Namespace, result: dict, status: str, fraction: float, seconds: float) -> int:
+    text = json.dumps(result, indent=2)
     if args.out is None:
         print(text)
     else:
@@ -195,5 +248,5 @@ def _write(args: argparse.Namespace, model, res) -> int:
         from lyagym.learned_models.files import atomic_write
 
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n"))
-        print(f"{res.status}: {100 * res.fraction:.4g}% of the box in {res.seconds:.1f} s; wrote {args.out}")
+        print(f"{status}: {100 * fraction:.4g}% of the box in {seconds:.1f} s; wrote {args.out}")
     return 0

@@ -120,6 +120,14 @@ def _commit(run: RunFolder | None, model, buffer: TransitionBuffer, rows: list[d
     run.commit(rows, writers, extra={"fit_loss": fit_loss})
 
 
+def _save_with_clf(model, clf, path: str) -> None:
+    """The model and its control Lyapunov function in one checkpoint (``lyagym verify PATH``)."""
+    from lyagym.learned_models import save_model
+    from lyagym.learned_models.control_lyapunov import control_lyapunov_payload
+
+    save_model(model, path, metadata={"control_lyapunov": control_lyapunov_payload(clf)})
+
+
 def _restore(run: RunFolder, manifest: dict[str, Any], model) -> tuple[list[dict], TransitionBuffer, float | None]:
     from .run_log import read_csv
 
@@ -237,7 +245,8 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
             fit_loss = fit_model(model, buffer, config, progress)
             if control_lyapunov:
                 clf, clf_info = fit_control_lyapunov(clf, model, buffer, adapter, seed=config.seed, **clf_options)
-        extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p)} if clf is not None else None
+        extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p), "model.pt": lambda p: _save_with_clf(model, clf, p)} \
+            if clf is not None else None
         _commit(run, model, buffer, rows, fit_loss, extra)
         bar.set_postfix(ret=f"{row['return']:.1f}")
         if tensorboard is not None:

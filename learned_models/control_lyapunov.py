@@ -79,7 +79,8 @@ from torch import nn
 from .certificate import Certificate, model_hash
 from .dynamics_net import mlp
 
-__all__ = ["ControlLyapunov", "MeanMap", "drift_and_gain", "model_equilibrium", "check_stabilisability"]
+__all__ = ["ControlLyapunov", "MeanMap", "drift_and_gain", "model_equilibrium", "check_stabilisability",
+           "control_lyapunov_payload", "control_lyapunov_from_payload"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -661,6 +662,30 @@ class ControlLyapunov(nn.Module):
 
     def extra_repr(self) -> str:
         return f"state_dim={self.state_dim}, action_dim={self.action_dim}, angle_dims={self.angle_dims}, hidden={self.hidden}"
+
+
+def control_lyapunov_payload(lyapunov: ControlLyapunov) -> dict[str, Any]:
+    """``V`` as plain data (config, boxes and weights) for a checkpoint's metadata:
+    ``save_model(model, path, metadata={"control_lyapunov": control_lyapunov_payload(V)})``
+    keeps the model and the ``V`` certified on it together, so that ``lyagym verify PATH`` can
+    prove the stabilisability claim."""
+    if not isinstance(lyapunov, ControlLyapunov):
+        raise TypeError(f"lyapunov must be a ControlLyapunov, got {type(lyapunov).__name__}")
+    config = {**lyapunov.config(), "box": lyapunov.box.tolist(), "u_low": lyapunov.u_low.tolist(),
+              "u_high": lyapunov.u_high.tolist(), "x_eq": lyapunov.x_eq.tolist()}
+    return {"config": config, "state_dict": {k: v.detach().cpu() for k, v in lyapunov.state_dict().items()}}
+
+
+def control_lyapunov_from_payload(payload: dict[str, Any]) -> ControlLyapunov:
+    """The ``ControlLyapunov`` stored by ``control_lyapunov_payload`` (``ValueError`` if malformed)."""
+    try:
+        config = dict(payload["config"])
+        V = ControlLyapunov(config.pop("state_dim"), config.pop("action_dim"), **config)
+        V = V.to(payload["state_dict"]["P"].dtype)
+        V.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"the checkpoint's 'control_lyapunov' metadata does not build a ControlLyapunov: {e}") from None
+    return V
 
 
 def check_stabilisability(cert: Certificate, model, *, lyapunov: ControlLyapunov | None = None, n_samples: int = 20_000,

@@ -206,3 +206,34 @@ def test_an_ensembles_claim_is_verified_for_every_member_or_their_mean(ensemble)
     res = verify_stabilisability(ens, V, alpha=cert.alpha, rho=cert.details["rho"], inner_level=cert.details["inner_level"],
                                  budget_s=10)
     assert res.status == "counterexample"
+
+
+def test_cli_verifies_a_control_lyapunov_checkpoint(tmp_path, capsys):
+    import json
+
+    from lyagym.agents import cli
+    from lyagym.learned_models import save_model
+    from lyagym.learned_models.control_lyapunov import control_lyapunov_payload
+
+    plant, V = certified()
+    path = tmp_path / "m.pt"
+    save_model(plant, path, metadata={"control_lyapunov": control_lyapunov_payload(V)})
+    out = tmp_path / "r.json"
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["verify", str(path), "--budget-s", "30", "--out", str(out), "--no-progress"]) == 0
+        result = json.loads(out.read_text())
+        assert result["claim"] == "stabilisability" and result["status"] == "verified" and result["covers_claim"]
+        assert "formal" in result["evidence"] and result["rho"] == pytest.approx(float(V.rho))
+        assert result["alpha"] == pytest.approx(float(V.alpha))
+        capsys.readouterr()
+        for bad in (["--alpha", "1"], ["--rho", "0.1"], ["--box=-1,1"]):
+            assert cli.main(["verify", str(path), *bad]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (bad, err)
+        V.rho.fill_(0.0)  # certifies nothing: nothing to prove
+        save_model(plant, path, metadata={"control_lyapunov": control_lyapunov_payload(V)})
+        assert cli.main(["verify", str(path)]) == 2
+        assert "rho = 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)

@@ -113,6 +113,7 @@ def test_the_issues_examples(tmp_path, capsys):
         (["mbrl", "--fit-epochs", "0", "--out", str(tmp_path / "r")], "--fit-epochs", "integer >= 1"),
         (["mbrl", "--episodes", "-1", "--out", str(tmp_path / "r")], "--episodes", "integer >= 0"),
         (["mbrl", "--algo", "sac", "--steps", "-5", "--out", str(tmp_path / "r")], "--steps", "integer >= 1"),
+        (["mbrl", "--algo", "mbpo", "--model", "ensemble-clf", "--out", str(tmp_path / "r")], "--model", "pets only"),
         (["plan", "--planner", "sgd"], "--planner", "mppi"),
     ):
         code, err = _call(argv + ["--no-progress"], capsys)

@@ -333,3 +333,27 @@ def test_pets_with_a_control_lyapunov_function_refits_it_and_commits_it(tmp_path
     run = RunFolder(str(tmp_path / "run"), algo="pets", settings={})
     state = torch.load(run.file(run.manifest(), "clf_weights.pt"), weights_only=True)
     assert {"P", "rho", "x_eq", "box"} <= set(state)
+    # the committed model.pt holds the model and V together: the same weights, the same V
+    from lyagym.learned_models import load_model
+    from lyagym.learned_models.control_lyapunov import control_lyapunov_from_payload
+
+    saved = load_model(run.file(run.manifest(), "model.pt"))
+    V = control_lyapunov_from_payload(saved.checkpoint_metadata["control_lyapunov"])
+    assert all(torch.equal(state[k], v) for k, v in V.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), model.state_dict().values()))
+
+
+def test_control_lyapunov_payload_refuses_what_it_cannot_build():
+    from lyagym.learned_models.control_lyapunov import control_lyapunov_from_payload, control_lyapunov_payload
+
+    _, V = certified()
+    payload = control_lyapunov_payload(V)
+    W = control_lyapunov_from_payload(payload)
+    x = torch.randn(32, 2)
+    assert torch.equal(V(x), W(x)) and float(W.rho) == float(V.rho)
+    with pytest.raises(ValueError, match="control_lyapunov"):
+        control_lyapunov_from_payload({"config": {**payload["config"], "hidden": [3]}, "state_dict": payload["state_dict"]})
+    with pytest.raises(ValueError, match="control_lyapunov"):
+        control_lyapunov_from_payload({"state_dict": payload["state_dict"]})
+    with pytest.raises(TypeError, match="ControlLyapunov"):
+        control_lyapunov_payload(torch.nn.Linear(2, 2))
