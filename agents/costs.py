@@ -211,9 +211,15 @@ class LyapunovTerminalCost:
             because then ``V`` is no longer certified; a ``"stabilisability"`` certificate is
             refused when it names another ``V`` (``details["lyapunov_hash"]``).
         state_dim: declared state dimension (read from the model when it has one).
+        cap: ``None`` (default) or a level: the cost is ``weight * min(V, cap)``, so end states
+            beyond the level all cost the same. For a ``V`` built from data (a control Lyapunov
+            function's LQR part comes from the model's linearisation on the data's box) its
+            values outside that box are extrapolation, and a large one there pulls the plan
+            towards what the linearisation says rather than what the reward does.
     """
 
-    def __init__(self, source, *, weight: float = 1.0, certificate=None, state_dim: int | None = None) -> None:
+    def __init__(self, source, *, weight: float = 1.0, certificate=None, state_dim: int | None = None,
+                 cap: float | None = None) -> None:
         V: Callable[[torch.Tensor], torch.Tensor] | None = getattr(source, "lyapunov", None)
         if V is None:
             if not callable(source):
@@ -234,18 +240,22 @@ class LyapunovTerminalCost:
             )
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")  # inf * V(x_eq) = inf * 0 = NaN
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not 0 < cap < math.inf):
+            raise ValueError(f"cap must be None or a finite number > 0 (the level V is saturated at), got {cap!r}")
         self.V = V
         self.weight = float(weight)
+        self.cap = None if cap is None else float(cap)
         self.certificate = certificate
         declared = state_dim if state_dim is not None else getattr(source, "state_dim", None)
         if declared is not None:
             self.state_dim = int(declared)
 
     def __call__(self, final_states: torch.Tensor) -> torch.Tensor:
-        return self.weight * self.V(final_states)
+        v = self.V(final_states)
+        return self.weight * (v if self.cap is None else v.clamp(max=self.cap))
 
     def __repr__(self) -> str:
-        return f"LyapunovTerminalCost(weight={self.weight})"
+        return f"LyapunovTerminalCost(weight={self.weight}{'' if self.cap is None else f', cap={self.cap:.4g}'})"
 
 
 #: name -> cost factory; ``make_cost("swingup", n_links=2)``.

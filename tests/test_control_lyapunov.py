@@ -263,6 +263,17 @@ def test_terminal_cost_accepts_the_clf_and_refuses_another_V():
     cost = LyapunovTerminalCost(V, certificate=cert, weight=2.0)
     x = torch.randn(4, 2)
     assert torch.allclose(cost(x), 2 * V(x))
+    # capped at a level: V below it, the level above (no pull from where V is extrapolation)
+    cap = V.max_level()
+    capped = LyapunovTerminalCost(V, weight=2.0, cap=cap)
+    far = torch.tensor([[2.9, 2.9], [0.01, 0.0]])
+    with torch.no_grad():
+        v = V(far)
+        assert float(v[0]) > cap > float(v[1])
+        assert torch.allclose(capped(far), 2 * torch.stack([torch.tensor(cap, dtype=v.dtype), v[1]]))
+    for bad in (0.0, -1.0, math.inf, math.nan, True):
+        with pytest.raises(ValueError, match="cap"):
+            LyapunovTerminalCost(V, cap=bad)
     _, other = certified(hidden=(4,))
     with torch.no_grad():
         other.P.mul_(2)

@@ -147,7 +147,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
         if method.endswith("clf"):  # the stabilisability certificate's construction (a change makes new cells)
-            settings["clf"] = "LQR gain on the data box, 100 correction steps, discrete decrease of the mean map, safeguard, terminal weight 1"
+            settings["clf"] = ("LQR gain on the data box, 100 correction steps, discrete decrease of the mean map (sampled and climbed), "
+                               "safeguard, terminal weight 1 capped at the data box's level")
         if "stable" in method:  # the certified decay rate: learned within bounds (the models' default)
             from lyagym.learned_models.stable import ALPHA_BOUNDS, ALPHA_INIT
 
