@@ -349,9 +349,11 @@ def clf_row(label: str, model, V, budget: float, clock) -> str:
             f"{inside} | {answer}, {res.boxes} boxes, {res.seconds:.1f} s | {100 * share:.6g}% | {100 * res.fraction:.6g}% |")
 
 
-def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/results/mbrl-envs") -> list[str]:
+def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/results/mbrl-envs", key: str | None = None) -> list[str]:
     """The stabilisability rows (module docstring) for the stored ``pets-ensemble-clf`` cells of
-    ``InvertedPendulum-v5`` with these seeds whose run folder holds the committed weights."""
+    ``InvertedPendulum-v5`` with these seeds whose run folder holds the committed weights: the
+    cells of settings ``key`` (the hash ending the cell's folder name), else each seed's most
+    recently stored cell."""
     import glob
     import json
 
@@ -363,7 +365,9 @@ def clf_rows(seeds: list[int], budget: float, clock, results: str = "examples/re
 
     rows = []
     for seed in seeds:
-        folders = glob.glob(os.path.join(results, "InvertedPendulum-v5", "pets-ensemble-clf", f"seed{seed}-*"))
+        folders = glob.glob(os.path.join(results, "InvertedPendulum-v5", "pets-ensemble-clf", f"seed{seed}-{key or '*'}"))
+        folders.sort(key=lambda f: os.path.getmtime(os.path.join(f, "cell.json")) if os.path.exists(os.path.join(f, "cell.json")) else 0,
+                     reverse=True)
         run = RunFolder(os.path.join(folders[0], "run"), algo="pets", settings={}) if folders else None
         manifest = run.manifest() if run is not None else None
         if manifest is None or not os.path.exists(run.file(manifest, "clf_weights.pt")):
@@ -424,6 +428,8 @@ def main() -> None:
     parser.add_argument("--lyanet", action="store_true", help="add the LyaNet world model's inference contraction rows")
     parser.add_argument("--budget-lyanet", type=float, default=120.0, help="CPU seconds per LyaNet contraction proof")
     parser.add_argument("--clf-seeds", type=int, nargs="*", default=[], help="stored InvertedPendulum-v5 pets-ensemble-clf cells")
+    parser.add_argument("--clf-key", default=None,
+                        help="the settings hash of those cells (their folder names end with it; default: each seed's newest)")
     parser.add_argument("--clf-upright", action="store_true", help="add the pendulum upright CLF row (clf_pendulum_upright.py's model)")
     parser.add_argument("--budget-clf", type=float, default=60.0, help="CPU seconds per stabilisability verification")
     parser.add_argument("--cache", default="./lyagym-output/bench-verify")
@@ -473,7 +479,7 @@ def main() -> None:
     if args.lyanet:
         print(lyanet_row(args.cache, args.budget_lyanet, clock))
     if args.clf_seeds or args.clf_upright:
-        clf = clf_rows(args.clf_seeds, args.budget_clf, clock) + ([upright_row(args.budget_clf, clock)] if args.clf_upright else [])
+        clf = clf_rows(args.clf_seeds, args.budget_clf, clock, key=args.clf_key) + ([upright_row(args.budget_clf, clock)] if args.clf_upright else [])
         print("\nStabilisability (control Lyapunov function: the decrease under u_fb on inner * rho <= V <= rho, the "
               f"discrete claim of the model's step map), {args.budget_clf:g} CPU s each:\n")
         print("| cell | networks | claim | sampled violations in the set | answer, boxes, CPU time | share of the set proven "
