@@ -95,6 +95,15 @@ def _members(model, ensemble: str = "every") -> list:
     return [model]
 
 
+def _frozen_copy(model, dtype: torch.dtype | None = None):
+    """A copy of ``model`` (in ``dtype``) whose weights take no gradient: a search through its
+    inputs then builds no graph of them. Models without weights (the true physics) are copied as they are."""
+    copied = copy.deepcopy(model)
+    if dtype is not None:
+        copied = copied.to(dtype=dtype)
+    return copied.requires_grad_(False) if isinstance(copied, nn.Module) else copied
+
+
 class MeanMap(nn.Module):
     """The mean of models' fields and steps: ``f(x, u) = mean_k f_k(x, u)``, ``step`` likewise
     (an ensemble's prediction under ``"expectation"`` propagation)."""
@@ -520,7 +529,7 @@ class ControlLyapunov(nn.Module):
             return 0.0
         V = copy.deepcopy(self).double()
         V.alpha.mul_(1 + margin)
-        members = [copy.deepcopy(m).to(dtype=torch.float64).requires_grad_(False) for m in _members(model, self.ensemble)]
+        members = [_frozen_copy(m, torch.float64) for m in _members(model, self.ensemble)]
         gen = torch.Generator().manual_seed(seed)
         rho, inner = self.max_level(), float(self.inner)
         for _ in range(rounds):
@@ -579,7 +588,7 @@ class ControlLyapunov(nn.Module):
         if before >= self.max_level() * (1 - 1e-6):  # V >= e^T P e: no correction makes the set larger than the box allows
             return {"box_fraction_before": share_before, "box_fraction_after": share_before, "kept": False}
         saved = copy.deepcopy(self.correction.state_dict())
-        members = [copy.deepcopy(mm).requires_grad_(False) for mm in _members(model, self.ensemble)]  # the user's model keeps training
+        members = [_frozen_copy(mm) for mm in _members(model, self.ensemble)]  # the user's model keeps training
         gen = torch.Generator().manual_seed(seed)
         level = self.max_level()
         opt = torch.optim.Adam(self.correction.parameters(), lr=lr)
@@ -724,7 +733,7 @@ def check_stabilisability(cert: Certificate, model, *, lyapunov: ControlLyapunov
                                    tolerance=tol, seconds=time.perf_counter() - start, note="the certified region is empty")
     V = copy.deepcopy(lyapunov).double()
     V.alpha.fill_(cert.alpha)  # the claim as stated
-    members = [copy.deepcopy(m).to(dtype=torch.float64).requires_grad_(False) for m in _members(model, lyapunov.ensemble)]
+    members = [_frozen_copy(m, torch.float64) for m in _members(model, lyapunov.ensemble)]
     gen = torch.Generator().manual_seed(seed)
     per_test: dict[str, dict[str, float]] = {}
     worst, found = -math.inf, []
