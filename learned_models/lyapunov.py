@@ -288,9 +288,11 @@ class LyapunovFunction(nn.Module):
         Fxx = self.warp(xx) if self.warp is not None else xx
         shifted = self.g(Fxx, centered=True)[:-1]
         if self.shift == "tangent":
-            # autograd's gradient: a warped V's grad V is taken through this forward, and fitting
-            # differentiates it once more (the analytic gradient is once differentiable)
-            _, dg_eq = self.g.forward_and_grad(Fxx[-1:], method="autograd")
+            # a warped V's grad V is taken through this forward and fitting differentiates it once
+            # more: autograd's gradient then (the analytic one is once differentiable outside
+            # functorch_safe, where its plain-op form is differentiated as often as needed)
+            twice = self.warp is not None and not _FunctorchState.depth
+            _, dg_eq = self.g.forward_and_grad(Fxx[-1:], method="autograd" if twice else "analytic")
             shifted = shifted - ((Fxx[:-1] - Fxx[-1:]) * dg_eq).sum(-1)
         dx = x - self.x_eq
         dx_sq = (dx * dx).sum(-1)

@@ -119,6 +119,30 @@ def test_a_warped_tangent_shifted_model_trains_and_keeps_the_decrease():
         assert (model.lyapunov(model.step(states)) <= math.exp(-0.5 * 0.2) * model.lyapunov(states) * (1 + 1e-10)).all()
 
 
+@pytest.mark.parametrize("batched_by_vmap", [False, True])
+def test_verified_rescale_stops_near_the_bound_for_a_nonconvex_V(batched_by_vmap):
+    # V = sqrt(|x|) is not convex: x_eq + s (y - x_eq) with s = b / V(y) misses b = 0.6 V(y)
+    # (V there is sqrt(s) V(y) > s V(y)); the largest scale that meets it is s^2 = 0.36
+    # (halving s stops at 0.3).
+    from lyagym.learned_models.integrators import functorch_safe, lyapunov_rescale
+
+    def V(z: torch.Tensor) -> torch.Tensor:
+        return z.norm(dim=-1).sqrt()
+
+    x_eq = torch.zeros(2, dtype=torch.float64)
+    y = torch.randn(32, 2, dtype=torch.float64)
+    x = 4.0 * y  # V(x) = 2 V(y)
+    alpha, h = -math.log(0.3) / 0.1, 0.1  # exp(-alpha h) = 0.3: b = 0.3 V(x) = 0.6 V(y)
+    if batched_by_vmap:
+        with functorch_safe():  # the ensembles' path: no data-dependent branch
+            out = torch.func.vmap(lambda a, b: lyapunov_rescale(a[None], b[None], V, alpha, h, x_eq, verify=True)[0])(x, y)
+    else:
+        out = lyapunov_rescale(x, y, V, alpha, h, x_eq, verify=True)
+    assert (V(out) <= 0.6 * V(y) * (1 + 1e-12)).all()
+    scale = out.norm(dim=-1) / y.norm(dim=-1)
+    assert torch.allclose(scale, torch.full_like(scale, 0.36), rtol=1e-3)
+
+
 def test_float32_step_keeps_the_decrease_up_to_rounding():
     # V's ICNN term is computed as g(x) - g(x_eq) in difference form (no cancellation), so in
     # float32 the bound holds to a few units of rounding relative to V at every distance from
