@@ -69,7 +69,10 @@ class AffineCoupling(nn.Module):
     The coordinates where ``mask == 1`` pass through unchanged and condition a scale and
     shift for the others: ``y = x_a + (1 - mask) * (x * exp(s(x_a)) + t(x_a))`` with
     ``x_a = mask * x`` and ``s = scale * tanh(.)`` bounded, so the layer and its inverse
-    ``x = x_a + (1 - mask) * (y - t(x_a)) * exp(-s(x_a))`` are smooth and bi-Lipschitz.
+    ``x = x_a + (1 - mask) * (y - t(x_a)) * exp(-s(x_a))`` are smooth: a diffeomorphism,
+    bi-Lipschitz on bounded sets only (``dy_b/dx_a`` carries ``x_b exp(s) s'(x_a)``, which grows
+    with ``|x_b|``), so a warped ``V`` gets no global quadratic bounds from it
+    (``upper_constant`` is ``None`` with a warp).
     For ``dim == 1`` one of the halves is empty and the layer is an elementwise affine map.
     """
 
