@@ -524,6 +524,11 @@ class ControlLyapunov(nn.Module):
         which finds the thin violating sets that uniform samples miss (on a learned
         ``InvertedDoublePendulum-v5`` ensemble, ~1 violating state in 20,000 samples).
         """
+        for name, v in (("samples", samples), ("rounds", rounds), ("ascent_starts", ascent_starts), ("ascent_steps", ascent_steps)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if not (isinstance(shrink, (int, float)) and 0 < shrink < 1):
+            raise ValueError(f"shrink must be a number in (0, 1) (how far below a violating level rho steps), got {shrink!r}")
         if float(self.alpha) <= 0:
             self.rho.fill_(0.0)
             return 0.0

@@ -306,6 +306,12 @@ def test_bad_arguments_are_refused_before_work():
     V = ControlLyapunov(2, 1, box=[[-1, 1], [-1, 1]], u_low=[-1], u_high=[1])
     with pytest.raises(ValueError, match="control-affine"):
         V.initialise(Quadratic())
+    for name, bad in (("ascent_steps", -1), ("ascent_starts", 2.5), ("samples", True), ("shrink", 1.0), ("shrink", 0)):
+        with pytest.raises(ValueError, match=name):
+            V.certify_region(SaddlePlant(), **{name: bad})
+    plant, W = certified()
+    with pytest.raises(ValueError, match="ascent_steps"):
+        W.certificate(plant).check(plant, lyapunov=W, ascent_steps=-3)
 
 
 def test_adapter_picks_the_certificate_kind():
