@@ -136,38 +136,23 @@ def test_planted_violation_is_caught():
     assert not report.applies and not report.passed
 
 
-class TwinSaddleWithBump(nn.Module):
+class TwinSaddleWithBump(SaddlePlant):
     """Two uncoupled saddles (4 states, 2 inputs) plus an outward push ``k g(x) x`` with ``g`` a
     Gaussian of width 0.15 around ``c``: a violation of the fallback's decrease confined to a
     set of ~1e-5 of the region's volume, which uniform samples miss, while the violation rises
     smoothly towards it."""
 
-    state_dim, action_dim, integrator = 4, 2, "rk4"
+    state_dim, action_dim = 4, 2
 
     def __init__(self, k: float = 0.0, c: torch.Tensor | None = None, dt: float = 0.05) -> None:
-        super().__init__()
-        self.dt, self.k = dt, k
-        A, B = torch.zeros(4, 4), torch.zeros(4, 2)
-        A[0, 1] = A[1, 0] = A[2, 3] = A[3, 2] = 1.0
-        B[1, 0] = B[3, 1] = 1.0
-        self.register_buffer("A", A)
-        self.register_buffer("B", B)
+        super().__init__(dt)
+        self.A, self.B = torch.block_diag(self.A, self.A), torch.block_diag(self.B, self.B)  # buffers stay buffers
+        self.k = k
         self.register_buffer("c", torch.zeros(4) if c is None else c.clone())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.A.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.A.device
 
     def derivative(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         bump = torch.exp(-((x - self.c) ** 2).sum(-1, keepdim=True) / (2 * 0.15 ** 2))
-        return x @ self.A.T + (0 if u is None else u @ self.B.T) + self.k * bump * x
-
-    def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
-        return integrate(lambda y: self.derivative(y, u), x, self.dt, "rk4")
+        return super().derivative(x, u) + self.k * bump * x
 
 
 def test_gradient_ascent_finds_a_thin_violation_that_samples_miss():
