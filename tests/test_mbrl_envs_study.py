@@ -119,3 +119,36 @@ def _adapter():
     from lyagym.agents.adapters import make_adapter
 
     return make_adapter(gym.make("Pendulum-v1"))
+
+
+def test_a_cells_key_and_fit_follow_the_envs_own_fit_length():
+    """The double pendulum's adapter asks for longer fits than ``MBRLConfig``'s: its cells key
+    and run that length, ``--fit-steps`` overrides it, and a cell at the loops' default length
+    keys as the cells stored before the option (no entry) and runs that length, not the env's."""
+    import argparse
+
+    import gymnasium as gym
+
+    from lyagym.agents.adapters import make_adapter, make_pendulum_env
+    from lyagym.agents.adapters.n_link_pendulum import DOUBLE_PENDULUM_FIT_STEPS
+    from lyagym.agents.mbrl_config import MBRLConfig
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+
+    def key(env_id, *extra):
+        return mbrl_envs.cell_settings(env_id, "pets-ensemble", parser.parse_args(["--links", "2", *extra]))
+
+    assert DOUBLE_PENDULUM_FIT_STEPS != MBRLConfig.fit_steps
+    double = make_adapter(make_pendulum_env(2))
+    assert key("lyagym/NLinkPendulum-v0")["fit_steps"] == DOUBLE_PENDULUM_FIT_STEPS
+    assert key("lyagym/NLinkPendulum-v0") == key("lyagym/NLinkPendulum-v0", "--fit-steps", str(DOUBLE_PENDULUM_FIT_STEPS))
+    before = key("lyagym/NLinkPendulum-v0", "--fit-steps", str(MBRLConfig.fit_steps))
+    assert "fit_steps" not in before
+    assert "fit_steps" not in key("Pendulum-v1") and key("Pendulum-v1", "--fit-steps", "500")["fit_steps"] == 500
+    assert mbrl_envs._cell_config_and_model(before, double, 0, "cpu")[0].fit_steps == MBRLConfig.fit_steps
+    assert mbrl_envs._cell_config_and_model(key("lyagym/NLinkPendulum-v0"), double, 0, "cpu")[0].fit_steps == DOUBLE_PENDULUM_FIT_STEPS
+    assert mbrl_envs._cell_config_and_model(key("Pendulum-v1"), make_adapter(gym.make("Pendulum-v1")), 0, "cpu")[0].fit_steps \
+        == MBRLConfig.fit_steps
+    assert main(["reproduce", "mbrl-envs", "--fit-steps", "-1", "--stored-only"]) == 2

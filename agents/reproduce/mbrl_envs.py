@@ -47,6 +47,7 @@ import time
 from typing import Any
 
 from ..cli_types import folder, integer, number
+from ..mbrl_config import MBRLConfig
 
 __all__ = ["add_arguments", "run", "run_cell", "certificate_check", "summarise_paired", "ENV_DEFAULTS"]
 
@@ -85,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC and MBPO evaluation interval in real steps (default per env)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
+    parser.add_argument("--fit-steps", type=integer(0), default=None,
+                        help="at least this many Adam steps per world-model fit (default: MBRLConfig's)")
     parser.add_argument("--ensemble-size", type=integer(1), default=5)
     parser.add_argument("--nll-beta", type=number(0, maximum=1), default=None,
                         help="ensembles' beta-NLL (default: MBRLConfig's; 0 is the plain NLL)")
@@ -110,8 +113,6 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     defaults = ENV_DEFAULTS.get(env_id, ENV_DEFAULTS["Pendulum-v1"])
     settings: dict[str, Any] = {"env": env_id, "method": method}
     if method != "sac":  # a change of the loops' defaults makes new cells
-        from lyagym.agents.mbrl_config import MBRLConfig
-
         loop_defaults = dataclasses.asdict(MBRLConfig())
         for name in ENSEMBLE_FIT_FIELDS:  # an ensemble cell states its own (below)
             loop_defaults.pop(name)
@@ -142,6 +143,9 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
+        fit_steps = _fit_steps(settings, args)
+        if fit_steps != MBRLConfig.fit_steps:  # the cells stored before a fit of another length keep their keys
+            settings["fit_steps"] = fit_steps
         if "ensemble" in method:  # the fit's settings only where they differ from the fit before them
             settings.update(ensemble_fit_settings(args))
             settings["ensemble_size"] = args.ensemble_size
@@ -160,6 +164,16 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
 
         settings["env_config"] = json.loads(json.dumps(make_adapter(_make_env(settings)).config_overrides, sort_keys=True))
     return settings
+
+
+def _fit_steps(settings: dict[str, Any], args) -> int:
+    """A PETS / MBPO cell's Adam steps per fit: ``--fit-steps``, else its env's own setting
+    (``config_overrides``: the double pendulum's), else ``MBRLConfig``'s."""
+    from lyagym.agents.adapters import make_adapter
+
+    if getattr(args, "fit_steps", None) is not None:
+        return int(args.fit_steps)
+    return int(make_adapter(_make_env(settings)).config_overrides.get("fit_steps", MBRLConfig.fit_steps))
 
 
 def _make_env(settings: dict[str, Any]):
@@ -204,6 +218,7 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["num_samples"] = settings["samples"]
     if "particles" in settings:
         overrides["particles"] = settings["particles"]
+    overrides["fit_steps"] = settings.get("fit_steps", MBRLConfig.fit_steps)  # a key without it: the default fit
     for name, (key, before) in ENSEMBLE_FIT_FIELDS.items():  # only ensembles read them
         overrides[name] = settings.get(key, before)
     if "ensemble_size" in settings:
