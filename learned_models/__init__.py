@@ -13,7 +13,7 @@ from .lyapunov import LyapunovFunction
 from .dynamics_net import DynamicsNet
 from .simple import SimpleDynamics
 from .stable import StableControlledDynamics, StableDynamics
-from .training import fit
+from .training import fit, fit_settling
 from .falsification import FalsificationReport, empirical_certificate, falsify
 
 # --- stabilisability: a learned control Lyapunov function for plants that are not open-loop stable ---

@@ -17,7 +17,10 @@ The rate ``alpha`` is learned by default, ``alpha = lo + (hi - lo) sigmoid(alpha
 ``alpha_raw`` a parameter and ``(lo, hi) = alpha_bounds``: eq. 10 holds for whatever value the
 weights give it, so training may move it, and the certificate states the rate of the stored
 weights. A fixed tiny rate certifies convergence that takes thousands of seconds; a learned one
-settles where the data put it (``fit``'s ``rate_weight``, ``calibrate_rate``).
+settles where the data put it (``fit``'s ``rate_weight``, ``calibrate_rate``). Where a user needs
+a time, ``settling_time(eps, box)`` says when the certificate puts every start of a box within
+``eps`` of ``x_eq``, and ``settle_within(eps, box, seconds)`` (``training.fit_settling``: with a
+refit) raises the rate to what that time takes.
 
 Both models' ``step`` keeps the guarantee in discrete time by default (``keep_guarantee=True``):
 the integrator's result is rescaled toward ``x_eq`` (``integrators.lyapunov_rescale``) so that
@@ -486,6 +489,87 @@ class StableDynamics(ODEWorldModel):
             raise ValueError("data: every pair sits at x_eq, they say nothing about the rate")
         lo, hi = self.alpha_bounds
         self.alpha = min(max(float(torch.quantile(finite, quantile)), lo), hi)
+        return self.alpha
+
+    # -- settling: when the certificate puts a box within eps of x_eq ----------------------
+    def _settling_log_ratio(self, eps: float, box: Any) -> float:
+        """``ln(max_box V / (c1 eps^2))`` for ``settling_time`` and ``settle_within``."""
+        import copy
+
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0 (a distance to x_eq), got {eps!r}")
+        try:
+            bounds = torch.as_tensor(box, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            bounds = None
+        if bounds is None or bounds.shape != (self.state_dim, 2) or not torch.isfinite(bounds).all() or (bounds[:, 0] > bounds[:, 1]).any():
+            raise ValueError(f"box must be {self.state_dim} pairs [lo, hi] of finite numbers with lo <= hi (state coordinates), got {box!r}")
+        if self.state_dim > 20:
+            raise ValueError(f"box: V's maximum is taken over the 2^state_dim corners; state_dim {self.state_dim} > 20 is too many")
+        V = self.lyapunov
+        if not V.convex:
+            raise ValueError("settling over a box needs a convex V (no warp): only then is V's maximum over the box at a corner")
+        corners = torch.cartesian_prod(*[row for row in bounds]).reshape(-1, self.state_dim)
+        with torch.no_grad():
+            v_max = float(copy.deepcopy(V).to("cpu", torch.float64)(corners).max())
+        return math.log(v_max / (V.lower_constant() * eps**2)) if v_max > 0 else -math.inf
+
+    def settling_time(self, eps: float, box: Any) -> float:
+        """When this model's certificate puts every state of ``box`` within ``eps`` of ``x_eq``.
+
+        From ``V``'s levels: ``V(x(t)) <= exp(-alpha t) V(x(0))`` and ``V >= c1 ||x - x_eq||^2``,
+        so every start of the box is within ``eps`` after ``t = ln(max_box V / (c1 eps^2)) /
+        alpha`` (0 when that is negative). ``V`` is convex, so its maximum over the box is at one
+        of the ``2^n`` corners (evaluated in float64): no sampling. Tighter than
+        ``Certificate.time_to``'s overshoot form, which bounds ``V(x(0))`` by ``c2 R^2``. With
+        ``keep_guarantee`` the claim is the step map's, so the time is rounded up to whole steps;
+        for a controlled model it is the unforced (``u = 0``) motion.
+
+        Args:
+            eps: the distance to ``x_eq``.
+            box: ``state_dim`` pairs ``[lo, hi]`` in state coordinates.
+        """
+        log_ratio = self._settling_log_ratio(eps, box)
+        if log_ratio <= 0:
+            return 0.0
+        t = log_ratio / self.alpha
+        if self.keep_guarantee:
+            t = math.ceil(t / self.dt * (1 - 1e-12)) * self.dt
+        return t
+
+    def settle_within(self, eps: float, box: Any, seconds: float) -> float:
+        """Raise the certified rate, never lower it, to the least at which ``settling_time(eps,
+        box) <= seconds``; returns the new ``alpha``.
+
+        Eq. 10 holds at any rate, so this keeps the certificate and makes it say more: every
+        start of ``box`` within ``eps`` of ``x_eq`` by ``seconds``. The field changes where the
+        data decreased ``V`` slower than the new rate (the projection now acts there);
+        ``fit_settling`` refits the networks under it. A learned rate's lower bound moves up to
+        the new rate, so later training cannot undo it. Raises ``ValueError`` when it would
+        need more than the rate's upper bound (or, with ``keep_guarantee``, ``seconds`` is
+        shorter than one step).
+        """
+        if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
+        log_ratio = self._settling_log_ratio(eps, box)
+        target = float(seconds)
+        if self.keep_guarantee:  # the claim holds at whole steps: the last one by `seconds`
+            target = math.floor(seconds / self.dt * (1 + 1e-12)) * self.dt
+            if target <= 0:
+                raise ValueError(f"seconds={seconds!r} is shorter than one step (dt={self.dt}): the step map's claim holds at whole steps")
+        needed = max(log_ratio, 0.0) / target * (1 + 1e-9)  # the margin keeps the rounded time at or below `target`
+        rate = max(self.alpha, needed)
+        if not self.learned_rate:
+            self._alpha_init = rate
+            return rate
+        lo, hi = self.alpha_bounds
+        lo = max(lo, needed)
+        if rate >= hi or lo >= hi:
+            raise ValueError(f"settling {eps:g} from the box within {seconds:g} needs alpha {rate:.4g}, at or above the rate's upper bound {hi:g}")
+        self.alpha_bounds = (lo, hi)
+        self._alpha_init = min(max(self._alpha_init, lo), hi)  # the config's start must lie in the bounds
+        with torch.no_grad():  # at the floor itself the logit is clipped just inside: alpha stays above `needed`
+            self.alpha_raw.fill_(_rate_logit(rate, lo, hi))
         return self.alpha
 
     # -- eq. 10 ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["fit", "LR_SCHEDULES"]
+__all__ = ["fit", "fit_settling", "LR_SCHEDULES"]
 
 #: Learning-rate schedules of ``fit`` by name (``None``: constant).
 LR_SCHEDULES = (None, "cosine")
@@ -353,3 +353,45 @@ def fit(
         seconds=time.perf_counter() - start,
     )
     return history
+
+
+def fit_settling(model: nn.Module, data: Any, *, eps: float, box: Any, seconds: float, epochs: int = 100,
+                 **fit_kwargs: Any) -> dict[str, Any]:
+    """Make a stable model's certificate put every start of ``box`` within ``eps`` of ``x_eq`` by
+    ``seconds``, refitting what the faster rate costs.
+
+    1. ``model.settle_within(eps, box, seconds)``: the least rate that guarantees it (never
+       below the current one), which also becomes the learned rate's lower bound;
+    2. ``fit(model, data, epochs=epochs, **fit_kwargs)``: ``fhat`` and ``V`` refit the data
+       under that rate (it cannot fall below its new bound);
+    3. ``settle_within`` again: the refit moved ``V``, and the guarantee is the final weights'.
+
+    A model that already settles in time is left as it is. A rate raised without the refit
+    changes the field wherever the data decreased ``V`` slower than the new rate: on LASA's
+    JShape (seed 0) the DTW per point went 0.64 -> 0.82 mm with the raise alone and to 0.65
+    with 100 epochs of refit at 0.3x the step (``lyagym reproduce lasa``).
+
+    Args:
+        model: a ``StableDynamics`` / ``StableControlledDynamics`` with a convex ``V``.
+        data, fit_kwargs: as ``fit``'s.
+        eps, box, seconds: see ``StableDynamics.settling_time`` (``box``: ``state_dim``
+            pairs ``[lo, hi]``).
+        epochs: of the refit (0: raise the rate only).
+
+    Returns:
+        ``{"history": fit's history or None, "seconds_before": the settling time before,
+        "alpha_before", "alpha", "seconds": the settling time of the returned weights}``.
+    """
+    if not callable(getattr(model, "settle_within", None)):
+        raise ValueError(f"model: fit_settling needs a stable model (settle_within), got {type(model).__name__}")
+    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0):
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    before, alpha_before = model.settling_time(eps, box), model.alpha
+    history = None
+    if before > seconds:
+        model.settle_within(eps, box, seconds)
+        if epochs:
+            history = fit(model, data, epochs=epochs, **fit_kwargs)
+            model.settle_within(eps, box, seconds)
+    return {"history": history, "seconds_before": before, "alpha_before": alpha_before, "alpha": model.alpha,
+            "seconds": model.settling_time(eps, box)}

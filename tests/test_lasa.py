@@ -84,6 +84,10 @@ def test_quick_cell_runs_stores_and_is_reused(tmp_path, capsys):
     certified = cell["certified"]
     assert certified["claim"] == "discrete_exponential_stability" and 0.3 <= certified["alpha"] <= 5.0
     assert 0 <= certified["seconds"] <= certified["overshoot_seconds"]  # the V-level bound is never worse
+    # the certificate puts the workspace box within 1 mm by the rollouts' horizon (30 s), raising the rate if it must
+    settling = cell["settling"]
+    assert certified["seconds"] == settling["seconds"] <= cell["settings"]["config"]["settle_within"] == 30.0
+    assert settling["alpha"] == certified["alpha"] >= settling["alpha_before"]
     capsys.readouterr()
     assert cli.main(argv + ["--stored-only"]) == 0  # reads the stored cell back
     assert "JShape | 0.68 |" in capsys.readouterr().out

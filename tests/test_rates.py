@@ -217,3 +217,90 @@ def test_falsify_reports_incomplete_when_its_time_limit_cuts_a_phase(monkeypatch
     monkeypatch.undo()
     full = falsify(cert, model, **FALSIFY_SMALL)
     assert full.complete and full.passed and full.verdict == "PASSED"
+
+
+def _box_starts(box, n: int = 60) -> torch.Tensor:
+    """The box's corners and ``n`` uniform states inside it."""
+    lo, hi = torch.tensor([b[0] for b in box]), torch.tensor([b[1] for b in box])
+    corners = torch.cartesian_prod(*[torch.tensor(b) for b in box])
+    return torch.cat([corners, lo + (hi - lo) * torch.rand(n, len(box))])
+
+
+def test_settling_time_from_the_levels_of_v_holds_on_rollouts_and_is_tighter_than_the_overshoot_form():
+    torch.manual_seed(0)
+    model = StableDynamics(2, alpha=0.4, alpha_bounds=(0.1, 5.0), dt=0.05, lyap_quadratic=True, **SMALL)
+    box, eps = [[-1.0, 1.5], [-0.5, 0.5]], 1e-2
+    t = model.settling_time(eps, box)
+    corners = torch.cartesian_prod(*[torch.tensor(b, dtype=torch.float64) for b in box])
+    with torch.no_grad():
+        v_max = float(copy.deepcopy(model.lyapunov).double()(corners).max())
+    exact = math.log(v_max / (model.lyapunov.lower_constant() * eps**2)) / model.alpha
+    assert exact <= t < exact + model.dt + 1e-9  # whole steps of the step map's claim
+    assert t < model.certificate().time_to(eps, box)
+    x0 = _box_starts(box)
+    with torch.no_grad():
+        traj = model.rollout(x0, round(t / model.dt))
+    assert bool((traj[:, -1].norm(dim=-1) <= eps).all())
+    assert model.settling_time(1e3, box) == 0.0
+    for bad, match in [(dict(eps=0.0), "eps"), (dict(box=[[0.0, 1.0]]), "box"), (dict(box=[[1.0, 0.0], [0.0, 1.0]]), "box"),
+                       (dict(box=[[0.0, float("nan")], [0.0, 1.0]]), "box")]:
+        with pytest.raises(ValueError, match=match):
+            model.settling_time(**{"eps": eps, "box": box, **bad})
+    warped = StableDynamics(2, warp="coupling", **SMALL)
+    with pytest.raises(ValueError, match="convex"):
+        warped.settling_time(eps, box)
+
+
+def test_settle_within_raises_the_rate_to_just_what_the_time_needs_and_floors_it_there():
+    torch.manual_seed(1)
+    model = StableDynamics(2, alpha=0.2, alpha_bounds=(0.1, 5.0), dt=0.05, **SMALL)
+    box, eps = [[-2.0, 2.0], [-2.0, 2.0]], 1e-3
+    slow = model.settling_time(eps, box)
+    seconds = slow / 3
+    alpha = model.settle_within(eps, box, seconds)
+    assert alpha == model.alpha and 2.9 * 0.2 < alpha < 3.1 * 0.2
+    assert seconds - model.dt - 1e-9 <= model.settling_time(eps, box) <= seconds
+    assert model.alpha_bounds[0] <= alpha and model.alpha_bounds[0] > 0.5 and model.config()["alpha"] >= model.alpha_bounds[0]
+    with torch.no_grad():  # whatever training does to the raw weight, the rate stays at or above the floor
+        model.alpha_raw.fill_(-1e4)
+    assert model.alpha >= model.alpha_bounds[0] and model.settling_time(eps, box) <= seconds
+    before = model.alpha
+    assert before <= model.settle_within(eps, box, 10 * seconds) <= before * 1.001  # never lowered (nor raised beyond its floor's margin)
+    with torch.no_grad():
+        traj = model.rollout(_box_starts(box), round(seconds / model.dt))
+    assert bool((traj[:, -1].norm(dim=-1) <= eps).all())
+    rebuilt = StableDynamics(**model.config())  # the moved bounds are the model's config
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.alpha == model.alpha
+    with pytest.raises(ValueError, match="upper bound"):
+        model.settle_within(eps, box, seconds / 30)
+    with pytest.raises(ValueError, match="seconds"):
+        model.settle_within(eps, box, 0.0)
+    with pytest.raises(ValueError, match="one step"):
+        model.settle_within(eps, box, 0.01)
+    fixed = StableDynamics(2, alpha=0.2, dt=0.05, **SMALL)
+    assert fixed.settle_within(eps, box, 5.0) > 0.2 and fixed.settling_time(eps, box) <= 5.0
+
+
+def test_fit_settling_refits_under_the_raised_rate_and_leaves_a_model_that_settles_alone():
+    from lyagym.learned_models import fit_settling
+
+    torch.manual_seed(2)
+    x, xdot = _decaying_pairs(0.05)  # a slow spiral: the data decrease ||x||^2 at 0.1
+    model = StableDynamics(2, alpha=0.2, alpha_bounds=(0.01, 5.0), dt=0.05, **SMALL)
+    fit(model, (x, xdot), epochs=20, batch_size=128, lr=3e-3, val_fraction=0.0, patience=None, progress=False)
+    box, eps = [[-2.0, 2.0], [-2.0, 2.0]], 1e-2
+    slow = model.settling_time(eps, box)
+    seconds = min(slow / 2, 20.0)
+    out = fit_settling(model, (x, xdot), eps=eps, box=box, seconds=seconds, epochs=5, batch_size=128, lr=1e-3,
+                       val_fraction=0.0, patience=None, progress=False)
+    assert out["seconds_before"] == slow and out["seconds"] <= seconds and out["alpha"] > out["alpha_before"]
+    assert len(out["history"]["train_loss"]) == 5 and model.settling_time(eps, box) == out["seconds"]
+    with torch.no_grad():
+        traj = model.rollout(_box_starts(box), round(seconds / model.dt))
+    assert bool((traj[:, -1].norm(dim=-1) <= eps).all())
+    state = copy.deepcopy(model.state_dict())
+    again = fit_settling(model, (x, xdot), eps=eps, box=box, seconds=seconds + 1.0, epochs=5, progress=False)
+    assert again["history"] is None and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ValueError, match="stable model"):
+        fit_settling(SimpleDynamics(2), (x, xdot), eps=eps, box=box, seconds=1.0)
