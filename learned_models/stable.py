@@ -492,12 +492,11 @@ class StableDynamics(ODEWorldModel):
         return self.alpha
 
     # -- settling: when the certificate puts a box within eps of x_eq ----------------------
-    def _settling_log_ratio(self, eps: float, box: Any) -> float:
-        """``ln(max_box V / (c1 eps^2))`` for ``settling_time`` and ``settle_within``."""
+    def lyapunov_max(self, box: Any) -> float:
+        """``max V`` over ``box`` (``state_dim`` pairs ``[lo, hi]``, state coordinates), exactly:
+        ``V`` is convex, so the maximum is at one of the ``2^n`` corners (evaluated in float64)."""
         import copy
 
-        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0 (a distance to x_eq), got {eps!r}")
         try:
             bounds = torch.as_tensor(box, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
@@ -506,13 +505,18 @@ class StableDynamics(ODEWorldModel):
             raise ValueError(f"box must be {self.state_dim} pairs [lo, hi] of finite numbers with lo <= hi (state coordinates), got {box!r}")
         if self.state_dim > 20:
             raise ValueError(f"box: V's maximum is taken over the 2^state_dim corners; state_dim {self.state_dim} > 20 is too many")
-        V = self.lyapunov
-        if not V.convex:
-            raise ValueError("settling over a box needs a convex V (no warp): only then is V's maximum over the box at a corner")
+        if not self.lyapunov.convex:
+            raise ValueError("the maximum of V over a box needs a convex V (no warp): only then is it at a corner")
         corners = torch.cartesian_prod(*[row for row in bounds]).reshape(-1, self.state_dim)
         with torch.no_grad():
-            v_max = float(copy.deepcopy(V).to("cpu", torch.float64)(corners).max())
-        return math.log(v_max / (V.lower_constant() * eps**2)) if v_max > 0 else -math.inf
+            return float(copy.deepcopy(self.lyapunov).to("cpu", torch.float64)(corners).max())
+
+    def _settling_log_ratio(self, eps: float, box: Any) -> float:
+        """``ln(max_box V / (c1 eps^2))`` for ``settling_time`` and ``settle_within``."""
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0 (a distance to x_eq), got {eps!r}")
+        v_max = self.lyapunov_max(box)
+        return math.log(v_max / (self.lyapunov.lower_constant() * eps**2)) if v_max > 0 else -math.inf
 
     def settling_time(self, eps: float, box: Any) -> float:
         """When this model's certificate puts every state of ``box`` within ``eps`` of ``x_eq``.

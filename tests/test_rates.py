@@ -234,6 +234,9 @@ def test_settling_time_from_the_levels_of_v_holds_on_rollouts_and_is_tighter_tha
     corners = torch.cartesian_prod(*[torch.tensor(b, dtype=torch.float64) for b in box])
     with torch.no_grad():
         v_max = float(copy.deepcopy(model.lyapunov).double()(corners).max())
+    with torch.no_grad():  # the corner maximum is the maximum: no state of the box has a larger V
+        inside = copy.deepcopy(model.lyapunov).double()(_box_starts(box, 20_000).double())
+    assert model.lyapunov_max(box) == v_max >= float(inside.max())
     exact = math.log(v_max / (model.lyapunov.lower_constant() * eps**2)) / model.alpha
     assert exact <= t < exact + model.dt + 1e-9  # whole steps of the step map's claim
     assert t < model.certificate().time_to(eps, box)

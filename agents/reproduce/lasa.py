@@ -185,16 +185,9 @@ def _finite_or_none(v: float) -> float | None:
 def certified_time(model, lo: np.ndarray, hi: np.ndarray, eps: float) -> dict[str, Any]:
     """Time after which the stable model's certificate puts every state of the box ``[lo, hi]``
     within ``eps`` of ``x_eq`` (model units); see the module docstring."""
-    import copy
-
-    import torch
-
+    box = [[float(lo[0]), float(hi[0])], [float(lo[1]), float(hi[1])]]
     cert = model.certificate()
-    t_level = model.settling_time(eps, [[float(lo[0]), float(hi[0])], [float(lo[1]), float(hi[1])]])
-    corners = torch.tensor([[lo[0], lo[1]], [lo[0], hi[1]], [hi[0], lo[1]], [hi[0], hi[1]]], dtype=torch.float64)
-    with torch.no_grad():
-        v_max = float(copy.deepcopy(model.lyapunov).double()(corners).max())
-    t_overshoot = cert.time_to(eps, [[float(lo[0]), float(hi[0])], [float(lo[1]), float(hi[1])]])
+    t_level, v_max, t_overshoot = model.settling_time(eps, box), model.lyapunov_max(box), cert.time_to(eps, box)
     return {"seconds": t_level, "overshoot_seconds": t_overshoot, "alpha": cert.alpha, "c1": cert.c1, "c2": cert.c2,
             "overshoot": cert.overshoot, "max_V_box": v_max, "claim": cert.claim, "evidence": cert.evidence}
 
