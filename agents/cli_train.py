@@ -13,10 +13,14 @@ Two kinds of data:
   paper's plain MLP). Measured (stable, 2,000 transitions, then ``lyagym plan --links 1``):
   final angle error 0.003 rad with the priors, 0.139 rad without.
 
+``--settle EPS SECONDS`` (stable models) makes the certificate put every state of the
+training states' box within ``EPS`` of the equilibrium by ``SECONDS`` (``fit_settling``).
+
 Example::
 
     lyagym train --links 1 --kind stable --data env --out stable_n1.pt
     lyagym plan --links 1 --model stable_n1.pt
+    lyagym train --links 1 --kind stable --data pairs --settle 0.01 20 --out settled.pt
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dt", type=number(0, strict=True, maximum=MAX_DT), default=0.05,
                         help="model step (s); env control step for --data env")
     parser.add_argument("--alpha", type=number(0), default=None, help="stable models: certified decay rate")
+    parser.add_argument("--settle", nargs=2, type=number(0, strict=True), default=None, metavar=("EPS", "SECONDS"),
+                        help="stable models: the certificate must put every state of the training states' box within EPS of "
+                        "the equilibrium by SECONDS (the least rate that does it, then a refit of a fifth of --epochs under it: "
+                        "lyagym.learned_models.fit_settling)")
     parser.add_argument("--model-priors", action=argparse.BooleanOptionalAction, default=True,
                         help="--data env: the mechanical priors in fhat (sin/cos angles, affine in torque, SiLU; "
                         "lyagym.agents.mbrl.model_priors; default on); --no-model-priors: the paper's plain MLP")
@@ -68,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
     # existing certificate would otherwise only show after it.
     companions = (certificate_path(args.out),) if args.kind == "stable" else ()
     message = out_file("--out", args.out, overwrite=args.overwrite, companions=companions)
+    if message is None and args.settle is not None and args.kind != "stable":
+        message = f"--settle: only stable models certify a settling time, got --kind {args.kind}"
     if message:
         print(f"lyagym train: {message}", file=sys.stderr)
         return 2
 
     import torch
 
-    from lyagym.learned_models import SimpleDynamics, StableDynamics, fit
+    from lyagym.learned_models import SimpleDynamics, StableDynamics, fit, fit_settling
 
     from .mbrl import collect_random_transitions, fit_transitions, make_pendulum_env, make_world_model, model_priors
 
@@ -91,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         history = fit_transitions(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                   progress=progress)
         what = f"{len(data)} random-torque transitions at dt={args.dt}"
+        x, u, x_next = data.tensors(model.device, model.dtype)
+        train_data, states = (torch.stack([x, x_next], 1), u.unsqueeze(1)), x
     else:
         from lyagym.envs import PendulumDynamics, sample_derivative_dataset
 
@@ -102,7 +114,19 @@ def run(args: argparse.Namespace) -> int:
         history = fit(model, (data.x, data.xdot), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, progress=progress)
         what = f"{args.samples} (x, xdot) pairs in [-pi, pi]^{2 * n}"
+        train_data, states = (data.x, data.xdot), data.x
     losses = history.get("val_loss") or history.get("train_loss")
+    if args.settle is not None:
+        eps, seconds = args.settle
+        box = torch.stack([states.min(0).values, states.max(0).values], -1).double().cpu().tolist()
+        try:
+            settled = fit_settling(model, train_data, eps=eps, box=box, seconds=seconds, epochs=max(1, args.epochs // 5),
+                                   batch_size=args.batch_size, lr=args.lr / 3, seed=args.seed, progress=progress)
+        except ValueError as e:
+            print(f"lyagym train: --settle: {e}", file=sys.stderr)
+            return 2
+        print(f"settling: every state of the training box within {eps:g} after {settled['seconds']:.4g} s "
+              f"(was {settled['seconds_before']:.4g} s; alpha {settled['alpha_before']:.4g} -> {settled['alpha']:.4g})")
     model.save(args.out, metadata={"trained_by": "lyagym train", "links": n, "data": what})
     print(f"trained {type(model).__name__} on {what}: best validation loss {min(losses):.4g}; saved {args.out}")
     if hasattr(model, "certificate"):

@@ -379,3 +379,37 @@ def test_imagined_pendulum_envs_pickle():
         obs, _ = imagined.reset(seed=4)
         obs_copy, _ = copy.reset(seed=4)
         np.testing.assert_allclose(obs_copy, obs)
+
+
+@pytest.mark.parametrize("data", ["pairs", "env"])
+def test_train_settle_makes_the_saved_certificate_settle_the_training_box_in_time(tmp_path, capsys, data):
+    """``lyagym train --settle EPS SECONDS``: the saved model's certificate puts the box of its
+    training states within EPS by SECONDS; refused for a model without a certificate."""
+    import json
+
+    import torch
+
+    from lyagym.agents.cli import main
+    from lyagym.learned_models import load_model
+
+    ckpt = str(tmp_path / "m.pt")
+    base = ["train", "--links", "1", "--data", data, "--samples", "200", "--epochs", "2", "--no-progress", "--out", ckpt]
+    assert main(base + ["--settle", "0.01", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "settling: every state of the training box within 0.01 after" in out
+    model = load_model(ckpt)
+    if data == "pairs":
+        from lyagym.envs import PendulumDynamics, sample_derivative_dataset
+
+        states = sample_derivative_dataset(PendulumDynamics(n_links=1), 200, seed=0).x
+    else:
+        from lyagym.agents.mbrl import collect_random_transitions, make_pendulum_env
+
+        states = collect_random_transitions(make_pendulum_env(1, episode_steps=20), 10, 20, seed=0).tensors("cpu", torch.float32)[0]
+    box = torch.stack([states.min(0).values, states.max(0).values], -1).double().tolist()
+    assert model.settling_time(0.01, box) <= 3.0
+    with open(tmp_path / "m.cert.json") as f:
+        assert json.load(f)["alpha"] == pytest.approx(model.alpha)
+    assert main(["train", "--kind", "simple", "--settle", "0.01", "3", "--out", str(tmp_path / "s.pt")]) == 2
+    assert "--settle: only stable models" in capsys.readouterr().err
+    assert main(base[:-1] + [str(tmp_path / "n.pt"), "--settle", "0.01", "0"]) == 2
