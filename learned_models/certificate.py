@@ -89,7 +89,9 @@ MEANING = {
     "every state with ||x - x_eq|| >= `radius` (closer states round to within a few units of x_eq)",
     "settling": "details.settling, where stated: from every start in `region` (a radius around x_eq or a box), "
     "||x(t) - x_eq|| <= eps for all t >= `time` (= (2 / alpha) ln(overshoot * radius / eps), radius the region's "
-    "farthest distance from x_eq; discrete: rounded up to a whole step); with inputs, for u = 0",
+    "farthest distance from x_eq; discrete: rounded up to a whole step); with inputs, for u = 0. Where the model "
+    "knows V's maximum over a box region exactly (a convex V: at a corner), also `time_from_levels` = "
+    "ln(max_V_region / (c1 eps^2)) / alpha, the same statement from V's levels (tighter)",
 }
 
 #: ``eps`` of the settling line every ``summary`` prints: the time to shrink the distance 100-fold.
@@ -373,6 +375,9 @@ class Certificate:
         if isinstance(settling, dict) and {"eps", "radius", "time"} <= set(settling):
             lines.append(f"  settles:   |x - x_eq| <= {settling['eps']:g} after t = {num(settling['time'])} from every start "
                          f"within {settling['radius']:.4g} of x_eq ({settling.get('region_text', 'the stated region')})")
+            if "time_from_levels" in settling:
+                lines.append(f"             and after t = {num(settling['time_from_levels'])} from every start in that box, by V's "
+                             f"levels (its maximum there {settling['max_V_region']:.4g}, V >= c1 |x - x_eq|^2)")
         if self.claim == "stabilisability" and "fallback" in self.details:
             lines.append(f"  input:     {self.details['fallback']}")
         if isinstance(self.iss_gain, dict) and "dissipation" in self.iss_gain:

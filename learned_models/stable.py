@@ -709,7 +709,8 @@ class StableDynamics(ODEWorldModel):
                 ``keep_guarantee`` else ``"continuous"``.
             eps, region: with both, ``details["settling"]`` (and the summary) states when every
                 start in ``region`` (a radius around ``x_eq``, or ``state_dim`` pairs
-                ``[lo, hi]``) is certified within ``eps`` of ``x_eq``: ``cert.time_to(eps, region)``.
+                ``[lo, hi]``) is certified within ``eps`` of ``x_eq``: ``cert.time_to(eps, region)``;
+                for a box and a convex ``V`` also ``time_from_levels`` (``settling_time``, tighter).
 
         Evidence is ``["by_construction"]`` for a convex ``V`` (no warp); with a warp it is
         empty until ``cert.check(model)`` passes (then add ``"falsification"``).
@@ -753,7 +754,13 @@ class StableDynamics(ODEWorldModel):
         )
         if self.learned_rate:
             cert.details["alpha_bounds"] = list(self.alpha_bounds)
-        return cert if eps is None else cert.with_settling(eps, region)
+        if eps is None:
+            return cert
+        cert = cert.with_settling(eps, region)
+        if V.convex and not isinstance(region, (int, float)):  # a box: V's exact maximum over it gives the tighter time
+            cert.details["settling"] = {**cert.details["settling"], "time_from_levels": self.settling_time(eps, region),
+                                        "max_V_region": self.lyapunov_max(region)}
+        return cert
 
     def _iss_gain(self, domain: str) -> Any:
         return None

@@ -240,6 +240,10 @@ def test_settling_time_from_the_levels_of_v_holds_on_rollouts_and_is_tighter_tha
     exact = math.log(v_max / (model.lyapunov.lower_constant() * eps**2)) / model.alpha
     assert exact <= t < exact + model.dt + 1e-9  # whole steps of the step map's claim
     assert t < model.certificate().time_to(eps, box)
+    settling = model.certificate(eps=eps, region=box).details["settling"]  # the certificate states both times
+    assert settling["time_from_levels"] == t < settling["time"] and settling["max_V_region"] == v_max
+    assert "and after t = " in model.certificate(eps=eps, region=box).summary()
+    assert "time_from_levels" not in model.certificate(eps=eps, region=2.0).details["settling"]  # a ball: no corner maximum
     x0 = _box_starts(box)
     with torch.no_grad():
         traj = model.rollout(x0, round(t / model.dt))
