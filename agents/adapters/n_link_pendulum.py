@@ -38,7 +38,9 @@ def default_horizon(n_links: int) -> int:
 #: reached SAC's return on 4 of 5 seeds (after 600-1,600 real steps learned from), with 6000 on
 #: all 5 (600-1,600; last episodes -187 to -220); offline, on 600-800 transitions of swing-ups, the
 #: ensemble's 15-step prediction error fell 20-30% (a fit from scratch: 14-17 s instead of 5 s,
-#: one thread)
+#: one thread). The certified ensemble too: 4 -> 5 of 5 seeds, median 12.0x -> 15.6x fewer real
+#: steps than SAC; its last episode was within 10% of the unconstrained one's on 3 of 5 seeds
+#: (5 of 5 at 2000)
 DOUBLE_PENDULUM_FIT_STEPS = 6000
 
 
