@@ -399,4 +399,6 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
             on_episode(row)
     if tensorboard is not None:
         tensorboard.close()
+    if run is not None:
+        run.release()
     return rows

@@ -258,4 +258,6 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
             on_episode(row)
     if tensorboard is not None:
         tensorboard.close()
+    if run is not None:
+        run.release()
     return rows

@@ -11,7 +11,14 @@ import numpy as np
 
 from .data import atomic_save
 
-__all__ = ["write_csv", "read_csv", "TensorBoardLog", "require_tensorboard", "RunFolder", "committed_file"]
+__all__ = ["write_csv", "read_csv", "TensorBoardLog", "require_tensorboard", "RunFolder", "RunFolderBusy", "committed_file"]
+
+#: run folders this process holds (real path -> the open lock file's descriptor)
+_HELD: dict[str, int] = {}
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing the run folder."""
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
@@ -103,6 +110,13 @@ class RunFolder:
 
     The manifest also records what made the run (``algo`` and its ``settings``): a
     resume with another algorithm or other settings is refused instead of mixing runs.
+
+    One writer at a time: ``prepare`` takes an exclusive lock on ``.lock`` in the folder
+    (``fcntl.flock``, which the system drops when the process ends, however it ends), and a
+    second process is refused (``RunFolderBusy``, naming the holder's pid) -- e.g. a study
+    restarted while the worker processes of a killed one still run its cells, whose commits
+    would otherwise interleave. Within one process the lock is re-entrant; the loops
+    ``release`` it when they return. Where ``fcntl`` does not exist (Windows) there is no lock.
     """
 
     MANIFEST = "manifest.json"
@@ -129,9 +143,50 @@ class RunFolder:
     def has_state(self) -> bool:
         return self.manifest() is not None or os.path.exists(os.path.join(self.path, "episodes.csv"))
 
+    def lock(self) -> None:
+        """Hold the folder for this process (see the class docstring); ``RunFolderBusy`` if
+        another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            return
+        os.makedirs(self.path, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            return
+        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusy(f"{self.path!r} is being written by another process (pid {holder}): wait for it to "
+                                "finish, stop it, or use another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _HELD[key] = fd
+
+    def release(self) -> None:
+        """Let other processes write the folder again (a no-op if this process does not hold it)."""
+        fd = _HELD.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def prepare(self, resume: bool, overwrite: bool = False) -> dict[str, Any] | None:
         """Check the folder before any work: the committed state's manifest when resuming
-        (``None``: nothing committed yet), else ``None`` after making sure nothing saved is overwritten."""
+        (``None``: nothing committed yet), else ``None`` after making sure nothing saved is
+        overwritten. Takes the folder's lock first (``lock``)."""
+        self.lock()
+        try:
+            return self._check(resume, overwrite)
+        except Exception:  # refused: the folder is left to whoever comes next
+            self.release()
+            raise
+
+    def _check(self, resume: bool, overwrite: bool) -> dict[str, Any] | None:
         manifest = self.manifest()
         if not resume:
             if self.has_state() and not overwrite:

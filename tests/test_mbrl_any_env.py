@@ -193,3 +193,36 @@ def test_mbpo_refits_on_a_clock_of_real_steps_and_evaluates_within_episodes(tmp_
     for bad in ({"eval_every": 0}, {"sac_target_entropy": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             run_mbpo(env, model_for(adapter, "simple"), tiny(adapter, **bad), progress=False)
+
+
+def test_a_run_folder_has_one_writer_process_at_a_time(tmp_path):
+    """A second process cannot prepare a folder another process is writing (its commits would
+    interleave with the first one's); within one process the lock is re-entrant, and it is
+    free again once the holder releases it or exits."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from lyagym.agents.run_log import RunFolder, RunFolderBusy
+
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from lyagym.agents.run_log import RunFolder
+        RunFolder({folder!r}, algo="pets", settings={{}}).prepare(resume=False)
+        print("held", flush=True)
+        sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
+            RunFolder(folder, algo="pets", settings={}).prepare(resume=False)
+    finally:
+        holder.communicate("\n", timeout=60)  # the holder exits: the system drops its lock
+    run = RunFolder(folder, algo="pets", settings={})
+    assert run.prepare(resume=False) is None
+    assert RunFolder(folder, algo="pets", settings={}).prepare(resume=True) is None  # re-entrant in this process
+    run.release()
+    other = subprocess.run([sys.executable, "-c", f"from lyagym.agents.run_log import RunFolder; RunFolder({folder!r}, algo='pets', "
+                            "settings={}).prepare(resume=True); print('ok')"], capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "ok", other.stderr
