@@ -152,3 +152,41 @@ def test_a_cells_key_and_fit_follow_the_envs_own_fit_length():
     assert mbrl_envs._cell_config_and_model(key("Pendulum-v1"), make_adapter(gym.make("Pendulum-v1")), 0, "cpu")[0].fit_steps \
         == MBRLConfig.fit_steps
     assert main(["reproduce", "mbrl-envs", "--fit-steps", "-1", "--stored-only"]) == 2
+
+
+def test_a_cell_that_another_process_is_running_is_skipped_not_run_twice(tmp_path, capsys):
+    """A study that finds a cell's run folder held by another process (a killed study's
+    worker still running it) skips that cell with a one-line message, even with --rerun,
+    and leaves the folder as the other process has it."""
+    import argparse
+    import subprocess
+    import sys
+    import textwrap
+
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+    settings = mbrl_envs.cell_settings("Pendulum-v1", "pets-simple", parser.parse_args(["--quick"]))
+    run_dir = os.path.join(mbrl_envs.cell_dir(str(tmp_path), settings, 0), "run")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "episodes.csv"), "w") as f:
+        f.write("the other process's rows\n")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from lyagym.agents.run_log import RunFolder
+        RunFolder({run_dir!r}, algo="pets", settings={{}}).lock()
+        print("held", flush=True)
+        sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert mbrl_envs.load_or_run(str(tmp_path), settings, 0, rerun=True) is None
+        assert f"skipped Pendulum-v1 pets-simple seed 0: {run_dir!r} is being written by another process (pid {holder.pid})" \
+            in capsys.readouterr().err
+        with open(os.path.join(run_dir, "episodes.csv")) as f:
+            assert f.read() == "the other process's rows\n"
+    finally:
+        holder.communicate("\n", timeout=60)
+    result = mbrl_envs.load_or_run(str(tmp_path), settings, 0, rerun=True)  # free now: rerun empties and runs it
+    assert result is not None and result["episodes"] and os.path.exists(os.path.join(run_dir, "manifest.json"))

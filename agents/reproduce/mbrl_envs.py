@@ -343,15 +343,29 @@ def load_or_run(out: str, settings: dict[str, Any], seed: int, rerun: bool = Fal
             return stored
     if stored_only:
         return None
-    if rerun and os.path.isdir(os.path.join(folder, "run")):
-        import shutil
+    from lyagym.agents.run_log import RunFolder, RunFolderBusy
 
-        shutil.rmtree(os.path.join(folder, "run"))
-    t0 = time.perf_counter()
-    result = run_cell(settings, seed, folder, device=device)
-    result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1), device=str(device))
-    result["certificate"] = certificate_check(settings, seed, folder, device)
-    atomic_save(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
+    run = RunFolder(os.path.join(folder, "run"), algo=settings["method"], settings={})
+    try:  # before a rerun empties the folder: a cell that another process is running is left to it
+        run.lock()
+    except RunFolderBusy as e:
+        print(f"lyagym reproduce mbrl-envs: skipped {settings['env']} {settings['method']} seed {seed}: {e}", file=sys.stderr)
+        return None
+    try:
+        if rerun:
+            import shutil
+
+            for name in os.listdir(run.path):
+                if name != ".lock":
+                    target = os.path.join(run.path, name)
+                    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        t0 = time.perf_counter()
+        result = run_cell(settings, seed, folder, device=device)
+        result.update(settings=settings, seed=seed, seconds=round(time.perf_counter() - t0, 1), device=str(device))
+        result["certificate"] = certificate_check(settings, seed, folder, device)
+        atomic_save(path, lambda f: f.write(json.dumps(result, default=float)), mode="w")
+    finally:
+        run.release()
     return result
 
 
