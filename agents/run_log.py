@@ -13,8 +13,8 @@ from .data import atomic_save
 
 __all__ = ["write_csv", "read_csv", "TensorBoardLog", "require_tensorboard", "RunFolder", "RunFolderBusy", "committed_file"]
 
-#: run folders this process holds (real path -> the open lock file's descriptor)
-_HELD: dict[str, int] = {}
+#: run folders this process holds: real path -> [the open lock file's descriptor, holds]
+_HELD: dict[str, list[int]] = {}
 
 
 class RunFolderBusy(RuntimeError):
@@ -115,8 +115,9 @@ class RunFolder:
     (``fcntl.flock``, which the system drops when the process ends, however it ends), and a
     second process is refused (``RunFolderBusy``, naming the holder's pid) -- e.g. a study
     restarted while the worker processes of a killed one still run its cells, whose commits
-    would otherwise interleave. Within one process the lock is re-entrant; the loops
-    ``release`` it when they return. Where ``fcntl`` does not exist (Windows) there is no lock.
+    would otherwise interleave. Within one process the lock is re-entrant and counted (the
+    study holds a cell's folder around the loop that holds it too): each ``lock`` (or
+    ``prepare``) is undone by one ``release``, which the loops call when they return. Where ``fcntl`` does not exist (Windows) there is no lock.
     """
 
     MANIFEST = "manifest.json"
@@ -153,6 +154,7 @@ class RunFolder:
         os.makedirs(self.path, exist_ok=True)
         key = os.path.realpath(self.path)
         if key in _HELD:
+            _HELD[key][1] += 1
             return
         fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -164,16 +166,22 @@ class RunFolder:
                                 "finish, stop it, or use another folder") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        _HELD[key] = fd
+        _HELD[key] = [fd, 1]
 
     def release(self) -> None:
-        """Let other processes write the folder again (a no-op if this process does not hold it)."""
-        fd = _HELD.pop(os.path.realpath(self.path), None)
-        if fd is not None:
+        """Undo one ``lock``: at the last, other processes may write the folder again (a no-op if
+        this process does not hold it)."""
+        key = os.path.realpath(self.path)
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
             import fcntl
 
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            del _HELD[key]
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
 
     def prepare(self, resume: bool, overwrite: bool = False) -> dict[str, Any] | None:
         """Check the folder before any work: the committed state's manifest when resuming

@@ -204,23 +204,13 @@ def lyapunov_rescale(
         return y_new
     if _FunctorchState.depth:
         return _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings)
-    # Non-convex V: check the rescaled state, and for the (few) that miss the bound try
-    # s/2, s/4, ... in one batch. The `any` is one host sync per step, paid only with a warp.
+    # Non-convex V: check the rescaled state, and only the (few) rows that miss the bound take
+    # the batched search of _verified_halvings. The `all` is one host sync per step, paid only with a warp.
     ok = V(y_new) <= bound
     if bool(ok.all()):
         return y_new
     bad = (~ok).nonzero().squeeze(-1)
-    k = torch.arange(1, max_halvings + 1, dtype=y.dtype, device=y.device)
-    scales = s[bad].unsqueeze(0) * torch.pow(0.5, k).unsqueeze(1)  # (K, n_bad)
-    cand = x_eq + scales.unsqueeze(-1) * dy[bad].unsqueeze(0)  # (K, n_bad, n)
-    cand_ok = V(cand.reshape(-1, y.shape[-1])).reshape(max_halvings, -1) <= bound[bad].unsqueeze(0)
-    # First scale that meets the bound; x_eq itself (scale 0, V = 0) if none does.
-    cand_ok = torch.cat([cand_ok, torch.ones_like(cand_ok[:1])], dim=0)
-    first = cand_ok.to(torch.int8).argmax(dim=0)
-    scales = torch.cat([s[bad].unsqueeze(0), scales, torch.zeros_like(scales[:1])], dim=0)
-    chosen = _bisect_scale(scales.gather(0, first.unsqueeze(0) + 1).squeeze(0), scales.gather(0, first.unsqueeze(0)).squeeze(0),
-                           dy[bad], V, bound[bad], x_eq)
-    return y_new.index_put((bad,), x_eq + chosen.unsqueeze(-1) * dy[bad])
+    return y_new.index_put((bad,), _verified_halvings(y_new[bad], s[bad], dy[bad], V, bound[bad], x_eq, max_halvings))
 
 
 def _bisect_scale(ok: torch.Tensor, fails: torch.Tensor, dy: torch.Tensor, V, bound: torch.Tensor, x_eq: torch.Tensor,
@@ -237,9 +227,10 @@ def _bisect_scale(ok: torch.Tensor, fails: torch.Tensor, dy: torch.Tensor, V, bo
 
 
 def _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings):
-    """``lyapunov_rescale(verify=True)`` without the data-dependent branch (for ``vmap``):
-    every row tries ``s, s/2, ..., s/2^K`` and keeps the first that meets the bound (``x_eq``,
-    scale 0, if none does). ``K + 1`` evaluations of ``V`` per state instead of one."""
+    """``lyapunov_rescale(verify=True)`` without the data-dependent branch (for ``vmap``; the
+    eager path runs it on the rows that missed the bound): every row tries ``s, s/2, ...,
+    s/2^K``, takes the first that meets the bound (``x_eq``, scale 0, if none does) and bisects
+    towards the one before it. ``K + 1`` evaluations of ``V`` per state, then 12 more."""
     k = torch.arange(0, max_halvings + 1, dtype=y_new.dtype, device=y_new.device)
     scales = s.unsqueeze(0) * torch.pow(0.5, k).unsqueeze(1)  # (K + 1, batch), s itself first
     cand = x_eq + scales.unsqueeze(-1) * dy.unsqueeze(0)  # (K + 1, batch, n)
@@ -248,10 +239,10 @@ def _verified_halvings(y_new, s, dy, V, bound, x_eq, max_halvings):
     first = cand_ok.to(torch.int8).argmax(dim=0)
     scales = torch.cat([scales, torch.zeros_like(scales[:1])], dim=0)
     chosen = scales.gather(0, first.unsqueeze(0)).squeeze(0)
-    # between the first scale that meets the bound and the one before it (a row whose s meets it keeps s)
+    # between the first scale that meets the bound and the one before it (a row whose s meets
+    # it bisects between s and s, and keeps s)
     above = scales.gather(0, (first - 1).clamp(min=0).unsqueeze(0)).squeeze(0)
-    chosen = torch.where(first > 0, _bisect_scale(chosen, above, dy, V, bound, x_eq), chosen)
-    return x_eq + chosen.unsqueeze(-1) * dy
+    return x_eq + _bisect_scale(chosen, above, dy, V, bound, x_eq).unsqueeze(-1) * dy
 
 
 def _all_finite(t: torch.Tensor) -> bool:

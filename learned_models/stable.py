@@ -497,12 +497,9 @@ class StableDynamics(ODEWorldModel):
         ``V`` is convex, so the maximum is at one of the ``2^n`` corners (evaluated in float64)."""
         import copy
 
-        try:
-            bounds = torch.as_tensor(box, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            bounds = None
-        if bounds is None or bounds.shape != (self.state_dim, 2) or not torch.isfinite(bounds).all() or (bounds[:, 0] > bounds[:, 1]).any():
-            raise ValueError(f"box must be {self.state_dim} pairs [lo, hi] of finite numbers with lo <= hi (state coordinates), got {box!r}")
+        from .verification import parse_box
+
+        bounds = parse_box(box, self.state_dim, flat=True)
         if self.state_dim > 20:
             raise ValueError(f"box: V's maximum is taken over the 2^state_dim corners; state_dim {self.state_dim} > 20 is too many")
         if not self.lyapunov.convex:
@@ -513,8 +510,7 @@ class StableDynamics(ODEWorldModel):
 
     def _settling_log_ratio(self, eps: float, box: Any) -> float:
         """``ln(max_box V / (c1 eps^2))`` for ``settling_time`` and ``settle_within``."""
-        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0 (a distance to x_eq), got {eps!r}")
+        eps = _check_rate("eps", eps, positive=True)
         v_max = self.lyapunov_max(box)
         return math.log(v_max / (self.lyapunov.lower_constant() * eps**2)) if v_max > 0 else -math.inf
 
@@ -553,8 +549,7 @@ class StableDynamics(ODEWorldModel):
         need more than the rate's upper bound (or, with ``keep_guarantee``, ``seconds`` is
         shorter than one step).
         """
-        if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
+        seconds = _check_rate("seconds", seconds, positive=True)
         log_ratio = self._settling_log_ratio(eps, box)
         target = float(seconds)
         if self.keep_guarantee:  # the claim holds at whole steps: the last one by `seconds`

@@ -98,17 +98,17 @@ class VerificationResult:
         }
 
 
-def parse_box(box: Any, n: int, name: str = "box") -> torch.Tensor:
+def parse_box(box: Any, n: int, name: str = "box", *, flat: bool = False) -> torch.Tensor:
     """``box`` as a ``(n, 2)`` float64 tensor of ``[lo, hi]`` rows; ``ValueError`` naming
-    ``name`` and the expected form otherwise."""
+    ``name`` and the expected form otherwise. ``flat``: rows with ``lo == hi`` are allowed."""
     try:
         t = torch.as_tensor(box, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{name} must be {n} pairs [lo, hi], got {box!r}") from None
     if t.shape != (n, 2):
         raise ValueError(f"{name} must be {n} pairs [lo, hi] (shape ({n}, 2)), got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()) or not bool((t[:, 0] < t[:, 1]).all()):
-        raise ValueError(f"{name} needs finite lo < hi in every row, got {t.tolist()}")
+    if not bool(torch.isfinite(t).all()) or not bool((t[:, 0] <= t[:, 1] if flat else t[:, 0] < t[:, 1]).all()):
+        raise ValueError(f"{name} needs finite lo {'<=' if flat else '<'} hi in every row, got {t.tolist()}")
     return t
 
 

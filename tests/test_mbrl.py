@@ -397,6 +397,10 @@ def test_train_settle_makes_the_saved_certificate_settle_the_training_box_in_tim
     assert main(base + ["--settle", "0.01", "3"]) == 0
     out = capsys.readouterr().out
     assert "settling: every state of the training box within 0.01 after" in out
+    import re
+
+    before, after = (float(v) for v in re.search(r"alpha ([\d.e+-]+) -> ([\d.e+-]+)", out).groups())
+    assert float(re.search(r"\(was ([\d.e+-]+) s", out).group(1)) > 3.0 and after > before  # the rate had to be raised
     model = load_model(ckpt)
     if data == "pairs":
         from lyagym.envs import PendulumDynamics, sample_derivative_dataset

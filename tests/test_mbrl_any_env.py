@@ -197,8 +197,8 @@ def test_mbpo_refits_on_a_clock_of_real_steps_and_evaluates_within_episodes(tmp_
 
 def test_a_run_folder_has_one_writer_process_at_a_time(tmp_path):
     """A second process cannot prepare a folder another process is writing (its commits would
-    interleave with the first one's); within one process the lock is re-entrant, and it is
-    free again once the holder releases it or exits."""
+    interleave with the first one's); within one process the lock is re-entrant and counted,
+    and it is free again once the holder releases every hold or exits."""
     import subprocess
     import sys
     import textwrap
@@ -221,7 +221,12 @@ def test_a_run_folder_has_one_writer_process_at_a_time(tmp_path):
         holder.communicate("\n", timeout=60)  # the holder exits: the system drops its lock
     run = RunFolder(folder, algo="pets", settings={})
     assert run.prepare(resume=False) is None
-    assert RunFolder(folder, algo="pets", settings={}).prepare(resume=True) is None  # re-entrant in this process
+    inner = RunFolder(folder, algo="pets", settings={})
+    assert inner.prepare(resume=True) is None  # re-entrant in this process
+    inner.release()  # one of the two holds: still this process's
+    busy = subprocess.run([sys.executable, "-c", f"from lyagym.agents.run_log import RunFolder; RunFolder({folder!r}, algo='pets', "
+                           "settings={}).prepare(resume=True)"], capture_output=True, text=True, timeout=60)
+    assert busy.returncode != 0 and f"pid {os.getpid()}" in busy.stderr
     run.release()
     other = subprocess.run([sys.executable, "-c", f"from lyagym.agents.run_log import RunFolder; RunFolder({folder!r}, algo='pets', "
                             "settings={}).prepare(resume=True); print('ok')"], capture_output=True, text=True, timeout=60)

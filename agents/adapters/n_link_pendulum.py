@@ -37,8 +37,8 @@ def default_horizon(n_links: int) -> int:
 #: pendulum's swing-up (``lyagym reproduce mbrl-envs --links 2``, 5 seeds) PETS with 2000 steps
 #: reached SAC's return on 4 of 5 seeds (after 600-1,600 real steps learned from), with 6000 on
 #: all 5 (600-1,600; last episodes -187 to -220); offline, on 600-800 transitions of swing-ups, the
-#: ensemble's 15-step prediction error fell 20-30% (a fit from scratch: 14-17 s instead of 5 s,
-#: one thread). The certified ensemble too: 4 -> 5 of 5 seeds, median 12.0x -> 15.6x fewer real
+#: ensemble's mean 15-step prediction error was 15-46% lower on 3 of 4 fits (equal on the fourth;
+#: a fit from scratch: 14-17 s instead of 5-6 s, one thread). The certified ensemble too: 4 -> 5 of 5 seeds, median 12.0x -> 15.6x fewer real
 #: steps than SAC; its last episode was within 10% of the unconstrained one's on 3 of 5 seeds
 #: (5 of 5 at 2000)
 DOUBLE_PENDULUM_FIT_STEPS = 6000

@@ -143,7 +143,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
-        fit_steps = _fit_steps(settings, args)
+        from lyagym.agents.adapters import make_adapter
+
+        env_config = make_adapter(_make_env(settings)).config_overrides  # the env's own settings (its adapter's)
+        fit_steps = int(args.fit_steps if getattr(args, "fit_steps", None) is not None else env_config.get("fit_steps", MBRLConfig.fit_steps))
         if fit_steps != MBRLConfig.fit_steps:  # the cells stored before a fit of another length keep their keys
             settings["fit_steps"] = fit_steps
         if "ensemble" in method:  # the fit's settings only where they differ from the fit before them
@@ -159,21 +162,9 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             settings["rate"] = f"learned in [{ALPHA_BOUNDS[0]:g}, {ALPHA_BOUNDS[1]:g}] from {ALPHA_INIT:g}"
     if args.quick:
         settings["quick"] = True
-    if method.startswith("mbpo"):  # the env's own MBPO settings (its adapter's config_overrides) are part of the key
-        from lyagym.agents.adapters import make_adapter
-
-        settings["env_config"] = json.loads(json.dumps(make_adapter(_make_env(settings)).config_overrides, sort_keys=True))
+    if method.startswith("mbpo"):  # the env's own MBPO settings are part of the key
+        settings["env_config"] = json.loads(json.dumps(env_config, sort_keys=True))
     return settings
-
-
-def _fit_steps(settings: dict[str, Any], args) -> int:
-    """A PETS / MBPO cell's Adam steps per fit: ``--fit-steps``, else its env's own setting
-    (``config_overrides``: the double pendulum's), else ``MBRLConfig``'s."""
-    from lyagym.agents.adapters import make_adapter
-
-    if getattr(args, "fit_steps", None) is not None:
-        return int(args.fit_steps)
-    return int(make_adapter(_make_env(settings)).config_overrides.get("fit_steps", MBRLConfig.fit_steps))
 
 
 def _make_env(settings: dict[str, Any]):
