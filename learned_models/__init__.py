@@ -37,3 +37,4 @@ from .lyapunov_fit import NominalView, fit_lyapunov, init_quadratic, lyapunov_ra
 
 # --- formal verification (issue 17): sound bounds, branch and bound, local and region-of-attraction certificates ---
 from .verification import VerificationResult, region_of_attraction, verify_decrease
+from .verified_fit import fit_verified
