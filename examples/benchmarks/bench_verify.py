@@ -18,6 +18,13 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
   on, the smaller box ``[-0.5, 0.5]`` (angles) x ``[-1, 1]`` (velocities): on the whole box the
   decrease of ``soft-n2-pinned-fitted-V`` fails on 29% of sampled states, so no verifier can
   prove 99% of it.
+- ``soft-n1-verified``, ``soft-n2-verified``: the ``-pinned-fitted-V`` field and ``V`` trained
+  further by ``fit_verified`` (neural Lyapunov control's learner-verifier loop: MSE on the same
+  training pairs plus the decrease at rate ``ALPHA + 0.05`` on uniform states of the whole box
+  and on the verifier's counterexamples, until the box is proven or the rounds run out). The
+  training pairs lie near the hanging pendulum, so the field is free elsewhere and the loop
+  spends that freedom on the certificate: the printout gives the training pairs' error before
+  and after.
 
 With ``--lyanet``: ``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link, whose
 inference contraction (``contraction.py``; LyaNet's own condition needs each input's target)
@@ -37,9 +44,11 @@ bisection (``region_of_attraction``). Budgets and times are this thread's CPU se
 (``torch.set_num_threads(1)``, ``--threads``), one run each (a verification is not repeated:
 its time is its answer's).
 
-Why the whole box cannot be verified for an accurate pendulum model: the upright state is
-an equilibrium of the physics, so a model close to it has one nearby, where ``f = 0`` and
-``grad V . f + alpha V = alpha V > 0``. The verifier finds that counterexample in seconds.
+Why the whole box cannot be verified for a model that is accurate on all of it: the upright
+state is an equilibrium of the physics, so a model close to it there has one nearby, where
+``f = 0`` and ``grad V . f + alpha V = alpha V > 0``. The verifier finds that counterexample in
+seconds. The soft models' training pairs never reach the upright, and the ``-verified`` models
+use that: their fields keep the pairs' error and move no equilibrium into the box.
 Near the bottom, a model whose ``f(x_eq) != 0`` (every unconstrained MLP) has its equilibrium
 ``x*`` off ``V``'s minimum and ``V`` cannot decrease around ``x_eq``: no sublevel set of that
 ``V`` is a region of attraction, which is what the verifier reports for ``soft-n1``.
@@ -57,6 +66,7 @@ Usage::
 
     python examples/benchmarks/bench_verify.py                    # all models
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned --budget 30
+    python examples/benchmarks/bench_verify.py --models soft-n1-verified soft-n2-verified --budget 30 --budget-4d 600
     python examples/benchmarks/bench_verify.py --models soft-n2-pinned-local-V --budget-4d 600 --budget-roa-4d 300
     python examples/benchmarks/bench_verify.py --models soft-n1-pinned-fitted-V --lyanet   # + LyaNet contraction rows
     python examples/benchmarks/bench_verify.py --models --clf-seeds 3 4 --clf-upright --budget-clf 60  # only the CLF rows
@@ -97,7 +107,13 @@ MODELS = {
     "soft-n2-pinned-fitted-V": dict(links=2, activation="tanh", pinned=True, fitted_V=True),
     # angles in [-0.5, 0.5], velocities in [-1, 1]: V fitted there, and that box verified
     "soft-n2-pinned-local-V": dict(links=2, activation="tanh", pinned=True, fitted_V=True, region=(0.5, 1.0)),
+    # the fitted-V models trained on by fit_verified (learner-verifier rounds) until the whole box is proven
+    "soft-n1-verified": dict(links=1, activation="tanh", pinned=True, fitted_V=True, verified_fit=dict(steps=300, rounds=5, budget_s=30.0)),
+    "soft-n2-verified": dict(links=2, activation="tanh", pinned=True, fitted_V=True,
+                             verified_fit=dict(steps=1000, rounds=4, budget_s=120.0)),
 }
+#: what fit_verified did to each verified model (rounds, data error before and after, seconds), for the printout
+FIT_NOTES: dict[str, str] = {}
 
 
 def fit_V_to_field(f: SimpleDynamics, seed: int = 0, region: tuple[float, float] | None = None) -> LyapunovFunction:
@@ -151,6 +167,8 @@ def train(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
 
     spec = MODELS[name]
     n = spec["links"]
+    if spec.get("verified_fit"):
+        return train_verified(name, cache)
     if spec.get("fitted_V"):
         f, _ = train(name.removesuffix("-fitted-V").removesuffix("-local-V"), cache)
         path = os.path.join(cache, f"{name}.pt")
@@ -193,6 +211,47 @@ def train(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
     return f, V
 
 
+def train_verified(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunction]:
+    """``soft-nK-pinned-fitted-V`` after ``fit_verified`` on its box (MSE on the same training
+    pairs, the decrease at rate ALPHA + 0.05 on uniform box states and the verifier's
+    counterexamples), from ``cache`` if there."""
+    import json
+
+    from lyagym.agents.reproduce.fig5 import Fig5Config, training_data
+    from lyagym.envs import PendulumDynamics
+    from lyagym.learned_models import fit_verified
+    from lyagym.learned_models.files import atomic_write
+
+    spec = MODELS[name]
+    n = spec["links"]
+    f, V = train(f"soft-n{n}-pinned-fitted-V", cache)
+    f, V = copy.deepcopy(f).float(), copy.deepcopy(V).float()
+    path = os.path.join(cache, f"{name}.pt")
+    if os.path.exists(path):
+        state = torch.load(path, weights_only=True)
+        f.load_state_dict(state["f"])
+        V.load_state_dict(state["V"])
+        FIT_NOTES[name] = state["note"]
+        return f, V
+    config = dataclasses.replace(Fig5Config(), samples_per_link=2000, train_steps=3000, seed=0)
+    x, xdot = training_data(PendulumDynamics(n_links=n), config)
+    x, xdot = x.float(), xdot.float()
+    with torch.no_grad():
+        before = float((f.derivative(x) - xdot).square().mean())
+    out = fit_verified(f, V, (x, xdot), region_box(name, 2 * n), alpha=ALPHA, clock=time.thread_time, **spec["verified_fit"])
+    rounds = out["rounds"]
+    note = (f"fit_verified: {len(rounds)} round(s) of {spec['verified_fit']['steps']} steps, "
+            f"{out['train_seconds']:.1f} s of training; proofs {', '.join(r['status'] for r in rounds)} "
+            f"({', '.join(format(100 * r['fraction'], '.4g') + '%' for r in rounds)} of the box); training-pair MSE {before:.3g} -> "
+            f"{rounds[-1]['data_mse']:.3g}")
+    print(f"{name}: {note}")
+    print(json.dumps(rounds))
+    FIT_NOTES[name] = note
+    os.makedirs(cache, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save({"f": f.state_dict(), "V": V.state_dict(), "note": note}, tmp))
+    return f, V
+
+
 def sizes(f: SimpleDynamics, V: LyapunovFunction) -> str:
     layers = [m for m in f.fhat.modules() if isinstance(m, torch.nn.Linear)]
     widths = [layers[0].in_features] + [m.out_features for m in layers]
@@ -209,7 +268,7 @@ def region_box(name: str, n: int) -> list[list[float]]:
 def violated_share(f: SimpleDynamics, V: LyapunovFunction, box: list[list[float]], samples: int = 1_000_000) -> float:
     """Share of ``samples`` uniform states of ``box`` (seeded) where ``grad V . f + alpha V > 0``
     (float64): the verifier can prove at most the rest."""
-    f64, V64 = f.double(), V.double()
+    f64, V64 = copy.deepcopy(f).double(), copy.deepcopy(V).double()
     B = torch.tensor(box, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     bad = 0
@@ -420,7 +479,7 @@ def upright_row(budget: float, clock, seed: int = 0) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="*", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n2",
+    parser.add_argument("--models", nargs="*", default=["soft-n1", "soft-n1-pinned", "soft-n1-pinned-fitted-V", "soft-n1-verified", "soft-n2",
                                                         "soft-n2-pinned-fitted-V", "soft-n2-pinned-local-V"], choices=list(MODELS))
     parser.add_argument("--budget", type=float, default=30.0, help="CPU seconds per 2-D verification (box, then ROA)")
     parser.add_argument("--budget-4d", type=float, default=600.0, help="CPU seconds per 4-D verification of the box")
@@ -487,6 +546,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for row in clf:
             print(row)
+    for name, note in FIT_NOTES.items():
+        print(f"- {name}: {note}")
     print("\nPublished anchors (as quoted in the issue; their networks are smaller than ours, sizes not quoted there):\n")
     for what, figure in ANCHORS:
         print(f"- {what}: {figure}")
