@@ -226,12 +226,13 @@ def train_verified(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunct
     n = spec["links"]
     f, V = train(f"soft-n{n}-pinned-fitted-V", cache)
     f, V = copy.deepcopy(f).float(), copy.deepcopy(V).float()
+    base_error = physics_error(f, region_box(name, 2 * n))
     path = os.path.join(cache, f"{name}.pt")
     if os.path.exists(path):
         state = torch.load(path, weights_only=True)
         f.load_state_dict(state["f"])
         V.load_state_dict(state["V"])
-        FIT_NOTES[name] = state["note"]
+        FIT_NOTES[name] = f"{state['note']}; {physics_note(base_error, physics_error(f, region_box(name, 2 * n)))}"
         return f, V
     config = dataclasses.replace(Fig5Config(), samples_per_link=2000, train_steps=3000, seed=0)
     x, xdot = training_data(PendulumDynamics(n_links=n), config)
@@ -246,10 +247,28 @@ def train_verified(name: str, cache: str) -> tuple[SimpleDynamics, LyapunovFunct
             f"{rounds[-1]['data_mse']:.3g}")
     print(f"{name}: {note}")
     print(json.dumps(rounds))
-    FIT_NOTES[name] = note
+    FIT_NOTES[name] = f"{note}; {physics_note(base_error, physics_error(f, region_box(name, 2 * n)))}"
     os.makedirs(cache, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save({"f": f.state_dict(), "V": V.state_dict(), "note": note}, tmp))
     return f, V
+
+
+def physics_error(f: SimpleDynamics, box: list[list[float]], samples: int = 20_000) -> float:
+    """Relative squared error ``sum ||f - f*||^2 / sum ||f*||^2`` of the field against the
+    pendulum's physics ``f*`` on ``samples`` uniform states of ``box`` (seeded)."""
+    from lyagym.envs import PendulumDynamics
+
+    B = torch.tensor(box, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x = B[:, 0] + (B[:, 1] - B[:, 0]) * torch.rand(samples, B.shape[0], generator=gen, dtype=torch.float64)
+    truth = PendulumDynamics(n_links=B.shape[0] // 2).derivative(x)
+    with torch.no_grad():
+        pred = copy.deepcopy(f).double().derivative(x)
+    return float((pred - truth).square().sum() / truth.square().sum())
+
+
+def physics_note(before: float, after: float) -> str:
+    return f"relative squared error against the physics on the whole box {before:.3g} -> {after:.3g}"
 
 
 def sizes(f: SimpleDynamics, V: LyapunovFunction) -> str:
