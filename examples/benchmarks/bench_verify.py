@@ -28,8 +28,12 @@ fitted jointly with MSE + the Lyapunov loss ``max(0, grad V . f + alpha V)``, al
 
 With ``--lyanet``: ``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link, whose
 inference contraction (``contraction.py``; LyaNet's own condition needs each input's target)
-is proven over its inputs ``[-pi, pi] x [-8, 8]``, its training cube of inference states and
-``t in [0, 1]`` (5-D), at half its certificate's rate and at half the worst sampled rate.
+is proven over a box of inputs, its training cube of inference states and ``t in [0, 1]``
+(5-D), at half its certificate's rate and at half the worst sampled rate: on the pendulum box
+``[-pi, pi] x [-8, 8]`` (35 of its inputs' standard deviations wide: the training pairs stay
+near hanging) and on the box of its training inputs; and ``lyanet-n1-small``, the same recipe
+with a 32-32 network and time-independent inference ``f(eta, z)`` (4-D), on the box of its
+training inputs at a half and a quarter of its worst sampled rate.
 
 Each row also prints the share of 10^6 uniform states of the box where ``h > 0`` (the verifier
 can prove at most the rest), the CPU time at which 90% and 99% of the box were proven, and,
@@ -341,20 +345,29 @@ def third_party_bounds(f: SimpleDynamics, box: list[list[float]], rel: float = 1
     return "f on %d boxes of 1/%d the box's width: " % (count, round(1 / rel)) + "; ".join(rows)
 
 
-def train_lyanet(cache: str):
-    """``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link (seed 0, 3000 + 750
-    steps of Fig. 5 pairs, kappa = 12), from ``cache`` if there."""
+def lyanet_training_pairs():
+    """``lyagym reproduce lyanet-pendulum``'s training pairs for one link (Fig. 5 trajectories near hanging)."""
     from lyagym.agents.reproduce.fig5 import Fig5Config, training_data
     from lyagym.envs import PendulumDynamics
+
+    config = dataclasses.replace(Fig5Config(), samples_per_link=2000, seed=0)
+    return (*training_data(PendulumDynamics(n_links=1), config), config)
+
+
+def train_lyanet(cache: str, small: bool = False):
+    """``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link (seed 0, 3000 + 750
+    steps of Fig. 5 pairs, kappa = 12), from ``cache`` if there. ``small``: the same recipe with
+    a 32-32 network and time-independent inference dynamics (``f(eta, z)``: the condition's
+    space is 4-D, the issue's count)."""
     from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
 
-    path = os.path.join(cache, "lyanet-n1.pt")
+    path = os.path.join(cache, "lyanet-n1-small.pt" if small else "lyanet-n1.pt")
     if os.path.exists(path):
         return LyaNetWorldModel.load(path)
-    config = dataclasses.replace(Fig5Config(), samples_per_link=2000, seed=0)
-    x, xdot = training_data(PendulumDynamics(n_links=1), config)
+    x, xdot, config = lyanet_training_pairs()
     torch.manual_seed(0)
-    model = LyaNetWorldModel(2, 0, dt=0.01, target="derivative", integrator="rk4", kappa=12.0, step_size=0.1)
+    model = LyaNetWorldModel(2, 0, dt=0.01, target="derivative", integrator="rk4", kappa=12.0, step_size=0.1,
+                             **(dict(width=32, time_dependent=False) if small else {}))
     phase1, phase2 = (max(1, math.ceil(s * config.batch_size / x.shape[0])) for s in (3000, 750))
     model.fit(x, None, xdot, epochs=phase1, batch_size=config.batch_size, lr=1e-3, seed=0, sampler="targets", weighting="sqrt",
               finetune_epochs=phase2, finetune_weighting="relative")
@@ -363,33 +376,59 @@ def train_lyanet(cache: str):
     return model
 
 
-def lyanet_row(cache: str, budget: float, clock) -> str:
-    """The LyaNet world model's inference contraction (``contraction.py``): at half its
-    certificate's measured rate (what ``Certificate.verify`` proves), and at half the worst
-    contraction rate sampled on 10^5 points of (inference state, input, t)."""
+def lyanet_rows(cache: str, budget: float, clock) -> str:
+    """LyaNet world models' inference contraction (``contraction.py``), at half the certificate's
+    measured rate (what ``Certificate.verify`` proves) and at a half and a quarter of the worst
+    contraction rate sampled on 10^5 points of (inference state, input[, t]): ``lyanet-pendulum``'s
+    model on the pendulum box ``[-pi, pi] x [-8, 8]`` and on the box of its training inputs, and
+    the small time-independent model on the box of its training inputs."""
     from lyagym.learned_models.contraction import log_norm_at, verify_contraction
 
-    model = train_lyanet(cache)
-    cert = model.certificate()
-    model = model.double()
-    box = [[-math.pi, math.pi], [-8.0, 8.0]]
-    net = model.ode.dynamics.net
-    B = torch.tensor(box, dtype=torch.float64)
-    Z = (B - model.in_mean.unsqueeze(1)) / model.in_std.unsqueeze(1)
-    H = torch.tensor([[-model.half_width, model.half_width]] * 2, dtype=torch.float64)
-    full = torch.cat([H, Z, torch.tensor([[0.0, 1.0]], dtype=torch.float64)])
-    gen = torch.Generator().manual_seed(0)
-    pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, 5, generator=gen, dtype=torch.float64)
-    mu = log_norm_at(net, pts, 2)
+    x, xdot, _ = lyanet_training_pairs()
+    data_box = torch.stack([x.min(0).values, x.max(0).values], 1).double().tolist()
+    pendulum_box = [[-math.pi, math.pi], [-8.0, 8.0]]
     out = []
-    for rate in (cert.alpha / 2, -float(mu.max()) / 2):
-        share = float((mu + rate > 0).double().mean())
-        res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, clock=clock)
-        answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
-        out.append(f"| lyanet-n1, contraction at c = {rate:.3g} | f 5-128-128-2 SiLU on [eta, z, t] | eta in "
-                   f"[{-model.half_width:.3g}, {model.half_width:.3g}]^2, inputs [-pi, pi] x [-8, 8], t in [0, 1] | {100 * share:.3g}% "
-                   f"| {answer}, {100 * res.fraction:.4g}%, {res.seconds:.1f} s | - | certificate alpha = {cert.alpha:.3g} "
-                   f"(sampled mu <= {float(mu.max()):.3g}) | - |")
+    for small, box, box_name, fractions in ((False, pendulum_box, "[-pi, pi] x [-8, 8]", (0.5,)),
+                                            (False, data_box, "training inputs' box", (0.5,)),
+                                            (True, data_box, "training inputs' box", (0.5, 0.25))):
+        model = train_lyanet(cache, small=small)
+        cert = model.certificate()
+        with torch.no_grad():
+            rel = float(((model.predict(x.to(model.in_mean.dtype)) - xdot) ** 2).sum() / (xdot**2).sum())
+        model = model.double()
+        net = model.ode.dynamics.net
+        time_rows = [torch.tensor([[0.0, 1.0]], dtype=torch.float64)] if model.ode.dynamics.time_dependent else []
+        B = torch.tensor(box, dtype=torch.float64)
+        Z = (B - model.in_mean.unsqueeze(1)) / model.in_std.unsqueeze(1)
+        H = torch.tensor([[-model.half_width, model.half_width]] * 2, dtype=torch.float64)
+        full = torch.cat([H, Z, *time_rows])
+        gen = torch.Generator().manual_seed(0)
+        pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, full.shape[0], generator=gen, dtype=torch.float64)
+        mu = log_norm_at(net, pts, 2)
+        rates = ([cert.alpha / 2] if box is pendulum_box else []) + [-float(mu.max()) * f for f in fractions]
+        widths = [net[0].in_features] + [m.out_features for m in net if isinstance(m, torch.nn.Linear)]
+        label = "lyanet-n1-small" if small else "lyanet-n1"
+        for rate in rates:
+            share = float((mu + rate > 0).double().mean())
+            reached: dict[float, float] = {}
+            start = clock()
+
+            def progress(fraction: float, boxes: int) -> None:
+                for level in (0.9, 0.99):
+                    if fraction >= level and level not in reached:
+                        reached[level] = clock() - start
+
+            res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, progress=progress, clock=clock)
+            answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
+            times = " / ".join("-" if level not in reached else f"{reached[level]:.1f} s" for level in (0.9, 0.99))
+            print(f"{label} on {box_name} at c = {rate:.3g}: {answer}, {100 * res.fraction:.4g}% proven, {res.boxes} boxes, "
+                  f"{res.seconds:.1f} s; 90% / 99% at {times}", flush=True)
+            out.append(f"| {label}, contraction at c = {rate:.3g} | f {'-'.join(map(str, widths))} SiLU on [eta, z{', t' if time_rows else ''}]; "
+                       f"relative squared error on its training pairs {rel:.2g} | eta in [{-model.half_width:.3g}, {model.half_width:.3g}]^2, "
+                       f"inputs {box_name}{' (' + ' x '.join(f'[{lo:.3g}, {hi:.3g}]' for lo, hi in box) + ')' if box is data_box else ''}"
+                       f"{', t in [0, 1]' if time_rows else ''} | {100 * share:.3g}% (of 10^5) "
+                       f"| {answer}, {100 * res.fraction:.4g}%, {res.seconds:.1f} s | {times} | certificate alpha = {cert.alpha:.3g} "
+                       f"(sampled mu <= {float(mu.max()):.3g}) | - |")
     return "\n".join(out)
 
 
@@ -555,7 +594,7 @@ def main() -> None:
         print(f"| {name} | {size} | {sides} | {100 * violated:.3g}% | {box_answer}, {100 * whole.fraction:.4g}%, {whole.seconds:.1f} s "
               f"| {times} | {roa_answer}, {roa.seconds:.1f} s | {local} |")
     if args.lyanet:
-        print(lyanet_row(args.cache, args.budget_lyanet, clock))
+        print(lyanet_rows(args.cache, args.budget_lyanet, clock))
     if args.clf_seeds or args.clf_upright:
         clf = clf_rows(args.clf_seeds, args.budget_clf, clock, key=args.clf_key) + ([upright_row(args.budget_clf, clock)] if args.clf_upright else [])
         print("\nStabilisability (control Lyapunov function: the decrease under u_fb on inner * rho <= V <= rho, the "
