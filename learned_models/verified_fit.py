@@ -77,7 +77,8 @@ def fit_verified(
 
     Args:
         model: an autonomous field (``SimpleDynamics`` or another network ``verify_decrease``
-            bounds), trained in place; parameters with ``requires_grad=False`` stay fixed.
+            bounds) with ``f(x_eq) = 0`` at ``V``'s minimum (checked), trained in place;
+            parameters with ``requires_grad=False`` stay fixed.
         lyapunov: its ``LyapunovFunction`` (no warp), trained in place.
         data: ``(x, xdot)``, ``(N, n)`` each: the pairs the field must keep fitting.
         box: ``n`` pairs ``[lo, hi]``: where the decrease is sampled and proven.
@@ -122,6 +123,15 @@ def fit_verified(
     if not (torch.isfinite(x).all() and torch.isfinite(xdot).all()):
         raise ValueError("data contains non-finite values")
 
+    x_eq = lyapunov.x_eq.detach().to(param.device, param.dtype).reshape(1, n)
+    with torch.no_grad():
+        at_rest = float(model.derivative(x_eq).norm())
+        scale = max(1.0, float(xdot.norm(dim=1).mean()))
+    if not at_rest <= 1e-6 * scale:
+        # V's minimum must be the field's equilibrium, or V cannot decrease next to it: no
+        # training makes f(x_eq) exactly 0, and the proof would fail there every round
+        raise ValueError(f"model must vanish at lyapunov.x_eq (got ||f(x_eq)|| = {at_rest:.3g}): use a field that is 0 "
+                         "there by construction, e.g. a tanh SimpleDynamics whose biases are zeroed and frozen for x_eq = 0")
     lo, hi = X[:, 0].to(param.device, param.dtype), X[:, 1].to(param.device, param.dtype)
     gen = torch.Generator(device=param.device).manual_seed(seed)
     params = [p for p in list(model.parameters()) + list(lyapunov.parameters()) if p.requires_grad]

@@ -98,6 +98,9 @@ def test_fit_verified_refuses_bad_box_data_and_models():
         fit_verified(SimpleDynamics(2, 1, hidden=(8,)), V, data, BOX, alpha=0.1, progress=False)
     with pytest.raises(ValueError, match="state_dim"):
         fit_verified(SimpleDynamics(4, hidden=(8,)), V, data, BOX, alpha=0.1, progress=False)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="vanish at lyapunov.x_eq"):  # biases: f(0) != 0, so V cannot decrease next to 0
+        fit_verified(SimpleDynamics(2, hidden=(8,), activation="tanh"), V, data, BOX, alpha=0.1, progress=False)
 
 
 def test_fit_verified_trains_on_the_verifiers_counterexamples():
