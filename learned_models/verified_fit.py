@@ -174,6 +174,8 @@ def fit_verified(
             opt.step()
         train_seconds += time.perf_counter() - t0
         mse, violated = measure()
+        if not math.isfinite(mse):  # checked once a round: a per-step check would sync the device every step
+            raise FloatingPointError(f"training diverged in round {r} (data MSE {mse}): lower lr (got {lr:g}) or weight (got {weight:g})")
         result = verify_decrease(model, lyapunov, X, alpha=alpha, budget_s=budget_s, clock=clock)
         history.append({"round": r, "data_mse": mse, "sampled_violation": violated, "status": result.status,
                         "fraction": result.fraction, "boxes": result.boxes, "verify_seconds": result.seconds,

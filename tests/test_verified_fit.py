@@ -116,3 +116,10 @@ def test_fit_verified_trains_on_the_verifiers_counterexamples():
     assert all(c is not None for c in found) and rounds[-1]["counterexample"] is None
     h = h_values(f, V, torch.tensor(found, dtype=torch.float64), 0.01)
     assert float(h.max()) < 0  # every state the verifier once refuted now decreases V
+
+
+def test_fit_verified_stops_with_a_clear_error_when_training_diverges():
+    f, data = pinned_field(), pendulum_pairs(50)
+    V = LyapunovFunction(2, (8, 8), eps=1e-3, shift="tangent", quadratic=True)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        fit_verified(f, V, data, BOX, alpha=0.01, steps=20, rounds=2, lr=1e12, progress=False)
