@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lyapunov_fit import lyapunov_rate_violation
+from .lyapunov_fit import _as_2d, lyapunov_rate_violation
 from .verification import VerificationResult, parse_box, verify_decrease
 
 __all__ = ["fit_verified"]
@@ -117,11 +117,9 @@ def fit_verified(
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError("data must be a pair (x, xdot) of (N, n) tensors")
     param = next(model.parameters())
-    x, xdot = (torch.as_tensor(t).to(param.device, param.dtype) for t in data)
-    if x.ndim != 2 or x.shape[1] != n or xdot.shape != x.shape or len(x) == 0:
-        raise ValueError(f"data must be (x, xdot) of shape (N, {n}) each with N >= 1, got {tuple(x.shape)} and {tuple(xdot.shape)}")
-    if not (torch.isfinite(x).all() and torch.isfinite(xdot).all()):
-        raise ValueError("data contains non-finite values")
+    x, xdot = (_as_2d(t, f"data's {name}", n).to(param.device, param.dtype) for t, name in zip(data, ("x", "xdot")))
+    if len(x) == 0 or len(xdot) != len(x):
+        raise ValueError(f"data's x and xdot must have the same number N >= 1 of rows, got {len(x)} and {len(xdot)}")
 
     x_eq = lyapunov.x_eq.detach().to(param.device, param.dtype).reshape(1, n)
     with torch.no_grad():

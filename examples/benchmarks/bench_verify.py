@@ -275,6 +275,20 @@ def physics_note(before: float, after: float) -> str:
     return f"relative squared error against the physics on the whole box {before:.3g} -> {after:.3g}"
 
 
+def milestones(clock, levels: tuple[float, ...] = (0.9, 0.99)):
+    """``(reached, progress)``: a branch-and-bound progress callback that records in ``reached``
+    the ``clock`` time from now at which the proven share first passed each of ``levels``."""
+    reached: dict[float, float] = {}
+    start = clock()
+
+    def progress(fraction: float, boxes: int) -> None:
+        for level in levels:
+            if fraction >= level and level not in reached:
+                reached[level] = clock() - start
+
+    return reached, progress
+
+
 def sizes(f: SimpleDynamics, V: LyapunovFunction) -> str:
     layers = [m for m in f.fhat.modules() if isinstance(m, torch.nn.Linear)]
     widths = [layers[0].in_features] + [m.out_features for m in layers]
@@ -410,14 +424,7 @@ def lyanet_rows(cache: str, budget: float, clock) -> str:
         label = "lyanet-n1-small" if small else "lyanet-n1"
         for rate in rates:
             share = float((mu + rate > 0).double().mean())
-            reached: dict[float, float] = {}
-            start = clock()
-
-            def progress(fraction: float, boxes: int) -> None:
-                for level in (0.9, 0.99):
-                    if fraction >= level and level not in reached:
-                        reached[level] = clock() - start
-
+            reached, progress = milestones(clock)
             res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, progress=progress, clock=clock)
             answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
             times = " / ".join("-" if level not in reached else f"{reached[level]:.1f} s" for level in (0.9, 0.99))
@@ -561,14 +568,7 @@ def main() -> None:
         box = region_box(name, n)
         budget, budget_roa = (args.budget, args.budget) if n == 2 else (args.budget_4d, args.budget_roa_4d)
         violated = violated_share(f, V, box)
-        reached: dict[float, float] = {}
-        start = clock()
-
-        def progress(fraction: float, boxes: int) -> None:
-            for level in (0.9, 0.99):
-                if fraction >= level and level not in reached:
-                    reached[level] = clock() - start
-
+        reached, progress = milestones(clock)
         # exhaustive: past the first counterexample, how much of the box is proven in the budget
         whole = verify_decrease(f, V, box, alpha=ALPHA, budget_s=budget, exhaustive=True, progress=progress, clock=clock)
         roa = region_of_attraction(f, V, box, alpha=ALPHA, budget_s=budget_roa, steps=6, clock=clock)
