@@ -176,11 +176,13 @@ def resample_until(traj: np.ndarray, h: float, dt: float, radius: float) -> np.n
     return points[: inside[0] + 1] if len(inside) else points
 
 
-def demonstration_windows(times: np.ndarray, positions: np.ndarray, h: float, window: int, stride: int) -> np.ndarray:
+def demonstration_windows(times: np.ndarray, positions: np.ndarray, h: float, window: int, stride: int,
+                          max_windows: int | None = None) -> np.ndarray:
     """Windows of ``window + 1`` states ``h`` s apart, cut from demonstrations ``positions: (D, N, d)``
     sampled at ``times: (D, N)`` (each from 0) and linearly interpolated every ``h`` s from their
-    start; one window starts every ``stride`` steps. ``(B, window + 1, d)``, the trajectory data of
-    ``fit(..., multistep=window)`` for a model whose step is ``h``."""
+    start; one window starts every ``stride`` steps, and of more than ``max_windows`` that many are
+    kept, evenly spread. ``(B, window + 1, d)``, the trajectory data of ``fit(..., multistep=window)``
+    for a model whose step is ``h``."""
     if window < 1 or stride < 1:
         raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
     out = []
@@ -190,6 +192,8 @@ def demonstration_windows(times: np.ndarray, positions: np.ndarray, h: float, wi
         out.extend(path[s : s + window + 1] for s in range(0, len(path) - window, stride))
     if not out:
         raise ValueError(f"demonstrations of {max(t[-1] for t in times):.3g} s have no window of {window} steps of {h} s")
+    if max_windows is not None and len(out) > max_windows:
+        out = [out[i] for i in np.linspace(0, len(out) - 1, max_windows).round().astype(int)]
     return np.stack(out)
 
 
@@ -282,10 +286,8 @@ def run_cell(settings: dict[str, Any], seed: int, plot_path: str | None = None) 
     fit(model, (x, xdot), epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"], lr_schedule=c["lr_schedule"],
         val_fraction=0.0, patience=None, seed=seed, progress=False)
     if settings["model"] == "stable" and c.get("trajectory_epochs"):
-        windows = demonstration_windows(data.t, data.pos / SCALE, H, c["trajectory_window"], c["trajectory_stride"])
-        cap = c.get("trajectory_max_windows")
-        if cap is not None and len(windows) > cap:
-            windows = windows[np.linspace(0, len(windows) - 1, cap).round().astype(int)]
+        windows = demonstration_windows(data.t, data.pos / SCALE, H, c["trajectory_window"], c["trajectory_stride"],
+                                        c["trajectory_max_windows"])
         fit(model, (torch.tensor(windows, dtype=torch.float32), None), multistep=c["trajectory_window"], epochs=c["trajectory_epochs"],
             batch_size=c["batch_size"], lr=c["trajectory_lr"], lr_schedule=c["lr_schedule"], val_fraction=0.0, patience=None, seed=seed,
             progress=False)

@@ -402,9 +402,9 @@ def lyanet_rows(cache: str, budget: float, clock) -> str:
     data_box = torch.stack([x.min(0).values, x.max(0).values], 1).double().tolist()
     pendulum_box = [[-math.pi, math.pi], [-8.0, 8.0]]
     out = []
-    for small, box, box_name, fractions in ((False, pendulum_box, "[-pi, pi] x [-8, 8]", (0.5,)),
-                                            (False, data_box, "training inputs' box", (0.5,)),
-                                            (True, data_box, "training inputs' box", (0.5, 0.25))):
+    training_box = "training inputs' box"
+    for small, boxes in ((False, ((pendulum_box, "[-pi, pi] x [-8, 8]", (0.5,)), (data_box, training_box, (0.5,)))),
+                         (True, ((data_box, training_box, (0.5, 0.25)),))):
         model = train_lyanet(cache, small=small)
         cert = model.certificate()
         with torch.no_grad():
@@ -412,30 +412,31 @@ def lyanet_rows(cache: str, budget: float, clock) -> str:
         model = model.double()
         net = model.ode.dynamics.net
         time_rows = [torch.tensor([[0.0, 1.0]], dtype=torch.float64)] if model.ode.dynamics.time_dependent else []
-        B = torch.tensor(box, dtype=torch.float64)
-        Z = (B - model.in_mean.unsqueeze(1)) / model.in_std.unsqueeze(1)
-        H = torch.tensor([[-model.half_width, model.half_width]] * 2, dtype=torch.float64)
-        full = torch.cat([H, Z, *time_rows])
-        gen = torch.Generator().manual_seed(0)
-        pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, full.shape[0], generator=gen, dtype=torch.float64)
-        mu = log_norm_at(net, pts, 2)
-        rates = ([cert.alpha / 2] if box is pendulum_box else []) + [-float(mu.max()) * f for f in fractions]
         widths = [net[0].in_features] + [m.out_features for m in net if isinstance(m, torch.nn.Linear)]
         label = "lyanet-n1-small" if small else "lyanet-n1"
-        for rate in rates:
-            share = float((mu + rate > 0).double().mean())
-            reached, progress = milestones(clock)
-            res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, progress=progress, clock=clock)
-            answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
-            times = " / ".join("-" if level not in reached else f"{reached[level]:.1f} s" for level in (0.9, 0.99))
-            print(f"{label} on {box_name} at c = {rate:.3g}: {answer}, {100 * res.fraction:.4g}% proven, {res.boxes} boxes, "
-                  f"{res.seconds:.1f} s; 90% / 99% at {times}", flush=True)
-            out.append(f"| {label}, contraction at c = {rate:.3g} | f {'-'.join(map(str, widths))} SiLU on [eta, z{', t' if time_rows else ''}]; "
-                       f"relative squared error on its training pairs {rel:.2g} | eta in [{-model.half_width:.3g}, {model.half_width:.3g}]^2, "
-                       f"inputs {box_name}{' (' + ' x '.join(f'[{lo:.3g}, {hi:.3g}]' for lo, hi in box) + ')' if box is data_box else ''}"
-                       f"{', t in [0, 1]' if time_rows else ''} | {100 * share:.3g}% (of 10^5) "
-                       f"| {answer}, {100 * res.fraction:.4g}%, {res.seconds:.1f} s | {times} | certificate alpha = {cert.alpha:.3g} "
-                       f"(sampled mu <= {float(mu.max()):.3g}) | - |")
+        H = torch.tensor([[-model.half_width, model.half_width]] * 2, dtype=torch.float64)
+        for box, box_name, fractions in boxes:
+            B = torch.tensor(box, dtype=torch.float64)
+            Z = (B - model.in_mean.unsqueeze(1)) / model.in_std.unsqueeze(1)
+            full = torch.cat([H, Z, *time_rows])
+            gen = torch.Generator().manual_seed(0)
+            pts = full[:, 0] + (full[:, 1] - full[:, 0]) * torch.rand(100_000, full.shape[0], generator=gen, dtype=torch.float64)
+            mu = log_norm_at(net, pts, 2)
+            rates = ([cert.alpha / 2] if box is pendulum_box else []) + [-float(mu.max()) * f for f in fractions]
+            for rate in rates:
+                share = float((mu + rate > 0).double().mean())
+                reached, progress = milestones(clock)
+                res = verify_contraction(model, box, rate=rate, budget_s=budget, exhaustive=True, progress=progress, clock=clock)
+                answer = res.status + (f" (mu + c = {res.counterexample_value:.3g})" if res.counterexample_value is not None else "")
+                times = " / ".join("-" if level not in reached else f"{reached[level]:.1f} s" for level in (0.9, 0.99))
+                print(f"{label} on {box_name} at c = {rate:.3g}: {answer}, {100 * res.fraction:.4g}% proven, {res.boxes} boxes, "
+                      f"{res.seconds:.1f} s; 90% / 99% at {times}", flush=True)
+                out.append(f"| {label}, contraction at c = {rate:.3g} | f {'-'.join(map(str, widths))} SiLU on [eta, z{', t' if time_rows else ''}]; "
+                           f"relative squared error on its training pairs {rel:.2g} | eta in [{-model.half_width:.3g}, {model.half_width:.3g}]^2, "
+                           f"inputs {box_name}{' (' + ' x '.join(f'[{lo:.3g}, {hi:.3g}]' for lo, hi in box) + ')' if box is data_box else ''}"
+                           f"{', t in [0, 1]' if time_rows else ''} | {100 * share:.3g}% (of 10^5) "
+                           f"| {answer}, {100 * res.fraction:.4g}%, {res.seconds:.1f} s | {times} | certificate alpha = {cert.alpha:.3g} "
+                           f"(sampled mu <= {float(mu.max()):.3g}) | - |")
     return "\n".join(out)
 
 
