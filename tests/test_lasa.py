@@ -78,6 +78,8 @@ def test_demonstration_windows_resample_each_demonstration_at_the_model_step():
     assert windows.shape == (2 * len(starts), 6, 2)
     expected = np.stack([np.stack([(s + k) * 0.01 * np.array([1.0, -2.0]) for k in range(6)]) for s in starts])
     np.testing.assert_allclose(windows, np.concatenate([expected, expected]), atol=1e-12)
+    thinned = demonstration_windows(times, positions, 0.01, 5, 3, max_windows=4)  # the first, the last and two evenly between
+    np.testing.assert_array_equal(thinned, windows[[0, 6, 11, 17]])
     with pytest.raises(ValueError, match="window and stride"):
         demonstration_windows(times, positions, 0.01, 0, 3)
     with pytest.raises(ValueError, match="no window of 40 steps"):
