@@ -77,6 +77,34 @@ class TransitionBuffer:
         """``(x, u, x')`` as tensors ``(N, n), (N, m), (N, n)``."""
         return tuple(torch.as_tensor(a, device=device, dtype=dtype) for a in (self.states, self.actions, self.next_states))  # type: ignore[return-value]
 
+    def windows(self, length: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Windows of ``length`` consecutive transitions of one trajectory, one starting every
+        ``stride`` transitions: ``(x0 (W, n), u (W, length, m), targets (W, length, n))``, the
+        targets the states after each action with the angles unwrapped along the window
+        (``x0`` plus the summed wrapped changes), as a multi-step fit compares them with a
+        rollout. A window never crosses from one trajectory into the next (where a transition's
+        next state is not the following transition's state) nor past a terminal transition."""
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be an int >= 1, got {length!r}")
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        n, m = self.state_dim, self.action_dim
+        N = len(self)
+        if N < length:
+            return np.empty((0, n)), np.empty((0, length, m)), np.empty((0, length, n))
+        # joined[i]: transition i + 1 continues transition i (same trajectory, not terminal)
+        gap = wrap_angles(self.next_states[:-1] - self.states[1:], self.angle_dims)
+        tolerance = 1e-9 * (1.0 + np.abs(self.states[1:]))
+        joined = np.all(np.abs(gap) <= tolerance, axis=1) & ~self.terminated[:-1]
+        # breaks[i]: transitions before i that do not continue into their successor
+        breaks = np.concatenate([[0], np.cumsum(~joined)])
+        starts = np.arange(0, N - length + 1, stride)
+        starts = starts[breaks[starts + length - 1] == breaks[starts]]
+        idx = starts[:, None] + np.arange(length)
+        x0 = self.states[starts]
+        targets = x0[:, None, :] + np.cumsum(self.next_states[idx] - self.states[idx], axis=1)
+        return x0.copy(), self.actions[idx], targets
+
     def save(self, path: str) -> None:
         atomic_save(path, lambda f: np.savez(f, states=self.states, actions=self.actions, next_states=self.next_states,
                                               rewards=self.rewards, terminated=self.terminated,

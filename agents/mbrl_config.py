@@ -45,6 +45,11 @@ class MBRLConfig:
     #: 0.01-0.06 after each 2000-step fit at 1e-3 and PETS never swung up within 1,800 real steps;
     #: at 3e-3 it swung up after 1,200 learned from and held (-217, -206, -204)
     ensemble_lr: float | None = 3e-3
+    #: Adam steps of an ensemble's multi-step fine-tune after each one-step fit
+    #: (``fit_ensemble_rollouts``: every member rolls its mean over windows of ``horizon`` real
+    #: steps, the planner's horizon); 0: none (the default; the double pendulum's adapter sets it)
+    rollout_fit_steps: int = 0
+    rollout_fit_lr: float = 3e-3  #: Adam's step of that fine-tune
     val_fraction: float = 0.1
     patience: int = 15
     # PETS planner. Defaults tuned on the true physics of the n = 1 swing-up (dt 0.05, torque 5):

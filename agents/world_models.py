@@ -31,6 +31,7 @@ particles, H 30, 3 iterations, E 5) against 0.59-0.62 s with RK4's four evaluati
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -39,7 +40,7 @@ import torch
 from .adapters import EnvAdapter
 from .data import TransitionBuffer
 
-__all__ = ["WORLD_MODELS", "make_world_model", "world_model_for", "model_priors", "is_ensemble", "fit_transitions", "fit_model",
+__all__ = ["WORLD_MODELS", "make_world_model", "world_model_for", "model_priors", "is_ensemble", "fit_transitions", "fit_model", "fit_rollouts",
            "certified_kind", "is_stabilisable_kind", "fit_control_lyapunov"]
 
 _BASE_KINDS = ("simple", "stable", "clf")
@@ -227,5 +228,24 @@ def fit_model(model, buffer: TransitionBuffer, config, progress: bool) -> float:
     history = fit_transitions(model, buffer, epochs=config.fit_epochs * scale, batch_size=config.batch_size, lr=lr,
                               val_fraction=config.val_fraction, patience=config.patience * scale, seed=config.seed,
                               progress=progress, nll_beta=config.ensemble_nll_beta)
+    if config.rollout_fit_steps and is_ensemble(model):
+        fit_rollouts(model, buffer, steps=config.rollout_fit_steps, horizon=config.horizon, lr=config.rollout_fit_lr,
+                     val_fraction=config.val_fraction, seed=config.seed, progress=progress)
     losses = history.get("val_loss") or history.get("train_loss")
     return float(np.min(losses)) if losses else float("nan")
+
+
+def fit_rollouts(model, buffer: TransitionBuffer, *, steps: int, horizon: int, lr: float = 3e-3, val_fraction: float = 0.1,
+                 seed: int = 0, progress: bool = True) -> dict[str, Any] | None:
+    """Fine-tune an ensemble (fitted one step at a time) on the buffer's windows of ``horizon``
+    real steps (``TransitionBuffer.windows``, one starting at every transition), each member
+    rolling its own mean with the buffer's angles wrapped as a planner's rollouts do
+    (``fit_ensemble_rollouts``); ``None`` where the buffer holds fewer than 2 windows."""
+    from lyagym.learned_models import fit_ensemble_rollouts
+
+    x0, u, targets = buffer.windows(horizon)
+    if len(x0) < 2:
+        return None
+    as_tensor = partial(torch.as_tensor, device=model.device, dtype=model.dtype)
+    return fit_ensemble_rollouts(model, as_tensor(x0), as_tensor(u) if buffer.action_dim else None, as_tensor(targets), steps=steps,
+                                 lr=lr, wrap_angles=buffer.angle_dims, val_fraction=val_fraction, seed=seed, progress=progress)

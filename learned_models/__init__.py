@@ -20,7 +20,7 @@ from .falsification import FalsificationReport, empirical_certificate, falsify
 from .control_lyapunov import ControlLyapunov, check_stabilisability
 
 # --- probabilistic ensembles (PETS, Chua et al. 2018): members batched with torch.func.vmap ---
-from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, member_factory
+from .ensemble import PROPAGATIONS, Ensemble, EnsembleCertificate, EnsembleCheck, fit_ensemble, fit_ensemble_rollouts, member_factory
 
 # --- LyaNet (issue 4) ---
 from . import lyanet

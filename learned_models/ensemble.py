@@ -80,7 +80,7 @@ from .files import atomic_write
 from .integrators import INTEGRATORS, ODEWorldModel, _FunctorchState, functorch_safe
 from .mlp_rollout import MLPField
 
-__all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "member_factory"]
+__all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
 
 #: Propagation methods of ``Ensemble.step`` by name (PETS Section 5).
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
@@ -1088,4 +1088,164 @@ def fit_ensemble(
     ensemble.eval()
     history.update(best_epoch=best[1], best_val_loss=best[0], epochs_run=len(history["train_loss"]), stopped_early=stopped_early,
                    seconds=time.perf_counter() - start)
+    return history
+
+
+def _rollout_means(ensemble: Ensemble, x0: torch.Tensor, u: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor:
+    """Every member rolls its own mean map from its own rows: ``x0: (E, b, n)``, ``u: (E, b, H,
+    m)`` or ``None`` -> ``(E, b, H, n)``. The angles in ``wrap`` enter each step wrapped to
+    ``[-pi, pi)`` (where the one-step data lie) and the predicted change is added to the
+    unwrapped state, so the result compares with the unwrapped targets without a jump at pi."""
+    x, states = x0, []
+    for t in range(horizon):
+        inp = x
+        if wrap:
+            inp = x.clone()
+            _wrap_rows_(inp, wrap, dim=2)
+        mean = ensemble._raw(inp, None if u is None else u[:, :, t], shared=False)[0]
+        x = x + (mean - inp)
+        states.append(x)
+    return torch.stack(states, dim=2)
+
+
+def fit_ensemble_rollouts(
+    ensemble: Ensemble,
+    x0: torch.Tensor,
+    u: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    wrap_angles: Sequence[int] = (),
+    val_fraction: float = 0.1,
+    evaluations: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    bootstrap: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the members' means on multi-step windows of real trajectories; return the history.
+
+    A one-step fit (``fit_ensemble``) leaves errors that compound over a planner's horizon; here
+    each member rolls its own mean map (no sampling) ``H`` steps from a window's first state
+    under the window's actions, and the loss is the squared error of all ``H`` predicted states
+    against the real ones, normalised per entry by the one-step residual scale
+    (``target_scale``, so at ``H = 1`` it is the one-step squared error), averaged over rows,
+    steps and entries, summed over members. Each member draws from its own bootstrap resample
+    of the windows; one batched forward/backward per Adam step for all members. The variance
+    heads are not trained here (the loss does not involve them).
+
+    Args:
+        ensemble: a calibrated ``Ensemble`` (fitted first with ``fit_ensemble``), trained in place.
+        x0: ``(W, state_dim)`` first states of ``W`` windows; ``u: (W, H, action_dim)`` their
+            actions (``None`` for autonomous members); ``targets: (W, H, state_dim)`` the real
+            states after each action, with angles unwrapped along the window (continuous).
+        steps: Adam steps; ``batch_size``: windows per member per step (``0``: all).
+        lr: Adam's step (stable members' decay rates use it too).
+        wrap_angles: state entries that are angles: wrapped to ``[-pi, pi)`` before each model
+            step, as the planner's rollouts do.
+        val_fraction: held-out windows; the weights with the lowest held-out rollout error are
+            kept, those before the fine-tune included (it can only improve the held-out error).
+            ``0``: the training windows are the check.
+        evaluations: held-out checks over the run (at the start and every ``steps /
+            evaluations`` steps).
+        seed: seeds the split, the bootstraps and the batches.
+        progress: a tqdm bar "fit rollouts".
+        bootstrap: a resample of the windows per member (default).
+
+    Returns:
+        ``{"train_loss": [...] (per check, mean over members), "val_loss": [...] (at the checks,
+        the first before any step), "best_step", "best_val_loss", "n_train", "n_val", "seconds"}``.
+    """
+    if not isinstance(ensemble, Ensemble):
+        raise TypeError(f"fit_ensemble_rollouts trains an Ensemble, got {type(ensemble).__name__}")
+    if not bool(ensemble.calibrated):
+        raise ValueError("the ensemble is not calibrated: fit it with fit_ensemble first (it sets the normalisations)")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0 (0 = all windows), got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not isinstance(evaluations, int) or evaluations < 1:
+        raise ValueError(f"evaluations must be an int >= 1, got {evaluations!r}")
+    n, m, E = ensemble.state_dim, ensemble.action_dim, ensemble.size
+    x0 = _as_data(x0, "x0", (None, n))
+    W = x0.shape[0]
+    targets = _as_data(targets, "targets", (W, None, n))
+    H = targets.shape[1]
+    if H < 1:
+        raise ValueError("targets must hold at least one step per window, got shape (W, 0, n)")
+    if m:
+        if u is None:
+            raise ValueError(f"the members have action_dim={m}: pass u of shape (W, H, {m})")
+        u = _as_data(u, "u", (W, H, m))
+    elif u is not None and u.numel():
+        raise ValueError("u given but the members are autonomous (action_dim=0); pass None")
+    else:
+        u = None
+    if W < 2:
+        raise ValueError(f"need at least 2 windows, got {W}")
+    wrap = sorted({int(i) % n for i in wrap_angles})
+    device, dtype = ensemble.device, ensemble.dtype
+    x0, targets = x0.to(device, dtype), targets.to(device, dtype)
+    u = None if u is None else u.to(device, dtype)
+
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(W, generator=gen)
+    n_val = min(max(int(round(val_fraction * W)), 1), W - 1) if val_fraction > 0 else 0
+    val_idx, train_idx = perm[:n_val].to(device), perm[n_val:]
+    n_train = len(train_idx)
+    members_idx = train_idx[torch.randint(n_train, (E, n_train), generator=gen)] if bootstrap else train_idx.unsqueeze(0).expand(E, n_train)
+    bs = n_train if batch_size == 0 else min(batch_size, n_train)
+    check_idx = val_idx if n_val else train_idx.to(device)
+    scale = ensemble.target_scale
+
+    def member_losses(idx: torch.Tensor) -> torch.Tensor:  # idx: (E, b) -> (E,)
+        predicted = _rollout_means(ensemble, x0[idx], None if u is None else u[idx], H, wrap)
+        return (((predicted - targets[idx]) / scale) ** 2).mean(dim=(1, 2, 3))
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return float(member_losses(check_idx.unsqueeze(0).expand(E, -1)).mean())
+
+    opt = ensemble_optimizer(ensemble, lr=lr, rate_lr=lr)
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [held_out()], "n_train": n_train, "n_val": n_val}
+    best = (history["val_loss"][0], 0, copy.deepcopy(ensemble.state_dict()))
+    every = max(1, steps // evaluations)
+    start = time.perf_counter()
+    bar: Any = range(1, steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="fit rollouts", unit="step", leave=True)
+    ensemble.train()
+    running, since_check = torch.zeros((), device=device, dtype=dtype), 0
+    for step in bar:
+        columns = torch.randint(n_train, (E, bs), generator=gen)
+        per_member = member_losses(members_idx.gather(1, columns).to(device))
+        opt.zero_grad(set_to_none=True)
+        per_member.sum().backward()
+        opt.step()
+        running += per_member.detach().mean()
+        since_check += 1
+        if step % every == 0 or step == steps:
+            train_loss = float(running) / since_check
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"the rollout fine-tune diverged at step {step} (loss {train_loss}); lower lr")
+            running, since_check = torch.zeros((), device=device, dtype=dtype), 0
+            val_loss = held_out()
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss)
+            if val_loss < best[0]:
+                best = (val_loss, step, copy.deepcopy(ensemble.state_dict()))
+            if progress:
+                bar.set_postfix(train=f"{train_loss:.3g}", val=f"{val_loss:.3g}", best=f"{best[0]:.3g}")
+    if progress:
+        bar.close()
+    ensemble.load_state_dict(best[2])
+    ensemble.eval()
+    history.update(best_step=best[1], best_val_loss=best[0], seconds=time.perf_counter() - start)
     return history

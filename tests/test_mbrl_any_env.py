@@ -231,3 +231,32 @@ def test_a_run_folder_has_one_writer_process_at_a_time(tmp_path):
     other = subprocess.run([sys.executable, "-c", f"from lyagym.agents.run_log import RunFolder; RunFolder({folder!r}, algo='pets', "
                             "settings={}).prepare(resume=True); print('ok')"], capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "ok", other.stderr
+
+
+def test_fit_model_fine_tunes_an_ensemble_on_windows_of_the_planners_horizon(monkeypatch):
+    """With ``rollout_fit_steps`` an ensemble's fit ends with the multi-step fine-tune on the
+    buffer's windows of ``horizon`` steps, angles wrapped as the adapter says; a single model
+    and ``rollout_fit_steps = 0`` skip it."""
+    from lyagym.agents import world_models
+    from lyagym.agents.data import collect_random_transitions
+    from lyagym.learned_models import ensemble as ensemble_module
+
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    buffer = collect_random_transitions(env, 2, 30, seed=0, adapter=adapter)
+    calls = []
+    tune = ensemble_module.fit_ensemble_rollouts
+
+    def spy(model, x0, u, targets, **kw):
+        calls.append((x0.shape, u.shape, targets.shape, kw["wrap_angles"], kw["steps"]))
+        return tune(model, x0, u, targets, **kw)
+
+    monkeypatch.setattr(ensemble_module, "fit_ensemble_rollouts", spy)
+    monkeypatch.setattr("lyagym.learned_models.fit_ensemble_rollouts", spy)
+    ens = model_for(adapter, "ensemble")
+    world_models.fit_model(ens, buffer, tiny(adapter, horizon=6, rollout_fit_steps=3), progress=False)
+    # 2 episodes of 30 transitions: 25 windows of 6 in each
+    assert calls == [((50, 2), (50, 6, 1), (50, 6, 2), adapter.angle_dims, 3)]
+    world_models.fit_model(model_for(adapter, "ensemble"), buffer, tiny(adapter, horizon=6), progress=False)
+    world_models.fit_model(model_for(adapter, "simple"), buffer, tiny(adapter, horizon=6, rollout_fit_steps=3), progress=False)
+    assert len(calls) == 1

@@ -100,7 +100,7 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     assert key("mbpo-ensemble") != key("mbpo-ensemble", "--ensemble-lr", "0.01")
     assert key("pets-simple") == key("pets-simple", "--nll-beta", "0", "--ensemble-lr", "0.01")
     before = dataclasses.asdict(defaults)
-    for name in ("ensemble_nll_beta", "ensemble_lr", *mbrl_envs.MBPO_ONLY_FIELDS):
+    for name in ("ensemble_nll_beta", "ensemble_lr", *mbrl_envs.ROLLOUT_FIT_FIELDS, *mbrl_envs.MBPO_ONLY_FIELDS):
         before.pop(name)
     plain = key("pets-ensemble", "--nll-beta", "0", "--ensemble-lr", str(defaults.lr))
     assert "nll_beta" not in plain and "ensemble_lr" not in plain
@@ -110,6 +110,15 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     config = mbrl_envs._cell_config_and_model({**key("pets-ensemble"), "quick": True}, _adapter(), 0, "cpu")[0]
     assert (config.ensemble_nll_beta, config.ensemble_lr) == (defaults.ensemble_nll_beta, defaults.ensemble_lr)
     assert main(["reproduce", "mbrl-envs", "--nll-beta", "2", "--stored-only"]) == 2
+    # the multi-step fine-tune: in an ensemble cell's key only where it runs, and then run
+    assert "rollout_fit_steps" not in key("pets-ensemble") and config.rollout_fit_steps == 0
+    tuned = key("pets-ensemble", "--rollout-fit-steps", "300")
+    assert (tuned["rollout_fit_steps"], tuned["rollout_fit_lr"]) == (300, defaults.rollout_fit_lr)
+    assert {k: v for k, v in tuned.items() if not k.startswith("rollout_fit")} == key("pets-ensemble")
+    assert key("pets-simple", "--rollout-fit-steps", "300") == key("pets-simple")
+    config = mbrl_envs._cell_config_and_model(tuned, _adapter(), 0, "cpu")[0]
+    assert (config.rollout_fit_steps, config.rollout_fit_lr) == (300, defaults.rollout_fit_lr)
+    assert mbrl_envs._cell_config_and_model({**tuned, "quick": True}, _adapter(), 0, "cpu")[0].rollout_fit_steps == 2
     assert main(["reproduce", "mbrl-envs", "--ensemble-lr", "0", "--stored-only"]) == 2
 
 

@@ -69,6 +69,8 @@ MBPO_ONLY_FIELDS = ("sac_target_entropy", "eval_every")
 #: before the field existed (cells at that value leave it out of their key, so the cells stored
 #: then keep theirs: ``--nll-beta 0 --ensemble-lr 0.001`` reprints them)
 ENSEMBLE_FIT_FIELDS = {"ensemble_nll_beta": ("nll_beta", 0.0), "ensemble_lr": ("ensemble_lr", 1e-3)}
+#: ``MBRLConfig`` fields of an ensemble's multi-step fine-tune: in a cell's key only where it runs
+ROLLOUT_FIT_FIELDS = ("rollout_fit_steps", "rollout_fit_lr")
 #: ``evaluation_episode`` resets with ``EVAL_RESET_SEED + seed``: every method is scored from that start
 EVAL_RESET_SEED = 1_000_003
 
@@ -89,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-steps", type=integer(0), default=None,
                         help="at least this many Adam steps per world-model fit (default: MBRLConfig's)")
     parser.add_argument("--ensemble-size", type=integer(1), default=5)
+    parser.add_argument("--rollout-fit-steps", type=integer(0), default=None,
+                        help="Adam steps of the ensembles' multi-step fine-tune after each fit (default: the env's; 0: none)")
     parser.add_argument("--nll-beta", type=number(0, maximum=1), default=None,
                         help="ensembles' beta-NLL (default: MBRLConfig's; 0 is the plain NLL)")
     parser.add_argument("--ensemble-lr", type=number(0, strict=True), default=None,
@@ -114,7 +118,7 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     settings: dict[str, Any] = {"env": env_id, "method": method}
     if method != "sac":  # a change of the loops' defaults makes new cells
         loop_defaults = dataclasses.asdict(MBRLConfig())
-        for name in ENSEMBLE_FIT_FIELDS:  # an ensemble cell states its own (below)
+        for name in (*ENSEMBLE_FIT_FIELDS, *ROLLOUT_FIT_FIELDS):  # an ensemble cell states its own (below)
             loop_defaults.pop(name)
         if method.startswith("pets"):  # settings only MBPO reads cannot change a PETS result
             for name in MBPO_ONLY_FIELDS:
@@ -153,6 +157,11 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             settings.update(ensemble_fit_settings(args))
             settings["ensemble_size"] = args.ensemble_size
             settings["member_integrator"] = "euler"  # make_world_model's default for ensembles
+            rollout_steps = args.rollout_fit_steps if getattr(args, "rollout_fit_steps", None) is not None else \
+                env_config.get("rollout_fit_steps", MBRLConfig.rollout_fit_steps)
+            if rollout_steps:  # the cells stored before the fine-tune existed keep their keys
+                settings["rollout_fit_steps"] = int(rollout_steps)
+                settings["rollout_fit_lr"] = float(env_config.get("rollout_fit_lr", MBRLConfig.rollout_fit_lr))
         if method.endswith("clf"):  # the stabilisability certificate's construction (a change makes new cells)
             settings["clf"] = ("LQR gain on the data box, 100 correction steps, discrete decrease of the mean map (sampled and climbed), "
                                "safeguard, terminal weight 1 capped at the data box's level")
@@ -214,13 +223,15 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides[name] = settings.get(key, before)
     if "ensemble_size" in settings:
         overrides["ensemble_size"] = settings["ensemble_size"]
+    overrides["rollout_fit_steps"] = settings.get("rollout_fit_steps", 0)
+    overrides["rollout_fit_lr"] = settings.get("rollout_fit_lr", MBRLConfig.rollout_fit_lr)
     if algo == "mbpo":
         overrides["eval_every"] = settings.get("eval_every")
     small: dict[str, Any] = {}
     if settings.get("quick"):
         overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
                          warmup_iterations=1, fit_epochs=2, fit_steps=0, particles=2, ensemble_size=2, model_rollouts=2, model_train_every=20,
-                         sac_updates_per_step=1, sac_batch_size=32)
+                         sac_updates_per_step=1, sac_batch_size=32, rollout_fit_steps=min(2, overrides["rollout_fit_steps"]))
         small = {"hidden": (16, 16)} if "stable" not in kind else {"hidden": (16, 16), "lyap_hidden": (8, 8), "sigma_hidden": (4,)}
     config = config_for(adapter, **overrides)
     extra = {"ensemble_size": config.ensemble_size, "propagation": config.propagation} if kind.startswith("ensemble") else {}
