@@ -119,6 +119,12 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     config = mbrl_envs._cell_config_and_model(tuned, _adapter(), 0, "cpu")[0]
     assert (config.rollout_fit_steps, config.rollout_fit_lr) == (300, defaults.rollout_fit_lr)
     assert mbrl_envs._cell_config_and_model({**tuned, "quick": True}, _adapter(), 0, "cpu")[0].rollout_fit_steps == 2
+    # PETS's planner: the default keys as before, another one is in the key and runs
+    assert key("pets-ensemble", "--planner", defaults.planner) == key("pets-ensemble")
+    icem = key("pets-ensemble", "--planner", "icem")
+    assert icem["planner"] == "icem" and mbrl_envs._cell_config_and_model(icem, _adapter(), 0, "cpu")[0].planner == "icem"
+    assert "planner" not in key("mbpo-ensemble", "--planner", "icem")
+    assert main(["reproduce", "mbrl-envs", "--planner", "gradient", "--stored-only"]) == 2
     assert main(["reproduce", "mbrl-envs", "--ensemble-lr", "0", "--stored-only"]) == 2
 
 

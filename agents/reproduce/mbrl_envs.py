@@ -86,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
     parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
     parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC and MBPO evaluation interval in real steps (default per env)")
+    parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--fit-steps", type=integer(0), default=None,
@@ -147,6 +148,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         for name in ("samples", "particles"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
+        if algo == "pets" and getattr(args, "planner", None) not in (None, MBRLConfig.planner):  # the default keeps stored keys
+            settings["planner"] = args.planner
         from lyagym.agents.adapters import make_adapter
 
         env_config = make_adapter(_make_env(settings)).config_overrides  # the env's own settings (its adapter's)
@@ -218,6 +221,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["num_samples"] = settings["samples"]
     if "particles" in settings:
         overrides["particles"] = settings["particles"]
+    if "planner" in settings:
+        overrides["planner"] = settings["planner"]
     overrides["fit_steps"] = settings.get("fit_steps", MBRLConfig.fit_steps)  # a key without it: the default fit
     for name, (key, before) in ENSEMBLE_FIT_FIELDS.items():  # only ensembles read them
         overrides[name] = settings.get(key, before)
