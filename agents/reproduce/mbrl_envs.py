@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
     parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
     parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC and MBPO evaluation interval in real steps (default per env)")
+    parser.add_argument("--random-episode-steps", type=integer(1), default=None,
+                        help="length of PETS's / MBPO's random first episode (default: the env's; MBRLConfig's: a whole episode)")
     parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
@@ -153,6 +155,10 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         from lyagym.agents.adapters import make_adapter
 
         env_config = make_adapter(_make_env(settings)).config_overrides  # the env's own settings (its adapter's)
+        random_steps = getattr(args, "random_episode_steps", None)
+        own_random_steps = env_config.get("random_episode_steps") or env_config.get("episode_steps", MBRLConfig.episode_steps)
+        if random_steps is not None and random_steps != own_random_steps:
+            settings["random_episode_steps"] = random_steps  # the env's own length keeps the stored keys
         fit_steps = int(args.fit_steps if getattr(args, "fit_steps", None) is not None else env_config.get("fit_steps", MBRLConfig.fit_steps))
         if fit_steps != MBRLConfig.fit_steps:  # the cells stored before a fit of another length keep their keys
             settings["fit_steps"] = fit_steps
@@ -223,6 +229,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["particles"] = settings["particles"]
     if "planner" in settings:
         overrides["planner"] = settings["planner"]
+    if "random_episode_steps" in settings:
+        overrides["random_episode_steps"] = settings["random_episode_steps"]
     overrides["fit_steps"] = settings.get("fit_steps", MBRLConfig.fit_steps)  # a key without it: the default fit
     for name, (key, before) in ENSEMBLE_FIT_FIELDS.items():  # only ensembles read them
         overrides[name] = settings.get(key, before)
