@@ -98,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "lyagym.agents.mbrl.model_priors); --no-model-priors: the paper's plain MLP")
     parser.add_argument("--fit-epochs", type=integer(1), default=None, help="default 60")
     parser.add_argument("--fit-steps", type=integer(0), default=None, help="at least this many Adam steps per model fit (default 2000)")
+    parser.add_argument("--rollout-fit-steps", type=integer(0), default=None,
+                        help="an ensemble's multi-step fine-tune after each fit, in Adam steps over windows of --horizon real steps (default 0: none)")
     parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of the random-action episodes (default: --episode-steps)")
     parser.add_argument("--imagined-steps", type=integer(0), default=None, help="dyna: SAC steps per imagined batch per episode")
@@ -132,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--episodes + --random-episodes must be >= 1")
     if args.algo != "pets" and args.model in ("clf", "ensemble-clf", "certified", "ensemble-certified"):
         return _fail(f"--model {args.model}: the control Lyapunov function is fitted and planned with by pets only, not {args.algo}")
+    if args.rollout_fit_steps and not (args.algo in ("pets", "mbpo", "dyna") and args.model.startswith("ensemble")):
+        return _fail(f"--rollout-fit-steps fine-tunes an ensemble's members: use it with --model ensemble, ensemble-stable, ... "
+                     f"(got --algo {args.algo} --model {args.model})")
     if args.resume and args.algo != "pets":
         return _fail(f"--resume works for pets runs only; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:

@@ -37,6 +37,7 @@ continues from the committed state and gives the same rows as an uninterrupted r
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable
@@ -81,6 +82,10 @@ def check_config(config: MBRLConfig) -> None:
         raise ValueError(f"config.max_real_steps must be None or an int >= 1, got {config.max_real_steps!r}")
     if config.random_episode_steps is not None and config.random_episode_steps < 1:
         raise ValueError(f"config.random_episode_steps must be None or >= 1, got {config.random_episode_steps!r}")
+    if not isinstance(config.rollout_fit_steps, (int, np.integer)) or config.rollout_fit_steps < 0:
+        raise ValueError(f"config.rollout_fit_steps must be an int >= 0, got {config.rollout_fit_steps!r}")
+    if not (isinstance(config.rollout_fit_lr, (int, float)) and math.isfinite(config.rollout_fit_lr) and config.rollout_fit_lr > 0):
+        raise ValueError(f"config.rollout_fit_lr must be a finite number > 0, got {config.rollout_fit_lr!r}")
     if config.propagation not in ("tsinf", "ts1", "expectation"):
         raise ValueError(f"config.propagation must be 'tsinf', 'ts1' or 'expectation', got {config.propagation!r}")
 

@@ -134,9 +134,12 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["mbrl", "--env", "Pendulum-v1", "--algo", "pets", "--model", "ensemble-stable", "--episodes", "1",
             "--episode-steps", "20", "--samples", "8", "--horizon", "3", "--iterations", "1", "--warmup-iterations", "1",
-            "--fit-epochs", "1", "--fit-steps", "0", "--ensemble-size", "2", "--particles", "2", "--no-progress", "--out", out]
+            "--fit-epochs", "1", "--fit-steps", "0", "--ensemble-size", "2", "--particles", "2", "--rollout-fit-steps", "2",
+            "--no-progress", "--out", out]
     assert main(args) == 0
     assert "pets: 2 episodes, 40 real steps" in capsys.readouterr().out
+    assert main(["mbrl", "--model", "stable", "--rollout-fit-steps", "5", "--out", str(tmp_path / "v")]) == 2
+    assert "--rollout-fit-steps fine-tunes an ensemble" in capsys.readouterr().err
     assert main(["mbrl", "--env", "Pendulum-v1", "--links", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--links" in capsys.readouterr().err
     assert main(["mbrl", "--episodes", "-1", "--out", str(tmp_path / "y")]) == 2
@@ -260,3 +263,14 @@ def test_fit_model_fine_tunes_an_ensemble_on_windows_of_the_planners_horizon(mon
     world_models.fit_model(model_for(adapter, "ensemble"), buffer, tiny(adapter, horizon=6), progress=False)
     world_models.fit_model(model_for(adapter, "simple"), buffer, tiny(adapter, horizon=6, rollout_fit_steps=3), progress=False)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("field, value", [("episodes", -1), ("horizon", 0), ("rollout_fit_steps", -1), ("rollout_fit_steps", 2.5),
+                                          ("rollout_fit_lr", 0.0), ("rollout_fit_lr", float("nan")), ("propagation", "ts2")])
+def test_the_loops_refuse_a_config_they_cannot_run_before_any_work(field, value, tmp_path):
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        run_pets(env, model_for(adapter, "ensemble"), None, tiny(adapter, **{field: value}), adapter=adapter,
+                 out_dir=str(tmp_path / "run"), progress=False)
+    assert not os.path.exists(tmp_path / "run" / "episodes.csv")

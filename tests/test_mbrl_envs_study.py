@@ -126,8 +126,8 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     assert "planner" not in key("mbpo-ensemble", "--planner", "icem")
     assert main(["reproduce", "mbrl-envs", "--planner", "gradient", "--stored-only"]) == 2
     # the random first episode's length: the env's own keys as before, another is in the key and runs
-    assert key("pets-ensemble", "--random-episode-steps", str(defaults.episode_steps)) == key("pets-ensemble")
-    short = key("mbpo-ensemble", "--random-episode-steps", "50")
+    assert key("pets-ensemble", "--random-steps", str(defaults.episode_steps)) == key("pets-ensemble")
+    short = key("mbpo-ensemble", "--random-steps", "50")
     assert short["random_episode_steps"] == 50
     assert mbrl_envs._cell_config_and_model(short, _adapter(), 0, "cpu")[0].random_episode_steps == 50
     assert main(["reproduce", "mbrl-envs", "--ensemble-lr", "0", "--stored-only"]) == 2

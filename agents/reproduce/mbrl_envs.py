@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-real-steps", type=integer(1), default=None, help="PETS/MBPO budget of real steps (default per env)")
     parser.add_argument("--sac-steps", type=integer(1), default=None, help="SAC's real steps (default per env)")
     parser.add_argument("--eval-every", type=integer(1), default=None, help="SAC and MBPO evaluation interval in real steps (default per env)")
-    parser.add_argument("--random-episode-steps", type=integer(1), default=None,
+    parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of PETS's / MBPO's random first episode (default: the env's; MBRLConfig's: a whole episode)")
     parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
