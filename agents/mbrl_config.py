@@ -47,7 +47,9 @@ class MBRLConfig:
     ensemble_lr: float | None = 3e-3
     #: Adam steps of an ensemble's multi-step fine-tune after each one-step fit
     #: (``fit_ensemble_rollouts``: every member rolls its mean over windows of ``horizon`` real
-    #: steps, the planner's horizon); 0: none (the default; the double pendulum's adapter sets it)
+    #: steps, the planner's horizon); 0: none, the default. On the double pendulum 1000 steps cut
+    #: the members' 15-step error on later episodes by 45% (seed 4, 800 transitions) but did not
+    #: make PETS reach SAC's return sooner (5 seeds, README)
     rollout_fit_steps: int = 0
     rollout_fit_lr: float = 3e-3  #: Adam's step of that fine-tune
     val_fraction: float = 0.1

@@ -1146,6 +1146,8 @@ def fit_ensemble_rollouts(
             step, as the planner's rollouts do.
         val_fraction: held-out windows; the weights with the lowest held-out rollout error are
             kept, those before the fine-tune included (it can only improve the held-out error).
+            Windows that start a step apart share most of their states, so this check guards
+            against a fine-tune that diverges more than it measures generalisation.
             ``0``: the training windows are the check.
         evaluations: held-out checks over the run (at the start and every ``steps /
             evaluations`` steps).
