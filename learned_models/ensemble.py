@@ -910,6 +910,17 @@ def _as_data(t: Any, name: str, shape: tuple) -> torch.Tensor:
     return t
 
 
+def _check_fit_options(batch_size: Any, lr: Any, val_fraction: Any, all_rows: str) -> None:
+    """The options ``fit_ensemble`` and ``fit_ensemble_rollouts`` share (``all_rows``: what
+    ``batch_size = 0`` takes)."""
+    if not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0 (0 = {all_rows}), got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+
+
 def ensemble_optimizer(ensemble: Ensemble, *, lr: float = 1e-3, weight_decay: float = 0.0, rate_lr: float = 0.02) -> torch.optim.Optimizer:
     """``fit_ensemble``'s Adam over the stacked parameters (stable members' learned rates in a
     group of their own with step ``rate_lr``), fused where this torch has a fused Adam for the
@@ -986,12 +997,7 @@ def fit_ensemble(
         raise TypeError(f"fit_ensemble trains an Ensemble, got {type(ensemble).__name__}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be an int >= 0 (0 = the whole split), got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    _check_fit_options(batch_size, lr, val_fraction, "the whole split")
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
     if not (isinstance(rate_lr, (int, float)) and rate_lr > 0 and math.isfinite(rate_lr)):
@@ -1165,12 +1171,7 @@ def fit_ensemble_rollouts(
         raise ValueError("the ensemble is not calibrated: fit it with fit_ensemble first (it sets the normalisations)")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be an int >= 0 (0 = all windows), got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    _check_fit_options(batch_size, lr, val_fraction, "all windows")
     if not isinstance(evaluations, int) or evaluations < 1:
         raise ValueError(f"evaluations must be an int >= 1, got {evaluations!r}")
     n, m, E = ensemble.state_dim, ensemble.action_dim, ensemble.size
