@@ -124,6 +124,10 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     icem = key("pets-ensemble", "--planner", "icem")
     assert icem["planner"] == "icem" and mbrl_envs._cell_config_and_model(icem, _adapter(), 0, "cpu")[0].planner == "icem"
     assert "planner" not in key("mbpo-ensemble", "--planner", "icem")
+    assert key("pets-ensemble", "--propagation", defaults.propagation) == key("pets-ensemble")
+    mean = key("pets-ensemble", "--propagation", "expectation")
+    assert mbrl_envs._cell_config_and_model(mean, _adapter(), 0, "cpu")[0].propagation == "expectation"
+    assert "propagation" not in key("pets-simple", "--propagation", "expectation")
     assert main(["reproduce", "mbrl-envs", "--planner", "gradient", "--stored-only"]) == 2
     # the random first episode's length: the env's own keys as before, another is in the key and runs
     assert key("pets-ensemble", "--random-steps", str(defaults.episode_steps)) == key("pets-ensemble")

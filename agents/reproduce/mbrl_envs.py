@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of PETS's / MBPO's random first episode (default: the env's; MBRLConfig's: a whole episode)")
     parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
+    parser.add_argument("--propagation", choices=["tsinf", "ts1", "expectation"], default=None,
+                        help="PETS's propagation of an ensemble's particles (default: MBRLConfig's, tsinf)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--fit-steps", type=integer(0), default=None,
@@ -152,6 +154,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
                 settings[name] = getattr(args, name)
         if algo == "pets" and getattr(args, "planner", None) not in (None, MBRLConfig.planner):  # the default keeps stored keys
             settings["planner"] = args.planner
+        if "ensemble" in method and getattr(args, "propagation", None) not in (None, MBRLConfig.propagation):
+            settings["propagation"] = args.propagation
         from lyagym.agents.adapters import make_adapter
 
         env_config = make_adapter(_make_env(settings)).config_overrides  # the env's own settings (its adapter's)
@@ -229,6 +233,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["particles"] = settings["particles"]
     if "planner" in settings:
         overrides["planner"] = settings["planner"]
+    if "propagation" in settings:
+        overrides["propagation"] = settings["propagation"]
     if "random_episode_steps" in settings:
         overrides["random_episode_steps"] = settings["random_episode_steps"]
     overrides["fit_steps"] = settings.get("fit_steps", MBRLConfig.fit_steps)  # a key without it: the default fit
