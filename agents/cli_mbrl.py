@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="world model for pets/mbpo/dyna; clf kinds (a control Lyapunov function certified beside the "
                              "model, for plants that are not open-loop stable) with pets only; certified: stable or clf from the plant")
     parser.add_argument("--ensemble-size", type=integer(1), default=None, help="members of an ensemble model (default 5)")
-    parser.add_argument("--propagation", default=None, choices=["tsinf", "ts1", "expectation"], help="ensemble propagation (default tsinf)")
+    parser.add_argument("--propagation", default=None, choices=["tsinf", "ts1", "expectation"],
+                        help="ensemble propagation (default: the env adapter's: expectation on the double pendulum, else tsinf)")
     parser.add_argument("--particles", type=integer(1), default=None, help="particles per candidate with an ensemble (default 5)")
     parser.add_argument("--episodes", type=integer(0), default=5, help="real episodes after the random ones (pets/mbpo/dyna)")
     parser.add_argument("--random-episodes", type=integer(0), default=1)

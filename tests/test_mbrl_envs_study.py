@@ -178,6 +178,49 @@ def test_a_cells_key_and_fit_follow_the_envs_own_fit_length():
     assert main(["reproduce", "mbrl-envs", "--fit-steps", "-1", "--stored-only"]) == 2
 
 
+def test_the_double_pendulums_pets_cells_key_and_run_its_own_propagation():
+    """The double pendulum's adapter asks PETS for expectation propagation: its ensemble cells
+    key and run it (the key of ``--propagation expectation``), ``--propagation tsinf`` keys as
+    the cells stored before (no entry) and runs TS-infinity, not the env's; other envs, single
+    models and MBPO (TS-1 rollouts whatever the env says) are keyed as before."""
+    import argparse
+
+    import gymnasium as gym
+
+    from lyagym.agents.adapters import make_adapter, make_pendulum_env
+    from lyagym.agents.adapters.n_link_pendulum import DOUBLE_PENDULUM_PROPAGATION
+    from lyagym.agents.mbrl_config import MBRLConfig, config_for
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+
+    def key(env_id, method, *extra, links=2):
+        return mbrl_envs.cell_settings(env_id, method, parser.parse_args(["--links", str(links), *extra]))
+
+    pendulum = "lyagym/NLinkPendulum-v0"
+    double = make_adapter(make_pendulum_env(2))
+    assert DOUBLE_PENDULUM_PROPAGATION != MBRLConfig.propagation
+    assert config_for(double).propagation == DOUBLE_PENDULUM_PROPAGATION  # the CLI's loops read it too
+    assert config_for(make_adapter(make_pendulum_env(1))).propagation == MBRLConfig.propagation
+    for method in ("pets-ensemble", "pets-ensemble-stable"):
+        own = key(pendulum, method)
+        assert own["propagation"] == DOUBLE_PENDULUM_PROPAGATION
+        assert own == key(pendulum, method, "--propagation", DOUBLE_PENDULUM_PROPAGATION)
+        ts_inf = key(pendulum, method, "--propagation", MBRLConfig.propagation)
+        assert "propagation" not in ts_inf and {k: v for k, v in own.items() if k != "propagation"} == ts_inf
+        assert mbrl_envs._cell_config_and_model({**own, "quick": True}, double, 0, "cpu")[0].propagation == DOUBLE_PENDULUM_PROPAGATION
+        config, model = mbrl_envs._cell_config_and_model({**ts_inf, "quick": True}, double, 0, "cpu")
+        assert config.propagation == model.propagation == MBRLConfig.propagation
+    assert "propagation" not in key(pendulum, "pets-ensemble", links=1)
+    assert "propagation" not in key(pendulum, "pets-simple")
+    mbpo = key(pendulum, "mbpo-ensemble")
+    assert "propagation" not in mbpo and "propagation" not in mbpo["env_config"]
+    assert mbpo["env_config"]["fit_steps"] == double.config_overrides["fit_steps"]
+    assert "propagation" not in key("Pendulum-v1", "pets-ensemble")
+    assert config_for(make_adapter(gym.make("Pendulum-v1"))).propagation == MBRLConfig.propagation
+
+
 def test_a_cell_that_another_process_is_running_is_skipped_not_run_twice(tmp_path, capsys):
     """A study that finds a cell's run folder held by another process (a killed study's
     worker still running it) skips that cell with a one-line message, even with --rerun,

@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of PETS's / MBPO's random first episode (default: the env's; MBRLConfig's: a whole episode)")
     parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
     parser.add_argument("--propagation", choices=["tsinf", "ts1", "expectation"], default=None,
-                        help="PETS's propagation of an ensemble's particles (default: MBRLConfig's, tsinf)")
+                        help="PETS's propagation of an ensemble's particles (default: the env's; MBRLConfig's: tsinf)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--fit-steps", type=integer(0), default=None,
@@ -154,11 +154,14 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
                 settings[name] = getattr(args, name)
         if algo == "pets" and getattr(args, "planner", None) not in (None, MBRLConfig.planner):  # the default keeps stored keys
             settings["planner"] = args.planner
-        if "ensemble" in method and getattr(args, "propagation", None) not in (None, MBRLConfig.propagation):
-            settings["propagation"] = args.propagation
         from lyagym.agents.adapters import make_adapter
 
         env_config = make_adapter(_make_env(settings)).config_overrides  # the env's own settings (its adapter's)
+        propagation = getattr(args, "propagation", None)
+        if propagation is None and algo == "pets":  # MBPO's branched rollouts are TS-1 whatever the env's setting
+            propagation = env_config.get("propagation", MBRLConfig.propagation)
+        if "ensemble" in method and propagation not in (None, MBRLConfig.propagation):  # the default keeps stored keys
+            settings["propagation"] = propagation
         random_steps = getattr(args, "random_episode_steps", None)
         own_random_steps = env_config.get("random_episode_steps") or env_config.get("episode_steps", MBRLConfig.episode_steps)
         if random_steps is not None and random_steps != own_random_steps:
@@ -185,7 +188,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
     if args.quick:
         settings["quick"] = True
     if method.startswith("mbpo"):  # the env's own MBPO settings are part of the key
-        settings["env_config"] = json.loads(json.dumps(env_config, sort_keys=True))
+        mbpo_config = {name: value for name, value in env_config.items() if name != "propagation"}  # MBPO samples TS-1
+        settings["env_config"] = json.loads(json.dumps(mbpo_config, sort_keys=True))
     return settings
 
 
@@ -233,8 +237,7 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
         overrides["particles"] = settings["particles"]
     if "planner" in settings:
         overrides["planner"] = settings["planner"]
-    if "propagation" in settings:
-        overrides["propagation"] = settings["propagation"]
+    overrides["propagation"] = settings.get("propagation", MBRLConfig.propagation)  # a key without it: TS-infinity
     if "random_episode_steps" in settings:
         overrides["random_episode_steps"] = settings["random_episode_steps"]
     overrides["fit_steps"] = settings.get("fit_steps", MBRLConfig.fit_steps)  # a key without it: the default fit
