@@ -104,6 +104,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-steps", dest="random_episode_steps", type=integer(1), default=None,
                         help="length of the random-action episodes (default: --episode-steps)")
     parser.add_argument("--imagined-steps", type=integer(0), default=None, help="dyna: SAC steps per imagined batch per episode")
+    mbpo = parser.add_argument_group("mbpo", "MBPO's settings (defaults: the env adapter's, else MBRLConfig's: MBPO's InvertedPendulum ones)")
+    mbpo.add_argument("--model-train-every", type=integer(1), default=None,
+                      help="real steps between model fits and batches of branched rollouts (default 250)")
+    mbpo.add_argument("--model-rollouts", type=integer(1), default=None, help="branched model rollouts per real step (default 400)")
+    mbpo.add_argument("--rollout-schedule", type=integer(0), nargs=4, metavar=("FIRST", "LAST", "MIN", "MAX"), default=None,
+                      help="rollout length MIN up to episode FIRST, MAX from episode LAST, linear in between (default 1 15 1 1)")
+    mbpo.add_argument("--real-ratio", type=number(0, maximum=1), default=None, help="fraction of real transitions in SAC's batches (default 0.05)")
+    mbpo.add_argument("--sac-updates", dest="sac_updates_per_step", type=integer(1), default=None,
+                      help="SAC gradient steps per real step (default 10; 20 on InvertedDoublePendulum-v5)")
+    mbpo.add_argument("--sac-batch-size", type=integer(1), default=None, help="default 256")
+    mbpo.add_argument("--sac-target-entropy", type=number(None), default=None,
+                      help="SAC's entropy target (default: -0.05 on the MuJoCo pendulums, else SB3's -action_dim)")
+    mbpo.add_argument("--eval-every", type=integer(1), default=None,
+                      help="also score the greedy policy every this many real steps, within episodes (default: after each episode only)")
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=folder, default="lyagym-mbrl", help="output folder")
@@ -112,6 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
                         "(needs the tensorboard package)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+#: the MBPO flags and their ``MBRLConfig`` fields (refused with another --algo)
+MBPO_FLAGS = {"--model-train-every": "model_train_every", "--model-rollouts": "model_rollouts", "--rollout-schedule": "rollout_schedule",
+              "--real-ratio": "real_ratio", "--sac-updates": "sac_updates_per_step", "--sac-batch-size": "sac_batch_size",
+              "--sac-target-entropy": "sac_target_entropy", "--eval-every": "eval_every"}
 
 
 def _fail(message: str) -> int:
@@ -138,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rollout_fit_steps and not (args.algo in ("pets", "mbpo", "dyna") and args.model.startswith("ensemble")):
         return _fail(f"--rollout-fit-steps fine-tunes an ensemble's members: use it with --model ensemble, ensemble-stable, ... "
                      f"(got --algo {args.algo} --model {args.model})")
+    mbpo_flags = [flag for flag, dest in MBPO_FLAGS.items() if getattr(args, dest) is not None]
+    if mbpo_flags and args.algo != "mbpo":
+        return _fail(f"{mbpo_flags[0]} is an MBPO setting: use it with --algo mbpo (got --algo {args.algo})")
     if args.resume and args.algo != "pets":
         return _fail(f"--resume works for pets runs only; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
@@ -150,9 +173,15 @@ def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(MBRLConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     given["wrap_angles"] = args.wrap_angles
+    if args.rollout_schedule is not None:
+        given["rollout_schedule"] = tuple(args.rollout_schedule)
     try:
         config = config_for(adapter, **given)
         check_config(config)
+        if args.algo == "mbpo":
+            from .mbpo import check_mbpo_config
+
+            check_mbpo_config(config)
     except (TypeError, ValueError) as e:
         return _fail(str(e))
     progress = not args.no_progress

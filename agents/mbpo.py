@@ -51,7 +51,7 @@ from .pets import _commit, _row, check_config, check_model_fits
 from .run_log import RunFolder, TensorBoardLog
 from .world_models import fit_model, is_ensemble
 
-__all__ = ["run_mbpo", "TensorReplay", "MixedReplay", "rollout_length"]
+__all__ = ["run_mbpo", "check_mbpo_config", "TensorReplay", "MixedReplay", "rollout_length"]
 
 
 def rollout_length(episode: int, schedule: tuple[int, int, int, int]) -> int:
@@ -64,6 +64,23 @@ def rollout_length(episode: int, schedule: tuple[int, int, int, int]) -> int:
         return low if episode <= first else high
     frac = min(1.0, (episode - first) / (last - first))
     return int(round(low + frac * (high - low)))
+
+
+def check_mbpo_config(config: MBRLConfig) -> None:
+    """Refuse MBPO settings (``check_config`` checks the ones every loop shares) before any work."""
+    if len(config.rollout_schedule) != 4:
+        raise ValueError(f"config.rollout_schedule must be (first episode, last episode, min length, max length), got {config.rollout_schedule!r}")
+    rollout_length(0, config.rollout_schedule)
+    for name in ("model_train_every", "model_rollouts", "sac_updates_per_step", "sac_batch_size", "model_retain_epochs"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"config.{name} must be an int >= 1, got {value!r}")
+    if not (isinstance(config.real_ratio, (int, float)) and 0.0 <= config.real_ratio <= 1.0):
+        raise ValueError(f"config.real_ratio must be a fraction in [0, 1], got {config.real_ratio!r}")
+    if config.eval_every is not None and config.eval_every < 1:
+        raise ValueError(f"config.eval_every must be None or >= 1 real steps, got {config.eval_every!r}")
+    if config.sac_target_entropy is not None and not math.isfinite(config.sac_target_entropy):
+        raise ValueError(f"config.sac_target_entropy must be None or a finite number, got {config.sac_target_entropy!r}")
 
 
 class TensorReplay:
@@ -259,14 +276,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         raise ValueError("MBPO runs cannot be resumed (its model-data replay is not stored); start a new run folder")
     adapter = adapter or make_adapter(env)
     check_model_fits(model, adapter)
-    rollout_length(0, config.rollout_schedule)  # validates the schedule before any work
-    for name in ("model_train_every", "model_rollouts", "sac_updates_per_step", "model_retain_epochs"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"config.{name} must be >= 1, got {getattr(config, name)!r}")
-    if config.eval_every is not None and config.eval_every < 1:
-        raise ValueError(f"config.eval_every must be None or >= 1 real steps, got {config.eval_every!r}")
-    if config.sac_target_entropy is not None and not math.isfinite(config.sac_target_entropy):
-        raise ValueError(f"config.sac_target_entropy must be None or a finite number, got {config.sac_target_entropy!r}")
+    check_mbpo_config(config)
     run = RunFolder(out_dir, algo="mbpo", settings={"method": method, **dataclasses.asdict(config)}) if out_dir else None
     if run is not None:
         run.prepare(False, overwrite)

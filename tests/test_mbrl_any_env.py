@@ -150,6 +150,40 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
     assert "cannot be resumed" in err and "no built-in adapter" in err
 
 
+def test_cli_mbrl_takes_mbpos_settings_and_refuses_them_elsewhere(tmp_path, capsys):
+    """``lyagym mbrl --algo mbpo`` runs with the MBPO flags and its run folder records them (SAC
+    saved with the entropy target, evaluations at the interval); with another --algo or a bad
+    schedule each is one line and exit 2 before any folder is made."""
+    from stable_baselines3 import SAC
+
+    from lyagym.agents.cli import main
+
+    out = str(tmp_path / "mbpo")
+    args = ["mbrl", "--env", "Pendulum-v1", "--algo", "mbpo", "--model", "simple", "--episodes", "1", "--episode-steps", "20",
+            "--fit-epochs", "1", "--fit-steps", "0", "--model-train-every", "10", "--model-rollouts", "3", "--rollout-schedule", "0", "2", "1", "2",
+            "--real-ratio", "0.5", "--sac-updates", "2", "--sac-batch-size", "8", "--sac-target-entropy", "-0.3", "--eval-every", "7",
+            "--no-progress", "--out", out]
+    assert main(args) == 0
+    assert "mbpo: 2 episodes, 40 real steps" in capsys.readouterr().out
+    with open(os.path.join(out, "manifest.json")) as f:
+        settings = json.load(f)["settings"]
+    assert {k: settings[k] for k in ("model_train_every", "model_rollouts", "real_ratio", "sac_updates_per_step", "sac_batch_size",
+                                     "sac_target_entropy", "eval_every")} == \
+        {"model_train_every": 10, "model_rollouts": 3, "real_ratio": 0.5, "sac_updates_per_step": 2, "sac_batch_size": 8,
+         "sac_target_entropy": -0.3, "eval_every": 7}
+    assert list(settings["rollout_schedule"]) == [0, 2, 1, 2]
+    assert SAC.load(committed_file(out, "sac.zip")).target_entropy == pytest.approx(-0.3)
+    assert [int(r["real_steps"]) for r in read_csv(committed_file(out, "evaluations.csv"))] == [21, 28, 35, 40]
+    for extra, flag in ((["--algo", "pets", "--model-rollouts", "3"], "--model-rollouts"),
+                        (["--algo", "sac", "--sac-target-entropy", "-1"], "--sac-target-entropy"),
+                        (["--algo", "mbpo", "--rollout-schedule", "1", "15", "3", "2"], "rollout_schedule"),
+                        (["--algo", "mbpo", "--real-ratio", "1.5"], "--real-ratio")):
+        bad = str(tmp_path / "bad")
+        assert main(["mbrl", "--env", "Pendulum-v1", *extra, "--out", bad]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and len(err.strip().splitlines()) == 1 and not os.path.exists(bad)
+
+
 def test_a_budget_of_real_steps_ends_both_loops(tmp_path):
     env = gym.make("Pendulum-v1")
     adapter = make_adapter(env)
