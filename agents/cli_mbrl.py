@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=folder, default="lyagym-mbrl", help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue a pets run from OUT's committed checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue a pets or mbpo run from OUT's committed checkpoint")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
                         "(needs the tensorboard package)")
@@ -161,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
     mbpo_flags = [flag for flag, dest in MBPO_FLAGS.items() if getattr(args, dest) is not None]
     if mbpo_flags and args.algo != "mbpo":
         return _fail(f"{mbpo_flags[0]} is an MBPO setting: use it with --algo mbpo (got --algo {args.algo})")
-    if args.resume and args.algo != "pets":
-        return _fail(f"--resume works for pets runs only; {args.algo} runs cannot be resumed (start a new --out)")
+    if args.resume and args.algo not in ("pets", "mbpo"):
+        return _fail(f"--resume works for pets and mbpo runs; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
         return _fail(f"{args.out}/episodes.csv exists; pass --resume to continue it or choose another --out")
     try:
@@ -205,21 +205,24 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             return _fail(str(e))
         method = f"{args.algo}-{args.model}"
-        if args.algo == "pets":
-            rows = run_pets(env, model, None, config, adapter=adapter, out_dir=args.out, method=method, resume=args.resume,
-                            progress=progress, tensorboard_dir=tensorboard_dir, control_lyapunov=is_stabilisable_kind(kind))
-            if is_stabilisable_kind(kind) and rows:
-                from .run_log import RunFolder
+        try:  # the loops refuse an --out they cannot write or resume (another run's, ...) before any work
+            if args.algo == "pets":
+                rows = run_pets(env, model, None, config, adapter=adapter, out_dir=args.out, method=method, resume=args.resume,
+                                progress=progress, tensorboard_dir=tensorboard_dir, control_lyapunov=is_stabilisable_kind(kind))
+            elif args.algo == "mbpo":
+                rows = run_mbpo(env, model, config, adapter=adapter, out_dir=args.out, method=method, resume=args.resume, progress=progress,
+                                device=args.device, tensorboard_dir=tensorboard_dir)
+            else:
+                rows = run_dyna(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
+                                device=args.device, tensorboard_dir=tensorboard_dir)
+        except (ValueError, FileExistsError) as e:
+            return _fail(str(e))
+        if args.algo == "pets" and is_stabilisable_kind(kind) and rows:
+            from .run_log import RunFolder
 
-                run = RunFolder(args.out, algo="pets", settings={})
-                print(f"model and its control Lyapunov function: {run.file(run.manifest(), 'model.pt')} "
-                      "(prove its certificate with `lyagym verify` on that file)")
-        elif args.algo == "mbpo":
-            rows = run_mbpo(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
-                            device=args.device, tensorboard_dir=tensorboard_dir)
-        else:
-            rows = run_dyna(env, model, config, adapter=adapter, out_dir=args.out, method=method, progress=progress,
-                            device=args.device, tensorboard_dir=tensorboard_dir)
+            run = RunFolder(args.out, algo="pets", settings={})
+            print(f"model and its control Lyapunov function: {run.file(run.manifest(), 'model.pt')} "
+                  "(prove its certificate with `lyagym verify` on that file)")
     if rows:
         last = rows[-1]
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("final_angle_error", "max_abs_angle", "min_tip_height", "max_position"))

@@ -28,12 +28,14 @@ copy of the env from a fixed start. With ``eval_every`` the greedy policy is als
 every that many real steps within episodes (a policy that balances for 1000 steps would
 otherwise be scored only when its 1000-step training episode ends); every evaluation goes
 to ``on_eval`` and ``evaluations.csv``. The run folder commits the model, the data, SAC (with
-its optimisers) and the rows after every episode.
+its optimisers), both replays, every random-number state and the rows after every episode,
+so ``resume=True`` goes on as if the run had never stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -47,7 +49,7 @@ from tqdm.auto import tqdm
 from .adapters import EnvAdapter, make_adapter
 from .data import TransitionBuffer, collect_episode
 from .mbrl_config import MBRLConfig
-from .pets import _commit, _row, check_config, check_model_fits
+from .pets import _commit, _restore, _row, check_config, check_model_fits
 from .run_log import RunFolder, TensorBoardLog
 from .world_models import fit_model, is_ensemble
 
@@ -64,6 +66,23 @@ def rollout_length(episode: int, schedule: tuple[int, int, int, int]) -> int:
         return low if episode <= first else high
     frac = min(1.0, (episode - first) / (last - first))
     return int(round(low + frac * (high - low)))
+
+
+#: the committed file of MBPO's own state: both replays, their generators and the refit clock
+MBPO_STATE = "mbpo_state.pt"
+#: the key of ``progress.csv``'s rows (SAC's training statistics) that counts real steps
+REAL_STEPS_KEY = "time/real_steps"
+
+
+def _load_sac(sac, path: str) -> None:
+    """SAC's networks, optimisers and entropy coefficient from ``path`` (``sac.save``) into ``sac``."""
+    from stable_baselines3.common.save_util import load_from_zip_file, recursive_setattr
+
+    data, params, variables = load_from_zip_file(path, device=sac.device)
+    sac.set_parameters(params, exact_match=True, device=sac.device)
+    for name, value in (variables or {}).items():  # log_ent_coef, as SB3's own load restores it
+        recursive_setattr(sac, f"{name}.data", value.data)
+    sac._n_updates = int(data.get("_n_updates", 0))
 
 
 def check_mbpo_config(config: MBRLConfig) -> None:
@@ -120,6 +139,31 @@ class TensorReplay:
             store[idx] = value.to(store.device, store.dtype)
         self.position = (self.position + n) % self.capacity
         self.size = min(self.capacity, self.size + n)
+
+    _FIELDS = ("obs", "actions", "next_obs", "rewards", "dones")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored transitions in their slots, with the write position (``load_state_dict``)."""
+        return {"capacity": self.capacity, "position": self.position, "size": self.size,
+                **{name: getattr(self, name)[: self.size].cpu() for name in self._FIELDS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``. At the same capacity the slots are restored as they were (so
+        sampling with the same generator draws the same rows); at another one, e.g. a resumed
+        run with more episodes, the newest transitions are added oldest first (the same slots
+        while the saved FIFO had not wrapped, as D_env never does)."""
+        size, position, capacity = int(state["size"]), int(state["position"]), int(state["capacity"])
+        values = [state[name] for name in self._FIELDS]
+        if capacity == self.capacity:
+            for name, value in zip(self._FIELDS, values):
+                getattr(self, name)[:size] = value.to(self.obs.device)
+            self.position, self.size = position, size
+            return
+        if size == capacity:  # full: the oldest sit at the write position
+            values = [torch.roll(v, -position, 0) for v in values]
+        self.position, self.size = 0, 0
+        obs, actions, next_obs, rewards, dones = values
+        self.add(obs, actions, next_obs, rewards, dones)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, self.size, (n,), generator=generator, device=generator.device).to(self.obs.device)
@@ -258,8 +302,10 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
 
     Args:
         env, model, config, adapter, out_dir, method, progress, on_episode, tensorboard_dir: as ``run_pets``.
-        resume: MBPO runs cannot be resumed yet (SAC's replay of model data is not
-            stored): ``True`` raises instead of silently starting over.
+        resume: continue from ``out_dir``'s committed state: SAC with its optimisers, both
+            replays (D_env and D_model) and every random-number state are committed with the
+            model after each episode, so a resumed run takes the steps an uninterrupted one
+            would have taken (``episodes`` and ``max_real_steps`` may grow).
         device: SAC's device.
         on_eval: called with every evaluation ``{method, seed, real_steps, return, steps,
             <adapter metrics>}`` (``real_steps``: the real steps learned from).
@@ -272,18 +318,17 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     from .sb3_baselines import evaluation_episode, sb3_logger
 
     check_config(config)
-    if resume:
-        raise ValueError("MBPO runs cannot be resumed (its model-data replay is not stored); start a new run folder")
     adapter = adapter or make_adapter(env)
     check_model_fits(model, adapter)
     check_mbpo_config(config)
     run = RunFolder(out_dir, algo="mbpo", settings={"method": method, **dataclasses.asdict(config)}) if out_dir else None
-    if run is not None:
-        run.prepare(False, overwrite)
+    manifest = run.prepare(resume, overwrite) if run is not None else None
+    if manifest is not None and not os.path.exists(run.file(manifest, MBPO_STATE)):
+        run.release()
+        raise ValueError(f"{out_dir!r} was committed without MBPO's replays ({MBPO_STATE}) and cannot be resumed; start a new run folder")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     agent = _Agent(adapter, config, device, config.seed)
-    agent.sac.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))  # not SB3's default, which leaves an empty folder in the temp dir
     buffer = TransitionBuffer(adapter.state_dim, adapter.action_dim, adapter.angle_dims)
     total = config.random_episodes + config.episodes
     capacity_real = total * config.episode_steps
@@ -301,11 +346,28 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     eval_env = _evaluation_copy(env)
     tensorboard = TensorBoardLog(tensorboard_dir, method) if tensorboard_dir else None
     rows: list[dict[str, Any]] = []
-    real_steps, fit_loss, t0 = 0, None, time.perf_counter()
+    fit_loss = None
     # the model's refit clock runs across episodes: real steps since the last fit, D_env's
     # size at that fit, and whether D_model still has to be refilled from the new fit
     clock = {"since_fit": 0, "fitted_on": 0, "fresh": False}
     evaluations: list[dict[str, Any]] = []
+    if manifest is not None:  # after everything that draws random numbers at the start, whose states it restores
+        _load_sac(agent.sac, run.file(manifest, "sac.zip"))
+        rows, buffer, fit_loss = _restore(run, manifest, model)
+        saved = torch.load(run.file(manifest, MBPO_STATE), weights_only=True)
+        real.load_state_dict(saved["real"])
+        model_store.load_state_dict(saved["model"])
+        agent.sac.replay_buffer.generator.set_state(saved["replay_generator"])
+        rng.bit_generator.state = saved["branch_rng"]
+        clock.update(saved["clock"])
+        evaluations = json.loads(saved["evaluations"])
+    real_steps = int(rows[-1]["real_steps"]) if rows else 0
+    t0 = time.perf_counter() - (float(rows[-1]["wall_s"]) if rows else 0.0)
+    # SAC's training statistics, one row per episode (the rows after the committed episode
+    # of an interrupted run are dropped); not SB3's default logger, which leaves an empty
+    # folder in the temp dir
+    agent.sac.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir, continue_until=(REAL_STEPS_KEY, real_steps)
+                                    if manifest is not None else None))
 
     def evaluate(learned_from: int) -> dict[str, Any] | None:
         """The greedy policy on a separate copy of the env (its steps are not learned from)."""
@@ -344,7 +406,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         both.add_trajectory(np.asarray(state["states"][: steps + 1]), np.asarray(state["actions"]))
         return both
 
-    for episode in tqdm(range(total), desc=f"{method} episodes", disable=not progress):
+    for episode in tqdm(range(len(rows), total), desc=f"{method} episodes", disable=not progress, initial=len(rows), total=total):
         if config.max_real_steps is not None and real_steps >= config.max_real_steps:
             break
         ep_seed = config.seed * 10_000 + episode
@@ -401,8 +463,14 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         if evaluation is not None:
             row.update({f"eval_{k}": v for k, v in evaluation.items()})
         rows.append(row)
+        agent.sac.logger.record(REAL_STEPS_KEY, real_steps)
+        agent.sac.logger.dump(real_steps)
+        mbpo_state = {"real": real.state_dict(), "model": model_store.state_dict(), "clock": dict(clock),
+                      "replay_generator": agent.sac.replay_buffer.generator.get_state(), "branch_rng": rng.bit_generator.state,
+                      "evaluations": json.dumps(evaluations)}
         _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p),
-                                                     "evaluations.csv": lambda p: write_csv(p, evaluations)})
+                                                     "evaluations.csv": lambda p: write_csv(p, evaluations),
+                                                     MBPO_STATE: lambda p: torch.save(mbpo_state, p)})
         if tensorboard is not None:
             tensorboard(row)
         if on_episode is not None:

@@ -122,10 +122,14 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     return rows
 
 
-def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None):
+def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None, continue_until: tuple[str, float] | None = None):
     """An SB3 logger for our runs: SB3's training statistics (losses, entropy coefficient, ...)
     as ``out_dir/progress.csv`` and, with ``tensorboard_dir``, as TensorBoard scalars there
     (needs the tensorboard package); no output at all without either.
+
+    ``continue_until=(key, value)`` continues an existing ``progress.csv`` (a resumed run):
+    its rows with ``key <= value`` are kept (rewritten atomically), later ones, logged after
+    the state the run resumes from, are dropped, and new rows are appended.
 
     Passed to ``agent.set_logger`` before ``learn``: SB3's own default (``verbose=0``, no
     ``tensorboard_log``) would create an empty ``SB3-<date>`` folder in the system temp dir
@@ -136,11 +140,39 @@ def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None
     formats = []
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        formats.append(CSVOutputFormat(os.path.join(out_dir, "progress.csv")))
+        path = os.path.join(out_dir, "progress.csv")
+        if continue_until is not None and os.path.exists(path):
+            formats.append(_continued_csv(path, *continue_until))
+        else:
+            formats.append(CSVOutputFormat(path))
     if tensorboard_dir:
         require_tensorboard()  # SB3 itself only asserts
         formats.append(TensorBoardOutputFormat(tensorboard_dir))
     return Logger(folder=out_dir or None, output_formats=formats)
+
+
+def _continued_csv(path: str, key: str, last: float):
+    """SB3's CSV output continuing ``path``: the rows up to ``key == last`` kept, new ones appended."""
+    import csv
+
+    from stable_baselines3.common.logger import CSVOutputFormat
+
+    from .data import atomic_save
+
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    header = lines[0] if lines else []
+    column = header.index(key) if key in header else None
+    kept = [row for row in lines[1:] if column is not None and row[column] != "" and float(row[column]) <= last]
+    atomic_save(path, lambda f: csv.writer(f, lineterminator="\n").writerows([header, *kept] if header else []), mode="w")
+
+    class Continued(CSVOutputFormat):
+        def __init__(self) -> None:  # SB3's opens the file with "w+", which would empty it
+            self.file = open(path, "r+")
+            self.file.seek(0, os.SEEK_END)
+            self.keys, self.separator, self.quotechar = list(header), ",", '"'
+
+    return Continued()
 
 
 def evaluation_episode(env: gym.Env, act: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0,

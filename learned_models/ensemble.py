@@ -353,6 +353,12 @@ class Ensemble(nn.Module):
             self._gen = torch.Generator(device=self.device).manual_seed(self._seed)
         return self._gen
 
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the TS-1 assignments and the sampled noise, on the model's device
+        (its state is what a checkpoint of a run saves to continue the same draws)."""
+        return self._generator()
+
     def reset_generator(self, seed: int) -> None:
         """Re-seed the generator of the TS-1 assignments and the sampled noise."""
         if not isinstance(seed, int):

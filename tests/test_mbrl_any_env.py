@@ -121,6 +121,53 @@ def test_run_folder_commits_as_one_unit_and_refuses_foreign_resumes(tmp_path):
         run_pets(env, model_for(adapter, "simple"), None, tiny(adapter, episodes=-1), progress=False)
 
 
+@pytest.mark.parametrize("kind", ["simple", "ensemble"])
+def test_an_mbpo_run_killed_mid_episode_and_resumed_equals_an_uninterrupted_one(tmp_path, kind):
+    """Killed during its third episode (after the second was committed) and resumed, an MBPO
+    run takes the same steps as one never interrupted: the same rows, evaluations, SAC and
+    model weights; ``progress.csv`` keeps one row per episode (a row logged after the
+    committed state is dropped)."""
+    from stable_baselines3 import SAC
+
+    env = gym.make("Pendulum-v1", max_episode_steps=15)
+    adapter = make_adapter(env)
+    config = tiny(adapter, episodes=3, episode_steps=15, random_episode_steps=15, model_train_every=10, model_rollouts=3,
+                  rollout_schedule=(0, 2, 1, 2), eval_every=7)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_the_third_episode(evaluation):
+        if evaluation["real_steps"] > 45:
+            raise Killed
+
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    rows = run_mbpo(env, model_for(adapter, kind), config, adapter=adapter, out_dir=whole, progress=False)
+    with pytest.raises(Killed):
+        run_mbpo(env, model_for(adapter, kind), config, adapter=adapter, out_dir=cut, progress=False, on_eval=kill_in_the_third_episode)
+    assert json.load(open(os.path.join(cut, "manifest.json")))["episodes"] == 3
+    with open(os.path.join(cut, "progress.csv"), "a") as f:  # as if killed between SAC's log row and the commit
+        f.write(",".join(["999"] * len(open(os.path.join(cut, "progress.csv")).readline().split(","))) + "\n")
+    resumed = run_mbpo(env, model_for(adapter, kind), config, adapter=adapter, out_dir=cut, resume=True, progress=False)
+
+    def without_wall_time(rows):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert [r["real_steps"] for r in rows] == [15, 30, 45, 60]
+    assert without_wall_time(read_csv(committed_file(cut, "episodes.csv"))) == without_wall_time(read_csv(committed_file(whole, "episodes.csv")))
+    assert without_wall_time(resumed[3:]) == without_wall_time(rows[3:])
+    assert read_csv(committed_file(cut, "evaluations.csv")) == read_csv(committed_file(whole, "evaluations.csv"))
+    for name in ("model_weights.pt",):
+        a, b = (torch.load(committed_file(folder, name), weights_only=True) for folder in (whole, cut))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (SAC.load(committed_file(folder, "sac.zip")) for folder in (whole, cut))
+    assert all(torch.equal(x, y) for x, y in zip(a.policy.state_dict().values(), b.policy.state_dict().values()))
+    assert torch.equal(a.log_ent_coef, b.log_ent_coef)
+    progress = read_csv(os.path.join(cut, "progress.csv"))
+    assert [r["time/real_steps"] for r in progress] == [15, 30, 45, 60] == [r["time/real_steps"] for r in read_csv(os.path.join(whole, "progress.csv"))]
+    assert all(r["train/critic_loss"] != "" for r in progress[1:])  # SAC's statistics, after it has trained
+
+
 def test_loops_refuse_a_model_of_another_env():
     env = gym.make("Pendulum-v1")
     other = make_adapter(gym.make("MountainCarContinuous-v0"))
@@ -174,6 +221,9 @@ def test_cli_mbrl_takes_mbpos_settings_and_refuses_them_elsewhere(tmp_path, caps
     assert list(settings["rollout_schedule"]) == [0, 2, 1, 2]
     assert SAC.load(committed_file(out, "sac.zip")).target_entropy == pytest.approx(-0.3)
     assert [int(r["real_steps"]) for r in read_csv(committed_file(out, "evaluations.csv"))] == [21, 28, 35, 40]
+    more = [a if a != "1" or args[i - 1] != "--episodes" else "2" for i, a in enumerate(args)]  # one more episode
+    assert main([*more, "--resume"]) == 0
+    assert "mbpo: 3 episodes, 60 real steps" in capsys.readouterr().out
     for extra, flag in ((["--algo", "pets", "--model-rollouts", "3"], "--model-rollouts"),
                         (["--algo", "sac", "--sac-target-entropy", "-1"], "--sac-target-entropy"),
                         (["--algo", "mbpo", "--rollout-schedule", "1", "15", "3", "2"], "rollout_schedule"),

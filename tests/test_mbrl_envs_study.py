@@ -34,6 +34,38 @@ def test_worker_processes_store_the_same_cells_as_a_serial_run(tmp_path, capsys)
     assert "## Pendulum-v1" in capsys.readouterr().out
 
 
+def test_a_killed_mbpo_cell_goes_on_from_its_last_committed_episode(tmp_path, monkeypatch):
+    """A cell whose worker died after its first episode was committed resumes there when the
+    study runs it again, and stores what an uninterrupted cell stores."""
+    import argparse
+
+    import lyagym.agents.mbrl as mbrl
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+    settings = mbrl_envs.cell_settings("Pendulum-v1", "mbpo-simple", parser.parse_args(["--quick"]))
+    whole = mbrl_envs.run_cell(settings, 0, str(tmp_path / "whole"))
+
+    class Killed(Exception):
+        pass
+
+    def stop(row):
+        raise Killed
+
+    started = []
+    run_mbpo = mbrl.run_mbpo
+    monkeypatch.setattr(mbrl, "run_mbpo", lambda *a, **kw: started.append(kw["resume"]) or run_mbpo(*a, on_episode=stop, **kw))
+    with pytest.raises(Killed):
+        mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    monkeypatch.setattr(mbrl, "run_mbpo", lambda *a, **kw: started.append(kw["resume"]) or run_mbpo(*a, **kw))
+    resumed = mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    assert started == [False, True]
+    assert len(whole["episodes"]) == 2 and whole["evaluations"] and resumed["evaluations"] == whole["evaluations"]
+    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed["episodes"]] == \
+        [{k: v for k, v in r.items() if k != "wall_s"} for r in whole["episodes"]]
+
+
 def test_study_refuses_bad_arguments(tmp_path, capsys):
     assert main(["reproduce", "mbrl-envs", "--methods", "pets-bogus", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "mbrl-envs", "--workers", "0", "--out", str(tmp_path)]) == 2

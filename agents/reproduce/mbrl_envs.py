@@ -289,11 +289,17 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
         evaluations = [{"method": method, "seed": seed, "real_steps": r["learn_steps"], "return": r["return"],
                         "steps_used": episodes[-1]["real_steps"]} for r in episodes if r["policy"] == "mpc"]
     elif algo == "mbpo":
-        evaluations = []
-        episodes = run_mbpo(env, model, config, adapter=adapter, out_dir=run_dir, method=method, overwrite=True,
-                            progress=progress, device=device, on_eval=evaluations.append)
+        from lyagym.agents.mbpo import MBPO_STATE
+        from lyagym.agents.run_log import committed_file, read_csv
+
+        # a killed cell goes on from its last committed episode (one committed before MBPO
+        # stored its replays starts over)
+        resume = os.path.exists(os.path.join(run_dir, "manifest.json")) and os.path.exists(committed_file(run_dir, MBPO_STATE))
+        episodes = run_mbpo(env, model, config, adapter=adapter, out_dir=run_dir, method=method, resume=resume, overwrite=not resume,
+                            progress=progress, device=device)
+        scored = committed_file(run_dir, "evaluations.csv")  # the resumed run's earlier evaluations too
         evaluations = [{"method": method, "seed": seed, "real_steps": r["real_steps"], "return": r["return"],
-                        "steps_used": episodes[-1]["real_steps"]} for r in evaluations]
+                        "steps_used": episodes[-1]["real_steps"]} for r in (read_csv(scored) if os.path.exists(scored) else [])]
     else:
         raise ValueError(f"unknown method {method!r}: pets-<model>, mbpo-<model> or sac")
     return {"evaluations": evaluations, "episodes": episodes}
