@@ -106,11 +106,22 @@ def check_device(device: str | None) -> str | None:
     return None
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: ...)`` after every option's help, except where the default is ``None`` and the
+    help says what it stands for (``"... (default: the env's)"``): a second ``(default: None)``
+    there would contradict it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None and action.help and "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every option of ``parser`` (and of its subcommands) shows ``(default: ...)`` in ``--help``.
+    """Every option of ``parser`` (and of its subcommands) shows its default in ``--help``.
 
     ``ArgumentDefaultsHelpFormatter`` skips options without help text, so those get a blank one."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = DefaultsHelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -135,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="lyagym",
         description="Pendulum environments, certified stable world models and MPC agents.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help="torch CPU threads (torch.set_num_threads); 1 suits these small models, and torch's "
