@@ -467,7 +467,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         agent.sac.logger.dump(real_steps)
         mbpo_state = {"real": real.state_dict(), "model": model_store.state_dict(), "clock": dict(clock),
                       "replay_generator": agent.sac.replay_buffer.generator.get_state(), "branch_rng": rng.bit_generator.state,
-                      "evaluations": json.dumps(evaluations)}
+                      "evaluations": json.dumps(evaluations, default=float)}
         _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p),
                                                      "evaluations.csv": lambda p: write_csv(p, evaluations),
                                                      MBPO_STATE: lambda p: torch.save(mbpo_state, p)})
