@@ -81,7 +81,8 @@ class MBRLConfig:
     #: (the members' mean map). The double pendulum's adapter sets ``"expectation"`` (measured there:
     #: ``DOUBLE_PENDULUM_PROPAGATION``)
     propagation: str = "tsinf"
-    #: particles per candidate sequence (PETS: P = 20); with an ensemble, a multiple of its size
+    #: particles per candidate sequence (PETS: P = 20); with an ensemble, a multiple of its size.
+    #: Expectation propagation plans with one (its rollouts draw nothing, so particles would be copies)
     particles: int = 5
     # MBPO (Janner et al. 2019)
     model_train_every: int = 250  #: real steps between model fits (and rollout batches)

@@ -165,7 +165,9 @@ def make_mpc_planner(model, adapter: EnvAdapter, cost, config: MBRLConfig, seed:
         options["temperature"] = config.temperature
     if is_ensemble(model):
         model.propagation = config.propagation
-        if config.particles > 1:
+        # expectation rolls a candidate out on the members' mean map, which draws nothing: more
+        # particles would be copies of that one rollout
+        if config.particles > 1 and config.propagation != "expectation":
             options["num_particles"] = config.particles
     return make_planner(config.planner, plan_model, cost, horizon=config.horizon, num_samples=config.num_samples,
                         iterations=config.iterations, action_low=adapter.action_low, action_high=adapter.action_high,

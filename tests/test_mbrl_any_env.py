@@ -168,6 +168,25 @@ def test_an_mbpo_run_killed_mid_episode_and_resumed_equals_an_uninterrupted_one(
     assert all(r["train/critic_loss"] != "" for r in progress[1:])  # SAC's statistics, after it has trained
 
 
+def test_expectation_plans_each_candidate_once_as_its_particles_would_be_copies():
+    """TS-infinity plans with the config's particles; expectation with one, and its cost of
+    every candidate is what the particles' mean would have been (they draw nothing)."""
+    from lyagym.agents.pets import make_mpc_planner
+
+    env = gym.make("Pendulum-v1")
+    adapter = make_adapter(env)
+    model = model_for(adapter, "ensemble")
+    spread = make_mpc_planner(model, adapter, adapter.planning_cost(), tiny(adapter, particles=4, propagation="tsinf"), 0)
+    assert spread.num_particles == 4
+    once = make_mpc_planner(model, adapter, adapter.planning_cost(), tiny(adapter, particles=4, propagation="expectation"), 0)
+    assert once.num_particles == 1 and model.propagation == "expectation"
+    x0 = torch.tensor([[0.3, -1.0], [2.5, 0.5]], dtype=model.dtype)
+    actions = 2 * torch.rand(2, 6, 4, 1, generator=torch.Generator().manual_seed(0), dtype=model.dtype) - 1
+    torch.testing.assert_close(spread.sequence_cost(x0, actions), once.sequence_cost(x0, actions))  # spread's model now averages too
+    model.propagation = "tsinf"
+    assert not torch.allclose(spread.sequence_cost(x0, actions), once.sequence_cost(x0, actions))
+
+
 def test_loops_refuse_a_model_of_another_env():
     env = gym.make("Pendulum-v1")
     other = make_adapter(gym.make("MountainCarContinuous-v0"))

@@ -237,10 +237,11 @@ def test_the_double_pendulums_pets_cells_key_and_run_its_own_propagation():
     assert config_for(make_adapter(make_pendulum_env(1))).propagation == MBRLConfig.propagation
     for method in ("pets-ensemble", "pets-ensemble-stable"):
         own = key(pendulum, method)
-        assert own["propagation"] == DOUBLE_PENDULUM_PROPAGATION
-        assert own == key(pendulum, method, "--propagation", DOUBLE_PENDULUM_PROPAGATION)
+        assert (own["propagation"], own["particles"]) == (DOUBLE_PENDULUM_PROPAGATION, 1)  # the mean map draws nothing
+        assert own == key(pendulum, method, "--propagation", DOUBLE_PENDULUM_PROPAGATION) == key(pendulum, method, "--particles", "5")
         ts_inf = key(pendulum, method, "--propagation", MBRLConfig.propagation)
-        assert "propagation" not in ts_inf and {k: v for k, v in own.items() if k != "propagation"} == ts_inf
+        assert "propagation" not in ts_inf and "particles" not in ts_inf
+        assert {k: v for k, v in own.items() if k not in ("propagation", "particles")} == ts_inf
         assert mbrl_envs._cell_config_and_model({**own, "quick": True}, double, 0, "cpu")[0].propagation == DOUBLE_PENDULUM_PROPAGATION
         config, model = mbrl_envs._cell_config_and_model({**ts_inf, "quick": True}, double, 0, "cpu")
         assert config.propagation == model.propagation == MBRLConfig.propagation

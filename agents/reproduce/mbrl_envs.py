@@ -162,6 +162,8 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
             propagation = env_config.get("propagation", MBRLConfig.propagation)
         if "ensemble" in method and propagation not in (None, MBRLConfig.propagation):  # the default keeps stored keys
             settings["propagation"] = propagation
+            if propagation == "expectation" and algo == "pets":  # its planner rolls each candidate out once (make_mpc_planner)
+                settings["particles"] = 1
         random_steps = getattr(args, "random_episode_steps", None)
         own_random_steps = env_config.get("random_episode_steps") or env_config.get("episode_steps", MBRLConfig.episode_steps)
         if random_steps is not None and random_steps != own_random_steps:
