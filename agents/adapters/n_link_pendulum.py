@@ -46,9 +46,10 @@ DOUBLE_PENDULUM_FIT_STEPS = 6000
 #: PETS's propagation of an ensemble's particles for n >= 2 (``MBRLConfig.propagation`` is
 #: ``"tsinf"``). On the double pendulum's swing-up (``lyagym reproduce mbrl-envs --links 2``, 5
 #: seeds) scoring every candidate on the members' mean map reached SAC's return after 400-1000
-#: steps learned from on every seed (11.8-20.5x fewer real steps, final returns -180.1 +- 1.1);
-#: with TS-infinity after 600-1600 (seed 4 7.8x, final returns -194.7 +- 12.8). A particle that
-#: keeps one member follows that member's errors over the 15 steps; the mean map averages them
+#: steps learned from on every seed (15.6-20.5x fewer real steps, final returns -180.2 +- 1.0; the
+#: certified ensemble 400-1400, 11.1-24.5x); with TS-infinity after 600-1600 (seed 4 7.8x, final
+#: returns -194.7 +- 12.8). A particle that keeps one member follows that member's errors over the
+#: 15 steps; the mean map averages them
 DOUBLE_PENDULUM_PROPAGATION = "expectation"
 
 
