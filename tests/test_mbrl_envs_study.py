@@ -161,6 +161,12 @@ def test_a_cells_key_follows_the_ensemble_fit_it_ran_with():
     assert mbrl_envs._cell_config_and_model(mean, _adapter(), 0, "cpu")[0].propagation == "expectation"
     assert "propagation" not in key("pets-simple", "--propagation", "expectation")
     assert main(["reproduce", "mbrl-envs", "--planner", "gradient", "--stored-only"]) == 2
+    # MBPO's SAC updates per real step: the env's own number keys as before, another is in the key and runs
+    assert key("mbpo-ensemble", "--sac-updates", str(defaults.sac_updates_per_step)) == key("mbpo-ensemble")
+    busier = key("mbpo-ensemble", "--sac-updates", "40")
+    assert busier["env_config"]["sac_updates_per_step"] == 40 and busier != key("mbpo-ensemble")
+    assert mbrl_envs._cell_config_and_model(busier, _adapter(), 0, "cpu")[0].sac_updates_per_step == 40
+    assert key("pets-ensemble", "--sac-updates", "40") == key("pets-ensemble")
     # the random first episode's length: the env's own keys as before, another is in the key and runs
     assert key("pets-ensemble", "--random-steps", str(defaults.episode_steps)) == key("pets-ensemble")
     short = key("mbpo-ensemble", "--random-steps", "50")

@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--planner", choices=["mppi", "cem", "icem"], default=None, help="PETS's planner (default: MBRLConfig's, mppi)")
     parser.add_argument("--propagation", choices=["tsinf", "ts1", "expectation"], default=None,
                         help="PETS's propagation of an ensemble's particles (default: the env's; MBRLConfig's: tsinf)")
+    parser.add_argument("--sac-updates", type=integer(1), default=None,
+                        help="MBPO's SAC updates per real step (default: the env's; MBRLConfig's: 10)")
     parser.add_argument("--samples", type=integer(1), default=None, help="planner samples per iteration (default: MBRLConfig's)")
     parser.add_argument("--particles", type=integer(1), default=None, help="PETS particles per candidate (default 5)")
     parser.add_argument("--fit-steps", type=integer(0), default=None,
@@ -191,6 +193,9 @@ def cell_settings(env_id: str, method: str, args) -> dict[str, Any]:
         settings["quick"] = True
     if method.startswith("mbpo"):  # the env's own MBPO settings are part of the key
         mbpo_config = {name: value for name, value in env_config.items() if name != "propagation"}  # MBPO samples TS-1
+        updates = getattr(args, "sac_updates", None)
+        if updates is not None and updates != env_config.get("sac_updates_per_step", MBRLConfig.sac_updates_per_step):
+            mbpo_config["sac_updates_per_step"] = updates  # the env's own number keeps the stored keys
         settings["env_config"] = json.loads(json.dumps(mbpo_config, sort_keys=True))
     return settings
 
@@ -251,6 +256,8 @@ def _cell_config_and_model(settings: dict[str, Any], adapter, seed: int, device:
     overrides["rollout_fit_lr"] = settings.get("rollout_fit_lr", MBRLConfig.rollout_fit_lr)
     if algo == "mbpo":
         overrides["eval_every"] = settings.get("eval_every")
+        if "sac_updates_per_step" in settings.get("env_config", {}):  # the env's own or --sac-updates
+            overrides["sac_updates_per_step"] = settings["env_config"]["sac_updates_per_step"]
     small: dict[str, Any] = {}
     if settings.get("quick"):
         overrides.update(episodes=1, episode_steps=60, random_episode_steps=60, num_samples=16, horizon=5, iterations=1,
