@@ -339,6 +339,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
     model_store = TensorReplay(config.model_rollouts * config.model_train_every * max_len * config.model_retain_epochs,
                                adapter.feature_dim, adapter.action_dim, agent.sac.device)
     agent.sac.replay_buffer = MixedReplay(real, model_store, config.real_ratio, seed=config.seed)
+    users_propagation = model.propagation if is_ensemble(model) else None  # given back at the end
     if is_ensemble(model):
         model.propagation = "ts1"
         if hasattr(model, "reset_generator"):
@@ -479,4 +480,6 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         tensorboard.close()
     if run is not None:
         run.release()
+    if users_propagation is not None:
+        model.propagation = users_propagation
     return rows
