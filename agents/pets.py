@@ -100,6 +100,8 @@ def check_model_fits(model, adapter: EnvAdapter) -> None:
 
 def _rng_state(model) -> dict[str, Any]:
     state = {"torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # SAC's and the planners' draws on a GPU
+        state["cuda"] = torch.cuda.get_rng_state_all()
     generator = getattr(model, "generator", None)
     if isinstance(generator, torch.Generator):
         state["model_generator"] = generator.get_state()
@@ -108,6 +110,8 @@ def _rng_state(model) -> dict[str, Any]:
 
 def _set_rng_state(model, state: dict[str, Any]) -> None:
     torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
     generator = getattr(model, "generator", None)
     if "model_generator" in state and isinstance(generator, torch.Generator):
         generator.set_state(state["model_generator"])
