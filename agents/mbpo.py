@@ -35,7 +35,6 @@ so ``resume=True`` goes on as if the run had never stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -69,6 +68,7 @@ def rollout_length(episode: int, schedule: tuple[int, int, int, int]) -> int:
 
 
 #: the committed file of MBPO's own state: both replays, their generators and the refit clock
+#: (the evaluations so far are the committed ``evaluations.csv``)
 MBPO_STATE = "mbpo_state.pt"
 #: the key of ``progress.csv``'s rows (SAC's training statistics) that counts real steps
 REAL_STEPS_KEY = "time/real_steps"
@@ -162,8 +162,7 @@ class TensorReplay:
         if size == capacity:  # full: the oldest sit at the write position
             values = [torch.roll(v, -position, 0) for v in values]
         self.position, self.size = 0, 0
-        obs, actions, next_obs, rewards, dones = values
-        self.add(obs, actions, next_obs, rewards, dones)
+        self.add(*values)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, self.size, (n,), generator=generator, device=generator.device).to(self.obs.device)
@@ -314,7 +313,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         the per-episode rows (also in ``out_dir/episodes.csv``); SAC is saved as
         ``sac.zip`` in the committed state.
     """
-    from .run_log import write_csv
+    from .run_log import read_csv, write_csv
     from .sb3_baselines import evaluation_episode, sb3_logger
 
     check_config(config)
@@ -361,7 +360,8 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         agent.sac.replay_buffer.generator.set_state(saved["replay_generator"])
         rng.bit_generator.state = saved["branch_rng"]
         clock.update(saved["clock"])
-        evaluations = json.loads(saved["evaluations"])
+        scored = run.file(manifest, "evaluations.csv")  # written only once there is an evaluation
+        evaluations = read_csv(scored) if os.path.exists(scored) else []
     real_steps = int(rows[-1]["real_steps"]) if rows else 0
     t0 = time.perf_counter() - (float(rows[-1]["wall_s"]) if rows else 0.0)
     # SAC's training statistics, one row per episode (the rows after the committed episode
@@ -467,8 +467,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
         agent.sac.logger.record(REAL_STEPS_KEY, real_steps)
         agent.sac.logger.dump(real_steps)
         mbpo_state = {"real": real.state_dict(), "model": model_store.state_dict(), "clock": dict(clock),
-                      "replay_generator": agent.sac.replay_buffer.generator.get_state(), "branch_rng": rng.bit_generator.state,
-                      "evaluations": json.dumps(evaluations, default=float)}
+                      "replay_generator": agent.sac.replay_buffer.generator.get_state(), "branch_rng": rng.bit_generator.state}
         _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p),
                                                      "evaluations.csv": lambda p: write_csv(p, evaluations),
                                                      MBPO_STATE: lambda p: torch.save(mbpo_state, p)})

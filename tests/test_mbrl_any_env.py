@@ -242,8 +242,7 @@ def test_cli_mbrl_takes_mbpos_settings_and_refuses_them_elsewhere(tmp_path, caps
     assert list(settings["rollout_schedule"]) == [0, 2, 1, 2]
     assert SAC.load(committed_file(out, "sac.zip")).target_entropy == pytest.approx(-0.3)
     assert [int(r["real_steps"]) for r in read_csv(committed_file(out, "evaluations.csv"))] == [21, 28, 35, 40]
-    more = [a if a != "1" or args[i - 1] != "--episodes" else "2" for i, a in enumerate(args)]  # one more episode
-    assert main([*more, "--resume"]) == 0
+    assert main([*args, "--episodes", "2", "--resume"]) == 0  # one more episode (the last --episodes counts)
     assert "mbpo: 3 episodes, 60 real steps" in capsys.readouterr().out
     for extra, flag in ((["--algo", "pets", "--model-rollouts", "3"], "--model-rollouts"),
                         (["--algo", "sac", "--sac-target-entropy", "-1"], "--sac-target-entropy"),

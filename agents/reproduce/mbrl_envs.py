@@ -303,7 +303,7 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
 
         # a killed cell goes on from its last committed episode (one committed before MBPO
         # stored its replays starts over)
-        resume = os.path.exists(os.path.join(run_dir, "manifest.json")) and os.path.exists(committed_file(run_dir, MBPO_STATE))
+        resume = os.path.exists(committed_file(run_dir, MBPO_STATE))
         episodes = run_mbpo(env, model, config, adapter=adapter, out_dir=run_dir, method=method, resume=resume, overwrite=not resume,
                             progress=progress, device=device)
         scored = committed_file(run_dir, "evaluations.csv")  # the resumed run's earlier evaluations too
