@@ -16,20 +16,29 @@ wanted, ``MLPField`` evaluates the same function with less traffic through memor
 - the input scales, output scales and the control-affine gain's input scale of a
   ``DynamicsNet`` are folded into the first and last weight matrices, once per call;
 - rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole
-  horizon, so a block's activations stay in the core's cache.
+  horizon, so a block's activations stay in the core's cache;
+- a single float32 network on a CPU runs its hidden-to-hidden layers through oneDNN's linear
+  with the activation fused in (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor
+  uses, weights packed once), its hidden activations row-major, in blocks of at most
+  ``FUSED_BLOCK_ROWS``. MKL, torch's BLAS, runs float32 products on AMD CPUs at about half of
+  oneDNN's rate (here 98 against 191 GFLOP/s for (1000, 100) x (100, 100) at one thread) and the
+  activation costs it another pass. Where the build has no oneDNN, for float64, for stacked
+  networks and on GPUs the layers stay feature-major BLAS products.
 
 Same function, different rounding: the results agree with the ordinary path to float
-rounding (the tests compare rollouts and plans). Measured at one thread on a loaded 2-core
-AMD EPYC (AVX-512), CPU time of 1000 rows x 30 RK4 steps of ``SimpleDynamics(2, 1)`` (100-100 ReLU
-MLP): 44 ms through ``_step``, 34 ms here, of which the (100, 100) products take 26 ms at
-85-90 GFLOP/s (MKL reaches 85 on a 1024^3 product on the same core): what is left is that product.
+rounding (the tests compare rollouts and plans, on both kinds of layers). Measured at one
+thread on a quiet 2-core AMD EPYC (AVX-512), CPU time of 1000 rows x 30 RK4 steps of
+``SimpleDynamics(2, 1)`` (100-100 ReLU MLP): 32.5 ms through ``_step``, 26.1 ms as feature-major
+MKL products, 16.2 ms with the oneDNN hidden layer (of which that layer takes 12.5 ms; the thin
+first and last layers, whose products MKL runs at 12 and 11 us per 1000 rows, most of the rest).
 ``torch.compile`` (inductor) of the row-major RK4 step was slower than eager on the same
-rollout (49.6 vs 42.5 ms; with freezing 67 vs 50, with its C++ GEMM template 60 vs 46) and
-took 17-45 s to compile, so it is not used.
+rollout (49.6 vs 42.5 ms; with freezing 67 vs 50, with its C++ GEMM template 60 vs 46, on a
+loaded machine) and took 17-45 s to compile, so it is not used.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -37,7 +46,7 @@ from torch import nn
 
 from .dynamics_net import DynamicsNet
 
-__all__ = ["MLPField", "BLOCK_ROWS", "AfterStep"]
+__all__ = ["MLPField", "BLOCK_ROWS", "FUSED_BLOCK_ROWS", "AfterStep"]
 
 #: ``after_step(t, rows, x, u, x_next)`` of ``MLPField.rollout`` (see there)
 AfterStep = Callable[[int, slice, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
@@ -50,12 +59,38 @@ AfterStep = Callable[[int, slice, torch.Tensor, "torch.Tensor | None", torch.Ten
 #: ``_step`` in 4096-row blocks; and one block of 1000 rows (a 1000-sample plan) beat two of 500.
 BLOCK_ROWS = 1000
 
+#: most rows per block where the hidden layers run through oneDNN (``MLPField._network``): its
+#: row-major products gain from longer blocks (per-call overhead ~10 us) more than they lose
+#: from leaving L2. Measured on 64k rows x 30 RK4 steps of a 100-100 MLP at one thread (ms per
+#: 1000 rows): 16.2 / 14.1 / 13.9 / 14.8 / 18.8 in blocks of 1000 / 4000 / 8000 / 16000 / 32000.
+FUSED_BLOCK_ROWS = 4000
+
 
 def _softplus_(module: nn.Softplus) -> Callable[[torch.Tensor], None]:
     def apply(h: torch.Tensor) -> None:
         h.copy_(nn.functional.softplus(h, module.beta, module.threshold))
 
     return apply
+
+
+#: oneDNN's name for an activation it can apply inside its linear (``torch.ops.mkldnn._linear_pointwise``).
+_ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "swish"}
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    """True where this torch build runs oneDNN's fused linear + activation on CPU float32 and it
+    agrees with ``F.linear`` (checked once, on a small product)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=g) for shape in ((5, 7), (3, 7), (3,)))
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 5)
+        fused = torch.ops.mkldnn._linear_pointwise(x, packed, b, "relu", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):  # an op this build lacks, or will not run
+        return False
+    return torch.allclose(fused, torch.relu(nn.functional.linear(x, w, b)), rtol=1e-5, atol=1e-6)
 
 
 def _in_place(module: nn.Module) -> Callable[[torch.Tensor], None] | None:
@@ -86,11 +121,16 @@ class MLPField:
             MLP), the last layer's rows the derivative (and the gains ``B(x)``, row-major
             ``(state_dim, action_dim)``, for a control-affine net).
         activations: in-place activation after each layer but the last.
+        onednn_activations: oneDNN's name for each of them (``"relu"``, ``"tanh"``, ``"swish"``),
+            or ``"none"`` for one it cannot fuse into its linear (then applied in place after).
     """
 
     def __init__(self, weights: list[torch.Tensor], activations: list[Callable[[torch.Tensor], None]], state_dim: int,
-                 action_dim: int, *, angle_dims: int = 0, control_affine: bool = False) -> None:
+                 action_dim: int, *, angle_dims: int = 0, control_affine: bool = False,
+                 onednn_activations: list[str] | None = None) -> None:
         self.weights, self.activations = weights, activations
+        self.onednn_activations = onednn_activations or ["none"] * len(activations)
+        self._packed_hidden: list | None = None  # the hidden layers' weights in oneDNN's layout, made on first use
         self.state_dim, self.action_dim = state_dim, action_dim
         self.angle_dims, self.control_affine = angle_dims, control_affine
 
@@ -138,7 +178,9 @@ class MLPField:
                     rows = torch.cat([rows, gain_scale.flatten(-2)], -1)
                 weights[-1] *= rows[..., None]
             weights = [w.contiguous() for w in weights]
-        return cls(weights, activations, state_dim, action_dim, angle_dims=angle_dims, control_affine=control_affine)
+        onednn = [_ONEDNN_ACTIVATIONS.get(type(m), "none") for m in net[1::2]]
+        return cls(weights, activations, state_dim, action_dim, angle_dims=angle_dims, control_affine=control_affine,
+                   onednn_activations=onednn)
 
     @property
     def members(self) -> int | None:
@@ -169,21 +211,82 @@ class MLPField:
         rows = x0.shape[-2]
         groups = self.members or 1
         out = x0.new_empty(*x0.shape[:-1], horizon + 1, self.state_dim)
-        # A block's buffers hold all groups' rows: at most BLOCK_ROWS rows in all.
-        blocks = -(-rows * groups // BLOCK_ROWS) if x0.device.type == "cpu" else 1
+        fused = self._fuses(x0)
+        # A block's buffers hold all groups' rows: at most BLOCK_ROWS (FUSED_BLOCK_ROWS) rows in all.
+        limit = FUSED_BLOCK_ROWS if fused else BLOCK_ROWS
+        blocks = -(-rows * groups // limit) if x0.device.type == "cpu" else 1
         block = max(-(-rows // max(blocks, 1)), 1)
         for i in range(0, rows, block):
             part = None if actions is None else actions[..., i:i + block, :, :]
-            traj = self._rollout_block(x0[..., i:i + block, :], part, horizon, dt, method, after_step, slice(i, i + block))
+            traj = self._rollout_block(x0[..., i:i + block, :], part, horizon, dt, method, after_step, slice(i, i + block),
+                                       fused)
             out[..., i:i + block, :, :] = traj.permute(1, 3, 0, 2) if stacked else traj.permute(2, 0, 1)
         return out
 
+    def _fuses(self, x0: torch.Tensor) -> bool:
+        """Whether a block of ``x0``'s rows runs its hidden layers through oneDNN's fused linear:
+        one network (not stacked), float32 on a CPU, at least one hidden-to-hidden layer, and a
+        torch build where it works (``torch.backends.mkldnn`` enabled)."""
+        return (self.members is None and x0.device.type == "cpu" and x0.dtype == torch.float32 and len(self.weights) > 2
+                and torch.backends.mkldnn.enabled and _onednn_linear_works())
+
+    def _network(self, first: torch.Tensor, raw: torch.Tensor, fused: bool) -> Callable[[], None]:
+        """A function that writes the network's output for the first-layer input ``first``
+        (``([E,] in + 1, rows)``, feature-major, its last row ones) into ``raw`` (``([E,] out,
+        rows)``), through buffers allocated here once."""
+        rows = first.shape[-1]
+        if fused:
+            # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its
+            # activation fused in, its weights packed once per block: on a CPU where MKL runs these
+            # float32 products at half of oneDNN's rate (AMD), this halves the (100, 100) layer of
+            # a plain MLP (106 against 203 us for 1000 rows). The thin first and last layers stay
+            # BLAS products on the feature-major input and output.
+            linear = torch.ops.mkldnn._linear_pointwise
+            w0, last = self.weights[0], self.weights[-1]
+            # The first layer reads the feature-major input transposed, its ones row times the bias row.
+            first_in, first_weights = first.t(), w0.t().contiguous()
+            first_out, first_act = first.new_empty(rows, w0.shape[0]), self.activations[0]
+            if self._packed_hidden is None:  # packed once per field, for all its blocks
+                self._packed_hidden = [
+                    (torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), rows), w[:, -1].contiguous(), name,
+                     act if name == "none" else None)
+                    for w, name, act in zip(self.weights[1:-1], self.onednn_activations[1:], self.activations[1:])]
+            hidden = self._packed_hidden
+            last_weights, last_bias = last[:, :-1].contiguous(), last[:, -1:].contiguous()
+
+            def fused_network() -> None:
+                first_act(torch.mm(first_in, first_weights, out=first_out))
+                h = first_out
+                for weights, bias, activation, unfused in hidden:
+                    h = linear(h, weights, bias, activation, [], "")
+                    if unfused is not None:
+                        unfused(h)
+                torch.addmm(last_bias, last_weights, h.t(), out=raw)
+
+            return fused_network
+
+        mm = torch.bmm if first.ndim == 3 else torch.mm
+        layers = []  # (weights, activation, its output rows, the buffer the next layer reads)
+        for w, act in zip(self.weights, self.activations):
+            buf = first.new_empty(*first.shape[:-2], w.shape[-2] + 1, rows)
+            buf[..., -1, :].fill_(1.0)
+            layers.append((w, act, buf[..., :-1, :], buf))
+
+        def network() -> None:
+            h = first
+            for w, act, out, buf in layers:
+                act(mm(w, h, out=out))
+                h = buf
+            mm(self.weights[-1], h, out=raw)
+
+        return network
+
     def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
-                       after_step: AfterStep | None = None, block_rows: slice | None = None) -> torch.Tensor:
+                       after_step: AfterStep | None = None, block_rows: slice | None = None,
+                       fused: bool = False) -> torch.Tensor:
         """``(horizon + 1, [E,] state_dim, rows)``: the trajectory of one block, feature-major."""
         n, k, rows = self.state_dim, self.angle_dims, x0.shape[-2]
         lead = x0.shape[:-2]  # (E,) for stacked networks, () for one
-        mm = torch.bmm if lead else torch.mm
         # Input rows of the first layer: [sin q, cos q] (angle nets), the state or its non-angle
         # part, u (unless control-affine), and the ones that multiply the bias column.
         first = x0.new_empty(*lead, self.weights[0].shape[-1], rows)
@@ -196,11 +299,6 @@ class MLPField:
                 u_rows = first[..., -1 - self.action_dim:-1, :]
         # The stage state y = x + a k_i: a plain MLP reads it directly as its first rows.
         y = first[..., :n, :] if k == 0 else x0.new_empty(*lead, n, rows)
-        layers = []  # (weights, activation, its output rows, the buffer the next layer reads)
-        for w, act in zip(self.weights, self.activations):
-            buf = x0.new_empty(*lead, w.shape[-2] + 1, rows)
-            buf[..., -1, :].fill_(1.0)
-            layers.append((w, act, buf[..., :-1, :], buf))
         last = self.weights[-1]
         raw = x0.new_empty(*lead, last.shape[-2], rows)
         drift = raw[..., :n, :]
@@ -215,17 +313,14 @@ class MLPField:
         states = traj.unbind(0)
         acc = x0.new_empty(*lead, n, rows)
         gain_u = None
+        network = self._network(first, raw, fused)
 
         def field() -> torch.Tensor:
             if k:
                 torch.sin(angles, out=sines)
                 torch.cos(angles, out=cosines)
                 rest_in.copy_(rest)
-            h = first
-            for w, act, out, buf in layers:
-                act(mm(w, h, out=out))
-                h = buf
-            mm(last, h, out=raw)
+            network()
             if not self.control_affine:
                 return raw
             if gain0 is not None:

@@ -44,20 +44,44 @@ def lowered_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def networks_built(monkeypatch):
+    """The ``fused`` flag of every block network the lowered rollouts build."""
+    flags = []
+    original = mlp_rollout.MLPField._network
+
+    def spy(self, first, raw, fused):
+        flags.append(fused)
+        return original(self, first, raw, fused)
+
+    monkeypatch.setattr(mlp_rollout.MLPField, "_network", spy)
+    return flags
+
+
+ONEDNN = mlp_rollout._onednn_linear_works()
+PATHS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN linear in this torch build")),
+         pytest.param(False, id="blas")]
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lowered_rollout_equals_autograd_rollout(config, dtype, lowered_calls):
+@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note when mkldnn.flags() is entered
+def test_lowered_rollout_equals_autograd_rollout(config, dtype, onednn, lowered_calls, networks_built):
     model = _model(dtype=dtype, **config)
     m = config["action_dim"]
-    rows = mlp_rollout.BLOCK_ROWS + 37  # two blocks of unequal size (519 and 518 rows)
+    # oneDNN's fused layers run float32 single networks only; others take the feature-major products.
+    fused = onednn and dtype == torch.float32
+    limit = mlp_rollout.FUSED_BLOCK_ROWS if fused else mlp_rollout.BLOCK_ROWS
+    rows = limit + 37  # two blocks of unequal size
     g = torch.Generator().manual_seed(2)
     x0 = torch.randn(rows, 3, generator=g, dtype=dtype)
     actions = 2 * torch.randn(rows, 6, m, generator=g, dtype=dtype) if m else 6
     reference = model.rollout(x0, actions)  # parameters require grad: the ordinary path
     assert reference.requires_grad and not lowered_calls
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=onednn):
         lowered = model.rollout(x0, actions)
-    assert len(lowered_calls) == 1
+    assert len(lowered_calls) == 1 and networks_built == [fused, fused]
     assert lowered.shape == (rows, 7, 3) and lowered.is_contiguous()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(lowered, reference.detach(), rtol=tol, atol=tol)

@@ -17,10 +17,10 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
    5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
-   at B = 1: the model's hidden-to-hidden matrix products alone (K rows x H steps x 4 RK4
-   stages, in the rollout's own blocks and layout), the work every planner of this model must
-   do; pytorch_mppi's time over it is the highest ratio any planner could reach at this
-   machine's matrix-product rate. And the rollout of K rows x H steps without autograd
+   at B = 1: the model's hidden-to-hidden layers alone (K rows x H steps x 4 RK4 stages, in
+   the rollout's own blocks, layout and kernels: oneDNN's linear with the activation fused in,
+   where the rollout uses it), the work every planner of this model must do; pytorch_mppi's
+   time over it is the highest ratio any planner could reach at this rate. And the rollout of K rows x H steps without autograd
    (``mlp_rollout.MLPField``, what ``plan`` runs) against the same rollout through the
    model's ``_step`` (the autograd-capable path, which pytorch_mppi's ``model.step`` runs).
 
@@ -187,13 +187,29 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
 
 
 def hidden_products(model, rows: int, H: int):
-    """A function that runs only the (hidden, hidden) matrix products of ``H`` RK4 steps of
-    ``model`` over ``rows`` rows, as ``MLPField`` runs them (feature-major, in its blocks)."""
-    from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, MLPField
+    """A function that runs only the hidden-to-hidden layers of ``H`` RK4 steps of ``model``
+    over ``rows`` rows, as ``MLPField`` runs them: oneDNN's linear with the activation fused in,
+    row-major, where the rollout uses it (float32 on a CPU with oneDNN), else the feature-major
+    matrix products; in the rollout's blocks."""
+    from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, FUSED_BLOCK_ROWS, MLPField
 
     field = MLPField.lower(model.fhat, model.state_dim, model.action_dim)
-    blocks = [min(BLOCK_ROWS, rows - i) for i in range(0, rows, BLOCK_ROWS)]
-    hidden = field.weights[1:-1]
+    fused = field._fuses(torch.zeros(rows, model.state_dim))
+    count = -(-rows // (FUSED_BLOCK_ROWS if fused else BLOCK_ROWS))
+    blocks = [len(part) for part in torch.arange(rows).tensor_split(count)]
+    hidden = field.weights[1:-1]  # (out, in + 1), the bias last
+    if fused:
+        layers = [[(torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), b), w[:, -1].contiguous(), name,
+                    torch.rand(b, w.shape[1] - 1)) for w, name in zip(hidden, field.onednn_activations[1:])]
+                  for b in blocks]
+
+        def run():
+            for block in layers:
+                for _ in range(4 * H):
+                    for w, bias, name, x in block:
+                        torch.ops.mkldnn._linear_pointwise(x, w, bias, name, [], "")
+
+        return run
     inputs = [[torch.rand(w.shape[1], b) for w in hidden] for b in blocks]
     outputs = [[torch.empty(w.shape[0], b) for w in hidden] for b in blocks]
 
@@ -259,7 +275,7 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
                   f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
             if b == 1 and single:
-                print(f"    hidden (100, 100) products alone {t_floor * 1e3:6.1f} ms = {100 * t_floor / t_ours:3.0f}% of ours, "
+                print(f"    hidden (100, 100) layers alone {t_floor * 1e3:6.1f} ms = {100 * t_floor / t_ours:3.0f}% of ours, "
                       f"{100 * t_floor / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor:4.2f}x; "
                       f"rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 
