@@ -88,6 +88,19 @@ def test_lowered_rollout_equals_autograd_rollout(config, dtype, onednn, lowered_
     assert torch.equal(lowered[:, 0], x0)
 
 
+@pytest.mark.parametrize("hidden", [(16,), (8, 12, 8)])
+def test_lowered_rollout_of_other_depths(hidden, networks_built):
+    """No hidden-to-hidden layer (BLAS only) and two of them (two fused oneDNN layers, one tanh)."""
+    torch.manual_seed(5)
+    model = SimpleDynamics(3, 1, hidden=hidden, dt=0.05, activation="tanh")
+    x0, actions = torch.randn(40, 3), torch.randn(40, 5, 1)
+    reference = model.rollout(x0, actions).detach()
+    with torch.inference_mode():
+        lowered = model.rollout(x0, actions)
+    torch.testing.assert_close(lowered, reference, rtol=1e-5, atol=1e-5)
+    assert networks_built == [ONEDNN and len(hidden) > 1]
+
+
 def test_frozen_model_takes_lowered_path_outside_inference_mode(lowered_calls):
     model = _model(1).requires_grad_(False)
     out = model.rollout(torch.zeros(4, 3), torch.zeros(4, 2, 1))
