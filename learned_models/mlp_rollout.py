@@ -237,7 +237,7 @@ class MLPField:
         rows = first.shape[-1]
         if fused:
             # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its
-            # activation fused in, its weights packed once per block: on a CPU where MKL runs these
+            # activation fused in, its weights packed once per field: on a CPU where MKL runs these
             # float32 products at half of oneDNN's rate (AMD), this halves the (100, 100) layer of
             # a plain MLP (106 against 203 us for 1000 rows). The thin first and last layers stay
             # BLAS products on the feature-major input and output.
@@ -254,9 +254,21 @@ class MLPField:
             hidden = self._packed_hidden
             last_weights, last_bias = last[:, :-1].contiguous(), last[:, -1:].contiguous()
 
-            def fused_network() -> None:
+            def first_layer() -> torch.Tensor:
                 first_act(torch.mm(first_in, first_weights, out=first_out))
-                h = first_out
+                return first_out
+
+            if self.onednn_activations[0] == "tanh":
+                # torch's float32 tanh takes ~2 ns a value on a CPU (200 us per 1000 x 100, ten times
+                # its SiLU); fused into oneDNN's first layer it costs ~20 us. (ReLU and SiLU passes
+                # in place are as cheap as oneDNN's fused ones: that layer stays a BLAS product.)
+                first_rows, first_w, first_b = first[:-1].t(), w0[:, :-1].contiguous(), w0[:, -1].contiguous()
+
+                def first_layer() -> torch.Tensor:
+                    return linear(first_rows, first_w, first_b, "tanh", [], "")
+
+            def fused_network() -> None:
+                h = first_layer()
                 for weights, bias, activation, unfused in hidden:
                     h = linear(h, weights, bias, activation, [], "")
                     if unfused is not None:
