@@ -672,16 +672,24 @@ class Ensemble(nn.Module):
             noise = [torch.randn((E, b, n), generator=gen, device=self.device, dtype=self.dtype) for _ in range(horizon)]
             max_lv, min_lv = self.max_logvar.reshape(n, 1), self.min_logvar.reshape(n, 1)
             scale = self.target_scale.reshape(n, 1)
+            blocks: dict[int, tuple] = {}  # first row -> the block's head input, output and network
 
             def add_noise(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
-                # The variance head on [sin q, cos q, x[k:], u] of the state before the step, feature-major.
-                parts = [torch.sin(x[:, :k]), torch.cos(x[:, :k]), x[:, k:]] if k else [x]
-                h = torch.cat(parts + ([] if u is None else [u]) + [x.new_ones(E, 1, x.shape[-1])], dim=1)
-                for w, act in zip(head.weights[:-1], head.activations):
-                    h = torch.bmm(w, h)
-                    act(h)
-                    h = torch.cat([h, x.new_ones(E, 1, h.shape[-1])], dim=1)
-                raw = torch.bmm(head.weights[-1], h)
+                # The variance head on [sin q, cos q, x[k:], u, 1] of the state before the step,
+                # feature-major, written into buffers made on the block's first step.
+                if rows.start not in blocks:
+                    features = x.new_empty(E, head.weights[0].shape[-1], x.shape[-1])
+                    features[:, -1].fill_(1.0)
+                    out = x.new_empty(E, n, x.shape[-1])
+                    blocks[rows.start] = (features, out, head._network(features, out, fused=False))
+                features, raw, network = blocks[rows.start]
+                if k:
+                    torch.sin(x[:, :k], out=features[:, :k])
+                    torch.cos(x[:, :k], out=features[:, k:2 * k])
+                features[:, 2 * k:n + k].copy_(x[:, k:])
+                if u is not None:
+                    features[:, n + k:-1].copy_(u)
+                network()
                 # PETS's soft bounds (_bounded_logvar), then the sample mean + std * eps.
                 lv = max_lv - F.softplus(max_lv - raw)
                 lv = min_lv + F.softplus(lv - min_lv)
