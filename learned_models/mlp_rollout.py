@@ -59,8 +59,8 @@ AfterStep = Callable[[int, slice, torch.Tensor, "torch.Tensor | None", torch.Ten
 #: ``_step`` in 4096-row blocks; and one block of 1000 rows (a 1000-sample plan) beat two of 500.
 BLOCK_ROWS = 1000
 
-#: most rows per block where the hidden layers run through oneDNN (``MLPField._network``): its
-#: row-major products gain from longer blocks (per-call overhead ~10 us) more than they lose
+#: most rows per block where the hidden layers run through oneDNN (``MLPField.onednn_hidden_layers``):
+#: its row-major products gain from longer blocks (per-call overhead ~10 us) more than they lose
 #: from leaving L2. Measured on 64k rows x 30 RK4 steps of a 100-100 MLP at one thread (ms per
 #: 1000 rows): 16.2 / 14.1 / 13.9 / 14.8 / 18.8 in blocks of 1000 / 4000 / 8000 / 16000 / 32000.
 FUSED_BLOCK_ROWS = 4000
@@ -230,6 +230,17 @@ class MLPField:
         return (self.members is None and x0.device.type == "cpu" and x0.dtype == torch.float32 and len(self.weights) > 2
                 and torch.backends.mkldnn.enabled and _onednn_linear_works())
 
+    def onednn_hidden_layers(self, rows: int) -> list[tuple]:
+        """The hidden-to-hidden layers as oneDNN runs them, made once per field for all its blocks:
+        ``(packed weights, bias, oneDNN activation, the in-place activation it leaves or None)``;
+        ``rows`` is the block size the packing is tuned for."""
+        if self._packed_hidden is None:
+            self._packed_hidden = [
+                (torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), rows), w[:, -1].contiguous(), name,
+                 act if name == "none" else None)
+                for w, name, act in zip(self.weights[1:-1], self.onednn_activations[1:], self.activations[1:])]
+        return self._packed_hidden
+
     def _network(self, first: torch.Tensor, raw: torch.Tensor, fused: bool) -> Callable[[], None]:
         """A function that writes the network's output for the first-layer input ``first``
         (``([E,] in + 1, rows)``, feature-major, its last row ones) into ``raw`` (``([E,] out,
@@ -243,21 +254,8 @@ class MLPField:
             # BLAS products on the feature-major input and output.
             linear = torch.ops.mkldnn._linear_pointwise
             w0, last = self.weights[0], self.weights[-1]
-            # The first layer reads the feature-major input transposed, its ones row times the bias row.
-            first_in, first_weights = first.t(), w0.t().contiguous()
-            first_out, first_act = first.new_empty(rows, w0.shape[0]), self.activations[0]
-            if self._packed_hidden is None:  # packed once per field, for all its blocks
-                self._packed_hidden = [
-                    (torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), rows), w[:, -1].contiguous(), name,
-                     act if name == "none" else None)
-                    for w, name, act in zip(self.weights[1:-1], self.onednn_activations[1:], self.activations[1:])]
-            hidden = self._packed_hidden
+            hidden = self.onednn_hidden_layers(rows)
             last_weights, last_bias = last[:, :-1].contiguous(), last[:, -1:].contiguous()
-
-            def first_layer() -> torch.Tensor:
-                first_act(torch.mm(first_in, first_weights, out=first_out))
-                return first_out
-
             if self.onednn_activations[0] == "tanh":
                 # torch's float32 tanh takes ~2 ns a value on a CPU (200 us per 1000 x 100, ten times
                 # its SiLU); fused into oneDNN's first layer it costs ~20 us. (ReLU and SiLU passes
@@ -266,6 +264,14 @@ class MLPField:
 
                 def first_layer() -> torch.Tensor:
                     return linear(first_rows, first_w, first_b, "tanh", [], "")
+            else:
+                # The first layer reads the feature-major input transposed, its ones row times the bias row.
+                first_in, first_weights = first.t(), w0.t().contiguous()
+                first_out, first_act = first.new_empty(rows, w0.shape[0]), self.activations[0]
+
+                def first_layer() -> torch.Tensor:
+                    first_act(torch.mm(first_in, first_weights, out=first_out))
+                    return first_out
 
             def fused_network() -> None:
                 h = first_layer()

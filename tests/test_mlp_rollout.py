@@ -90,7 +90,8 @@ def test_lowered_rollout_equals_autograd_rollout(config, dtype, onednn, lowered_
 
 @pytest.mark.parametrize("hidden", [(16,), (8, 12, 8)])
 def test_lowered_rollout_of_other_depths(hidden, networks_built):
-    """No hidden-to-hidden layer (BLAS only) and two of them (two fused oneDNN layers, one tanh)."""
+    """No hidden-to-hidden layer (BLAS only) and two of them (both fused into oneDNN, with the
+    tanh first layer)."""
     torch.manual_seed(5)
     model = SimpleDynamics(3, 1, hidden=hidden, dt=0.05, activation="tanh")
     x0, actions = torch.randn(40, 3), torch.randn(40, 5, 1)

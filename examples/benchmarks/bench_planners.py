@@ -199,14 +199,13 @@ def hidden_products(model, rows: int, H: int):
     blocks = [len(part) for part in torch.arange(rows).tensor_split(count)]
     hidden = field.weights[1:-1]  # (out, in + 1), the bias last
     if fused:
-        layers = [[(torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), b), w[:, -1].contiguous(), name,
-                    torch.rand(b, w.shape[1] - 1)) for w, name in zip(hidden, field.onednn_activations[1:])]
-                  for b in blocks]
+        layers = field.onednn_hidden_layers(blocks[0])
+        inputs = [[torch.rand(b, w.shape[1] - 1) for w in hidden] for b in blocks]
 
         def run():
-            for block in layers:
+            for ins in inputs:
                 for _ in range(4 * H):
-                    for w, bias, name, x in block:
+                    for (w, bias, name, _unfused), x in zip(layers, ins):
                         torch.ops.mkldnn._linear_pointwise(x, w, bias, name, [], "")
 
         return run
