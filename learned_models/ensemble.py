@@ -615,7 +615,8 @@ class Ensemble(nn.Module):
     # -- rollouts without autograd -----------------------------------------------------------
     def _lowered(self) -> tuple[MLPField, MLPField | None] | None:
         """The members' fields and variance heads as stacked ``MLPField``s (``(E, out, in + 1)``
-        weights, the heads' feature normalisation folded into their first layer), or ``None``
+        weights, the heads' feature normalisation folded into their first layer, their output
+        ``(max_logvar - raw) / 2`` instead of ``raw``), or ``None``
         when the members' class has no lowered field (stable members). Rebuilt only when a
         weight changed since the last call (an optimiser step bumps the tensors' versions)."""
         params, buffers = self._stacked_tensors()
@@ -636,6 +637,10 @@ class Ensemble(nn.Module):
                     w0 = head.weights[0]
                     w0[..., :features] /= self.feature_scale
                     w0[..., features] -= (w0[..., :features] * self.feature_shift).sum(-1)
+                    # and (max_logvar - raw) / 2 out of the last, as the sampling reads it
+                    last = head.weights[-1]
+                    last[..., -1] -= self.max_logvar
+                    last.mul_(-0.5)
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
         self._lowered_cache = (key, lowered)
         return lowered
@@ -668,11 +673,21 @@ class Ensemble(nn.Module):
         us = None if actions is None else actions.reshape(b, E, horizon, self.action_dim).transpose(0, 1).contiguous()
         add_noise = None
         if self.sample and head is not None:
+            # The sample mean + std * eps with PETS's soft bounds (_bounded_logvar), in half
+            # log-variance units so that each step is five small operations:
+            #   std = scale * exp(lv / 2),  lv = min + softplus(max - min - softplus(max - raw)),
+            #   lv / 2 = min / 2 + softplus(z / 2, beta=2) where softplus(z) / 2 = softplus(z / 2, beta=2)
+            # (the same branch at softplus's threshold). The head's last layer is folded to give
+            # (max - raw) / 2, and scale * exp(min / 2) into the noise, all of it drawn here: one
+            # randn of shape (E, b, n) per step from the ensemble's generator, in step order.
             gen = self._generator()
-            noise = [torch.randn((E, b, n), generator=gen, device=self.device, dtype=self.dtype) for _ in range(horizon)]
-            max_lv, min_lv = self.max_logvar.reshape(n, 1), self.min_logvar.reshape(n, 1)
-            scale = self.target_scale.reshape(n, 1)
-            blocks: dict[int, tuple] = {}  # first row -> the block's head input, output and network
+            noise = x0.new_empty(horizon, E, b, n)
+            for t in range(horizon):
+                torch.randn((E, b, n), generator=gen, out=noise[t])
+            noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar))
+            noise = noise.transpose(2, 3)  # (horizon, E, n, b): feature-major, as the rollout's states
+            half_range = (0.5 * (self.max_logvar - self.min_logvar)).reshape(n, 1)
+            blocks: dict[int, tuple] = {}  # first row -> the block's head input, output, network and noise
 
             def add_noise(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
                 # The variance head on [sin q, cos q, x[k:], u, 1] of the state before the step,
@@ -681,19 +696,17 @@ class Ensemble(nn.Module):
                     features = x.new_empty(E, head.weights[0].shape[-1], x.shape[-1])
                     features[:, -1].fill_(1.0)
                     out = x.new_empty(E, n, x.shape[-1])
-                    blocks[rows.start] = (features, out, head._network(features, out, fused=False))
-                features, raw, network = blocks[rows.start]
+                    blocks[rows.start] = (features, out, head._network(features, out, fused=False), noise[..., rows])
+                features, half_gap, network, block_noise = blocks[rows.start]
                 if k:
                     torch.sin(x[:, :k], out=features[:, :k])
                     torch.cos(x[:, :k], out=features[:, k:2 * k])
                 features[:, 2 * k:n + k].copy_(x[:, k:])
                 if u is not None:
                     features[:, n + k:-1].copy_(u)
-                network()
-                # PETS's soft bounds (_bounded_logvar), then the sample mean + std * eps.
-                lv = max_lv - F.softplus(max_lv - raw)
-                lv = min_lv + F.softplus(lv - min_lv)
-                x_next.addcmul_(torch.exp(0.5 * lv) * scale, noise[t][:, rows].transpose(1, 2))
+                network()  # half_gap = (max - raw) / 2
+                half_lv = F.softplus(torch.sub(half_range, F.softplus(half_gap, 2.0)), 2.0)  # (lv - min) / 2
+                x_next.addcmul_(half_lv.exp_(), block_noise[t])
 
         after_step = add_noise
         if wrap:

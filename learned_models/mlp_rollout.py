@@ -18,12 +18,15 @@ wanted, ``MLPField`` evaluates the same function with less traffic through memor
 - rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole
   horizon, so a block's activations stay in the core's cache;
 - a single float32 network on a CPU runs its hidden-to-hidden layers through oneDNN's linear
-  with the activation fused in (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor
-  uses, weights packed once), its hidden activations row-major, in blocks of at most
-  ``FUSED_BLOCK_ROWS``. MKL, torch's BLAS, runs float32 products on AMD CPUs at about half of
-  oneDNN's rate (here 98 against 191 GFLOP/s for (1000, 100) x (100, 100) at one thread) and the
-  activation costs it another pass. Where the build has no oneDNN, for float64, for stacked
-  networks and on GPUs the layers stay feature-major BLAS products.
+  (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses, weights packed once) with
+  the activation fused in where that is faster than torch's in place after it, its hidden
+  activations row-major, in blocks of at most ``FUSED_BLOCK_ROWS``. MKL, torch's BLAS, runs
+  float32 products on AMD CPUs at about half of oneDNN's rate (here 98 against 191 GFLOP/s for
+  (1000, 100) x (100, 100) at one thread). ``E`` stacked float32 networks (an ensemble's members)
+  run each hidden-to-hidden layer as one oneDNN 1 x 1 convolution with ``E`` groups
+  (``torch.ops.mkldnn._convolution_pointwise``) on row-major ``(rows, E, width)`` activations,
+  where ``torch.bmm`` would run ``E`` MKL products. Where the build has no oneDNN, for float64
+  and on GPUs the layers stay feature-major BLAS products.
 
 Same function, different rounding: the results agree with the ordinary path to float
 rounding (the tests compare rollouts and plans, on both kinds of layers). Measured at one
@@ -73,6 +76,11 @@ def _softplus_(module: nn.Softplus) -> Callable[[torch.Tensor], None]:
     return apply
 
 
+#: activations oneDNN runs slower fused into its linear or grouped convolution than torch does in
+#: place after it (SiLU: 124.7 against 96.6 + 21 us for a (1000, 100) x (100, 100) linear, 137
+#: against 104 + 21 us for five (100, 100) layers on 200 rows each as a grouped convolution)
+_UNFUSED = {"swish"}
+
 #: oneDNN's name for an activation it can apply inside its linear (``torch.ops.mkldnn._linear_pointwise``).
 _ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "swish"}
 
@@ -91,6 +99,42 @@ def _onednn_linear_works() -> bool:
     except (AttributeError, RuntimeError, NotImplementedError):  # an op this build lacks, or will not run
         return False
     return torch.allclose(fused, torch.relu(nn.functional.linear(x, w, b)), rtol=1e-5, atol=1e-6)
+
+
+@functools.cache
+def _onednn_grouped_works() -> bool:
+    """True where this torch build runs oneDNN's 1 x 1 grouped convolution on CPU float32
+    channels-last input (``E`` stacked linear layers at once) and it agrees with ``torch.bmm``
+    (checked once, on a small product)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=g) for shape in ((5, 2, 7), (2, 3, 7), (2, 3)))  # rows, groups, features
+    try:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(w.reshape(6, 7, 1, 1), *_CONV_GEOMETRY, 2, [1, 14, 5, 1])
+        y = torch.ops.mkldnn._convolution_pointwise(_as_image(x.reshape(5, 14)), packed, b.reshape(6), *_CONV_GEOMETRY, 2,
+                                                    "relu", [], "")
+        y = _image_rows(y, 2)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    expected = torch.relu(torch.bmm(w, x.permute(1, 2, 0)) + b.unsqueeze(-1))  # (groups, out, rows)
+    return y.shape == (2, 3, 5) and torch.allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+#: padding, stride and dilation of a 1 x 1 convolution: a linear layer per position
+_CONV_GEOMETRY = ([0, 0], [1, 1], [1, 1])
+
+
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """``(rows, channels)`` row-major as a channels-last ``(1, channels, rows, 1)`` image (a view)."""
+    return rows.reshape(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _image_rows(image: torch.Tensor, groups: int) -> torch.Tensor:
+    """A channels-last ``(1, groups * width, rows, 1)`` image as ``(groups, width, rows)``
+    feature-major (a view, no copy)."""
+    rows = image.shape[2]
+    return image.permute(0, 2, 3, 1).view(rows, groups, -1).permute(1, 2, 0)
 
 
 def _in_place(module: nn.Module) -> Callable[[torch.Tensor], None] | None:
@@ -224,21 +268,32 @@ class MLPField:
         return out
 
     def _fuses(self, x0: torch.Tensor) -> bool:
-        """Whether a block of ``x0``'s rows runs its hidden layers through oneDNN's fused linear:
-        one network (not stacked), float32 on a CPU, at least one hidden-to-hidden layer, and a
-        torch build where it works (``torch.backends.mkldnn`` enabled)."""
-        return (self.members is None and x0.device.type == "cpu" and x0.dtype == torch.float32 and len(self.weights) > 2
-                and torch.backends.mkldnn.enabled and _onednn_linear_works())
+        """Whether a block of ``x0``'s rows runs its hidden layers through oneDNN: float32 on a
+        CPU, at least one hidden-to-hidden layer, a torch build where it works
+        (``torch.backends.mkldnn`` enabled); one network through its fused linear, stacked
+        networks through its grouped convolution."""
+        if not (x0.device.type == "cpu" and x0.dtype == torch.float32 and len(self.weights) > 2 and torch.backends.mkldnn.enabled):
+            return False
+        return _onednn_linear_works() if self.members is None else _onednn_grouped_works()
 
     def onednn_hidden_layers(self, rows: int) -> list[tuple]:
         """The hidden-to-hidden layers as oneDNN runs them, made once per field for all its blocks:
         ``(packed weights, bias, oneDNN activation, the in-place activation it leaves or None)``;
-        ``rows`` is the block size the packing is tuned for."""
+        ``rows`` is the block size (per network) the packing is tuned for. Stacked networks: the
+        weights of a 1 x 1 convolution with one group per network, the bias ``(E * out,)``."""
         if self._packed_hidden is None:
-            self._packed_hidden = [
-                (torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), rows), w[:, -1].contiguous(), name,
-                 act if name == "none" else None)
-                for w, name, act in zip(self.weights[1:-1], self.onednn_activations[1:], self.activations[1:])]
+            E = self.members
+            layers = []
+            for w, name, act in zip(self.weights[1:-1], self.onednn_activations[1:], self.activations[1:]):
+                name = "none" if name in _UNFUSED else name
+                if E is None:
+                    packed = torch.ops.mkldnn._reorder_linear_weight(w[:, :-1].contiguous(), rows)
+                else:
+                    width = w.shape[-1] - 1
+                    packed = torch.ops.mkldnn._reorder_convolution_weight(
+                        w[..., :-1].reshape(-1, width, 1, 1).contiguous(), *_CONV_GEOMETRY, E, [1, E * width, rows, 1])
+                layers.append((packed, w[..., -1].reshape(-1).contiguous(), name, act if name == "none" else None))
+            self._packed_hidden = layers
         return self._packed_hidden
 
     def _network(self, first: torch.Tensor, raw: torch.Tensor, fused: bool) -> Callable[[], None]:
@@ -246,7 +301,7 @@ class MLPField:
         (``([E,] in + 1, rows)``, feature-major, its last row ones) into ``raw`` (``([E,] out,
         rows)``), through buffers allocated here once."""
         rows = first.shape[-1]
-        if fused:
+        if fused and self.members is None:
             # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its
             # activation fused in, its weights packed once per field: on a CPU where MKL runs these
             # float32 products at half of oneDNN's rate (AMD), this halves the (100, 100) layer of
@@ -283,6 +338,8 @@ class MLPField:
 
             return fused_network
 
+        if fused:  # stacked networks
+            return self._grouped_network(first, raw)
         mm = torch.bmm if first.ndim == 3 else torch.mm
         layers = []  # (weights, activation, its output rows, the buffer the next layer reads)
         for w, act in zip(self.weights, self.activations):
@@ -298,6 +355,35 @@ class MLPField:
             mm(self.weights[-1], h, out=raw)
 
         return network
+
+    def _grouped_network(self, first: torch.Tensor, raw: torch.Tensor) -> Callable[[], None]:
+        """``_network`` of ``E`` stacked networks with the hidden-to-hidden layers as one 1 x 1
+        convolution with ``E`` groups (oneDNN's, weights packed once per field): torch's CPU
+        ``bmm`` runs each member's product through MKL, at half of oneDNN's rate on AMD (five
+        (100, 100) layers on 200 rows each: 181 against 104 us). The hidden activations are
+        row-major ``(rows, E, width)``, a channels-last image to the convolution; the thin first
+        layer writes there from the feature-major input (a ``bmm`` into a transposed view) and
+        the last reads it transposed into the feature-major output."""
+        E, rows = self.members, first.shape[-1]
+        w0, last = self.weights[0], self.weights[-1]
+        first_in, first_weights = first.transpose(1, 2), w0.transpose(1, 2).contiguous()  # (E, rows, in + 1), (E, in + 1, width)
+        first_rows = first.new_empty(rows, E, w0.shape[-2])
+        first_out, first_image, first_act = first_rows.transpose(0, 1), _as_image(first_rows.view(rows, -1)), self.activations[0]
+        hidden = self.onednn_hidden_layers(rows)
+        last_weights, last_bias = last[..., :-1].contiguous(), last[..., -1:].contiguous()
+        convolution = torch.ops.mkldnn._convolution_pointwise
+
+        def grouped_network() -> None:
+            torch.bmm(first_in, first_weights, out=first_out)
+            first_act(first_rows)
+            h = first_image
+            for weights, bias, activation, unfused in hidden:
+                h = convolution(h, weights, bias, *_CONV_GEOMETRY, E, activation, [], "")
+                if unfused is not None:
+                    unfused(h)
+            torch.baddbmm(last_bias, last_weights, _image_rows(h, E), out=raw)
+
+        return grouped_network
 
     def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
                        after_step: AfterStep | None = None, block_rows: slice | None = None,

@@ -11,8 +11,27 @@ import torch
 
 from lyagym.agents.adapters.base import wrap_angles
 from lyagym.agents.mpc import AngleWrappedModel
-from lyagym.learned_models import Ensemble, member_factory
+from lyagym.learned_models import Ensemble, member_factory, mlp_rollout
 from lyagym.learned_models.integrators import functorch_safe
+
+GROUPED = mlp_rollout._onednn_grouped_works()
+#: the hidden layers as oneDNN's grouped convolution (float32 on a CPU where it works) or as torch.bmm
+PATHS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not GROUPED, reason="no oneDNN grouped convolution in this torch build")),
+         pytest.param(False, id="bmm")]
+
+
+@pytest.fixture
+def networks_built(monkeypatch):
+    """``(E, fused)`` of every block network the lowered rollouts build."""
+    built = []
+    original = mlp_rollout.MLPField._network
+
+    def spy(self, first, raw, fused):
+        built.append((self.members, fused))
+        return original(self, first, raw, fused)
+
+    monkeypatch.setattr(mlp_rollout.MLPField, "_network", spy)
+    return built
 
 
 def _ensemble(n=4, m=2, k=2, integrator="euler", probabilistic=True, sample=True, control_affine=True, activation="silu", seed=0):
@@ -57,7 +76,9 @@ def _stepped(ens, x0, actions, horizon, wrap=()):
     dict(probabilistic=False, sample=False),
     dict(sample=False),
 ])
-def test_batched_rollout_equals_stepping_the_members(case):
+@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note when mkldnn.flags() is entered
+def test_batched_rollout_equals_stepping_the_members(case, onednn, networks_built):
     ens = _ensemble(**case)
     m = ens.action_dim
     x0 = torch.randn(23, ens.state_dim)  # not a multiple of E = 5: the last group is padded
@@ -66,9 +87,12 @@ def test_batched_rollout_equals_stepping_the_members(case):
     original = ens._raw
     ens._raw = lambda *a, **kw: calls.append(1) or original(*a, **kw)
     ens.reset_generator(7)
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
         fast = ens.rollout(x0, actions if m else 7)
     assert not calls, "the rollout without autograd should not step the vmapped members"
+    # The members' fields through the grouped convolution where oneDNN is on; the variance
+    # head (when sampled) always as torch.bmm.
+    assert networks_built[0] == (5, onednn) and all(fused is False for _, fused in networks_built[1:])
     ens.reset_generator(7)
     slow = _stepped(ens, x0, actions, 7)
     assert fast.shape == (23, 8, ens.state_dim)
@@ -78,6 +102,28 @@ def test_batched_rollout_equals_stepping_the_members(case):
         with torch.no_grad():
             means = ens.rollout(x0, actions if m else 7)
         assert (means - fast).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, networks_built):
+    """Rows in blocks of unequal size (each block's head buffers and noise columns its own), and
+    a second rollout from the same seed equal to the first (the cached lowered weights, with the
+    sampling's folding, are not changed by a rollout)."""
+    ens = _ensemble(n=2, m=1, k=1)
+    limit = mlp_rollout.FUSED_BLOCK_ROWS if onednn else mlp_rollout.BLOCK_ROWS
+    rows = limit + 2 * 5 + 3  # 5 groups of rows; more than one block, the last one shorter
+    x0, actions = torch.randn(rows, 2), torch.randn(rows, 4, 1)
+    runs = []
+    for _ in range(2):
+        ens.reset_generator(11)
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+            runs.append(ens.rollout(x0, actions))
+    field_blocks = [fused for members, fused in networks_built if fused == onednn and members == 5]
+    assert len(networks_built) == 2 * 2 * 2 and len(field_blocks) >= 4  # 2 rollouts x 2 blocks x (field, head)
+    assert torch.equal(runs[0], runs[1])
+    ens.reset_generator(11)
+    torch.testing.assert_close(runs[0], _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-5)
 
 
 def test_wrapped_rollout_equals_wrapping_each_step():

@@ -18,8 +18,8 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
    at B = 1: the model's hidden-to-hidden layers alone (K rows x H steps x 4 RK4 stages, in
-   the rollout's own blocks, layout and kernels: oneDNN's linear with the activation fused in,
-   where the rollout uses it), the work every planner of this model must do; pytorch_mppi's
+   the rollout's own blocks, layout and kernels: oneDNN's linear with its activation, where the
+   rollout uses it), the work every planner of this model must do; pytorch_mppi's
    time over it is the highest ratio any planner could reach at this rate. And the rollout of K rows x H steps without autograd
    (``mlp_rollout.MLPField``, what ``plan`` runs) against the same rollout through the
    model's ``_step`` (the autograd-capable path, which pytorch_mppi's ``model.step`` runs).
@@ -188,8 +188,8 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
 
 def hidden_products(model, rows: int, H: int):
     """A function that runs only the hidden-to-hidden layers of ``H`` RK4 steps of ``model``
-    over ``rows`` rows, as ``MLPField`` runs them: oneDNN's linear with the activation fused in,
-    row-major, where the rollout uses it (float32 on a CPU with oneDNN), else the feature-major
+    over ``rows`` rows, as ``MLPField`` runs them: oneDNN's linear with its activation (fused in,
+    or in place after it where that is faster), row-major, where the rollout uses it (float32 on a CPU with oneDNN), else the feature-major
     matrix products; in the rollout's blocks."""
     from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, FUSED_BLOCK_ROWS, MLPField
 
@@ -205,8 +205,10 @@ def hidden_products(model, rows: int, H: int):
         def run():
             for ins in inputs:
                 for _ in range(4 * H):
-                    for (w, bias, name, _unfused), x in zip(layers, ins):
-                        torch.ops.mkldnn._linear_pointwise(x, w, bias, name, [], "")
+                    for (w, bias, name, unfused), x in zip(layers, ins):
+                        h = torch.ops.mkldnn._linear_pointwise(x, w, bias, name, [], "")
+                        if unfused is not None:
+                            unfused(h)
 
         return run
     inputs = [[torch.rand(w.shape[1], b) for w in hidden] for b in blocks]
