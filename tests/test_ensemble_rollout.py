@@ -34,10 +34,11 @@ def networks_built(monkeypatch):
     return built
 
 
-def _ensemble(n=4, m=2, k=2, integrator="euler", probabilistic=True, sample=True, control_affine=True, activation="silu", seed=0):
+def _ensemble(n=4, m=2, k=2, integrator="euler", probabilistic=True, sample=True, control_affine=True, activation="silu", seed=0,
+              hidden=(16, 16)):
     torch.manual_seed(seed)
     factory = member_factory("simple", n, m, dt=0.05, angle_dims=k, control_affine=control_affine, activation=activation,
-                             hidden=(16, 16), integrator=integrator)
+                             hidden=hidden, integrator=integrator)
     ens = Ensemble(factory, 5, propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=3)
     with torch.no_grad():  # members that differ, and non-trivial normalisations to fold
         for p in ens.parameters():
@@ -75,6 +76,7 @@ def _stepped(ens, x0, actions, horizon, wrap=()):
     dict(n=3, k=0, control_affine=False, activation="relu"),
     dict(probabilistic=False, sample=False),
     dict(sample=False),
+    dict(hidden=(8, 12, 8), activation="tanh"),  # two hidden-to-hidden layers, the activation fused into oneDNN's
 ])
 @pytest.mark.parametrize("onednn", PATHS)
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note when mkldnn.flags() is entered
@@ -124,6 +126,15 @@ def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, n
     assert torch.equal(runs[0], runs[1])
     ens.reset_generator(11)
     torch.testing.assert_close(runs[0], _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_members_without_a_hidden_to_hidden_layer_keep_the_bmm_layers(networks_built):
+    ens = _ensemble(hidden=(16,), sample=False)
+    x0, actions = torch.randn(12, 4), torch.randn(12, 3, 2)
+    with torch.no_grad():
+        fast = ens.rollout(x0, actions)
+    assert networks_built == [(5, False)]
+    torch.testing.assert_close(fast, _stepped(ens, x0, actions, 3), rtol=1e-5, atol=1e-5)
 
 
 def test_wrapped_rollout_equals_wrapping_each_step():
