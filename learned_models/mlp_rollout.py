@@ -65,7 +65,9 @@ BLOCK_ROWS = 1000
 #: most rows per block where the hidden layers run through oneDNN (``MLPField.onednn_hidden_layers``):
 #: its row-major products gain from longer blocks (per-call overhead ~10 us) more than they lose
 #: from leaving L2. Measured on 64k rows x 30 RK4 steps of a 100-100 MLP at one thread (ms per
-#: 1000 rows): 16.2 / 14.1 / 13.9 / 14.8 / 18.8 in blocks of 1000 / 4000 / 8000 / 16000 / 32000.
+#: 1000 rows): 16.2 / 14.1 / 13.9 / 14.8 / 18.8 in blocks of 1000 / 4000 / 8000 / 16000 / 32000;
+#: for E stacked networks the rows of all E together: a PETS ensemble's rollout (5 members, 64k
+#: rows, 30 Euler steps) 8.71 / 7.65 / 7.05 / 6.84 / 7.54 in blocks of 1000 / 2000 / 4000 / 8000 / 16000.
 FUSED_BLOCK_ROWS = 4000
 
 
@@ -299,7 +301,9 @@ class MLPField:
     def _network(self, first: torch.Tensor, raw: torch.Tensor, fused: bool) -> Callable[[], None]:
         """A function that writes the network's output for the first-layer input ``first``
         (``([E,] in + 1, rows)``, feature-major, its last row ones) into ``raw`` (``([E,] out,
-        rows)``), through buffers allocated here once."""
+        rows)``), through buffers allocated here once. ``fused``: the hidden-to-hidden layers
+        through oneDNN (``_fuses``): its linear for one network, its grouped convolution for
+        stacked ones (``_grouped_network``)."""
         rows = first.shape[-1]
         if fused and self.members is None:
             # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its
