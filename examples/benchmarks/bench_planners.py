@@ -1,7 +1,7 @@
 """Planner speed: lyagym's MPPI against ``pytorch_mppi``, planner overhead on a learned model,
 and batched planning rates.
 
-Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
+Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7] [--sections 1 2 3 4]
 
 1. MPPI, K = 1000 samples, H = 30 steps, one state, on the true pendulum dynamics
    (``PendulumDynamics``, RK4), same cost, noise and temperature: plans/s of
@@ -17,12 +17,14 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7]
    5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
-   at B = 1: the model's hidden-to-hidden layers alone (K rows x H steps x 4 RK4 stages, in
-   the rollout's own blocks, layout and kernels: oneDNN's linear with its activation, where the
-   rollout uses it), the work every planner of this model must do; pytorch_mppi's
-   time over it is the highest ratio any planner could reach at this rate. And the rollout of K rows x H steps without autograd
-   (``mlp_rollout.MLPField``, what ``plan`` runs) against the same rollout through the
-   model's ``_step`` (the autograd-capable path, which pytorch_mppi's ``model.step`` runs).
+   at B = 1, for the single models: the hidden-to-hidden layers alone (K rows x H steps x 4
+   RK4 stages, in the rollout's own blocks, layout and kernels: oneDNN's linear with its
+   activation, where the rollout uses it), the work every planner of this model must do;
+   pytorch_mppi's time over it is the highest ratio any planner could reach at this rate. And
+   for every model the rollout of K rows x H steps without autograd (``mlp_rollout.MLPField``,
+   what ``plan`` runs; the ensemble's members with oneDNN's grouped convolution) against the
+   same rollout through the model's ``_step`` (the autograd-capable path, which pytorch_mppi's
+   ``model.step`` runs).
 
 All figures are medians over ``--repeats`` timed runs after a warm-up run; contenders are
 timed in alternation so that changes in machine load affect both alike. Section 4 also
@@ -255,9 +257,9 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                     for i in range(b):
                         theirs.command(x[i])
 
-            single = hasattr(model, "fhat")  # the floor and the two rollout paths are a single model's
-            if b > 1 or not single:
-                t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3) if b > 1 else repeats)
+            single = hasattr(model, "fhat")  # the floor is a single model's
+            if b > 1:
+                t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3))
                 c_ours, c_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3), time.thread_time)
             else:
                 x_rows, actions = x.expand(K, 2), torch.rand(K, H, 1) * 4 - 2
@@ -268,17 +270,22 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
 
                 def through_step():
                     with torch.inference_mode():
-                        model._rollout_rows(x_rows, list(actions.unbind(1)))
+                        if single:
+                            model._rollout_rows(x_rows, list(actions.unbind(1)))
+                        else:
+                            state = x_rows
+                            for t in range(H):
+                                state = model._step(state, actions[:, t])
 
-                contenders = [lambda: ours.plan(x), loop_theirs, hidden_products(model, K, H), lowered, through_step]
-                t_ours, t_theirs, t_floor, t_low, t_step = interleaved_medians(contenders, repeats)
+                contenders = [lambda: ours.plan(x), loop_theirs, lowered, through_step] + ([hidden_products(model, K, H)] if single else [])
+                t_ours, t_theirs, t_low, t_step, *t_floor = interleaved_medians(contenders, repeats)
                 c_ours, c_theirs = interleaved_medians(contenders[:2], repeats, time.thread_time)
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
                   f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
-            if b == 1 and single:
-                print(f"    hidden (100, 100) layers alone {t_floor * 1e3:6.1f} ms = {100 * t_floor / t_ours:3.0f}% of ours, "
-                      f"{100 * t_floor / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor:4.2f}x; "
-                      f"rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
+            if b == 1:
+                floor = (f"hidden (100, 100) layers alone {t_floor[0] * 1e3:6.1f} ms = {100 * t_floor[0] / t_ours:3.0f}% of ours, "
+                         f"{100 * t_floor[0] / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor[0]:4.2f}x; ") if single else ""
+                print(f"    {floor}rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 
 
 def main() -> None:
@@ -287,23 +294,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--horizon", type=int, default=30)
+    parser.add_argument("--sections", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4],
+                        help="which of the sections above to run (default all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     K, H = args.samples, args.horizon
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), K={K}, H={H}, medians of {args.repeats}")
-    print("1. MPPI on the true pendulum dynamics (PendulumDynamics, RK4, dt=0.05), one state:")
-    for n in (1, 2):
-        bench_against_pytorch_mppi(n, K, H, args.repeats)
-    print("   and on Gymnasium Pendulum-v1's closed-form dynamics (pytorch_mppi's example system):")
-    bench_gym_pendulum(K, H, args.repeats)
-    print("2. Planner overhead over the raw batched rollout of a learned model:")
-    bench_overhead(K, H, args.repeats)
-    print("3. Batched planning (MPPI, n=1 pendulum):")
-    bench_batched("cpu", K, H, args.repeats)
-    if torch.cuda.is_available():
-        bench_batched("cuda", K, H, args.repeats)
-    print("4. MPPI on learned models, B states per call vs a loop of pytorch_mppi single-state plans:")
-    bench_learned(K, H, args.repeats)
+    if 1 in args.sections:
+        print("1. MPPI on the true pendulum dynamics (PendulumDynamics, RK4, dt=0.05), one state:")
+        for n in (1, 2):
+            bench_against_pytorch_mppi(n, K, H, args.repeats)
+        print("   and on Gymnasium Pendulum-v1's closed-form dynamics (pytorch_mppi's example system):")
+        bench_gym_pendulum(K, H, args.repeats)
+    if 2 in args.sections:
+        print("2. Planner overhead over the raw batched rollout of a learned model:")
+        bench_overhead(K, H, args.repeats)
+    if 3 in args.sections:
+        print("3. Batched planning (MPPI, n=1 pendulum):")
+        bench_batched("cpu", K, H, args.repeats)
+        if torch.cuda.is_available():
+            bench_batched("cuda", K, H, args.repeats)
+    if 4 in args.sections:
+        print("4. MPPI on learned models, B states per call vs a loop of pytorch_mppi single-state plans:")
+        bench_learned(K, H, args.repeats)
 
 
 if __name__ == "__main__":
