@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="rollout length MIN up to episode FIRST, MAX from episode LAST, linear in between (default 1 15 1 1)")
     mbpo.add_argument("--real-ratio", type=number(0, maximum=1), default=None, help="fraction of real transitions in SAC's batches (default 0.05)")
     mbpo.add_argument("--sac-updates", dest="sac_updates_per_step", type=integer(1), default=None,
-                      help="SAC gradient steps per real step (default 10; 40 on InvertedDoublePendulum-v5)")
+                      help="SAC gradient steps per real step (default 10; 20 on InvertedPendulum-v5, 60 on InvertedDoublePendulum-v5)")
     mbpo.add_argument("--sac-batch-size", type=integer(1), default=None, help="default 256")
     mbpo.add_argument("--sac-target-entropy", type=number(None), default=None,
                       help="SAC's entropy target (default: -0.05 on the MuJoCo pendulums, else SB3's -action_dim)")

@@ -87,6 +87,22 @@ _UNFUSED = {"swish"}
 _ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "swish"}
 
 
+#: padding, stride and dilation of a 1 x 1 convolution: a linear layer per position
+_CONV_GEOMETRY = ([0, 0], [1, 1], [1, 1])
+
+
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """``(rows, channels)`` row-major as a channels-last ``(1, channels, rows, 1)`` image (a view)."""
+    return rows.reshape(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _image_rows(image: torch.Tensor, groups: int) -> torch.Tensor:
+    """A channels-last ``(1, groups * width, rows, 1)`` image as ``(groups, width, rows)``
+    feature-major (a view, no copy)."""
+    rows = image.shape[2]
+    return image.permute(0, 2, 3, 1).view(rows, groups, -1).permute(1, 2, 0)
+
+
 @functools.cache
 def _onednn_linear_works() -> bool:
     """True where this torch build runs oneDNN's fused linear + activation on CPU float32 and it
@@ -121,22 +137,6 @@ def _onednn_grouped_works() -> bool:
         return False
     expected = torch.relu(torch.bmm(w, x.permute(1, 2, 0)) + b.unsqueeze(-1))  # (groups, out, rows)
     return y.shape == (2, 3, 5) and torch.allclose(y, expected, rtol=1e-5, atol=1e-6)
-
-
-#: padding, stride and dilation of a 1 x 1 convolution: a linear layer per position
-_CONV_GEOMETRY = ([0, 0], [1, 1], [1, 1])
-
-
-def _as_image(rows: torch.Tensor) -> torch.Tensor:
-    """``(rows, channels)`` row-major as a channels-last ``(1, channels, rows, 1)`` image (a view)."""
-    return rows.reshape(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
-
-
-def _image_rows(image: torch.Tensor, groups: int) -> torch.Tensor:
-    """A channels-last ``(1, groups * width, rows, 1)`` image as ``(groups, width, rows)``
-    feature-major (a view, no copy)."""
-    rows = image.shape[2]
-    return image.permute(0, 2, 3, 1).view(rows, groups, -1).permute(1, 2, 0)
 
 
 def _in_place(module: nn.Module) -> Callable[[torch.Tensor], None] | None:
@@ -307,7 +307,8 @@ class MLPField:
         rows = first.shape[-1]
         if fused and self.members is None:
             # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its
-            # activation fused in, its weights packed once per field: on a CPU where MKL runs these
+            # activation (fused in, or in place after it where that is faster, ``_UNFUSED``), its
+            # weights packed once per field: on a CPU where MKL runs these
             # float32 products at half of oneDNN's rate (AMD), this halves the (100, 100) layer of
             # a plain MLP (106 against 203 us for 1000 rows). The thin first and last layers stay
             # BLAS products on the feature-major input and output.

@@ -121,8 +121,8 @@ def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, n
         ens.reset_generator(11)
         with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
             runs.append(ens.rollout(x0, actions))
-    field_blocks = [fused for members, fused in networks_built if fused == onednn and members == 5]
-    assert len(networks_built) == 2 * 2 * 2 and len(field_blocks) >= 4  # 2 rollouts x 2 blocks x (field, head)
+    # 2 rollouts x 2 blocks, each block's members' field (grouped convolution where oneDNN is on), then its head (bmm)
+    assert networks_built == [(5, onednn), (5, False)] * 4
     assert torch.equal(runs[0], runs[1])
     ens.reset_generator(11)
     torch.testing.assert_close(runs[0], _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-5)

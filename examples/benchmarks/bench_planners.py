@@ -191,8 +191,8 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
 def hidden_products(model, rows: int, H: int):
     """A function that runs only the hidden-to-hidden layers of ``H`` RK4 steps of ``model``
     over ``rows`` rows, as ``MLPField`` runs them: oneDNN's linear with its activation (fused in,
-    or in place after it where that is faster), row-major, where the rollout uses it (float32 on a CPU with oneDNN), else the feature-major
-    matrix products; in the rollout's blocks."""
+    or in place after it where that is faster), row-major, where the rollout uses it (float32 on
+    a CPU with oneDNN), else the feature-major matrix products; in the rollout's blocks."""
     from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, FUSED_BLOCK_ROWS, MLPField
 
     field = MLPField.lower(model.fhat, model.state_dim, model.action_dim)
