@@ -77,7 +77,7 @@ from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
-from .integrators import INTEGRATORS, ODEWorldModel, _FunctorchState, functorch_safe
+from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _FunctorchState, functorch_safe
 from .mlp_rollout import MLPField
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
@@ -414,7 +414,7 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} is {x.dtype} on {x.device} but the ensemble is {self.dtype} on {self.device}; convert with {name}.to(ens.device, ens.dtype)")
         if x.shape[0] == 0:
             raise ValueError(f"{name} has an empty batch")
-        if self.validate_finite and not bool(torch.isfinite(x).all()):
+        if self.validate_finite and not _all_finite(x):
             raise ValueError(f"{name} contains NaN or inf")
         x_eq = self._stacked_tensors()[1].get("model.lyapunov.x_eq") if self.validate_finite else None
         if x_eq is not None:  # stable members: their accepted range, as each member checks it alone
@@ -434,7 +434,7 @@ class Ensemble(nn.Module):
             raise ValueError(f"{name} must have shape (batch={batch}, action_dim={self.action_dim}), got {tuple(u.shape)}")
         if u.dtype != self.dtype or u.device != self.device:
             raise ValueError(f"{name} is {u.dtype} on {u.device} but the ensemble is {self.dtype} on {self.device}")
-        if self.validate_finite and not bool(torch.isfinite(u).all()):
+        if self.validate_finite and not _all_finite(u):
             raise ValueError(f"{name} contains NaN or inf")
         if self.validate_finite and "model.lyapunov.x_eq" in self._buffer_names:
             _check_stable_range(u, None, name)

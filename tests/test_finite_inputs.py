@@ -390,3 +390,26 @@ def test_learned_models_never_return_nan_from_accepted_finite_inputs():
                 else:
                     assert torch.isfinite(out).all()
     assert overflowed > 0  # the sweep reaches the overflow (else it tests nothing)
+
+
+def test_ensembles_refuse_nan_and_inf_but_take_finite_values_whose_sum_overflows():
+    """The ensemble's boundary check sums first (one pass) and looks entry by entry only when
+    the sum is not finite: a NaN or inf anywhere is refused, finite entries whose float32 sum
+    overflows are not."""
+    from lyagym.learned_models import Ensemble, member_factory
+
+    torch.manual_seed(0)
+    ens = Ensemble(member_factory("simple", 2, 1, hidden=(8,), dt=0.05, integrator="euler"), 2, propagation="tsinf", sample=False)
+    x, u = torch.zeros(4, 2), torch.zeros(4, 1)
+    actions = torch.zeros(4, 3, 1)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x_bad, u_bad, a_bad = x.clone(), u.clone(), actions.clone()
+        x_bad[2, 1], u_bad[3, 0], a_bad[1, 2, 0] = bad, bad, bad
+        with pytest.raises(ValueError, match="x contains NaN or inf"):
+            ens.step(x_bad, u)
+        with pytest.raises(ValueError, match="u contains NaN or inf"):
+            ens.step(x, u_bad)
+        with pytest.raises(ValueError, match="actions contains NaN or inf"):
+            ens.rollout(x, a_bad)
+    big = torch.full((4, 3, 1), 3e38)  # finite; their float32 sum is inf
+    assert ens.rollout(x, big).shape == (4, 4, 2)
