@@ -618,10 +618,11 @@ class Ensemble(nn.Module):
     # -- rollouts without autograd -----------------------------------------------------------
     def _lowered(self) -> tuple[MLPField, MLPField | None] | None:
         """The members' fields and variance heads as stacked ``MLPField``s (``(E, out, in + 1)``
-        weights, the heads' feature normalisation folded into their first layer, their output
-        ``(max_logvar - raw) / 2`` instead of ``raw``), or ``None``
-        when the members' class has no lowered field (stable members). Rebuilt only when a
-        weight changed since the last call (an optimiser step bumps the tensors' versions)."""
+        weights; the heads' feature normalisation folded into their first layer, whose columns
+        follow the field's first-layer input, which they read; their output ``(max_logvar -
+        raw) / 2`` instead of ``raw``), or ``None`` when the members' class has no lowered field
+        (stable members). Rebuilt only when a weight changed since the last call (an optimiser
+        step bumps the tensors' versions)."""
         params, buffers = self._stacked_tensors()
         tensors = {**params, **buffers}
         owned = (self.target_scale, self.feature_shift, self.feature_scale) + ((self.max_logvar, self.min_logvar) if self.probabilistic else ())
@@ -644,6 +645,12 @@ class Ensemble(nn.Module):
                     last = head.weights[-1]
                     last[..., -1] -= self.max_logvar
                     last.mul_(-0.5)
+                    # The head reads the field's first-layer input (MLPField.rollout's head): its
+                    # columns [sin q, cos q, x[k:], u, bias] are that input's rows, but for a
+                    # control-affine field, after whose ones the rollout writes u.
+                    if field is not None and field.control_affine and self.action_dim:
+                        m = self.action_dim
+                        head.weights[0] = torch.cat([w0[..., :-1 - m], w0[..., -1:], w0[..., -1 - m:-1]], -1).contiguous()
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
         self._lowered_cache = (key, lowered)
         return lowered
@@ -666,7 +673,7 @@ class Ensemble(nn.Module):
         if lowered is None:
             return None
         field, head = lowered
-        E, B, n, k = self.size, x0.shape[0], self.state_dim, self._angle_dims
+        E, B, n = self.size, x0.shape[0], self.state_dim
         pad = -B % E
         if pad:  # as _grouped: repeat the last row (a valid state) to fill the last group; dropped below
             x0 = torch.cat([x0, x0[-1:].expand(pad, n)])
@@ -690,35 +697,26 @@ class Ensemble(nn.Module):
             noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar))
             noise = noise.transpose(2, 3)  # (horizon, E, n, b): feature-major, as the rollout's states
             half_range = (0.5 * (self.max_logvar - self.min_logvar)).reshape(n, 1)
-            blocks: dict[int, tuple] = {}  # first row -> the block's head input, output, network and noise
+            blocks: dict[int, torch.Tensor] = {}  # first row -> the block's noise
 
-            def add_noise(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
-                # The variance head on [sin q, cos q, x[k:], u, 1] of the state before the step,
-                # feature-major, written into buffers made on the block's first step.
+            def add_noise(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor,
+                          half_gap: torch.Tensor) -> None:
+                # half_gap = (max - raw) / 2: the variance head on [sin q, cos q, x[k:], u, 1] of
+                # the state before the step, evaluated by the field's rollout on its own
+                # first-layer input (MLPField.rollout's head).
                 if rows.start not in blocks:
-                    features = x.new_empty(E, head.weights[0].shape[-1], x.shape[-1])
-                    features[:, -1].fill_(1.0)
-                    out = x.new_empty(E, n, x.shape[-1])
-                    blocks[rows.start] = (features, out, head._network(features, out, fused=False), noise[..., rows])
-                features, half_gap, network, block_noise = blocks[rows.start]
-                if k:
-                    torch.sin(x[:, :k], out=features[:, :k])
-                    torch.cos(x[:, :k], out=features[:, k:2 * k])
-                features[:, 2 * k:n + k].copy_(x[:, k:])
-                if u is not None:
-                    features[:, n + k:-1].copy_(u)
-                network()  # half_gap = (max - raw) / 2
+                    blocks[rows.start] = noise[..., rows]
                 half_lv = F.softplus(torch.sub(half_range, F.softplus(half_gap, 2.0)), 2.0)  # (lv - min) / 2
-                x_next.addcmul_(half_lv.exp_(), block_noise[t])
+                x_next.addcmul_(half_lv.exp_(), blocks[rows.start][t])
 
         after_step = add_noise
         if wrap:
-            def after_step(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
+            def after_step(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor, *head_out) -> None:
                 if add_noise is not None:
-                    add_noise(t, rows, x, u, x_next)
+                    add_noise(t, rows, x, u, x_next, *head_out)
                 _wrap_rows_(x_next, wrap, dim=1)  # feature-major: (E, n, rows)
 
-        out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step)  # (E, b, horizon + 1, n)
+        out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step, head if add_noise else None)  # (E, b, horizon + 1, n)
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
 
     # -- training objective ------------------------------------------------------------------

@@ -51,8 +51,9 @@ from .dynamics_net import DynamicsNet
 
 __all__ = ["MLPField", "BLOCK_ROWS", "FUSED_BLOCK_ROWS", "AfterStep"]
 
-#: ``after_step(t, rows, x, u, x_next)`` of ``MLPField.rollout`` (see there)
-AfterStep = Callable[[int, slice, torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
+#: ``after_step(t, rows, x, u, x_next)`` of ``MLPField.rollout``, ``after_step(t, rows, x, u,
+#: x_next, head_out)`` when it is given a ``head`` (see there)
+AfterStep = Callable[..., None]
 
 #: most rows per block of a CPU rollout; the rows are split into equal blocks. A block's
 #: (101, rows) float32 activation buffers (400 KB at 1000 rows) stay in a core's L2 cache over
@@ -235,7 +236,7 @@ class MLPField:
 
     # ----------------------------------------------------------------------------- rollout
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
-                after_step: AfterStep | None = None) -> torch.Tensor:
+                after_step: AfterStep | None = None, head: "MLPField | None" = None) -> torch.Tensor:
         """States of ``horizon`` steps of ``method`` (``"euler"`` or ``"rk4"``), no autograd.
 
         Args:
@@ -248,6 +249,13 @@ class MLPField:
                 feature-major views (``x, x_next: (..., state_dim, block rows)``, ``u: (...,
                 action_dim, block rows)`` or ``None``) of the block of rows ``rows`` (a
                 ``slice``); it may change ``x_next`` in place (an ensemble adds its noise there).
+            head: a second network of the same stacking that reads this field's first-layer
+                input at each step's state ``x`` (its rows ``[sin q, cos q, x[k:], u, 1]``,
+                ``x`` in place of the first three for a plain MLP; a control-affine net's own
+                layer reads no ``u``: for the head the rollout writes it after the ones),
+                evaluated once per step and its output (``(..., out, block rows)``) handed to
+                ``after_step`` as a sixth argument: an ensemble's variance head shares the
+                field's features instead of computing them again.
 
         Returns:
             ``(batch, horizon + 1, state_dim)`` states, ``x0`` first (a new contiguous tensor);
@@ -265,7 +273,7 @@ class MLPField:
         for i in range(0, rows, block):
             part = None if actions is None else actions[..., i:i + block, :, :]
             traj = self._rollout_block(x0[..., i:i + block, :], part, horizon, dt, method, after_step, slice(i, i + block),
-                                       fused)
+                                       fused, head)
             out[..., i:i + block, :, :] = traj.permute(1, 3, 0, 2) if stacked else traj.permute(2, 0, 1)
         return out
 
@@ -392,20 +400,26 @@ class MLPField:
 
     def _rollout_block(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, dt: float, method: str,
                        after_step: AfterStep | None = None, block_rows: slice | None = None,
-                       fused: bool = False) -> torch.Tensor:
+                       fused: bool = False, head: "MLPField | None" = None) -> torch.Tensor:
         """``(horizon + 1, [E,] state_dim, rows)``: the trajectory of one block, feature-major."""
-        n, k, rows = self.state_dim, self.angle_dims, x0.shape[-2]
+        n, k, rows, m = self.state_dim, self.angle_dims, x0.shape[-2], self.action_dim
         lead = x0.shape[:-2]  # (E,) for stacked networks, () for one
-        # Input rows of the first layer: [sin q, cos q] (angle nets), the state or its non-angle
-        # part, u (unless control-affine), and the ones that multiply the bias column.
-        first = x0.new_empty(*lead, self.weights[0].shape[-1], rows)
-        first[..., -1, :].fill_(1.0)
+        # Input rows of the first layer: [sin q, cos q] (angle nets), the state or its
+        # non-angle part, u (unless control-affine), and the ones that multiply the bias column;
+        # for a head of a control-affine net, u after them (the field's own layer reads the rows before).
+        width = self.weights[0].shape[-1]
+        extra = m if head is not None and self.control_affine and actions is not None else 0
+        all_rows = x0.new_empty(*lead, width + extra, rows)
+        all_rows[..., width - 1, :].fill_(1.0)
+        first = all_rows[..., :width, :] if extra else all_rows
         u_rows = u_all = None
-        if actions is not None and self.action_dim:
+        if actions is not None and m:
             # (horizon, [E,] action_dim, rows)
             u_all = (actions.permute(2, 0, 3, 1) if lead else actions.permute(1, 2, 0)).contiguous()
             if not self.control_affine:
-                u_rows = first[..., -1 - self.action_dim:-1, :]
+                u_rows = first[..., -1 - m:-1, :]
+            elif extra:
+                u_rows = all_rows[..., width:, :]
         # The stage state y = x + a k_i: a plain MLP reads it directly as its first rows.
         y = first[..., :n, :] if k == 0 else x0.new_empty(*lead, n, rows)
         last = self.weights[-1]
@@ -423,6 +437,10 @@ class MLPField:
         acc = x0.new_empty(*lead, n, rows)
         gain_u = None
         network = self._network(first, raw, fused)
+        head_out = head_network = None
+        if head is not None:
+            head_out = x0.new_empty(*lead, head.weights[-1].shape[-2], rows)
+            head_network = head._network(all_rows, head_out, fused=False)
 
         def field() -> torch.Tensor:
             if k:
@@ -442,15 +460,17 @@ class MLPField:
             u_t = None if u_all is None else u_all[t]
             if u_rows is not None:
                 u_rows.copy_(u_t)
-            elif self.control_affine:
+            if self.control_affine:
                 gain_u = u_t
             y.copy_(x)
+            k1 = field()
+            if head_network is not None:  # the first stage's input holds x's features
+                head_network()
             if method == "euler":
-                torch.add(x, field(), alpha=dt, out=x_next)
+                torch.add(x, k1, alpha=dt, out=x_next)
             else:
                 # Classical RK4 with the operations of ``integrators.rk4`` in its order; each
                 # stage's derivative is read before the next stage overwrites its buffer.
-                k1 = field()
                 acc.copy_(k1)
                 torch.add(x, k1, alpha=0.5 * dt, out=y)
                 k2 = field()
@@ -462,5 +482,9 @@ class MLPField:
                 acc.add_(field())
                 torch.add(x, acc, alpha=dt / 6.0, out=x_next)
             if after_step is not None:
-                after_step(t, block_rows if block_rows is not None else slice(0, rows), x, u_t, x_next)
+                block = block_rows if block_rows is not None else slice(0, rows)
+                if head_out is None:
+                    after_step(t, block, x, u_t, x_next)
+                else:
+                    after_step(t, block, x, u_t, x_next, head_out)
         return traj

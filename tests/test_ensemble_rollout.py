@@ -128,6 +128,35 @@ def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, n
     torch.testing.assert_close(runs[0], _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [dict(), dict(k=0, m=1), dict(k=1, m=1, integrator="rk4"),
+                                  dict(n=3, k=0, control_affine=False, activation="relu"), dict(m=0, k=0, control_affine=False)])
+def test_the_variance_head_reads_the_fields_first_layer_input(case, monkeypatch):
+    """A sampled rollout evaluates the variance head on the buffer the members' first layer
+    reads ([sin q, cos q, x[k:], u, 1] of the state before the step; a control-affine field's
+    layer reads no u, so the head's rows have u after the ones), not on features of its own;
+    the rollout still equals stepping (its columns follow that order)."""
+    ens = _ensemble(**case)
+    inputs = []
+    original = mlp_rollout.MLPField._network
+
+    def spy(self, first, raw, fused):
+        inputs.append(first)
+        return original(self, first, raw, fused)
+
+    monkeypatch.setattr(mlp_rollout.MLPField, "_network", spy)
+    m = ens.action_dim
+    x0, actions = torch.randn(10, ens.state_dim), torch.randn(10, 3, m) if m else None
+    ens.reset_generator(5)
+    with torch.no_grad():
+        fast = ens.rollout(x0, actions if m else 3)
+    field_input, head_input = inputs
+    assert head_input.data_ptr() == field_input.data_ptr()  # the same buffer, from its first row
+    control_affine = case.get("control_affine", True)
+    assert head_input.shape[-2] == field_input.shape[-2] + (m if control_affine else 0)
+    ens.reset_generator(5)
+    torch.testing.assert_close(fast, _stepped(ens, x0, actions, 3), rtol=1e-5, atol=1e-5)
+
+
 def test_members_without_a_hidden_to_hidden_layer_keep_the_bmm_layers(networks_built):
     ens = _ensemble(hidden=(16,), sample=False)
     x0, actions = torch.randn(12, 4), torch.randn(12, 3, 2)
