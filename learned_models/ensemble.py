@@ -3,10 +3,12 @@
 ``Ensemble`` holds ``E`` members of one ``ODEWorldModel`` class (``SimpleDynamics``, with or
 without the ``DynamicsNet`` priors, or ``StableDynamics`` / ``StableControlledDynamics``, each
 keeping its own certificate). Their parameters are stacked along a leading member dimension
-(as ``torch.func.stack_module_state`` does) and every member is evaluated at once with
-``torch.func.vmap`` over ``functional_call``: no Python loop over members in ``step``,
-``rollout`` or ``fit_ensemble``. Inside the vmap the members run their ``functorch_safe`` path
-(plain tensor ops; see ``integrators.functorch_safe``).
+(as ``torch.func.stack_module_state`` does) and every member is evaluated at once, with no
+Python loop over members in ``step``, ``rollout`` or ``fit_ensemble``: ``SimpleDynamics``
+members as batched matrix products over the stacked weights (``_raw_stacked``; without autograd
+lowered to ``mlp_rollout.MLPField``), other members with ``torch.func.vmap`` over
+``functional_call``, inside which they run their ``functorch_safe`` path (plain tensor ops; see
+``integrators.functorch_safe``).
 
 Each member predicts a Gaussian over the next state (PETS, Section 4.1, "probabilistic
 ensembles"):
@@ -38,17 +40,17 @@ Propagation of particles (PETS Section 5; ``step`` on ``(batch, state_dim)`` row
 In the TS modes the next state is sampled, ``mean + std * eps``, when the ensemble is
 ``probabilistic`` and ``sample`` is on; otherwise it is the member's mean.
 
-Cost (``examples/benchmarks/bench_ensemble.py``, one thread, double-pendulum sizes: state 4,
-action 2, ``fhat`` widths (100, 100), batch 256 per member, medians of interleaved repeats):
-one training step of E = 5 members costs 2.0-2.2x one member batched the same way (simple
-and stable members with the mechanical priors) and 3-4x the single model's own fast step; a
-TS-infinity planning step on 30,000 rows costs 1.06-1.12x one member stepping those rows.
-The floor is arithmetic: the members' matrix products grow with E (about a third of one
-simple member's step at these widths), so E = 5 / E = 1 <= 2x holds for narrower members
-(widths (32, 32): 1.7x simple, 2.0x stable) and not quite at (100, 100). With Euler members
-(the MBRL loops' default, one evaluation of ``f`` per step; ``bench_ensemble.py``'s default):
-1.68x simple, 2.16x stable, and TS-infinity planning 1.44x / 1.29x one member (the regrouping
-of rows weighs more against one evaluation than against four).
+Cost (``examples/benchmarks/bench_ensemble.py``, double-pendulum sizes: state 4, action 2,
+``fhat`` widths (100, 100), 256 rows per member, Euler members as in the MBRL loops, medians
+of interleaved repeats; one run each on a quiet 2-core AMD EPYC): one training step of E = 5
+members costs 2.61x (simple members with the mechanical priors) and 2.43x (stable members) one
+member batched the same way at one thread, and 2.27x / 2.00x with both cores (``--threads 2``;
+2.0-2.3x / 1.8-2.0x from run to run, see the README); RK4 members 3.12x / 2.44x, narrower ones
+(widths (32, 32)) 1.92x / 2.33x, at one thread. The rest is arithmetic: E = 1 is mostly fixed
+per-operation cost (~0.6 ms) and the members' batched matrix products (MKL's, about half of
+oneDNN's rate on this CPU) grow with E. A TS-infinity step of 30,000 rows through ``step``
+costs 1.31x / 1.35x one member stepping those rows (RK4: 1.05x / 1.11x); rollouts without
+autograd run lowered (``rollout``).
 
 Certificates: ``Ensemble.certificate()`` lists each member's own ``Certificate`` (issued by
 ``member(i).certificate()``, with member ``i``'s weights hash) and states what they cover:
