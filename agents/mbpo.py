@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lyagym.learned_models import overflowing_rows_returned
+
 from .adapters import EnvAdapter, make_adapter
 from .data import TransitionBuffer, collect_episode
 from .mbrl_config import MBRLConfig
@@ -263,7 +265,8 @@ def _branch_rollouts(model, agent: _Agent, adapter: EnvAdapter, buffer: Transiti
         feats = agent.features(x)
         a = agent.sample_scaled(feats)
         u = agent.unscaled(a).to(model.device, model.dtype)
-        x_next = adapter.wrap(model.step(x, u))
+        with overflowing_rows_returned(model):  # a diverged prediction ends its rollout (below)
+            x_next = adapter.wrap(model.step(x, u))
         finite = torch.isfinite(x_next).all(-1)
         x_next = torch.where(finite.unsqueeze(-1), x_next, x)  # a diverged prediction ends its rollout, never feeds NaN
         reward = adapter.reward(x, u, x_next)

@@ -38,7 +38,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from lyagym.envs.vector_utils import autoreset_mode as _autoreset_mode
 from lyagym.envs.vector_utils import reject_scalar_actions, reset_mask
-from lyagym.learned_models import WorldModel
+from lyagym.learned_models import WorldModel, overflowing_rows_returned
 
 __all__ = [
     "WorldModelVectorEnv",
@@ -303,7 +303,7 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError("actions contain NaN or inf")
         u = torch.maximum(torch.minimum(u, self._high), self._low)
         x = self.state
-        with torch.no_grad():
+        with torch.no_grad(), overflowing_rows_returned(self.model):  # a diverged row ends its episode (below)
             x_next = self.model.step(x, u)
             bad = ~torch.isfinite(x_next).all(-1) | (x_next.abs().amax(-1) > self.state_bound)
             x_next = torch.nan_to_num(x_next, nan=0.0).clamp(-self.state_bound, self.state_bound)

@@ -3,7 +3,7 @@
 model guarantees. Imports nothing else from lyagym."""
 
 from .certificate import CLAIMS, EVIDENCE, Certificate, model_hash, weights_hash
-from .world_model import WorldModel, check_world_model, rollout
+from .world_model import WorldModel, check_world_model, overflowing_rows_returned, rollout
 
 # --- stable dynamics (issue 3): icnn, lyapunov, stable, simple, training, falsification ---
 from .checkpoint import load_model, save_model

@@ -220,9 +220,13 @@ class Ensemble(nn.Module):
         cert = ens.certificate()                  # one Certificate per member
     """
 
-    #: check inputs for NaN/inf in ``step``/``rollout``/``predict`` (one host sync per call), as
-    #: ``ODEWorldModel.validate_finite``; planners in tight GPU loops may turn it off.
+    #: check inputs for NaN/inf in ``step``/``rollout``/``predict``, and results for an overflow
+    #: from finite inputs (one host sync per call), as ``ODEWorldModel.validate_finite``;
+    #: planners in tight GPU loops may turn it off.
     validate_finite: bool = True
+    #: with ``validate_finite``, raise on a non-finite result (default); ``False`` returns it, for
+    #: a caller that ends such rows itself (``world_model.overflowing_rows_returned``)
+    raise_on_overflow: bool = True
     #: config keys that choose how ``step`` samples, not what the members compute: the
     #: certificate's ``model_hash`` leaves them out (see ``EnsembleCertificate``).
     runtime_config_keys = ("propagation", "sample", "seed")
@@ -442,6 +446,16 @@ class Ensemble(nn.Module):
             _check_stable_range(u, None, name)
         return u
 
+    def _check_result(self, y: torch.Tensor, x: torch.Tensor, u: torch.Tensor | None, what: str) -> torch.Tensor:
+        """With ``validate_finite``: a non-finite result from the finite inputs just checked is an
+        overflow inside the members (huge float32 states through their networks); say so instead
+        of returning NaN or inf. One reduction per call, as the input checks."""
+        if self.validate_finite and self.raise_on_overflow and not _all_finite(y):
+            largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
+            raise ValueError(f"x: the ensemble's {what} overflowed {str(y.dtype).replace('torch.', '')} from finite inputs "
+                             f"(largest |x| {float(x.abs().amax()):.3g}{largest_u}); use smaller inputs or float64")
+        return y
+
     # -- the batched members -----------------------------------------------------------------
     def _features(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         """The variance head's input: ``[sin q, cos q, x_rest, u]``, normalised (``(..., features)``)."""
@@ -535,7 +549,9 @@ class Ensemble(nn.Module):
         self._check_x(x)
         u = self._check_u(u, x.shape[0])
         mean, raw = self._raw(x, u, shared=True)
-        return mean, (None if raw is None else self._bounded_logvar(raw) + 2.0 * self.target_scale.log())
+        logvar = None if raw is None else self._bounded_logvar(raw) + 2.0 * self.target_scale.log()
+        self._check_result(mean if logvar is None else torch.stack([mean, logvar]), x, u, "prediction")
+        return mean, logvar
 
     def _grouped(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         """Row ``i`` of ``x: (batch, n)`` on member ``i % E``, each member on its own rows only."""
@@ -566,7 +582,8 @@ class Ensemble(nn.Module):
         """The next state under ``propagation``: ``x: (batch, state_dim)``, ``u: (batch,
         action_dim)`` -> ``(batch, state_dim)``. Differentiable in ``x`` and ``u``."""
         self._check_x(x)
-        return self._step(x, self._check_u(u, x.shape[0]))
+        u = self._check_u(u, x.shape[0])
+        return self._check_result(self._step(x, u), x, u, "step")
 
     def forward(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         """Same as ``step``."""
@@ -605,7 +622,7 @@ class Ensemble(nn.Module):
         wrap = sorted({int(i) % self.state_dim for i in wrap_angles})
         fast = self._inference_rollout(x0, actions if self.action_dim else None, horizon, wrap)
         if fast is not None:
-            return fast
+            return self._check_result(fast, x0, actions if self.action_dim else None, "rollout")
         inputs = list(actions.unbind(1)) if self.action_dim else [None] * horizon
         states = [x0]
         x = x0
@@ -615,7 +632,7 @@ class Ensemble(nn.Module):
                 x = x.clone()
                 _wrap_rows_(x, wrap, dim=1)
             states.append(x)
-        return torch.stack(states, dim=1)
+        return self._check_result(torch.stack(states, dim=1), x0, actions if self.action_dim else None, "rollout")
 
     # -- rollouts without autograd -----------------------------------------------------------
     def _lowered(self) -> tuple[MLPField, MLPField | None] | None:

@@ -267,11 +267,16 @@ class ODEWorldModel(nn.Module):
 
     Attributes:
         state_dim, action_dim (0 = autonomous), dt, integrator.
-        validate_finite: check inputs for NaN/inf in ``derivative``/``step``/``rollout``
-            (one host synchronisation per call; planners in tight GPU loops may turn it off).
+        validate_finite: check inputs for NaN/inf in ``derivative``/``step``/``rollout``, and
+            results for an overflow from finite inputs (one host synchronisation per call;
+            planners in tight GPU loops may turn it off).
+        raise_on_overflow: with ``validate_finite``, raise on a non-finite result (default);
+            ``False`` returns it, for a caller that ends such rows itself
+            (``world_model.overflowing_rows_returned``).
     """
 
     validate_finite: bool = True
+    raise_on_overflow: bool = True
 
     def __init__(self, state_dim: int, action_dim: int, dt: float, integrator: str) -> None:
         super().__init__()
@@ -348,7 +353,7 @@ class ODEWorldModel(nn.Module):
         """With ``validate_finite``: a non-finite result from the finite inputs just checked is
         an overflow inside the model (e.g. RK4 stages of huge float32 states); say so instead
         of returning NaN. One reduction per call, as the input check."""
-        if self.validate_finite and not _FunctorchState.depth and not _all_finite(y):
+        if self.validate_finite and self.raise_on_overflow and not _FunctorchState.depth and not _all_finite(y):
             largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
             dtype = str(y.dtype).replace("torch.", "")
             raise ValueError(f"x: the model's step overflowed {dtype} from finite inputs (largest |x| {float(x.abs().amax()):.3g}"

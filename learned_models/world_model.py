@@ -22,11 +22,13 @@ checks their presence. ``check_world_model`` goes further and steps the model on
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["WorldModel", "rollout", "check_world_model"]
+__all__ = ["WorldModel", "rollout", "check_world_model", "overflowing_rows_returned"]
 
 
 @runtime_checkable
@@ -50,6 +52,35 @@ class WorldModel(Protocol):
     def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
         """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` -> ``(batch, horizon + 1, state_dim)``."""
         ...
+
+
+@contextlib.contextmanager
+def overflowing_rows_returned(model) -> Iterator[None]:
+    """Within the block, ``model.step`` and ``model.rollout`` return the rows they overflowed on
+    (inf or NaN) instead of raising, for a caller that ends those rows itself (a model-based
+    environment, MBPO's branched rollouts); inputs are still checked. For models with
+    ``raise_on_overflow`` (``ODEWorldModel``, ``Ensemble``), also behind wrappers that hold
+    them as ``.model``; any other model is left as it is."""
+    target = model
+    for _ in range(8):  # through wrappers (AngleWrappedModel, ...) to the model that owns the flag
+        if target is None or any("raise_on_overflow" in vars(c) for c in type(target).__mro__):
+            break
+        target = getattr(target, "model", None)
+    else:
+        target = None
+    if target is None:
+        yield
+        return
+    own = "raise_on_overflow" in vars(target)
+    before = target.raise_on_overflow
+    target.raise_on_overflow = False
+    try:
+        yield
+    finally:
+        if own:
+            target.raise_on_overflow = before
+        else:
+            del target.raise_on_overflow
 
 
 def rollout(model, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:

@@ -413,3 +413,28 @@ def test_ensembles_refuse_nan_and_inf_but_take_finite_values_whose_sum_overflows
             ens.rollout(x, a_bad)
     big = torch.full((4, 3, 1), 3e38)  # finite; their float32 sum is inf
     assert ens.rollout(x, big).shape == (4, 4, 2)
+
+
+@pytest.mark.parametrize("propagation", ["tsinf", "ts1", "expectation"])
+def test_ensembles_raise_instead_of_returning_nan_or_inf_from_finite_inputs(propagation):
+    """Finite float32 inputs large enough to overflow the members' SiLU networks: step, rollout
+    (lowered or stepped) and predict name the overflow instead of returning inf or NaN; inputs
+    that do not overflow still pass."""
+    from lyagym.learned_models import Ensemble, member_factory
+
+    torch.manual_seed(0)
+    factory = member_factory("simple", 2, 1, hidden=(8, 8), dt=0.05, integrator="euler", activation="silu", angle_dims=1,
+                             control_affine=True)
+    ens = Ensemble(factory, 2, propagation=propagation)
+    small, huge = torch.full((4, 2), 3.0), torch.full((4, 2), 1e20)
+    u, u_huge = torch.ones(4, 1), torch.full((4, 1), 1e20)
+    assert torch.isfinite(ens.step(small, u)).all()
+    assert torch.isfinite(ens.rollout(small, u.unsqueeze(1).expand(4, 3, 1))).all()
+    match = r"x: the ensemble's {} overflowed float32 from finite inputs \(largest \|x\| 1e\+20, largest \|u\| 1e\+20\)"
+    with pytest.raises(ValueError, match=match.format("step")):
+        ens.step(huge, u_huge)
+    with pytest.raises(ValueError, match=match.format("prediction")):
+        ens.predict(huge, u_huge)
+    for grad in (False, True):  # without autograd the lowered rollout (TS-infinity), with it the stepped one
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=match.format("rollout")):
+            ens.rollout(huge, u_huge.unsqueeze(1).expand(4, 3, 1))

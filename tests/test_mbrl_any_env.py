@@ -80,6 +80,45 @@ def test_mbpo_fills_sac_with_mixed_real_and_model_batches():
         rollout_length(0, (0, 1, 3, 2))
 
 
+@pytest.mark.parametrize("kind", ["simple", "ensemble"])
+def test_mbpo_ends_a_branched_rollout_whose_model_overflows_and_keeps_the_others(kind):
+    """A model that overflows from one buffer state (it raises when called directly) ends
+    that branched rollout at its first step, with a finite transition marked done; a rollout
+    from a state where the model stays finite runs its whole length."""
+    from lyagym.agents.data import TransitionBuffer
+    from lyagym.agents.mbpo import TensorReplay, _Agent, _branch_rollouts
+
+    from lyagym.learned_models import Ensemble, SimpleDynamics, member_factory
+
+    adapter = make_adapter(gym.make("Pendulum-v1"))
+    torch.manual_seed(0)
+    model = (SimpleDynamics(2, 1, hidden=(8,), dt=0.05, integrator="euler") if kind == "simple" else
+             Ensemble(member_factory("simple", 2, 1, hidden=(8,), dt=0.05, integrator="euler"), 2, propagation="tsinf", sample=False))
+    with torch.no_grad():  # plain MLPs, weights of 1e20, no biases: f(x, u) = 0 at x = (0, 0), u = 0; overflow elsewhere
+        for name, p in model.named_parameters():
+            if "logvar" not in name:
+                p.copy_(torch.zeros_like(p) if name.endswith("bias") else p.sign() * 1e20)
+    with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):
+        model.step(torch.tensor([[0.5, 0.5]]), torch.ones(1, 1))
+    buffer = TransitionBuffer(2, 1)
+    buffer.add_trajectory(np.array([[0.0, 0.0], [0.5, 0.5], [0.0, 0.0]]), np.zeros((2, 1)))  # transitions from (0, 0) and (0.5, 0.5)
+    agent = _Agent(adapter, tiny(adapter), "cpu", 0)
+    agent.sample_scaled = lambda feats: torch.zeros(feats.shape[0], 1)  # u = 0: the state (0, 0) stays put
+    store = TensorReplay(10, adapter.feature_dim, 1)
+    generator = np.random.default_rng(0)
+    while True:  # draw until the two rollouts start from the two states
+        state = generator.bit_generator.state
+        if sorted(generator.integers(0, 2, size=2).tolist()) == [0, 1]:
+            generator.bit_generator.state = state
+            break
+    added = _branch_rollouts(model, agent, adapter, buffer, store, count=2, length=3, generator=generator)
+    assert added == 4  # the diverging rollout's one transition, the other's three
+    assert torch.isfinite(store.next_obs[:added]).all() and torch.isfinite(store.rewards[:added]).all()
+    assert store.dones[:added].sum() == 1
+    with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):  # raising again outside
+        model.step(torch.tensor([[0.5, 0.5]]), torch.ones(1, 1))
+
+
 def test_a_resumed_pets_run_equals_an_uninterrupted_one(tmp_path):
     env = gym.make("Pendulum-v1")
     adapter = make_adapter(env)

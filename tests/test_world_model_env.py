@@ -118,6 +118,37 @@ def test_same_step_autoreset_reports_final_observation_and_runaway_terminates():
     assert np.isfinite(rew).all()
 
 
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_learned_model_that_overflows_on_one_row_ends_that_episode_only(ensemble):
+    """A learned model raises on an overflow from finite inputs (``ValueError``) when called
+    directly; inside the environment the overflowing row ends its episode (terminated) and
+    the other rows step on, and afterwards the model raises again."""
+    from lyagym.learned_models import Ensemble, SimpleDynamics, member_factory
+
+    torch.manual_seed(0)
+    if ensemble:
+        model = Ensemble(member_factory("simple", 2, 1, hidden=(8,), dt=0.1, integrator="euler"), 2, propagation="tsinf",
+                         sample=False)
+    else:
+        model = SimpleDynamics(2, 1, hidden=(8,), dt=0.1, integrator="euler")
+    with torch.no_grad():  # weights of 1e20 and no biases: f(0, 0) = 0, anything else overflows float32
+        for name, p in model.named_parameters():
+            if "logvar" not in name:
+                p.copy_(torch.zeros_like(p) if name.endswith("bias") else p.sign() * 1e20)
+    diverging = torch.tensor([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):
+        model.step(diverging, torch.zeros(1, 1))
+    venv = WorldModelVectorEnv(model, reward, START, num_envs=2, max_episode_steps=10)
+    venv.reset(seed=0, options={"state": np.array([[0.0, 0.0], [0.5, 0.5]])})
+    obs, rew, term, trunc, _ = venv.step(np.zeros((2, 1), np.float32))
+    assert term.tolist() == [False, True]
+    np.testing.assert_array_equal(obs[0], [0.0, 0.0])
+    assert np.isfinite(obs).all() and np.isfinite(rew).all()
+    assert "raise_on_overflow" not in vars(model)  # restored to the class default
+    with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):
+        model.step(diverging, torch.zeros(1, 1))
+
+
 def test_torch_output_stays_on_the_model_device():
     venv = WorldModelVectorEnv(Damped(), reward, START, num_envs=4, return_torch=True)
     obs, _ = venv.reset(seed=0)
@@ -147,3 +178,26 @@ def test_state_bank_branches_from_real_states_and_sac_trains_in_imagination():
     assert model.replay_buffer.size() == 10  # 80 transitions over 8 envs
     # finished episodes carried their final observation for bootstrapping
     assert model.num_timesteps == 80
+
+
+def test_overflowing_rows_returned_reaches_through_a_wrapper_and_restores_the_flag():
+    from lyagym.agents.mpc import AngleWrappedModel
+    from lyagym.learned_models import SimpleDynamics, overflowing_rows_returned
+
+    torch.manual_seed(0)
+    model = SimpleDynamics(2, 1, hidden=(8,), dt=0.1, integrator="euler")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.zeros_like(p) if name.endswith("bias") else p.sign() * 1e20)
+    wrapped = AngleWrappedModel(model, 1)
+    x, u = torch.tensor([[0.5, 0.5]]), torch.zeros(1, 1)
+    model.raise_on_overflow = True  # an instance's own setting is put back as it was
+    with overflowing_rows_returned(wrapped):
+        assert not torch.isfinite(wrapped.step(x, u)).all()
+        with pytest.raises(ValueError, match="x contains NaN or inf"):  # inputs still checked
+            model.step(torch.tensor([[float("nan"), 0.0]]), u)
+    assert vars(model)["raise_on_overflow"] is True
+    with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):
+        wrapped.step(x, u)
+    with overflowing_rows_returned(Damped()):  # a model without the flag: left as it is
+        pass
