@@ -253,6 +253,23 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+class _LoweredField:
+    """``ODEWorldModel._lowered_field``'s cache: the field and the weights it was lowered from
+    (a plain object; copies and pickles start empty, the packed oneDNN weights do not pickle)."""
+
+    __slots__ = ("source", "field")
+
+    def __init__(self) -> None:
+        self.source: list[torch.Tensor] = []
+        self.field: "MLPField | None" = None
+
+    def __deepcopy__(self, memo) -> "_LoweredField":
+        return _LoweredField()
+
+    def __reduce__(self):
+        return (_LoweredField, ())
+
+
 #: rows per block of a CPU rollout (``ODEWorldModel.rollout``): small enough that a block's
 #: activations stay in cache over the horizon, large enough that each matrix product is efficient
 ROLLOUT_BLOCK_ROWS = 4096
@@ -385,7 +402,7 @@ class ODEWorldModel(nn.Module):
         controls = actions if self.action_dim else None
         # Without autograd an MLP field runs as a few matrix products per stage (``mlp_rollout``):
         # the planners' rollouts, 1.25-1.4x faster for a (100, 100) MLP (1000 rows x 30 RK4 steps).
-        field = self._inference_field() if self._without_autograd(x0, actions) else None
+        field = self._lowered_field() if self._without_autograd(x0, actions) else None
         if field is not None:
             return self._check_result(field.rollout(x0, controls, horizon, self.dt, self.integrator), x0, controls)
         inputs = controls.unbind(1) if controls is not None else [None] * horizon
@@ -403,8 +420,28 @@ class ODEWorldModel(nn.Module):
 
     def _inference_field(self) -> "MLPField | None":
         """The field lowered for rollouts without autograd (``mlp_rollout.MLPField``), or
-        ``None`` (default) to roll out through ``_step``. Called once per ``rollout``."""
+        ``None`` (default) to roll out through ``_step``. Called by ``_lowered_field``."""
         return None
+
+    def _lowered_field(self) -> "MLPField | None":
+        """``_inference_field()``, kept between rollouts on a CPU while every parameter and buffer
+        is equal to the copy it was lowered from (compared exactly at each call, so an optimiser
+        step, ``load_state_dict`` or a write through ``.data`` all lower again) and no module
+        has a forward hook: comparing takes ~10 us where lowering and packing a (100, 100) MLP
+        take ~170 us, once per rollout, e.g. per CEM iteration."""
+        tensors = [*self.parameters(), *self.buffers()]
+        cache = self.__dict__.get("_field_cache")
+        if cache is None:
+            cache = self.__dict__["_field_cache"] = _LoweredField()
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        if cache.field is not None and not hooked and len(cache.source) == len(tensors) and all(
+                a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+                for a, b in zip(cache.source, tensors)):
+            return cache.field
+        field = self._inference_field()
+        keep = field is not None and not hooked and all(t.device.type == "cpu" for t in tensors)  # no device syncs to compare
+        cache.source, cache.field = ([t.detach().clone() for t in tensors], field) if keep else ([], None)
+        return field
 
     def _without_autograd(self, x0: torch.Tensor, actions: torch.Tensor | int) -> bool:
         """True when a rollout may skip autograd and ``torch.func``-incompatible ops: nothing

@@ -149,6 +149,59 @@ def test_subclass_with_its_own_field_is_not_lowered(lowered_calls):
     assert not lowered_calls
 
 
+def test_the_lowered_field_is_kept_while_the_weights_stay_equal(monkeypatch):
+    """Rollouts reuse the lowered field (and its packed weights) until any parameter or buffer
+    changes, however it changes (an optimiser step, a write through ``.data``,
+    ``load_state_dict``, a calibration), or a forward hook is added; each rollout equals the
+    ordinary path with the weights of that moment; copies and pickles start without it."""
+    import copy
+    import pickle
+
+    model = _model(1, angle_dims=1, control_affine=True, activation="silu")
+    lowerings = []
+    original = SimpleDynamics._inference_field
+    monkeypatch.setattr(SimpleDynamics, "_inference_field", lambda self: lowerings.append(1) or original(self))
+    x0, actions = torch.randn(6, 3), torch.randn(6, 4, 1)
+
+    def check(expected_lowerings):
+        with torch.no_grad():
+            lowered = model.rollout(x0, actions)
+            reference = torch.stack([x0, *_stepped_states(model, x0, actions)], 1)
+        torch.testing.assert_close(lowered, reference, rtol=1e-5, atol=1e-5)
+        assert len(lowerings) == expected_lowerings
+
+    check(1)
+    check(1)  # unchanged: the same field
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.rollout(x0, actions)[:, -1].sum().backward()  # with autograd: the ordinary path, no lowering
+    opt.step()
+    check(2)
+    model.fhat.net[0].weight.data[0, 0] += 1.0  # no version bump: found by the comparison
+    check(3)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    check(3)  # loaded the values it held: still equal, no lowering
+    model.load_state_dict(_model(1, angle_dims=1, control_affine=True, activation="silu").state_dict())
+    check(4)
+    model.fhat.calibrate(torch.randn(20, 3), torch.randn(20, 1), torch.randn(20, 3))  # buffers (scales) change
+    check(5)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone._lowered_field.__self__ is clone and clone.__dict__["_field_cache"].field is None
+        with torch.no_grad():
+            torch.testing.assert_close(clone.rollout(x0, actions), model.rollout(x0, actions))
+    calls = []
+    model.fhat.net[0].register_forward_hook(lambda module, inputs, output: calls.append(1))
+    with torch.no_grad():
+        model.rollout(x0, actions)
+    assert calls  # the hook ran: the ordinary path, not the kept field
+
+
+def _stepped_states(model, x0, actions):
+    x = x0
+    for t in range(actions.shape[1]):
+        x = model._step(x, actions[:, t])
+        yield x
+
+
 def test_finite_check_accepts_large_finite_inputs():
     # The one-pass check sums the entries; a sum that overflows must fall back, not reject.
     model = _model(1)
@@ -168,7 +221,7 @@ def test_plans_equal_with_and_without_lowering(planner_cls, lowered_calls):
     plans = []
     for lowered in (True, False):
         if not lowered:
-            model._inference_field = lambda: None  # the ordinary path, same model and seed
+            model._lowered_field = lambda: None  # the ordinary path, same model and seed
         planner = planner_cls(model, PendulumCost(1, "swingup"), horizon=8, num_samples=64, action_low=-2.0, action_high=2.0, seed=0)
         plans.append(torch.stack([planner.plan_sequence(states) for _ in range(3)]))  # warm starts included
     assert lowered_calls
