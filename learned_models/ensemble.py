@@ -79,7 +79,7 @@ from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
-from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _FunctorchState, functorch_safe
+from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, functorch_safe
 from .mlp_rollout import MLPField
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
@@ -640,14 +640,17 @@ class Ensemble(nn.Module):
         weights; the heads' feature normalisation folded into their first layer, whose columns
         follow the field's first-layer input, which they read; their output ``(max_logvar -
         raw) / 2`` instead of ``raw``), or ``None`` when the members' class has no lowered field
-        (stable members). Rebuilt only when a weight changed since the last call (an optimiser
-        step bumps the tensors' versions)."""
+        (stable members). Rebuilt only when a weight changed since the last call."""
         params, buffers = self._stacked_tensors()
         tensors = {**params, **buffers}
         owned = (self.target_scale, self.feature_shift, self.feature_scale) + ((self.max_logvar, self.min_logvar) if self.probabilistic else ())
-        key = tuple((t.data_ptr(), t._version) for t in (*tensors.values(), *owned))
-        if self._lowered_cache is not None and self._lowered_cache[0] == key:
-            return self._lowered_cache[1]
+        sources = [*tensors.values(), *owned]
+        # On a CPU the weights are compared with a copy (so a write through .data is seen too);
+        # elsewhere, where comparing would sync the device, by storage and version counter.
+        key = None if all(t.device.type == "cpu" for t in sources) else tuple((t.data_ptr(), t._version) for t in sources)
+        cache = self._lowered_cache
+        if cache is not None and (cache[0] == key if key is not None else isinstance(cache[0], list) and _equal_tensors(cache[0], sources)):
+            return cache[1]
         base = self._base.model
         lowered = None
         if self._stacked_mlp_members():
@@ -671,7 +674,7 @@ class Ensemble(nn.Module):
                         m = self.action_dim
                         head.weights[0] = torch.cat([w0[..., :-1 - m], w0[..., -1:], w0[..., -1 - m:-1]], -1).contiguous()
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
-        self._lowered_cache = (key, lowered)
+        self._lowered_cache = (key if key is not None else [t.detach().clone() for t in sources], lowered)
         return lowered
 
     def _inference_rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:

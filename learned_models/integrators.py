@@ -253,6 +253,12 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def _equal_tensors(saved: list[torch.Tensor], current: list[torch.Tensor]) -> bool:
+    """Whether ``current`` holds the same shapes, dtypes, devices and values as ``saved``."""
+    return len(saved) == len(current) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(saved, current))
+
+
 class _LoweredField:
     """``ODEWorldModel._lowered_field``'s cache: the field and the weights it was lowered from
     (a plain object; copies and pickles start empty, the packed oneDNN weights do not pickle)."""
@@ -434,9 +440,7 @@ class ODEWorldModel(nn.Module):
         if cache is None:
             cache = self.__dict__["_field_cache"] = _LoweredField()
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-        if cache.field is not None and not hooked and len(cache.source) == len(tensors) and all(
-                a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-                for a, b in zip(cache.source, tensors)):
+        if cache.field is not None and not hooked and _equal_tensors(cache.source, tensors):
             return cache.field
         field = self._inference_field()
         keep = field is not None and not hooked and all(t.device.type == "cpu" for t in tensors)  # no device syncs to compare

@@ -197,6 +197,15 @@ def test_gradients_still_flow_and_fresh_weights_are_used():
         after = ens.rollout(x0, actions)
     assert (after - before).abs().max() > 1e-4
     torch.testing.assert_close(after, _stepped(ens, x0, actions.detach(), 5), rtol=1e-5, atol=1e-5)
+    lowered = ens._lowered()
+    with torch.no_grad():
+        ens.rollout(x0, actions)
+    assert ens._lowered() is lowered  # unchanged weights: the same lowering
+    dict(ens.stacked.named_parameters())["model.fhat.net.0.weight"].data[0, 0, 0] += 1.0  # bumps no version counter
+    with torch.no_grad():
+        written = ens.rollout(x0, actions)
+    assert ens._lowered() is not lowered
+    torch.testing.assert_close(written, _stepped(ens, x0, actions.detach(), 5), rtol=1e-5, atol=1e-5)
 
 
 def test_ensemble_pickles_after_a_batched_rollout():
