@@ -603,8 +603,9 @@ class Ensemble(nn.Module):
         members with an MLP field (``SimpleDynamics``) run as batched matrix products
         (``_inference_rollout``, on a CPU their hidden layers as oneDNN's grouped convolution):
         the same numbers to float rounding; a PETS plan's 1000 rows x 30 Euler steps of 5
-        members of 100-100 SiLU nets, with sampling, take 8.9 ms against 14.4 ms through
-        ``_step`` (one thread, ``examples/benchmarks/bench_planners.py --sections 4``)."""
+        members of 100-100 SiLU nets, with sampling, take 9.6-10.3 ms against 16.1-16.5 ms
+        through ``_step`` (one thread, three runs of ``examples/benchmarks/bench_planners.py
+        --repeats 9 --sections 4``)."""
         self._check_x(x0, "x0")
         if isinstance(actions, int) and not isinstance(actions, bool):
             if actions < 0:
