@@ -20,14 +20,23 @@ PATHS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not GROUPED, r
          pytest.param(False, id="bmm")]
 
 
+class _Built(list):
+    """``(E, fused)`` of every block network built, in order; ``inputs``: the first-layer input each reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+
 @pytest.fixture
 def networks_built(monkeypatch):
-    """``(E, fused)`` of every block network the lowered rollouts build."""
-    built = []
+    """``(E, fused)`` of every block network the lowered rollouts build (and ``.inputs``)."""
+    built = _Built()
     original = mlp_rollout.MLPField._network
 
     def spy(self, first, raw, fused):
         built.append((self.members, fused))
+        built.inputs.append(first)
         return original(self, first, raw, fused)
 
     monkeypatch.setattr(mlp_rollout.MLPField, "_network", spy)
@@ -130,26 +139,18 @@ def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, n
 
 @pytest.mark.parametrize("case", [dict(), dict(k=0, m=1), dict(k=1, m=1, integrator="rk4"),
                                   dict(n=3, k=0, control_affine=False, activation="relu"), dict(m=0, k=0, control_affine=False)])
-def test_the_variance_head_reads_the_fields_first_layer_input(case, monkeypatch):
+def test_the_variance_head_reads_the_fields_first_layer_input(case, networks_built):
     """A sampled rollout evaluates the variance head on the buffer the members' first layer
     reads ([sin q, cos q, x[k:], u, 1] of the state before the step; a control-affine field's
     layer reads no u, so the head's rows have u after the ones), not on features of its own;
     the rollout still equals stepping (its columns follow that order)."""
     ens = _ensemble(**case)
-    inputs = []
-    original = mlp_rollout.MLPField._network
-
-    def spy(self, first, raw, fused):
-        inputs.append(first)
-        return original(self, first, raw, fused)
-
-    monkeypatch.setattr(mlp_rollout.MLPField, "_network", spy)
     m = ens.action_dim
     x0, actions = torch.randn(10, ens.state_dim), torch.randn(10, 3, m) if m else None
     ens.reset_generator(5)
     with torch.no_grad():
         fast = ens.rollout(x0, actions if m else 3)
-    field_input, head_input = inputs
+    field_input, head_input = networks_built.inputs
     assert head_input.data_ptr() == field_input.data_ptr()  # the same buffer, from its first row
     control_affine = case.get("control_affine", True)
     assert head_input.shape[-2] == field_input.shape[-2] + (m if control_affine else 0)
