@@ -265,7 +265,7 @@ def _branch_rollouts(model, agent: _Agent, adapter: EnvAdapter, buffer: Transiti
         feats = agent.features(x)
         a = agent.sample_scaled(feats)
         u = agent.unscaled(a).to(model.device, model.dtype)
-        with overflowing_rows_returned(model):  # a diverged prediction ends its rollout (below)
+        with overflowing_rows_returned(model):  # returned, not raised: ended below
             x_next = adapter.wrap(model.step(x, u))
         finite = torch.isfinite(x_next).all(-1)
         x_next = torch.where(finite.unsqueeze(-1), x_next, x)  # a diverged prediction ends its rollout, never feeds NaN

@@ -550,7 +550,9 @@ class Ensemble(nn.Module):
         u = self._check_u(u, x.shape[0])
         mean, raw = self._raw(x, u, shared=True)
         logvar = None if raw is None else self._bounded_logvar(raw) + 2.0 * self.target_scale.log()
-        self._check_result(mean if logvar is None else torch.stack([mean, logvar]), x, u, "prediction")
+        self._check_result(mean, x, u, "prediction")
+        if logvar is not None:
+            self._check_result(logvar, x, u, "prediction")
         return mean, logvar
 
     def _grouped(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:

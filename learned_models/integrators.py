@@ -433,8 +433,9 @@ class ODEWorldModel(nn.Module):
         """``_inference_field()``, kept between rollouts on a CPU while every parameter and buffer
         is equal to the copy it was lowered from (compared exactly at each call, so an optimiser
         step, ``load_state_dict`` or a write through ``.data`` all lower again) and no module
-        has a forward hook: comparing takes ~10 us where lowering and packing a (100, 100) MLP
-        take ~170 us, once per rollout, e.g. per CEM iteration."""
+        has a forward hook: comparing takes ~10 us, where lowering a (100, 100) MLP again (its
+        matrices, folds and packed oneDNN weights) cost 0.3-0.4 ms a rollout, e.g. every CEM
+        iteration."""
         tensors = [*self.parameters(), *self.buffers()]
         cache = self.__dict__.get("_field_cache")
         if cache is None:
