@@ -12,7 +12,7 @@ import torch
 
 import lyagym.envs  # noqa: F401
 from lyagym.agents.adapters import make_adapter
-from lyagym.agents.mbrl import MBRLConfig, config_for, run_mbpo, run_pets, world_model_for
+from lyagym.agents.mbrl import config_for, run_mbpo, run_pets, world_model_for
 from lyagym.agents.run_log import RunFolder, committed_file, read_csv
 
 from test_adapters import PointMass, point_mass_done, point_mass_reward
