@@ -8,7 +8,11 @@ Prints medians over interleaved repeats (so machine load hits all cases alike) a
   control-affine, SiLU); for reference also the plain single model's own training step
   (``fit``'s loss ``||model._step(x, u) - x'||^2`` through its fast custom-autograd path);
 - one planning step of TS-infinity (no gradients, sampling on) on ``B*K = 30000`` rows vs one
-  member stepping the same rows alone (``member._step``).
+  member stepping the same rows alone (``member._step``);
+- the training step as ``fit_ensemble`` runs it (one epoch over ``--fit-rows`` transitions per
+  timing, divided by its steps): besides the step itself each member's bootstrapped batch is
+  gathered from the data, and once an epoch the held-out loss is computed and the best weights
+  copied; E = 5 vs E = 1.
 
 Timing: with one thread (default), CPU time of this thread (``time.thread_time``: load from
 other processes on the machine does not count); with ``--threads 2`` or more, wall time
@@ -32,7 +36,7 @@ import time
 
 import torch
 
-from lyagym.learned_models import Ensemble, member_factory
+from lyagym.learned_models import Ensemble, fit_ensemble, member_factory
 from lyagym.learned_models.ensemble import ensemble_optimizer
 
 
@@ -116,13 +120,27 @@ def bench(kind: str, args) -> dict[str, float]:
 
     cases[f"plan TS-inf E={args.members}"] = plan_ens
     cases["plan one member"] = plan_member
+    # Whole training steps as fit_ensemble runs them (the same rows for both sizes): each
+    # member's bootstrapped batch gathered from the data, the step, and once an epoch the
+    # held-out loss and the copy of the best weights; per step of one epoch.
+    N = args.fit_rows
+    data = torch.randn(N, n), torch.randn(N, m)
+    data = (*data, data[0] + 0.05 * torch.randn(N, n))
+    steps = -(-(N - round(0.1 * N)) // b)  # fit_ensemble's 10% held out, batches of b rows
+    for size in (args.members, 1):
+        fitted = Ensemble(factory, size, propagation="tsinf")
+        cases[f"fit_ensemble E={size}"] = lambda fitted=fitted: fit_ensemble(fitted, *data[:2], data[2], epochs=1, batch_size=b,
+                                                                            patience=None, progress=False)
     for fn in cases.values():  # warm-up
         fn()
     results: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved
         for name, fn in cases.items():
             results[name] += timed(fn, 1, args.inner)
-    return {name: statistics.median(v) for name, v in results.items()}
+    medians = {name: statistics.median(v) for name, v in results.items()}
+    for size in (args.members, 1):
+        medians[f"fit_ensemble E={size}"] /= steps  # per step
+    return medians
 
 
 def main() -> None:
@@ -133,6 +151,8 @@ def main() -> None:
     parser.add_argument("--integrator", default="euler", help="members' integrator (default euler, the MBRL loops' ensembles; rk4: four evaluations per step)")
     parser.add_argument("--batch", type=int, default=256, help="training rows per member (default 256)")
     parser.add_argument("--plan-batch", type=int, default=30000, help="planning rows B*K (default 30000)")
+    parser.add_argument("--fit-rows", type=int, default=10240,
+                        help="transitions fit_ensemble trains on, one epoch per timing (default 10240: 36 steps of 256 rows)")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats (default 15)")
     parser.add_argument("--inner", type=int, default=3, help="calls per timing (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -155,6 +175,8 @@ def main() -> None:
         for name, v in t.items():
             print(f"  {name:<22} {v * 1e3:9.2f} ms")
         print(f"  training step  E={E} / E=1:           {t[f'train E={E}'] / t['train E=1']:.2f}x   (target <= 2x)")
+        print(f"  fit_ensemble's step E={E} / E=1:      {t[f'fit_ensemble E={E}'] / t['fit_ensemble E=1']:.2f}x   "
+              "(with the batch gathering and, once an epoch, validation and the best-weights copy)")
         print(f"  training step  E={E} / single model:  {t[f'train E={E}'] / t['train single model']:.2f}x")
         print(f"  planning step  TS-inf E={E} / member: {t[f'plan TS-inf E={E}'] / t['plan one member']:.2f}x")
 
