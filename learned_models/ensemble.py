@@ -45,7 +45,7 @@ Cost (``examples/benchmarks/bench_ensemble.py``, double-pendulum sizes: state 4,
 of interleaved repeats; one run each on a quiet 2-core AMD EPYC): one training step of E = 5
 members costs 2.61x (simple members with the mechanical priors) and 2.43x (stable members) one
 member batched the same way at one thread, and 2.27x / 2.00x with both cores (``--threads 2``;
-2.0-2.3x / 1.8-2.0x from run to run, see the README); RK4 members 3.12x / 2.44x, narrower ones
+1.8-2.3x / 1.7-2.0x from run to run, see the README); RK4 members 3.12x / 2.44x, narrower ones
 (widths (32, 32)) 1.92x / 2.33x, at one thread. The rest is arithmetic: E = 1 is mostly fixed
 per-operation cost (~0.6 ms) and the members' batched matrix products (MKL's, about half of
 oneDNN's rate on this CPU) grow with E. A TS-infinity step of 30,000 rows through ``step``
