@@ -79,7 +79,7 @@ from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
-from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, functorch_safe
+from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, functorch_safe
 from .mlp_rollout import MLPField
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
@@ -157,6 +157,25 @@ def _wrap_rows_(x: torch.Tensor, entries: list[int], dim: int) -> None:
     """Wrap the state entries ``entries`` (indices along ``dim``) of ``x`` to ``[-pi, pi)`` in place."""
     idx = torch.tensor(entries, device=x.device)
     x.index_copy_(dim, idx, torch.remainder(x.index_select(dim, idx) + math.pi, 2.0 * math.pi) - math.pi)
+
+
+def _storage_key(tensors: list[torch.Tensor]) -> tuple:
+    return tuple((t.device, t.data_ptr(), t._version) for t in tensors)
+
+
+def _weights_snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor] | tuple:
+    """What a cached lowering is checked against: on a CPU a copy of the tensors (compared
+    exactly, so a write through ``.data``, which bumps no version counter, is seen too);
+    elsewhere, where comparing values would sync the device, their storage and versions."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.detach().clone() for t in tensors]
+    return _storage_key(tensors)
+
+
+def _weights_unchanged(snapshot: list[torch.Tensor] | tuple, tensors: list[torch.Tensor]) -> bool:
+    if isinstance(snapshot, list):
+        return _equal_tensors(snapshot, tensors)
+    return snapshot == _storage_key(tensors)
 
 
 def _spread(t: torch.Tensor) -> torch.Tensor:
@@ -451,9 +470,7 @@ class Ensemble(nn.Module):
         overflow inside the members (huge float32 states through their networks); say so instead
         of returning NaN or inf. One reduction per call, as the input checks."""
         if self.validate_finite and self.raise_on_overflow and not _all_finite(y):
-            largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
-            raise ValueError(f"x: the ensemble's {what} overflowed {str(y.dtype).replace('torch.', '')} from finite inputs "
-                             f"(largest |x| {float(x.abs().amax()):.3g}{largest_u}); use smaller inputs or float64")
+            raise _overflow_error(f"the ensemble's {what}", y, x, u)
         return y
 
     # -- the batched members -----------------------------------------------------------------
@@ -648,12 +665,8 @@ class Ensemble(nn.Module):
         tensors = {**params, **buffers}
         owned = (self.target_scale, self.feature_shift, self.feature_scale) + ((self.max_logvar, self.min_logvar) if self.probabilistic else ())
         sources = [*tensors.values(), *owned]
-        # On a CPU the weights are compared with a copy (so a write through .data is seen too);
-        # elsewhere, where comparing would sync the device, by storage and version counter.
-        key = None if all(t.device.type == "cpu" for t in sources) else tuple((t.data_ptr(), t._version) for t in sources)
-        cache = self._lowered_cache
-        if cache is not None and (cache[0] == key if key is not None else isinstance(cache[0], list) and _equal_tensors(cache[0], sources)):
-            return cache[1]
+        if self._lowered_cache is not None and _weights_unchanged(self._lowered_cache[0], sources):
+            return self._lowered_cache[1]
         base = self._base.model
         lowered = None
         if self._stacked_mlp_members():
@@ -677,7 +690,7 @@ class Ensemble(nn.Module):
                         m = self.action_dim
                         head.weights[0] = torch.cat([w0[..., :-1 - m], w0[..., -1:], w0[..., -1 - m:-1]], -1).contiguous()
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
-        self._lowered_cache = (key if key is not None else [t.detach().clone() for t in sources], lowered)
+        self._lowered_cache = (_weights_snapshot(sources), lowered)
         return lowered
 
     def _inference_rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:

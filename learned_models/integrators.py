@@ -253,6 +253,13 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def _overflow_error(what: str, y: torch.Tensor, x: torch.Tensor, u: torch.Tensor | None) -> ValueError:
+    """The error for a non-finite result ``y`` of ``what`` from the finite inputs ``x``, ``u``."""
+    largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
+    return ValueError(f"x: {what} overflowed {str(y.dtype).replace('torch.', '')} from finite inputs "
+                      f"(largest |x| {float(x.abs().amax()):.3g}{largest_u}); use smaller inputs or float64")
+
+
 def _equal_tensors(saved: list[torch.Tensor], current: list[torch.Tensor]) -> bool:
     """Whether ``current`` holds the same shapes, dtypes, devices and values as ``saved``."""
     return len(saved) == len(current) and all(
@@ -377,10 +384,7 @@ class ODEWorldModel(nn.Module):
         an overflow inside the model (e.g. RK4 stages of huge float32 states); say so instead
         of returning NaN. One reduction per call, as the input check."""
         if self.validate_finite and self.raise_on_overflow and not _FunctorchState.depth and not _all_finite(y):
-            largest_u = "" if u is None or u.numel() == 0 else f", largest |u| {float(u.abs().amax()):.3g}"
-            dtype = str(y.dtype).replace("torch.", "")
-            raise ValueError(f"x: the model's step overflowed {dtype} from finite inputs (largest |x| {float(x.abs().amax()):.3g}"
-                             f"{largest_u}); use smaller inputs or float64")
+            raise _overflow_error("the model's step", y, x, u)
         return y
 
     def step(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:

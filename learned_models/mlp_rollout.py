@@ -437,10 +437,11 @@ class MLPField:
         acc = x0.new_empty(*lead, n, rows)
         gain_u = None
         network = self._network(first, raw, fused)
-        head_out = head_network = None
+        head_network, head_out = None, ()  # after_step's extra argument: the head's output
         if head is not None:
-            head_out = x0.new_empty(*lead, head.weights[-1].shape[-2], rows)
-            head_network = head._network(all_rows, head_out, fused=False)
+            head_out = (x0.new_empty(*lead, head.weights[-1].shape[-2], rows),)
+            head_network = head._network(all_rows, head_out[0], fused=False)
+        block = block_rows if block_rows is not None else slice(0, rows)
 
         def field() -> torch.Tensor:
             if k:
@@ -482,9 +483,5 @@ class MLPField:
                 acc.add_(field())
                 torch.add(x, acc, alpha=dt / 6.0, out=x_next)
             if after_step is not None:
-                block = block_rows if block_rows is not None else slice(0, rows)
-                if head_out is None:
-                    after_step(t, block, x, u_t, x_next)
-                else:
-                    after_step(t, block, x, u_t, x_next, head_out)
+                after_step(t, block, x, u_t, x_next, *head_out)
         return traj

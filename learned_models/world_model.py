@@ -61,13 +61,9 @@ def overflowing_rows_returned(model) -> Iterator[None]:
     environment, MBPO's branched rollouts); inputs are still checked. For models with
     ``raise_on_overflow`` (``ODEWorldModel``, ``Ensemble``), also behind wrappers that hold
     them as ``.model``; any other model is left as it is."""
-    target = model
-    for _ in range(8):  # through wrappers (AngleWrappedModel, ...) to the model that owns the flag
-        if target is None or any("raise_on_overflow" in vars(c) for c in type(target).__mro__):
-            break
+    target = model  # through wrappers (AngleWrappedModel, ...) to the model whose class has the flag
+    while target is not None and not hasattr(type(target), "raise_on_overflow"):
         target = getattr(target, "model", None)
-    else:
-        target = None
     if target is None:
         yield
         return
