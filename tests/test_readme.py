@@ -1,6 +1,6 @@
 """The README's Python examples run as written (each in a fresh interpreter, in a scratch
-folder), so the quick start cannot drift from the code. The video-texture example trains a
-VAE for minutes and is left to ``examples/``."""
+folder) and print what they did, so the quick start cannot drift from the code. The
+video-texture example trains a VAE for minutes and is left to ``examples/``."""
 
 from __future__ import annotations
 
@@ -27,3 +27,5 @@ def test_readme_python_example_runs(index, tmp_path):
     result = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, f"README example {index} failed:\n{BLOCKS[index]}\n{result.stderr[-2000:]}"
+    # A reader copies the example to see it work: it must print what it did.
+    assert result.stdout.strip(), f"README example {index} prints nothing to show that it worked:\n{BLOCKS[index]}"
