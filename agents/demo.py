@@ -236,8 +236,6 @@ def plot_trajectory(episode: dict, batch: dict | None, path: Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lyagym.envs import rewards
-
     t, x = episode["times"], episode["states"]
     n = x.shape[1] // 2
     panels = 4 if batch is not None else 3
@@ -500,8 +498,6 @@ def write_summary(path: Path, text: str) -> Path:
 
 def run_model_stages(args: argparse.Namespace, folder: Path, basic_summary: str) -> str:
     """Stages 4-8 (world models, error table, certificate, MPC, files); returns the summary text."""
-    import torch
-
     size = MODEL_SIZES[args.size]
     progress = not getattr(args, "no_progress", False)
     n = args.links

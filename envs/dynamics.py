@@ -31,8 +31,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lyagym.learned_models.world_model import rollout as _shared_rollout
-
 from . import native
 from .structured import ChainTables, StructureError, load_structure
 from .symbolic import DAMPING_MODES, compile_pendulum

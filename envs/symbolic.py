@@ -536,7 +536,6 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
     # energy: its own small cse
     e_used = e_expr.free_symbols
     e_pairs = [(S, pair_defs[S]) for S in pair_defs if S in e_used]
-    e_trig = [x for x in (*s, *c) if x in e_used or any(x in d.free_symbols for _, d in e_pairs)]
     erepl, (ereduced,) = sp.cse([e_expr], symbols=sp.numbered_symbols("t"), order="none")
     e_out = sp.Symbol("total_energy")
     lines += [
@@ -551,7 +550,7 @@ def generate_source(n_links: int, damping_mode: str = "absolute", actuated: Sequ
 
     # scalar integrators for the single-env fast path (floats in, tuple out)
     args = ", ".join(qn + wn + un + ["K"])
-    half = [f"h2 = 0.5 * h", f"h6 = h / 6.0"]
+    half = ["h2 = 0.5 * h", "h6 = h / 6.0"]
     rk = [
         "",
         "",

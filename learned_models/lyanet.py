@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .lyapunov_loss import POTENTIALS, _check_kappa, discrete_lyapunov_loss, lyapunov_derivative, lyapunov_loss, pointwise_lyapunov_loss
+from .lyapunov_loss import POTENTIALS, _check_kappa, lyapunov_derivative, pointwise_lyapunov_loss
 from .neural_ode import _OWN_STEPPERS, DataControlledMLP, NeuralODE
 
 __all__ = [

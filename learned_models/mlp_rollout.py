@@ -213,7 +213,7 @@ class MLPField:
                 bias = tensors(f"{prefix}{2 * i}.bias").unsqueeze(-1) if lin.bias is not None else w.new_zeros(*w.shape[:-1], 1)
                 weights.append(torch.cat([w, bias], -1))
             if type(fhat) is DynamicsNet:
-                n, k, m = state_dim, angle_dims, action_dim
+                n, k = state_dim, angle_dims
                 input_scale, output_scale = tensors("input_scale"), tensors("output_scale")
                 # The net sees [sin q, cos q, x[k:] / s_x, (u / s_u)]: fold 1 / s into those columns.
                 scaled_in = weights[0].shape[-1] - 1 - 2 * k

@@ -373,6 +373,7 @@ def test_disabled_mode_reset_mask_resets_only_the_masked_envs_like_sync(pair):
     done_at = []
     for t in range(4):
         (_, _, te, tr, _), (_, _, ste, str_, _) = ours.step(a), sync.step(a)
+        np.testing.assert_array_equal(te, ste)
         np.testing.assert_array_equal(tr, str_)  # env 1 ends one step before env 0
         if tr.any():
             done_at.append((t, tr.tolist()))

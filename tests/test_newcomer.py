@@ -142,7 +142,7 @@ def test_demo_prepare_output_creates_no_folder(tmp_path):
 def test_certificate_summary_and_meaning():
     import json
 
-    from lyagym.learned_models import StableControlledDynamics, StableDynamics
+    from lyagym.learned_models import StableDynamics
     from lyagym.learned_models.certificate import Certificate
 
     torch = pytest.importorskip("torch")

@@ -445,8 +445,6 @@ def mpc_from_starts(models: dict, args, starts: dict, steps: dict) -> tuple[str,
 
 def analysis(args, runs: dict) -> str:
     """The stable-vs-simple help/hurt section of ``summary.md`` (module docstring)."""
-    import torch
-
     from lyagym.agents.mbrl import MBRLConfig, TransitionBuffer, _fit, make_world_model, true_physics_model, make_pendulum_env
 
     from lyagym.agents.mbrl import _atomic

@@ -144,7 +144,6 @@ def _write_outputs(out: Path, clip: np.ndarray, results: dict, models: dict, ste
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from lyagym.envs.video_data import write_video
 
