@@ -4,7 +4,7 @@ model-based RL loops, Stable-Baselines3 integration, and the ``lyagym`` command 
 # Planners and costs import torch, world-model envs and MBRL loops Stable-Baselines3; everything
 # loads on first use (PEP 562) so `lyagym --help` and `lyagym info` import neither.
 _LAZY = {
-    # --- planners, costs, model-based RL (issue 5) ---
+    # --- planners, costs, model-based RL ---
     **dict.fromkeys(["COSTS", "LyapunovTerminalCost", "PendulumCost", "QuadraticCost", "RewardCost", "make_cost"], "costs"),
     **dict.fromkeys(["PLANNERS", "CEMPlanner", "GradientPlanner", "ICEMPlanner", "MPPIPlanner", "Planner", "make_planner"],
                     "planners"),

@@ -1,6 +1,6 @@
 """``lyagym demo``: the pendulum under a swing-up controller, as a GIF and a plot.
 
-Stages, each a function so later issues can add their own (world models, certificates,
+Stages, each a function so that new stages can be added (world models, certificates,
 MPC) without touching these:
 
 1. :func:`simulate_swingup` -- one ``NLinkPendulumEnv`` episode under
@@ -35,7 +35,7 @@ from .cli_types import folder, integer, number
 
 DEFAULT_OUT = os.path.join(".", "lyagym-output", "demo")
 OUTPUTS = ("pendulum.gif", "trajectory.png")
-#: files of the world-model stages (issue 5)
+#: files of the world-model stages
 MODEL_OUTPUTS = ("rollout_error.png", "mpc_stable_model.png", "mpc_stable_model.gif", "stable_model.pt",
                  "stable_certificate.json", "summary.md")
 

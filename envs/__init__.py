@@ -2,11 +2,11 @@
 vector env) and video textures. Importing this module registers ``lyagym/NLinkPendulum-v0``
 (and ``lyagym/VideoTexture-v0``)."""
 
-# --- pendulum dynamics and datasets (issue 2) ---
+# --- pendulum dynamics and datasets ---
 from .datasets import DerivativeData, sample_derivative_dataset, trajectory_dataset
 from .dynamics import PendulumDynamics
 
-# --- pendulum environments and registration (issue 2) ---
+# --- pendulum environments and registration ---
 from .n_link_pendulum import NLinkPendulumEnv
 from .vector_env import NLinkPendulumVectorEnv
 
@@ -26,7 +26,7 @@ def _register_pendulum() -> None:
 
 _register_pendulum()
 
-# --- video texture (issue 6) ---
+# --- video texture ---
 from .video_texture import VideoTextureEnv, VideoTextureVectorEnv
 
 

@@ -105,7 +105,7 @@ def test_bad_numbers_exit_2_in_one_line_naming_the_flag(command, tmp_path, capsy
     assert not os.listdir(tmp_path)  # nothing was written
 
 
-def test_the_issues_examples(tmp_path, capsys):
+def test_reported_bad_values_name_the_argument(tmp_path, capsys):
     out = str(tmp_path / "x.pt")
     for argv, flag, accepted in (
         (["train", "--dt", "nan", "--out", out], "--dt", "finite number in (0, 1]"),

@@ -1,4 +1,4 @@
-"""Ecosystem conformance (issue 13, items 1-7): lyagym's envs, vector envs and models behave
+"""Ecosystem conformance: lyagym's envs, vector envs and models behave
 as Gymnasium's and Stable-Baselines3's own do. Where possible each test runs the same calls on
 ``SyncVectorEnv`` / ``DummyVecEnv`` of the single env and asserts the same outcome (info keys
 and masks, autoreset semantics, error types)."""

@@ -1,4 +1,4 @@
-"""`lyagym demo` with the world-model stages (issue 5) at --size tiny: every stage runs and
+"""`lyagym demo` with the world-model stages at --size tiny: every stage runs and
 its outputs are valid (GIF, plots, a loadable stable model whose certificate applies to it,
 a summary with the rollout-error table)."""
 

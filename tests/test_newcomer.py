@@ -1,4 +1,4 @@
-"""Issue 13, items 10-17: a newcomer's first hour (threads, defaults, --device errors, help text,
+"""A newcomer's first hour (threads, defaults, --device errors, help text,
 import cost, fit's early stop, Certificate summaries, plots, README install text)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 item 8: SB3 on the torch-batched pendulum (``lyagym.agents.sb3_vector``), checked
+"""SB3 on the torch-batched pendulum (``lyagym.agents.sb3_vector``), checked
 against ``DummyVecEnv`` of the single env."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 item 9: a lyagym world model as a stateless, batch-unlocked TorchRL env, planned on
+"""A lyagym world model as a stateless, batch-unlocked TorchRL env, planned on
 by TorchRL's own CEMPlanner and MPPIPlanner (skipped without torchrl)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Video textures (issue 6): data generators and loaders, the VAE with latent dynamics, its
+"""Video textures: data generators and loaders, the VAE with latent dynamics, its
 checkpoints, the VideoTexture environments, and 2-process DDP training."""
 
 from __future__ import annotations

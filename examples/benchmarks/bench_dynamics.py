@@ -14,7 +14,7 @@ Printed in one run, each beside its anchor where one exists:
    95 s, 125 s, 430 s, 38 min for n = 1, 2, 4, 8. Target: n = 8 <= 5 s.
 3. Batched throughput of chained RK4 steps (env-steps/s) for n = 2 at batch 1, 1k, 64k:
    numpy float64 and torch float32 (CPU, and CUDA when present); with ``--compile`` also a
-   ``torch.compile``'d step at 64k (issue 2's target there: >= 20M env-steps/s on 2 cores).
+   ``torch.compile``'d step at 64k (the target there: >= 20M env-steps/s on 2 cores).
 4. The single-state fast path ``step_single`` (plain floats, RK4) for n = 1, 2, next to the
    raw ``step`` of Gymnasium's ``Pendulum-v1`` / ``Acrobot-v1`` timed in the same run. This is
    physics only; env-vs-env figures are in ``bench_envs.py``.

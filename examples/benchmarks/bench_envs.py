@@ -6,7 +6,7 @@
 1. Single env, steps/s through ``gym.make`` (same TimeLimit / OrderEnforcing /
    PassiveEnvChecker wrappers for every env), fixed in-range action, reset on truncation:
    ``lyagym/NLinkPendulum-v0`` with n = 1 and n = 2 against ``Pendulum-v1`` and
-   ``Acrobot-v1`` stepped alternately in the same run. Issue 2's targets: n = 2 >= 3x
+   ``Acrobot-v1`` stepped alternately in the same run. Targets: n = 2 >= 3x
    Acrobot-v1, n = 1 >= 1x Pendulum-v1.
 2. Batched env-steps/s of ``NLinkPendulumVectorEnv`` (n = 2, float32, ``return_torch=True``)
    at batch 1, 1k and 64k on CPU, and on CUDA when present (plus 1M there), eager and

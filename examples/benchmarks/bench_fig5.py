@@ -1,6 +1,6 @@
 """Benchmark: the full Fig. 5 study for n = 8 (both models trained and evaluated).
 
-Target (issue 3): <= 10 minutes on a 2-core CPU. The anchor is that budget; a second anchor
+Target: <= 10 minutes on a 2-core CPU. The anchor is that budget; a second anchor
 in the same run is the cost of the evaluation's physics alone (1000 RK4 rollouts of 999
 steps of the 8-link pendulum), so the printed ratios say how the study compares with the
 budget and with simply simulating the ground truth once.

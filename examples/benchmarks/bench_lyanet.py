@@ -8,7 +8,7 @@ Prints, for the same model (``lyanet_digits.build_model``) and data:
 - time to reach the neural ODE's accuracy: the adjoint model's final test error is the
   target; each LyaNet method trains until it first reaches it (at most ``--budget-factor``
   times the baseline's epochs: a LyaNet epoch is several times cheaper); the cumulative
-  training time (validation excluded) to the target, and the ratio (issue target: Monte
+  training time (validation excluded) to the target, and the ratio (target: Monte
   Carlo >= 3x faster);
 - inference time with early termination (median of repeats): ``t = 1`` vs ``t = 0.25``,
   with the test error and cross-entropy at each;
@@ -31,7 +31,7 @@ Measured (2-core CPU shared with other jobs, seeds 0-4, Gamma = 2):
 
 - each method at its best rate of {1e-3, 3e-3, 5e-3} (both pick 5e-3): Monte Carlo reaches
   the neural ODE's accuracy 3.77x sooner (median; per seed 3.77x / 3.69x / 5.98x / 4.71x /
-  3.17x): the issue's 3x is met on every seed. With the grid {1e-3, 2e-3, 3e-3} (both pick
+  3.17x): the 3x target is met on every seed. With the grid {1e-3, 2e-3, 3e-3} (both pick
   3e-3): median 3.69x (3.69x / 3.06x / 3.86x / 2.62x / 4.26x); a separate sweep of the same
   comparison gave 3.6x. Gamma = 8 at its best rate of that grid: median 2.13x.
 - at the shared rate 1e-3: median 2.44-2.45x over two runs (per seed 1.6-6.9x; 2.99x in an
@@ -109,7 +109,7 @@ def bench_seed(args: argparse.Namespace, seed: int) -> dict[str, float | None]:
     for lr in args.lrs[1:]:
         for label, method, gamma in labels:
             if method == "path_integral":
-                continue  # slow, and not the issue's target: reported at the first rate only
+                continue  # slow, and not the target: reported at the first rate only
             model = build_model(64, 10, kappa=args.kappa, seed=seed)
             epochs = args.epochs if method == "adjoint" else args.budget_factor * args.epochs
             hist = fit(model, xtr, ytr, method=method, kappa=args.kappa, epochs=epochs, seed=seed, n_samples=gamma, lr=lr,

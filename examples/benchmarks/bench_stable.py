@@ -3,7 +3,7 @@
 Prints medians over repeats (interleaved, so machine load hits both alike) and ratios:
 
 - training step (forward + backward + Adam) on a batch of derivative pairs, at n links
-  (state_dim = 2n; issue target at n = 8: stable/simple <= 2.5x; the 2019 code: ~10x);
+  (state_dim = 2n; target at n = 8: stable/simple <= 2.5x; the 2019 code: ~10x);
 - one RK4 step over 1000 states without gradients (target <= 3x; 2019 code: ~20x), with
   the guarantee-keeping rescale (our default) and without it;
 - the same two figures for a 2019-style stable model that gets grad V from

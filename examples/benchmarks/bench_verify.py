@@ -92,7 +92,7 @@ from lyagym.learned_models.verification import region_of_attraction, verify_decr
 
 ALPHA = 1e-3
 
-#: Published figures quoted in the issue (network sizes there: smaller than ours; not quoted).
+#: Published figures of other verifiers (their networks are smaller than ours; sizes not published with them).
 ANCHORS = [
     ("CROWN-based branch and bound, 2-D neural Lyapunov condition, CPU", "4.5 s, verified"),
     ("CROWN-based branch and bound, 4-D, CPU", "131 s, verified"),
@@ -372,7 +372,7 @@ def train_lyanet(cache: str, small: bool = False):
     """``lyagym reproduce lyanet-pendulum``'s LyaNet world model for one link (seed 0, 3000 + 750
     steps of Fig. 5 pairs, kappa = 12), from ``cache`` if there. ``small``: the same recipe with
     a 32-32 network and time-independent inference dynamics (``f(eta, z)``: the condition's
-    space is 4-D, the issue's count)."""
+    space is 4-D, the anchors' 4-D case)."""
     from lyagym.learned_models.lyanet_world_model import LyaNetWorldModel
 
     path = os.path.join(cache, "lyanet-n1-small.pt" if small else "lyanet-n1.pt")
@@ -607,7 +607,7 @@ def main() -> None:
             print(row)
     for name, note in FIT_NOTES.items():
         print(f"- {name}: {note}")
-    print("\nPublished anchors (as quoted in the issue; their networks are smaller than ours, sizes not quoted there):\n")
+    print("\nPublished anchors (their networks are smaller than ours; sizes not published with them):\n")
     for what, figure in ANCHORS:
         print(f"- {what}: {figure}")
     print("\nThird-party bounds on the same fields (bound-propagation, GPL-3.0, optional; one thread):\n")
