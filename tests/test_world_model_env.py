@@ -199,5 +199,8 @@ def test_overflowing_rows_returned_reaches_through_a_wrapper_and_restores_the_fl
     assert vars(model)["raise_on_overflow"] is True
     with pytest.raises(ValueError, match="overflowed float32 from finite inputs"):
         wrapped.step(x, u)
-    with overflowing_rows_returned(Damped()):  # a model without the flag: left as it is
-        pass
+    plain = Damped()  # a model without the flag (nor a wrapped one): nothing is set on it
+    with overflowing_rows_returned(plain):
+        assert not hasattr(plain, "raise_on_overflow")
+        assert torch.isfinite(plain.step(x, u)).all()
+    assert not hasattr(plain, "raise_on_overflow")
