@@ -221,8 +221,10 @@ def run(args: argparse.Namespace) -> int:
             from .run_log import RunFolder
 
             run = RunFolder(args.out, algo="pets", settings={})
-            print(f"model and its control Lyapunov function: {run.file(run.manifest(), 'model.pt')} "
-                  "(prove its certificate with `lyagym verify` on that file)")
+            rho = float(rows[-1].get("clf_rho", float("nan")))
+            what = ("prove its certificate with `lyagym verify` on that file" if rho > 0 else
+                    "it certifies no region yet (rho = 0: more data and fitting raise it); `lyagym verify` proves it once it does")
+            print(f"model and its control Lyapunov function: {run.file(run.manifest(), 'model.pt')} ({what})")
     if rows:
         last = rows[-1]
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("final_angle_error", "max_abs_angle", "min_tip_height", "max_position"))

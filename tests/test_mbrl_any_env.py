@@ -417,3 +417,25 @@ def test_the_loops_refuse_a_config_they_cannot_run_before_any_work(field, value,
         run_pets(env, model_for(adapter, "ensemble"), None, tiny(adapter, **{field: value}), adapter=adapter,
                  out_dir=str(tmp_path / "run"), progress=False)
     assert not os.path.exists(tmp_path / "run" / "episodes.csv")
+
+
+def test_cli_pets_with_a_control_lyapunov_function_says_what_it_certifies(tmp_path, capsys):
+    """After a clf run the CLI names the saved model and says whether its control Lyapunov
+    function certifies a region (rho > 0, read back from the run's log) or nothing yet."""
+    import csv
+
+    from lyagym.agents.cli import main
+
+    out = tmp_path / "clf"
+    args = ["mbrl", "--env", "Pendulum-v1", "--algo", "pets", "--model", "clf", "--episodes", "1", "--episode-steps", "12",
+            "--samples", "8", "--horizon", "3", "--iterations", "1", "--warmup-iterations", "1", "--fit-epochs", "1",
+            "--fit-steps", "0", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rho = float(list(csv.DictReader(open(out / "episodes.csv")))[-1]["clf_rho"])
+    line = next(s for s in printed.splitlines() if s.startswith("model and its control Lyapunov function:"))
+    assert "model.pt" in line
+    if rho > 0:
+        assert "prove its certificate with `lyagym verify`" in line
+    else:
+        assert "certifies no region yet (rho = 0" in line
