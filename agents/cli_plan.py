@@ -79,6 +79,25 @@ def _check_checkpoint(model, adapter, args: argparse.Namespace) -> str | None:
             f"--env {args.env} has {adapter.state_dim} and {adapter.action_dim}")
 
 
+def _cannot_render(args: argparse.Namespace, error: Exception) -> str:
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return (f"--out: --env {args.env} cannot render here ({reason}); on a machine without a display set "
+            "MUJOCO_GL=egl or MUJOCO_GL=osmesa, or leave out --out")
+
+
+def _render_check(env, args: argparse.Namespace) -> str | None:
+    """The one-line reason ``env`` cannot draw the GIF that ``--out`` asks for, or ``None``: one
+    frame is rendered before any planning, so a machine without a display or OpenGL fails fast."""
+    try:
+        env.reset(seed=args.seed)
+        frame = env.render()
+    except Exception as e:  # noqa: BLE001 -- renderers raise their own types (mujoco.FatalError, OpenGL, pygame)
+        return _cannot_render(args, e)
+    if frame is None:
+        return f"--out: --env {args.env} rendered no frame; leave out --out"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     message = _check_out(args)
     if message:
@@ -89,10 +108,21 @@ def run(args: argparse.Namespace) -> int:
     from .adapters import make_adapter, true_physics_model
     from .mpc import mpc_episode
 
+    if args.out and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # MuJoCo's default OpenGL back-end (GLFW) needs a display; EGL renders off-screen
+        os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         env = make_env(args, args.steps, render_mode="rgb_array" if args.out else None)
     except ValueError as e:
         return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- an OpenGL back-end that cannot load (MUJOCO_GL naming a missing one)
+        if not args.out:
+            raise
+        return _fail(_cannot_render(args, e))
+    if args.out:
+        message = _render_check(env, args)
+        if message:
+            return _fail(message)
     adapter = make_adapter(env)
     if args.model == "true":
         if args.env != PENDULUM:

@@ -120,13 +120,19 @@ def _commit(run: RunFolder | None, model, buffer: TransitionBuffer, rows: list[d
             extra_writers: dict[str, Any] | None = None) -> None:
     if run is None:
         return
+    from lyagym.learned_models.checkpoint import MODEL_CLASSES, save_model
+
     rng = _rng_state(model)
     writers = {
         "model_weights.pt": lambda p: torch.save(model.state_dict(), p),
         "buffer.npz": lambda p: buffer.save(p),
         "rng.pt": lambda p: torch.save(rng, p),
-        **(extra_writers or {}),
     }
+    if type(model).__name__ in MODEL_CLASSES:
+        # The model as a checkpoint that stands alone (load_model, ``lyagym plan --model``), beside
+        # the bare weights a resume reads; a control Lyapunov run writes its own, with V.
+        writers["model.pt"] = lambda p: save_model(model, p)
+    writers.update(extra_writers or {})
     run.commit(rows, writers, extra={"fit_loss": fit_loss})
 
 

@@ -204,3 +204,58 @@ def test_argparse_mistakes_are_one_line_too(capsys):
                        (["reproduce", "fig5", "--threads", "-1"], "--threads"), (["--threads", "x", "plan"], "--threads")):
         code, err = _call(argv, capsys)
         _assert_one_line_error(code, err, flag)
+
+
+def test_plan_out_on_an_env_that_cannot_render_fails_before_planning(tmp_path, capsys, monkeypatch):
+    """``lyagym plan --out`` draws a GIF: an env whose renderer cannot start here (a headless
+    machine's MuJoCo, a missing OpenGL back-end) is refused in one line before any planning, and
+    without --out the same run never renders."""
+    import gymnasium as gym
+
+    from lyagym.agents import cli_plan, mpc
+
+    class NoDisplay(gym.Wrapper):
+        def render(self):
+            raise RuntimeError("no display\nsecond line")
+
+    real_make_env = cli_plan.make_env
+    made = []
+
+    def make_env(args, steps, render_mode=None):
+        made.append(render_mode)
+        return NoDisplay(real_make_env(args, steps, render_mode=render_mode))
+
+    monkeypatch.setattr(cli_plan, "make_env", make_env)
+    real_episode = mpc.mpc_episode
+    monkeypatch.setattr(mpc, "mpc_episode", lambda *a, **k: pytest.fail("planned before the render check"))
+    code, err = _call(["plan", "--links", "1", "--steps", "2", "--out", str(tmp_path / "gif")], capsys)
+    _assert_one_line_error(code, err, "--out")
+    assert "cannot render here (RuntimeError: no display)" in err and "MUJOCO_GL" in err
+    assert not (tmp_path / "gif").exists()
+
+    def broken_make_env(args, steps, render_mode=None):  # the back-end fails as the env is made
+        raise AttributeError("'NoneType' object has no attribute 'glGetError'")
+
+    monkeypatch.setattr(cli_plan, "make_env", broken_make_env)
+    code, err = _call(["plan", "--links", "1", "--steps", "2", "--out", str(tmp_path / "gif")], capsys)
+    _assert_one_line_error(code, err, "--out")
+    monkeypatch.setattr(cli_plan, "make_env", make_env)
+    monkeypatch.setattr(mpc, "mpc_episode", real_episode)
+    code, err = _call(["plan", "--links", "1", "--steps", "2", "--samples", "8", "--horizon", "3", "--no-progress"], capsys)
+    assert code == 0 and made[-1] is None, err
+
+
+def test_plan_out_on_a_machine_without_a_display_renders_mujoco_off_screen(tmp_path, capsys, monkeypatch):
+    from lyagym.agents import cli_plan
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL"):
+        monkeypatch.setenv(name, "")  # recorded, so that what the run sets is undone after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(cli_plan.sys, "platform", "linux")
+    monkeypatch.setattr(cli_plan, "make_env", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop here")))
+    code, err = _call(["plan", "--links", "1", "--out", str(tmp_path / "gif")], capsys)
+    assert code == 2 and "stop here" in err
+    assert os.environ["MUJOCO_GL"] == "egl"
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")  # a user's own choice is kept
+    _call(["plan", "--links", "1", "--out", str(tmp_path / "gif")], capsys)
+    assert os.environ["MUJOCO_GL"] == "osmesa"

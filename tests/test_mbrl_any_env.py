@@ -244,7 +244,19 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
             "--fit-epochs", "1", "--fit-steps", "0", "--ensemble-size", "2", "--particles", "2", "--rollout-fit-steps", "2",
             "--no-progress", "--out", out]
     assert main(args) == 0
-    assert "pets: 2 episodes, 40 real steps" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pets: 2 episodes, 40 real steps" in printed
+    # the run's model as a checkpoint that stands alone: load_model reads it, lyagym plan plans with it
+    from lyagym.learned_models import load_model
+
+    saved = committed_file(out, "model.pt")
+    assert f"world model: {saved}" in printed
+    weights = torch.load(committed_file(out, "model_weights.pt"), weights_only=True)
+    loaded = load_model(saved)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
+    assert main(["plan", "--env", "Pendulum-v1", "--model", saved, "--steps", "3", "--samples", "8", "--horizon", "3",
+                 "--iterations", "1", "--no-progress"]) == 0
+    assert "return" in capsys.readouterr().out
     assert main(["mbrl", "--model", "stable", "--rollout-fit-steps", "5", "--out", str(tmp_path / "v")]) == 2
     assert "--rollout-fit-steps fine-tunes an ensemble" in capsys.readouterr().err
     assert main(["mbrl", "--env", "Pendulum-v1", "--links", "2", "--out", str(tmp_path / "x")]) == 2
