@@ -64,6 +64,7 @@ import dataclasses
 import json
 import math
 import os
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -913,6 +914,29 @@ class EnsembleCertificate:
     def applies_to(self, ensemble: Ensemble) -> bool:
         """True if ``ensemble`` is exactly the one this certificate was issued for (config, dtype, weights)."""
         return model_hash(ensemble) == self.weights_hash
+
+    def summary(self) -> str:
+        """A few readable lines: each member's claim and evidence (``members[i].summary()`` has the
+        rest), what the member certificates leave uncovered, and for which weights."""
+        if self.certified:
+            head = f"Ensemble certificate: {self.size} members of {self.member_class}, each with its own certificate"
+        elif self.members:
+            head = f"Ensemble certificate: {len(self.members)} of {self.size} members of {self.member_class} certified"
+        else:
+            head = f"Ensemble certificate: {self.size} members of {self.member_class}, claims nothing"
+        lines = [head]
+        for i, cert in enumerate(self.members):
+            claim = cert.summary().splitlines()[0].removeprefix("Certificate: ")
+            evidence = ", ".join(cert.evidence) if cert.evidence else "none yet"
+            lines.append(f"  member {i}:  {claim}; alpha {cert.alpha:.4g}; evidence {evidence}")
+        label = "covers:   " if self.members else "why:      "
+        lines.append(textwrap.fill(self.covers, 100, initial_indent=f"  {label} ", subsequent_indent=" " * 13))
+        lines.append(f"  model:     sha256 {self.weights_hash[:12] or '(none)'}... of the whole ensemble "
+                     "(cert.applies_to(ensemble) checks it)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def check(self, ensemble: Ensemble, **falsify_kwargs: Any) -> EnsembleCheck:
         """Run every member's ``Certificate.check`` on ``ensemble.member(i)`` (``falsify`` with

@@ -12,6 +12,7 @@ import torch
 import lyagym.envs  # noqa: F401  (registers lyagym/NLinkPendulum-v0)
 from lyagym.agents.adapters import ADAPTERS, EnvAdapter, make_adapter, wrap_angles
 from lyagym.agents.data import TransitionBuffer, collect_episode
+from lyagym.agents.pets import run_pets
 
 CLASSIC = ["Pendulum-v1", "MountainCarContinuous-v0", "lyagym/NLinkPendulum-v0"]
 MUJOCO = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5"]
@@ -127,6 +128,8 @@ def test_user_env_needs_a_reward_and_gets_a_clear_error_without_one():
     env = PointMass()
     with pytest.raises(ValueError, match="reward_fn"):
         make_adapter(env)
+    with pytest.raises(ValueError, match=r"pass it on as adapter="):  # a loop given only the env says how to give it one
+        run_pets(env, None, None, progress=False)
     adapter = make_adapter(env, reward_fn=point_mass_reward, termination_fn=point_mass_done)
     assert (adapter.state_dim, adapter.action_dim, adapter.dt) == (2, 1, 0.1)
     ep = collect_episode(env, lambda s, o: np.ones(1), steps=200, seed=0, adapter=adapter)

@@ -223,6 +223,11 @@ def test_stable_members_keep_their_certificates_after_training():
     assert cert.members[0].weights_hash != cert.members[1].weights_hash
     assert all(c.claim == "input_to_state_stability" and "by_construction" in c.evidence for c in cert.members)
     assert "noise" in cert.covers and "not covered" in cert.covers.lower()
+    text = str(cert)  # readable: one line per member with its own claim, rate and evidence, and the weights
+    assert text.startswith("Ensemble certificate: 2 members of StableControlledDynamics, each with its own certificate")
+    for i, member in enumerate(cert.members):
+        assert f"member {i}:  input to state stability" in text and f"alpha {member.alpha:.4g}" in text
+    assert "Gaussian noise" in text and cert.weights_hash[:12] in text
     report = cert.check(ens, n_samples=2000, per_shell=100, large_norm_samples=500, grad_steps=5, grad_starts=32, rollouts=32,
                         rollout_steps=10, time_limit=30)
     assert report.passed, report.summary()
@@ -237,6 +242,7 @@ def test_simple_members_carry_no_certificate():
     cert = ens.certificate()
     assert cert.evidence == "none" and cert.members == [] and not cert.certified
     assert "no stability certificate" in cert.covers
+    assert str(cert).startswith("Ensemble certificate: 2 members of SimpleDynamics, claims nothing\n  why:")
     assert all(ens.member(i).certificate().claim == "none" for i in range(2))
     result = cert.check(ens)  # claims nothing: passes, saying there is nothing to check
     assert result.passed and "nothing to check" in result.summary() and "no stability certificate" in result.summary()

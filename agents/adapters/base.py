@@ -90,8 +90,9 @@ class EnvAdapter:
         if len(act_space.shape) != 1 or len(obs_space.shape) != 1:
             raise ValueError(f"env spaces must be flat vectors, got observation {obs_space.shape} and action {act_space.shape}")
         if reward_fn is None and type(self).reward is EnvAdapter.reward:
-            raise ValueError(f"env {_env_id(env)!r} has no built-in adapter: pass reward_fn=(x, u, x_next) -> (N,) "
-                             "(and termination_fn=x_next -> (N,) bool if its episodes can end)")
+            raise ValueError(f"env {_env_id(env)!r} has no built-in adapter: make one with make_adapter(env, reward_fn=(x, u, "
+                             "x_next) -> (N,)) (and termination_fn=x_next -> (N,) bool if its episodes can end) and pass it on "
+                             "as adapter= (run_pets, run_mbpo, mpc_episode, ...)")
         for name, fn in (("reward_fn", reward_fn), ("termination_fn", termination_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
