@@ -102,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
             V = lyapunov_from_payload(meta["lyapunov"])
     except ValueError as e:
         return _fail(f"{args.checkpoint}: {e}")
+    if V is None and hasattr(model, "member_class"):  # an Ensemble: its certificate is its members'
+        return _fail(f"{args.checkpoint} holds an ensemble of {model.size} {model.member_class.__name__} members: its "
+                     "certificate is its members' own (load_model(PATH).certificate(), and .check(ensemble) tests them); "
+                     "lyagym verify proves one model's decrease with its Lyapunov function")
     if V is None:
-        return _fail(f"{args.checkpoint} holds a {type(model).__name__} without a Lyapunov function "
+        name = type(model).__name__
+        return _fail(f"{args.checkpoint} holds {'an' if name[0] in 'AEIOU' else 'a'} {name} without a Lyapunov function "
                      "(save it with metadata={'lyapunov': lyapunov_payload(V)})")
     alpha = args.alpha if args.alpha is not None else meta.get("alpha", getattr(model, "alpha", None))
     if alpha is None:

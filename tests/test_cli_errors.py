@@ -259,3 +259,13 @@ def test_plan_out_on_a_machine_without_a_display_renders_mujoco_off_screen(tmp_p
     monkeypatch.setenv("MUJOCO_GL", "osmesa")  # a user's own choice is kept
     _call(["plan", "--links", "1", "--out", str(tmp_path / "gif")], capsys)
     assert os.environ["MUJOCO_GL"] == "osmesa"
+
+
+def test_verify_on_an_ensemble_says_where_its_certificate_is(tmp_path, capsys):
+    from lyagym.learned_models import Ensemble, member_factory, save_model
+
+    path = str(tmp_path / "ensemble.pt")
+    save_model(Ensemble(member_factory("stable", 2, 1, dt=0.05, hidden=(8,)), 2), path)
+    code, err = _call(["verify", path, "--box=-1,1", "--box=-1,1", "--u-box=-1,1"], capsys)
+    _assert_one_line_error(code, err, "ensemble.pt")
+    assert "holds an ensemble of 2 StableControlledDynamics members" in err and ".certificate()" in err
