@@ -128,7 +128,7 @@ def _commit(run: RunFolder | None, model, buffer: TransitionBuffer, rows: list[d
         "buffer.npz": lambda p: buffer.save(p),
         "rng.pt": lambda p: torch.save(rng, p),
     }
-    if type(model).__name__ in MODEL_CLASSES:
+    if MODEL_CLASSES.get(type(model).__name__) is type(model):
         # The model as a checkpoint that stands alone (load_model, ``lyagym plan --model``), beside
         # the bare weights a resume reads; a control Lyapunov run writes its own, with V.
         writers["model.pt"] = lambda p: save_model(model, p)
