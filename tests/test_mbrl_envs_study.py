@@ -296,3 +296,28 @@ def test_a_cell_that_another_process_is_running_is_skipped_not_run_twice(tmp_pat
         holder.communicate("\n", timeout=60)
     result = mbrl_envs.load_or_run(str(tmp_path), settings, 0, rerun=True)  # free now: rerun empties and runs it
     assert result is not None and result["episodes"] and os.path.exists(os.path.join(run_dir, "manifest.json"))
+
+
+def test_paired_table_ratios_are_sacs_steps_over_the_methods():
+    """Each seed's target is SAC's final return from that seed's start; a method's ratio is SAC's
+    real steps to it over the method's: never -> 0x, as many (also both none) -> 1x, none where
+    SAC needed some -> infinite, else the quotient; the median over seeds."""
+    import math
+
+    from lyagym.agents.reproduce.mbrl_envs import summarise_paired
+
+    def runs(method, seed, curve):
+        return [{"method": method, "seed": seed, "real_steps": s, "return": r} for s, r in curve]
+
+    evaluations = (runs("sac", 0, [(0, -900), (1000, -300), (2000, -200)])  # target -200, reached at 2000
+                   + runs("sac", 1, [(0, -150), (1000, -150)])  # from seed 1's start the target is there at 0
+                   + runs("pets", 0, [(0, -900), (200, -195)])  # 2000 / 200
+                   + runs("pets", 1, [(0, -150), (200, -100)])  # both at 0
+                   + runs("slow", 0, [(0, -900), (4000, -250)])  # never within 5% of -200
+                   + runs("slow", 1, [(0, -400), (500, -150)]))  # SAC at 0, this one at 500
+    table, numbers = summarise_paired(evaluations, tolerance=0.05)
+    methods = numbers["methods"]
+    assert methods["pets"]["ratios"] == [10.0, 1.0] and methods["pets"]["median_ratio"] == 5.5
+    assert methods["sac"]["ratios"] == [1.0, 1.0]
+    assert methods["slow"]["ratios"] == [0.0, 0.0] and methods["slow"]["steps_to_target"][0] == math.inf
+    assert "| pets | 2 |" in table and "10.0x, 1.0x | **5.5x** |" in table and "inf" not in table

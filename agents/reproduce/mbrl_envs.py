@@ -434,6 +434,17 @@ def _run_all(jobs: list[tuple], workers: int, backend: str) -> list[tuple]:
         return list(pool.map(_cell_entry, jobs))
 
 
+def _ratio(sac_steps: float, steps: float) -> float:
+    """SAC's real steps to its target over a method's: 0 when the method never got there, 1 when
+    both took as many (also none: a start already at the target), infinite when the method
+    needed none and SAC some."""
+    if not (math.isfinite(steps) and math.isfinite(sac_steps)):
+        return 0.0
+    if steps == sac_steps:
+        return 1.0
+    return math.inf if steps == 0 else sac_steps / steps
+
+
 def summarise_paired(evaluations: list[dict], tolerance: float = 0.05) -> tuple[str, dict]:
     """Markdown table of the sample-efficiency metric with each seed paired with SAC's run of
     the same seed: every method's seed ``s`` is evaluated from the same start as SAC's seed
@@ -463,8 +474,7 @@ def summarise_paired(evaluations: list[dict], tolerance: float = 0.05) -> tuple[
         finals = [r[-1]["return"] for r in runs.values()]
         paired = [seed for seed in sorted(runs) if seed in targets]
         reach = [steps_to_reach(runs[seed], targets[seed], tolerance) for seed in paired]
-        ratios = [sac_steps[seed] / k if math.isfinite(k) and k > 0 and math.isfinite(sac_steps[seed])
-                  else (math.inf if k == 0 else 0.0) for seed, k in zip(paired, reach)]
+        ratios = [_ratio(sac_steps[seed], k) for seed, k in zip(paired, reach)]
         median = float(np.median(ratios)) if ratios else math.nan
         numbers["methods"][method] = {"final_return": float(np.mean(finals)), "seeds": sorted(runs), "steps_to_target": reach,
                                       "ratios": ratios, "median_ratio": median}
