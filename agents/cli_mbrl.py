@@ -223,13 +223,14 @@ def run(args: argparse.Namespace) -> int:
             run = RunFolder(args.out, algo=args.algo, settings={})
             manifest = run.manifest()
             saved = run.file(manifest, "model.pt") if manifest is not None else None
-            if saved is not None and os.path.exists(saved) and is_stabilisable_kind(kind):
-                rho = float(rows[-1].get("clf_rho", float("nan")))
-                what = ("prove its certificate with `lyagym verify` on that file" if rho > 0 else
-                        "it certifies no region yet (rho = 0: more data and fitting raise it); `lyagym verify` proves it once it does")
-                print(f"model and its control Lyapunov function: {saved} ({what})")
-            elif saved is not None and os.path.exists(saved):
-                print(f"world model: {saved} (`lyagym plan --model` on that file plans with it)")
+            if saved is not None and os.path.exists(saved):
+                if is_stabilisable_kind(kind):
+                    rho = float(rows[-1].get("clf_rho", float("nan")))
+                    what = ("prove its certificate with `lyagym verify` on that file" if rho > 0 else
+                            "it certifies no region yet (rho = 0: more data and fitting raise it); `lyagym verify` proves it once it does")
+                    print(f"model and its control Lyapunov function: {saved} ({what})")
+                else:
+                    print(f"world model: {saved} (`lyagym plan --model` on that file plans with it)")
     if rows:
         last = rows[-1]
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("final_angle_error", "max_abs_angle", "min_tip_height", "max_position"))

@@ -91,7 +91,7 @@ def _render_check(env, args: argparse.Namespace) -> str | None:
     try:
         env.reset(seed=args.seed)
         frame = env.render()
-    except Exception as e:  # noqa: BLE001 -- renderers raise their own types (mujoco.FatalError, OpenGL, pygame)
+    except Exception as e:  # renderers raise their own types (mujoco.FatalError, OpenGL's, pygame.error)
         return _cannot_render(args, e)
     if frame is None:
         return f"--out: --env {args.env} rendered no frame; leave out --out"
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         env = make_env(args, args.steps, render_mode="rgb_array" if args.out else None)
     except ValueError as e:
         return _fail(str(e))
-    except Exception as e:  # noqa: BLE001 -- an OpenGL back-end that cannot load (MUJOCO_GL naming a missing one)
+    except Exception as e:  # an OpenGL back-end that cannot load (MUJOCO_GL naming a missing one)
         if not args.out:
             raise
         return _fail(_cannot_render(args, e))

@@ -928,7 +928,8 @@ class EnsembleCertificate:
         for i, cert in enumerate(self.members):
             claim = cert.summary().splitlines()[0].removeprefix("Certificate: ")
             evidence = ", ".join(cert.evidence) if cert.evidence else "none yet"
-            lines.append(f"  member {i}:  {claim}; alpha {cert.alpha:.4g}; evidence {evidence}")
+            rate = "unknown" if cert.alpha is None else f"{cert.alpha:.4g}"
+            lines.append(f"  member {i}:  {claim}; alpha {rate}; evidence {evidence}")
         label = "covers:   " if self.members else "why:      "
         lines.append(textwrap.fill(self.covers, 100, initial_indent=f"  {label} ", subsequent_indent=" " * 13))
         lines.append(f"  model:     sha256 {self.weights_hash[:12] or '(none)'}... of the whole ensemble "
