@@ -434,8 +434,6 @@ def test_the_loops_refuse_a_config_they_cannot_run_before_any_work(field, value,
 def test_cli_pets_with_a_control_lyapunov_function_says_what_it_certifies(tmp_path, capsys):
     """After a clf run the CLI names the saved model and says whether its control Lyapunov
     function certifies a region (rho > 0, read back from the run's log) or nothing yet."""
-    import csv
-
     from lyagym.agents.cli import main
 
     out = tmp_path / "clf"
@@ -444,7 +442,7 @@ def test_cli_pets_with_a_control_lyapunov_function_says_what_it_certifies(tmp_pa
             "--fit-steps", "0", "--no-progress", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    rho = float(list(csv.DictReader(open(out / "episodes.csv")))[-1]["clf_rho"])
+    rho = float(read_csv(str(out / "episodes.csv"))[-1]["clf_rho"])
     line = next(s for s in printed.splitlines() if s.startswith("model and its control Lyapunov function:"))
     assert "model.pt" in line
     if rho > 0:
