@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_env_arguments(parser)
-    parser.add_argument("--model", default="true", help="'true' (physics) or a saved world-model checkpoint (save_model, lyagym train, or the model.pt an mbrl run prints)")
+    parser.add_argument("--model", default="true",
+                        help="'true' (physics) or a saved world-model checkpoint (save_model, lyagym train, or the model.pt an mbrl run prints)")
     parser.add_argument("--planner", default="mppi", choices=PLANNER_NAMES, help="the MPC planner")
     parser.add_argument("--horizon", type=integer(1), default=30)
     parser.add_argument("--samples", type=integer(1), default=500, help="K sampled sequences per plan")
