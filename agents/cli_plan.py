@@ -71,7 +71,10 @@ def _check_checkpoint(model, adapter, args: argparse.Namespace) -> str | None:
                 + (f"; pass --dt {model.dt}" if args.env == PENDULUM else ""))
     if (model.state_dim, model.action_dim) == (adapter.state_dim, adapter.action_dim):
         return None
-    if args.env == PENDULUM and model.state_dim % 2 == 0:
+    if not model.action_dim:
+        return (f"--model {args.model} is an autonomous model (action_dim=0: no input, e.g. trained on (x, xdot) pairs): "
+                "there is nothing to plan with it; train a controlled one (lyagym train --data env, or lyagym mbrl)")
+    if args.env == PENDULUM and model.state_dim % 2 == 0 and model.state_dim != adapter.state_dim:
         links = model.state_dim // 2
         return (f"--model {args.model} is for {links} link{'s' if links != 1 else ''} (state_dim={model.state_dim}, "
                 f"action_dim={model.action_dim}) but --links {adapter.state_dim // 2} makes state_dim={adapter.state_dim}, "

@@ -269,3 +269,16 @@ def test_verify_on_an_ensemble_says_where_its_certificate_is(tmp_path, capsys):
     code, err = _call(["verify", path, "--box=-1,1", "--box=-1,1", "--u-box=-1,1"], capsys)
     _assert_one_line_error(code, err, "ensemble.pt")
     assert "holds an ensemble of 2 StableControlledDynamics members" in err and ".certificate()" in err
+
+
+def test_plan_with_an_autonomous_model_says_there_is_nothing_to_plan(tmp_path, capsys):
+    from lyagym.learned_models import SimpleDynamics, save_model
+
+    path = str(tmp_path / "pairs.pt")  # what lyagym train --data pairs saves: x -> xdot, no input
+    save_model(SimpleDynamics(4, 0, hidden=(8,), dt=0.05), path)
+    code, err = _call(["plan", "--links", "2", "--model", path, "--steps", "2"], capsys)
+    _assert_one_line_error(code, err, "--model")
+    assert "autonomous model (action_dim=0" in err and "pass --links" not in err
+    save_model(SimpleDynamics(4, 1, hidden=(8,), dt=0.05), path)  # right links, one input of two
+    code, err = _call(["plan", "--links", "2", "--model", path, "--steps", "2"], capsys)
+    assert code == 2 and "state_dim=4, action_dim=1" in err and "pass --links" not in err
