@@ -66,6 +66,9 @@ def _check_out(args: argparse.Namespace) -> str | None:
 
 def _check_checkpoint(model, adapter, args: argparse.Namespace) -> str | None:
     """The one-line reason the loaded checkpoint ``model`` cannot drive ``adapter``'s env, or ``None``."""
+    trained_on = (getattr(model, "checkpoint_metadata", None) or {}).get("env")
+    if trained_on and trained_on != adapter.env_id:  # same shapes and step, other physics
+        return f"--model {args.model} learned --env {trained_on}, not {adapter.env_id}; pass --env {trained_on}"
     if abs(model.dt - adapter.dt) > 1e-12:
         return (f"the checkpoint's dt={model.dt} differs from the env's step {adapter.dt}"
                 + (f"; pass --dt {model.dt}" if args.env == PENDULUM else ""))

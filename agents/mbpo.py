@@ -473,7 +473,7 @@ def run_mbpo(env: gym.Env, model, config: MBRLConfig = MBRLConfig(), *, adapter:
                       "replay_generator": agent.sac.replay_buffer.generator.get_state(), "branch_rng": rng.bit_generator.state}
         _commit(run, model, buffer, rows, fit_loss, {"sac.zip": lambda p: agent.sac.save(p),
                                                      "evaluations.csv": lambda p: write_csv(p, evaluations),
-                                                     MBPO_STATE: lambda p: torch.save(mbpo_state, p)})
+                                                     MBPO_STATE: lambda p: torch.save(mbpo_state, p)}, env_id=adapter.env_id)
         if tensorboard is not None:
             tensorboard(row)
         if on_episode is not None:

@@ -257,6 +257,10 @@ def test_cli_mbrl_on_pendulum_v1_and_its_bad_input(tmp_path, capsys):
     assert main(["plan", "--env", "Pendulum-v1", "--model", saved, "--steps", "3", "--samples", "8", "--horizon", "3",
                  "--iterations", "1", "--no-progress"]) == 0
     assert "return" in capsys.readouterr().out
+    # it records the env it learned: our 1-link pendulum has the same shapes and step but other physics
+    assert loaded.checkpoint_metadata["env"] == "Pendulum-v1"
+    assert main(["plan", "--links", "1", "--model", saved, "--steps", "3"]) == 2
+    assert "learned --env Pendulum-v1, not lyagym/NLinkPendulum-v0" in capsys.readouterr().err
     assert main(["mbrl", "--model", "stable", "--rollout-fit-steps", "5", "--out", str(tmp_path / "v")]) == 2
     assert "--rollout-fit-steps fine-tunes an ensemble" in capsys.readouterr().err
     assert main(["mbrl", "--env", "Pendulum-v1", "--links", "2", "--out", str(tmp_path / "x")]) == 2
