@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     adapter = make_adapter(env)
     if args.model == "true":
         if args.env != PENDULUM:
-            return _fail(f"--model true is the pendulum's physics; for --env {args.env} pass a saved world model")
+            return _fail(f"--model: --env {args.env} needs a saved world model (e.g. the model.pt a `lyagym mbrl --env {args.env}` "
+                         "run prints); --model true, the default, is our pendulum's own physics")
         model = true_physics_model(env, device=args.device)
     else:
         from lyagym.learned_models import load_model

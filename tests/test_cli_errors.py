@@ -282,3 +282,9 @@ def test_plan_with_an_autonomous_model_says_there_is_nothing_to_plan(tmp_path, c
     save_model(SimpleDynamics(4, 1, hidden=(8,), dt=0.05), path)  # right links, one input of two
     code, err = _call(["plan", "--links", "2", "--model", path, "--steps", "2"], capsys)
     assert code == 2 and "state_dim=4, action_dim=1" in err and "pass --links" not in err
+
+
+def test_plan_on_another_env_without_a_model_asks_for_one(capsys):
+    code, err = _call(["plan", "--env", "Pendulum-v1"], capsys)
+    _assert_one_line_error(code, err, "--model")
+    assert "needs a saved world model" in err and "lyagym mbrl --env Pendulum-v1" in err
