@@ -31,7 +31,10 @@ One CSV row per real episode (return, steps, real steps so far, ``learn_steps``:
 steps the planner's model had learned from, ``policy``, the adapter's task metrics, model
 validation loss, wall time). After every episode the run folder commits the model, the
 data, the rows and the random-number states as one unit (``RunFolder``); ``resume=True``
-continues from the committed state and gives the same rows as an uninterrupted run.
+continues from the committed state and gives the same rows as an uninterrupted run. The
+committed model is there twice: the weights a resume loads (``model_weights.pt``) and a
+checkpoint that stands alone (``model.pt``: ``load_model``, ``lyagym plan --model``), whose
+metadata names the env it learned.
 """
 
 from __future__ import annotations
