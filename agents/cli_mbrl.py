@@ -218,12 +218,10 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, FileExistsError) as e:
             return _fail(str(e))
         if args.algo in ("pets", "mbpo") and rows:
-            from .run_log import RunFolder
+            from .run_log import committed_file
 
-            run = RunFolder(args.out, algo=args.algo, settings={})
-            manifest = run.manifest()
-            saved = run.file(manifest, "model.pt") if manifest is not None else None
-            if saved is not None and os.path.exists(saved):
+            saved = committed_file(args.out, "model.pt")
+            if os.path.exists(saved):
                 if is_stabilisable_kind(kind):
                     rho = float(rows[-1].get("clf_rho", float("nan")))
                     what = ("prove its certificate with `lyagym verify` on that file" if rho > 0 else

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lyagym.learned_models.control_lyapunov import control_lyapunov_payload
+
 from .adapters import EnvAdapter, make_adapter
 from .costs import LyapunovTerminalCost
 from .data import TransitionBuffer, collect_episode
@@ -120,8 +122,10 @@ def _set_rng_state(model, state: dict[str, Any]) -> None:
 
 
 def _commit(run: RunFolder | None, model, buffer: TransitionBuffer, rows: list[dict], fit_loss: float | None,
-            extra_writers: dict[str, Any] | None = None, env_id: str | None = None) -> None:
-    """Commit the run's state; ``env_id``: the env the model learns, recorded in its ``model.pt``."""
+            extra_writers: dict[str, Any] | None = None, env_id: str | None = None,
+            metadata: dict[str, Any] | None = None) -> None:
+    """Commit the run's state; ``model.pt``'s metadata: ``env_id`` (the env the model learns) as
+    ``"env"``, and ``metadata`` (a control Lyapunov run's ``V``)."""
     if run is None:
         return
     from lyagym.learned_models.checkpoint import MODEL_CLASSES, save_model
@@ -133,19 +137,12 @@ def _commit(run: RunFolder | None, model, buffer: TransitionBuffer, rows: list[d
         "rng.pt": lambda p: torch.save(rng, p),
     }
     if MODEL_CLASSES.get(type(model).__name__) is type(model):
-        # The model as a checkpoint that stands alone (load_model, ``lyagym plan --model``), beside
-        # the bare weights a resume reads; a control Lyapunov run writes its own, with V.
-        writers["model.pt"] = lambda p: save_model(model, p, metadata={"env": env_id} if env_id else None)
+        # The model as a checkpoint that stands alone (load_model, ``lyagym plan --model``,
+        # ``lyagym verify`` with a control Lyapunov function), beside the bare weights a resume reads.
+        meta = {**({"env": env_id} if env_id else {}), **(metadata or {})}
+        writers["model.pt"] = lambda p: save_model(model, p, metadata=meta)
     writers.update(extra_writers or {})
     run.commit(rows, writers, extra={"fit_loss": fit_loss})
-
-
-def _save_with_clf(model, clf, path: str, env_id: str | None = None) -> None:
-    """The model and its control Lyapunov function in one checkpoint (``lyagym verify PATH``)."""
-    from lyagym.learned_models import save_model
-    from lyagym.learned_models.control_lyapunov import control_lyapunov_payload
-
-    save_model(model, path, metadata={"control_lyapunov": control_lyapunov_payload(clf), **({"env": env_id} if env_id else {})})
 
 
 def _restore(run: RunFolder, manifest: dict[str, Any], model) -> tuple[list[dict], TransitionBuffer, float | None]:
@@ -268,9 +265,11 @@ def run_pets(env: gym.Env, model, cost=None, config: MBRLConfig = MBRLConfig(), 
             fit_loss = fit_model(model, buffer, config, progress)
             if control_lyapunov:
                 clf, clf_info = fit_control_lyapunov(clf, model, buffer, adapter, seed=config.seed, **clf_options)
-        extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p),
-                 "model.pt": lambda p: _save_with_clf(model, clf, p, adapter.env_id)} if clf is not None else None
-        _commit(run, model, buffer, rows, fit_loss, extra, env_id=adapter.env_id)
+        extra, metadata = None, None
+        if clf is not None:  # V beside the model, and in its model.pt (``lyagym verify PATH``)
+            extra = {"clf_weights.pt": lambda p: torch.save(clf.state_dict(), p)}
+            metadata = {"control_lyapunov": control_lyapunov_payload(clf)}
+        _commit(run, model, buffer, rows, fit_loss, extra, env_id=adapter.env_id, metadata=metadata)
         bar.set_postfix(ret=f"{row['return']:.1f}")
         if tensorboard is not None:
             tensorboard(row)

@@ -641,9 +641,10 @@ class Ensemble(nn.Module):
                 self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
             horizon = actions.shape[1]
         wrap = sorted({int(i) % self.state_dim for i in wrap_angles})
-        fast = self._inference_rollout(x0, actions if self.action_dim else None, horizon, wrap)
+        controls = actions if self.action_dim else None
+        fast = self._inference_rollout(x0, controls, horizon, wrap)
         if fast is not None:
-            return self._check_result(fast, x0, actions if self.action_dim else None, "rollout")
+            return self._check_result(fast, x0, controls, "rollout")
         inputs = list(actions.unbind(1)) if self.action_dim else [None] * horizon
         states = [x0]
         x = x0
@@ -653,7 +654,7 @@ class Ensemble(nn.Module):
                 x = x.clone()
                 _wrap_rows_(x, wrap, dim=1)
             states.append(x)
-        return self._check_result(torch.stack(states, dim=1), x0, actions if self.action_dim else None, "rollout")
+        return self._check_result(torch.stack(states, dim=1), x0, controls, "rollout")
 
     # -- rollouts without autograd -----------------------------------------------------------
     def _lowered(self) -> tuple[MLPField, MLPField | None] | None:
