@@ -8,21 +8,16 @@ machine. Where no compiler is found (``$CC``, else ``cc``/``gcc``/``clang``) or 
 fails, :func:`kernel` returns ``None`` and every caller uses the pure numpy/torch path
 (same results to round-off). ``LYAGYM_NATIVE=0`` switches the backend off.
 
-The shared library lives in the derivation cache directory under a name that hashes the
-source and the compiler, with the cache's rules: an owner-only directory, and a library in a
-file or directory that is not the user's own or that others can write is never loaded.
+The shared library is built and cached by :func:`lyagym.learned_models.native.build_library`,
+under the derivation cache's rules: an owner-only directory, and a library in a file or
+directory that is not the user's own or that others can write is never loaded.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -40,47 +35,16 @@ class _Tables(ctypes.Structure):
     _fields_ = [("n", ctypes.c_long), ("m", ctypes.c_long)] + [(k, _DOUBLE_P) for k in ("r", "mu", "dmu", "G_r", "Dlo_r", "Dd_r", "Dup_r", "E_r")]
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    from .symbolic import _private_dir, cache_dir, unsafe_reason
+    from lyagym.learned_models.native import build_library
 
-    if os.environ.get("LYAGYM_NATIVE", "1") == "0" or sys.platform == "win32":
-        return None
-    cc = _compiler()
-    if cc is None:
-        return None
-    source = _SOURCE.read_bytes()
-    tag = hashlib.sha256(source + cc.encode() + sys.platform.encode()).hexdigest()[:16]
-    directory = cache_dir()
-    path = directory / f"chain_kernel_{tag}.so"
     try:
-        _private_dir(directory)
-        if path.exists():
-            reason = unsafe_reason(path)
-            if reason is not None:
-                warnings.warn(f"lyagym: refusing to load {path}: {reason}; using the numpy/torch path", RuntimeWarning, stacklevel=3)
-                return None
-        else:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name + ".", suffix=".tmp")
-            os.close(fd)
-            try:
-                subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SOURCE), "-lm"],
-                               check=True, capture_output=True, timeout=120)
-                os.chmod(tmp, 0o700)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        lib = ctypes.CDLL(str(path))
+        lib = build_library(_SOURCE, "chain_kernel", ["-O2"])
     except (OSError, subprocess.SubprocessError) as exc:
         warnings.warn(f"lyagym: compiled pendulum kernel unavailable ({exc}); using the numpy/torch path", RuntimeWarning, stacklevel=3)
+        return None
+    if lib is None:
         return None
     tables_p = ctypes.POINTER(_Tables)
     lib.lyagym_chain_step.restype = ctypes.c_int

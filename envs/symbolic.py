@@ -45,7 +45,6 @@ import functools
 import hashlib
 import math
 import os
-import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -53,6 +52,9 @@ from importlib import metadata
 from pathlib import Path
 from types import CodeType
 from typing import Any, Sequence
+
+from lyagym.learned_models.native import cache_dir, unsafe_reason
+from lyagym.learned_models.native import private_dir as _private_dir
 
 __all__ = ["FORMAT_VERSION", "DAMPING_MODES", "cache_dir", "unsafe_reason", "CompiledPendulum", "compile_pendulum", "derive_equations", "generate_source"]
 
@@ -62,52 +64,6 @@ FORMAT_VERSION = 7
 DAMPING_MODES = ("absolute", "joint")
 
 _HEADER = "# lyagym generated pendulum dynamics"
-
-
-def cache_dir() -> Path:
-    """Where derived models are cached: ``$LYAGYM_CACHE_DIR``, else ``$XDG_CACHE_HOME/lyagym``,
-    else ``~/.cache/lyagym``. Not created until something is written."""
-    explicit = os.environ.get("LYAGYM_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "lyagym"
-
-
-def unsafe_reason(path: Path) -> str | None:
-    """Why ``path`` (a cache file or directory) must not be trusted, or ``None`` if it may be.
-
-    Trusted means: not a symbolic link, owned by the current user, and not writable by group
-    or others; anyone else who could write it could make us execute their code. Where the
-    platform has no notion of file owners (Windows) only the link test applies."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"cannot stat it ({exc.strerror})"
-    if stat.S_ISLNK(st.st_mode):
-        return "it is a symbolic link"
-    getuid = getattr(os, "getuid", None)
-    if getuid is None:
-        return None
-    if st.st_uid != getuid():
-        return f"it is owned by uid {st.st_uid}, not by this user (uid {getuid()})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"group or others can write it (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def _private_dir(directory: Path) -> None:
-    """Create ``directory`` owner-only; raise ``OSError`` if it exists but is not trusted."""
-    if not directory.exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:  # made by a concurrent process meanwhile: checked below
-            pass
-    reason = unsafe_reason(directory)
-    if reason is not None:
-        raise PermissionError(f"untrusted cache directory {directory}: {reason}")
 
 
 def _sympy_version() -> str:

@@ -47,7 +47,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import mlp_native
 from .dynamics_net import DynamicsNet
+from .native import native_enabled
 
 __all__ = ["MLPField", "BLOCK_ROWS", "FUSED_BLOCK_ROWS", "AfterStep"]
 
@@ -178,6 +180,7 @@ class MLPField:
         self.weights, self.activations = weights, activations
         self.onednn_activations = onednn_activations or ["none"] * len(activations)
         self._packed_hidden: list | None = None  # the hidden layers' weights in oneDNN's layout, made on first use
+        self._native: mlp_native.NativeWeights | None | bool = None  # packed for the compiled kernel (False: not usable)
         self.state_dim, self.action_dim = state_dim, action_dim
         self.angle_dims, self.control_affine = angle_dims, control_affine
 
@@ -267,7 +270,7 @@ class MLPField:
         out = x0.new_empty(*x0.shape[:-1], horizon + 1, self.state_dim)
         fused = self._fuses(x0)
         # A block's buffers hold all groups' rows: at most BLOCK_ROWS (FUSED_BLOCK_ROWS) rows in all.
-        limit = FUSED_BLOCK_ROWS if fused else BLOCK_ROWS
+        limit = FUSED_BLOCK_ROWS if fused or self.native_weights(x0) is not None else BLOCK_ROWS
         blocks = -(-rows * groups // limit) if x0.device.type == "cpu" else 1
         block = max(-(-rows // max(blocks, 1)), 1)
         for i in range(0, rows, block):
@@ -276,6 +279,18 @@ class MLPField:
                                        fused, head)
             out[..., i:i + block, :, :] = traj.permute(1, 3, 0, 2) if stacked else traj.permute(2, 0, 1)
         return out
+
+    def native_weights(self, x0: torch.Tensor) -> "mlp_native.NativeWeights | None":
+        """The weights packed for the compiled kernel (``mlp_native``), made once per field, where
+        it runs this network on ``x0``'s kind of tensor: float32 on a CPU, ReLU or SiLU hidden
+        activations, a kernel built and checked on this machine, not switched off
+        (``LYAGYM_NATIVE=0``, read at each rollout); else ``None``."""
+        if not (x0.device.type == "cpu" and x0.dtype == torch.float32 and native_enabled()):
+            return None
+        if self._native is None:
+            usable = mlp_native.supports(self.onednn_activations) and mlp_native.available()
+            self._native = mlp_native.NativeWeights(self.weights, self.onednn_activations) if usable else False
+        return self._native or None
 
     def _fuses(self, x0: torch.Tensor) -> bool:
         """Whether a block of ``x0``'s rows runs its hidden layers through oneDNN: float32 on a
@@ -312,6 +327,9 @@ class MLPField:
         rows)``), through buffers allocated here once. ``fused``: the hidden-to-hidden layers
         through oneDNN (``_fuses``): its linear for one network, its grouped convolution for
         stacked ones (``_grouped_network``)."""
+        native = self.native_weights(first)
+        if native is not None:
+            return native.bind(first, raw)
         rows = first.shape[-1]
         if fused and self.members is None:
             # Hidden activations row-major, each hidden-to-hidden layer one oneDNN linear with its

@@ -11,17 +11,29 @@ import torch
 
 from lyagym.agents.adapters.base import wrap_angles
 from lyagym.agents.mpc import AngleWrappedModel
-from lyagym.learned_models import Ensemble, member_factory, mlp_rollout
+from lyagym.learned_models import Ensemble, member_factory, mlp_native, mlp_rollout
 from lyagym.learned_models.integrators import functorch_safe
 
 GROUPED = mlp_rollout._onednn_grouped_works()
-#: the hidden layers as oneDNN's grouped convolution (float32 on a CPU where it works) or as torch.bmm
-PATHS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not GROUPED, reason="no oneDNN grouped convolution in this torch build")),
-         pytest.param(False, id="bmm")]
+#: the networks through the compiled kernel (float32 ReLU/SiLU networks where a C compiler is
+#: found), the hidden layers as oneDNN's grouped convolution (float32 on a CPU where it works), or
+#: everything as torch.bmm
+PATHS = [pytest.param("native", id="native", marks=pytest.mark.skipif(not mlp_native.available(), reason="no C compiler")),
+         pytest.param("onednn", id="onednn", marks=pytest.mark.skipif(not GROUPED, reason="no oneDNN grouped convolution in this torch build")),
+         pytest.param("bmm", id="bmm")]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """The parametrised path, with the compiled kernel switched off for the others."""
+    if request.param != "native":
+        monkeypatch.setenv("LYAGYM_NATIVE", "0")
+    return request.param
 
 
 class _Built(list):
-    """``(E, fused)`` of every block network built, in order; ``inputs``: the first-layer input each reads."""
+    """``(E, kind)`` of every block network built, in order (kind ``"native"``, ``"onednn"`` or
+    ``"bmm"``); ``inputs``: the first-layer input each reads."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,12 +42,13 @@ class _Built(list):
 
 @pytest.fixture
 def networks_built(monkeypatch):
-    """``(E, fused)`` of every block network the lowered rollouts build (and ``.inputs``)."""
+    """``(E, kind)`` of every block network the lowered rollouts build (and ``.inputs``)."""
     built = _Built()
     original = mlp_rollout.MLPField._network
 
     def spy(self, first, raw, fused):
-        built.append((self.members, fused))
+        kind = "native" if self.native_weights(first) is not None else "onednn" if fused else "bmm"
+        built.append((self.members, kind))
         built.inputs.append(first)
         return original(self, first, raw, fused)
 
@@ -87,9 +100,9 @@ def _stepped(ens, x0, actions, horizon, wrap=()):
     dict(sample=False),
     dict(hidden=(8, 12, 8), activation="tanh"),  # two hidden-to-hidden layers, the activation fused into oneDNN's
 ])
-@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note when mkldnn.flags() is entered
-def test_batched_rollout_equals_stepping_the_members(case, onednn, networks_built):
+def test_batched_rollout_equals_stepping_the_members(case, path, networks_built):
     ens = _ensemble(**case)
     m = ens.action_dim
     x0 = torch.randn(23, ens.state_dim)  # not a multiple of E = 5: the last group is padded
@@ -98,12 +111,15 @@ def test_batched_rollout_equals_stepping_the_members(case, onednn, networks_buil
     original = ens._raw
     ens._raw = lambda *a, **kw: calls.append(1) or original(*a, **kw)
     ens.reset_generator(7)
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=path != "bmm"):
         fast = ens.rollout(x0, actions if m else 7)
     assert not calls, "the rollout without autograd should not step the vmapped members"
-    # The members' fields through the grouped convolution where oneDNN is on; the variance
-    # head (when sampled) always as torch.bmm.
-    assert networks_built[0] == (5, onednn) and all(fused is False for _, fused in networks_built[1:])
+    # The members' fields through the kernel (tanh members: oneDNN's grouped convolution) or the
+    # grouped convolution where oneDNN is on; the variance head (SiLU, when sampled) through the
+    # kernel or as torch.bmm.
+    members = "onednn" if path == "native" and case.get("activation") == "tanh" else path
+    assert networks_built[0] == (5, members)
+    assert all(kind == ("native" if path == "native" else "bmm") for _, kind in networks_built[1:])
     ens.reset_generator(7)
     slow = _stepped(ens, x0, actions, 7)
     assert fast.shape == (23, 8, ens.state_dim)
@@ -115,23 +131,23 @@ def test_batched_rollout_equals_stepping_the_members(case, onednn, networks_buil
         assert (means - fast).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
-def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(onednn, networks_built):
+def test_sampled_rollout_in_unequal_blocks_repeats_and_equals_stepping(path, networks_built):
     """Rows in blocks of unequal size (each block's head buffers and noise columns its own), and
     a second rollout from the same seed equal to the first (the cached lowered weights, with the
     sampling's folding, are not changed by a rollout)."""
     ens = _ensemble(n=2, m=1, k=1)
-    limit = mlp_rollout.FUSED_BLOCK_ROWS if onednn else mlp_rollout.BLOCK_ROWS
+    limit = mlp_rollout.BLOCK_ROWS if path == "bmm" else mlp_rollout.FUSED_BLOCK_ROWS
     rows = limit + 2 * 5 + 3  # 5 groups of rows; more than one block, the last one shorter
     x0, actions = torch.randn(rows, 2), torch.randn(rows, 4, 1)
     runs = []
     for _ in range(2):
         ens.reset_generator(11)
-        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=path != "bmm"):
             runs.append(ens.rollout(x0, actions))
-    # 2 rollouts x 2 blocks, each block's members' field (grouped convolution where oneDNN is on), then its head (bmm)
-    assert networks_built == [(5, onednn), (5, False)] * 4
+    # 2 rollouts x 2 blocks, each block's members' field, then its head (the kernel, or bmm)
+    assert networks_built == [(5, path), (5, "native" if path == "native" else "bmm")] * 4
     assert torch.equal(runs[0], runs[1])
     ens.reset_generator(11)
     torch.testing.assert_close(runs[0], _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-5)
@@ -158,12 +174,14 @@ def test_the_variance_head_reads_the_fields_first_layer_input(case, networks_bui
     torch.testing.assert_close(fast, _stepped(ens, x0, actions, 3), rtol=1e-5, atol=1e-5)
 
 
-def test_members_without_a_hidden_to_hidden_layer_keep_the_bmm_layers(networks_built):
+@pytest.mark.parametrize("path", [p for p in PATHS if p.values[0] != "onednn"], indirect=True)
+def test_members_without_a_hidden_to_hidden_layer(path, networks_built):
+    """One hidden layer: nothing for oneDNN's grouped convolution, so bmm layers, or the kernel."""
     ens = _ensemble(hidden=(16,), sample=False)
     x0, actions = torch.randn(12, 4), torch.randn(12, 3, 2)
     with torch.no_grad():
         fast = ens.rollout(x0, actions)
-    assert networks_built == [(5, False)]
+    assert networks_built == [(5, path)]
     torch.testing.assert_close(fast, _stepped(ens, x0, actions, 3), rtol=1e-5, atol=1e-5)
 
 

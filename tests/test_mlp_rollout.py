@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lyagym.agents import CEMPlanner, GradientPlanner, ICEMPlanner, MPPIPlanner, PendulumCost
-from lyagym.learned_models import SimpleDynamics, mlp_rollout
+from lyagym.learned_models import SimpleDynamics, mlp_native, mlp_rollout
 from lyagym.learned_models.integrators import functorch_safe
 
 CONFIGS = [
@@ -58,30 +58,50 @@ def networks_built(monkeypatch):
     return flags
 
 
+@pytest.fixture
+def native_binds(monkeypatch):
+    """Counts the block networks that run through the compiled kernel."""
+    binds = []
+    original = mlp_native.NativeWeights.bind
+
+    def spy(self, *args, **kwargs):
+        binds.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlp_native.NativeWeights, "bind", spy)
+    return binds
+
+
 ONEDNN = mlp_rollout._onednn_linear_works()
-PATHS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN linear in this torch build")),
-         pytest.param(False, id="blas")]
+NATIVE = mlp_native.available()
+PATHS = [pytest.param("native", id="native", marks=pytest.mark.skipif(not NATIVE, reason="no C compiler")),
+         pytest.param("onednn", id="onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN linear in this torch build")),
+         pytest.param("blas", id="blas")]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("onednn", PATHS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's note when mkldnn.flags() is entered
-def test_lowered_rollout_equals_autograd_rollout(config, dtype, onednn, lowered_calls, networks_built):
+def test_lowered_rollout_equals_autograd_rollout(config, dtype, path, lowered_calls, networks_built, native_binds, monkeypatch):
     model = _model(dtype=dtype, **config)
     m = config["action_dim"]
-    # oneDNN's fused layers run float32 single networks only; others take the feature-major products.
-    fused = onednn and dtype == torch.float32
-    limit = mlp_rollout.FUSED_BLOCK_ROWS if fused else mlp_rollout.BLOCK_ROWS
+    if path != "native":
+        monkeypatch.setenv("LYAGYM_NATIVE", "0")
+    # The compiled kernel runs float32 ReLU and SiLU networks; oneDNN's fused layers float32
+    # single networks; others take the feature-major products.
+    native = path == "native" and dtype == torch.float32 and config.get("activation", "relu") in ("relu", "silu")
+    fused = path != "blas" and dtype == torch.float32
+    limit = mlp_rollout.FUSED_BLOCK_ROWS if fused or native else mlp_rollout.BLOCK_ROWS
     rows = limit + 37  # two blocks of unequal size
     g = torch.Generator().manual_seed(2)
     x0 = torch.randn(rows, 3, generator=g, dtype=dtype)
     actions = 2 * torch.randn(rows, 6, m, generator=g, dtype=dtype) if m else 6
     reference = model.rollout(x0, actions)  # parameters require grad: the ordinary path
     assert reference.requires_grad and not lowered_calls
-    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=onednn):
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=path != "blas"):
         lowered = model.rollout(x0, actions)
-    assert len(lowered_calls) == 1 and networks_built == [fused, fused]
+    assert len(lowered_calls) == 1 and networks_built == [fused, fused] and len(native_binds) == 2 * native
     assert lowered.shape == (rows, 7, 3) and lowered.is_contiguous()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(lowered, reference.detach(), rtol=tol, atol=tol)
