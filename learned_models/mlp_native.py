@@ -128,6 +128,12 @@ class NativeWeights:
         lib = library or _library()
         if lib is None:
             raise RuntimeError("the compiled MLP kernel is not available")
+        for i in range(1, len(weights)):
+            if weights[i].shape[-1] != weights[i - 1].shape[-2] + 1:
+                raise ValueError(f"layer {i} takes {weights[i].shape[-1] - 1} inputs (its last column the bias), "
+                                 f"layer {i - 1} gives {weights[i - 1].shape[-2]}")
+        if len(activations) != len(weights) - 1 or not supports(activations):
+            raise ValueError(f"activations must name one of {sorted(_ACTIVATIONS)} per layer but the last, got {activations}")
         self.members = weights[0].shape[0] if weights[0].ndim == 3 else None
         per_member = [[w[e] for w in weights] for e in range(self.members)] if self.members else [weights]
         flat = []

@@ -17,12 +17,12 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7] [
    5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
-   at B = 1, for the single models: the hidden-to-hidden layers alone (K rows x H steps x 4
-   RK4 stages, in the rollout's own blocks, layout and kernels: oneDNN's linear with its
-   activation, where the rollout uses it), the work every planner of this model must do;
-   pytorch_mppi's time over it is the highest ratio any planner could reach at this rate. And
+   at B = 1, for the single models: the network alone (K rows x H steps x 4 RK4 stages, in the
+   rollout's own blocks, layout and kernels: the compiled kernel of ``mlp_native`` where the
+   rollout uses it), the work every planner of this model does at this rate; pytorch_mppi's
+   time over it is the highest ratio a planner could reach with this network evaluation. And
    for every model the rollout of K rows x H steps without autograd (``mlp_rollout.MLPField``,
-   what ``plan`` runs; the ensemble's members with oneDNN's grouped convolution) against the
+   what ``plan`` runs) against the
    same rollout through the model's ``_step`` (the autograd-capable path, which pytorch_mppi's
    ``model.step`` runs).
 
@@ -188,39 +188,27 @@ def bench_batched(device: str, K: int, H: int, repeats: int, batches=(1, 64, 102
         print(f"  {device:5s} B={b:5d} K={k:5d} H={H}: {b / t:10.1f} states planned/s  ({1 / t:7.2f} calls/s)")
 
 
-def hidden_products(model, rows: int, H: int):
-    """A function that runs only the hidden-to-hidden layers of ``H`` RK4 steps of ``model``
-    over ``rows`` rows, as ``MLPField`` runs them: oneDNN's linear with its activation (fused in,
-    or in place after it where that is faster), row-major, where the rollout uses it (float32 on
-    a CPU with oneDNN), else the feature-major matrix products; in the rollout's blocks."""
+def network_evaluations(model, rows: int, H: int):
+    """A function that runs only the network of ``H`` RK4 steps of ``model`` (``4 H`` evaluations
+    of ``fhat``) over ``rows`` rows, as ``MLPField`` runs it: the compiled kernel where the
+    rollout uses it, else oneDNN's hidden layers between BLAS thin layers, else the feature-major
+    products; in the rollout's blocks, on buffers of the rollout's layout."""
     from lyagym.learned_models.mlp_rollout import BLOCK_ROWS, FUSED_BLOCK_ROWS, MLPField
 
     field = MLPField.lower(model.fhat, model.state_dim, model.action_dim)
-    fused = field._fuses(torch.zeros(rows, model.state_dim))
-    count = -(-rows // (FUSED_BLOCK_ROWS if fused else BLOCK_ROWS))
-    blocks = [len(part) for part in torch.arange(rows).tensor_split(count)]
-    hidden = field.weights[1:-1]  # (out, in + 1), the bias last
-    if fused:
-        layers = field.onednn_hidden_layers(blocks[0])
-        inputs = [[torch.rand(b, w.shape[1] - 1) for w in hidden] for b in blocks]
-
-        def run():
-            for ins in inputs:
-                for _ in range(4 * H):
-                    for (w, bias, name, unfused), x in zip(layers, ins):
-                        h = torch.ops.mkldnn._linear_pointwise(x, w, bias, name, [], "")
-                        if unfused is not None:
-                            unfused(h)
-
-        return run
-    inputs = [[torch.rand(w.shape[1], b) for w in hidden] for b in blocks]
-    outputs = [[torch.empty(w.shape[0], b) for w in hidden] for b in blocks]
+    x0 = torch.zeros(rows, model.state_dim)
+    fused = field._fuses(x0)
+    count = -(-rows // (FUSED_BLOCK_ROWS if fused or field.native_weights(x0) is not None else BLOCK_ROWS))
+    networks = []
+    for part in torch.arange(rows).tensor_split(count):
+        first = torch.rand(field.weights[0].shape[1], len(part))
+        first[-1] = 1.0
+        networks.append(field._network(first, torch.empty(field.weights[-1].shape[0], len(part)), fused))
 
     def run():
-        for ins, outs in zip(inputs, outputs):
+        for network in networks:
             for _ in range(4 * H):
-                for w, i, o in zip(hidden, ins, outs):
-                    torch.mm(w, i, out=o)
+                network()
 
     return run
 
@@ -277,13 +265,13 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                             for t in range(H):
                                 state = model._step(state, actions[:, t])
 
-                contenders = [lambda: ours.plan(x), loop_theirs, lowered, through_step] + ([hidden_products(model, K, H)] if single else [])
+                contenders = [lambda: ours.plan(x), loop_theirs, lowered, through_step] + ([network_evaluations(model, K, H)] if single else [])
                 t_ours, t_theirs, t_low, t_step, *t_floor = interleaved_medians(contenders, repeats)
                 c_ours, c_theirs = interleaved_medians(contenders[:2], repeats, time.thread_time)
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
                   f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
             if b == 1:
-                floor = (f"hidden (100, 100) layers alone {t_floor[0] * 1e3:6.1f} ms = {100 * t_floor[0] / t_ours:3.0f}% of ours, "
+                floor = (f"the network alone {t_floor[0] * 1e3:6.1f} ms = {100 * t_floor[0] / t_ours:3.0f}% of ours, "
                          f"{100 * t_floor[0] / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor[0]:4.2f}x; ") if single else ""
                 print(f"    {floor}rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 

@@ -49,7 +49,7 @@ static inline vf exp_(vf t) {
 }
 
 static inline vf activate(vf a, int act) {
-    if (act == ACT_RELU) return select_(a > 0.0f, a, splat(0.0f));
+    if (act == ACT_RELU) return select_(a < 0.0f, splat(0.0f), a); /* a NaN stays a NaN, as in torch */
     if (act == ACT_SILU) return a / (1.0f + exp_(-a));
     return a;
 }
