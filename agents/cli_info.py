@@ -1,4 +1,4 @@
-"""``lyagym info``: versions, torch devices and the cache directory."""
+"""``lyagym info``: versions, torch devices, the cache directory and the compiled kernels."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cache_dir() -> str:
-    """Where derived pendulum equations are cached: the rule of ``lyagym.envs.symbolic.cache_dir``,
-    repeated here so that ``lyagym info`` does not import gymnasium and sympy (a test keeps them equal)."""
-    import os
-    from pathlib import Path
+    """Where derived pendulum equations and built kernels are cached (``lyagym.learned_models.native``,
+    which imports neither gymnasium nor sympy)."""
+    from lyagym.learned_models.native import cache_dir as directory
 
-    explicit = os.environ.get("LYAGYM_CACHE_DIR")
-    if explicit:
-        return str(Path(explicit).expanduser())
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return str((Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lyagym")
+    return str(directory())
+
+
+def native_kernels() -> str:
+    """Whether compiled kernels can be built here (the compiler found), without building them."""
+    from lyagym.learned_models.native import compiler, native_enabled
+
+    if not native_enabled():
+        return "off (LYAGYM_NATIVE=0 or Windows): learned models and the pendulum use their torch/numpy paths"
+    cc = compiler()
+    return f"built with {cc} on first use" if cc else "no C compiler found ($CC, cc, gcc, clang): torch/numpy paths"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,4 +55,5 @@ def run(args: argparse.Namespace) -> int:
         devices.append("mps")
     print(f"torch devices     {', '.join(devices)}  (threads: {torch.get_num_threads()})")
     print(f"cache dir         {cache_dir()}")
+    print(f"compiled kernels  {native_kernels()}")
     return 0

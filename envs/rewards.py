@@ -106,10 +106,19 @@ def pendulum_cost(
     n = x.shape[-1] // 2
     angle_error = wrap_angle(x[..., :n] - target)
     qdot = x[..., n:]
-    cost = angle_weight * (angle_error * angle_error).sum(-1) + velocity_weight * (qdot * qdot).sum(-1)
+    cost = _weighted_squares(angle_error, angle_weight) + _weighted_squares(qdot, velocity_weight)
     if u is not None and u.shape[-1] > 0:
-        cost = cost + torque_weight * (u * u).sum(-1)
+        cost = cost + _weighted_squares(u, torque_weight)
     return cost
+
+
+def _weighted_squares(a: Any, weight: float) -> Any:
+    """``weight * sum(a * a, -1)``. A torch tensor's sum is a matrix-vector product: torch's
+    reduction over a last dimension of a few entries is slow (a planner's (1000, 30, 2) costs:
+    92 us against 22 us with the product, one thread)."""
+    if isinstance(a, np.ndarray):
+        return weight * (a * a).sum(-1)
+    return (a * a) @ a.new_full((a.shape[-1],), weight)
 
 
 def pendulum_cost_floats(

@@ -17,6 +17,10 @@ wanted, ``MLPField`` evaluates the same function with less traffic through memor
   ``DynamicsNet`` are folded into the first and last weight matrices, once per call;
 - rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole
   horizon, so a block's activations stay in the core's cache;
+- a float32 ReLU or SiLU network on a CPU runs as one call of lyagym's compiled kernel
+  (``mlp_native``: every 64-row tile through all layers in registers and L1, no per-layer
+  setup), where a C compiler built it; the points below are the torch path, which runs
+  everywhere else;
 - a single float32 network on a CPU runs its hidden-to-hidden layers through oneDNN's linear
   (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses, weights packed once) with
   the activation fused in where that is faster than torch's in place after it, its hidden

@@ -1,5 +1,6 @@
 """The `lyagym` command line: help, info, and the reproduce registry."""
 
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,13 @@ def test_info_prints_versions_and_cache_dir():
     out = subprocess.run([sys.executable, "-m", "lyagym.agents.cli", "info"], capture_output=True, text=True, check=True).stdout
     assert "torch" in out and "gymnasium" in out
     assert "cache" in out.lower()
+    import shutil
+
+    kernels = next(line for line in out.splitlines() if line.startswith("compiled kernels"))
+    assert ("built with" in kernels) == bool(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") or os.environ.get("CC"))
+    off = subprocess.run([sys.executable, "-m", "lyagym.agents.cli", "info"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LYAGYM_NATIVE": "0"}).stdout
+    assert "compiled kernels  off (LYAGYM_NATIVE=0" in off
 
 
 def test_unknown_command_fails():
