@@ -620,12 +620,13 @@ class Ensemble(nn.Module):
         ``"ts1"`` it gets a fresh random member at every step. ``wrap_angles``: state entries
         wrapped to ``[-pi, pi)`` after every step (``x0`` as given), as a planner over angle
         states wants (``AngleWrappedModel``). Without autograd, TS-infinity rollouts of
-        members with an MLP field (``SimpleDynamics``) run as batched matrix products
-        (``_inference_rollout``, on a CPU their hidden layers as oneDNN's grouped convolution):
-        the same numbers to float rounding; a PETS plan's 1000 rows x 30 Euler steps of 5
-        members of 100-100 SiLU nets, with sampling, take 9.6-10.3 ms against 16.1-16.5 ms
-        through ``_step`` (one thread, three runs of ``examples/benchmarks/bench_planners.py
-        --repeats 9 --sections 4``)."""
+        members with an MLP field (``SimpleDynamics``) run lowered (``_inference_rollout``:
+        on a CPU the members' networks and the variance head through the compiled kernel of
+        ``mlp_native``, else batched matrix products with oneDNN's grouped convolution for
+        the hidden layers): the same numbers to float rounding; a PETS plan's 1000 rows x 30
+        Euler steps of 5 members of 100-100 SiLU nets, with sampling, take 6.5-6.6 ms against
+        15.5-15.8 ms through ``_step`` (one thread, three runs of
+        ``examples/benchmarks/bench_planners.py --repeats 9 --sections 4``)."""
         self._check_x(x0, "x0")
         if isinstance(actions, int) and not isinstance(actions, bool):
             if actions < 0:
