@@ -16,8 +16,12 @@ The results are the same function to float rounding (products summed in another 
 exp from Cephes' polynomial: within a few float32 ulps of torch's); ``_library`` checks the
 built kernel once against torch and refuses it if they disagree. Where no compiler is found,
 the build fails, the check fails, or ``LYAGYM_NATIVE=0``, ``MLPField`` keeps its torch path.
-Rows are split between threads (``torch.get_num_threads()``, at most one per
-``ROWS_PER_THREAD`` rows); every row's result is the same whatever the number of threads.
+The kernel runs on one thread, and ``MLPField`` uses it only while torch runs one
+(``torch.get_num_threads() == 1``, as the benchmarks and most MBRL runs with parallel
+environments do): with more, torch's own layers split each product between its threads, which
+a single-threaded kernel would lose to at large batches, and threads of ours would compete with
+the spinning workers of torch's OpenMP pool (measured at two threads, one-off: B = 64 plans 20-30%
+slower through a one-thread kernel, some B = 1 plans 2-3x slower with two kernel threads).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from .native import build_library
 
-__all__ = ["NativeWeights", "available", "supports", "pack_layer", "ROWS_PER_THREAD"]
+__all__ = ["NativeWeights", "available", "supports", "pack_layer"]
 
 _SOURCE = Path(__file__).with_name("assets") / "mlp_kernel.c"
 
@@ -43,22 +47,18 @@ _BLOCK = 6
 #: the kernel's codes for the activations it runs (oneDNN's names, as ``MLPField`` keeps them)
 _ACTIVATIONS = {"relu": 1, "swish": 2}
 
-#: fewest rows (over all members) worth another thread: starting and joining one costs ~20-30 us,
-#: a 2,048-row evaluation of a 100-100 network ~200 us
-ROWS_PER_THREAD = 2048
-
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 
 
 def _build() -> ctypes.CDLL | None:
-    flags = ["-O3", "-march=native", "-pthread"]
+    flags = ["-O3", "-march=native"]
     try:
         lib = build_library(_SOURCE, "mlp_kernel", flags, native_cpu=True)
     except subprocess.SubprocessError:  # a compiler without -march=native: the portable build
-        lib = build_library(_SOURCE, "mlp_kernel", ["-O3", "-pthread"])
+        lib = build_library(_SOURCE, "mlp_kernel", ["-O3"])
     if lib is not None:
         lib.lyagym_mlp.restype = ctypes.c_int
-        lib.lyagym_mlp.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG, _LONG]
+        lib.lyagym_mlp.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG]
     return lib
 
 
@@ -83,7 +83,7 @@ def _library() -> ctypes.CDLL | None:
             h = torch.bmm(w[..., :-1], expected) + w[..., -1:] if i else torch.bmm(w, expected)
             expected = reference(h) if i < len(weights) - 1 else h
         out = torch.empty(2, 3, 83)
-        NativeWeights(weights, [activation, activation], library=lib).bind(x, out, threads=2)()
+        NativeWeights(weights, [activation, activation], library=lib).bind(x, out)()
         if not torch.allclose(out, expected, rtol=1e-5, atol=1e-5):
             warnings.warn("lyagym: compiled MLP kernel disagrees with torch on this machine; learned models use the torch path",
                           RuntimeWarning, stacklevel=3)
@@ -147,11 +147,10 @@ class NativeWeights:
         self._acts = (ctypes.c_int * len(weights))(*[_ACTIVATIONS[a] for a in activations], 0)
         self._call = lib.lyagym_mlp
 
-    def bind(self, x: torch.Tensor, out: torch.Tensor, threads: int | None = None) -> Callable[[], None]:
+    def bind(self, x: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
         """A function of no arguments that writes the network's output for ``x: ([E,] in + 1,
         rows)`` into ``out: ([E,] out, rows)`` (both float32 on the CPU, unit stride along rows,
-        kept alive by the function), splitting the rows between at most ``threads`` threads
-        (default ``torch.get_num_threads()``)."""
+        kept alive by the function)."""
         rows, members = x.shape[-1], self.members or 1
         lead = (self.members,) if self.members else ()
         if x.device.type != "cpu" or x.dtype != torch.float32 or out.device.type != "cpu" or out.dtype != torch.float32:
@@ -161,11 +160,9 @@ class NativeWeights:
                              f"got {tuple(x.shape)} and {tuple(out.shape)}")
         if x.stride(-1) != 1 or out.stride(-1) != 1:
             raise ValueError("x and out must have unit stride along rows")
-        threads = torch.get_num_threads() if threads is None else threads
-        threads = max(1, min(threads, rows * members // ROWS_PER_THREAD))
         args = (len(self._acts), ctypes.addressof(self._widths), ctypes.addressof(self._acts), ctypes.addressof(self._pointers),
                 members, x.data_ptr(), x.stride(0) if self.members else 0, x.stride(-2),
-                out.data_ptr(), out.stride(0) if self.members else 0, out.stride(-2), rows, threads)
+                out.data_ptr(), out.stride(0) if self.members else 0, out.stride(-2), rows)
         call = self._call
 
         def network() -> None:

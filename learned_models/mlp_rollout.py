@@ -17,10 +17,10 @@ wanted, ``MLPField`` evaluates the same function with less traffic through memor
   ``DynamicsNet`` are folded into the first and last weight matrices, once per call;
 - rows run in equal blocks of at most ``BLOCK_ROWS`` on a CPU, each through the whole
   horizon, so a block's activations stay in the core's cache;
-- a float32 ReLU or SiLU network on a CPU runs as one call of lyagym's compiled kernel
-  (``mlp_native``: every 64-row tile through all layers in registers and L1, no per-layer
-  setup), where a C compiler built it; the points below are the torch path, which runs
-  everywhere else;
+- a float32 ReLU or SiLU network on a CPU, while torch runs one thread, is one call of
+  lyagym's compiled kernel (``mlp_native``: every 64-row tile through all layers in registers
+  and L1, no per-layer setup), where a C compiler built it; the points below are the torch
+  path, which runs everywhere else;
 - a single float32 network on a CPU runs its hidden-to-hidden layers through oneDNN's linear
   (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses, weights packed once) with
   the activation fused in where that is faster than torch's in place after it, its hidden
@@ -286,10 +286,11 @@ class MLPField:
 
     def native_weights(self, x0: torch.Tensor) -> "mlp_native.NativeWeights | None":
         """The weights packed for the compiled kernel (``mlp_native``), made once per field, where
-        it runs this network on ``x0``'s kind of tensor: float32 on a CPU, ReLU or SiLU hidden
-        activations, a kernel built and checked on this machine, not switched off
-        (``LYAGYM_NATIVE=0``, read at each rollout); else ``None``."""
-        if not (x0.device.type == "cpu" and x0.dtype == torch.float32 and native_enabled()):
+        it runs this network on ``x0``'s kind of tensor: float32 on a CPU while torch runs one
+        thread (the kernel has one; with more, torch's layers share the work), ReLU or SiLU
+        hidden activations, a kernel built and checked on this machine, not switched off
+        (``LYAGYM_NATIVE=0``; both read at each rollout); else ``None``."""
+        if not (x0.device.type == "cpu" and x0.dtype == torch.float32 and native_enabled() and torch.get_num_threads() == 1):
             return None
         if self._native is None:
             usable = mlp_native.supports(self.onednn_activations) and mlp_native.available()

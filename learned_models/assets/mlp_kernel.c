@@ -6,11 +6,12 @@
  * Rows go through the whole network in tiles of 64 (16 at the tail), so a tile's hidden
  * activations never leave the core's L1/L2 cache and no layer pays a library's per-call setup:
  * that, not a faster product, is what this file is for. Weights come packed by blocks of JB
- * outputs (`pack_layout` in mlp_native.py): for each block its (K, JB) transposed weights, then
+ * outputs (`pack_layer` in mlp_native.py): for each block its (K, JB) transposed weights, then
  * its JB biases. Written with GCC/Clang vector extensions, so the compiler picks the widest
- * vectors the machine has (-march=native). Each row's result is the same whatever the threads.
+ * vectors the machine has (-march=native). One thread: where torch runs several, mlp_native
+ * leaves the network to torch's own threaded layers (threads of ours would compete with the
+ * spinning workers of torch's OpenMP pool).
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,8 +102,6 @@ typedef struct {
     float *out;
     long out_member_stride, out_stride;
     long rows, members;
-    long first_tile, end_tile; /* this thread's share of the members' tiles */
-    int status;
 } job_t;
 
 /* A member's rows split into tiles: full 64-row tiles, then 16-row tiles for the tail. */
@@ -115,17 +114,16 @@ static void tile_span(long rows, long t, long *start, long *width) {
     *width = VL;
 }
 
-static void *run(void *arg) {
-    job_t *job = arg;
+static int run(const job_t *job) {
     long maxw = 0;
     for (long i = 0; i <= job->layers; i++)
         if (job->widths[i] > maxw) maxw = job->widths[i];
     const long T = 4 * VL;
     float *scratch = malloc(sizeof(float) * (size_t)(4 * maxw * T)); /* two hidden buffers, padded in and out */
-    if (!scratch) { job->status = -1; return NULL; }
+    if (!scratch) return -1;
     float *bufs[2] = {scratch, scratch + maxw * T}, *pad_in = scratch + 2 * maxw * T, *pad_out = scratch + 3 * maxw * T;
     long per = tiles_per_member(job->rows), L = job->layers;
-    for (long g = job->first_tile; g < job->end_tile; g++) {
+    for (long g = 0; g < job->members * per; g++) {
         long e = g / per, start, width;
         tile_span(job->rows, g % per, &start, &width);
         long valid = job->rows - start < width ? job->rows - start : width;
@@ -152,32 +150,14 @@ static void *run(void *arg) {
             for (long j = 0; j < job->widths[L]; j++) memcpy(dst_final + j * job->out_stride, pad_out + j * T, sizeof(float) * (size_t)valid);
     }
     free(scratch);
-    return NULL;
+    return 0;
 }
 
-/* Returns 0, or -1 where memory or a thread could not be had (nothing is then guaranteed written). */
+/* Returns 0, or -1 where the scratch memory could not be had (nothing is then guaranteed written). */
 int lyagym_mlp(long layers, const long *widths, const int *acts, const float *const *packed, long members,
                const float *in, long in_member_stride, long in_stride, float *out, long out_member_stride,
-               long out_stride, long rows, long threads) {
-    long total = members * tiles_per_member(rows);
-    if (threads > total) threads = total;
-    if (threads < 1) threads = 1;
-    if (threads > 64) threads = 64;
-    job_t jobs[64];
-    pthread_t ids[64];
-    int started[64] = {0};
-    for (long t = 0; t < threads; t++) {
-        jobs[t] = (job_t){layers, widths, acts, packed, in, in_member_stride, in_stride, out, out_member_stride,
-                          out_stride, rows, members, total * t / threads, total * (t + 1) / threads, 0};
-    }
-    for (long t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run, &jobs[t]) == 0;
-    for (long t = 1; t < threads; t++)
-        if (!started[t]) run(&jobs[t]); /* no thread: do its share here */
-    run(&jobs[0]);
-    int status = jobs[0].status;
-    for (long t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(ids[t], NULL);
-        if (jobs[t].status) status = jobs[t].status;
-    }
-    return status;
+               long out_stride, long rows) {
+    job_t job = {layers, widths, acts, packed, in, in_member_stride, in_stride, out, out_member_stride, out_stride,
+                 rows, members};
+    return run(&job);
 }
