@@ -9,8 +9,8 @@ memory and reads them back for the activation and the next layer, and the thin l
 below the machine's rate (MKL: 12-15 us for a 1000 x 3 x 100 product). The kernel runs each
 tile of 64 rows through the whole network with its activations in registers and L1, so only
 the hidden products' arithmetic is left. Measured at one thread on a quiet 2-core AMD EPYC
-(Zen 5, AVX-512), one-off, a 100-100 network on 1,000 rows: 99 us (ReLU, 5 inputs, 7 outputs)
-against ~135 us through oneDNN and MKL; SiLU 134 against ~175 us.
+(Zen 5, AVX-512), one-off, a 100-100 network on 1,000 rows: 95-99 us (ReLU, 5 inputs, 7 outputs)
+against ~135 us through oneDNN and MKL; SiLU 126-134 against ~175 us.
 
 The results are the same function to float rounding (products summed in another order, SiLU's
 exp from Cephes' polynomial: within a few float32 ulps of torch's); ``_library`` checks the
