@@ -46,6 +46,14 @@ def _as_bound(value, action_dim: int, name: str, device, dtype) -> torch.Tensor:
     return t.to(device).clone()
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter (``None`` for an inference tensor, which has none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 class Planner:
     """Base class of the sampling and gradient planners. Subclasses implement ``_optimise``.
 
@@ -209,7 +217,7 @@ class Planner:
         """``(low, high)`` as floats where every action entry has the same bounds, else ``None``
         (read from the bound tensors, so a planner whose bounds are changed stays right)."""
         low, high = self.action_low, self.action_high
-        key = (low.data_ptr(), high.data_ptr(), low._version, high._version)
+        key = (low.data_ptr(), high.data_ptr(), _version(low), _version(high))
         if getattr(self, "_bounds_key", None) != key:
             uniform = low.numel() > 0 and bool((low == low.flatten()[0]).all()) and bool((high == high.flatten()[0]).all())
             self._bounds_key = key

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lyagym.agents import CEMPlanner, GradientPlanner, LyapunovTerminalCost, MPPIPlanner, QuadraticCost, make_planner
+from lyagym.agents import CEMPlanner, GradientPlanner, LyapunovTerminalCost, MPPIPlanner, PendulumCost, QuadraticCost, make_planner
 from lyagym.learned_models import rollout
 
 DT = 0.1
@@ -185,3 +185,20 @@ def test_lyapunov_terminal_cost_pulls_towards_the_certified_equilibrium():
         LyapunovTerminalCost(WithV(), certificate=Stale())
     with pytest.raises(ValueError, match="state_dim"):
         MPPIPlanner(model, cost, horizon=H, terminal_cost=LyapunovTerminalCost(lambda x: x.sum(-1), state_dim=3))
+
+
+def test_clamp_with_uniform_bounds_follows_the_bound_tensors():
+    """Uniform bounds clamp as two floats (fast); the result equals the per-entry clamp, and a
+    bound changed in place or per entry is seen at the next call."""
+    from lyagym.learned_models import SimpleDynamics
+
+    model = SimpleDynamics(2, 2, hidden=(8,), dt=0.05).requires_grad_(False)
+    planner = MPPIPlanner(model, PendulumCost(1, action_dim=2), horizon=3, num_samples=8, action_low=-1.0, action_high=1.0)
+    a = 3 * torch.randn(4, 3, 2)
+    per_entry = lambda: torch.maximum(torch.minimum(a, planner.action_high), planner.action_low)  # noqa: E731
+    assert torch.equal(planner.clamp(a), per_entry()) and planner._uniform_bounds == (-1.0, 1.0)
+    planner.action_low.fill_(-0.5)
+    assert torch.equal(planner.clamp(a), per_entry()) and planner.clamp(a).min() == -0.5
+    planner.action_high[1] = 2.0  # no longer uniform: the per-entry path
+    assert planner._uniform_bounds is None and torch.equal(planner.clamp(a), per_entry())
+    assert planner.clamp(a)[..., 1].max() > 1.0
