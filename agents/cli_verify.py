@@ -46,6 +46,19 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _input_pair(text: str) -> tuple[float, float]:
+    """``--u-box``: LO,HI with LO <= HI (LO = HI fixes that input, e.g. 0,0 for no input)."""
+    if "," in text:
+        parts = text.split(",")
+        try:
+            lo, hi = (float(p) for p in parts)
+        except ValueError:
+            lo = hi = float("nan")
+        if lo == hi and lo == lo and abs(lo) != float("inf"):
+            return lo, hi
+    return _pair(text)
+
+
 def _rho(text: str) -> float | str:
     if text == "auto":
         return text
@@ -61,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", type=_pair, action="append", default=None, metavar="LO,HI",
                         help="one per state dimension, in order (write --box=-3.14,3.14 for a negative LO); "
                              "required except for a control Lyapunov checkpoint (default there: its certified set)")
-    parser.add_argument("--u-box", type=_pair, action="append", default=None, metavar="LO,HI",
-                        help="one per input dimension: prove the decrease for every input in this box")
+    parser.add_argument("--u-box", type=_input_pair, action="append", default=None, metavar="LO,HI",
+                        help="one per input dimension: prove the decrease for every input in this box "
+                             "(LO = HI fixes that input: --u-box 0,0 proves the decrease without input)")
     parser.add_argument("--alpha", type=number(0), default=None,
                         help="decay rate to prove (default: the checkpoint's metadata 'alpha', else the model's alpha)")
     parser.add_argument("--rho", type=_rho, default=None,

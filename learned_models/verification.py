@@ -198,8 +198,8 @@ def verify_decrease(
     if not (isinstance(budget_s, (int, float)) and budget_s > 0):
         raise ValueError(f"budget_s must be a number > 0, got {budget_s!r}")
     m = int(getattr(model, "action_dim", 0) or 0)
-    if u_box is not None:
-        Ub = parse_box(u_box, m, "u_box")
+    if u_box is not None:  # a row with lo == hi fixes that input (e.g. u = 0: the unforced decrease)
+        Ub = parse_box(u_box, m, "u_box", flat=True)
         X = torch.cat([X, Ub])
     elif m:
         raise ValueError(f"the model takes inputs (action_dim={m}): pass u_box, {m} pairs [lo, hi]")
@@ -239,16 +239,38 @@ def verify_decrease(
         return upper, covered
 
     value_fn = _decrease_fn(model64, V64, float(alpha), n) if step is None else _discrete_decrease_fn(model64, V64, float(alpha), h, method)
-    res = branch_and_bound(bound_fn, value_fn, X[:, 0], X[:, 1],
+    free = X[:, 0] < X[:, 1]
+    if not bool(free.all()):  # fixed inputs: branch on the other rows only (a flat side has no share of a volume to split)
+        bound_fn, value_fn = _on_free_rows(bound_fn, free, X), _on_free_rows(value_fn, free, X)
+    res = branch_and_bound(bound_fn, value_fn, X[free, 0], X[free, 1],
                            budget_s=max(1e-3, budget_s - (clock() - start)), batch=batch, progress=progress,
                            exhaustive=exhaustive, split=split, clock=clock)
+    counterexample = res.counterexample
+    if counterexample is not None and not bool(free.all()):
+        counterexample = X[:, 0].clone().index_put_((free.nonzero().flatten(),), counterexample.to(X))
     return VerificationResult(
         status=res.status, fraction=res.verified_fraction, boxes=res.boxes, seconds=clock() - start,
         alpha=float(alpha), box=X.tolist(), rho=rho, covered_fraction=res.covered_fraction,
-        counterexample=None if res.counterexample is None else res.counterexample.tolist(),
+        counterexample=None if counterexample is None else counterexample.tolist(),
         counterexample_value=res.counterexample_value, local=local, worst_upper=res.worst_upper, time_domain=time_domain,
         step=step,
     )
+
+
+def _on_free_rows(fn: Callable[..., Any], free: torch.Tensor, box: torch.Tensor) -> Callable[..., Any]:
+    """``fn`` of full ``(batch, rows)`` points or box corners called with the ``free`` rows only;
+    the other rows are fixed at their value in ``box`` (``lo == hi`` there)."""
+    fixed = box[:, 0]
+
+    def on_free(*parts: torch.Tensor) -> Any:
+        full = []
+        for part in parts:
+            whole = fixed.to(part).expand(part.shape[0], -1).clone()
+            whole[:, free] = part
+            full.append(whole)
+        return fn(*full)
+
+    return on_free
 
 
 def boundary_minimum(lyapunov: nn.Module, box: torch.Tensor, *, pieces: int = 4096, rounds: int = 8) -> float:

@@ -460,3 +460,47 @@ def test_contraction_verified_and_refuted_on_a_linear_inference_field():
     assert formal.evidence == ["empirical", "formal"] and "contracts at rate 1.5" in formal.details["region"]
     failed = Certificate(claim="lyapunov_convergence", alpha=5.0, evidence=["empirical"]).verify(model, box=box, budget_s=20)
     assert "formal" not in failed.evidence and failed.details["formal"]["status"] == "counterexample"
+
+
+def _controlled_linear_field():
+    """``SimpleDynamics(2, 1)`` whose ReLU MLP is exactly ``f(x, u) = A x + (0, u)``."""
+    model = SimpleDynamics(2, 1, hidden=(6,)).to(D64)
+    W1 = torch.zeros(6, 3, dtype=D64)
+    for row, (col, sign) in enumerate([(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)]):
+        W1[row, col] = sign
+    W2 = torch.zeros(2, 6, dtype=D64)
+    W2[:, 0], W2[:, 1], W2[:, 2], W2[:, 3] = A_STABLE[:, 0], -A_STABLE[:, 0], A_STABLE[:, 1], -A_STABLE[:, 1]
+    W2[1, 4], W2[1, 5] = 1.0, -1.0
+    with torch.no_grad():
+        model.fhat[0].weight.copy_(W1), model.fhat[0].bias.zero_()
+        model.fhat[2].weight.copy_(W2), model.fhat[2].bias.zero_()
+    return model
+
+
+def test_a_fixed_input_is_a_flat_row_of_the_input_box():
+    """``u_box`` rows with lo == hi fix that input: the unforced decrease (u = 0) is proven on the
+    whole box but the equilibrium's vanishing neighbourhood (no local certificate with inputs),
+    a constant push (u = 0.5) is refuted with a counterexample at that input."""
+    model, V = _controlled_linear_field(), _quadratic_V()
+    res = verify_decrease(model, V, BOX, alpha=1.5, u_box=[[0.0, 0.0]], budget_s=3)
+    assert res.counterexample is None and res.fraction > 0.999 and res.box[-1] == [0.0, 0.0]
+    res = verify_decrease(model, V, BOX, alpha=1.5, u_box=[[0.5, 0.5]], budget_s=3)
+    assert res.status == "counterexample" and res.counterexample[-1] == 0.5 and res.counterexample_value > 0
+    x = torch.tensor([res.counterexample[:2]], dtype=D64)
+    with torch.no_grad():
+        v, g = V.forward_and_grad(x)
+        h = (g * model.derivative(x, torch.tensor([[0.5]], dtype=D64))).sum() + 1.5 * v
+    assert float(h) == pytest.approx(res.counterexample_value)
+    with pytest.raises(ValueError, match="u_box needs finite lo <= hi"):
+        verify_decrease(model, V, BOX, alpha=1.5, u_box=[[1.0, 0.0]], budget_s=1)
+
+
+def test_cli_u_box_takes_a_fixed_input():
+    import argparse
+
+    from lyagym.agents.cli_verify import _input_pair
+
+    assert _input_pair("0,0") == (0.0, 0.0) and _input_pair("-1,2") == (-1.0, 2.0)
+    for bad in ("1,0", "nan,nan", "inf,inf", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _input_pair(bad)
