@@ -48,15 +48,16 @@ def _pair(text: str) -> tuple[float, float]:
 
 def _input_pair(text: str) -> tuple[float, float]:
     """``--u-box``: LO,HI with LO <= HI (LO = HI fixes that input, e.g. 0,0 for no input)."""
-    if "," in text:
-        parts = text.split(",")
-        try:
-            lo, hi = (float(p) for p in parts)
-        except ValueError:
-            lo = hi = float("nan")
-        if lo == hi and lo == lo and abs(lo) != float("inf"):
-            return lo, hi
-    return _pair(text)
+    import math
+
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. -2,2; 0,0 fixes the input), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise argparse.ArgumentTypeError(f"expected finite LO <= HI (LO = HI fixes the input), got {text!r}")
+    return lo, hi
 
 
 def _rho(text: str) -> float | str:

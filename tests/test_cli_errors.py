@@ -87,7 +87,8 @@ def test_every_numeric_flag_states_its_range(command):
     assert _numeric_flags(command)
     for action in flags:
         # cli_types' converters, or a command's own that parse a structured value (verify's LO,HI boxes)
-        assert getattr(action.type, "__name__", "") in ("integer", "number", "folder", "existing_path", "_pair", "_rho"), (
+        assert getattr(action.type, "__name__", "") in ("integer", "number", "folder", "existing_path", "_pair", "_input_pair",
+                                                        "_rho"), (
             command, action.option_strings)
 
 
