@@ -138,8 +138,9 @@ class NativeWeights:
         per_member = [[w[e] for w in weights] for e in range(self.members)] if self.members else [weights]
         flat = []
         for layers in per_member:
-            flat.append(pack_layer(layers[0].float(), None))
-            flat += [pack_layer(w[:, :-1].float(), w[:, -1].float()) for w in layers[1:]]
+            layers = [w.detach().to("cpu", torch.float32) for w in layers]  # the kernel reads host float32
+            flat.append(pack_layer(layers[0], None))
+            flat += [pack_layer(w[:, :-1], w[:, -1]) for w in layers[1:]]
         self._packed = flat  # kept alive: the kernel reads them through the pointers below
         self._pointers = (ctypes.c_void_p * len(flat))(*[p.data_ptr() for p in flat])
         self.widths = [weights[0].shape[-1]] + [w.shape[-2] for w in weights]
