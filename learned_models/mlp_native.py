@@ -15,7 +15,9 @@ against ~135 us through oneDNN and MKL; SiLU 126-134 against ~175 us.
 The results are the same function to float rounding (products summed in another order, SiLU's
 exp from Cephes' polynomial: within a few float32 ulps of torch's); ``_library`` checks the
 built kernel once against torch and refuses it if they disagree. Where no compiler is found,
-the build fails, the check fails, or ``LYAGYM_NATIVE=0``, ``MLPField`` keeps its torch path.
+the build fails, the check fails, the CPU has neither AVX2 with FMA nor AVX-512 (the vectors
+the kernel is written for; ``_MIN_VECTOR_FLOATS``), or ``LYAGYM_NATIVE=0``, ``MLPField`` keeps
+its torch path.
 The kernel runs on one thread, and ``MLPField`` uses it only while torch runs one
 (``torch.get_num_threads() == 1``, as the benchmarks and most MBRL runs with parallel
 environments do): with more, torch's own layers split each product between its threads, which
@@ -50,13 +52,18 @@ _ACTIVATIONS = {"relu": 1, "swish": 2}
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 
 
+#: fewest floats per vector of a build worth using (AVX2 with FMA: 8; AVX-512: 16). One-off, a
+#: rollout of 1000 rows x 30 RK4 steps of a 100-100 ReLU / SiLU model at one thread on this
+#: machine: AVX-512 build 12.3 / 17.7 ms against torch's 17.8 / 23.5; an AVX2 build 23.6 / 32.9
+#: against torch limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) 28.0 / 34.1; an SSE2 build
+#: 75 / 102 ms, slower than torch, whose layers pick their instructions at run time.
+_MIN_VECTOR_FLOATS = 8
+
+
 def _build() -> ctypes.CDLL | None:
-    flags = ["-O3", "-march=native"]
-    try:
-        lib = build_library(_SOURCE, "mlp_kernel", flags, native_cpu=True)
-    except subprocess.SubprocessError:  # a compiler without -march=native: the portable build
-        lib = build_library(_SOURCE, "mlp_kernel", ["-O3"])
+    lib = build_library(_SOURCE, "mlp_kernel", ["-O3", "-march=native"], native_cpu=True)
     if lib is not None:
+        lib.lyagym_mlp_vector_floats.restype = ctypes.c_int
         lib.lyagym_mlp.restype = ctypes.c_int
         lib.lyagym_mlp.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG]
     return lib
@@ -71,8 +78,8 @@ def _library() -> ctypes.CDLL | None:
         warnings.warn(f"lyagym: compiled MLP kernel unavailable ({exc}); learned models use the torch path",
                       RuntimeWarning, stacklevel=3)
         return None
-    if lib is None:
-        return None
+    if lib is None or lib.lyagym_mlp_vector_floats() < _MIN_VECTOR_FLOATS:
+        return None  # no compiler, switched off, or a CPU without AVX2 and FMA: torch's layers are faster
     g = torch.Generator().manual_seed(0)
     # Two members, a partial tile and a full one, a narrow last block: every branch of the kernel.
     weights = [torch.randn(2, 13, 4, generator=g), torch.randn(2, 9, 14, generator=g) / 4, torch.randn(2, 3, 10, generator=g) / 3]

@@ -158,3 +158,24 @@ def test_a_lowered_rollout_without_the_kernel_is_the_same_function(monkeypatch):
         monkeypatch.setenv("LYAGYM_NATIVE", "0")
         plain = model.rollout(x0, actions)
     torch.testing.assert_close(native, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_a_build_without_wide_vectors_is_not_used(fresh_cache, monkeypatch, tmp_path):
+    """A compiler that ignores -march=native builds 4-float vectors (SSE2, NEON): slower than
+    torch's layers, so the kernel is not used (no warning: nothing went wrong)."""
+    import warnings
+
+    from lyagym.learned_models.native import compiler
+
+    wrapper = tmp_path / "cc-baseline"
+    wrapper.write_text("#!/bin/sh\n"
+                       "args=''\n"
+                       "for a in \"$@\"; do [ \"$a\" = -march=native ] || args=\"$args '$a'\"; done\n"
+                       f"eval exec {compiler()} $args\n")
+    wrapper.chmod(0o700)
+    monkeypatch.setenv("CC", str(wrapper))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mlp_native._library.__wrapped__() is None
+    (lib,) = fresh_cache.glob("mlp_kernel_*.so")  # it was built, then left unused
+    assert lib.exists()

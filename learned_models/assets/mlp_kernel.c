@@ -3,7 +3,8 @@
  * One call evaluates `members` networks of one structure, each on its own `rows` columns:
  *   in:  member e, feature k, row r at in[e * in_member_stride + k * in_feature_stride + r]
  *   out: member e, output j, row r at out[e * out_member_stride + j * out_feature_stride + r]
- * Rows go through the whole network in tiles of 64 (16 at the tail), so a tile's hidden
+ * Rows go through the whole network in tiles of WIDE * VL rows (64 with AVX-512; one vector's
+ * worth at the tail), so a tile's hidden
  * activations never leave the core's L1/L2 cache and no layer pays a library's per-call setup:
  * that, not a faster product, is what this file is for. Weights come packed by blocks of JB
  * outputs (`pack_layer` in mlp_native.py): for each block its (K, JB) transposed weights, then
@@ -15,12 +16,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define VL 16 /* floats per vector */
-#define JB 6  /* outputs per register tile */
+/* Vector length and tile shape by what the compiler may use here: a tile of JB outputs x WIDE
+ * vectors of rows keeps its JB * WIDE accumulators in registers (AVX-512 has 32 vector registers,
+ * AVX2 16). Wider vectors written for a narrower machine would compile, as several instructions
+ * each, but their accumulators would no longer fit. Without AVX2 and FMA (SSE, NEON) the build
+ * has 4-float vectors, and mlp_native does not use it (lyagym_mlp_vector_floats): measured with
+ * SSE2 it ran 4x slower than torch's layers, which pick their instructions at run time. */
+#if defined(__AVX512F__)
+#define VL 16
+#define WIDE 4
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VL 8
+#define WIDE 2
+#else
+#define VL 4
+#define WIDE 2
+#endif
+#define JB 6 /* outputs per register tile; the packing in mlp_native.py uses the same */
 
-typedef float vf __attribute__((vector_size(4 * VL)));
-typedef int vi __attribute__((vector_size(4 * VL)));
-typedef float vf_unaligned __attribute__((vector_size(4 * VL), aligned(4)));
+typedef float vf __attribute__((vector_size(sizeof(float) * VL)));
+typedef int vi __attribute__((vector_size(sizeof(float) * VL)));
+typedef float vf_unaligned __attribute__((vector_size(sizeof(float) * VL), aligned(4)));
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
 
@@ -89,7 +105,7 @@ static inline vf activate(vf a, int act) {
         }                                                                                                       \
     }
 
-DEFINE_LAYER(layer_wide, 4)
+DEFINE_LAYER(layer_wide, WIDE)
 DEFINE_LAYER(layer_narrow, 1)
 
 typedef struct {
@@ -104,13 +120,13 @@ typedef struct {
     long rows, members;
 } job_t;
 
-/* A member's rows split into tiles: full 64-row tiles, then 16-row tiles for the tail. */
-static long tiles_per_member(long rows) { return rows / (4 * VL) + (rows % (4 * VL) + VL - 1) / VL; }
+/* A member's rows split into tiles: full WIDE * VL-row tiles, then VL-row tiles for the tail. */
+static long tiles_per_member(long rows) { return rows / (WIDE * VL) + (rows % (WIDE * VL) + VL - 1) / VL; }
 
 static void tile_span(long rows, long t, long *start, long *width) {
-    long wide = rows / (4 * VL);
-    if (t < wide) { *start = t * 4 * VL; *width = 4 * VL; return; }
-    *start = wide * 4 * VL + (t - wide) * VL;
+    long wide = rows / (WIDE * VL);
+    if (t < wide) { *start = t * WIDE * VL; *width = WIDE * VL; return; }
+    *start = wide * WIDE * VL + (t - wide) * VL;
     *width = VL;
 }
 
@@ -118,7 +134,7 @@ static int run(const job_t *job) {
     long maxw = 0;
     for (long i = 0; i <= job->layers; i++)
         if (job->widths[i] > maxw) maxw = job->widths[i];
-    const long T = 4 * VL;
+    const long T = WIDE * VL;
     float *scratch = malloc(sizeof(float) * (size_t)(4 * maxw * T)); /* two hidden buffers, padded in and out */
     if (!scratch) return -1;
     float *bufs[2] = {scratch, scratch + maxw * T}, *pad_in = scratch + 2 * maxw * T, *pad_out = scratch + 3 * maxw * T;
@@ -161,3 +177,6 @@ int lyagym_mlp(long layers, const long *widths, const int *acts, const float *co
                  rows, members};
     return run(&job);
 }
+
+/* Floats per vector of this build: 16 (AVX-512), 8 (AVX2 with FMA) or 4 (anything else). */
+int lyagym_mlp_vector_floats(void) { return VL; }
