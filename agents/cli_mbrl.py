@@ -84,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-real-steps", type=integer(1), default=None,
                         help="pets/mbpo: no episode starts once the run has taken this many real steps (--episodes stays the cap)")
     parser.add_argument("--episode-steps", type=integer(1), default=None, help="real env steps per episode (default: the env's adapter, 200 for the pendulum)")
-    parser.add_argument("--steps", type=integer(1), default=20000, help="real env steps for sac/ppo")
+    parser.add_argument("--steps", type=integer(1), default=20000,
+                        help="real env steps for sac/ppo (ppo collects whole rollouts of 1024 steps: beyond 1024 the budget "
+                             "rounds up to a multiple of them)")
     parser.add_argument("--planner", default=None, choices=["mppi", "cem", "icem", "gradient"], help="default mppi")
     parser.add_argument("--horizon", type=integer(1), default=None, help="planner horizon (default: the adapter's; 50 for one link, 15 for more)")
     parser.add_argument("--samples", dest="num_samples", type=integer(1), default=None, help="candidate sequences per iteration (default 300)")
@@ -232,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         last = rows[-1]
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("final_angle_error", "max_abs_angle", "min_tip_height", "max_position"))
-        print(f"{args.algo}: {len(rows)} episodes, {last['real_steps']} real steps, last return {last['return']:.1f}"
-              f"{', ' + metrics if metrics else ''}; log in {args.out}/episodes.csv")
+        # A model-free baseline's budget may end inside an episode, which then has no row.
+        steps = (f"{len(rows)} finished episode{'s' * (len(rows) != 1)}, the last ending at real step {last['real_steps']} of {args.steps}"
+                 if args.algo in ("sac", "ppo") and last["real_steps"] != args.steps else f"{len(rows)} episodes, {last['real_steps']} real steps")
+        print(f"{args.algo}: {steps}, last return {last['return']:.1f}{', ' + metrics if metrics else ''}; log in {args.out}/episodes.csv")
     return 0

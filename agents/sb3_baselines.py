@@ -110,6 +110,13 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
             return True
 
     kwargs = {**defaults, **algo_kwargs}
+    if "n_steps" in kwargs and "n_steps" not in algo_kwargs and total_steps < kwargs["n_steps"]:
+        # An on-policy learner collects whole rollouts of n_steps: with fewer steps asked for it
+        # would take n_steps (PPO: 1024 real steps for --steps 300). One rollout of exactly the
+        # steps asked for instead, in minibatches of a size that divides it.
+        kwargs["n_steps"] = max(2, int(total_steps))
+        if "batch_size" not in algo_kwargs:
+            kwargs["batch_size"] = _dividing_batch(kwargs["n_steps"], kwargs["batch_size"])
     model = getattr(stable_baselines3, cls_name)("MlpPolicy", env, seed=seed, device=device, verbose=0, **kwargs)
     model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))
     model.learn(total_timesteps=int(total_steps), callback=EpisodeLogger(), progress_bar=progress and _has_rich())
@@ -120,6 +127,12 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "model.zip"))
     return rows
+
+
+def _dividing_batch(rows: int, largest: int) -> int:
+    """The largest minibatch size <= ``largest`` (and >= 2) that divides ``rows`` (SB3 warns of a
+    truncated last minibatch otherwise), or ``rows`` itself where none does."""
+    return next((b for b in range(min(largest, rows), 1, -1) if rows % b == 0), rows)
 
 
 def sb3_logger(out_dir: str | None = None, *, tensorboard_dir: str | None = None, continue_until: tuple[str, float] | None = None):

@@ -417,3 +417,17 @@ def test_train_settle_makes_the_saved_certificate_settle_the_training_box_in_tim
     assert main(["train", "--kind", "simple", "--settle", "0.01", "3", "--out", str(tmp_path / "s.pt")]) == 2
     assert "--settle: only stable models" in capsys.readouterr().err
     assert main(base[:-1] + [str(tmp_path / "n.pt"), "--settle", "0.01", "0"]) == 2
+
+
+def test_ppo_with_fewer_steps_than_its_rollout_takes_only_those(tmp_path, monkeypatch):
+    """PPO collects whole rollouts of ``n_steps`` (1024 by default): asked for 50 real steps it
+    would take 1024. Its rollout is then the budget, in minibatches that divide it."""
+    from lyagym.agents.sb3_baselines import _dividing_batch, train_baseline
+
+    _sb3_tempdir(monkeypatch, tmp_path)
+    env = make_pendulum_env(1, dt=0.05, episode_steps=20)
+    rows = train_baseline("ppo", env, 50, seed=0, out_dir=str(tmp_path), progress=False, policy_kwargs={"net_arch": [8]},
+                          n_epochs=1)
+    assert [r["real_steps"] for r in rows] == [20, 40]  # the third episode is cut at step 50
+    assert max(int(float(r["time/total_timesteps"])) for r in read_csv(str(tmp_path / "progress.csv"))) == 50
+    assert _dividing_batch(50, 64) == 50 and _dividing_batch(300, 64) == 60 and _dividing_batch(293, 64) == 293

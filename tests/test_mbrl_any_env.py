@@ -453,3 +453,15 @@ def test_cli_pets_with_a_control_lyapunov_function_says_what_it_certifies(tmp_pa
         assert "prove its certificate with `lyagym verify`" in line
     else:
         assert "certifies no region yet (rho = 0" in line
+
+
+def test_cli_baseline_says_where_its_last_finished_episode_ended(tmp_path, capsys, monkeypatch):
+    """A model-free budget may end inside an episode: the summary says so instead of reporting the
+    last finished episode's step count as the run's."""
+    import tempfile
+
+    from lyagym.agents.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # SB3 writes nothing of its own there
+    assert main(["mbrl", "--env", "Pendulum-v1", "--algo", "ppo", "--steps", "250", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert "ppo: 1 finished episode, the last ending at real step 200 of 250" in capsys.readouterr().out
