@@ -4,9 +4,9 @@ Each (env, method, seed) **cell** is one independent run: it is stored in
 ``OUT/<env>/<method>/seed<s>-<settings hash>/cell.json`` when it finishes and reused by any
 later invocation with the same settings (``--rerun`` forces it; ``--stored-only`` only
 summarises). A PETS or MBPO cell interrupted midway resumes from its run folder's committed
-state, as an uninterrupted run would have gone on; a SAC cell starts over (SB3's ``learn`` keeps
-the real env mid-episode between its episodes' resets, and Gymnasium has no general way to save
-an env's state). Cells run one after the other, in ``--workers N`` local processes,
+state, as an uninterrupted run would have gone on; a SAC cell starts over (going on exactly
+where SB3's ``learn`` stopped would need its loop's state and the real env's random state at
+each of the resets it does itself; not done). Cells run one after the other, in ``--workers N`` local processes,
 or on a Ray cluster (``--backend ray``, the ``ray`` extra); the stored results are the same
 whichever way they ran (each cell seeds everything it uses and runs on one thread).
 
