@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=integer(0), default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=folder, default="lyagym-mbrl", help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue a pets or mbpo run from OUT's committed checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue a pets, mbpo or sac run from OUT's committed checkpoint")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log every episode (and SB3's training statistics) as TensorBoard scalars to OUT/tensorboard "
                         "(needs the tensorboard package)")
@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
     mbpo_flags = [flag for flag, dest in MBPO_FLAGS.items() if getattr(args, dest) is not None]
     if mbpo_flags and args.algo != "mbpo":
         return _fail(f"{mbpo_flags[0]} is an MBPO setting: use it with --algo mbpo (got --algo {args.algo})")
-    if args.resume and args.algo not in ("pets", "mbpo"):
-        return _fail(f"--resume works for pets and mbpo runs; {args.algo} runs cannot be resumed (start a new --out)")
+    if args.resume and args.algo not in ("pets", "mbpo", "sac"):
+        return _fail(f"--resume works for pets, mbpo and sac runs; {args.algo} runs cannot be resumed (start a new --out)")
     if os.path.exists(os.path.join(args.out, "episodes.csv")) and not args.resume:
         return _fail(f"{args.out}/episodes.csv exists; pass --resume to continue it or choose another --out")
     try:
@@ -192,8 +192,11 @@ def run(args: argparse.Namespace) -> int:
     if args.algo in ("sac", "ppo"):
         from .sb3_baselines import train_baseline
 
-        rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress,
-                              tensorboard_dir=tensorboard_dir, adapter=adapter)
+        try:
+            rows = train_baseline(args.algo, env, args.steps, seed=args.seed, out_dir=args.out, device=args.device, progress=progress,
+                                  tensorboard_dir=tensorboard_dir, adapter=adapter, resume=args.resume)
+        except (ValueError, FileExistsError) as e:
+            return _fail(str(e))
     else:
         from .mbrl import run_dyna, run_mbpo, run_pets
         from .world_models import certified_kind, is_stabilisable_kind, world_model_for

@@ -13,6 +13,7 @@ import numpy as np
 
 from .adapters import EnvAdapter, make_adapter
 from .mbrl import TensorBoardLog, require_tensorboard, write_csv
+from .run_log import RunFolder
 
 __all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
 
@@ -27,7 +28,8 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                    device: str = "cpu", progress: bool = True, method: str | None = None,
                    on_episode: Callable[[dict], None] | None = None, eval_every: int | None = None,
                    on_eval: Callable[[dict], None] | None = None, tensorboard_dir: str | None = None,
-                   adapter: EnvAdapter | None = None, **algo_kwargs: Any) -> list[dict[str, Any]]:
+                   adapter: EnvAdapter | None = None, resume: bool = False, overwrite: bool = False,
+                   **algo_kwargs: Any) -> list[dict[str, Any]]:
     """Train SB3 ``algo`` (``"sac"`` or ``"ppo"``) on the real ``env`` for ``total_steps``.
 
     Every finished training episode becomes a row ``{method, seed, episode, real_steps,
@@ -35,6 +37,14 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     pendulum's ``final_angle_error``, ``hold_angle_error``); rows go to
     ``out_dir/episodes.csv`` (rewritten atomically after each episode) and the trained
     agent to ``out_dir/model.zip``.
+
+    SAC with ``out_dir`` commits its whole state after every finished episode (``RunFolder``:
+    the agent with its optimisers, the filled part of its replay buffer, SB3's counters and
+    episode statistics, every random-number state, the env's generator as it was before the
+    reset that began the next episode); ``resume=True`` goes on from the last commit exactly
+    as the run would have gone on (same rows, evaluations and weights), ``total_steps`` the
+    whole budget (a larger one extends the run). ``overwrite`` starts over in a folder that
+    holds a run. PPO collects whole rollouts and is not committed (``resume`` refused).
 
     With ``eval_every`` the *deterministic* policy is also evaluated after every
     ``eval_every`` training steps (and before the first) on one episode of a separate copy
@@ -46,21 +56,42 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     With ``tensorboard_dir``, SB3's training statistics, the episode rows (``<method>/...``)
     and the evaluations (``<method>-eval/...``) also go there as TensorBoard scalars.
     """
-    import stable_baselines3
-    from stable_baselines3.common.callbacks import BaseCallback
-
     if algo not in BASELINES:
         raise ValueError(f"unknown baseline {algo!r}; choose one of {sorted(BASELINES)}")
-    cls_name, defaults = BASELINES[algo]
     adapter = adapter or make_adapter(env)
     if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
         raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
     if eval_every is not None and (not isinstance(eval_every, (int, np.integer)) or eval_every < 1):
         raise ValueError(f"eval_every must be None or an int >= 1, got {eval_every!r}")
+    if resume and (algo != "sac" or not out_dir):
+        raise ValueError("resume: only a SAC run with an out_dir can be resumed (PPO collects whole rollouts, which are not committed)")
+    label = method or algo
+    run = None
+    manifest = None
+    if out_dir and algo == "sac":
+        settings = {"method": label, "seed": seed, "eval_every": eval_every, "max_real_steps": int(total_steps),
+                    **{k: repr(v) for k, v in sorted(algo_kwargs.items())}}
+        run = RunFolder(out_dir, algo="sac-baseline", settings=settings)
+        manifest = run.prepare(resume, overwrite)
+    try:
+        return _train(algo, env, int(total_steps), seed=seed, out_dir=out_dir, device=device, progress=progress, label=label,
+                      on_episode=on_episode, eval_every=eval_every, on_eval=on_eval, tensorboard_dir=tensorboard_dir,
+                      adapter=adapter, run=run, manifest=manifest, algo_kwargs=algo_kwargs)
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _train(algo: str, env: gym.Env, total_steps: int, *, seed: int, out_dir: str | None, device: str, progress: bool,
+           label: str, on_episode, eval_every, on_eval, tensorboard_dir, adapter: EnvAdapter, run: RunFolder | None,
+           manifest: dict[str, Any] | None, algo_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    import stable_baselines3
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    cls_name, defaults = BASELINES[algo]
     rows: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    label = method or algo
     tb_episodes = TensorBoardLog(tensorboard_dir, label) if tensorboard_dir else None
     tb_evals = TensorBoardLog(os.path.join(tensorboard_dir, "eval"), f"{label}-eval") if tensorboard_dir and eval_every else None
     eval_env = gym.make(env.spec) if eval_every and env.spec is not None else env
@@ -79,12 +110,19 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
     class EpisodeLogger(BaseCallback):
         def __init__(self):
             super().__init__()
-            self.ret, self.states = 0.0, None
+            self.ret, self.states, self.commit_pending = 0.0, None, False
 
         def _on_training_start(self) -> None:
             self.states = [adapter.state(self.model._last_obs[0])]
-            if eval_every:
+            if eval_every and not resumed:
                 evaluate(self.model, 0)
+
+        def _on_rollout_start(self) -> None:
+            # The step that ended an episode is stored and trained on by now, and the env has
+            # begun the next episode: the state a resume needs.
+            if self.commit_pending:
+                self.commit_pending = False
+                _commit_sac(run, self.model, recorder, rows, evaluations)
 
         def _on_step(self) -> bool:
             if eval_every and self.num_timesteps % eval_every == 0:
@@ -107,8 +145,10 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
                 if on_episode is not None:
                     on_episode(row)
                 self.ret, self.states = 0.0, [adapter.state(self.locals["new_obs"][0])]
+                self.commit_pending = run is not None
             return True
 
+    recorder = _ResetRecorder(env)
     kwargs = {**defaults, **algo_kwargs}
     if "n_steps" in kwargs and "n_steps" not in algo_kwargs and total_steps < kwargs["n_steps"]:
         # An on-policy learner collects whole rollouts of n_steps: with fewer steps asked for it
@@ -117,9 +157,22 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
         kwargs["n_steps"] = max(2, int(total_steps))
         if "batch_size" not in algo_kwargs:
             kwargs["batch_size"] = _dividing_batch(kwargs["n_steps"], kwargs["batch_size"])
-    model = getattr(stable_baselines3, cls_name)("MlpPolicy", env, seed=seed, device=device, verbose=0, **kwargs)
-    model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))
-    model.learn(total_timesteps=int(total_steps), callback=EpisodeLogger(), progress_bar=progress and _has_rich())
+    cls = getattr(stable_baselines3, cls_name)
+    resumed = manifest is not None
+    if resumed:
+        model = _restore_sac(cls, run, manifest, recorder, device, rows, evaluations)
+        model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir, continue_until=("time/total_timesteps", model.num_timesteps)))
+        remaining = total_steps - model.num_timesteps
+    else:
+        model = cls("MlpPolicy", recorder, seed=seed, device=device, verbose=0, **kwargs)
+        model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))
+        remaining = total_steps
+    if remaining > 0:
+        logger = EpisodeLogger()
+        model.learn(total_timesteps=remaining, callback=logger, progress_bar=progress and _has_rich(),
+                    reset_num_timesteps=not resumed)
+        if logger.commit_pending:  # the budget ended with an episode: commit it (a resume then has nothing to redo)
+            _commit_sac(run, model, recorder, rows, evaluations)
     for log in (tb_episodes, tb_evals):
         if log is not None:
             log.close()
@@ -127,6 +180,98 @@ def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, 
         os.makedirs(out_dir, exist_ok=True)
         model.save(os.path.join(out_dir, "model.zip"))
     return rows
+
+
+class _ResetRecorder(gym.Wrapper):
+    """The env unchanged, but remembering its generator's state before each reset: SB3 resets
+    the env itself when an episode ends, so that state is what a resume needs to begin the same
+    next episode."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.before_reset: dict[str, Any] | None = None
+
+    def reset(self, *, seed=None, options=None):
+        self.before_reset = None if seed is not None else _generator_state(self.env.unwrapped)
+        return self.env.reset(seed=seed, options=options)
+
+
+def _generator_state(env: gym.Env) -> dict[str, Any] | None:
+    generator = getattr(env, "_np_random", None)  # None until the env was first seeded
+    return None if generator is None else generator.bit_generator.state
+
+
+_SAC_STATE = "sac_state.pt"
+_REPLAY_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _commit_sac(run: RunFolder, model, recorder: _ResetRecorder, rows: list[dict], evaluations: list[dict]) -> None:
+    """Commit a SAC baseline between two episodes (see ``train_baseline``)."""
+    import random
+
+    import torch
+
+    buffer = model.replay_buffer
+    filled = buffer.buffer_size if buffer.full else buffer.pos
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    # Tensors, strings and numbers only, so that a resume reads it with torch.load(weights_only=True).
+    state = {
+        "replay": {name: torch.from_numpy(np.array(getattr(buffer, name)[:filled])) for name in _REPLAY_FIELDS
+                   if getattr(buffer, name, None) is not None},
+        "replay_pos": int(buffer.pos), "replay_full": bool(buffer.full),
+        "episode_info": [{k: float(v) for k, v in info.items()} for info in model.ep_info_buffer or []],
+        "episode_success": [float(v) for v in model.ep_success_buffer or []],
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)),
+        "python_rng": random.getstate(),
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+        "env_rng_before_reset": recorder.before_reset,
+    }
+    run.commit(rows, {"sac.zip": lambda p: model.save(p), _SAC_STATE: lambda p: torch.save(state, p),
+                      "evaluations.csv": lambda p: write_csv(p, evaluations)},
+               extra={"num_timesteps": int(model.num_timesteps)})
+
+
+def _restore_sac(cls, run: RunFolder, manifest: dict[str, Any], recorder: _ResetRecorder, device: str,
+                 rows: list[dict], evaluations: list[dict]):
+    """The committed SAC, its replay, counters and random-number states, and the env at the
+    start of the episode that followed the commit."""
+    import random
+    from collections import deque
+
+    import torch
+
+    from .run_log import read_csv
+
+    state = torch.load(run.file(manifest, _SAC_STATE), weights_only=True)
+    model = cls.load(run.file(manifest, "sac.zip"), env=recorder, device=device, force_reset=True)  # reseeds: undone below
+    buffer = model.replay_buffer
+    for name, values in state["replay"].items():
+        getattr(buffer, name)[:len(values)] = values.numpy()
+    buffer.pos, buffer.full = state["replay_pos"], state["replay_full"]
+    model.ep_info_buffer = deque([{k: (int(v) if k == "l" else v) for k, v in info.items()} for info in state["episode_info"]],
+                                 maxlen=model._stats_window_size)
+    model.ep_success_buffer = deque(state["episode_success"], maxlen=model._stats_window_size)
+    torch.set_rng_state(state["torch_rng"])
+    kind, keys, position, has_gauss, gauss = state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, python_gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), python_gauss))
+    model.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    # The episode after the commit began with a reset the env drew from its generator: draw it again.
+    if hasattr(model.env, "_reset_seeds"):  # load's reseeding left a seed pending for the next reset
+        model.env._reset_seeds()
+    else:
+        model.env._seeds = [None] * model.env.num_envs
+    unwrapped = recorder.env.unwrapped
+    if state["env_rng_before_reset"] is not None:
+        unwrapped.np_random.bit_generator.state = state["env_rng_before_reset"]
+    model._last_obs = model.env.reset()
+    model._last_episode_starts = np.ones((model.env.num_envs,), dtype=bool)
+    rows.extend(read_csv(run.file(manifest, "episodes.csv")))
+    scored = run.file(manifest, "evaluations.csv")
+    evaluations.extend(read_csv(scored) if os.path.exists(scored) else [])  # none without eval_every
+    return model
 
 
 def _dividing_batch(rows: int, largest: int) -> int:

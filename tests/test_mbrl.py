@@ -4,6 +4,7 @@ checkpoints, MPC on true physics stabilises the upright pendulum, and the CLI ru
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -431,3 +432,56 @@ def test_ppo_with_fewer_steps_than_its_rollout_takes_only_those(tmp_path, monkey
     assert [r["real_steps"] for r in rows] == [20, 40]  # the third episode is cut at step 50
     assert max(int(float(r["time/total_timesteps"])) for r in read_csv(str(tmp_path / "progress.csv"))) == 50
     assert _dividing_batch(50, 64) == 50 and _dividing_batch(300, 64) == 60 and _dividing_batch(293, 64) == 293
+
+
+def test_sac_baseline_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """A SAC run killed inside its third episode and resumed from its last commit (after the
+    first) gives the same episodes, evaluations and final weights as a run that was not."""
+    import torch
+    from stable_baselines3 import SAC
+
+    from lyagym.agents.sb3_baselines import train_baseline
+
+    _sb3_tempdir(monkeypatch, tmp_path)
+    options = dict(seed=3, progress=False, eval_every=30, learning_starts=10, batch_size=16, policy_kwargs={"net_arch": [16, 16]})
+
+    from lyagym.agents import sb3_baselines
+
+    restored_at = []
+    restore = sb3_baselines._restore_sac
+
+    def spy(*args):
+        model = restore(*args)
+        restored_at.append(model.num_timesteps)
+        return model
+
+    monkeypatch.setattr(sb3_baselines, "_restore_sac", spy)
+
+    def run(folder, **extra):
+        env = make_pendulum_env(1, dt=0.05, episode_steps=20)
+        return train_baseline("sac", env, 100, out_dir=str(tmp_path / folder), **options, **extra)
+
+    whole = run("whole")
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_third(row):
+        if row["episode"] == 1:  # the second episode's row is written, its commit would come at the next step
+            raise Killed
+
+    with pytest.raises(Killed):
+        run("killed", on_episode=kill_in_third)
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["num_timesteps"] == 20
+    with pytest.raises(FileExistsError):
+        run("killed")  # neither resume nor overwrite: the saved run is kept
+    resumed = run("killed", resume=True)
+    assert restored_at == [20]  # from the commit after the first episode, not from the start
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(whole) and len(whole) == 5
+    assert read_csv(str(tmp_path / "killed" / "evaluations.csv")) == read_csv(str(tmp_path / "whole" / "evaluations.csv"))
+    a, b = (SAC.load(str(tmp_path / f / "model.zip")).policy.state_dict() for f in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert run("killed", resume=True) and json.loads((tmp_path / "killed" / "manifest.json").read_text())["num_timesteps"] == 100
+    with pytest.raises(ValueError, match="only a SAC run"):
+        train_baseline("ppo", make_pendulum_env(1, dt=0.05, episode_steps=20), 50, out_dir=str(tmp_path / "p"), resume=True)

@@ -465,3 +465,21 @@ def test_cli_baseline_says_where_its_last_finished_episode_ended(tmp_path, capsy
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # SB3 writes nothing of its own there
     assert main(["mbrl", "--env", "Pendulum-v1", "--algo", "ppo", "--steps", "250", "--no-progress", "--out", str(tmp_path / "p")]) == 0
     assert "ppo: 1 finished episode, the last ending at real step 200 of 250" in capsys.readouterr().out
+
+
+def test_cli_sac_run_resumes_and_extends(tmp_path, capsys, monkeypatch):
+    """``lyagym mbrl --algo sac --resume`` goes on from the last finished episode's commit, here
+    with a larger budget (no evaluations in this run: nothing of them to restore)."""
+    import tempfile
+
+    from lyagym.agents.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = str(tmp_path / "sac")
+    args = ["mbrl", "--env", "Pendulum-v1", "--algo", "sac", "--no-progress", "--out", out]
+    assert main([*args, "--steps", "205"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--steps", "405"]) == 2  # not without --resume: the saved run is kept
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--steps", "405", "--resume"]) == 0
+    assert "sac: 2 finished episodes, the last ending at real step 400 of 405" in capsys.readouterr().out

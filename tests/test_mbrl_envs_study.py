@@ -66,6 +66,39 @@ def test_a_killed_mbpo_cell_goes_on_from_its_last_committed_episode(tmp_path, mo
         [{k: v for k, v in r.items() if k != "wall_s"} for r in whole["episodes"]]
 
 
+def test_a_killed_sac_cell_goes_on_from_its_last_committed_episode(tmp_path, monkeypatch):
+    """The reference's cells resume too: killed in its second episode, a quick SAC cell goes on
+    from the first and stores what an uninterrupted cell stores."""
+    import argparse
+
+    import lyagym.agents.sb3_baselines as baselines
+    from lyagym.agents.reproduce import mbrl_envs
+
+    parser = argparse.ArgumentParser()
+    mbrl_envs.add_arguments(parser)
+    settings = mbrl_envs.cell_settings("Pendulum-v1", "sac", parser.parse_args(["--quick"]))
+    whole = mbrl_envs.run_cell(settings, 0, str(tmp_path / "whole"))
+
+    class Killed(Exception):
+        pass
+
+    def stop(row):
+        if row["episode"] == 1:
+            raise Killed
+
+    started = []
+    train = baselines.train_baseline
+    monkeypatch.setattr(baselines, "train_baseline", lambda *a, **kw: started.append(kw["resume"]) or train(*a, on_episode=stop, **kw))
+    with pytest.raises(Killed):
+        mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    monkeypatch.setattr(baselines, "train_baseline", lambda *a, **kw: started.append(kw["resume"]) or train(*a, **kw))
+    resumed = mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    assert started == [False, True]
+    assert len(whole["episodes"]) == 5 and [r["real_steps"] for r in whole["evaluations"]] == [0, 100, 200, 300]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert resumed["evaluations"] == whole["evaluations"] and strip(resumed["episodes"]) == strip(whole["episodes"])
+
+
 def test_study_refuses_bad_arguments(tmp_path, capsys):
     assert main(["reproduce", "mbrl-envs", "--methods", "pets-bogus", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "mbrl-envs", "--workers", "0", "--out", str(tmp_path)]) == 2

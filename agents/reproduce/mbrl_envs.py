@@ -3,10 +3,9 @@
 Each (env, method, seed) **cell** is one independent run: it is stored in
 ``OUT/<env>/<method>/seed<s>-<settings hash>/cell.json`` when it finishes and reused by any
 later invocation with the same settings (``--rerun`` forces it; ``--stored-only`` only
-summarises). A PETS or MBPO cell interrupted midway resumes from its run folder's committed
-state, as an uninterrupted run would have gone on; a SAC cell starts over (going on exactly
-where SB3's ``learn`` stopped would need its loop's state and the real env's random state at
-each of the resets it does itself; not done). Cells run one after the other, in ``--workers N`` local processes,
+summarises). A PETS, MBPO or SAC cell interrupted midway resumes from its run folder's committed
+state, as an uninterrupted run would have gone on, and so does a SAC cell (``train_baseline``
+commits SAC after every episode). Cells run one after the other, in ``--workers N`` local processes,
 or on a Ray cluster (``--backend ray``, the ``ray`` extra); the stored results are the same
 whichever way they ran (each cell seeds everything it uses and runs on one thread).
 
@@ -286,9 +285,16 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
     if method == "sac":
         evaluations: list[dict] = []
         steps = 300 if quick else settings["sac_steps"]
-        episodes = train_baseline("sac", env, steps, seed=seed, out_dir=os.path.join(cell_dir, "run"), device=device,
-                                  progress=progress, eval_every=100 if quick else settings["eval_every"], on_eval=evaluations.append,
-                                  adapter=adapter, method="sac", **({"learning_starts": 50} if quick else {}))
+        run_dir = os.path.join(cell_dir, "run")
+        resume = os.path.exists(os.path.join(run_dir, "manifest.json"))  # a killed cell goes on from its last episode
+        episodes = train_baseline("sac", env, steps, seed=seed, out_dir=run_dir, device=device, progress=progress,
+                                  eval_every=100 if quick else settings["eval_every"], on_eval=evaluations.append,
+                                  adapter=adapter, method="sac", resume=resume, overwrite=not resume,
+                                  **({"learning_starts": 50} if quick else {}))
+        if resume:  # the evaluations before the commit it went on from, and those after it
+            from lyagym.agents.run_log import read_csv
+
+            evaluations = read_csv(os.path.join(run_dir, "evaluations.csv"))
         return {"evaluations": evaluations, "episodes": episodes}
     algo, kind = method.split("-", 1)
     config, model = _cell_config_and_model(settings, adapter, seed, device)

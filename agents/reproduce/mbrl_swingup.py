@@ -585,8 +585,13 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     if method in ("sac", "ppo"):
         steps = args.sac_steps if method == "sac" else (args.ppo_steps or args.sac_steps)
         evaluations: list[dict] = []
+        resume = method == "sac" and os.path.exists(os.path.join(run_dir, "manifest.json"))  # a killed SAC cell goes on
         episodes = train_baseline(method, env, steps, seed=seed, out_dir=run_dir, device=args.device, progress=progress,
-                                  eval_every=args.eval_every, on_eval=evaluations.append)
+                                  eval_every=args.eval_every, on_eval=evaluations.append, resume=resume, overwrite=not resume)
+        if resume:  # the evaluations before the commit it went on from, and those after it
+            from lyagym.agents.run_log import read_csv
+
+            evaluations = read_csv(os.path.join(run_dir, "evaluations.csv"))
         for r in evaluations:
             r["steps_used"] = steps
         return {"evaluations": evaluations, "episodes": episodes}
