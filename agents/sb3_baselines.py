@@ -227,6 +227,8 @@ def _commit_sac(run: RunFolder, model, recorder: _ResetRecorder, rows: list[dict
         "action_space_rng": model.action_space.np_random.bit_generator.state,
         "env_rng_before_reset": recorder.before_reset,
     }
+    if model.device.type == "cuda":  # the policy samples its actions on the GPU's generator
+        state["cuda_rng"] = torch.cuda.get_rng_state(model.device)
     run.commit(rows, {"sac.zip": lambda p: model.save(p), _SAC_STATE: lambda p: torch.save(state, p),
                       "evaluations.csv": lambda p: write_csv(p, evaluations)},
                extra={"num_timesteps": int(model.num_timesteps)})
@@ -253,6 +255,8 @@ def _restore_sac(cls, run: RunFolder, manifest: dict[str, Any], recorder: _Reset
                                  maxlen=model._stats_window_size)
     model.ep_success_buffer = deque(state["episode_success"], maxlen=model._stats_window_size)
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and model.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], model.device)
     kind, keys, position, has_gauss, gauss = state["numpy_rng"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     version, internal, python_gauss = state["python_rng"]
