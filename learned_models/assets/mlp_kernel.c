@@ -4,9 +4,8 @@
  *   in:  member e, feature k, row r at in[e * in_member_stride + k * in_feature_stride + r]
  *   out: member e, output j, row r at out[e * out_member_stride + j * out_feature_stride + r]
  * Rows go through the whole network in tiles of WIDE * VL rows (64 with AVX-512; one vector's
- * worth at the tail), so a tile's hidden
- * activations never leave the core's L1/L2 cache and no layer pays a library's per-call setup:
- * that, not a faster product, is what this file is for. Weights come packed by blocks of JB
+ * worth at the tail), so a tile's hidden activations never leave the core's L1/L2 cache and no
+ * layer pays a library's per-call setup: that, not a faster product, is what this file is for. Weights come packed by blocks of JB
  * outputs (`pack_layer` in mlp_native.py): for each block its (K, JB) transposed weights, then
  * its JB biases. Written with GCC/Clang vector extensions, so the compiler picks the widest
  * vectors the machine has (-march=native). One thread: where torch runs several, mlp_native
