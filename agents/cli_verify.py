@@ -33,31 +33,29 @@ import sys
 __all__ = ["add_arguments", "run"]
 
 
-def _pair(text: str) -> tuple[float, float]:
+def _parse_pair(text: str, *, fixed: bool) -> tuple[float, float]:
+    """``LO,HI`` as two finite floats, LO < HI (``fixed``: LO <= HI, LO = HI fixing a value)."""
     import math
 
-    parts = text.split(",")
+    example = "-2,2; 0,0 fixes the input" if fixed else "-3.1416,3.1416"
     try:
-        lo, hi = (float(p) for p in parts)
+        lo, hi = (float(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. -3.1416,3.1416), got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise argparse.ArgumentTypeError(f"expected finite LO < HI, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. {example}), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and (lo <= hi if fixed else lo < hi)):
+        relation = "LO <= HI (LO = HI fixes the input)" if fixed else "LO < HI"
+        raise argparse.ArgumentTypeError(f"expected finite {relation}, got {text!r}")
     return lo, hi
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """``--box``: LO,HI with LO < HI."""
+    return _parse_pair(text, fixed=False)
 
 
 def _input_pair(text: str) -> tuple[float, float]:
     """``--u-box``: LO,HI with LO <= HI (LO = HI fixes that input, e.g. 0,0 for no input)."""
-    import math
-
-    parts = text.split(",")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. -2,2; 0,0 fixes the input), got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise argparse.ArgumentTypeError(f"expected finite LO <= HI (LO = HI fixes the input), got {text!r}")
-    return lo, hi
+    return _parse_pair(text, fixed=True)
 
 
 def _rho(text: str) -> float | str:

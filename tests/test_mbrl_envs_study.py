@@ -34,69 +34,58 @@ def test_worker_processes_store_the_same_cells_as_a_serial_run(tmp_path, capsys)
     assert "## Pendulum-v1" in capsys.readouterr().out
 
 
-def test_a_killed_mbpo_cell_goes_on_from_its_last_committed_episode(tmp_path, monkeypatch):
-    """A cell whose worker died after its first episode was committed resumes there when the
-    study runs it again, and stores what an uninterrupted cell stores."""
+def _killed_and_resumed(tmp_path, monkeypatch, method: str, module, name: str, killed_after: int):
+    """Run a quick cell whole, then again killed when its episode ``killed_after`` ends (by its
+    loop ``module.name``), then again: ``(whole, resumed, resume flags the loop saw)``."""
     import argparse
 
-    import lyagym.agents.mbrl as mbrl
     from lyagym.agents.reproduce import mbrl_envs
 
     parser = argparse.ArgumentParser()
     mbrl_envs.add_arguments(parser)
-    settings = mbrl_envs.cell_settings("Pendulum-v1", "mbpo-simple", parser.parse_args(["--quick"]))
+    settings = mbrl_envs.cell_settings("Pendulum-v1", method, parser.parse_args(["--quick"]))
     whole = mbrl_envs.run_cell(settings, 0, str(tmp_path / "whole"))
 
     class Killed(Exception):
         pass
 
     def stop(row):
-        raise Killed
+        if row["episode"] == killed_after:
+            raise Killed
 
     started = []
-    run_mbpo = mbrl.run_mbpo
-    monkeypatch.setattr(mbrl, "run_mbpo", lambda *a, **kw: started.append(kw["resume"]) or run_mbpo(*a, on_episode=stop, **kw))
+    loop = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: started.append(kw["resume"]) or loop(*a, on_episode=stop, **kw))
     with pytest.raises(Killed):
         mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
-    monkeypatch.setattr(mbrl, "run_mbpo", lambda *a, **kw: started.append(kw["resume"]) or run_mbpo(*a, **kw))
-    resumed = mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    monkeypatch.setattr(module, name, lambda *a, **kw: started.append(kw["resume"]) or loop(*a, **kw))
+    return whole, mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut")), started
+
+
+def _without_times(rows):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def test_a_killed_mbpo_cell_goes_on_from_its_last_committed_episode(tmp_path, monkeypatch):
+    """A cell whose worker died after its first episode was committed resumes there when the
+    study runs it again, and stores what an uninterrupted cell stores."""
+    import lyagym.agents.mbrl as mbrl
+
+    whole, resumed, started = _killed_and_resumed(tmp_path, monkeypatch, "mbpo-simple", mbrl, "run_mbpo", killed_after=0)
     assert started == [False, True]
     assert len(whole["episodes"]) == 2 and whole["evaluations"] and resumed["evaluations"] == whole["evaluations"]
-    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed["episodes"]] == \
-        [{k: v for k, v in r.items() if k != "wall_s"} for r in whole["episodes"]]
+    assert _without_times(resumed["episodes"]) == _without_times(whole["episodes"])
 
 
 def test_a_killed_sac_cell_goes_on_from_its_last_committed_episode(tmp_path, monkeypatch):
     """The reference's cells resume too: killed in its second episode, a quick SAC cell goes on
     from the first and stores what an uninterrupted cell stores."""
-    import argparse
-
     import lyagym.agents.sb3_baselines as baselines
-    from lyagym.agents.reproduce import mbrl_envs
 
-    parser = argparse.ArgumentParser()
-    mbrl_envs.add_arguments(parser)
-    settings = mbrl_envs.cell_settings("Pendulum-v1", "sac", parser.parse_args(["--quick"]))
-    whole = mbrl_envs.run_cell(settings, 0, str(tmp_path / "whole"))
-
-    class Killed(Exception):
-        pass
-
-    def stop(row):
-        if row["episode"] == 1:
-            raise Killed
-
-    started = []
-    train = baselines.train_baseline
-    monkeypatch.setattr(baselines, "train_baseline", lambda *a, **kw: started.append(kw["resume"]) or train(*a, on_episode=stop, **kw))
-    with pytest.raises(Killed):
-        mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
-    monkeypatch.setattr(baselines, "train_baseline", lambda *a, **kw: started.append(kw["resume"]) or train(*a, **kw))
-    resumed = mbrl_envs.run_cell(settings, 0, str(tmp_path / "cut"))
+    whole, resumed, started = _killed_and_resumed(tmp_path, monkeypatch, "sac", baselines, "train_baseline", killed_after=1)
     assert started == [False, True]
     assert len(whole["episodes"]) == 5 and [r["real_steps"] for r in whole["evaluations"]] == [0, 100, 200, 300]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert resumed["evaluations"] == whole["evaluations"] and strip(resumed["episodes"]) == strip(whole["episodes"])
+    assert resumed["evaluations"] == whole["evaluations"] and _without_times(resumed["episodes"]) == _without_times(whole["episodes"])
 
 
 def test_study_refuses_bad_arguments(tmp_path, capsys):
