@@ -14,7 +14,8 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7] [
    on CPU and on CUDA when present.
 4. MPPI on learned models (the plain ``SimpleDynamics`` MLP, the PETS loop's default
    single model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``, and its ensemble of
-   5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity): states planned per
+   5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity, and the same with
+   certified members, ``"ensemble-stable"``, which has no lowered rollout): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
    at B = 1, for the single models: the network alone (K rows x H steps x 4 RK4 stages, in the
@@ -228,7 +229,8 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
     adapter = make_adapter(gym.make("Pendulum-v1"))
     models = {"SimpleDynamics(2, 1, 100-100), plain MLP": SimpleDynamics(2, 1, hidden=(100, 100), dt=adapter.dt),
               "world_model_for(Pendulum-v1, 'simple'), priors": world_model_for(adapter, "simple"),
-              "world_model_for(Pendulum-v1, 'ensemble'), 5 members, TS-inf": world_model_for(adapter, "ensemble")}
+              "world_model_for(Pendulum-v1, 'ensemble'), 5 members, TS-inf": world_model_for(adapter, "ensemble"),
+              "world_model_for(Pendulum-v1, 'ensemble-stable'), 5 certified members": world_model_for(adapter, "ensemble-stable")}
     cost = PendulumCost(1, "swingup")
     for name, model in models.items():
         model.requires_grad_(False)
@@ -273,7 +275,9 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
             if b == 1:
                 floor = (f"the network alone {t_floor[0] * 1e3:6.1f} ms = {100 * t_floor[0] / t_ours:3.0f}% of ours, "
                          f"{100 * t_floor[0] / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor[0]:4.2f}x; ") if single else ""
-                print(f"    {floor}rollout {t_low * 1e3:6.1f} ms lowered vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
+                lowers = model._lowered_field() if single else model._lowered()
+                how = "lowered" if lowers is not None else "(no lowered path: steps)"
+                print(f"    {floor}rollout {t_low * 1e3:6.1f} ms {how} vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 
 
 def main() -> None:
