@@ -487,8 +487,11 @@ class Ensemble(nn.Module):
     def _raw(self, x: torch.Tensor, u: torch.Tensor | None, shared: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All members at once: ``x: (E, b, n)`` (or ``(b, n)`` for every member with ``shared``)
         -> means ``(E, b, n)`` and unbounded normalised log-variances ``(E, b, n)`` or ``None``."""
-        if self._stacked_mlp_members() and not (_FunctorchState.depth or torch._C._are_functorch_transforms_active()):
+        functorch = _FunctorchState.depth or torch._C._are_functorch_transforms_active()
+        if self._stacked_mlp_members() and not functorch:
             return self._raw_stacked(x, u, shared)
+        if not torch.is_grad_enabled() and not functorch and self._stacked_stable_members():
+            return self._raw_stacked_stable(x, u, shared)  # no autograd: the members' own custom nodes are not needed
         params, buffers = self._stacked_tensors()
         base = self._base
         features = self._features(x, u) if self.probabilistic else None
@@ -517,44 +520,140 @@ class Ensemble(nn.Module):
         ``baddbmm`` per layer for all members instead of ``vmap``'s per-op batching, which at
         training sizes (256 rows per member) costs more than the products themselves."""
         params, buffers = self._stacked_tensors()
-        E, n, m = self.size, self.state_dim, self.action_dim
         if shared:
-            x = x.unsqueeze(0).expand(E, *x.shape)
-            u = None if u is None else u.unsqueeze(0).expand(E, *u.shape)
+            x, u = self._shared_rows(x, u)
+        fhat = self._stacked_fhat(params, buffers)
+        mean = INTEGRATORS[self._base.model.integrator](lambda y: fhat(y, u), x, self.dt)
+        return mean, self._stacked_logvar(params, x, u)
 
-        def mlp_forward(prefix: str, modules: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-            for i, module in enumerate(modules):
-                if isinstance(module, nn.Linear):
-                    w = params[f"{prefix}{i}.weight"]
-                    bias = params.get(f"{prefix}{i}.bias")
-                    h = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-                else:
-                    h = module(h)  # an activation: no parameters, so the meta module runs on real tensors
-            return h
+    def _stacked_stable_members(self) -> bool:
+        """Are the members ``StableDynamics`` / ``StableControlledDynamics`` with the default
+        ``V`` (a convex ICNN: no warp, no learned quadratic) and a ``DynamicsNet`` or MLP
+        ``fhat``, which ``_raw_stacked_stable`` steps without ``vmap``?"""
+        known = getattr(self, "_stable_members", None)
+        if known is None:
+            from .stable import StableControlledDynamics, StableDynamics
 
+            base = self._base.model
+            lyapunov = getattr(base, "lyapunov", None)
+            known = (type(base) in (StableDynamics, StableControlledDynamics) and base.integrator in INTEGRATORS
+                     and lyapunov is not None and lyapunov.warp is None and lyapunov.L is None
+                     and (isinstance(base.fhat, DynamicsNet) or isinstance(base.fhat, nn.Sequential)))
+            object.__setattr__(self, "_stable_members", known)
+        return known
+
+    def _raw_stacked_stable(self, x: torch.Tensor, u: torch.Tensor | None, shared: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``_raw`` for certified members without autograd: each member's ``step`` (eq. 10 at
+        every stage, ``V`` and its gradient from the ICNN's centered pass, the input's slack
+        ``sigma``, the guarantee-keeping rescale) computed for all members at once on their
+        stacked weights with the same plain operations the members run under ``vmap``
+        (``_value_and_grad_plain``, ``_outer``, ``_project_plain``, ``lyapunov_rescale``), so
+        the same function to float rounding without ``vmap``'s per-operation batching."""
+        from .icnn import _split_theta, _unflatten, _value_and_grad_plain, smooth_relu
+        from .integrators import lyapunov_rescale
+        from .lyapunov import _outer
+        from .stable import _project_plain
+
+        params, buffers = self._stacked_tensors()
+        if shared:
+            x, u = self._shared_rows(x, u)
+        base = self._base.model
+        lyapunov, g = base.lyapunov, base.lyapunov.g
+        x_eq = buffers["model.lyapunov.x_eq"].unsqueeze(1)  # (E, 1, n)
+        if base.alpha_bounds is None:
+            alpha = base._alpha_init
+        else:  # StableDynamics._rate, each member's own: (E, 1) against (E, rows)
+            lo, hi = base.alpha_bounds
+            alpha = torch.sigmoid(params["model.alpha_raw"]).mul(hi - lo).add(lo).unsqueeze(-1)
+        W, b, U_raw = _split_theta(params["model.lyapunov.g.theta"], g.widths, g.in_dim)
+        Ud = _unflatten(F.softplus(U_raw) * (1.0 / g.d), g._z_shapes)
+        fhat = self._stacked_fhat(params, buffers)
+        tangent = lyapunov.shift == "tangent"
+        u_sq = None if u is None else (u * u).sum(-1)
+        eq_u = None if u is None else u.new_zeros(u.shape[0], 1, u.shape[-1])
+
+        def slack(z: torch.Tensor) -> torch.Tensor | None:  # sigma(z, u) = gamma sigmoid(s(z, u)) ||u||^2
+            if u is None:
+                return None
+            gate = torch.sigmoid(self._stacked_mlp(params, "model.sigma_net.", base.sigma_net, torch.cat([z, u], -1))).squeeze(-1)
+            return base.input_gain * gate * u_sq
+
+        Vx: list[torch.Tensor] = []
+
+        def field(z: torch.Tensor) -> torch.Tensor:  # StableDynamics._field_and_V
+            precise = z is x
+            z_with_eq = torch.cat([z, x_eq], dim=1)
+            dx = z - x_eq
+            dx_sq = (dx * dx).sum(-1)
+            fhat_out = fhat(z_with_eq, None if u is None else torch.cat([u, eq_u], dim=1))
+            keep = torch.sign(dx_sq if u is None else dx_sq + u_sq)
+            gx, dg = _value_and_grad_plain(z_with_eq, W, b, Ud, g.widths, g.d, True, precise)
+            if not precise:
+                gx = torch.cat([gx[:, :-1] - gx[:, -1:], gx[:, -1:]], dim=1)
+            V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
+            if precise and not Vx:
+                Vx.append(V)
+            return _project_plain(fhat_out[:, :-1] - fhat_out[:, -1:], V, grad_V, alpha, slack(z), keep)
+
+        def V_of(y: torch.Tensor) -> torch.Tensor:  # LyapunovFunction.forward
+            gy, dgy = _value_and_grad_plain(torch.cat([y, x_eq], dim=1), W, b, Ud, g.widths, g.d, tangent, True)
+            dy = y - x_eq
+            dy_sq = (dy * dy).sum(-1)
+            shifted = gy[:, :-1]
+            if tangent:
+                shifted = shifted - (dy * dgy[:, -1:]).sum(-1)
+            return torch.add(smooth_relu(shifted.masked_fill(dy_sq == 0, 0.0), lyapunov.d), dy_sq, alpha=lyapunov.eps)
+
+        mean = INTEGRATORS[base.integrator](field, x, self.dt)
+        if base.keep_guarantee:
+            mean = lyapunov_rescale(x, mean, V_of, alpha, self.dt, x_eq, slack=slack(x), Vx=Vx[0] if Vx else None)
+        return mean, self._stacked_logvar(params, x, u)
+
+    def _shared_rows(self, x: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(batch, ...)`` rows as every member's: ``(E, batch, ...)`` views."""
+        E = self.size
+        return x.unsqueeze(0).expand(E, *x.shape), None if u is None else u.unsqueeze(0).expand(E, *u.shape)
+
+    @staticmethod
+    def _stacked_mlp(params: dict[str, torch.Tensor], prefix: str, modules: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        """``E`` stacked copies of the ``nn.Sequential`` ``modules`` on ``h: (E, rows, in)``."""
+        for i, module in enumerate(modules):
+            if isinstance(module, nn.Linear):
+                w = params[f"{prefix}{i}.weight"]
+                bias = params.get(f"{prefix}{i}.bias")
+                h = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = module(h)  # an activation: no parameters, so the meta module runs on real tensors
+        return h
+
+    def _stacked_logvar(self, params: dict[str, torch.Tensor], x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
+        """The variance heads' unbounded output, every member at once (``None`` if not probabilistic)."""
+        return self._stacked_mlp(params, "logvar_net.", self._base.logvar_net, self._features(x, u)) if self.probabilistic else None
+
+    def _stacked_fhat(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+        """The members' ``fhat`` as one function ``(y: (E, rows, n), u: (E, rows, m) or None) ->
+        (E, rows, n)`` over their stacked weights (a ``DynamicsNet`` or a plain MLP on ``[x, u]``)."""
+        n, m = self.state_dim, self.action_dim
         fhat = self._base.model.fhat
-        if isinstance(fhat, DynamicsNet):  # DynamicsNet.forward, every member at once
-            k = fhat.angle_dims
-            input_scale, output_scale = buffers["model.fhat.input_scale"].unsqueeze(1), buffers["model.fhat.output_scale"].unsqueeze(1)
+        mlp = self._stacked_mlp
+        if not isinstance(fhat, DynamicsNet):  # the paper's plain MLP on [x, u]
+            return lambda y, u: mlp(params, "model.fhat.", fhat, y if u is None else torch.cat([y, u], -1))
+        # DynamicsNet.forward, every member at once
+        k = fhat.angle_dims
+        input_scale, output_scale = buffers["model.fhat.input_scale"].unsqueeze(1), buffers["model.fhat.output_scale"].unsqueeze(1)
 
-            def field(y: torch.Tensor) -> torch.Tensor:
-                scaled = (y[..., k:] if u is None else torch.cat([y[..., k:], u], -1)) / input_scale
-                q = y[..., :k].contiguous()  # sin and cos of a strided slice take ~8x longer
-                parts = [torch.sin(q), torch.cos(q)] if k else []
-                parts.append(scaled[..., : n - k] if fhat.control_affine else scaled)
-                out = mlp_forward("model.fhat.net.", fhat.net, torch.cat(parts, -1))
-                if fhat.control_affine:
-                    drift, gain = out[..., :n], out[..., n:].unflatten(-1, (n, m))
-                    out = drift + (gain @ scaled[..., n - k:].unsqueeze(-1)).squeeze(-1)
-                return out * output_scale
-        else:  # the paper's plain MLP on [x, u]
+        def field(y: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+            scaled = (y[..., k:] if u is None else torch.cat([y[..., k:], u], -1)) / input_scale
+            q = y[..., :k].contiguous()  # sin and cos of a strided slice take ~8x longer
+            parts = [torch.sin(q), torch.cos(q)] if k else []
+            parts.append(scaled[..., : n - k] if fhat.control_affine else scaled)
+            out = mlp(params, "model.fhat.net.", fhat.net, torch.cat(parts, -1))
+            if fhat.control_affine:
+                drift, gain = out[..., :n], out[..., n:].unflatten(-1, (n, m))
+                out = drift + (gain @ scaled[..., n - k:].unsqueeze(-1)).squeeze(-1)
+            return out * output_scale
 
-            def field(y: torch.Tensor) -> torch.Tensor:
-                return mlp_forward("model.fhat.", fhat, y if u is None else torch.cat([y, u], -1))
-
-        mean = INTEGRATORS[self._base.model.integrator](field, x, self.dt)
-        raw = mlp_forward("logvar_net.", self._base.logvar_net, self._features(x, u)) if self.probabilistic else None
-        return mean, raw
+        return field
 
     def _bounded_logvar(self, raw: torch.Tensor) -> torch.Tensor:
         # PETS appendix A.1 (the authors' code): soft, differentiable bounds.

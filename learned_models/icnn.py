@@ -91,10 +91,11 @@ def _z_shapes(widths: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def _unflatten(flat: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-    """Views of consecutive blocks of ``flat`` with ``shapes``."""
+    """Views of consecutive blocks of ``flat`` (``(..., total)``: stacked networks' parameters
+    keep their leading dimensions) with ``shapes``."""
     out, start = [], 0
     for rows, cols in shapes:
-        out.append(flat[start : start + rows * cols].view(rows, cols))
+        out.append(flat[..., start : start + rows * cols].unflatten(-1, (rows, cols)))
         start += rows * cols
     return out
 
@@ -150,19 +151,28 @@ def _centered_activation(a: torch.Tensor, d: float, need_m: bool = True) -> tupl
 
 
 def _centered_activation_plain(a: torch.Tensor, d: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_centered_activation`` batch-major (``a: (batch + 1, width)``, the reference row last),
-    out of place: differentiable by ordinary autograd and batched by ``vmap``."""
-    p, delta = a[-1:], a[:-1]
+    """``_centered_activation`` batch-major (``a: (..., batch + 1, width)``, the reference row
+    last), out of place: differentiable by ordinary autograd and batched by ``vmap``."""
+    p, delta = a[..., -1:, :], a[..., :-1, :]
     P = p.clamp(0.0, d)
     e = p - P
     dC = torch.clamp(delta + e, min=-P, max=d - P)
     M = P + dC
-    return torch.cat([M * delta + dC * (e - 0.5 * dC), (p - 0.5 * P) * P]), torch.cat([M, P])
+    return torch.cat([M * delta + dC * (e - 0.5 * dC), (p - 0.5 * P) * P], dim=-2), torch.cat([M, P], dim=-2)
 
 
 def _centered_input(x: torch.Tensor) -> torch.Tensor:
-    """``[x_i - x_ref; x_ref]`` from ``x = [x_i; x_ref]``: the input of the difference form."""
-    return torch.cat([x[:-1] - x[-1:], x[-1:]])
+    """``[x_i - x_ref; x_ref]`` from ``x = [x_i; x_ref]`` (``(..., batch + 1, in_dim)``): the input
+    of the difference form."""
+    return torch.cat([x[..., :-1, :] - x[..., -1:, :], x[..., -1:, :]], dim=-2)
+
+
+def _affine(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """``bias + x @ weight_t``: ``addmm`` for one network, ``baddbmm`` for stacked ones
+    (``x: (E, batch, k)``, ``weight_t: (E, k, out)``, ``bias: (E, out)`` or ``(E, batch, out)``)."""
+    if x.ndim == 2:
+        return torch.addmm(bias, x, weight_t)
+    return torch.baddbmm(bias if bias.ndim == 3 else bias.unsqueeze(-2), x, weight_t)
 
 
 def _value(x: torch.Tensor, plan: _Plan, d: float, keep: bool = False, centered: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -242,7 +252,9 @@ def _value_and_grad(
 
 def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud: list[torch.Tensor], widths: Sequence[int], d: float,
                           need_grad: bool = True, centered: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(g: (batch,), dg/dx: (batch, in_dim))`` with plain out-of-place ops (for ``functorch_safe``).
+    """``(g: (batch,), dg/dx: (batch, in_dim))`` with plain out-of-place ops (for ``functorch_safe``;
+    with stacked networks' ``W: (E, sum widths, in_dim)``, ``b``, ``Ud`` and ``x: (E, batch,
+    in_dim)`` every member at once: ``(E, batch)``, ``(E, batch, in_dim)``).
 
     The same eq. 11 forward and reverse pass as ``_value_and_grad`` (``1/d`` folded into
     ``Ud[i] = softplus(U_raw_i) / d``, so a layer is ``zh = m (a - m/2) = d sigma(a)`` with
@@ -253,23 +265,23 @@ def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud:
     """
     k = len(Ud)
     if centered:
-        pre = _centered_input(x) @ W.t()
-        pre = torch.cat([pre[:-1], pre[-1:] + b])  # the bias enters the reference row only
+        pre = _centered_input(x) @ W.transpose(-1, -2)
+        pre = torch.cat([pre[..., :-1, :], pre[..., -1:, :] + b.unsqueeze(-2)], dim=-2)  # the bias enters the reference row only
     else:
-        pre = torch.addmm(b, x, W.t())
+        pre = _affine(b, x, W.transpose(-1, -2))
     # split, not slices: its backward is one cat, where each slice's would zero-fill a full-size buffer
-    pre = pre.split(list(widths), dim=-1)  # per layer (batch, widths[i])
+    pre = pre.split(list(widths), dim=-1)  # per layer (..., batch, widths[i])
     ms: list[torch.Tensor] = []
     zh = x
     for i in range(k):
-        a = pre[i] if i == 0 else torch.addmm(pre[i], zh, Ud[i - 1].t())
+        a = pre[i] if i == 0 else _affine(pre[i], zh, Ud[i - 1].transpose(-1, -2))
         if centered:
             zh, m = _centered_activation_plain(a, d)
         else:
             m = a.clamp(0.0, d)  # d sigma'(a)
             zh = torch.sub(a, m, alpha=0.5) * m  # d sigma_d(a), eq. 13
         ms.append(m)
-    g = torch.addmm(pre[k], zh, Ud[-1].t()).squeeze(-1)
+    g = _affine(pre[k], zh, Ud[-1].transpose(-1, -2)).squeeze(-1)
     if not need_grad:
         return g, None
     # delta_i = dg/da_i = (delta_{i+1} Ud_i) m_i, delta_{k-1} = Ud_{k-1} m_{k-1};
@@ -280,8 +292,9 @@ def _value_and_grad_plain(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, Ud:
         delta = (delta @ Ud[i]) * ms[i]
         deltas.append(delta)
     deltas.reverse()
-    rows = W.shape[0] - widths[-1]
-    grad = torch.addmm(W[rows], torch.cat(deltas, dim=-1), W[:rows])
+    rows = W.shape[-2] - widths[-1]
+    last = W[rows] if W.ndim == 2 else W[:, rows:rows + 1]  # the output layer's input weights
+    grad = _affine(last, torch.cat(deltas, dim=-1), W[..., :rows, :])
     return g, grad
 
 
@@ -292,7 +305,7 @@ def _split_theta(theta: torch.Tensor, widths: Sequence[int], in_dim: int) -> tup
     """Views ``(W: (sum widths, in_dim), b: (sum widths,), U_raw: flat)`` of the ICNN's one parameter."""
     rows = sum(widths)
     n_w = rows * in_dim
-    return theta[:n_w].view(rows, in_dim), theta[n_w : n_w + rows], theta[n_w + rows :]
+    return theta[..., :n_w].unflatten(-1, (rows, in_dim)), theta[..., n_w : n_w + rows], theta[..., n_w + rows :]
 
 
 class _ICNNValueAndGrad(torch.autograd.Function):

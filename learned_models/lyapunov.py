@@ -132,11 +132,14 @@ def _outer(gx, dg, dx, dx_sq, eps, d, tangent):
     ``gx`` is the ICNN's centered output, ``[g(x) - g(x_eq); g(x_eq)]`` (``ICNN.forward_and_grad
     (centered=True)``): the difference already carries its relative precision near ``x_eq``.
     """
-    s = gx[:-1]
-    dshift = dg[:-1]
+    s = gx[..., :-1]
+    dshift = dg[..., :-1, :]
     if tangent:
-        s = s - dx @ dg[-1]
-        dshift = dshift - dg[-1]
+        if dg.ndim == 2:
+            s = s - dx @ dg[-1]
+        else:  # stacked networks: each member's own x_eq row
+            s = s - (dx * dg[:, -1:]).sum(-1)
+        dshift = dshift - dg[..., -1:, :]
     # Pin the shifted g to 0 at x_eq (see _exact_at_eq): times sign(||dx||^2), 0 only there.
     s = s * torch.sign(dx_sq)
     m = s.clamp(0.0, d)  # d sigma'(s)

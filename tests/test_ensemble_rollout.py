@@ -268,3 +268,58 @@ def test_stacked_training_loss_and_gradients_equal_the_vmapped_members(case):
     for name, grad in grads_vmapped.items():
         assert bool(grad.abs().sum() > 0), name
         torch.testing.assert_close(grads_stacked[name], grad, rtol=1e-5, atol=1e-7)
+
+
+PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
+
+
+@pytest.mark.parametrize("case", [
+    PRIORS,
+    dict(PRIORS, integrator="rk4"),
+    dict(n=4, m=2, activation="relu"),  # fhat a plain MLP on [x, u]
+    dict(n=3, m=0),  # StableDynamics: no input, no sigma
+    dict(PRIORS, lyap_shift="tangent"),
+    dict(PRIORS, keep_guarantee=False),
+])
+def test_certified_members_step_without_vmap_as_each_member_does(case):
+    """Without autograd certified members step as one stacked computation (``_raw_stacked_stable``):
+    the same function as each member's own ``step`` to float rounding, as the vmapped members'
+    (checked by switching the stacked path off), and each member's certified decrease holds
+    for its rows."""
+    import math
+
+    from lyagym.learned_models.ensemble import Ensemble as EnsembleClass
+
+    options = dict(case)
+    n, m = options.pop("n", 2), options.pop("m", 1)
+    torch.manual_seed(0)
+    ens = Ensemble(member_factory("stable", n, m, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **options), 3,
+                   propagation="tsinf", seed=1)
+    with torch.no_grad():
+        for p in ens.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert ens._stacked_stable_members()
+    x, u = 1.5 * torch.randn(3, 40, n), (torch.randn(3, 40, m) if m else None)
+    x[:, 0] = 0.0  # a row at x_eq (every member's: the default rest state)
+    calls = []
+    stacked = EnsembleClass._raw_stacked_stable
+    with torch.no_grad():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(EnsembleClass, "_raw_stacked_stable", lambda self, *a: calls.append(1) or stacked(self, *a))
+            fast, _ = ens._raw(x, u, shared=False)
+        assert calls == [1]
+        object.__setattr__(ens, "_stable_members", False)  # the vmapped members
+        slow, _ = ens._raw(x, u, shared=False)
+        object.__setattr__(ens, "_stable_members", None)
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    for e in range(3):
+        member = ens.member(e).requires_grad_(False)
+        with torch.no_grad():
+            own = member.step(x[e], None if u is None else u[e])
+            torch.testing.assert_close(fast[e], own, rtol=1e-5, atol=1e-5)
+            if member.keep_guarantee:  # V(x') <= exp(-alpha h) V(x) (+ the input's share of sigma)
+                alpha, h = member.alpha, member.dt
+                bound = math.exp(-alpha * h) * member.lyapunov(x[e])
+                if u is not None:
+                    bound = bound + -math.expm1(-alpha * h) / alpha * member.sigma(x[e], u[e])
+                assert bool((member.lyapunov(fast[e]) <= bound * (1 + 1e-5) + 1e-7).all())
