@@ -85,6 +85,11 @@ from .mlp_rollout import MLPField
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
 
+#: most rows per member in one pass of ``Ensemble._raw_stacked_stable`` on a CPU: the certified
+#: field's dozens of intermediate ``(E, rows, width)`` tensors stay in cache (a PETS plan of 64
+#: states, 12,800 rows per member, planned 0.84x as fast as 64 single-state plans in one pass)
+STABLE_BLOCK_ROWS = 1024
+
 #: Propagation methods of ``Ensemble.step`` by name (PETS Section 5).
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
@@ -554,9 +559,14 @@ class Ensemble(nn.Module):
         from .lyapunov import _outer
         from .stable import _project_plain
 
-        params, buffers = self._stacked_tensors()
         if shared:
             x, u = self._shared_rows(x, u)
+        rows = x.shape[1]
+        if x.device.type == "cpu" and rows > STABLE_BLOCK_ROWS:  # rows are independent: blocks that stay in cache
+            parts = [self._raw_stacked_stable(x[:, i:i + STABLE_BLOCK_ROWS], None if u is None else u[:, i:i + STABLE_BLOCK_ROWS], False)
+                     for i in range(0, rows, STABLE_BLOCK_ROWS)]
+            return torch.cat([p[0] for p in parts], 1), None if parts[0][1] is None else torch.cat([p[1] for p in parts], 1)
+        params, buffers = self._stacked_tensors()
         base = self._base.model
         lyapunov, g = base.lyapunov, base.lyapunov.g
         x_eq = buffers["model.lyapunov.x_eq"].unsqueeze(1)  # (E, 1, n)

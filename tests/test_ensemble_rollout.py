@@ -288,6 +288,7 @@ def test_certified_members_step_without_vmap_as_each_member_does(case):
     for its rows."""
     import math
 
+    from lyagym.learned_models import ensemble as ensemble_module
     from lyagym.learned_models.ensemble import Ensemble as EnsembleClass
 
     options = dict(case)
@@ -308,6 +309,9 @@ def test_certified_members_step_without_vmap_as_each_member_does(case):
             patch.setattr(EnsembleClass, "_raw_stacked_stable", lambda self, *a: calls.append(1) or stacked(self, *a))
             fast, _ = ens._raw(x, u, shared=False)
         assert calls == [1]
+        with pytest.MonkeyPatch.context() as patch:  # large batches go in blocks of rows: the same rows
+            patch.setattr(ensemble_module, "STABLE_BLOCK_ROWS", 16)
+            torch.testing.assert_close(ens._raw(x, u, shared=False)[0], fast, rtol=1e-6, atol=1e-6)
         object.__setattr__(ens, "_stable_members", False)  # the vmapped members
         slow, _ = ens._raw(x, u, shared=False)
         object.__setattr__(ens, "_stable_members", None)
