@@ -8,7 +8,8 @@ Python loop over members in ``step``, ``rollout`` or ``fit_ensemble``: ``SimpleD
 members as batched matrix products over the stacked weights (``_raw_stacked``; without autograd
 lowered to ``mlp_rollout.MLPField``), other members with ``torch.func.vmap`` over
 ``functional_call``, inside which they run their ``functorch_safe`` path (plain tensor ops; see
-``integrators.functorch_safe``).
+``integrators.functorch_safe``); certified members without autograd run those same plain ops
+on the stacked weights directly (``_raw_stacked_stable``), without ``vmap``'s per-op batching.
 
 Each member predicts a Gaussian over the next state (PETS, Section 4.1, "probabilistic
 ensembles"):
