@@ -116,9 +116,12 @@ def test_rejects_non_vector_env():
 def test_ppo_learns_a_few_hundred_steps_on_the_batched_env():
     from stable_baselines3 import PPO
 
+    from lyagym.agents.sb3_baselines import sb3_logger
+
     venv = VecMonitor(make_sb3_vec_env(ID, num_envs=8, n_links=1, max_episode_steps=20))
     model = PPO("MlpPolicy", venv, n_steps=16, batch_size=64, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"net_arch": [16]})
+    model.set_logger(sb3_logger())  # SB3's default logger would leave an empty SB3-<date> folder in the temp dir
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     assert len(model.ep_info_buffer) > 0  # episodes ended and were recorded (terminal_observation path)
