@@ -542,9 +542,13 @@ class Ensemble(nn.Module):
 
             base = self._base.model
             lyapunov = getattr(base, "lyapunov", None)
+            fhat = getattr(base, "fhat", None)
+            nets = [fhat.net if type(fhat) is DynamicsNet else fhat, getattr(base, "sigma_net", nn.Sequential())]
+            # _stacked_mlp runs Linear layers on the stacked weights and anything else as is: only parameter-free modules
+            plain = all(type(net) is nn.Sequential and all(type(m) is nn.Linear or not any(True for _ in m.parameters()) for m in net)
+                        for net in nets)
             known = (type(base) in (StableDynamics, StableControlledDynamics) and base.integrator in INTEGRATORS
-                     and lyapunov is not None and lyapunov.warp is None and lyapunov.L is None
-                     and (isinstance(base.fhat, DynamicsNet) or isinstance(base.fhat, nn.Sequential)))
+                     and lyapunov is not None and lyapunov.warp is None and lyapunov.L is None and plain)
             object.__setattr__(self, "_stable_members", known)
         return known
 
