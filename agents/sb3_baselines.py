@@ -122,7 +122,7 @@ def _train(algo: str, env: gym.Env, total_steps: int, *, seed: int, out_dir: str
             # begun the next episode: the state a resume needs.
             if self.commit_pending:
                 self.commit_pending = False
-                _commit_sac(run, self.model, recorder, rows, evaluations)
+                _commit_sac(run, self.model, agent_env, rows, evaluations)
 
         def _on_step(self) -> bool:
             if eval_every and self.num_timesteps % eval_every == 0:
@@ -148,7 +148,8 @@ def _train(algo: str, env: gym.Env, total_steps: int, *, seed: int, out_dir: str
                 self.commit_pending = run is not None
             return True
 
-    recorder = _ResetRecorder(env)
+    # A committed SAC run records the env's generator before each of SB3's resets (_commit_sac).
+    agent_env = _ResetRecorder(env) if run is not None else env
     kwargs = {**defaults, **algo_kwargs}
     if "n_steps" in kwargs and "n_steps" not in algo_kwargs and total_steps < kwargs["n_steps"]:
         # An on-policy learner collects whole rollouts of n_steps: with fewer steps asked for it
@@ -160,11 +161,11 @@ def _train(algo: str, env: gym.Env, total_steps: int, *, seed: int, out_dir: str
     cls = getattr(stable_baselines3, cls_name)
     resumed = manifest is not None
     if resumed:
-        model = _restore_sac(cls, run, manifest, recorder, device, rows, evaluations)
+        model = _restore_sac(cls, run, manifest, agent_env, device, rows, evaluations)
         model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir, continue_until=("time/total_timesteps", model.num_timesteps)))
         remaining = total_steps - model.num_timesteps
     else:
-        model = cls("MlpPolicy", recorder, seed=seed, device=device, verbose=0, **kwargs)
+        model = cls("MlpPolicy", agent_env, seed=seed, device=device, verbose=0, **kwargs)
         model.set_logger(sb3_logger(out_dir, tensorboard_dir=tensorboard_dir))
         remaining = total_steps
     if remaining > 0:
@@ -172,7 +173,7 @@ def _train(algo: str, env: gym.Env, total_steps: int, *, seed: int, out_dir: str
         model.learn(total_timesteps=remaining, callback=logger, progress_bar=progress and _has_rich(),
                     reset_num_timesteps=not resumed)
         if logger.commit_pending:  # the budget ended with an episode: commit it (a resume then has nothing to redo)
-            _commit_sac(run, model, recorder, rows, evaluations)
+            _commit_sac(run, model, agent_env, rows, evaluations)
     for log in (tb_episodes, tb_evals):
         if log is not None:
             log.close()

@@ -545,7 +545,7 @@ class Ensemble(nn.Module):
             fhat = getattr(base, "fhat", None)
             nets = [fhat.net if type(fhat) is DynamicsNet else fhat, getattr(base, "sigma_net", nn.Sequential())]
             # _stacked_mlp runs Linear layers on the stacked weights and anything else as is: only parameter-free modules
-            plain = all(type(net) is nn.Sequential and all(type(m) is nn.Linear or not any(True for _ in m.parameters()) for m in net)
+            plain = all(type(net) is nn.Sequential and all(type(m) is nn.Linear or next(m.parameters(), None) is None for m in net)
                         for net in nets)
             known = (type(base) in (StableDynamics, StableControlledDynamics) and base.integrator in INTEGRATORS
                      and lyapunov is not None and lyapunov.warp is None and lyapunov.L is None and plain)
@@ -585,7 +585,7 @@ class Ensemble(nn.Module):
         fhat = self._stacked_fhat(params, buffers)
         tangent = lyapunov.shift == "tangent"
         u_sq = None if u is None else (u * u).sum(-1)
-        eq_u = None if u is None else u.new_zeros(u.shape[0], 1, u.shape[-1])
+        u_with_eq = None if u is None else torch.cat([u, u.new_zeros(u.shape[0], 1, u.shape[-1])], dim=1)  # fhat's (x_eq, 0) row
 
         def slack(z: torch.Tensor) -> torch.Tensor | None:  # sigma(z, u) = gamma sigmoid(s(z, u)) ||u||^2
             if u is None:
@@ -593,22 +593,23 @@ class Ensemble(nn.Module):
             gate = torch.sigmoid(self._stacked_mlp(params, "model.sigma_net.", base.sigma_net, torch.cat([z, u], -1))).squeeze(-1)
             return base.input_gain * gate * u_sq
 
-        Vx: list[torch.Tensor] = []
+        at_x: list[torch.Tensor | None] = []  # V(x) and sigma(x, u) from the first stage, for the rescale
 
         def field(z: torch.Tensor) -> torch.Tensor:  # StableDynamics._field_and_V
             precise = z is x
             z_with_eq = torch.cat([z, x_eq], dim=1)
             dx = z - x_eq
             dx_sq = (dx * dx).sum(-1)
-            fhat_out = fhat(z_with_eq, None if u is None else torch.cat([u, eq_u], dim=1))
+            fhat_out = fhat(z_with_eq, u_with_eq)
             keep = torch.sign(dx_sq if u is None else dx_sq + u_sq)
             gx, dg = _value_and_grad_plain(z_with_eq, W, b, Ud, g.widths, g.d, True, precise)
             if not precise:
                 gx = torch.cat([gx[:, :-1] - gx[:, -1:], gx[:, -1:]], dim=1)
             V, grad_V = _outer(gx, dg, dx, dx_sq, lyapunov.eps, lyapunov.d, tangent)[:2]
-            if precise and not Vx:
-                Vx.append(V)
-            return _project_plain(fhat_out[:, :-1] - fhat_out[:, -1:], V, grad_V, alpha, slack(z), keep)
+            sigma = slack(z)
+            if precise and not at_x:
+                at_x.extend([V, sigma])
+            return _project_plain(fhat_out[:, :-1] - fhat_out[:, -1:], V, grad_V, alpha, sigma, keep)
 
         def V_of(y: torch.Tensor) -> torch.Tensor:  # LyapunovFunction.forward
             gy, dgy = _value_and_grad_plain(torch.cat([y, x_eq], dim=1), W, b, Ud, g.widths, g.d, tangent, True)
@@ -621,7 +622,8 @@ class Ensemble(nn.Module):
 
         mean = INTEGRATORS[base.integrator](field, x, self.dt)
         if base.keep_guarantee:
-            mean = lyapunov_rescale(x, mean, V_of, alpha, self.dt, x_eq, slack=slack(x), Vx=Vx[0] if Vx else None)
+            Vx, sigma_x = at_x if at_x else (None, slack(x))
+            mean = lyapunov_rescale(x, mean, V_of, alpha, self.dt, x_eq, slack=sigma_x, Vx=Vx)
         return mean, self._stacked_logvar(params, x, u)
 
     def _shared_rows(self, x: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
