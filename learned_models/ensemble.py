@@ -67,6 +67,7 @@ import math
 import os
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
 from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, functorch_safe
 from .mlp_rollout import MLPField
+from .stable_native import StableRollout
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
 
@@ -809,6 +811,11 @@ class Ensemble(nn.Module):
                         m = self.action_dim
                         head.weights[0] = torch.cat([w0[..., :-1 - m], w0[..., -1:], w0[..., -1 - m:-1]], -1).contiguous()
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
+        elif self._stacked_stable_members():
+            head = self._base.logvar_net if self.probabilistic else None
+            lowered = StableRollout.lower(base, lambda name: tensors["model." + name], self.size, head=head,
+                                          head_tensors=lambda name: tensors["logvar_net." + name], feature_shift=self.feature_shift,
+                                          feature_scale=self.feature_scale, max_logvar=self.max_logvar, min_logvar=self.min_logvar)
         self._lowered_cache = (_weights_snapshot(sources), lowered)
         return lowered
 
@@ -829,7 +836,10 @@ class Ensemble(nn.Module):
         lowered = self._lowered()
         if lowered is None:
             return None
-        field, head = lowered
+        stable = isinstance(lowered, StableRollout)
+        if stable and not (horizon and StableRollout.usable(x0) and self._kernel_agrees(lowered, x0, actions)):
+            return None
+        field, head = (None, None) if stable else lowered
         E, B, n = self.size, x0.shape[0], self.state_dim
         pad = -B % E
         if pad:  # as _grouped: repeat the last row (a valid state) to fill the last group; dropped below
@@ -839,6 +849,16 @@ class Ensemble(nn.Module):
         xs = x0.reshape(b, E, n).transpose(0, 1).contiguous()  # (E, b, n): row j * E + e is (e, j)
         us = None if actions is None else actions.reshape(b, E, horizon, self.action_dim).transpose(0, 1).contiguous()
         add_noise = None
+        if stable:
+            noise = None
+            if self.sample and self.probabilistic:  # as below, the same draws
+                gen = self._generator()
+                noise = x0.new_empty(horizon, E, b, n)
+                for t in range(horizon):
+                    torch.randn((E, b, n), generator=gen, out=noise[t])
+                noise = noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar)).transpose(2, 3)
+            out = lowered(xs, us, horizon, noise, wrap)  # (E, b, horizon + 1, n)
+            return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
         if self.sample and head is not None:
             # The sample mean + std * eps with PETS's soft bounds (_bounded_logvar), in half
             # log-variance units so that each step is five small operations:
@@ -875,6 +895,21 @@ class Ensemble(nn.Module):
 
         out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step, head if add_noise else None)  # (E, b, horizon + 1, n)
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
+
+    def _kernel_agrees(self, kernel: StableRollout, x0: torch.Tensor, actions: torch.Tensor | None) -> bool:
+        """Whether the compiled rollout of certified members (``kernel``, just lowered) gives this
+        ensemble's torch step on the first rows of ``x0`` (every member, ``actions``' first step,
+        no noise), checked once per lowering; warns and keeps the torch path where it does not."""
+        if kernel.agrees is None:
+            xs = x0[:16].unsqueeze(0).expand(self.size, -1, -1)
+            us = None if actions is None else actions[:16, 0].unsqueeze(0).expand(self.size, -1, -1)
+            expected = self._raw_stacked_stable(xs, us, False)[0]
+            got = kernel(xs, None if us is None else us.unsqueeze(2), 1)[:, :, 1]
+            kernel.agrees = bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(expected.abs().max()))))
+            if not kernel.agrees:
+                warnings.warn("lyagym: the compiled rollout of certified members disagrees with their torch step here; "
+                              "rollouts use the torch step", RuntimeWarning, stacklevel=4)
+        return kernel.agrees
 
     # -- training objective ------------------------------------------------------------------
     def _loss(self, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor,

@@ -179,3 +179,450 @@ int lyagym_mlp(long layers, const long *widths, const int *acts, const float *co
 
 /* Floats per vector of this build: 16 (AVX-512), 8 (AVX2 with FMA) or 4 (anything else). */
 int lyagym_mlp_vector_floats(void) { return VL; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Certified members' rollout (learned_models/stable_native.py): StableDynamics /
+ * StableControlledDynamics members, each stepping its own rows for the whole horizon, a tile of
+ * rows at a time. A step is the members' own (Manek & Kolter): at every integrator stage the
+ * field fhat(z, u) - fhat(x_eq, 0) projected onto the decrease of V (eq. 10, with the input's
+ * slack sigma(z, u) and the rounding guard), V from the ICNN (eq. 11) in difference form against
+ * x_eq and its gradient by the explicit reverse pass, then the rescale that keeps V(x_next) <=
+ * exp(-alpha dt) V(x) + the slack's integral, then (an ensemble's PETS sampling) the variance
+ * head's noise, then angle wrapping. Everything about x_eq (the ICNN's reference pre-activations,
+ * fhat(x_eq, 0), grad g(x_eq)) is computed once in Python and handed in with the weights.
+ *
+ * The structure comes as a list of longs read in order (stable_native.py writes it), the
+ * weights as one float block per member (offsets in floats into it), the scalars as doubles.
+ * Tile buffers are feature-major with row stride TT = WIDE * VL; a tail tile uses VL of them.
+ */
+#include <math.h>
+#include <float.h>
+
+typedef void (*layer_fn)(const float *, long, long, float *, long, long, const float *, int);
+
+typedef struct {
+    long layers;
+    const long *widths, *acts, *offsets; /* layers + 1 widths; per layer its activation and packed weights */
+} net_t;
+
+static const long *read_net(const long *p, net_t *net) {
+    net->layers = *p++;
+    net->widths = p;
+    p += net->layers + 1;
+    net->acts = p;
+    p += net->layers;
+    net->offsets = p;
+    return p + net->layers;
+}
+
+enum { FHAT_MLP = 0, FHAT_DYNAMICS = 1, FHAT_CONTROL_AFFINE = 2 };
+
+typedef struct {
+    long n, m, k, fhat_kind, rk4, rescale, tangent;
+    net_t fhat;
+    long in_scale, out_scale, fhat_eq;
+    net_t sigma;
+    long hidden;     /* the ICNN's hidden layers */
+    const long *iw;  /* its widths, hidden + 1 (the last 1) */
+    const long *fwd; /* hidden + 1 packed layers: W_0; [W_i | U_{i-1} / d]; the output layer the same */
+    long p_ref;      /* the hidden layers' pre-activations at x_eq */
+    long ud_last;    /* U_{hidden-1} / d, the output layer's z-path row */
+    const long *bwd; /* hidden - 1 packed (U_i / d)^T, the reverse pass */
+    long grad;       /* packed [W_0; ..; W_{hidden-1}]^T with W_hidden as bias: dg/dx from the deltas */
+    long x_eq, dg_eq, rate; /* rate: alpha, exp(-alpha dt), (1 - exp(-alpha dt)) / alpha */
+    net_t head;      /* the variance head, normalisation and (max_logvar - raw) / 2 folded in */
+    long half_range;
+    long wraps;
+    const long *wrap;
+} spec_t;
+
+static void read_spec(const long *p, spec_t *s) {
+    s->n = *p++, s->m = *p++, s->k = *p++, s->fhat_kind = *p++, s->rk4 = *p++, s->rescale = *p++, s->tangent = *p++;
+    p = read_net(p, &s->fhat);
+    s->in_scale = *p++, s->out_scale = *p++, s->fhat_eq = *p++;
+    p = read_net(p, &s->sigma);
+    s->hidden = *p++;
+    s->iw = p;
+    p += s->hidden + 1;
+    s->fwd = p;
+    p += s->hidden + 1;
+    s->p_ref = *p++, s->ud_last = *p++;
+    s->bwd = p;
+    p += s->hidden - 1;
+    s->grad = *p++, s->x_eq = *p++, s->dg_eq = *p++, s->rate = *p++;
+    p = read_net(p, &s->head);
+    s->half_range = *p++;
+    s->wraps = *p++;
+    s->wrap = p;
+}
+
+#define TT (WIDE * VL)
+
+typedef struct {
+    const spec_t *s;
+    const float *mem; /* this member's weights */
+    float d, d_out, eps, gain, dt;
+    layer_fn layer;
+    long nv; /* vectors of rows in this tile */
+    /* tile buffers, TT floats per feature row */
+    float *dx, *dx_sq, *pre, *M, *D, *g, *dg, **cat, *grad_V, *V, *fh, *net_in, *net_a, *net_b, *net_out;
+    float *u, *u_scaled, *u_sq, *sig, *x, *y, *z, *f, *incr, *Vx, *sig_x, *noise;
+} tile_t;
+
+static inline vf max_(vf a, vf b) { return select_(a < b, b, a); } /* a NaN in a stays */
+static inline vf min_(vf a, vf b) { return select_(a > b, b, a); }
+static inline vf sign_pos(vf a) { return select_(a > 0.0f, splat(1.0f), select_(a == 0.0f, splat(0.0f), a * 0.0f)); } /* sign of a >= 0 (NaN stays) */
+
+/* log(x) for x >= 1 (finite): Cephes' logf polynomial. */
+static inline vf log_(vf x) {
+    vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 126; /* x = mant 2^e, mant in [0.5, 1) */
+    vf mant = (vf)((bits & 0x007fffff) | 0x3f000000);
+    vi small = mant < 0.707106781186547524f;
+    e = e + small; /* the mask is -1 where true */
+    mant = select_(small, mant + mant - 1.0f, mant - 1.0f);
+    vf fe = __builtin_convertvector(e, vf);
+    vf z = mant * mant;
+    vf p = splat(7.0376836292e-2f);
+    p = p * mant - 1.1514610310e-1f;
+    p = p * mant + 1.1676998740e-1f;
+    p = p * mant - 1.2420140846e-1f;
+    p = p * mant + 1.4249322787e-1f;
+    p = p * mant - 1.6668057665e-1f;
+    p = p * mant + 2.0000714765e-1f;
+    p = p * mant - 2.4999993993e-1f;
+    p = p * mant + 3.3333331174e-1f;
+    vf y = p * mant * z;
+    y = y + fe * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    return mant + y + fe * 0.693359375f;
+}
+
+/* softplus(t, beta = 2) as torch computes it: log(1 + exp(2 t)) / 2, t itself above 2 t = 20. */
+static inline vf softplus2(vf t) {
+    vf w = exp_(min_(t + t, splat(20.0f)));
+    vf one_plus = 1.0f + w;
+    vf q = one_plus - 1.0f;
+    vf log1p = select_(q == 0.0f, w, log_(one_plus) * (w / q)); /* log1p(w) to a float's precision */
+    return select_(t + t > 20.0f, t, 0.5f * log1p);
+}
+
+#define ROWS(buf, j) ((buf) + (j) * TT)
+#define FOR_V(v) for (long v = 0; v < t->nv * VL; v += VL)
+
+static void run_net(tile_t *t, const net_t *net, const float *in, float *out) {
+    const float *src = in;
+    for (long i = 0; i < net->layers; i++) {
+        float *dst = i == net->layers - 1 ? out : (i % 2 ? t->net_b : t->net_a);
+        t->layer(src, TT, net->widths[i], dst, TT, net->widths[i + 1], t->mem + net->offsets[i], (int)net->acts[i]);
+        src = dst;
+    }
+}
+
+/* g(x) - g(x_eq) into t->g and, with `gradient`, dg/dx into t->dg, from dx = x - x_eq (in t->dx):
+ * eq. 11 in the difference form of icnn._centered_activation, then the reverse pass. */
+static void icnn(tile_t *t, int gradient) {
+    const spec_t *s = t->s;
+    long n = s->n, H = s->hidden, off[64];
+    for (long i = 1; i <= H; i++)
+        for (long j = 0; j < n; j++) memcpy(ROWS(t->cat[i], j), ROWS(t->dx, j), sizeof(float) * TT);
+    off[0] = 0;
+    for (long i = 0; i < H; i++) {
+        long w = s->iw[i];
+        off[i + 1] = off[i] + w;
+        if (i == 0) t->layer(t->dx, TT, n, t->pre, TT, w, t->mem + s->fwd[0], ACT_NONE);
+        else t->layer(t->cat[i], TT, n + s->iw[i - 1], t->pre, TT, w, t->mem + s->fwd[i], ACT_NONE);
+        const float *p_ref = t->mem + s->p_ref + off[i];
+        float *zh = ROWS(t->cat[i + 1], n), *Mi = ROWS(t->M, off[i]);
+        for (long j = 0; j < w; j++) {
+            float p = p_ref[j], P = p < 0.0f ? 0.0f : (p > t->d ? t->d : p), e = p - P;
+            FOR_V(v) {
+                vf delta = load(ROWS(t->pre, j) + v);
+                vf dC = min_(max_(delta + e, splat(-P)), splat(t->d - P));
+                vf Mv = P + dC;
+                store(ROWS(zh, j) + v, Mv * delta + dC * (e - 0.5f * dC));
+                store(ROWS(Mi, j) + v, Mv);
+            }
+        }
+    }
+    t->layer(t->cat[H], TT, n + s->iw[H - 1], t->g, TT, 1, t->mem + s->fwd[H], ACT_NONE);
+    if (!gradient) return;
+    /* delta_{H-1} = m_{H-1} U_{H-1} / d, delta_i = ((U_i / d)^T delta_{i+1}) m_i; dg/dx = sum_i W_i^T delta_i + W_H */
+    const float *ud = t->mem + s->ud_last;
+    for (long j = 0; j < s->iw[H - 1]; j++)
+        FOR_V(v) store(ROWS(t->D, off[H - 1] + j) + v, load(ROWS(t->M, off[H - 1] + j) + v) * ud[j]);
+    for (long i = H - 2; i >= 0; i--) {
+        t->layer(ROWS(t->D, off[i + 1]), TT, s->iw[i + 1], ROWS(t->D, off[i]), TT, s->iw[i], t->mem + s->bwd[i], ACT_NONE);
+        for (long j = 0; j < s->iw[i]; j++)
+            FOR_V(v) store(ROWS(t->D, off[i] + j) + v, load(ROWS(t->D, off[i] + j) + v) * load(ROWS(t->M, off[i] + j) + v));
+    }
+    t->layer(t->D, TT, off[H], t->dg, TT, n, t->mem + s->grad, ACT_NONE);
+}
+
+/* dx = z - x_eq and its squared norm; with `shift`, g's tangent plane at x_eq, dx . grad g(x_eq), into shift. */
+static void offsets_from_eq(tile_t *t, const float *z) {
+    const spec_t *s = t->s;
+    const float *x_eq = t->mem + s->x_eq;
+    FOR_V(v) store(t->dx_sq + v, splat(0.0f));
+    for (long j = 0; j < s->n; j++)
+        FOR_V(v) {
+            vf d = load(ROWS(z, j) + v) - x_eq[j];
+            store(ROWS(t->dx, j) + v, d);
+            store(t->dx_sq + v, load(t->dx_sq + v) + d * d);
+        }
+}
+
+/* g(z) - g(x_eq), minus the tangent term with the tangent shift: s of eq. 12 before the pin. */
+static vf shifted(tile_t *t, long v) {
+    vf s = load(t->g + v);
+    if (t->s->tangent) {
+        const float *dg_eq = t->mem + t->s->dg_eq;
+        for (long j = 0; j < t->s->n; j++) s = s - load(ROWS(t->dx, j) + v) * dg_eq[j];
+    }
+    return s;
+}
+
+/* The first-layer input of fhat (or the variance head) at z: [sin q, cos q, the rest (scaled for
+ * fhat), u (scaled for fhat)]; a plain MLP's is [z, u]. Returns its rows. */
+static long features(tile_t *t, const float *z, int scaled, int with_u) {
+    const spec_t *s = t->s;
+    long n = s->n, k = s->k, m = s->m, row = 0;
+    const float *in_scale = t->mem + s->in_scale;
+    for (long j = 0; j < k; j++) {
+        for (long r = 0; r < t->nv * VL; r++) {
+            float q = ROWS(z, j)[r];
+            ROWS(t->net_in, j)[r] = sinf(q);
+            ROWS(t->net_in, k + j)[r] = cosf(q);
+        }
+    }
+    row = 2 * k;
+    for (long j = k; j < n; j++, row++)
+        FOR_V(v) store(ROWS(t->net_in, row) + v, scaled ? load(ROWS(z, j) + v) / in_scale[j - k] : load(ROWS(z, j) + v));
+    if (with_u)
+        for (long j = 0; j < m; j++, row++) memcpy(ROWS(t->net_in, row), ROWS(scaled ? t->u_scaled : t->u, j), sizeof(float) * TT);
+    return row;
+}
+
+/* The certified field at z (StableDynamics._field_and_V, eq. 10) into f; V(z) and sigma(z, u)
+ * also into Vz, sigz when given (the rescale's, from the first stage). */
+static void field(tile_t *t, const float *z, float *f, float *Vz, float *sigz) {
+    const spec_t *s = t->s;
+    long n = s->n, m = s->m;
+    const float *rate = t->mem + s->rate;
+    float alpha = rate[0], inv_d = 1.0f / t->d_out, guard = (float)((4 * n + 8) * FLT_EPSILON / 2);
+    offsets_from_eq(t, z);
+    icnn(t, 1);
+    /* eq. 12: V = sigma(s) + eps ||dx||^2 (s pinned to 0 at x_eq), grad V = sigma'(s) grad s + 2 eps dx */
+    const float *dg_eq = t->mem + s->dg_eq;
+    FOR_V(v) {
+        vf sv = shifted(t, v) * sign_pos(load(t->dx_sq + v));
+        vf mv = min_(max_(sv, splat(0.0f)), splat(t->d_out));
+        store(t->V + v, load(t->dx_sq + v) * t->eps + inv_d * (mv * (sv - 0.5f * mv)));
+        for (long j = 0; j < n; j++) {
+            vf dshift = load(ROWS(t->dg, j) + v);
+            if (s->tangent) dshift = dshift - dg_eq[j];
+            store(ROWS(t->grad_V, j) + v, load(ROWS(t->dx, j) + v) * (2.0f * t->eps) + inv_d * (mv * dshift));
+        }
+    }
+    /* fhat(z, u) - fhat(x_eq, 0) */
+    if (s->fhat_kind == FHAT_MLP) {
+        for (long j = 0; j < n; j++) memcpy(ROWS(t->net_in, j), ROWS(z, j), sizeof(float) * TT);
+        for (long j = 0; j < m; j++) memcpy(ROWS(t->net_in, n + j), ROWS(t->u, j), sizeof(float) * TT);
+    } else {
+        features(t, z, 1, s->fhat_kind == FHAT_DYNAMICS);
+    }
+    run_net(t, &s->fhat, t->net_in, t->net_out);
+    const float *out_scale = t->mem + s->out_scale, *fhat_eq = t->mem + s->fhat_eq;
+    for (long i = 0; i < n; i++)
+        FOR_V(v) {
+            vf o = load(ROWS(t->net_out, i) + v);
+            if (s->fhat_kind == FHAT_CONTROL_AFFINE) {
+                vf gu = splat(0.0f);
+                for (long j = 0; j < m; j++) gu = gu + load(ROWS(t->net_out, n + i * m + j) + v) * load(ROWS(t->u_scaled, j) + v);
+                o = o + gu;
+            }
+            if (s->fhat_kind != FHAT_MLP) o = o * out_scale[i];
+            store(ROWS(t->fh, i) + v, o - fhat_eq[i]);
+        }
+    /* sigma(z, u) = gamma sigmoid(s(z, u)) ||u||^2 */
+    if (m) {
+        for (long j = 0; j < n; j++) memcpy(ROWS(t->net_in, j), ROWS(z, j), sizeof(float) * TT);
+        for (long j = 0; j < m; j++) memcpy(ROWS(t->net_in, n + j), ROWS(t->u, j), sizeof(float) * TT);
+        run_net(t, &s->sigma, t->net_in, t->net_out);
+        FOR_V(v) store(t->sig + v, t->gain * (1.0f / (1.0f + exp_(-load(t->net_out + v)))) * load(t->u_sq + v));
+    }
+    /* eq. 10: f = keep (fhat - grad V relu(grad V . fhat + alpha V - sigma + guard) / ||grad V||^2) */
+    FOR_V(v) {
+        vf dot = splat(0.0f), size = splat(0.0f), sq = splat(0.0f);
+        for (long j = 0; j < n; j++) {
+            vf term = load(ROWS(t->grad_V, j) + v) * load(ROWS(t->fh, j) + v);
+            dot = dot + term;
+            size = size + select_(term < 0.0f, -term, term);
+            vf gj = load(ROWS(t->grad_V, j) + v);
+            sq = sq + gj * gj;
+        }
+        vf Vv = load(t->V + v), sg = m ? load(t->sig + v) : splat(0.0f);
+        vf excess = dot + alpha * Vv - sg + (size + alpha * Vv + sg) * guard;
+        vf coef = min_(max_(excess, splat(0.0f)) / max_(sq, splat(FLT_MIN)), splat(sqrtf(FLT_MAX)));
+        vf keep = sign_pos(load(t->dx_sq + v) + (m ? load(t->u_sq + v) : splat(0.0f)));
+        for (long j = 0; j < n; j++)
+            store(ROWS(f, j) + v, (load(ROWS(t->fh, j) + v) - load(ROWS(t->grad_V, j) + v) * coef) * keep);
+        if (Vz) store(Vz + v, Vv);
+        if (sigz && m) store(sigz + v, sg);
+    }
+}
+
+/* One step of a tile from t->x (with t->u set) into t->y. */
+static void step(tile_t *t, const float *noise) {
+    const spec_t *s = t->s;
+    long n = s->n;
+    float h = t->dt;
+    if (!s->rk4) {
+        field(t, t->x, t->f, t->Vx, t->sig_x);
+        for (long j = 0; j < n; j++) FOR_V(v) store(ROWS(t->y, j) + v, load(ROWS(t->x, j) + v) + h * load(ROWS(t->f, j) + v));
+    } else {
+        static const float weight[4] = {1.0f, 2.0f, 2.0f, 1.0f}, advance[3] = {0.5f, 0.5f, 1.0f};
+        for (int stage = 0; stage < 4; stage++) {
+            const float *z = t->x;
+            if (stage) {
+                for (long j = 0; j < n; j++)
+                    FOR_V(v) store(ROWS(t->z, j) + v, load(ROWS(t->x, j) + v) + (advance[stage - 1] * h) * load(ROWS(t->f, j) + v));
+                z = t->z;
+            }
+            field(t, z, t->f, stage ? NULL : t->Vx, stage ? NULL : t->sig_x);
+            for (long j = 0; j < n; j++)
+                FOR_V(v) store(ROWS(t->incr, j) + v, (stage ? load(ROWS(t->incr, j) + v) : splat(0.0f)) + weight[stage] * load(ROWS(t->f, j) + v));
+        }
+        for (long j = 0; j < n; j++) FOR_V(v) store(ROWS(t->y, j) + v, load(ROWS(t->x, j) + v) + (h / 6.0f) * load(ROWS(t->incr, j) + v));
+    }
+    if (s->rescale) { /* lyapunov_rescale: y' = x_eq + min(1, bound / V(y)) (y - x_eq) */
+        const float *rate = t->mem + s->rate, *x_eq = t->mem + s->x_eq;
+        offsets_from_eq(t, t->y);
+        icnn(t, 0);
+        FOR_V(v) {
+            vf dy_sq = load(t->dx_sq + v);
+            vf sv = select_(dy_sq == 0.0f, splat(0.0f), shifted(t, v));
+            vf r = max_(sv, splat(0.0f)), mm = min_(r, splat(t->d_out));
+            vf Vy = mm * (1.0f / t->d_out) * (r - 0.5f * mm) + dy_sq * t->eps;
+            vf bound = rate[1] * load(t->Vx + v);
+            if (s->m) bound = bound + rate[2] * load(t->sig_x + v);
+            vf scale = min_(bound / max_(Vy, splat(FLT_MIN)), splat(1.0f));
+            for (long j = 0; j < n; j++) store(ROWS(t->y, j) + v, x_eq[j] + scale * load(ROWS(t->dx, j) + v));
+        }
+    }
+    if (noise && s->head.layers) { /* PETS sampling: y += exp(softplus2(half_range - softplus2(head))) * noise */
+        long rows = features(t, t->x, 0, 1);
+        (void)rows;
+        run_net(t, &s->head, t->net_in, t->net_out);
+        const float *half_range = t->mem + s->half_range;
+        for (long j = 0; j < n; j++)
+            FOR_V(v) {
+                vf half_lv = softplus2(half_range[j] - softplus2(load(ROWS(t->net_out, j) + v)));
+                store(ROWS(t->y, j) + v, load(ROWS(t->y, j) + v) + exp_(half_lv) * load(ROWS(noise, j) + v));
+            }
+    }
+    const float pi = 3.14159265358979323846f, two_pi = 6.28318530717958647692f;
+    for (long w = 0; w < s->wraps; w++) { /* to [-pi, pi), as torch.remainder(y + pi, 2 pi) - pi */
+        float *row = ROWS(t->y, s->wrap[w]);
+        for (long r = 0; r < t->nv * VL; r++) {
+            float mod = fmodf(row[r] + pi, two_pi);
+            if (mod != 0.0f && mod < 0.0f) mod += two_pi;
+            row[r] = mod - pi;
+        }
+    }
+}
+
+/* Copy `valid` rows of `count` feature rows (stride `stride`) into a tile buffer, the last valid
+ * row repeated to fill it (a state the members accept). */
+static void load_tile(float *dst, const float *src, long stride, long count, long valid, long width) {
+    for (long j = 0; j < count; j++) {
+        memcpy(ROWS(dst, j), src + j * stride, sizeof(float) * (size_t)valid);
+        for (long r = valid; r < width; r++) ROWS(dst, j)[r] = src[j * stride + valid - 1];
+    }
+}
+
+static long net_width(const net_t *net) {
+    long w = 0;
+    for (long i = 0; i <= net->layers; i++)
+        if (net->widths[i] > w) w = net->widths[i];
+    return w;
+}
+
+/* Returns 0, or -1 where the scratch memory could not be had (nothing is then guaranteed written).
+ * x0: member e, feature j, row r at x0[e * x0_member + j * x0_feature + r]; u likewise with a step
+ * stride (NULL when m = 0); noise (NULL: none) likewise; out: member e, step t (0 .. horizon),
+ * feature j, row r. */
+int lyagym_stable_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
+                          long members, long rows, long horizon, const float *x0, long x0_member, long x0_feature,
+                          const float *u, long u_member, long u_step, long u_feature, const float *noise, long noise_member,
+                          long noise_step, long noise_feature, float *out, long out_member, long out_step, long out_feature) {
+    spec_t s;
+    read_spec(spec_words, &s);
+    if (s.hidden < 1 || s.hidden > 63) return -2;
+    long n = s.n, m = s.m, H = s.hidden, hidden_rows = 0, widest = n + m + 2 * s.k;
+    for (long i = 0; i < H; i++) hidden_rows += s.iw[i];
+    long nets[3] = {net_width(&s.fhat), net_width(&s.sigma), net_width(&s.head)};
+    for (int i = 0; i < 3; i++)
+        if (nets[i] > widest) widest = nets[i];
+    long icnn_widest = 1;
+    for (long i = 0; i <= H; i++)
+        if (s.iw[i] > icnn_widest) icnn_widest = s.iw[i];
+    long cat_rows = 0;
+    for (long i = 1; i <= H; i++) cat_rows += n + s.iw[i - 1];
+    /* feature rows: dx, dx_sq, pre, M, D, g, dg, grad_V, V, fh, 4 x net, u, u_scaled, u_sq, sig, x, y, z, f, incr, Vx, sig_x, noise, cats */
+    long total = n + 1 + icnn_widest + 2 * hidden_rows + 1 + n + n + 1 + n + 4 * widest + 2 * m + 1 + 1 + 6 * n + 2 + n + cat_rows;
+    float *arena = malloc(sizeof(float) * (size_t)(total * TT));
+    float **cat = malloc(sizeof(float *) * (size_t)(H + 1));
+    if (!arena || !cat) { free(arena); free(cat); return -1; }
+    memset(arena, 0, sizeof(float) * (size_t)(total * TT));
+    tile_t t = {0};
+    float *p = arena;
+#define TAKE(field_, count) (t.field_ = p, p += (count) * TT)
+    TAKE(dx, n); TAKE(dx_sq, 1); TAKE(pre, icnn_widest); TAKE(M, hidden_rows); TAKE(D, hidden_rows); TAKE(g, 1);
+    TAKE(dg, n); TAKE(grad_V, n); TAKE(V, 1); TAKE(fh, n); TAKE(net_in, widest); TAKE(net_a, widest); TAKE(net_b, widest);
+    TAKE(net_out, widest); TAKE(u, m); TAKE(u_scaled, m); TAKE(u_sq, 1); TAKE(sig, 1); TAKE(x, n); TAKE(y, n); TAKE(z, n);
+    TAKE(f, n); TAKE(incr, n); TAKE(Vx, 1); TAKE(sig_x, 1); TAKE(noise, n);
+#undef TAKE
+    for (long i = 1; i <= H; i++) cat[i] = p, p += (n + s.iw[i - 1]) * TT;
+    t.cat = cat;
+    t.s = &s;
+    t.dt = (float)consts[0], t.d = (float)consts[1], t.d_out = (float)consts[2], t.eps = (float)consts[3], t.gain = (float)consts[4];
+    long per = tiles_per_member(rows);
+    for (long gi = 0; gi < members * per; gi++) {
+        long e = gi / per, start, width;
+        tile_span(rows, gi % per, &start, &width);
+        long valid = rows - start < width ? rows - start : width;
+        t.mem = weights + e * weights_member;
+        t.layer = width == TT ? layer_wide : layer_narrow;
+        t.nv = width / VL;
+        const float *in_scale = t.mem + s.in_scale;
+        load_tile(t.x, x0 + e * x0_member + start, x0_feature, n, valid, width);
+        float *dst = out + e * out_member + start;
+        for (long j = 0; j < n; j++) memcpy(dst + j * out_feature, ROWS(t.x, j), sizeof(float) * (size_t)valid);
+        for (long step_ = 0; step_ < horizon; step_++) {
+            if (m) {
+                load_tile(t.u, u + e * u_member + step_ * u_step + start, u_feature, m, valid, width);
+                for (long r = 0; r < width; r++) t.u_sq[r] = 0.0f;
+                for (long j = 0; j < m; j++)
+                    for (long r = 0; r < width; r++) {
+                        float uj = ROWS(t.u, j)[r];
+                        t.u_sq[r] += uj * uj;
+                        ROWS(t.u_scaled, j)[r] = s.fhat_kind == FHAT_MLP ? uj : uj / in_scale[n - s.k + j];
+                    }
+            }
+            const float *noise_tile = NULL;
+            if (noise) {
+                load_tile(t.noise, noise + e * noise_member + step_ * noise_step + start, noise_feature, n, valid, width);
+                noise_tile = t.noise;
+            }
+            step(&t, noise_tile);
+            float *next = dst + (step_ + 1) * out_step;
+            for (long j = 0; j < n; j++) memcpy(next + j * out_feature, ROWS(t.y, j), sizeof(float) * (size_t)valid);
+            float *swap = t.x;
+            t.x = t.y, t.y = swap;
+        }
+    }
+    free(arena);
+    free(cat);
+    return 0;
+}

@@ -1,0 +1,186 @@
+"""Certified members' rollouts through the compiled kernel (``stable_native``): the same states
+as stepping the members (the torch path) for every structure the kernel runs, the certified
+decrease held at every step of every row, the same sampled noise and angle wrapping, the torch
+path wherever the kernel does not apply, and a kernel that disagrees refused with a warning."""
+
+import math
+
+import pytest
+import torch
+
+from lyagym.agents.adapters.base import wrap_angles
+from lyagym.learned_models import Ensemble, member_factory, mlp_native
+from lyagym.learned_models.stable_native import StableRollout
+
+pytestmark = pytest.mark.skipif(not mlp_native.available(), reason="no C compiler (or a CPU without AVX2 and FMA)")
+
+PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
+
+
+def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
+    torch.manual_seed(0)
+    ens = Ensemble(member_factory("stable", n, m, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **options), size,
+                   propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=1)
+    with torch.no_grad():  # members that differ, scales and normalisations to fold, bounds that bite
+        for p in ens.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for name, buffer in ens.stacked.named_buffers():
+            if name.endswith("_scale"):
+                buffer.uniform_(0.5, 2.0)
+            if name.endswith("x_eq"):
+                buffer.normal_(0.0, 0.3)
+        if probabilistic:
+            ens.feature_shift.normal_()
+            ens.feature_scale.uniform_(0.5, 2.0)
+            ens.target_scale.uniform_(0.5, 2.0)
+            ens.max_logvar.fill_(-1.0)
+            ens.min_logvar.fill_(-6.0)
+    return ens.requires_grad_(False)
+
+
+def _stepped(ens, x0, actions, horizon, wrap=()):
+    """The torch path: ``_step`` once per step (the stacked certified step), then the wrap."""
+    xs, x = [x0], x0
+    with torch.no_grad():
+        for t in range(horizon):
+            x = ens._step(x, None if actions is None else actions[:, t])
+            if wrap:
+                x = wrap_angles(x, wrap)
+            xs.append(x)
+    return torch.stack(xs, 1)
+
+
+def _kernel_calls(monkeypatch):
+    calls = []
+    original = StableRollout.__call__
+    monkeypatch.setattr(StableRollout, "__call__", lambda self, *a, **kw: calls.append(a[2]) or original(self, *a, **kw))
+    return calls
+
+
+CASES = [
+    PRIORS,
+    dict(PRIORS, integrator="rk4"),
+    dict(n=4, m=2, activation="relu"),  # fhat a plain MLP on [x, u]
+    dict(n=3, m=0),  # StableDynamics: no input, no sigma
+    dict(PRIORS, lyap_shift="tangent"),
+    dict(PRIORS, keep_guarantee=False),
+    dict(PRIORS, alpha=0.5, alpha_bounds=None),  # a fixed rate
+    dict(n=3, m=2, angle_dims=2, control_affine=False, activation="silu"),  # DynamicsNet with u among its inputs
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_rollout_equals_stepping_the_members(case, monkeypatch):
+    options = dict(case)
+    n, m = options.pop("n", 2), options.pop("m", 1)
+    ens = _ensemble(n, m, **options)
+    assert ens._stacked_stable_members()
+    calls = _kernel_calls(monkeypatch)
+    x0 = 1.5 * torch.randn(83, n)  # not a multiple of E = 3 nor of a tile
+    x0[0] = ens.stacked.model.lyapunov.x_eq[0]  # a row at its member's x_eq
+    actions = torch.randn(83, 6, m) if m else None
+    ens.reset_generator(5)
+    with torch.no_grad():
+        fast = ens.rollout(x0, actions if m else 6)
+    assert calls[-1] == 6, "the rollout should run through the compiled kernel"
+    ens.reset_generator(5)
+    slow = _stepped(ens, x0, actions, 6)
+    assert fast.shape == (83, 7, n)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [PRIORS, dict(PRIORS, integrator="rk4"), dict(n=3, m=0)])
+def test_compiled_rollout_keeps_every_members_certified_decrease(case):
+    """``V(x_{t+1}) <= exp(-alpha h) V(x_t) + (1 - exp(-alpha h)) / alpha sigma(x_t, u_t)`` for every
+    row and step of a noiseless rollout, each row against its own member's ``V`` and ``sigma``."""
+    options = dict(case)
+    n, m = options.pop("n", 2), options.pop("m", 1)
+    ens = _ensemble(n, m, sample=False, **options)
+    E, B, H = ens.size, 60, 8
+    x0, actions = 3.0 * torch.randn(B, n), (2.0 * torch.randn(B, H, m) if m else None)
+    with torch.no_grad():
+        states = ens.rollout(x0, actions if m else H)
+        assert ens._lowered().agrees
+        for e in range(E):
+            member = ens.member(e).requires_grad_(False)
+            rows = states[e::E]
+            alpha, h = member.alpha, member.dt
+            for t in range(H):
+                x, y = rows[:, t], rows[:, t + 1]
+                bound = math.exp(-alpha * h) * member.lyapunov(x)
+                if m:
+                    bound = bound + -math.expm1(-alpha * h) / alpha * member.sigma(x, actions[e::E, t])
+                assert bool((member.lyapunov(y) <= bound * (1 + 1e-5) + 1e-7).all())
+
+
+def test_compiled_rollout_samples_and_wraps_as_the_members_step(monkeypatch):
+    ens = _ensemble(**PRIORS)
+    calls = _kernel_calls(monkeypatch)
+    x0, actions = 3.0 * torch.randn(50, 2), torch.randn(50, 9, 1)
+    ens.reset_generator(2)
+    with torch.no_grad():
+        fast = ens.rollout(x0, actions, wrap_angles=[0])
+    assert calls
+    ens.reset_generator(2)
+    torch.testing.assert_close(fast, _stepped(ens, x0, actions, 9, wrap=[0]), rtol=1e-4, atol=1e-5)
+    assert bool((fast[:, 1:, 0] >= -math.pi).all() and (fast[:, 1:, 0] < math.pi).all())
+    ens.sample = False  # the noise is really there: the means alone differ
+    with torch.no_grad():
+        means = ens.rollout(x0, actions, wrap_angles=[0])
+    assert float((means - fast).abs().max()) > 1e-3
+
+
+def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
+    """A gradient wanted, TS-1 propagation, two torch threads, float64, kernels switched off:
+    the members step in torch (and give the same rollout where it is deterministic)."""
+    ens = _ensemble(**PRIORS, sample=False)
+    calls = _kernel_calls(monkeypatch)
+    x0, actions = torch.randn(20, 2), torch.randn(20, 4, 1)
+    with torch.no_grad():
+        reference = ens.rollout(x0, actions)
+    assert calls.count(4) == 1  # (and one step on the first rows: the check of a new lowering)
+    ens.rollout(x0, actions.requires_grad_(True))  # autograd: the torch step
+    actions = actions.detach()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            threaded = ens.rollout(x0, actions)
+    finally:
+        torch.set_num_threads(1)
+    monkeypatch.setenv("LYAGYM_NATIVE", "0")
+    with torch.no_grad():
+        switched_off = ens.rollout(x0, actions)
+    monkeypatch.delenv("LYAGYM_NATIVE")
+    ens.propagation = "ts1"
+    with torch.no_grad():
+        ens.rollout(x0, actions)
+    ens.propagation = "tsinf"
+    with torch.no_grad():
+        ens.double().rollout(x0.double(), actions.double())
+    assert calls.count(4) == 1
+    torch.testing.assert_close(threaded, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(switched_off, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_disagreeing_kernel_is_refused_with_a_warning(monkeypatch):
+    ens = _ensemble(**PRIORS, sample=False)
+    x0, actions = torch.randn(20, 2), torch.randn(20, 4, 1)
+    with torch.no_grad():
+        ens.rollout(x0, actions)
+    kernel = ens._lowered()
+    assert kernel.agrees
+    with torch.no_grad():
+        getattr(ens.stacked.model.fhat.net, "0").weight.add_(0.5)  # new weights: lowered and checked again
+    broken = StableRollout.__call__
+    monkeypatch.setattr(StableRollout, "__call__", lambda self, *a, **kw: broken(self, *a, **kw) + 1.0)
+    with pytest.warns(RuntimeWarning, match="disagrees"), torch.no_grad():
+        got = ens.rollout(x0, actions)
+    assert ens._lowered() is not kernel and ens._lowered().agrees is False
+    monkeypatch.setattr(StableRollout, "__call__", broken)
+    torch.testing.assert_close(got, _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_structures_the_kernel_does_not_run_are_not_lowered():
+    for options in (dict(PRIORS, activation="tanh"), dict(PRIORS, lyap_quadratic=True)):
+        ens = _ensemble(**options)
+        assert ens._lowered() is None
