@@ -412,9 +412,9 @@ class ODEWorldModel(nn.Module):
         controls = actions if self.action_dim else None
         # Without autograd an MLP field runs as a few matrix products per stage (``mlp_rollout``):
         # the planners' rollouts, 1.25-1.4x faster for a (100, 100) MLP (1000 rows x 30 RK4 steps).
-        field = self._lowered_field() if self._without_autograd(x0, actions) else None
-        if field is not None:
-            return self._check_result(field.rollout(x0, controls, horizon, self.dt, self.integrator), x0, controls)
+        fast = self._inference_rollout(x0, controls, horizon) if self._without_autograd(x0, actions) else None
+        if fast is not None:
+            return self._check_result(fast, x0, controls)
         inputs = controls.unbind(1) if controls is not None else [None] * horizon
         rows = x0.shape[0]
         if x0.device.type == "cpu" and rows > 2 * ROLLOUT_BLOCK_ROWS:
@@ -428,6 +428,13 @@ class ODEWorldModel(nn.Module):
             states = self._rollout_rows(x0, inputs)
         return self._check_result(states, x0, controls)
 
+    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int) -> torch.Tensor | None:
+        """``rollout``'s states without autograd (validated arguments) through a lowered
+        form of the model, or ``None`` to step through ``_step``. Default: the lowered field
+        (``_lowered_field``), where the subclass has one."""
+        field = self._lowered_field()
+        return None if field is None else field.rollout(x0, controls, horizon, self.dt, self.integrator)
+
     def _inference_field(self) -> "MLPField | None":
         """The field lowered for rollouts without autograd (``mlp_rollout.MLPField``), or
         ``None`` (default) to roll out through ``_step``. Called by ``_lowered_field``."""
@@ -440,14 +447,18 @@ class ODEWorldModel(nn.Module):
         has a forward hook: comparing takes ~10 us, where lowering a (100, 100) MLP again (its
         matrices, folds and packed oneDNN weights) cost 0.3-0.4 ms a rollout, e.g. every CEM
         iteration."""
+        return self._cached_lowering("_field_cache", self._inference_field)
+
+    def _cached_lowering(self, key: str, lower: Callable[[], Any]) -> Any:
+        """``lower()``, kept in ``self.__dict__[key]`` as ``_lowered_field`` keeps its field."""
         tensors = [*self.parameters(), *self.buffers()]
-        cache = self.__dict__.get("_field_cache")
+        cache = self.__dict__.get(key)
         if cache is None:
-            cache = self.__dict__["_field_cache"] = _LoweredField()
+            cache = self.__dict__[key] = _LoweredField()
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
         if cache.field is not None and not hooked and _equal_tensors(cache.source, tensors):
             return cache.field
-        field = self._inference_field()
+        field = lower()
         keep = field is not None and not hooked and all(t.device.type == "cpu" for t in tensors)  # no device syncs to compare
         cache.source, cache.field = ([t.detach().clone() for t in tensors], field) if keep else ([], None)
         return field

@@ -691,6 +691,25 @@ class StableDynamics(ODEWorldModel):
                 slack=self._slack(x, u), verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
             )
 
+    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int) -> torch.Tensor | None:
+        """Without autograd, on a CPU in float32 at one torch thread: the compiled rollout of
+        ``stable_native`` (every step's eq. 10, ``V``, its gradient and the rescale for a tile of
+        rows through the whole horizon), checked against ``_step`` once per lowering; else
+        ``None`` (the steps)."""
+        from .stable_native import StableRollout
+
+        if not horizon or type(self) not in (StableDynamics, StableControlledDynamics) or not StableRollout.usable(x0):
+            return None
+        tensors = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        kernel = self._cached_lowering("_kernel_cache", lambda: StableRollout.lower(self, lambda name: tensors[name].unsqueeze(0), 1))
+        if kernel is None:
+            return None
+        first = x0[:16].unsqueeze(0)
+        step_u = None if controls is None else controls[:16, 0].unsqueeze(0)
+        if not kernel.check(lambda x, u: self._step(x[0], None if u is None else u[0]).unsqueeze(0), first, step_u):
+            return None
+        return kernel(x0.unsqueeze(0), None if controls is None else controls.unsqueeze(0), horizon)[0]
+
     # -- certificate -------------------------------------------------------------------
     def _claim(self, domain: str) -> str:
         return "exponential_stability" if domain == "continuous" else "discrete_exponential_stability"

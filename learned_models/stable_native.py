@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import warnings
 from collections.abc import Callable
 import torch
 from torch import nn
@@ -219,6 +220,22 @@ class StableRollout:
             spec += [0, 0, 0]
         consts = [h, float(g.d), float(lyapunov.d), float(lyapunov.eps), float(getattr(model, "input_gain", 0.0))]
         return cls(spec, consts, pack.block(), n, m)
+
+    def check(self, reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x0: torch.Tensor,
+              actions: torch.Tensor | None) -> bool:
+        """Whether one step of the kernel equals ``reference(x0, actions)`` (the members' torch
+        step: ``x0: (E, rows, n)``, ``actions: (E, rows, m)`` or ``None`` -> ``(E, rows, n)``) to
+        float rounding; computed on the first call only. Warns where it does not (the caller
+        then keeps its torch path)."""
+        if self.agrees is None:
+            expected = reference(x0, actions)
+            got = self(x0, None if actions is None else actions.unsqueeze(2), 1)[:, :, 1]
+            scale = max(1.0, float(expected.abs().max()))
+            self.agrees = bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale))
+            if not self.agrees:
+                warnings.warn("lyagym: the compiled rollout of certified members disagrees with their torch step here; "
+                              "rollouts use the torch step", RuntimeWarning, stacklevel=4)
+        return self.agrees
 
     def __call__(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, noise: torch.Tensor | None = None,
                  wrap: list[int] = ()) -> torch.Tensor:

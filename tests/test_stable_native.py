@@ -4,6 +4,7 @@ decrease held at every step of every row, the same sampled noise and angle wrapp
 path wherever the kernel does not apply, and a kernel that disagrees refused with a warning."""
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -184,3 +185,36 @@ def test_structures_the_kernel_does_not_run_are_not_lowered():
     for options in (dict(PRIORS, activation="tanh"), dict(PRIORS, lyap_quadratic=True)):
         ens = _ensemble(**options)
         assert ens._lowered() is None
+
+
+@pytest.mark.parametrize("case", [PRIORS, dict(n=3, m=0, integrator="euler"), dict(n=4, m=2, activation="relu", lyap_shift="tangent")])
+def test_a_single_certified_models_compiled_rollout_equals_its_steps(case, monkeypatch):
+    """``StableDynamics`` / ``StableControlledDynamics`` alone (RK4 by default): the same states as
+    its own ``_step``, one step after another, and every step's certified decrease."""
+    options = dict(case)
+    n, m = options.pop("n", 2), options.pop("m", 1)
+    torch.manual_seed(0)
+    model = member_factory("stable", n, m, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **options)()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        model.lyapunov.x_eq.normal_(0.0, 0.3)
+    model.requires_grad_(False)
+    calls = _kernel_calls(monkeypatch)
+    x0, actions = 2.0 * torch.randn(70, n), (torch.randn(70, 5, m) if m else None)
+    with torch.no_grad():
+        fast = model.rollout(x0, actions if m else 5)
+        slow = model._rollout_rows(x0, list(actions.unbind(1)) if m else [None] * 5)
+    assert calls.count(5) == 1
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    alpha, h = model.alpha, model.dt
+    with torch.no_grad():
+        for t in range(5):
+            bound = math.exp(-alpha * h) * model.lyapunov(fast[:, t])
+            if m:
+                bound = bound + -math.expm1(-alpha * h) / alpha * model.sigma(fast[:, t], actions[:, t])
+            assert bool((model.lyapunov(fast[:, t + 1]) <= bound * (1 + 1e-5) + 1e-7).all())
+    clone = pickle.loads(pickle.dumps(model))  # the packed kernel is a cache: it does not travel
+    assert "_kernel_cache" not in clone.__dict__ or clone.__dict__["_kernel_cache"].field is None
+    with torch.no_grad():
+        torch.testing.assert_close(clone.rollout(x0, actions if m else 5), fast)

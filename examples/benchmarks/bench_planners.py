@@ -15,17 +15,17 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7] [
 4. MPPI on learned models (the plain ``SimpleDynamics`` MLP, the PETS loop's default
    single model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``, and its ensemble of
    5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity, and the same with
-   certified members, ``"ensemble-stable"``, which has no lowered rollout): states planned per
+   certified members, ``"ensemble-stable"``, and the single certified model, ``"stable"`` (RK4),
+   whose rollouts run through the compiled kernel of ``stable_native``): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
-   at B = 1, for the single models: the network alone (K rows x H steps x 4 RK4 stages, in the
+   at B = 1, for the single MLP models: the network alone (K rows x H steps x 4 RK4 stages, in the
    rollout's own blocks, layout and kernels: the compiled kernel of ``mlp_native`` where the
    rollout uses it), the work every planner of this model does at this rate; pytorch_mppi's
    time over it is the highest ratio a planner could reach with this network evaluation. And
-   for every model the rollout of K rows x H steps without autograd (``mlp_rollout.MLPField``,
-   what ``plan`` runs) against the
-   same rollout through the model's ``_step`` (the autograd-capable path, which pytorch_mppi's
-   ``model.step`` runs).
+   for every model the rollout of K rows x H steps without autograd (``mlp_rollout.MLPField``
+   or the certified models' kernel: what ``plan`` runs) against the same rollout through the
+   model's ``_step`` (the autograd-capable path, which pytorch_mppi's ``model.step`` runs).
 
 All figures are medians over ``--repeats`` timed runs after a warm-up run; contenders are
 timed in alternation so that changes in machine load affect both alike. Section 4 also
@@ -230,6 +230,7 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
     models = {"SimpleDynamics(2, 1, 100-100), plain MLP": SimpleDynamics(2, 1, hidden=(100, 100), dt=adapter.dt),
               "world_model_for(Pendulum-v1, 'simple'), priors": world_model_for(adapter, "simple"),
               "world_model_for(Pendulum-v1, 'ensemble'), 5 members, TS-inf": world_model_for(adapter, "ensemble"),
+              "world_model_for(Pendulum-v1, 'stable'), certified": world_model_for(adapter, "stable"),
               "world_model_for(Pendulum-v1, 'ensemble-stable'), 5 certified members": world_model_for(adapter, "ensemble-stable")}
     cost = PendulumCost(1, "swingup")
     for name, model in models.items():
@@ -247,7 +248,8 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                     for i in range(b):
                         theirs.command(x[i])
 
-            single = hasattr(model, "fhat")  # the floor is a single model's
+            single = hasattr(model, "fhat")
+            mlp_field = single and model._inference_field() is not None  # the floor is an MLP field's
             if b > 1:
                 t_ours, t_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3))
                 c_ours, c_theirs = interleaved_medians([lambda: ours.plan(x), loop_theirs], max(3, repeats // 3), time.thread_time)
@@ -267,16 +269,19 @@ def bench_learned(K: int, H: int, repeats: int) -> None:
                             for t in range(H):
                                 state = model._step(state, actions[:, t])
 
-                contenders = [lambda: ours.plan(x), loop_theirs, lowered, through_step] + ([network_evaluations(model, K, H)] if single else [])
+                contenders = [lambda: ours.plan(x), loop_theirs, lowered, through_step] + ([network_evaluations(model, K, H)] if mlp_field else [])
                 t_ours, t_theirs, t_low, t_step, *t_floor = interleaved_medians(contenders, repeats)
                 c_ours, c_theirs = interleaved_medians(contenders[:2], repeats, time.thread_time)
             print(f"  {name}, B={b:3d}: lyagym MPPI {b / t_ours:7.1f} states/s   pytorch_mppi loop {b / t_theirs:7.1f} states/s   "
                   f"ratio {t_theirs / t_ours:5.2f}x, in CPU time {c_theirs / c_ours:5.2f}x  (target >= 2x)")
             if b == 1:
                 floor = (f"the network alone {t_floor[0] * 1e3:6.1f} ms = {100 * t_floor[0] / t_ours:3.0f}% of ours, "
-                         f"{100 * t_floor[0] / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor[0]:4.2f}x; ") if single else ""
-                lowers = model._lowered_field() if single else model._lowered()
-                how = "lowered" if lowers is not None else "(no lowered path: steps)"
+                         f"{100 * t_floor[0] / t_theirs:3.0f}% of pytorch_mppi's plan: ratio bound {t_theirs / t_floor[0]:4.2f}x; ") if mlp_field else ""
+                if mlp_field:
+                    how = "lowered" if model._lowered_field() is not None else "(no lowered path: steps)"
+                else:  # a certified model's compiled rollout (kept in its cache once used), an ensemble's lowering
+                    lowers = model.__dict__.get("_kernel_cache") if single else model._lowered()
+                    how = "lowered" if getattr(lowers, "field", lowers) is not None else "(no lowered path: steps)"
                 print(f"    {floor}rollout {t_low * 1e3:6.1f} ms {how} vs {t_step * 1e3:6.1f} ms through _step ({t_step / t_low:4.2f}x)")
 
 
