@@ -844,7 +844,7 @@ class Ensemble(nn.Module):
         if lowered is None:
             return None
         stable = isinstance(lowered, StableRollout)
-        if stable and not (horizon and StableRollout.usable(x0) and self._kernel_agrees(lowered, x0, actions)):
+        if stable and not (horizon and len(x0) and StableRollout.usable(x0) and self._kernel_agrees(lowered, x0, actions)):
             return None
         field, head = (None, None) if stable else lowered
         E, B, n = self.size, x0.shape[0], self.state_dim

@@ -698,7 +698,7 @@ class StableDynamics(ODEWorldModel):
         ``None`` (the steps)."""
         from .stable_native import StableRollout
 
-        if not horizon or type(self) not in (StableDynamics, StableControlledDynamics) or not StableRollout.usable(x0):
+        if not (horizon and len(x0)) or type(self) not in (StableDynamics, StableControlledDynamics) or not StableRollout.usable(x0):
             return None
         tensors = {**dict(self.named_parameters()), **dict(self.named_buffers())}
         kernel = self._cached_lowering("_kernel_cache", lambda: StableRollout.lower(self, lambda name: tensors[name].unsqueeze(0), 1))

@@ -218,3 +218,15 @@ def test_a_single_certified_models_compiled_rollout_equals_its_steps(case, monke
     assert "_kernel_cache" not in clone.__dict__ or clone.__dict__["_kernel_cache"].field is None
     with torch.no_grad():
         torch.testing.assert_close(clone.rollout(x0, actions if m else 5), fast)
+
+
+def test_empty_batches_and_zero_horizons_roll_out():
+    """Nothing for the kernel to do: the torch path's answer."""
+    ens = _ensemble(**PRIORS)
+    single = member_factory("stable", 2, 1, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **PRIORS)().requires_grad_(False)
+    with torch.no_grad():
+        assert single.rollout(torch.zeros(0, 2), torch.zeros(0, 4, 1)).shape == (0, 5, 2)  # (an ensemble refuses them)
+    for model in (ens, single):
+        with torch.no_grad():
+            x0 = torch.randn(3, 2)
+            torch.testing.assert_close(model.rollout(x0, torch.zeros(3, 0, 1)), x0.unsqueeze(1))
