@@ -82,7 +82,8 @@ from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
-from .integrators import INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, functorch_safe
+from .integrators import (INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, _wrap_rows_,
+                          functorch_safe)
 from .mlp_rollout import MLPField
 from .stable_native import StableRollout
 
@@ -160,12 +161,6 @@ def _module_tree(named: dict[str, torch.Tensor], *, parameters: bool, root: nn.M
             node.register_parameter(leaf, nn.Parameter(tensor))
         else:
             node.register_buffer(leaf, tensor)
-
-
-def _wrap_rows_(x: torch.Tensor, entries: list[int], dim: int) -> None:
-    """Wrap the state entries ``entries`` (indices along ``dim``) of ``x`` to ``[-pi, pi)`` in place."""
-    idx = torch.tensor(entries, device=x.device)
-    x.index_copy_(dim, idx, torch.remainder(x.index_select(dim, idx) + math.pi, 2.0 * math.pi) - math.pi)
 
 
 def _storage_key(tensors: list[torch.Tensor]) -> tuple:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -266,6 +266,12 @@ def _equal_tensors(saved: list[torch.Tensor], current: list[torch.Tensor]) -> bo
         a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(saved, current))
 
 
+def _wrap_rows_(x: torch.Tensor, entries: list[int], dim: int) -> None:
+    """Wrap the state entries ``entries`` (indices along ``dim``) of ``x`` to ``[-pi, pi)`` in place."""
+    idx = torch.tensor(entries, device=x.device)
+    x.index_copy_(dim, idx, torch.remainder(x.index_select(dim, idx) + math.pi, 2.0 * math.pi) - math.pi)
+
+
 class _LoweredField:
     """``ODEWorldModel._lowered_field``'s cache: the field and the weights it was lowered from
     (a plain object; copies and pickles start empty, the packed oneDNN weights do not pickle)."""
@@ -393,8 +399,15 @@ class ODEWorldModel(nn.Module):
         u = self._check_u(u, x.shape[0])
         return self._check_result(self._step(x, u), x, u)
 
-    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int) -> torch.Tensor:
-        """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` or int horizon -> ``(batch, horizon + 1, state_dim)``."""
+    #: ``rollout`` takes ``wrap_angles`` (``AngleWrappedModel`` passes its angles to it)
+    rollout_wraps_angles = True
+
+    def rollout(self, x0: torch.Tensor, actions: torch.Tensor | int, *, wrap_angles: Sequence[int] = ()) -> torch.Tensor:
+        """``x0: (batch, state_dim)``, ``actions: (batch, horizon, action_dim)`` or int horizon -> ``(batch, horizon + 1, state_dim)``.
+
+        ``wrap_angles``: state entries wrapped to ``[-pi, pi)`` after every step (``x0`` as
+        given), as a planner over angle states wants (``AngleWrappedModel``), inside the
+        lowered rollout where it runs."""
         self._check_x(x0, "x0")
         if isinstance(actions, int):
             if actions < 0:
@@ -410,9 +423,10 @@ class ODEWorldModel(nn.Module):
                 self._check_u(actions.reshape(-1, self.action_dim), actions.shape[0] * actions.shape[1], "actions")
             horizon = actions.shape[1]
         controls = actions if self.action_dim else None
+        wrap = sorted({int(i) % self.state_dim for i in wrap_angles})
         # Without autograd an MLP field runs as a few matrix products per stage (``mlp_rollout``):
         # the planners' rollouts, 1.25-1.4x faster for a (100, 100) MLP (1000 rows x 30 RK4 steps).
-        fast = self._inference_rollout(x0, controls, horizon) if self._without_autograd(x0, actions) else None
+        fast = self._inference_rollout(x0, controls, horizon, wrap) if self._without_autograd(x0, actions) else None
         if fast is not None:
             return self._check_result(fast, x0, controls)
         inputs = controls.unbind(1) if controls is not None else [None] * horizon
@@ -421,19 +435,26 @@ class ODEWorldModel(nn.Module):
             # Rows are independent. On a CPU a block of rows keeps its activations in cache
             # through the whole horizon, where all rows at once stream every stage through
             # memory: 64k rows x 30 steps of a (100, 100) MLP ran 4x faster in 4k-row blocks.
-            blocks = [self._rollout_rows(x0[i:i + ROLLOUT_BLOCK_ROWS], [u if u is None else u[i:i + ROLLOUT_BLOCK_ROWS] for u in inputs])
+            blocks = [self._rollout_rows(x0[i:i + ROLLOUT_BLOCK_ROWS], [u if u is None else u[i:i + ROLLOUT_BLOCK_ROWS] for u in inputs], wrap)
                       for i in range(0, rows, ROLLOUT_BLOCK_ROWS)]
             states = torch.cat(blocks, dim=0)
         else:
-            states = self._rollout_rows(x0, inputs)
+            states = self._rollout_rows(x0, inputs, wrap)
         return self._check_result(states, x0, controls)
 
-    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int) -> torch.Tensor | None:
-        """``rollout``'s states without autograd (validated arguments) through a lowered
-        form of the model, or ``None`` to step through ``_step``. Default: the lowered field
-        (``_lowered_field``), where the subclass has one."""
+    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
+        """``rollout``'s states without autograd (validated arguments; ``wrap`` the angle
+        entries to wrap after each step) through a lowered form of the model, or ``None`` to
+        step through ``_step``. Default: the lowered field (``_lowered_field``), where the
+        subclass has one."""
         field = self._lowered_field()
-        return None if field is None else field.rollout(x0, controls, horizon, self.dt, self.integrator)
+        if field is None:
+            return None
+        after_step = None
+        if wrap:
+            def after_step(t: int, rows: slice, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor) -> None:
+                _wrap_rows_(x_next, wrap, dim=0)  # feature-major: (n, rows)
+        return field.rollout(x0, controls, horizon, self.dt, self.integrator, after_step)
 
     def _inference_field(self) -> "MLPField | None":
         """The field lowered for rollouts without autograd (``mlp_rollout.MLPField``), or
@@ -474,11 +495,14 @@ class ODEWorldModel(nn.Module):
         return not (x0.requires_grad or (isinstance(actions, torch.Tensor) and actions.requires_grad)
                     or any(p.requires_grad for p in self.parameters()))
 
-    def _rollout_rows(self, x0: torch.Tensor, inputs: list) -> torch.Tensor:
+    def _rollout_rows(self, x0: torch.Tensor, inputs: list, wrap: list[int] = ()) -> torch.Tensor:
         states = [x0]
         x = x0
         for u in inputs:
             x = self._step(x, u)
+            if wrap:
+                x = x.clone()
+                _wrap_rows_(x, wrap, dim=1)
             states.append(x)
         return torch.stack(states, dim=1)
 

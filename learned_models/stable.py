@@ -691,7 +691,7 @@ class StableDynamics(ODEWorldModel):
                 slack=self._slack(x, u), verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
             )
 
-    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int) -> torch.Tensor | None:
+    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
         """Without autograd, on a CPU in float32 at one torch thread: the compiled rollout of
         ``stable_native`` (every step's eq. 10, ``V``, its gradient and the rescale for a tile of
         rows through the whole horizon), checked against ``_step`` once per lowering; else
@@ -708,7 +708,7 @@ class StableDynamics(ODEWorldModel):
         step_u = None if controls is None else controls[:16, 0].unsqueeze(0)
         if not kernel.check(lambda x, u: self._step(x[0], None if u is None else u[0]).unsqueeze(0), first, step_u):
             return None
-        return kernel(x0.unsqueeze(0), None if controls is None else controls.unsqueeze(0), horizon)[0]
+        return kernel(x0.unsqueeze(0), None if controls is None else controls.unsqueeze(0), horizon, wrap=wrap)[0]
 
     # -- certificate -------------------------------------------------------------------
     def _claim(self, domain: str) -> str:

@@ -261,3 +261,25 @@ def test_gradient_planner_still_differentiates(lowered_calls):
     with torch.no_grad():
         before, after = (planner.sequence_cost(state, s.unsqueeze(1))[0, 0] for s in (start, sequence))
     assert after < before
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_single_models_wrap_angles_inside_their_lowered_rollout(path, lowered_calls, monkeypatch):
+    """``AngleWrappedModel`` (what MPC plans on for an env with angles) hands its angles to the
+    model's own rollout: lowered, the same states as stepping and wrapping one step at a time."""
+    from lyagym.agents.mpc import AngleWrappedModel
+    from lyagym.learned_models import rollout
+
+    model = SimpleDynamics(2, 1, hidden=(16, 16), dt=0.05, angle_dims=1, control_affine=True, activation="silu").requires_grad_(False)
+    wrapped = AngleWrappedModel(model, 1)
+    x0, actions = torch.tensor([[3.0, 8.0], [-3.0, -8.0], [0.5, 0.0]]), 2.0 * torch.randn(3, 12, 1)
+    if path != "native":
+        monkeypatch.setenv("LYAGYM_NATIVE", "0")
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=path != "blas"):
+        fast = wrapped.rollout(x0, actions)
+        assert lowered_calls
+        slow = rollout(wrapped, x0, actions)  # step by step: model.step, then wrap
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert bool((fast[:, 1:, 0] >= -torch.pi).all() and (fast[:, 1:, 0] < torch.pi).all())
+    assert float(slow[:2, :, 0].abs().max()) > 2.0  # fast spins: the wrap is exercised

@@ -230,3 +230,20 @@ def test_empty_batches_and_zero_horizons_roll_out():
         with torch.no_grad():
             x0 = torch.randn(3, 2)
             torch.testing.assert_close(model.rollout(x0, torch.zeros(3, 0, 1)), x0.unsqueeze(1))
+
+
+def test_a_single_certified_model_wraps_angles_inside_its_compiled_rollout(monkeypatch):
+    from lyagym.agents.mpc import AngleWrappedModel
+    from lyagym.learned_models import rollout
+
+    torch.manual_seed(0)
+    model = member_factory("stable", 2, 1, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **PRIORS)().requires_grad_(False)
+    calls = _kernel_calls(monkeypatch)
+    wrapped = AngleWrappedModel(model, [0])
+    x0, actions = torch.tensor([[3.1, 9.0], [-3.1, -9.0], [0.5, 0.0]]), 2.0 * torch.randn(3, 12, 1)
+    with torch.no_grad():
+        fast = wrapped.rollout(x0, actions)
+        assert calls.count(12) == 1
+        slow = rollout(wrapped, x0, actions)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert bool((fast[:, 1:, 0] >= -math.pi).all() and (fast[:, 1:, 0] < math.pi).all())
