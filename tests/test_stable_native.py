@@ -9,9 +9,9 @@ import pickle
 import pytest
 import torch
 
-from lyagym.agents.adapters.base import wrap_angles
 from lyagym.learned_models import Ensemble, member_factory, mlp_native
 from lyagym.learned_models.stable_native import StableRollout
+from test_ensemble_rollout import _stepped  # the torch path: _step once per step, then the wrap
 
 pytestmark = pytest.mark.skipif(not mlp_native.available(), reason="no C compiler (or a CPU without AVX2 and FMA)")
 
@@ -20,7 +20,8 @@ PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
 
 def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
     torch.manual_seed(0)
-    ens = Ensemble(member_factory("stable", n, m, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), **options), size,
+    options = {"hidden": (16, 16), "lyap_hidden": (8, 8), **options}
+    ens = Ensemble(member_factory("stable", n, m, dt=0.05, **options), size,
                    propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=1)
     with torch.no_grad():  # members that differ, scales and normalisations to fold, bounds that bite
         for p in ens.parameters():
@@ -39,18 +40,6 @@ def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
     return ens.requires_grad_(False)
 
 
-def _stepped(ens, x0, actions, horizon, wrap=()):
-    """The torch path: ``_step`` once per step (the stacked certified step), then the wrap."""
-    xs, x = [x0], x0
-    with torch.no_grad():
-        for t in range(horizon):
-            x = ens._step(x, None if actions is None else actions[:, t])
-            if wrap:
-                x = wrap_angles(x, wrap)
-            xs.append(x)
-    return torch.stack(xs, 1)
-
-
 def _kernel_calls(monkeypatch):
     calls = []
     original = StableRollout.__call__
@@ -67,6 +56,8 @@ CASES = [
     dict(PRIORS, keep_guarantee=False),
     dict(PRIORS, alpha=0.5, alpha_bounds=None),  # a fixed rate
     dict(n=3, m=2, angle_dims=2, control_affine=False, activation="silu"),  # DynamicsNet with u among its inputs
+    dict(PRIORS, lyap_hidden=(8,), hidden=(16,)),  # one hidden layer in V and in fhat
+    dict(PRIORS, lyap_hidden=(8, 12, 8), hidden=(16, 12, 16)),  # three
 ]
 
 
