@@ -835,11 +835,11 @@ class Ensemble(nn.Module):
         if torch.is_grad_enabled() and (x0.requires_grad or (actions is not None and actions.requires_grad)
                                         or any(p.requires_grad for p in self.parameters())):
             return None
+        stable = not self._stacked_mlp_members() and self._stacked_stable_members()
+        if stable and not (horizon and len(x0) and StableRollout.usable(x0)):
+            return None  # (before lowering: no packing for a device or dtype the kernel does not run)
         lowered = self._lowered()
-        if lowered is None:
-            return None
-        stable = isinstance(lowered, StableRollout)
-        if stable and not (horizon and len(x0) and StableRollout.usable(x0) and self._kernel_agrees(lowered, x0, actions)):
+        if lowered is None or (stable and not self._kernel_agrees(lowered, x0, actions)):
             return None
         field, head = (None, None) if stable else lowered
         E, B, n = self.size, x0.shape[0], self.state_dim

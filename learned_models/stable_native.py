@@ -117,6 +117,7 @@ class StableRollout:
                 and mlp_native.available())
 
     @classmethod
+    @torch.no_grad()
     def lower(cls, model: nn.Module, tensors: Callable[[str], torch.Tensor], members: int, *, head: nn.Sequential | None = None,
               head_tensors: Callable[[str], torch.Tensor] | None = None, feature_shift: torch.Tensor | None = None,
               feature_scale: torch.Tensor | None = None, max_logvar: torch.Tensor | None = None,
@@ -157,9 +158,8 @@ class StableRollout:
         # fhat(x_eq, 0), as the members' step computes it on its extra row (once per lowering)
         names = [name for name, _ in fhat.named_parameters()] + [name for name, _ in fhat.named_buffers()]
         at_eq = torch.cat([x_eq, x_eq.new_zeros(E, 1, m)], -1)
-        with torch.no_grad():
-            fhat_eq = torch.cat([torch.func.functional_call(fhat, {name: tensors("fhat." + name)[e] for name in names}, (at_eq[e],))
-                                 for e in range(E)])
+        fhat_eq = torch.cat([torch.func.functional_call(fhat, {name: tensors("fhat." + name)[e] for name in names}, (at_eq[e],))
+                             for e in range(E)])
         spec.append(pack.add(fhat_eq))
         spec += pack.net(model.sigma_net, lambda name: tensors("sigma_net." + name), sigma_layers) if m else [0, 0]
         # The ICNN: W, b, U / d (the members' _split_theta, _unflatten), eq. 11's reference pass at x_eq.

@@ -147,9 +147,13 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
     with torch.no_grad():
         ens.rollout(x0, actions)
     ens.propagation = "tsinf"
+    lowerings = []
+    lower = StableRollout.lower.__func__
+    monkeypatch.setattr(StableRollout, "lower", classmethod(lambda cls, *a, **kw: lowerings.append(1) or lower(cls, *a, **kw)))
     with torch.no_grad():
         ens.double().rollout(x0.double(), actions.double())
     assert calls.count(4) == 1
+    assert not lowerings  # nothing packed for a dtype the kernel does not run
     torch.testing.assert_close(threaded, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(switched_off, reference, rtol=1e-4, atol=1e-5)
 
