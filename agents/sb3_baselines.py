@@ -15,13 +15,29 @@ from .adapters import EnvAdapter, make_adapter
 from .mbrl import TensorBoardLog, require_tensorboard, write_csv
 from .run_log import RunFolder
 
-__all__ = ["BASELINES", "train_baseline", "evaluation_episode", "sb3_logger"]
+__all__ = ["BASELINES", "train_baseline", "baseline_cell", "evaluation_episode", "sb3_logger"]
 
 #: name -> (SB3 class name, default keyword arguments)
 BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
     "sac": ("SAC", {"learning_starts": 200}),
     "ppo": ("PPO", {"n_steps": 1024, "batch_size": 64, "gae_lambda": 0.95, "gamma": 0.99, "n_epochs": 10, "ent_coef": 0.0}),
 }
+
+
+def baseline_cell(algo: str, env: gym.Env, total_steps: int, run_dir: str, **kwargs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A study's baseline cell: ``train_baseline`` into ``run_dir`` with evaluations, going on
+    from the last commit where a killed SAC run left one there (``RunFolder``'s manifest).
+    Returns ``(evaluations, episodes)``: on a resume all the run's evaluations, those before
+    the commit (from ``run_dir/evaluations.csv``) and after it. ``kwargs`` go to ``train_baseline``."""
+    evaluations: list[dict[str, Any]] = []
+    resume = algo == "sac" and os.path.exists(os.path.join(run_dir, "manifest.json"))
+    episodes = train_baseline(algo, env, total_steps, out_dir=run_dir, on_eval=evaluations.append, resume=resume, overwrite=not resume,
+                              **kwargs)
+    if resume:
+        from .run_log import read_csv
+
+        evaluations = read_csv(os.path.join(run_dir, "evaluations.csv"))
+    return evaluations, episodes
 
 
 def train_baseline(algo: str, env: gym.Env, total_steps: int, *, seed: int = 0, out_dir: str | None = None,

@@ -276,25 +276,18 @@ def run_cell(settings: dict[str, Any], seed: int, cell_dir: str, device: str = "
 
     from lyagym.agents.adapters import make_adapter
     from lyagym.agents.mbrl import run_mbpo, run_pets
-    from lyagym.agents.sb3_baselines import train_baseline
+    from lyagym.agents.sb3_baselines import baseline_cell
 
     torch.set_num_threads(1)
     env = _make_env(settings)
     adapter = make_adapter(env)
     method, quick = settings["method"], settings.get("quick", False)
     if method == "sac":
-        evaluations: list[dict] = []
         steps = 300 if quick else settings["sac_steps"]
-        run_dir = os.path.join(cell_dir, "run")
-        resume = os.path.exists(os.path.join(run_dir, "manifest.json"))  # a killed cell goes on from its last episode
-        episodes = train_baseline("sac", env, steps, seed=seed, out_dir=run_dir, device=device, progress=progress,
-                                  eval_every=100 if quick else settings["eval_every"], on_eval=evaluations.append,
-                                  adapter=adapter, method="sac", resume=resume, overwrite=not resume,
-                                  **({"learning_starts": 50} if quick else {}))
-        if resume:  # the evaluations before the commit it went on from, and those after it
-            from lyagym.agents.run_log import read_csv
-
-            evaluations = read_csv(os.path.join(run_dir, "evaluations.csv"))
+        # a killed cell goes on from its last episode
+        evaluations, episodes = baseline_cell("sac", env, steps, os.path.join(cell_dir, "run"), seed=seed, device=device, progress=progress,
+                                              eval_every=100 if quick else settings["eval_every"], adapter=adapter, method="sac",
+                                              **({"learning_starts": 50} if quick else {}))
         return {"evaluations": evaluations, "episodes": episodes}
     algo, kind = method.split("-", 1)
     config, model = _cell_config_and_model(settings, adapter, seed, device)

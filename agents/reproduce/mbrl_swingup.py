@@ -570,7 +570,7 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
     from lyagym.agents.costs import PendulumCost
     from lyagym.agents.mbrl import (MBRLConfig, angle_error, make_pendulum_env, make_world_model, mpc_episode, run_dyna,
                                     run_pets, true_physics_model)
-    from lyagym.agents.sb3_baselines import train_baseline
+    from lyagym.agents.sb3_baselines import baseline_cell
 
     progress = not args.no_progress
     env = make_pendulum_env(args.links, dt=args.dt, max_torque=args.max_torque, episode_steps=EPISODE_STEPS)
@@ -584,14 +584,9 @@ def run_method(method: str, seed: int, args, run_dir: str) -> dict:
         return {"evaluations": [row], "episodes": []}
     if method in ("sac", "ppo"):
         steps = args.sac_steps if method == "sac" else (args.ppo_steps or args.sac_steps)
-        evaluations: list[dict] = []
-        resume = method == "sac" and os.path.exists(os.path.join(run_dir, "manifest.json"))  # a killed SAC cell goes on
-        episodes = train_baseline(method, env, steps, seed=seed, out_dir=run_dir, device=args.device, progress=progress,
-                                  eval_every=args.eval_every, on_eval=evaluations.append, resume=resume, overwrite=not resume)
-        if resume:  # the evaluations before the commit it went on from, and those after it
-            from lyagym.agents.run_log import read_csv
-
-            evaluations = read_csv(os.path.join(run_dir, "evaluations.csv"))
+        # a killed SAC cell goes on from its last episode
+        evaluations, episodes = baseline_cell(method, env, steps, run_dir, seed=seed, device=args.device, progress=progress,
+                                              eval_every=args.eval_every)
         for r in evaluations:
             r["steps_used"] = steps
         return {"evaluations": evaluations, "episodes": episodes}
