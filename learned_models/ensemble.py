@@ -741,7 +741,7 @@ class Ensemble(nn.Module):
         15.5-15.8 ms through ``_step`` (one thread, three runs of
         ``examples/benchmarks/bench_planners.py --repeats 9 --sections 4``). Certified members
         (``StableControlledDynamics``) run the whole rollout in the compiled kernel of
-        ``stable_native`` (float32 on a CPU at one torch thread), checked against their torch
+        ``stable_native`` (float32 on a CPU, on torch's thread count), checked against their torch
         step once per lowering: 11.2 ms against 52.7 ms for the same plan's rollout."""
         self._check_x(x0, "x0")
         if isinstance(actions, int) and not isinstance(actions, bool):

@@ -61,7 +61,7 @@ _MIN_VECTOR_FLOATS = 8
 
 
 def _build() -> ctypes.CDLL | None:
-    lib = build_library(_SOURCE, "mlp_kernel", ["-O3", "-march=native"], native_cpu=True)
+    lib = build_library(_SOURCE, "mlp_kernel", ["-O3", "-march=native", "-pthread"], native_cpu=True)
     if lib is not None:
         lib.lyagym_mlp_vector_floats.restype = ctypes.c_int
         lib.lyagym_mlp.restype = ctypes.c_int

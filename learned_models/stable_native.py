@@ -19,8 +19,12 @@ The same function as the members' ``step`` to float rounding: the ICNN runs in d
 at every integrator stage (torch: at the first, the later ones absolute then subtracted),
 SiLU, the sigmoid and the sampling's exp and log come from Cephes' polynomials, sums run in
 another order. ``Ensemble`` checks each lowering once against its torch step on the rows it is
-asked to roll out and keeps the torch path if they disagree. Float32 on a CPU, one torch
-thread, ReLU or SiLU networks: the conditions of ``mlp_native``.
+asked to roll out and keeps the torch path if they disagree. Float32 on a CPU, ReLU or SiLU
+networks, the library of ``mlp_native`` built and checked. Unlike that MLP kernel (many short
+calls between torch's own operations, used only at one torch thread) a rollout is one long
+call, and it shares its tiles between as many threads as torch runs: at two threads on a
+2-core CPU, one-off, 1,000 rows x 30 steps of the certified ensemble took 9.8 ms with one kernel
+thread against 41.5 ms through torch's two (64,000 rows: 584 against 1,733 ms).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _function(lib: ctypes.CDLL):
     if fn.argtypes is None:
         fn.restype = ctypes.c_int
         fn.argtypes = [_PTR, _PTR, _PTR, _LONG, _LONG, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG,
-                       _PTR, _LONG, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG]
+                       _PTR, _LONG, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG, _LONG]
     return fn
 
 
@@ -110,11 +114,10 @@ class StableRollout:
 
     @staticmethod
     def usable(x0: torch.Tensor) -> bool:
-        """Whether the kernel runs on ``x0``'s kind of tensor now: float32 on a CPU while torch
-        runs one thread, kernels not switched off (``LYAGYM_NATIVE=0``), the library built and
-        checked on this machine."""
-        return (x0.device.type == "cpu" and x0.dtype == torch.float32 and native_enabled() and torch.get_num_threads() == 1
-                and mlp_native.available())
+        """Whether the kernel runs on ``x0``'s kind of tensor now: float32 on a CPU, kernels not
+        switched off (``LYAGYM_NATIVE=0``), the library built and checked on this machine. At
+        any torch thread count: the rollout shares its tiles between as many threads."""
+        return x0.device.type == "cpu" and x0.dtype == torch.float32 and native_enabled() and mlp_native.available()
 
     @classmethod
     @torch.no_grad()
@@ -134,7 +137,8 @@ class StableRollout:
 
         lyapunov, fhat = model.lyapunov, model.fhat
         n, m = model.state_dim, model.action_dim
-        if lyapunov.warp is not None or lyapunov.L is not None or model.integrator not in ("euler", "rk4"):
+        if (lyapunov.warp is not None or lyapunov.L is not None or model.integrator not in ("euler", "rk4")
+                or not 1 <= len(lyapunov.g.widths) - 1 <= 63):
             return None
         dynamics = type(fhat) is DynamicsNet
         fhat_net = fhat.net if dynamics else fhat
@@ -265,7 +269,9 @@ class StableRollout:
         status = call(words, self._consts, self.weights.data_ptr(), self.weights.stride(0), E, rows, horizon,
                       xs.data_ptr(), xs.stride(0), xs.stride(1), None if us is None else us.data_ptr(), *u_strides,
                       None if noise is None else noise.data_ptr(), *noise_strides,
-                      out.data_ptr(), out.stride(0), out.stride(1), out.stride(2))
+                      out.data_ptr(), out.stride(0), out.stride(1), out.stride(2), torch.get_num_threads())
+        if status == -2:
+            raise ValueError("the compiled rollout takes at most 63 hidden ICNN layers")
         if status != 0:
             raise MemoryError("the compiled rollout of certified members could not allocate its buffers")
         return out.permute(0, 3, 1, 2)

@@ -123,8 +123,9 @@ def test_compiled_rollout_samples_and_wraps_as_the_members_step(monkeypatch):
 
 
 def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
-    """A gradient wanted, TS-1 propagation, two torch threads, float64, kernels switched off:
-    the members step in torch (and give the same rollout where it is deterministic)."""
+    """A gradient wanted, TS-1 propagation, float64, kernels switched off: the members step in
+    torch (and give the same rollout where it is deterministic). Two torch threads: the kernel,
+    its tiles shared by two threads, the same rows."""
     ens = _ensemble(**PRIORS, sample=False)
     calls = _kernel_calls(monkeypatch)
     x0, actions = torch.randn(20, 2), torch.randn(20, 4, 1)
@@ -139,6 +140,7 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
             threaded = ens.rollout(x0, actions)
     finally:
         torch.set_num_threads(1)
+    assert calls.count(4) == 2
     monkeypatch.setenv("LYAGYM_NATIVE", "0")
     with torch.no_grad():
         switched_off = ens.rollout(x0, actions)
@@ -152,7 +154,7 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
     monkeypatch.setattr(StableRollout, "lower", classmethod(lambda cls, *a, **kw: lowerings.append(1) or lower(cls, *a, **kw)))
     with torch.no_grad():
         ens.double().rollout(x0.double(), actions.double())
-    assert calls.count(4) == 1
+    assert calls.count(4) == 2
     assert not lowerings  # nothing packed for a dtype the kernel does not run
     torch.testing.assert_close(threaded, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(switched_off, reference, rtol=1e-4, atol=1e-5)
@@ -242,3 +244,22 @@ def test_a_single_certified_model_wraps_angles_inside_its_compiled_rollout(monke
         slow = rollout(wrapped, x0, actions)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     assert bool((fast[:, 1:, 0] >= -math.pi).all() and (fast[:, 1:, 0] < math.pi).all())
+
+
+def test_threads_share_the_tiles_and_give_the_same_states(monkeypatch):
+    """The kernel's threads split the tiles between them: the states are the very same bits
+    whatever the torch thread count (each tile is computed alone, the same way)."""
+    ens = _ensemble(**PRIORS)
+    calls = _kernel_calls(monkeypatch)
+    x0, actions = 2.0 * torch.randn(700, 2), torch.randn(700, 5, 1)
+    results = []
+    for threads in (1, 3, 8):
+        torch.set_num_threads(threads)
+        try:
+            ens.reset_generator(4)
+            with torch.no_grad():
+                results.append(ens.rollout(x0, actions))
+        finally:
+            torch.set_num_threads(1)
+    assert calls.count(5) == 3
+    assert all(torch.equal(r, results[0]) for r in results[1:])

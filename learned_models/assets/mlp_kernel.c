@@ -195,8 +195,9 @@ int lyagym_mlp_vector_floats(void) { return VL; }
  * weights as one float block per member (offsets in floats into it), the scalars as doubles.
  * Tile buffers are feature-major with row stride TT = WIDE * VL; a tail tile uses VL of them.
  */
-#include <math.h>
 #include <float.h>
+#include <math.h>
+#include <pthread.h>
 
 typedef void (*layer_fn)(const float *, long, long, float *, long, long, const float *, int);
 
@@ -548,32 +549,48 @@ static long net_width(const net_t *net) {
     return w;
 }
 
-/* Returns 0, or -1 where the scratch memory could not be had (nothing is then guaranteed written).
- * x0: member e, feature j, row r at x0[e * x0_member + j * x0_feature + r]; u likewise with a step
- * stride (NULL when m = 0); noise (NULL: none) likewise; out: member e, step t (0 .. horizon),
- * feature j, row r. */
-int lyagym_stable_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
-                          long members, long rows, long horizon, const float *x0, long x0_member, long x0_feature,
-                          const float *u, long u_member, long u_step, long u_feature, const float *noise, long noise_member,
-                          long noise_step, long noise_feature, float *out, long out_member, long out_step, long out_feature) {
+/* A rollout's arguments, shared by the threads that work through its tiles. */
+typedef struct {
     spec_t s;
-    read_spec(spec_words, &s);
-    if (s.hidden < 1 || s.hidden > 63) return -2;
-    long n = s.n, m = s.m, H = s.hidden, hidden_rows = 0, widest = n + m + 2 * s.k;
-    for (long i = 0; i < H; i++) hidden_rows += s.iw[i];
-    long nets[3] = {net_width(&s.fhat), net_width(&s.sigma), net_width(&s.head)};
+    const double *consts;
+    const float *weights;
+    long weights_member, members, rows, horizon;
+    const float *x0;
+    long x0_member, x0_feature;
+    const float *u;
+    long u_member, u_step, u_feature;
+    const float *noise;
+    long noise_member, noise_step, noise_feature;
+    float *out;
+    long out_member, out_step, out_feature;
+    long tiles, next; /* tiles in all; the next one to take (atomic) */
+    int failed;       /* set (atomic) where a thread could not have its scratch memory */
+} rollout_t;
+
+/* Take tiles until none is left: each one row block of one member through the whole horizon. */
+static void *rollout_worker(void *arg) {
+    rollout_t *job = arg;
+    const spec_t *s = &job->s;
+    long n = s->n, m = s->m, H = s->hidden, hidden_rows = 0, widest = n + m + 2 * s->k;
+    for (long i = 0; i < H; i++) hidden_rows += s->iw[i];
+    long nets[3] = {net_width(&s->fhat), net_width(&s->sigma), net_width(&s->head)};
     for (int i = 0; i < 3; i++)
         if (nets[i] > widest) widest = nets[i];
     long icnn_widest = 1;
     for (long i = 0; i <= H; i++)
-        if (s.iw[i] > icnn_widest) icnn_widest = s.iw[i];
+        if (s->iw[i] > icnn_widest) icnn_widest = s->iw[i];
     long cat_rows = 0;
-    for (long i = 1; i <= H; i++) cat_rows += n + s.iw[i - 1];
+    for (long i = 1; i <= H; i++) cat_rows += n + s->iw[i - 1];
     /* feature rows: dx, dx_sq, pre, M, D, g, dg, grad_V, V, fh, 4 x net, u, u_scaled, u_sq, sig, x, y, z, f, incr, Vx, sig_x, noise, cats */
     long total = n + 1 + icnn_widest + 2 * hidden_rows + 1 + n + n + 1 + n + 4 * widest + 2 * m + 1 + 1 + 6 * n + 2 + n + cat_rows;
     float *arena = malloc(sizeof(float) * (size_t)(total * TT));
     float **cat = malloc(sizeof(float *) * (size_t)(H + 1));
-    if (!arena || !cat) { free(arena); free(cat); return -1; }
+    if (!arena || !cat) {
+        free(arena);
+        free(cat);
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     memset(arena, 0, sizeof(float) * (size_t)(total * TT));
     tile_t t = {0};
     float *p = arena;
@@ -583,46 +600,81 @@ int lyagym_stable_rollout(const long *spec_words, const double *consts, const fl
     TAKE(net_out, widest); TAKE(u, m); TAKE(u_scaled, m); TAKE(u_sq, 1); TAKE(sig, 1); TAKE(x, n); TAKE(y, n); TAKE(z, n);
     TAKE(f, n); TAKE(incr, n); TAKE(Vx, 1); TAKE(sig_x, 1); TAKE(noise, n);
 #undef TAKE
-    for (long i = 1; i <= H; i++) cat[i] = p, p += (n + s.iw[i - 1]) * TT;
+    for (long i = 1; i <= H; i++) cat[i] = p, p += (n + s->iw[i - 1]) * TT;
     t.cat = cat;
-    t.s = &s;
-    t.dt = (float)consts[0], t.d = (float)consts[1], t.d_out = (float)consts[2], t.eps = (float)consts[3], t.gain = (float)consts[4];
-    long per = tiles_per_member(rows);
-    for (long gi = 0; gi < members * per; gi++) {
+    t.s = s;
+    const double *c = job->consts;
+    t.dt = (float)c[0], t.d = (float)c[1], t.d_out = (float)c[2], t.eps = (float)c[3], t.gain = (float)c[4];
+    long per = tiles_per_member(job->rows);
+    for (;;) {
+        long gi = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (gi >= job->tiles) break;
         long e = gi / per, start, width;
-        tile_span(rows, gi % per, &start, &width);
-        long valid = rows - start < width ? rows - start : width;
-        t.mem = weights + e * weights_member;
+        tile_span(job->rows, gi % per, &start, &width);
+        long valid = job->rows - start < width ? job->rows - start : width;
+        t.mem = job->weights + e * job->weights_member;
         t.layer = width == TT ? layer_wide : layer_narrow;
         t.nv = width / VL;
-        const float *in_scale = t.mem + s.in_scale;
-        load_tile(t.x, x0 + e * x0_member + start, x0_feature, n, valid, width);
-        float *dst = out + e * out_member + start;
-        for (long j = 0; j < n; j++) memcpy(dst + j * out_feature, ROWS(t.x, j), sizeof(float) * (size_t)valid);
-        for (long step_ = 0; step_ < horizon; step_++) {
+        const float *in_scale = t.mem + s->in_scale;
+        load_tile(t.x, job->x0 + e * job->x0_member + start, job->x0_feature, n, valid, width);
+        float *dst = job->out + e * job->out_member + start;
+        for (long j = 0; j < n; j++) memcpy(dst + j * job->out_feature, ROWS(t.x, j), sizeof(float) * (size_t)valid);
+        for (long step_ = 0; step_ < job->horizon; step_++) {
             if (m) {
-                load_tile(t.u, u + e * u_member + step_ * u_step + start, u_feature, m, valid, width);
+                load_tile(t.u, job->u + e * job->u_member + step_ * job->u_step + start, job->u_feature, m, valid, width);
                 for (long r = 0; r < width; r++) t.u_sq[r] = 0.0f;
                 for (long j = 0; j < m; j++)
                     for (long r = 0; r < width; r++) {
                         float uj = ROWS(t.u, j)[r];
                         t.u_sq[r] += uj * uj;
-                        ROWS(t.u_scaled, j)[r] = s.fhat_kind == FHAT_MLP ? uj : uj / in_scale[n - s.k + j];
+                        ROWS(t.u_scaled, j)[r] = s->fhat_kind == FHAT_MLP ? uj : uj / in_scale[n - s->k + j];
                     }
             }
             const float *noise_tile = NULL;
-            if (noise) {
-                load_tile(t.noise, noise + e * noise_member + step_ * noise_step + start, noise_feature, n, valid, width);
+            if (job->noise) {
+                load_tile(t.noise, job->noise + e * job->noise_member + step_ * job->noise_step + start, job->noise_feature, n, valid,
+                          width);
                 noise_tile = t.noise;
             }
             step(&t, noise_tile);
-            float *next = dst + (step_ + 1) * out_step;
-            for (long j = 0; j < n; j++) memcpy(next + j * out_feature, ROWS(t.y, j), sizeof(float) * (size_t)valid);
+            float *next = dst + (step_ + 1) * job->out_step;
+            for (long j = 0; j < n; j++) memcpy(next + j * job->out_feature, ROWS(t.y, j), sizeof(float) * (size_t)valid);
             float *swap = t.x;
             t.x = t.y, t.y = swap;
         }
     }
     free(arena);
     free(cat);
-    return 0;
+    return NULL;
+}
+
+/* Returns 0, -1 where scratch memory could not be had, -2 for a structure beyond its limits
+ * (nothing is then guaranteed written). x0: member e, feature j, row r at x0[e * x0_member + j *
+ * x0_feature + r]; u likewise with a step stride (NULL when m = 0); noise (NULL: none) likewise;
+ * out: member e, step t (0 .. horizon), feature j, row r. `threads`: how many threads share the
+ * tiles (this one and threads - 1 more; fewer where there are fewer tiles). Unlike the MLP kernel's
+ * many short calls, a rollout is one long call, so torch's OpenMP workers, spinning for a moment
+ * after its last parallel operation, cost threads of ours little. */
+int lyagym_stable_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
+                          long members, long rows, long horizon, const float *x0, long x0_member, long x0_feature,
+                          const float *u, long u_member, long u_step, long u_feature, const float *noise, long noise_member,
+                          long noise_step, long noise_feature, float *out, long out_member, long out_step, long out_feature,
+                          long threads) {
+    rollout_t job = {.consts = consts, .weights = weights, .weights_member = weights_member, .members = members, .rows = rows,
+                     .horizon = horizon, .x0 = x0, .x0_member = x0_member, .x0_feature = x0_feature, .u = u, .u_member = u_member,
+                     .u_step = u_step, .u_feature = u_feature, .noise = noise, .noise_member = noise_member,
+                     .noise_step = noise_step, .noise_feature = noise_feature, .out = out, .out_member = out_member,
+                     .out_step = out_step, .out_feature = out_feature};
+    read_spec(spec_words, &job.s);
+    if (job.s.hidden < 1 || job.s.hidden > 63) return -2;
+    job.tiles = members * tiles_per_member(rows);
+    if (threads > job.tiles) threads = job.tiles;
+    if (threads > 64) threads = 64;
+    pthread_t helpers[64];
+    long started = 0;
+    for (long i = 1; i < threads; i++, started++)
+        if (pthread_create(&helpers[started], NULL, rollout_worker, &job) != 0) break; /* fewer threads: the rest still runs */
+    rollout_worker(&job);
+    for (long i = 0; i < started; i++) pthread_join(helpers[i], NULL);
+    return job.failed ? -1 : 0;
 }
