@@ -1,4 +1,5 @@
-/* Feature-major evaluation of small MLPs (lyagym's inference rollouts, learned_models/mlp_native.py).
+/* Feature-major evaluation of small MLPs (lyagym's inference rollouts, learned_models/mlp_native.py),
+ * and below, the whole rollout of certified members (learned_models/stable_native.py).
  *
  * One call evaluates `members` networks of one structure, each on its own `rows` columns:
  *   in:  member e, feature k, row r at in[e * in_member_stride + k * in_feature_stride + r]
@@ -8,9 +9,9 @@
  * layer pays a library's per-call setup: that, not a faster product, is what this file is for. Weights come packed by blocks of JB
  * outputs (`pack_layer` in mlp_native.py): for each block its (K, JB) transposed weights, then
  * its JB biases. Written with GCC/Clang vector extensions, so the compiler picks the widest
- * vectors the machine has (-march=native). One thread: where torch runs several, mlp_native
- * leaves the network to torch's own threaded layers (threads of ours would compete with the
- * spinning workers of torch's OpenMP pool).
+ * vectors the machine has (-march=native). The MLP runs on one thread: where torch runs several,
+ * mlp_native leaves the network to torch's own threaded layers (threads of ours would compete with
+ * the spinning workers of torch's OpenMP pool between the many short calls of a rollout).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -194,6 +195,7 @@ int lyagym_mlp_vector_floats(void) { return VL; }
  * The structure comes as a list of longs read in order (stable_native.py writes it), the
  * weights as one float block per member (offsets in floats into it), the scalars as doubles.
  * Tile buffers are feature-major with row stride TT = WIDE * VL; a tail tile uses VL of them.
+ * Tiles are independent: threads take them from a shared counter, each with its own buffers.
  */
 #include <float.h>
 #include <math.h>
