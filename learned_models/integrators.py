@@ -276,11 +276,12 @@ class _LoweredField:
     """``ODEWorldModel._lowered_field``'s cache: the field and the weights it was lowered from
     (a plain object; copies and pickles start empty, the packed oneDNN weights do not pickle)."""
 
-    __slots__ = ("source", "field")
+    __slots__ = ("source", "field", "settings")
 
     def __init__(self) -> None:
         self.source: list[torch.Tensor] = []
         self.field: "MLPField | None" = None
+        self.settings: Any = None
 
     def __deepcopy__(self, memo) -> "_LoweredField":
         return _LoweredField()
@@ -470,18 +471,21 @@ class ODEWorldModel(nn.Module):
         iteration."""
         return self._cached_lowering("_field_cache", self._inference_field)
 
-    def _cached_lowering(self, key: str, lower: Callable[[], Any]) -> Any:
-        """``lower()``, kept in ``self.__dict__[key]`` as ``_lowered_field`` keeps its field."""
+    def _cached_lowering(self, key: str, lower: Callable[[], Any], settings: Any = None) -> Any:
+        """``lower()``, kept in ``self.__dict__[key]`` as ``_lowered_field`` keeps its field;
+        ``settings``: what else the lowering bakes in (compared with ``==``, lowered again when
+        it changed)."""
         tensors = [*self.parameters(), *self.buffers()]
         cache = self.__dict__.get(key)
         if cache is None:
             cache = self.__dict__[key] = _LoweredField()
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-        if cache.field is not None and not hooked and _equal_tensors(cache.source, tensors):
+        if cache.field is not None and not hooked and cache.settings == settings and _equal_tensors(cache.source, tensors):
             return cache.field
         field = lower()
         keep = field is not None and not hooked and all(t.device.type == "cpu" for t in tensors)  # no device syncs to compare
         cache.source, cache.field = ([t.detach().clone() for t in tensors], field) if keep else ([], None)
+        cache.settings = settings
         return field
 
     def _without_autograd(self, x0: torch.Tensor, actions: torch.Tensor | int) -> bool:

@@ -701,7 +701,12 @@ class StableDynamics(ODEWorldModel):
         if not (horizon and len(x0)) or type(self) not in (StableDynamics, StableControlledDynamics) or not StableRollout.usable(x0):
             return None
         tensors = {**dict(self.named_parameters()), **dict(self.named_buffers())}
-        kernel = self._cached_lowering("_kernel_cache", lambda: StableRollout.lower(self, lambda name: tensors[name].unsqueeze(0), 1))
+        lyapunov = self.lyapunov
+        # what the kernel bakes in besides the tensors (a fixed rate set through ``alpha`` is a float)
+        settings = (self.integrator, self.keep_guarantee, float(self.dt), self._alpha_init, self.alpha_bounds, lyapunov.shift,
+                    lyapunov.eps, lyapunov.d, lyapunov.g.d, getattr(self, "input_gain", None))
+        kernel = self._cached_lowering("_kernel_cache", lambda: StableRollout.lower(self, lambda name: tensors[name].unsqueeze(0), 1),
+                                       settings)
         if kernel is None:
             return None
         first = x0[:16].unsqueeze(0)

@@ -263,3 +263,22 @@ def test_threads_share_the_tiles_and_give_the_same_states(monkeypatch):
             torch.set_num_threads(1)
     assert calls.count(5) == 3
     assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
+def test_a_single_models_kernel_follows_its_settings(monkeypatch):
+    """What the kernel bakes in besides the weights (a fixed rate, the integrator, the rescale,
+    the input gain) is lowered again when it changes: the rollout stays the model's steps."""
+    torch.manual_seed(0)
+    model = member_factory("stable", 2, 1, dt=0.05, hidden=(16, 16), lyap_hidden=(8, 8), alpha=0.5, alpha_bounds=None,
+                           **PRIORS)().requires_grad_(False)
+    calls = _kernel_calls(monkeypatch)
+    x0, actions = 2.0 * torch.randn(40, 2), torch.randn(40, 5, 1)
+    changes = [lambda: setattr(model, "alpha", 3.0), lambda: setattr(model, "integrator", "euler"),
+               lambda: setattr(model, "keep_guarantee", False), lambda: setattr(model, "input_gain", 2.0)]
+    for change in [lambda: None, *changes]:
+        change()
+        with torch.no_grad():
+            fast = model.rollout(x0, actions)
+            slow = model._rollout_rows(x0, list(actions.unbind(1)))
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert calls.count(5) == 5
