@@ -312,7 +312,7 @@ class Ensemble(nn.Module):
         self.propagation = propagation
         self._seed = int(seed)
         self._gen: torch.Generator | None = None
-        self._lowered_cache: tuple[tuple, Any] | None = None
+        self._lowered_cache: dict[bool, tuple] | None = None  # compiled? -> (weights snapshot, lowering)
 
     # -- construction ----------------------------------------------------------------------
     @staticmethod
@@ -774,23 +774,31 @@ class Ensemble(nn.Module):
         return self._check_result(torch.stack(states, dim=1), x0, controls, "rollout")
 
     # -- rollouts without autograd -----------------------------------------------------------
-    def _lowered(self) -> tuple[MLPField, MLPField | None] | StableRollout | None:
+    def _lowered(self, compiled: bool = False) -> tuple[MLPField, MLPField | None] | StableRollout | None:
         """The members' fields and variance heads as stacked ``MLPField``s (``(E, out, in + 1)``
         weights; the heads' feature normalisation folded into their first layer, whose columns
         follow the field's first-layer input, which they read; their output ``(max_logvar -
-        raw) / 2`` instead of ``raw``); for certified members a ``StableRollout`` (their packed
-        weights and everything that depends only on ``x_eq``, the variance head folded the
-        same way); ``None`` where neither applies. Rebuilt only when a weight changed since the
+        raw) / 2`` instead of ``raw``); with ``compiled``, and always for certified members, a
+        ``StableRollout`` for the compiled whole rollout (the packed weights and, for certified
+        members, everything that depends only on ``x_eq``; the variance head folded the same
+        way); ``None`` where it does not apply. Rebuilt only when a weight changed since the
         last call."""
         params, buffers = self._stacked_tensors()
         tensors = {**params, **buffers}
         owned = (self.target_scale, self.feature_shift, self.feature_scale) + ((self.max_logvar, self.min_logvar) if self.probabilistic else ())
         sources = [*tensors.values(), *owned]
-        if self._lowered_cache is not None and _weights_unchanged(self._lowered_cache[0], sources):
-            return self._lowered_cache[1]
+        compiled = compiled or not self._stacked_mlp_members()
+        cache = self._lowered_cache or {}
+        if compiled in cache and _weights_unchanged(cache[compiled][0], sources):
+            return cache[compiled][1]
         base = self._base.model
         lowered = None
-        if self._stacked_mlp_members():
+        if compiled and (self._stacked_mlp_members() or self._stacked_stable_members()):
+            head = self._base.logvar_net if self.probabilistic else None
+            lowered = StableRollout.lower(base, lambda name: tensors["model." + name], self.size, head=head,
+                                          head_tensors=lambda name: tensors["logvar_net." + name], feature_shift=self.feature_shift,
+                                          feature_scale=self.feature_scale, max_logvar=self.max_logvar, min_logvar=self.min_logvar)
+        elif self._stacked_mlp_members():
             field = MLPField.lower(base.fhat, self.state_dim, self.action_dim, tensors=lambda name: tensors["model.fhat." + name])
             head = None
             if self.probabilistic:
@@ -811,12 +819,8 @@ class Ensemble(nn.Module):
                         m = self.action_dim
                         head.weights[0] = torch.cat([w0[..., :-1 - m], w0[..., -1:], w0[..., -1 - m:-1]], -1).contiguous()
             lowered = None if field is None or (self.probabilistic and head is None) else (field, head)
-        elif self._stacked_stable_members():
-            head = self._base.logvar_net if self.probabilistic else None
-            lowered = StableRollout.lower(base, lambda name: tensors["model." + name], self.size, head=head,
-                                          head_tensors=lambda name: tensors["logvar_net." + name], feature_shift=self.feature_shift,
-                                          feature_scale=self.feature_scale, max_logvar=self.max_logvar, min_logvar=self.min_logvar)
-        self._lowered_cache = (_weights_snapshot(sources), lowered)
+        cache[compiled] = (_weights_snapshot(sources), lowered)
+        self._lowered_cache = cache
         return lowered
 
     def _inference_rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
@@ -835,12 +839,23 @@ class Ensemble(nn.Module):
         if torch.is_grad_enabled() and (x0.requires_grad or (actions is not None and actions.requires_grad)
                                         or any(p.requires_grad for p in self.parameters())):
             return None
-        stable = not self._stacked_mlp_members() and self._stacked_stable_members()
-        if stable and not (horizon and len(x0) and StableRollout.usable(x0)):
-            return None  # (before lowering: no packing for a device or dtype the kernel does not run)
-        lowered = self._lowered()
-        if lowered is None or (stable and not self._kernel_agrees(lowered, x0, actions)):
+        mlp_members = self._stacked_mlp_members()
+        if not (mlp_members or self._stacked_stable_members()):
             return None
+        # The compiled whole rollout: always for certified members; for MLP members while torch
+        # runs several threads (at one, MLPField runs their networks through the MLP kernel).
+        # Decided before lowering: no packing for a device or dtype the kernel does not run.
+        stable = not (mlp_members and torch.get_num_threads() == 1)
+        if stable and not (horizon and len(x0) and StableRollout.usable(x0)):
+            stable = False
+        lowered = self._lowered(compiled=True) if stable else None
+        if lowered is not None and not self._kernel_agrees(lowered, x0, actions):
+            lowered = None
+        stable = lowered is not None
+        if not stable:
+            lowered = self._lowered() if mlp_members else None
+            if lowered is None:
+                return None
         field, head = (None, None) if stable else lowered
         E, B, n = self.size, x0.shape[0], self.state_dim
         pad = -B % E
@@ -899,11 +914,16 @@ class Ensemble(nn.Module):
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
 
     def _kernel_agrees(self, kernel: StableRollout, x0: torch.Tensor, actions: torch.Tensor | None) -> bool:
-        """``kernel.check`` against the stacked torch step on ``x0``'s first rows (every member,
-        ``actions``' first step), once per lowering."""
+        """``kernel.check`` against the members' torch step without autograd (stacked) on ``x0``'s
+        first rows (every member, ``actions``' first step), once per lowering."""
         xs = x0[:16].unsqueeze(0).expand(self.size, -1, -1)
         us = None if actions is None else actions[:16, 0].unsqueeze(0).expand(self.size, -1, -1)
-        return kernel.check(lambda x, u: self._raw_stacked_stable(x, u, False)[0], xs, us)
+
+        def reference(x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+            with torch.no_grad():
+                return self._raw(x, u, False)[0]
+
+        return kernel.check(reference, xs, us)
 
     # -- training objective ------------------------------------------------------------------
     def _loss(self, x: torch.Tensor, u: torch.Tensor | None, x_next: torch.Tensor,

@@ -61,11 +61,25 @@ class SimpleDynamics(ODEWorldModel):
     def _derivative(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return self.fhat(x if u is None else torch.cat([x, u], dim=-1))
 
+    def _plain_field(self) -> bool:
+        # A subclass that changes the field or the step computes something the lowerings do not.
+        return type(self)._derivative is SimpleDynamics._derivative and type(self)._step is ODEWorldModel._step
+
     def _inference_field(self) -> MLPField | None:
-        # A subclass that changes the field or the step computes something MLPField does not.
-        if type(self)._derivative is not SimpleDynamics._derivative or type(self)._step is not ODEWorldModel._step:
-            return None
-        return MLPField.lower(self.fhat, self.state_dim, self.action_dim)
+        return MLPField.lower(self.fhat, self.state_dim, self.action_dim) if self._plain_field() else None
+
+    def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
+        """While torch runs several threads, the whole rollout in the compiled kernel of
+        ``stable_native`` (its tiles shared between that many threads), where it runs; else,
+        and at one thread (where ``MLPField`` runs the network through the compiled MLP kernel),
+        the lowered field."""
+        if torch.get_num_threads() > 1 and self._plain_field():
+            from .stable_native import compiled_rollout
+
+            fast = compiled_rollout(self, x0, controls, horizon, wrap, (self.integrator, float(self.dt)))
+            if fast is not None:
+                return fast
+        return super()._inference_rollout(x0, controls, horizon, wrap)
 
     def certificate(self) -> Certificate:
         """A certificate that claims nothing (claim ``"none"``): ``fhat`` is unconstrained, so no

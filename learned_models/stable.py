@@ -696,24 +696,15 @@ class StableDynamics(ODEWorldModel):
         ``stable_native`` (every step's eq. 10, ``V``, its gradient and the rescale for a tile of
         rows through the whole horizon), checked against ``_step`` once per lowering; else
         ``None`` (the steps)."""
-        from .stable_native import StableRollout
+        from .stable_native import compiled_rollout
 
-        if not (horizon and len(x0)) or type(self) not in (StableDynamics, StableControlledDynamics) or not StableRollout.usable(x0):
+        if type(self) not in (StableDynamics, StableControlledDynamics):
             return None
-        tensors = {**dict(self.named_parameters()), **dict(self.named_buffers())}
         lyapunov = self.lyapunov
         # what the kernel bakes in besides the tensors (a fixed rate set through ``alpha`` is a float)
         settings = (self.integrator, self.keep_guarantee, float(self.dt), self._alpha_init, self.alpha_bounds, lyapunov.shift,
                     lyapunov.eps, lyapunov.d, lyapunov.g.d, getattr(self, "input_gain", None))
-        kernel = self._cached_lowering("_kernel_cache", lambda: StableRollout.lower(self, lambda name: tensors[name].unsqueeze(0), 1),
-                                       settings)
-        if kernel is None:
-            return None
-        first = x0[:16].unsqueeze(0)
-        step_u = None if controls is None else controls[:16, 0].unsqueeze(0)
-        if not kernel.check(lambda x, u: self._step(x[0], None if u is None else u[0]).unsqueeze(0), first, step_u):
-            return None
-        return kernel(x0.unsqueeze(0), None if controls is None else controls.unsqueeze(0), horizon, wrap=wrap)[0]
+        return compiled_rollout(self, x0, controls, horizon, wrap, settings)
 
     # -- certificate -------------------------------------------------------------------
     def _claim(self, domain: str) -> str:

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from . import mlp_native
 from .native import native_enabled
 
-__all__ = ["StableRollout"]
+__all__ = ["StableRollout", "compiled_rollout"]
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _FHAT_MLP, _FHAT_DYNAMICS, _FHAT_CONTROL_AFFINE = 0, 1, 2
@@ -98,6 +98,60 @@ class _Packer:
         return torch.cat(self.pieces, 1).contiguous()
 
 
+def _certified_words(pack: _Packer, model: nn.Module, tensors: Callable[[str], torch.Tensor], E: int,
+                     sigma_layers: list[tuple[int, int]]) -> list[int]:
+    """The spec words of a certified model after ``fhat``'s: ``fhat(x_eq, 0)``, ``sigma``'s net,
+    the ICNN (``W``, ``b``, ``U / d`` as the members' ``_split_theta``, ``_unflatten``; eq. 11's
+    reference pass at ``x_eq``; the reverse pass's and the gradient's packed layers), ``x_eq``,
+    ``grad g(x_eq)`` and the rate, everything packed into ``pack``."""
+    from .icnn import _split_theta, _unflatten, _value_and_grad_plain, _z_shapes
+
+    n, m, fhat, lyapunov = model.state_dim, model.action_dim, model.fhat, model.lyapunov
+    x_eq = tensors("lyapunov.x_eq").reshape(E, 1, n)
+    # fhat(x_eq, 0), as the members' step computes it on its extra row (once per lowering)
+    names = [name for name, _ in fhat.named_parameters()] + [name for name, _ in fhat.named_buffers()]
+    at_eq = torch.cat([x_eq, x_eq.new_zeros(E, 1, m)], -1)
+    fhat_eq = torch.cat([torch.func.functional_call(fhat, {name: tensors("fhat." + name)[e] for name in names}, (at_eq[e],))
+                         for e in range(E)])
+    words = [pack.add(fhat_eq)]
+    words += pack.net(model.sigma_net, lambda name: tensors("sigma_net." + name), sigma_layers) if m else [0, 0]
+    g = lyapunov.g
+    W, b, U_raw = _split_theta(tensors("lyapunov.g.theta"), g.widths, g.in_dim)
+    Ud = _unflatten(F.softplus(U_raw) * (1.0 / g.d), _z_shapes(g.widths))
+    widths, H = list(g.widths), len(g.widths) - 1
+    starts = [sum(widths[:i]) for i in range(H + 2)]
+    fwd = [pack.add(torch.stack([mlp_native.pack_layer(W[e, :widths[0]], None) for e in range(E)]))]
+    for i in range(1, H + 1):
+        layer = torch.cat([W[:, starts[i]:starts[i + 1]], Ud[i - 1]], -1)
+        fwd.append(pack.add(torch.stack([mlp_native.pack_layer(layer[e], None) for e in range(E)])))
+    pre = torch.baddbmm(b.unsqueeze(1), x_eq, W.transpose(1, 2)).squeeze(1)  # (E, sum widths)
+    refs, zh = [], None
+    for i in range(H):
+        p = pre[:, starts[i]:starts[i + 1]]
+        if i:
+            p = p + torch.bmm(zh.unsqueeze(1), Ud[i - 1].transpose(1, 2)).squeeze(1)
+        P = p.clamp(0.0, g.d)
+        zh = (p - 0.5 * P) * P
+        refs.append(p)
+    words += [H, *widths, *fwd, pack.add(torch.cat(refs, -1)), pack.add(Ud[H - 1][:, 0])]
+    words += [pack.add(torch.stack([mlp_native.pack_layer(Ud[i][e].t(), None) for e in range(E)])) for i in range(H - 1)]
+    rows = starts[H]
+    words.append(pack.add(torch.stack([mlp_native.pack_layer(W[e, :rows].t(), W[e, rows]) for e in range(E)])))
+    _, dg_eq = _value_and_grad_plain(x_eq, W, b, Ud, widths, g.d, True, False)
+    words += [pack.add(x_eq), pack.add(dg_eq)]
+    # The rate as the members' step computes it (StableDynamics._rate, lyapunov_rescale), in float32.
+    h = float(model.dt)
+    if model.alpha_bounds is None:
+        alpha = model._alpha_init
+        rate = torch.tensor([alpha, math.exp(-alpha * h), -math.expm1(-alpha * h) / alpha if alpha > 0 else h]).expand(E, 3)
+    else:
+        lo, hi = model.alpha_bounds
+        alpha = torch.sigmoid(tensors("alpha_raw").reshape(E)).mul(hi - lo).add(lo)
+        rate = torch.stack([alpha, torch.exp(alpha * -h), torch.expm1(alpha * -h).neg() / alpha], -1)
+    words.append(pack.add(rate))
+    return words
+
+
 class StableRollout:
     """``E`` certified members (their stacked tensors) packed for the compiled rollout.
 
@@ -125,25 +179,26 @@ class StableRollout:
               head_tensors: Callable[[str], torch.Tensor] | None = None, feature_shift: torch.Tensor | None = None,
               feature_scale: torch.Tensor | None = None, max_logvar: torch.Tensor | None = None,
               min_logvar: torch.Tensor | None = None) -> "StableRollout | None":
-        """Pack ``members`` copies of the certified ``model``'s structure (a ``StableDynamics`` /
-        ``StableControlledDynamics``, possibly on the meta device) whose tensors ``tensors(name)``
-        gives stacked, ``(members, ...)`` under the model's own names; with an ensemble's
-        variance ``head`` (its tensors likewise) and its normalisation and log-variance bounds.
-        ``None`` where the kernel does not run this structure (a warp or a learned quadratic in
-        ``V``, an integrator other than Euler or RK4, a network other than ``Linear`` layers
-        between ReLU or SiLU)."""
+        """Pack ``members`` copies of ``model``'s structure (a certified ``StableDynamics`` /
+        ``StableControlledDynamics``, or a ``SimpleDynamics``, whose field is ``fhat`` alone;
+        possibly on the meta device) whose tensors ``tensors(name)`` gives stacked, ``(members,
+        ...)`` under the model's own names; with an ensemble's variance ``head`` (its tensors
+        likewise) and its normalisation and log-variance bounds. ``None`` where the kernel does
+        not run this structure (a warp or a learned quadratic in ``V``, an integrator other than
+        Euler or RK4, a network other than ``Linear`` layers between ReLU or SiLU)."""
         from .dynamics_net import DynamicsNet
-        from .icnn import _split_theta, _unflatten, _value_and_grad_plain, _z_shapes
 
-        lyapunov, fhat = model.lyapunov, model.fhat
+        fhat, certified = model.fhat, hasattr(model, "lyapunov")
         n, m = model.state_dim, model.action_dim
-        if (lyapunov.warp is not None or lyapunov.L is not None or model.integrator not in ("euler", "rk4")
-                or not 1 <= len(lyapunov.g.widths) - 1 <= 63):
+        if model.integrator not in ("euler", "rk4"):
+            return None
+        if certified and (model.lyapunov.warp is not None or model.lyapunov.L is not None
+                          or not 1 <= len(model.lyapunov.g.widths) - 1 <= 63):
             return None
         dynamics = type(fhat) is DynamicsNet
         fhat_net = fhat.net if dynamics else fhat
         fhat_layers = _layers(fhat_net)
-        sigma_layers = _layers(model.sigma_net) if m else []
+        sigma_layers = _layers(model.sigma_net) if certified and m else []
         head_layers = _layers(head) if head is not None else []
         if fhat_layers is None or sigma_layers is None or head_layers is None:
             return None
@@ -152,55 +207,14 @@ class StableRollout:
         k = fhat.angle_dims if dynamics else 0
         kind = (_FHAT_CONTROL_AFFINE if fhat.control_affine else _FHAT_DYNAMICS) if dynamics else _FHAT_MLP
         prefix = "fhat.net." if dynamics else "fhat."
-        spec = [n, m, k, kind, int(model.integrator == "rk4"), int(model.keep_guarantee), int(lyapunov.shift == "tangent")]
+        spec = [n, m, k, kind, int(model.integrator == "rk4"), int(certified and model.keep_guarantee),
+                int(certified and model.lyapunov.shift == "tangent"), int(not certified)]
         spec += pack.net(fhat_net, lambda name: tensors(prefix + name), fhat_layers)
-        x_eq = tensors("lyapunov.x_eq").reshape(E, 1, n)
-        if dynamics:
-            spec += [pack.add(tensors("fhat.input_scale")), pack.add(tensors("fhat.output_scale"))]
-        else:
-            spec += [0, 0]
-        # fhat(x_eq, 0), as the members' step computes it on its extra row (once per lowering)
-        names = [name for name, _ in fhat.named_parameters()] + [name for name, _ in fhat.named_buffers()]
-        at_eq = torch.cat([x_eq, x_eq.new_zeros(E, 1, m)], -1)
-        fhat_eq = torch.cat([torch.func.functional_call(fhat, {name: tensors("fhat." + name)[e] for name in names}, (at_eq[e],))
-                             for e in range(E)])
-        spec.append(pack.add(fhat_eq))
-        spec += pack.net(model.sigma_net, lambda name: tensors("sigma_net." + name), sigma_layers) if m else [0, 0]
-        # The ICNN: W, b, U / d (the members' _split_theta, _unflatten), eq. 11's reference pass at x_eq.
-        g = lyapunov.g
-        W, b, U_raw = _split_theta(tensors("lyapunov.g.theta"), g.widths, g.in_dim)
-        Ud = _unflatten(F.softplus(U_raw) * (1.0 / g.d), _z_shapes(g.widths))
-        widths, H = list(g.widths), len(g.widths) - 1
-        starts = [sum(widths[:i]) for i in range(H + 2)]
-        fwd = [pack.add(torch.stack([mlp_native.pack_layer(W[e, :widths[0]], None) for e in range(E)]))]
-        for i in range(1, H + 1):
-            layer = torch.cat([W[:, starts[i]:starts[i + 1]], Ud[i - 1]], -1)
-            fwd.append(pack.add(torch.stack([mlp_native.pack_layer(layer[e], None) for e in range(E)])))
-        pre = torch.baddbmm(b.unsqueeze(1), x_eq, W.transpose(1, 2)).squeeze(1)  # (E, sum widths)
-        refs, zh = [], None
-        for i in range(H):
-            p = pre[:, starts[i]:starts[i + 1]]
-            if i:
-                p = p + torch.bmm(zh.unsqueeze(1), Ud[i - 1].transpose(1, 2)).squeeze(1)
-            P = p.clamp(0.0, g.d)
-            zh = (p - 0.5 * P) * P
-            refs.append(p)
-        spec += [H, *widths, *fwd, pack.add(torch.cat(refs, -1)), pack.add(Ud[H - 1][:, 0])]
-        spec += [pack.add(torch.stack([mlp_native.pack_layer(Ud[i][e].t(), None) for e in range(E)])) for i in range(H - 1)]
-        rows = starts[H]
-        spec.append(pack.add(torch.stack([mlp_native.pack_layer(W[e, :rows].t(), W[e, rows]) for e in range(E)])))
-        _, dg_eq = _value_and_grad_plain(x_eq, W, b, Ud, widths, g.d, True, False)
-        spec += [pack.add(x_eq), pack.add(dg_eq)]
-        # The rate as the members' step computes it (StableDynamics._rate, lyapunov_rescale), in float32.
-        h = float(model.dt)
-        if model.alpha_bounds is None:
-            alpha = model._alpha_init
-            rate = torch.tensor([alpha, math.exp(-alpha * h), -math.expm1(-alpha * h) / alpha if alpha > 0 else h]).expand(E, 3)
-        else:
-            lo, hi = model.alpha_bounds
-            alpha = torch.sigmoid(tensors("alpha_raw").reshape(E)).mul(hi - lo).add(lo)
-            rate = torch.stack([alpha, torch.exp(alpha * -h), torch.expm1(alpha * -h).neg() / alpha], -1)
-        spec.append(pack.add(rate))
+        spec += [pack.add(tensors("fhat.input_scale")), pack.add(tensors("fhat.output_scale"))] if dynamics else [0, 0]
+        if certified:
+            spec += _certified_words(pack, model, tensors, E, sigma_layers)
+        else:  # fhat(x_eq, 0), no sigma, no ICNN (one width), no references, no rate: the field is fhat alone
+            spec += [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
         if head is not None:
             # The head reads the raw features [sin q, cos q, x[k:], u]: (f - shift) / scale folded
             # into its first layer, and its output turned into (max_logvar - raw) / 2.
@@ -222,7 +236,11 @@ class StableRollout:
             spec.append(pack.add((0.5 * (max_logvar - min_logvar)).reshape(1, n).expand(E, n)))
         else:
             spec += [0, 0, 0]
-        consts = [h, float(g.d), float(lyapunov.d), float(lyapunov.eps), float(getattr(model, "input_gain", 0.0))]
+        if certified:
+            lyapunov = model.lyapunov
+            consts = [float(model.dt), float(lyapunov.g.d), float(lyapunov.d), float(lyapunov.eps), float(getattr(model, "input_gain", 0.0))]
+        else:
+            consts = [float(model.dt), 0.0, 0.0, 0.0, 0.0]
         return cls(spec, consts, pack.block(), n, m)
 
     def check(self, reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x0: torch.Tensor,
@@ -275,3 +293,24 @@ class StableRollout:
         if status != 0:
             raise MemoryError("the compiled rollout of certified members could not allocate its buffers")
         return out.permute(0, 3, 1, 2)
+
+
+def compiled_rollout(model: nn.Module, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int],
+                     settings: tuple) -> torch.Tensor | None:
+    """A single model's rollout through the kernel (``ODEWorldModel._inference_rollout``):
+    ``x0: (batch, n)``, ``controls: (batch, horizon, m)`` or ``None`` -> ``(batch, horizon + 1, n)``,
+    or ``None`` where it does not run (nothing to roll out, a tensor it does not take, a
+    structure it does not run, a kernel that disagreed with the model's ``_step``). The packing
+    is kept in the model's ``_kernel_cache`` while its tensors and ``settings`` (what the
+    lowering bakes in besides them) stay equal."""
+    if not (horizon and len(x0)) or not StableRollout.usable(x0):
+        return None
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    kernel = model._cached_lowering("_kernel_cache", lambda: StableRollout.lower(model, lambda name: tensors[name].unsqueeze(0), 1), settings)
+    if kernel is None:
+        return None
+    first = x0[:16].unsqueeze(0)
+    step_u = None if controls is None else controls[:16, 0].unsqueeze(0)
+    if not kernel.check(lambda x, u: model._step(x[0], None if u is None else u[0]).unsqueeze(0), first, step_u):
+        return None
+    return kernel(x0.unsqueeze(0), None if controls is None else controls.unsqueeze(0), horizon, wrap=wrap)[0]

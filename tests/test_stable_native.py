@@ -282,3 +282,50 @@ def test_a_single_models_kernel_follows_its_settings(monkeypatch):
             slow = model._rollout_rows(x0, list(actions.unbind(1)))
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     assert calls.count(5) == 5
+
+
+@pytest.fixture
+def two_threads():
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("case", [dict(k=1, m=1), dict(k=1, m=1, integrator="rk4"), dict(n=3, k=0, m=2, control_affine=False, activation="relu"),
+                                  dict(m=0, k=0, control_affine=False), dict(sample=False)])
+def test_simple_members_roll_out_compiled_while_torch_runs_threads(case, two_threads, monkeypatch):
+    """``SimpleDynamics`` members (the field is ``fhat`` alone) take the compiled whole rollout
+    at several torch threads (at one, ``MLPField``'s path): the same states, noise and wrapping
+    as stepping them."""
+    from test_ensemble_rollout import _ensemble as simple_ensemble
+
+    ens = simple_ensemble(**case).requires_grad_(False)
+    calls = _kernel_calls(monkeypatch)
+    m = ens.action_dim
+    x0, actions = 2.0 * torch.randn(23, ens.state_dim), (torch.randn(23, 7, m) if m else None)
+    wrap = [0] if ens._angle_dims else []
+    ens.reset_generator(3)
+    with torch.no_grad():
+        fast = ens.rollout(x0, actions if m else 7, wrap_angles=wrap)
+    assert calls.count(7) == 1
+    ens.reset_generator(3)
+    torch.testing.assert_close(fast, _stepped(ens, x0, actions, 7, wrap=wrap), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("integrator", ["rk4", "euler"])
+def test_a_single_simple_model_rolls_out_compiled_while_torch_runs_threads(integrator, two_threads, monkeypatch):
+    from lyagym.agents.mpc import AngleWrappedModel
+    from lyagym.learned_models import SimpleDynamics, rollout
+
+    torch.manual_seed(0)
+    model = SimpleDynamics(2, 1, hidden=(16, 16), dt=0.05, integrator=integrator, **PRIORS).requires_grad_(False)
+    calls = _kernel_calls(monkeypatch)
+    wrapped = AngleWrappedModel(model, 1)
+    x0, actions = torch.tensor([[3.0, 8.0], [-3.0, -8.0], [0.5, 0.0]]), 2.0 * torch.randn(3, 9, 1)
+    with torch.no_grad():
+        fast = wrapped.rollout(x0, actions)
+        assert calls.count(9) == 1
+        torch.testing.assert_close(fast, rollout(wrapped, x0, actions), rtol=1e-4, atol=1e-5)
+        model.integrator = "rk4" if integrator == "euler" else "euler"  # a setting the lowering bakes in
+        torch.testing.assert_close(model.rollout(x0, actions), model._rollout_rows(x0, list(actions.unbind(1))), rtol=1e-4, atol=1e-5)
+    assert calls.count(9) == 2

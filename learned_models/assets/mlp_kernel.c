@@ -221,7 +221,7 @@ static const long *read_net(const long *p, net_t *net) {
 enum { FHAT_MLP = 0, FHAT_DYNAMICS = 1, FHAT_CONTROL_AFFINE = 2 };
 
 typedef struct {
-    long n, m, k, fhat_kind, rk4, rescale, tangent;
+    long n, m, k, fhat_kind, rk4, rescale, tangent, plain; /* plain: the field is fhat alone (SimpleDynamics) */
     net_t fhat;
     long in_scale, out_scale, fhat_eq;
     net_t sigma;
@@ -240,7 +240,7 @@ typedef struct {
 } spec_t;
 
 static void read_spec(const long *p, spec_t *s) {
-    s->n = *p++, s->m = *p++, s->k = *p++, s->fhat_kind = *p++, s->rk4 = *p++, s->rescale = *p++, s->tangent = *p++;
+    s->n = *p++, s->m = *p++, s->k = *p++, s->fhat_kind = *p++, s->rk4 = *p++, s->rescale = *p++, s->tangent = *p++, s->plain = *p++;
     p = read_net(p, &s->fhat);
     s->in_scale = *p++, s->out_scale = *p++, s->fhat_eq = *p++;
     p = read_net(p, &s->sigma);
@@ -251,7 +251,7 @@ static void read_spec(const long *p, spec_t *s) {
     p += s->hidden + 1;
     s->p_ref = *p++, s->ud_last = *p++;
     s->bwd = p;
-    p += s->hidden - 1;
+    p += s->hidden > 0 ? s->hidden - 1 : 0;
     s->grad = *p++, s->x_eq = *p++, s->dg_eq = *p++, s->rate = *p++;
     p = read_net(p, &s->head);
     s->half_range = *p++;
@@ -406,28 +406,10 @@ static long features(tile_t *t, const float *z, int scaled, int with_u) {
     return row;
 }
 
-/* The certified field at z (StableDynamics._field_and_V, eq. 10) into f; V(z) and sigma(z, u)
- * also into Vz, sigz when given (the rescale's, from the first stage). */
-static void field(tile_t *t, const float *z, float *f, float *Vz, float *sigz) {
+/* fhat(z, u) into out (n rows), minus fhat(x_eq, 0) when `centered`. */
+static void fhat_at(tile_t *t, const float *z, float *out, int centered) {
     const spec_t *s = t->s;
     long n = s->n, m = s->m;
-    const float *rate = t->mem + s->rate;
-    float alpha = rate[0], inv_d = 1.0f / t->d_out, guard = (float)((4 * n + 8) * FLT_EPSILON / 2);
-    offsets_from_eq(t, z);
-    icnn(t, 1);
-    /* eq. 12: V = sigma(s) + eps ||dx||^2 (s pinned to 0 at x_eq), grad V = sigma'(s) grad s + 2 eps dx */
-    const float *dg_eq = t->mem + s->dg_eq;
-    FOR_V(v) {
-        vf sv = shifted(t, v) * sign_pos(load(t->dx_sq + v));
-        vf mv = min_(max_(sv, splat(0.0f)), splat(t->d_out));
-        store(t->V + v, load(t->dx_sq + v) * t->eps + inv_d * (mv * (sv - 0.5f * mv)));
-        for (long j = 0; j < n; j++) {
-            vf dshift = load(ROWS(t->dg, j) + v);
-            if (s->tangent) dshift = dshift - dg_eq[j];
-            store(ROWS(t->grad_V, j) + v, load(ROWS(t->dx, j) + v) * (2.0f * t->eps) + inv_d * (mv * dshift));
-        }
-    }
-    /* fhat(z, u) - fhat(x_eq, 0) */
     if (s->fhat_kind == FHAT_MLP) {
         for (long j = 0; j < n; j++) memcpy(ROWS(t->net_in, j), ROWS(z, j), sizeof(float) * TT);
         for (long j = 0; j < m; j++) memcpy(ROWS(t->net_in, n + j), ROWS(t->u, j), sizeof(float) * TT);
@@ -445,8 +427,36 @@ static void field(tile_t *t, const float *z, float *f, float *Vz, float *sigz) {
                 o = o + gu;
             }
             if (s->fhat_kind != FHAT_MLP) o = o * out_scale[i];
-            store(ROWS(t->fh, i) + v, o - fhat_eq[i]);
+            store(ROWS(out, i) + v, centered ? o - fhat_eq[i] : o);
         }
+}
+
+/* The certified field at z (StableDynamics._field_and_V, eq. 10) into f; V(z) and sigma(z, u)
+ * also into Vz, sigz when given (the rescale's, from the first stage). */
+static void field(tile_t *t, const float *z, float *f, float *Vz, float *sigz) {
+    const spec_t *s = t->s;
+    long n = s->n, m = s->m;
+    if (s->plain) {
+        fhat_at(t, z, f, 0);
+        return;
+    }
+    const float *rate = t->mem + s->rate;
+    float alpha = rate[0], inv_d = 1.0f / t->d_out, guard = (float)((4 * n + 8) * FLT_EPSILON / 2);
+    offsets_from_eq(t, z);
+    icnn(t, 1);
+    /* eq. 12: V = sigma(s) + eps ||dx||^2 (s pinned to 0 at x_eq), grad V = sigma'(s) grad s + 2 eps dx */
+    const float *dg_eq = t->mem + s->dg_eq;
+    FOR_V(v) {
+        vf sv = shifted(t, v) * sign_pos(load(t->dx_sq + v));
+        vf mv = min_(max_(sv, splat(0.0f)), splat(t->d_out));
+        store(t->V + v, load(t->dx_sq + v) * t->eps + inv_d * (mv * (sv - 0.5f * mv)));
+        for (long j = 0; j < n; j++) {
+            vf dshift = load(ROWS(t->dg, j) + v);
+            if (s->tangent) dshift = dshift - dg_eq[j];
+            store(ROWS(t->grad_V, j) + v, load(ROWS(t->dx, j) + v) * (2.0f * t->eps) + inv_d * (mv * dshift));
+        }
+    }
+    fhat_at(t, z, t->fh, 1);
     /* sigma(z, u) = gamma sigmoid(s(z, u)) ||u||^2 */
     if (m) {
         for (long j = 0; j < n; j++) memcpy(ROWS(t->net_in, j), ROWS(z, j), sizeof(float) * TT);
@@ -668,7 +678,7 @@ int lyagym_stable_rollout(const long *spec_words, const double *consts, const fl
                      .noise_step = noise_step, .noise_feature = noise_feature, .out = out, .out_member = out_member,
                      .out_step = out_step, .out_feature = out_feature};
     read_spec(spec_words, &job.s);
-    if (job.s.hidden < 1 || job.s.hidden > 63) return -2;
+    if (job.s.hidden > 63 || (job.s.hidden < 1 && !job.s.plain)) return -2;
     job.tiles = members * tiles_per_member(rows);
     if (threads > job.tiles) threads = job.tiles;
     if (threads > 64) threads = 64;
