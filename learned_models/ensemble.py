@@ -10,7 +10,7 @@ lowered to ``mlp_rollout.MLPField``), other members with ``torch.func.vmap`` ove
 ``functional_call``, inside which they run their ``functorch_safe`` path (plain tensor ops; see
 ``integrators.functorch_safe``); certified members without autograd run those same plain ops
 on the stacked weights directly (``_raw_stacked_stable``), without ``vmap``'s per-op batching,
-and their TS-infinity rollouts through the compiled kernel of ``stable_native`` where it runs.
+and their TS-infinity rollouts through the compiled kernel of ``rollout_native`` where it runs.
 
 Each member predicts a Gaussian over the next state (PETS, Section 4.1, "probabilistic
 ensembles"):
@@ -85,7 +85,7 @@ from .files import atomic_write
 from .integrators import (INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, _wrap_rows_,
                           functorch_safe)
 from .mlp_rollout import MLPField
-from .stable_native import StableRollout
+from .rollout_native import CompiledRollout
 
 __all__ = ["Ensemble", "EnsembleCertificate", "EnsembleCheck", "PROPAGATIONS", "ensemble_optimizer", "fit_ensemble", "fit_ensemble_rollouts", "member_factory"]
 
@@ -741,7 +741,7 @@ class Ensemble(nn.Module):
         15.5-15.8 ms through ``_step`` (one thread, three runs of
         ``examples/benchmarks/bench_planners.py --repeats 9 --sections 4``). Certified members
         (``StableControlledDynamics``) run the whole rollout in the compiled kernel of
-        ``stable_native`` (float32 on a CPU, on torch's thread count), checked against their torch
+        ``rollout_native`` (float32 on a CPU, on torch's thread count), checked against their torch
         step once per lowering: 11.2 ms against 52.7 ms for the same plan's rollout."""
         self._check_x(x0, "x0")
         if isinstance(actions, int) and not isinstance(actions, bool):
@@ -774,12 +774,12 @@ class Ensemble(nn.Module):
         return self._check_result(torch.stack(states, dim=1), x0, controls, "rollout")
 
     # -- rollouts without autograd -----------------------------------------------------------
-    def _lowered(self, compiled: bool = False) -> tuple[MLPField, MLPField | None] | StableRollout | None:
+    def _lowered(self, compiled: bool = False) -> tuple[MLPField, MLPField | None] | CompiledRollout | None:
         """The members' fields and variance heads as stacked ``MLPField``s (``(E, out, in + 1)``
         weights; the heads' feature normalisation folded into their first layer, whose columns
         follow the field's first-layer input, which they read; their output ``(max_logvar -
         raw) / 2`` instead of ``raw``); with ``compiled``, and always for certified members, a
-        ``StableRollout`` for the compiled whole rollout (the packed weights and, for certified
+        ``CompiledRollout`` for the compiled whole rollout (the packed weights and, for certified
         members, everything that depends only on ``x_eq``; the variance head folded the same
         way); ``None`` where it does not apply. Rebuilt only when a weight changed since the
         last call."""
@@ -795,7 +795,7 @@ class Ensemble(nn.Module):
         lowered = None
         if compiled and (self._stacked_mlp_members() or self._stacked_stable_members()):
             head = self._base.logvar_net if self.probabilistic else None
-            lowered = StableRollout.lower(base, lambda name: tensors["model." + name], self.size, head=head,
+            lowered = CompiledRollout.lower(base, lambda name: tensors["model." + name], self.size, head=head,
                                           head_tensors=lambda name: tensors["logvar_net." + name], feature_shift=self.feature_shift,
                                           feature_scale=self.feature_scale, max_logvar=self.max_logvar, min_logvar=self.min_logvar)
         elif self._stacked_mlp_members():
@@ -826,7 +826,7 @@ class Ensemble(nn.Module):
     def _inference_rollout(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
         """TS-infinity rollout as a few batched matrix products per step (``MLPField`` with the
         members stacked) or, for certified members, one call of the compiled kernel
-        (``StableRollout``, where it runs and agreed with the torch step), or ``None`` where
+        (``CompiledRollout``, where it runs and agreed with the torch step), or ``None`` where
         only ``_step`` applies (TS-1 or expectation, a gradient wanted, a ``torch.func``
         transform active, members without a lowered form).
 
@@ -846,7 +846,7 @@ class Ensemble(nn.Module):
         # runs several threads (at one, MLPField runs their networks through the MLP kernel).
         # Decided before lowering: no packing for a device or dtype the kernel does not run.
         stable = not (mlp_members and torch.get_num_threads() == 1)
-        if stable and not (horizon and len(x0) and StableRollout.usable(x0)):
+        if stable and not (horizon and len(x0) and CompiledRollout.usable(x0)):
             stable = False
         lowered = self._lowered(compiled=True) if stable else None
         if lowered is not None and not self._kernel_agrees(lowered, x0, actions):
@@ -913,7 +913,7 @@ class Ensemble(nn.Module):
         out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step, head if add_noise else None)  # (E, b, horizon + 1, n)
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
 
-    def _kernel_agrees(self, kernel: StableRollout, x0: torch.Tensor, actions: torch.Tensor | None) -> bool:
+    def _kernel_agrees(self, kernel: CompiledRollout, x0: torch.Tensor, actions: torch.Tensor | None) -> bool:
         """``kernel.check`` against the members' torch step without autograd (stacked) on ``x0``'s
         first rows (every member, ``actions``' first step), once per lowering."""
         xs = x0[:16].unsqueeze(0).expand(self.size, -1, -1)

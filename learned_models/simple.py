@@ -70,11 +70,11 @@ class SimpleDynamics(ODEWorldModel):
 
     def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
         """While torch runs several threads, the whole rollout in the compiled kernel of
-        ``stable_native`` (its tiles shared between that many threads), where it runs; else,
+        ``rollout_native`` (its tiles shared between that many threads), where it runs; else,
         and at one thread (where ``MLPField`` runs the network through the compiled MLP kernel),
         the lowered field."""
         if torch.get_num_threads() > 1 and self._plain_field():
-            from .stable_native import compiled_rollout
+            from .rollout_native import compiled_rollout
 
             fast = compiled_rollout(self, x0, controls, horizon, wrap, (self.integrator, float(self.dt)))
             if fast is not None:

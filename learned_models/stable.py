@@ -693,10 +693,10 @@ class StableDynamics(ODEWorldModel):
 
     def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
         """Without autograd, on a CPU in float32: the compiled rollout of
-        ``stable_native`` (every step's eq. 10, ``V``, its gradient and the rescale for a tile of
+        ``rollout_native`` (every step's eq. 10, ``V``, its gradient and the rescale for a tile of
         rows through the whole horizon), checked against ``_step`` once per lowering; else
         ``None`` (the steps)."""
-        from .stable_native import compiled_rollout
+        from .rollout_native import compiled_rollout
 
         if type(self) not in (StableDynamics, StableControlledDynamics):
             return None

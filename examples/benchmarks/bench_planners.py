@@ -16,7 +16,7 @@ Run:  python examples/benchmarks/bench_planners.py [--threads 1] [--repeats 7] [
    single model for ``Pendulum-v1``, ``world_model_for(adapter, "simple")``, and its ensemble of
    5 probabilistic members, ``world_model_for(adapter, "ensemble")``, TS-infinity, and the same with
    certified members, ``"ensemble-stable"``, and the single certified model, ``"stable"`` (RK4),
-   whose rollouts run through the compiled kernel of ``stable_native``): states planned per
+   whose rollouts run through the compiled kernel of ``rollout_native``): states planned per
    second by ``MPPIPlanner`` with B = 1 and B = 64 states per call vs a Python loop of
    ``pytorch_mppi`` single-state plans on the same model (target >= 2x at both). Beside them,
    at B = 1, for the single MLP models: the network alone (K rows x H steps x 4 RK4 stages, in the

@@ -1,5 +1,5 @@
 /* Feature-major evaluation of small MLPs (lyagym's inference rollouts, learned_models/mlp_native.py),
- * and below, the whole rollout of certified members (learned_models/stable_native.py).
+ * and below, a world model's whole rollout (learned_models/rollout_native.py).
  *
  * One call evaluates `members` networks of one structure, each on its own `rows` columns:
  *   in:  member e, feature k, row r at in[e * in_member_stride + k * in_feature_stride + r]
@@ -182,7 +182,7 @@ int lyagym_mlp(long layers, const long *widths, const int *acts, const float *co
 int lyagym_mlp_vector_floats(void) { return VL; }
 
 /* ---------------------------------------------------------------------------------------------
- * Certified members' rollout (learned_models/stable_native.py): StableDynamics /
+ * A world model's rollout (learned_models/rollout_native.py): certified StableDynamics /
  * StableControlledDynamics members, each stepping its own rows for the whole horizon, a tile of
  * rows at a time. A step is the members' own (Manek & Kolter): at every integrator stage the
  * field fhat(z, u) - fhat(x_eq, 0) projected onto the decrease of V (eq. 10, with the input's
@@ -190,9 +190,10 @@ int lyagym_mlp_vector_floats(void) { return VL; }
  * x_eq and its gradient by the explicit reverse pass, then the rescale that keeps V(x_next) <=
  * exp(-alpha dt) V(x) + the slack's integral, then (an ensemble's PETS sampling) the variance
  * head's noise, then angle wrapping. Everything about x_eq (the ICNN's reference pre-activations,
- * fhat(x_eq, 0), grad g(x_eq)) is computed once in Python and handed in with the weights.
+ * fhat(x_eq, 0), grad g(x_eq)) is computed once in Python and handed in with the weights. A
+ * "plain" model (SimpleDynamics) has the field fhat(z, u) alone: no centering, V or rescale.
  *
- * The structure comes as a list of longs read in order (stable_native.py writes it), the
+ * The structure comes as a list of longs read in order (rollout_native.py writes it), the
  * weights as one float block per member (offsets in floats into it), the scalars as doubles.
  * Tile buffers are feature-major with row stride TT = WIDE * VL; a tail tile uses VL of them.
  * Tiles are independent: threads take them from a shared counter, each with its own buffers.
@@ -667,7 +668,7 @@ static void *rollout_worker(void *arg) {
  * tiles (this one and threads - 1 more; fewer where there are fewer tiles). Unlike the MLP kernel's
  * many short calls, a rollout is one long call, so torch's OpenMP workers, spinning for a moment
  * after its last parallel operation, cost threads of ours little. */
-int lyagym_stable_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
+int lyagym_model_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
                           long members, long rows, long horizon, const float *x0, long x0_member, long x0_feature,
                           const float *u, long u_member, long u_step, long u_feature, const float *noise, long noise_member,
                           long noise_step, long noise_feature, float *out, long out_member, long out_step, long out_feature,

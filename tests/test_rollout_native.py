@@ -1,4 +1,4 @@
-"""Certified members' rollouts through the compiled kernel (``stable_native``): the same states
+"""Certified members' rollouts through the compiled kernel (``rollout_native``): the same states
 as stepping the members (the torch path) for every structure the kernel runs, the certified
 decrease held at every step of every row, the same sampled noise and angle wrapping, the torch
 path wherever the kernel does not apply, and a kernel that disagrees refused with a warning."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lyagym.learned_models import Ensemble, member_factory, mlp_native
-from lyagym.learned_models.stable_native import StableRollout
+from lyagym.learned_models.rollout_native import CompiledRollout
 from test_ensemble_rollout import _stepped  # the torch path: _step once per step, then the wrap
 
 pytestmark = pytest.mark.skipif(not mlp_native.available(), reason="no C compiler (or a CPU without AVX2 and FMA)")
@@ -42,8 +42,8 @@ def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
 
 def _kernel_calls(monkeypatch):
     calls = []
-    original = StableRollout.__call__
-    monkeypatch.setattr(StableRollout, "__call__", lambda self, *a, **kw: calls.append(a[2]) or original(self, *a, **kw))
+    original = CompiledRollout.__call__
+    monkeypatch.setattr(CompiledRollout, "__call__", lambda self, *a, **kw: calls.append(a[2]) or original(self, *a, **kw))
     return calls
 
 
@@ -150,8 +150,8 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
         ens.rollout(x0, actions)
     ens.propagation = "tsinf"
     lowerings = []
-    lower = StableRollout.lower.__func__
-    monkeypatch.setattr(StableRollout, "lower", classmethod(lambda cls, *a, **kw: lowerings.append(1) or lower(cls, *a, **kw)))
+    lower = CompiledRollout.lower.__func__
+    monkeypatch.setattr(CompiledRollout, "lower", classmethod(lambda cls, *a, **kw: lowerings.append(1) or lower(cls, *a, **kw)))
     with torch.no_grad():
         ens.double().rollout(x0.double(), actions.double())
     assert calls.count(4) == 2
@@ -169,12 +169,12 @@ def test_a_disagreeing_kernel_is_refused_with_a_warning(monkeypatch):
     assert kernel.agrees
     with torch.no_grad():
         getattr(ens.stacked.model.fhat.net, "0").weight.add_(0.5)  # new weights: lowered and checked again
-    broken = StableRollout.__call__
-    monkeypatch.setattr(StableRollout, "__call__", lambda self, *a, **kw: broken(self, *a, **kw) + 1.0)
+    broken = CompiledRollout.__call__
+    monkeypatch.setattr(CompiledRollout, "__call__", lambda self, *a, **kw: broken(self, *a, **kw) + 1.0)
     with pytest.warns(RuntimeWarning, match="disagrees"), torch.no_grad():
         got = ens.rollout(x0, actions)
     assert ens._lowered() is not kernel and ens._lowered().agrees is False
-    monkeypatch.setattr(StableRollout, "__call__", broken)
+    monkeypatch.setattr(CompiledRollout, "__call__", broken)
     torch.testing.assert_close(got, _stepped(ens, x0, actions, 4), rtol=1e-5, atol=1e-6)
 
 

@@ -1,30 +1,33 @@
-"""Certified members' rollouts as one compiled call (``lyagym_stable_rollout`` in
-``assets/mlp_kernel.c``, the library ``mlp_native`` builds and checks).
+"""A world model's whole rollout as one compiled call (``lyagym_model_rollout`` in
+``assets/mlp_kernel.c``, the library ``mlp_native`` builds and checks): certified models
+(``StableDynamics`` / ``StableControlledDynamics``, alone or as ensemble members) and, while
+torch runs several threads, ``SimpleDynamics`` models and members, whose field is ``fhat`` alone.
 
-A planner's rollout of ``StableDynamics`` / ``StableControlledDynamics`` members is, per row
-and step, a handful of small networks and a few dozen elementwise operations: ``fhat`` at the
-state and (for centering) at ``x_eq``, the ICNN's forward pass in difference form against
-``x_eq`` and its reverse pass for ``grad V``, eq. 12's outer smoothed ReLU, the input's slack
-``sigma(x, u)``, eq. 10's projection with its rounding guard, the integrator, the rescale that
-keeps ``V`` decreasing in discrete time (a second ICNN pass), and for an ensemble the
-variance head and its noise. Through torch each of those is a library call on a ``(members,
-rows, width)`` tensor: ~150 calls a step, whose fixed costs and memory traffic are most of a
-plan (1,000 rows x 30 Euler steps of 5 members: ~55 ms through the stacked torch step). The
-kernel runs a tile of 64 rows (AVX-512; 16 at a tail) through every step of the horizon with
-everything in registers and L1, and computes what depends only on ``x_eq`` (the ICNN's
-reference pre-activations, ``fhat(x_eq, 0)``, ``grad g(x_eq)``, the rate's decay factors) once
-per lowering here.
+A planner's rollout of certified members is, per row and step, a handful of small networks and
+a few dozen elementwise operations: ``fhat`` at the state and (for centering) at ``x_eq``, the
+ICNN's forward pass in difference form against ``x_eq`` and its reverse pass for ``grad V``,
+eq. 12's outer smoothed ReLU, the input's slack ``sigma(x, u)``, eq. 10's projection with its
+rounding guard, the integrator, the rescale that keeps ``V`` decreasing in discrete time (a
+second ICNN pass), and for an ensemble the variance head and its noise. Through torch each of
+those is a library call on a ``(members, rows, width)`` tensor: ~150 calls a step, whose fixed
+costs and memory traffic are most of a plan (1,000 rows x 30 Euler steps of 5 members: ~55 ms
+through the stacked torch step). The kernel runs a tile of 64 rows (AVX-512; 16 at a tail)
+through every step of the horizon with everything in registers and L1, and computes what
+depends only on ``x_eq`` (the ICNN's reference pre-activations, ``fhat(x_eq, 0)``,
+``grad g(x_eq)``, the rate's decay factors) once per lowering here.
 
-The same function as the members' ``step`` to float rounding: the ICNN runs in difference form
+The same function as the models' ``step`` to float rounding: the ICNN runs in difference form
 at every integrator stage (torch: at the first, the later ones absolute then subtracted),
 SiLU, the sigmoid and the sampling's exp and log come from Cephes' polynomials, sums run in
-another order. ``Ensemble`` checks each lowering once against its torch step on the rows it is
-asked to roll out and keeps the torch path if they disagree. Float32 on a CPU, ReLU or SiLU
-networks, the library of ``mlp_native`` built and checked. Unlike that MLP kernel (many short
-calls between torch's own operations, used only at one torch thread) a rollout is one long
-call, and it shares its tiles between as many threads as torch runs: at two threads on a
-2-core CPU, one-off, 1,000 rows x 30 steps of the certified ensemble took 9.8 ms with one kernel
-thread against 41.5 ms through torch's two (64,000 rows: 584 against 1,733 ms).
+another order. Each lowering is checked once against the torch step on the rows it is first
+asked to roll out (``CompiledRollout.check``); the caller keeps the torch path if they
+disagree. Float32 on a CPU, ReLU or SiLU networks, the library of ``mlp_native`` built and
+checked. Unlike that MLP kernel (many short calls between torch's own operations, used only
+at one torch thread) a rollout is one long call, and it shares its tiles between as many
+threads as torch runs. One-off, two threads on a 2-core CPU, 1,000 rows x 30 steps: the
+certified ensemble 9.1 ms against 41.5 ms through torch's two threads; the unconstrained PETS
+ensemble 4.5 ms against 8.9 ms through ``MLPField`` on torch's two (at one thread ``MLPField``
+with the MLP kernel, 6.4-6.9 ms, keeps that case).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from torch.nn import functional as F
 from . import mlp_native
 from .native import native_enabled
 
-__all__ = ["StableRollout", "compiled_rollout"]
+__all__ = ["CompiledRollout", "compiled_rollout"]
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _FHAT_MLP, _FHAT_DYNAMICS, _FHAT_CONTROL_AFFINE = 0, 1, 2
@@ -48,7 +51,7 @@ _CODES = {nn.ReLU: 1, nn.SiLU: 2}
 
 
 def _function(lib: ctypes.CDLL):
-    fn = lib.lyagym_stable_rollout
+    fn = lib.lyagym_model_rollout
     if fn.argtypes is None:
         fn.restype = ctypes.c_int
         fn.argtypes = [_PTR, _PTR, _PTR, _LONG, _LONG, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG,
@@ -152,8 +155,8 @@ def _certified_words(pack: _Packer, model: nn.Module, tensors: Callable[[str], t
     return words
 
 
-class StableRollout:
-    """``E`` certified members (their stacked tensors) packed for the compiled rollout.
+class CompiledRollout:
+    """``E`` members (their stacked tensors; one for a single model) packed for the compiled rollout.
 
     Build with :meth:`lower`; call with feature-major rows. Holds no reference to the model:
     lower again when its weights change.
@@ -178,7 +181,7 @@ class StableRollout:
     def lower(cls, model: nn.Module, tensors: Callable[[str], torch.Tensor], members: int, *, head: nn.Sequential | None = None,
               head_tensors: Callable[[str], torch.Tensor] | None = None, feature_shift: torch.Tensor | None = None,
               feature_scale: torch.Tensor | None = None, max_logvar: torch.Tensor | None = None,
-              min_logvar: torch.Tensor | None = None) -> "StableRollout | None":
+              min_logvar: torch.Tensor | None = None) -> "CompiledRollout | None":
         """Pack ``members`` copies of ``model``'s structure (a certified ``StableDynamics`` /
         ``StableControlledDynamics``, or a ``SimpleDynamics``, whose field is ``fhat`` alone;
         possibly on the meta device) whose tensors ``tensors(name)`` gives stacked, ``(members,
@@ -303,10 +306,10 @@ def compiled_rollout(model: nn.Module, x0: torch.Tensor, controls: torch.Tensor 
     structure it does not run, a kernel that disagreed with the model's ``_step``). The packing
     is kept in the model's ``_kernel_cache`` while its tensors and ``settings`` (what the
     lowering bakes in besides them) stay equal."""
-    if not (horizon and len(x0)) or not StableRollout.usable(x0):
+    if not (horizon and len(x0)) or not CompiledRollout.usable(x0):
         return None
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    kernel = model._cached_lowering("_kernel_cache", lambda: StableRollout.lower(model, lambda name: tensors[name].unsqueeze(0), 1), settings)
+    kernel = model._cached_lowering("_kernel_cache", lambda: CompiledRollout.lower(model, lambda name: tensors[name].unsqueeze(0), 1), settings)
     if kernel is None:
         return None
     first = x0[:16].unsqueeze(0)
