@@ -61,19 +61,24 @@ def _ensemble(n=4, m=2, k=2, integrator="euler", probabilistic=True, sample=True
     torch.manual_seed(seed)
     factory = member_factory("simple", n, m, dt=0.05, angle_dims=k, control_affine=control_affine, activation=activation,
                              hidden=hidden, integrator=integrator)
-    ens = Ensemble(factory, 5, propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=3)
-    with torch.no_grad():  # members that differ, and non-trivial normalisations to fold
-        for p in ens.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for name, buffer in ens.stacked.named_buffers():
-            if name.endswith("_scale"):
-                buffer.uniform_(0.5, 2.0)
-        if probabilistic:
-            ens.feature_shift.normal_()
-            ens.feature_scale.uniform_(0.5, 2.0)
-            ens.target_scale.uniform_(0.5, 2.0)
-            ens.max_logvar.fill_(-1.0)
-            ens.min_logvar.fill_(-6.0)
+    return perturb(Ensemble(factory, 5, propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=3))
+
+
+@torch.no_grad()
+def perturb(ens):
+    """Members that differ, scales other than 1 to fold and, when probabilistic, normalisations
+    to fold and log-variance bounds that bite (``ens``, changed in place)."""
+    for p in ens.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    for name, buffer in ens.stacked.named_buffers():
+        if name.endswith("_scale"):
+            buffer.uniform_(0.5, 2.0)
+    if ens.probabilistic:
+        ens.feature_shift.normal_()
+        ens.feature_scale.uniform_(0.5, 2.0)
+        ens.target_scale.uniform_(0.5, 2.0)
+        ens.max_logvar.fill_(-1.0)
+        ens.min_logvar.fill_(-6.0)
     return ens
 
 

@@ -11,7 +11,7 @@ import torch
 
 from lyagym.learned_models import Ensemble, member_factory, mlp_native
 from lyagym.learned_models.rollout_native import CompiledRollout
-from test_ensemble_rollout import _stepped  # the torch path: _step once per step, then the wrap
+from test_ensemble_rollout import _stepped, perturb  # the torch path (_step once per step, then the wrap); varied weights
 
 pytestmark = pytest.mark.skipif(not mlp_native.available(), reason="no C compiler (or a CPU without AVX2 and FMA)")
 
@@ -21,22 +21,10 @@ PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
 def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
     torch.manual_seed(0)
     options = {"hidden": (16, 16), "lyap_hidden": (8, 8), **options}
-    ens = Ensemble(member_factory("stable", n, m, dt=0.05, **options), size,
-                   propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=1)
-    with torch.no_grad():  # members that differ, scales and normalisations to fold, bounds that bite
-        for p in ens.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for name, buffer in ens.stacked.named_buffers():
-            if name.endswith("_scale"):
-                buffer.uniform_(0.5, 2.0)
-            if name.endswith("x_eq"):
-                buffer.normal_(0.0, 0.3)
-        if probabilistic:
-            ens.feature_shift.normal_()
-            ens.feature_scale.uniform_(0.5, 2.0)
-            ens.target_scale.uniform_(0.5, 2.0)
-            ens.max_logvar.fill_(-1.0)
-            ens.min_logvar.fill_(-6.0)
+    ens = perturb(Ensemble(member_factory("stable", n, m, dt=0.05, **options), size,
+                           propagation="tsinf", probabilistic=probabilistic, sample=sample, seed=1))
+    with torch.no_grad():
+        ens.stacked.model.lyapunov.x_eq.normal_(0.0, 0.3)  # each member its own rest state
     return ens.requires_grad_(False)
 
 
