@@ -109,16 +109,18 @@ def supports(activations: list[str]) -> bool:
 
 
 def pack_layer(weights: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``weights: (out, in)`` and ``bias: (out,)`` (``None``: zero) in the kernel's layout: for
-    each block of ``_BLOCK`` outputs (the last may be narrower) its ``(in, block)`` transposed
-    weights, then its biases. Flat float32."""
-    J, K = weights.shape
+    """``weights: (..., out, in)`` and ``bias: (..., out)`` (``None``: zero) in the kernel's
+    layout: for each block of ``_BLOCK`` outputs (the last may be narrower) its ``(in, block)``
+    transposed weights, then its biases; ``(..., packed)``, stacked networks' leading dimensions
+    kept."""
+    *lead, J, K = weights.shape
     if bias is None:
-        bias = weights.new_zeros(J)
+        bias = weights.new_zeros(*lead, J)
     full = J - J % _BLOCK
-    blocks = torch.cat([weights[:full].reshape(-1, _BLOCK, K).transpose(1, 2), bias[:full].reshape(-1, 1, _BLOCK)], 1)
-    tail = torch.cat([weights[full:].t(), bias[full:].unsqueeze(0)], 0)
-    return torch.cat([blocks.reshape(-1), tail.reshape(-1)]).contiguous()
+    blocks = torch.cat([weights[..., :full, :].reshape(*lead, -1, _BLOCK, K).transpose(-1, -2),
+                        bias[..., :full].reshape(*lead, -1, 1, _BLOCK)], -2)
+    tail = torch.cat([weights[..., full:, :].transpose(-1, -2), bias[..., full:].unsqueeze(-2)], -2)
+    return torch.cat([blocks.reshape(*lead, -1), tail.reshape(*lead, -1)], -1).contiguous()
 
 
 class NativeWeights:

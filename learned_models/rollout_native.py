@@ -36,6 +36,7 @@ import ctypes
 import math
 import warnings
 from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -94,7 +95,7 @@ class _Packer:
         offsets = []
         for i, _ in layers:
             w, b = tensors(f"{i}.weight"), tensors(f"{i}.bias") if net[i].bias is not None else None
-            offsets.append(self.add(torch.stack([mlp_native.pack_layer(w[e], None if b is None else b[e]) for e in range(self.members)])))
+            offsets.append(self.add(mlp_native.pack_layer(w, b)))
         return [len(layers), *widths, *[code for _, code in layers], *offsets]
 
     def block(self) -> torch.Tensor:
@@ -114,8 +115,8 @@ def _certified_words(pack: _Packer, model: nn.Module, tensors: Callable[[str], t
     # fhat(x_eq, 0), as the members' step computes it on its extra row (once per lowering)
     names = [name for name, _ in fhat.named_parameters()] + [name for name, _ in fhat.named_buffers()]
     at_eq = torch.cat([x_eq, x_eq.new_zeros(E, 1, m)], -1)
-    fhat_eq = torch.cat([torch.func.functional_call(fhat, {name: tensors("fhat." + name)[e] for name in names}, (at_eq[e],))
-                         for e in range(E)])
+    stacked = {name: tensors("fhat." + name) for name in names}
+    fhat_eq = torch.func.vmap(lambda weights, xu: torch.func.functional_call(fhat, weights, (xu,)))(stacked, at_eq)
     words = [pack.add(fhat_eq)]
     words += pack.net(model.sigma_net, lambda name: tensors("sigma_net." + name), sigma_layers) if m else [0, 0]
     g = lyapunov.g
@@ -123,10 +124,9 @@ def _certified_words(pack: _Packer, model: nn.Module, tensors: Callable[[str], t
     Ud = _unflatten(F.softplus(U_raw) * (1.0 / g.d), _z_shapes(g.widths))
     widths, H = list(g.widths), len(g.widths) - 1
     starts = [sum(widths[:i]) for i in range(H + 2)]
-    fwd = [pack.add(torch.stack([mlp_native.pack_layer(W[e, :widths[0]], None) for e in range(E)]))]
+    fwd = [pack.add(mlp_native.pack_layer(W[:, :widths[0]], None))]
     for i in range(1, H + 1):
-        layer = torch.cat([W[:, starts[i]:starts[i + 1]], Ud[i - 1]], -1)
-        fwd.append(pack.add(torch.stack([mlp_native.pack_layer(layer[e], None) for e in range(E)])))
+        fwd.append(pack.add(mlp_native.pack_layer(torch.cat([W[:, starts[i]:starts[i + 1]], Ud[i - 1]], -1), None)))
     pre = torch.baddbmm(b.unsqueeze(1), x_eq, W.transpose(1, 2)).squeeze(1)  # (E, sum widths)
     refs, zh = [], None
     for i in range(H):
@@ -137,9 +137,9 @@ def _certified_words(pack: _Packer, model: nn.Module, tensors: Callable[[str], t
         zh = (p - 0.5 * P) * P
         refs.append(p)
     words += [H, *widths, *fwd, pack.add(torch.cat(refs, -1)), pack.add(Ud[H - 1][:, 0])]
-    words += [pack.add(torch.stack([mlp_native.pack_layer(Ud[i][e].t(), None) for e in range(E)])) for i in range(H - 1)]
+    words += [pack.add(mlp_native.pack_layer(Ud[i].transpose(-1, -2), None)) for i in range(H - 1)]
     rows = starts[H]
-    words.append(pack.add(torch.stack([mlp_native.pack_layer(W[e, :rows].t(), W[e, rows]) for e in range(E)])))
+    words.append(pack.add(mlp_native.pack_layer(W[:, :rows].transpose(-1, -2), W[:, rows])))
     _, dg_eq = _value_and_grad_plain(x_eq, W, b, Ud, widths, g.d, True, False)
     words += [pack.add(x_eq), pack.add(dg_eq)]
     # The rate as the members' step computes it (StableDynamics._rate, lyapunov_rescale), in float32.

@@ -179,3 +179,21 @@ def test_a_build_without_wide_vectors_is_not_used(fresh_cache, monkeypatch, tmp_
         assert mlp_native._library.__wrapped__() is None
     (lib,) = fresh_cache.glob("mlp_kernel_*.so")  # it was built, then left unused
     assert lib.exists()
+
+
+@pytest.mark.parametrize("outputs", [12, 7, 4])
+def test_pack_layer_of_stacked_networks_is_each_networks_packing(outputs):
+    """Stacked weights ``(E, out, in)`` pack as each network's own packing, stacked: whole blocks
+    of six outputs, then the narrower rest, each block's transposed weights before its biases."""
+    w, b = torch.randn(3, outputs, 5), torch.randn(3, outputs)
+    packed = mlp_native.pack_layer(w, b)
+    assert packed.shape == (3, outputs * 6)
+    for e in range(3):
+        assert torch.equal(packed[e], mlp_native.pack_layer(w[e], b[e]))
+    single = mlp_native.pack_layer(w[0], b[0])
+    full = outputs - outputs % 6
+    if full:  # the first block: (in, 6) transposed weights, then six biases
+        assert torch.equal(single[:30], w[0, :6].t().reshape(-1)) and torch.equal(single[30:36], b[0, :6])
+    last = outputs - full or 6  # the last block's width; its biases close the packing
+    assert torch.equal(single[-last:], b[0, -last:])
+    assert torch.equal(mlp_native.pack_layer(w, None)[:, -last:], torch.zeros(3, last))
