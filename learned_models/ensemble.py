@@ -845,18 +845,18 @@ class Ensemble(nn.Module):
         # The compiled whole rollout: always for certified members; for MLP members while torch
         # runs several threads (at one, MLPField runs their networks through the MLP kernel).
         # Decided before lowering: no packing for a device or dtype the kernel does not run.
-        stable = not (mlp_members and torch.get_num_threads() == 1)
-        if stable and not (horizon and len(x0) and CompiledRollout.usable(x0)):
-            stable = False
-        lowered = self._lowered(compiled=True) if stable else None
+        compiled = not (mlp_members and torch.get_num_threads() == 1)
+        if compiled and not (horizon and len(x0) and CompiledRollout.usable(x0)):
+            compiled = False
+        lowered = self._lowered(compiled=True) if compiled else None
         if lowered is not None and not self._kernel_agrees(lowered, x0, actions):
             lowered = None
-        stable = lowered is not None
-        if not stable:
+        compiled = lowered is not None
+        if not compiled:
             lowered = self._lowered() if mlp_members else None
             if lowered is None:
                 return None
-        field, head = (None, None) if stable else lowered
+        field, head = (None, None) if compiled else lowered
         E, B, n = self.size, x0.shape[0], self.state_dim
         pad = -B % E
         if pad:  # as _grouped: repeat the last row (a valid state) to fill the last group; dropped below
@@ -866,7 +866,7 @@ class Ensemble(nn.Module):
         xs = x0.reshape(b, E, n).transpose(0, 1).contiguous()  # (E, b, n): row j * E + e is (e, j)
         us = None if actions is None else actions.reshape(b, E, horizon, self.action_dim).transpose(0, 1).contiguous()
         add_noise = None
-        if stable:
+        if compiled:
             noise = None
             if self.sample and self.probabilistic:  # as below, the same draws
                 gen = self._generator()
