@@ -589,8 +589,10 @@ class StableDynamics(ODEWorldModel):
     def _slack(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
-    def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None, precise: bool = True, alpha: Rate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses); ``alpha``: ``_rate()`` if known.
+    def _field_and_V(self, x: torch.Tensor, u: torch.Tensor | None, precise: bool = True, alpha: Rate | None = None,
+                     slack: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10 at ``x``, and ``V(x)`` (which the guarantee-keeping step reuses); ``alpha``: ``_rate()`` if known;
+        ``slack``: ``sigma(x, u)`` if known (the step's first stage shares it with the rescale).
 
         ``precise``: ``g(x) - g(x_eq)`` by the ICNN's centered pass (relative precision down to
         ``x_eq``); ``False`` subtracts two evaluations, which is cheaper and good to ~``u |g|``
@@ -607,7 +609,8 @@ class StableDynamics(ODEWorldModel):
         # f is exactly zero at the equilibrium whatever the rounding of fhat_c: it is multiplied
         # by sign(||x - x_eq||^2 (+ ||u||^2)), 0 there and 1 elsewhere (cheaper than a mask).
         keep = torch.sign(dx_sq if u is None else dx_sq + (u * u).sum(-1))
-        slack = self._slack(x, u)
+        if slack is None:
+            slack = self._slack(x, u)
         if lyapunov.warp is None and lyapunov.L is None:
             # The default V (convex, eq. 12): eq. 12 and eq. 10 in one node, see _ConvexField.
             gx, dg = lyapunov.g.forward_and_grad(x_with_eq, centered=precise)
@@ -669,11 +672,12 @@ class StableDynamics(ODEWorldModel):
     def _step(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         Vx: list[torch.Tensor] = []
         alpha = self._rate()  # once per step, shared by the stages and the rescale
+        slack_x = self._slack(x, u)  # sigma(x, u): the first stage's and the rescale's
 
         def field(z: torch.Tensor) -> torch.Tensor:
             # V(x) (the first stage) and V(y) (the rescale) decide the certified bound and are
             # computed precisely; the inner stages only shape y (a third cheaper each).
-            f, V = self._field_and_V(z, u, precise=z is x, alpha=alpha)
+            f, V = self._field_and_V(z, u, precise=z is x, alpha=alpha, slack=slack_x if z is x else None)
             if z is x and not Vx:  # Euler's and RK4's first stage: keep V(x) for the rescale
                 Vx.append(V)
             return f
@@ -688,7 +692,7 @@ class StableDynamics(ODEWorldModel):
                 return y
             return lyapunov_rescale(
                 x, y, lyapunov, alpha, self.dt, lyapunov.x_eq,
-                slack=self._slack(x, u), verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
+                slack=slack_x, verify=lyapunov.warp is not None, Vx=Vx[0] if Vx else None,
             )
 
     def _inference_rollout(self, x0: torch.Tensor, controls: torch.Tensor | None, horizon: int, wrap: list[int]) -> torch.Tensor | None:
