@@ -845,12 +845,11 @@ class Ensemble(nn.Module):
         # The compiled whole rollout: always for certified members; for MLP members while torch
         # runs several threads (at one, MLPField runs their networks through the MLP kernel).
         # Decided before lowering: no packing for a device or dtype the kernel does not run.
-        compiled = not (mlp_members and torch.get_num_threads() == 1)
-        if compiled and not (horizon and len(x0) and CompiledRollout.usable(x0)):
-            compiled = False
-        lowered = self._lowered(compiled=True) if compiled else None
-        if lowered is not None and not self._kernel_agrees(lowered, x0, actions):
-            lowered = None
+        lowered = None
+        if (not mlp_members or torch.get_num_threads() > 1) and horizon and len(x0) and CompiledRollout.usable(x0):
+            lowered = self._lowered(compiled=True)
+            if lowered is not None and not self._kernel_agrees(lowered, x0, actions):
+                lowered = None
         compiled = lowered is not None
         if not compiled:
             lowered = self._lowered() if mlp_members else None
@@ -867,13 +866,7 @@ class Ensemble(nn.Module):
         us = None if actions is None else actions.reshape(b, E, horizon, self.action_dim).transpose(0, 1).contiguous()
         add_noise = None
         if compiled:
-            noise = None
-            if self.sample and self.probabilistic:  # as below, the same draws
-                gen = self._generator()
-                noise = x0.new_empty(horizon, E, b, n)
-                for t in range(horizon):
-                    torch.randn((E, b, n), generator=gen, out=noise[t])
-                noise = noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar)).transpose(2, 3)
+            noise = self._scaled_noise(x0, horizon, b) if self.sample and self.probabilistic else None
             out = lowered(xs, us, horizon, noise, wrap)  # (E, b, horizon + 1, n)
             return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
         if self.sample and head is not None:
@@ -882,14 +875,8 @@ class Ensemble(nn.Module):
             #   std = scale * exp(lv / 2),  lv = min + softplus(max - min - softplus(max - raw)),
             #   lv / 2 = min / 2 + softplus(z / 2, beta=2) where softplus(z) / 2 = softplus(z / 2, beta=2)
             # (the same branch at softplus's threshold). The head's last layer is folded to give
-            # (max - raw) / 2, and scale * exp(min / 2) into the noise, all of it drawn here: one
-            # randn of shape (E, b, n) per step from the ensemble's generator, in step order.
-            gen = self._generator()
-            noise = x0.new_empty(horizon, E, b, n)
-            for t in range(horizon):
-                torch.randn((E, b, n), generator=gen, out=noise[t])
-            noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar))
-            noise = noise.transpose(2, 3)  # (horizon, E, n, b): feature-major, as the rollout's states
+            # (max - raw) / 2, and scale * exp(min / 2) into the noise (_scaled_noise).
+            noise = self._scaled_noise(x0, horizon, b)
             half_range = (0.5 * (self.max_logvar - self.min_logvar)).reshape(n, 1)
             blocks: dict[int, torch.Tensor] = {}  # first row -> the block's noise
 
@@ -912,6 +899,18 @@ class Ensemble(nn.Module):
 
         out = field.rollout(xs, us, horizon, self.dt, self._base.model.integrator, after_step, head if add_noise else None)  # (E, b, horizon + 1, n)
         return out.transpose(0, 1).reshape(b * E, horizon + 1, n)[:B]
+
+    def _scaled_noise(self, x0: torch.Tensor, horizon: int, b: int) -> torch.Tensor:
+        """A lowered rollout's sampling noise, all of it drawn at once: one ``randn`` of shape
+        ``(E, b, n)`` per step from the ensemble's generator, in step order (the draws of
+        ``_grouped``), times ``target_scale * exp(min_logvar / 2)``; ``(horizon, E, n, b)``,
+        feature-major as the lowered rollouts' states."""
+        E, n = self.size, self.state_dim
+        gen = self._generator()
+        noise = x0.new_empty(horizon, E, b, n)
+        for t in range(horizon):
+            torch.randn((E, b, n), generator=gen, out=noise[t])
+        return noise.mul_(self.target_scale * torch.exp(0.5 * self.min_logvar)).transpose(2, 3)
 
     def _kernel_agrees(self, kernel: CompiledRollout, x0: torch.Tensor, actions: torch.Tensor | None) -> bool:
         """``kernel.check`` against the members' torch step without autograd (stacked) on ``x0``'s

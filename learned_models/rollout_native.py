@@ -162,10 +162,9 @@ class CompiledRollout:
     lower again when its weights change.
     """
 
-    def __init__(self, spec: list[int], consts: list[float], weights: torch.Tensor, state_dim: int, action_dim: int) -> None:
-        self._spec, self.weights = spec, weights
+    def __init__(self, spec: list[int], consts: list[float], weights: torch.Tensor) -> None:
+        self._spec, self.weights = spec, weights  # weights: (members, floats), one block per member
         self._consts = (ctypes.c_double * len(consts))(*consts)
-        self.members, self.state_dim, self.action_dim = weights.shape[0], state_dim, action_dim
         #: whether the caller found it equal to the torch step (``None``: not checked yet)
         self.agrees: bool | None = None
 
@@ -244,7 +243,7 @@ class CompiledRollout:
             consts = [float(model.dt), float(lyapunov.g.d), float(lyapunov.d), float(lyapunov.eps), float(getattr(model, "input_gain", 0.0))]
         else:
             consts = [float(model.dt), 0.0, 0.0, 0.0, 0.0]
-        return cls(spec, consts, pack.block(), n, m)
+        return cls(spec, consts, pack.block())
 
     def check(self, reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x0: torch.Tensor,
               actions: torch.Tensor | None) -> bool:
@@ -258,8 +257,8 @@ class CompiledRollout:
             scale = max(1.0, float(expected.abs().max()))
             self.agrees = bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale))
             if not self.agrees:
-                warnings.warn("lyagym: the compiled rollout of certified members disagrees with their torch step here; "
-                              "rollouts use the torch step", RuntimeWarning, stacklevel=4)
+                warnings.warn("lyagym: the compiled rollout disagrees with the model's torch step here; rollouts use the torch path",
+                              RuntimeWarning, stacklevel=4)
         return self.agrees
 
     def __call__(self, x0: torch.Tensor, actions: torch.Tensor | None, horizon: int, noise: torch.Tensor | None = None,
@@ -294,7 +293,7 @@ class CompiledRollout:
         if status == -2:
             raise ValueError("the compiled rollout takes at most 63 hidden ICNN layers")
         if status != 0:
-            raise MemoryError("the compiled rollout of certified members could not allocate its buffers")
+            raise MemoryError("the compiled rollout could not allocate its buffers")
         return out.permute(0, 3, 1, 2)
 
 
@@ -308,8 +307,11 @@ def compiled_rollout(model: nn.Module, x0: torch.Tensor, controls: torch.Tensor 
     lowering bakes in besides them) stay equal."""
     if not (horizon and len(x0)) or not CompiledRollout.usable(x0):
         return None
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    kernel = model._cached_lowering("_kernel_cache", lambda: CompiledRollout.lower(model, lambda name: tensors[name].unsqueeze(0), 1), settings)
+    def lower() -> CompiledRollout | None:
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        return CompiledRollout.lower(model, lambda name: tensors[name].unsqueeze(0), 1)
+
+    kernel = model._cached_lowering("_kernel_cache", lower, settings)
     if kernel is None:
         return None
     first = x0[:16].unsqueeze(0)

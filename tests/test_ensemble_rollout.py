@@ -278,14 +278,18 @@ def test_stacked_training_loss_and_gradients_equal_the_vmapped_members(case):
 PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
 
 
-@pytest.mark.parametrize("case", [
+#: certified member structures (``member_factory("stable", n, m, ...)`` options, ``n``, ``m`` among them)
+CERTIFIED_CASES = [
     PRIORS,
     dict(PRIORS, integrator="rk4"),
     dict(n=4, m=2, activation="relu"),  # fhat a plain MLP on [x, u]
     dict(n=3, m=0),  # StableDynamics: no input, no sigma
     dict(PRIORS, lyap_shift="tangent"),
     dict(PRIORS, keep_guarantee=False),
-])
+]
+
+
+@pytest.mark.parametrize("case", CERTIFIED_CASES)
 def test_certified_members_step_without_vmap_as_each_member_does(case):
     """Without autograd certified members step as one stacked computation (``_raw_stacked_stable``):
     the same function as each member's own ``step`` to float rounding, as the vmapped members'

@@ -30,18 +30,23 @@ def _model(action_dim, dtype=torch.float32, **kw):
     return model
 
 
-@pytest.fixture
-def lowered_calls(monkeypatch):
-    """Counts rollouts that took the lowered path."""
+def _count_calls(monkeypatch, owner, name: str) -> list:
+    """A list that grows by one at every call of ``owner.name`` (a method), which still runs."""
     calls = []
-    original = mlp_rollout.MLPField.rollout
+    original = getattr(owner, name)
 
     def spy(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(mlp_rollout.MLPField, "rollout", spy)
+    monkeypatch.setattr(owner, name, spy)
     return calls
+
+
+@pytest.fixture
+def lowered_calls(monkeypatch):
+    """Counts rollouts that took the lowered path."""
+    return _count_calls(monkeypatch, mlp_rollout.MLPField, "rollout")
 
 
 @pytest.fixture
@@ -61,15 +66,7 @@ def networks_built(monkeypatch):
 @pytest.fixture
 def native_binds(monkeypatch):
     """Counts the block networks that run through the compiled kernel."""
-    binds = []
-    original = mlp_native.NativeWeights.bind
-
-    def spy(self, *args, **kwargs):
-        binds.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(mlp_native.NativeWeights, "bind", spy)
-    return binds
+    return _count_calls(monkeypatch, mlp_native.NativeWeights, "bind")
 
 
 ONEDNN = mlp_rollout._onednn_linear_works()

@@ -11,11 +11,10 @@ import torch
 
 from lyagym.learned_models import Ensemble, member_factory, mlp_native
 from lyagym.learned_models.rollout_native import CompiledRollout
-from test_ensemble_rollout import _stepped, perturb  # the torch path (_step once per step, then the wrap); varied weights
+from test_ensemble_rollout import CERTIFIED_CASES, PRIORS, _stepped, perturb  # the torch path (_step once per step, then the wrap); varied weights
 
 pytestmark = pytest.mark.skipif(not mlp_native.available(), reason="no C compiler (or a CPU without AVX2 and FMA)")
 
-PRIORS = dict(angle_dims=1, control_affine=True, activation="silu")
 
 
 def _ensemble(n=2, m=1, size=3, probabilistic=True, sample=True, **options):
@@ -36,12 +35,7 @@ def _kernel_calls(monkeypatch):
 
 
 CASES = [
-    PRIORS,
-    dict(PRIORS, integrator="rk4"),
-    dict(n=4, m=2, activation="relu"),  # fhat a plain MLP on [x, u]
-    dict(n=3, m=0),  # StableDynamics: no input, no sigma
-    dict(PRIORS, lyap_shift="tangent"),
-    dict(PRIORS, keep_guarantee=False),
+    *CERTIFIED_CASES,
     dict(PRIORS, alpha=0.5, alpha_bounds=None),  # a fixed rate
     dict(n=3, m=2, angle_dims=2, control_affine=False, activation="silu"),  # DynamicsNet with u among its inputs
     dict(PRIORS, lyap_hidden=(8,), hidden=(16,)),  # one hidden layer in V and in fhat

@@ -386,11 +386,11 @@ static vf shifted(tile_t *t, long v) {
     return s;
 }
 
-/* The first-layer input of fhat (or the variance head) at z: [sin q, cos q, the rest (scaled for
- * fhat), u (scaled for fhat)]; a plain MLP's is [z, u]. Returns its rows. */
-static long features(tile_t *t, const float *z, int scaled, int with_u) {
+/* The first-layer input of a DynamicsNet fhat (or of the variance head) at z, into t->net_in:
+ * [sin q, cos q, the rest (scaled for fhat), u (scaled for fhat; with_u)]. */
+static void features(tile_t *t, const float *z, int scaled, int with_u) {
     const spec_t *s = t->s;
-    long n = s->n, k = s->k, m = s->m, row = 0;
+    long n = s->n, k = s->k, m = s->m, row = 2 * k;
     const float *in_scale = t->mem + s->in_scale;
     for (long j = 0; j < k; j++) {
         for (long r = 0; r < t->nv * VL; r++) {
@@ -399,12 +399,10 @@ static long features(tile_t *t, const float *z, int scaled, int with_u) {
             ROWS(t->net_in, k + j)[r] = cosf(q);
         }
     }
-    row = 2 * k;
     for (long j = k; j < n; j++, row++)
         FOR_V(v) store(ROWS(t->net_in, row) + v, scaled ? load(ROWS(z, j) + v) / in_scale[j - k] : load(ROWS(z, j) + v));
     if (with_u)
         for (long j = 0; j < m; j++, row++) memcpy(ROWS(t->net_in, row), ROWS(scaled ? t->u_scaled : t->u, j), sizeof(float) * TT);
-    return row;
 }
 
 /* fhat(z, u) into out (n rows), minus fhat(x_eq, 0) when `centered`. */
@@ -525,8 +523,7 @@ static void step(tile_t *t, const float *noise) {
         }
     }
     if (noise && s->head.layers) { /* PETS sampling: y += exp(softplus2(half_range - softplus2(head))) * noise */
-        long rows = features(t, t->x, 0, 1);
-        (void)rows;
+        features(t, t->x, 0, 1);
         run_net(t, &s->head, t->net_in, t->net_out);
         const float *half_range = t->mem + s->half_range;
         for (long j = 0; j < n; j++)
