@@ -80,6 +80,7 @@ from torch.nn import functional as F
 
 from .certificate import Certificate, model_hash
 from .checkpoint import MODEL_CLASSES, register_model
+from . import mlp_train_native
 from .dynamics_net import DynamicsNet, mlp
 from .files import atomic_write
 from .integrators import (INTEGRATORS, ODEWorldModel, _all_finite, _equal_tensors, _FunctorchState, _overflow_error, _wrap_rows_,
@@ -630,15 +631,14 @@ class Ensemble(nn.Module):
 
     @staticmethod
     def _stacked_mlp(params: dict[str, torch.Tensor], prefix: str, modules: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-        """``E`` stacked copies of the ``nn.Sequential`` ``modules`` on ``h: (E, rows, in)``."""
-        for i, module in enumerate(modules):
-            if isinstance(module, nn.Linear):
-                w = params[f"{prefix}{i}.weight"]
-                bias = params.get(f"{prefix}{i}.bias")
-                h = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-            else:
-                h = module(h)  # an activation: no parameters, so the meta module runs on real tensors
-        return h
+        """``E`` stacked copies of the ``nn.Sequential`` ``modules`` on ``h: (E, rows, in)``:
+        through the compiled training kernel where autograd records it (``mlp_train_native``),
+        else one batched product per layer."""
+        linear = [i for i, module in enumerate(modules) if isinstance(module, nn.Linear)]
+        weights = [p for i in linear for p in (params[f"{prefix}{i}.weight"], params.get(f"{prefix}{i}.bias"))]
+        if torch.is_grad_enabled() and mlp_train_native.usable(modules, h, weights):
+            return mlp_train_native.stacked_mlp(modules, weights, h)
+        return mlp_train_native.batched_mlp(modules, weights, h)  # activations: no parameters, so the meta modules run on real tensors
 
     def _stacked_logvar(self, params: dict[str, torch.Tensor], x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor | None:
         """The variance heads' unbounded output, every member at once (``None`` if not probabilistic)."""

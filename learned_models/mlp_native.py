@@ -61,11 +61,22 @@ _MIN_VECTOR_FLOATS = 8
 
 
 def _build() -> ctypes.CDLL | None:
-    lib = build_library(_SOURCE, "mlp_kernel", ["-O3", "-march=native", "-pthread"], native_cpu=True)
+    flags = ["-O3", "-march=native", "-pthread"]
+    try:  # the training passes share torch's OpenMP threads (assets/mlp_kernel.c); without OpenMP they run on one
+        lib = build_library(_SOURCE, "mlp_kernel", [*flags, "-fopenmp"], native_cpu=True)
+    except subprocess.SubprocessError:  # a compiler without OpenMP (an untrusted cache is an OSError: not retried)
+        lib = None
+    if lib is None:
+        lib = build_library(_SOURCE, "mlp_kernel", flags, native_cpu=True)
     if lib is not None:
         lib.lyagym_mlp_vector_floats.restype = ctypes.c_int
         lib.lyagym_mlp.restype = ctypes.c_int
         lib.lyagym_mlp.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _LONG]
+        lib.lyagym_mlp_train_forward.restype = ctypes.c_int
+        lib.lyagym_mlp_train_forward.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _LONG, _PTR, _PTR, _PTR, _PTR, _LONG]
+        lib.lyagym_mlp_train_backward.restype = ctypes.c_int
+        lib.lyagym_mlp_train_backward.argtypes = [_LONG, _PTR, _PTR, _PTR, _LONG, _LONG, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                                                  _LONG]
     return lib
 
 
@@ -96,6 +107,19 @@ def _library() -> ctypes.CDLL | None:
                           RuntimeWarning, stacklevel=3)
             return None
     return lib
+
+
+def library() -> ctypes.CDLL:
+    """The checked kernel (``available`` must be true)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled MLP kernel is not available")
+    return lib
+
+
+def vector_floats() -> int:
+    """Floats per vector of the built kernel (16 with AVX-512, 8 with AVX2)."""
+    return library().lyagym_mlp_vector_floats()
 
 
 def available() -> bool:

@@ -688,3 +688,248 @@ int lyagym_model_rollout(const long *spec_words, const double *consts, const flo
     for (long i = 0; i < started; i++) pthread_join(helpers[i], NULL);
     return job.failed ? -1 : 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Training E stacked MLPs (learned_models/mlp_train_native.py): the forward pass keeping each
+ * hidden layer's pre-activation z and activation a, and the backward pass giving every weight's,
+ * bias's and (optionally) the input's gradient. Activations are feature-major, padded to `rows`
+ * (a multiple of VL): member e, feature k, row r at [(e * width + k) * rows + r]; the hidden
+ * layers' z, a and gradients share one layout, layer i's features at offset hidden_offset(i). The
+ * input's padded rows are zero and so are the output gradient's, so padded rows add nothing to
+ * a weight's gradient. Weights and biases are torch's own (E, out, in) and (E, out), read in
+ * place: the forward product reads W(j, k) = W[j][k], the backward one W^T, from the same memory.
+ *
+ * Both passes split their work between `threads` threads with OpenMP. Built with -fopenmp the
+ * library links libgomp by its soname, so in a process where torch has loaded its own libgomp,
+ * ours is that one: the threads are torch's pool (the workers that spin between its operations
+ * take ours at once; a pool of our own would compete with them). Each output is computed whole
+ * by one thread in a fixed order: the same bits at every thread count.
+ */
+typedef struct {
+    const float *w;
+    long sj, sk;       /* the product's matrix M(j, k) = w[j * sj + k * sk] */
+    const float *bias; /* forward: J biases (NULL: none) */
+    int act, backward; /* forward: z = acc + bias, a = act(z); backward: acc * act'(z), z read from zs */
+    float *zs, *as;    /* z (forward: written where act != none; backward: read) and the output, this tile's first row */
+    long stride;       /* their feature stride */
+} product_t;
+
+static inline vf slope(vf z, int act) {
+    if (act == ACT_RELU) return select_(z > 0.0f, splat(1.0f), splat(0.0f));
+    vf s = 1.0f / (1.0f + exp_(-z)); /* SiLU: d/dz z s(z) = s (1 + z (1 - s)) */
+    return s * (1.0f + z * (1.0f - s));
+}
+
+static inline void finish(const product_t *o, long j, long r, vf acc) {
+    float *zs = o->zs + j * o->stride + r, *as = o->as + j * o->stride + r;
+    if (o->backward) {
+        store(as, o->act ? acc * slope(load(zs), o->act) : acc);
+        return;
+    }
+    vf z = o->bias ? acc + o->bias[j] : acc;
+    if (o->act) store(zs, z);
+    store(as, o->act ? activate(z, o->act) : z);
+}
+
+/* out[j][r] = epilogue(sum_k M(j, k) in[k][r]) for RB vectors of rows. */
+#define DEFINE_PRODUCT(NAME, RB)                                                                               \
+    static void NAME(const float *in, long in_stride, long K, long J, const product_t *o) {                    \
+        long j0 = 0;                                                                                           \
+        for (; j0 + JB <= J; j0 += JB) {                                                                       \
+            const float *w = o->w + j0 * o->sj;                                                                \
+            vf acc[JB][RB];                                                                                    \
+            for (int j = 0; j < JB; j++)                                                                       \
+                for (int r = 0; r < RB; r++) acc[j][r] = splat(0.0f);                                          \
+            for (long k = 0; k < K; k++) {                                                                     \
+                vf h[RB];                                                                                      \
+                for (int r = 0; r < RB; r++) h[r] = load(in + k * in_stride + VL * r);                         \
+                for (int j = 0; j < JB; j++) {                                                                 \
+                    float s = w[j * o->sj + k * o->sk];                                                        \
+                    for (int r = 0; r < RB; r++) acc[j][r] += s * h[r];                                        \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int j = 0; j < JB; j++)                                                                       \
+                for (int r = 0; r < RB; r++) finish(o, j0 + j, VL * r, acc[j][r]);                             \
+        }                                                                                                      \
+        for (; j0 < J; j0++) {                                                                                 \
+            const float *w = o->w + j0 * o->sj;                                                                \
+            vf acc[RB];                                                                                        \
+            for (int r = 0; r < RB; r++) acc[r] = splat(0.0f);                                                 \
+            for (long k = 0; k < K; k++) {                                                                     \
+                float s = w[k * o->sk];                                                                        \
+                for (int r = 0; r < RB; r++) acc[r] += s * load(in + k * in_stride + VL * r);                  \
+            }                                                                                                  \
+            for (int r = 0; r < RB; r++) finish(o, j0, VL * r, acc[r]);                                        \
+        }                                                                                                      \
+    }
+
+DEFINE_PRODUCT(product_wide, WIDE)
+DEFINE_PRODUCT(product_narrow, 1)
+
+static inline float hsum(vf v) {
+    float s = 0.0f;
+    for (int i = 0; i < VL; i++) s += v[i];
+    return s;
+}
+
+typedef struct {
+    long layers, members, rows, hidden; /* hidden: the hidden layers' features in all */
+    const long *widths;                 /* layers + 1 */
+    const int *acts;                    /* per hidden layer */
+    const float *const *params;         /* W_0, b_0, W_1, b_1, ...: (E, out, in), (E, out) */
+} train_t;
+
+static long hidden_offset(const train_t *t, long i) { /* hidden layer i's first feature */
+    long off = 0;
+    for (long l = 0; l < i; l++) off += t->widths[l + 1];
+    return off;
+}
+
+static long tile_of(const train_t *t, long unit, long *e, long *start) { /* its width in rows */
+    long per = tiles_per_member(t->rows), width;
+    *e = unit / per;
+    tile_span(t->rows, unit % per, start, &width);
+    return width;
+}
+
+/* out: (E, widths[L], rows); z, a: (E, hidden, rows). */
+int lyagym_mlp_train_forward(long layers, const long *widths, const int *acts, const float *const *params, long members,
+                             long rows, const float *in, float *z, float *a, float *out, long threads) {
+    train_t t = {layers, members, rows, 0, widths, acts, params};
+    t.hidden = hidden_offset(&t, layers - 1);
+    long units = members * tiles_per_member(rows);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+    for (long unit = 0; unit < units; unit++) {
+        long e, start, width = tile_of(&t, unit, &e, &start);
+        const float *src = in + e * widths[0] * rows + start;
+        for (long i = 0; i < layers; i++) {
+            long K = widths[i], J = widths[i + 1], off = hidden_offset(&t, i);
+            int last = i == layers - 1;
+            float *zs = z + (e * t.hidden + off) * rows + start;
+            product_t o = {params[2 * i] + e * J * K, K, 1, params[2 * i + 1] ? params[2 * i + 1] + e * J : NULL,
+                           last ? ACT_NONE : acts[i], 0, zs, last ? out + e * J * rows + start : a + (e * t.hidden + off) * rows + start,
+                           rows};
+            (width == TT ? product_wide : product_narrow)(src, rows, K, J, &o);
+            src = o.as;
+        }
+    }
+    (void)threads;
+    return 0;
+}
+
+static long padded(long width) { return (width + VL - 1) / VL * VL; }
+
+/* dst[r][k] = src[k][r] for K features (row stride src_stride) and `width` rows (a multiple of VL),
+ * dst's columns K .. padded(K) zero: VL x VL blocks transposed in registers, by levels w = VL / 2,
+ * .., 1 swapping the off-diagonal w x w blocks of each 2w x 2w block (2 shuffles a pair of
+ * vectors and level, where a scalar copy takes a load and a store per float). */
+static void transpose(const float *src, long src_stride, long K, long width, float *dst, long dst_stride) {
+    vi lo[8], hi[8];
+    int levels = 0;
+    for (int w = VL / 2; w >= 1; w /= 2, levels++)
+        for (int l = 0; l < VL; l++) {
+            lo[levels][l] = l & w ? VL + l - w : l;
+            hi[levels][l] = l & w ? VL + l : l + w;
+        }
+    for (long k0 = 0; k0 < K; k0 += VL)
+        for (long r0 = 0; r0 < width; r0 += VL) {
+            vf v[VL];
+            for (long k = 0; k < VL; k++) v[k] = k0 + k < K ? load(src + (k0 + k) * src_stride + r0) : splat(0.0f);
+            for (int w = VL / 2, level = 0; w >= 1; w /= 2, level++)
+                for (int i = 0; i < VL; i++)
+                    if (!(i & w)) {
+                        vf a = v[i], b = v[i + w];
+                        v[i] = __builtin_shuffle(a, b, lo[level]);
+                        v[i + w] = __builtin_shuffle(a, b, hi[level]);
+                    }
+            for (long r = 0; r < VL; r++) store(dst + (r0 + r) * dst_stride + k0, v[r]);
+        }
+}
+
+static long transposed_offset(const train_t *t, long i) { /* layer i's input, rows x padded(widths[i]), in `at` */
+    long off = 0;
+    for (long l = 0; l < i; l++) off += t->rows * padded(t->widths[l]);
+    return off;
+}
+
+static long gradient_offset(const train_t *t, long i) { /* layer i's widths[i + 1] x padded(widths[i]) in `pad` */
+    long off = 0;
+    for (long l = 0; l < i; l++) off += t->widths[l + 1] * padded(t->widths[l]);
+    return off;
+}
+
+/* A weight gradient's unit: outputs j0 .. j1 of layer i, columns c0 .. c0 + TT (or to the end). */
+static long gradient_units(const train_t *t, long i) {
+    long parts = t->widths[i + 1] > JB ? 2 : 1;
+    return parts * ((padded(t->widths[i]) + TT - 1) / TT);
+}
+
+/* grad_out: (E, widths[L], rows); d: (E, hidden, rows), the hidden layers' dL/dz; grad_in: (E,
+ * widths[0], rows) or NULL; grads: dW_0, db_0, dW_1, ... (a bias's NULL where it has none).
+ * Scratch: at, E x sum_i rows x padded(widths[i]) floats (every layer's input, row-major, so a
+ * weight gradient dW[j][k] = sum_r D[j][r] A[k][r] is the product kernel's with vectors along k:
+ * no horizontal sums); pad, E x sum_i widths[i + 1] x padded(widths[i]) floats. */
+int lyagym_mlp_train_backward(long layers, const long *widths, const int *acts, const float *const *params, long members,
+                              long rows, const float *in, const float *z, const float *a, const float *grad_out, float *d,
+                              float *grad_in, float *const *grads, float *at, float *pad, long threads) {
+    train_t t = {layers, members, rows, 0, widths, acts, params};
+    t.hidden = hidden_offset(&t, layers - 1);
+    long units = members * tiles_per_member(rows), at_member = transposed_offset(&t, layers),
+         pad_member = gradient_offset(&t, layers);
+    /* a tile of rows at a time: every layer's input transposed, and dL/dz of every layer, back from the output */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+    for (long unit = 0; unit < units; unit++) {
+        long e, start, width = tile_of(&t, unit, &e, &start);
+        for (long i = 0; i < layers; i++) {
+            long K = widths[i], Kp = padded(K);
+            const float *src = (i ? a + (e * t.hidden + hidden_offset(&t, i - 1)) * rows : in + e * K * rows) + start;
+            float *dst = at + e * at_member + transposed_offset(&t, i) + start * Kp;
+            transpose(src, rows, K, width, dst, Kp);
+        }
+        for (long i = layers - 1; i >= (grad_in ? 0 : 1); i--) {
+            long K = widths[i + 1], J = widths[i];
+            const float *src = i == layers - 1 ? grad_out + e * K * rows : d + (e * t.hidden + hidden_offset(&t, i)) * rows;
+            long below = i ? hidden_offset(&t, i - 1) : 0;
+            product_t o = {params[2 * i] + e * K * J, 1, J, NULL, i ? acts[i - 1] : ACT_NONE, 1,
+                           (float *)z + (e * t.hidden + below) * rows + start,
+                           i ? d + (e * t.hidden + below) * rows + start : grad_in + e * J * rows + start, rows};
+            (width == TT ? product_wide : product_narrow)(src + start, rows, K, J, &o);
+        }
+    }
+    /* every layer's weight gradient, by blocks of outputs and columns */
+    long per_member = 0;
+    for (long i = 0; i < layers; i++) per_member += gradient_units(&t, i);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1)
+#endif
+    for (long unit = 0; unit < members * per_member; unit++) {
+        long e = unit / per_member, b = unit % per_member, i = 0;
+        while (b >= gradient_units(&t, i)) b -= gradient_units(&t, i), i++;
+        long J = widths[i + 1], K = widths[i], Kp = padded(K), parts = J > JB ? 2 : 1;
+        long part = b % parts, c0 = b / parts * TT, cw = Kp - c0 < TT ? Kp - c0 : TT;
+        long half = (J / 2 + JB - 1) / JB * JB, j0 = part ? half : 0, j1 = parts == 1 || part ? J : half;
+        const float *D = (i == layers - 1 ? grad_out + e * J * rows : d + (e * t.hidden + hidden_offset(&t, i)) * rows) + j0 * rows;
+        const float *AT = at + e * at_member + transposed_offset(&t, i);
+        float *P = pad + e * pad_member + gradient_offset(&t, i) + j0 * Kp, *dW = grads[2 * i] + e * J * K + j0 * K;
+        for (long c = c0; c < c0 + cw; c += cw == TT ? TT : VL) {
+            product_t o = {D, rows, 1, NULL, ACT_NONE, 0, P + c, P + c, Kp};
+            (cw == TT ? product_wide : product_narrow)(AT + c, Kp, rows, j1 - j0, &o);
+        }
+        long cols = (c0 + cw < K ? c0 + cw : K) - c0;
+        for (long j = 0; j < j1 - j0; j++)
+            if (cols > 0) memcpy(dW + j * K + c0, P + j * Kp + c0, sizeof(float) * (size_t)cols);
+        if (c0 == 0 && grads[2 * i + 1])
+            for (long j = j0; j < j1; j++) {
+                const float *Dj = D + (j - j0) * rows;
+                vf acc = splat(0.0f);
+                for (long r = 0; r < rows; r += VL) acc += load(Dj + r);
+                grads[2 * i + 1][e * J + j] = hsum(acc);
+            }
+    }
+    (void)threads;
+    return 0;
+}
