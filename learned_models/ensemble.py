@@ -5,8 +5,9 @@ without the ``DynamicsNet`` priors, or ``StableDynamics`` / ``StableControlledDy
 keeping its own certificate). Their parameters are stacked along a leading member dimension
 (as ``torch.func.stack_module_state`` does) and every member is evaluated at once, with no
 Python loop over members in ``step``, ``rollout`` or ``fit_ensemble``: ``SimpleDynamics``
-members as batched matrix products over the stacked weights (``_raw_stacked``; without autograd
-lowered to ``mlp_rollout.MLPField``), other members with ``torch.func.vmap`` over
+members as batched matrix products over the stacked weights (``_raw_stacked``; with autograd
+through the training kernel of ``mlp_train_native``, without it lowered to
+``mlp_rollout.MLPField``), other members with ``torch.func.vmap`` over
 ``functional_call``, inside which they run their ``functorch_safe`` path (plain tensor ops; see
 ``integrators.functorch_safe``); certified members without autograd run those same plain ops
 on the stacked weights directly (``_raw_stacked_stable``), without ``vmap``'s per-op batching,
@@ -44,15 +45,15 @@ In the TS modes the next state is sampled, ``mean + std * eps``, when the ensemb
 
 Cost (``examples/benchmarks/bench_ensemble.py``, double-pendulum sizes: state 4, action 2,
 ``fhat`` widths (100, 100), 256 rows per member, Euler members as in the MBRL loops, medians
-of interleaved repeats; one run each on a quiet 2-core AMD EPYC): one training step of E = 5
-members costs 2.61x (simple members with the mechanical priors) and 2.43x (stable members) one
-member batched the same way at one thread, and 2.27x / 2.00x with both cores (``--threads 2``;
-1.8-2.3x / 1.7-2.0x from run to run, see the README); RK4 members 3.12x / 2.44x, narrower ones
-(widths (32, 32)) 1.92x / 2.33x, at one thread. The rest is arithmetic: E = 1 is mostly fixed
-per-operation cost (~0.6 ms) and the members' batched matrix products (MKL's, about half of
-oneDNN's rate on this CPU) grow with E. A TS-infinity step of 30,000 rows through ``step``
-costs 1.31x / 1.35x one member stepping those rows (RK4: 1.05x / 1.11x); rollouts without
-autograd run lowered (``rollout``).
+of interleaved repeats on a quiet 2-core AMD EPYC; see the README for every run): one training
+step of E = 5 members costs 1.7x one member batched the same way with both cores
+(``--threads 2``; simple members with the mechanical priors and certified stable members
+alike) and ~2.2x at one thread. Simple members' networks and variance heads train through
+the compiled kernel of ``mlp_train_native`` (``_stacked_mlp``), whose products run at this
+CPU's vector width where torch's batched products run MKL's at AVX2's rate on AMD; what is
+left of E = 1 is mostly fixed per-operation cost (~0.6 ms). Certified members train under
+``vmap``. A TS-infinity step of 30,000 rows through ``step`` costs 1.3x one member stepping
+those rows; rollouts without autograd run lowered (``rollout``).
 
 Certificates: ``Ensemble.certificate()`` lists each member's own ``Certificate`` (issued by
 ``member(i).certificate()``, with member ``i``'s weights hash) and states what they cover:

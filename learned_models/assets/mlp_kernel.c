@@ -1,5 +1,6 @@
 /* Feature-major evaluation of small MLPs (lyagym's inference rollouts, learned_models/mlp_native.py),
- * and below, a world model's whole rollout (learned_models/rollout_native.py).
+ * below it a world model's whole rollout (learned_models/rollout_native.py), and last the training
+ * passes of stacked MLPs, forward and backward (learned_models/mlp_train_native.py).
  *
  * One call evaluates `members` networks of one structure, each on its own `rows` columns:
  *   in:  member e, feature k, row r at in[e * in_member_stride + k * in_feature_stride + r]
