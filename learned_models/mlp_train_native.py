@@ -163,5 +163,25 @@ def stacked_mlp(modules: nn.Sequential, params: list[torch.Tensor | None], h: to
     """``E`` stacked copies of ``modules`` (``usable``) on ``h: (E, rows, in)`` -> ``(E, rows,
     out)``; ``params``: each ``Linear``'s stacked weight ``(E, out, in)`` and bias ``(E, out)``
     (or ``None``), in order. Differentiable in ``h`` and ``params`` (once)."""
+    if not supports(modules):
+        raise ValueError(f"modules must be Linear layers with ReLU or SiLU between them, got {modules}")
+    linear = list(modules)[::2]
+    if len(params) != 2 * len(linear):
+        raise ValueError(f"params must hold a weight and a bias (or None) per Linear layer: {2 * len(linear)}, got {len(params)}")
+    if h.ndim != 3:
+        raise ValueError(f"h must be (members, rows, in), got shape {tuple(h.shape)}")
+    members = h.shape[0]
+    for i, layer in enumerate(linear):
+        w, b = params[2 * i], params[2 * i + 1]
+        if w is None or w.shape != (members, layer.out_features, layer.in_features):
+            raise ValueError(f"params[{2 * i}] must be layer {i}'s stacked weight {(members, layer.out_features, layer.in_features)}, "
+                             f"got {None if w is None else tuple(w.shape)}")
+        if b is not None and b.shape != (members, layer.out_features):
+            raise ValueError(f"params[{2 * i + 1}] must be layer {i}'s stacked bias {(members, layer.out_features)} or None, "
+                             f"got {tuple(b.shape)}")
+    if h.shape[-1] != linear[0].in_features:
+        raise ValueError(f"h must have {linear[0].in_features} features, got {h.shape[-1]}")
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in [h, *[p for p in params if p is not None]]):
+        raise ValueError("h and params must be float32 tensors on the CPU (see usable)")
     acts = tuple(_KERNEL_ACTIVATIONS[type(m)] for m in list(modules)[1::2])
     return _StackedMLP.apply(acts, h, *params)

@@ -182,3 +182,20 @@ def test_the_torch_path_without_autograd_in_float64_and_under_torch_func(monkeyp
     assert not calls
     ens._loss(x, u, x)[0].backward()
     assert calls  # and the kernel where it applies
+
+
+def test_bad_shapes_and_dtypes_are_refused_before_any_work():
+    modules, params = _network([3, 8, 2], members=2)
+    h = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="features"):
+        mlp_train_native.stacked_mlp(modules, params, torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match=r"params\[2\]"):
+        mlp_train_native.stacked_mlp(modules, [params[0], params[1], params[2][:1], params[3]], h)
+    with pytest.raises(ValueError, match=r"params\[1\]"):
+        mlp_train_native.stacked_mlp(modules, [params[0], params[1][:, :3], *params[2:]], h)
+    with pytest.raises(ValueError, match="a weight and a bias"):
+        mlp_train_native.stacked_mlp(modules, params[:3], h)
+    with pytest.raises(ValueError, match="float32"):
+        mlp_train_native.stacked_mlp(modules, [p.double() for p in params], h.double())
+    with pytest.raises(ValueError, match="ReLU or SiLU"):
+        mlp_train_native.stacked_mlp(mlp(3, (8,), 2, activation="tanh"), params, h)
