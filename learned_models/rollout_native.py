@@ -24,10 +24,12 @@ asked to roll out (``CompiledRollout.check``); the caller keeps the torch path i
 disagree. Float32 on a CPU, ReLU or SiLU networks, the library of ``mlp_native`` built and
 checked. Unlike that MLP kernel (many short calls between torch's own operations, used only
 at one torch thread) a rollout is one long call, and it shares its tiles between as many
-threads as torch runs. One-off, two threads on a 2-core CPU, 1,000 rows x 30 steps: the
-certified ensemble 9.1 ms against 41.5 ms through torch's two threads; the unconstrained PETS
-ensemble 4.5 ms against 8.9 ms through ``MLPField`` on torch's two (at one thread ``MLPField``
-with the MLP kernel, 6.4-6.9 ms, keeps that case).
+threads as torch runs, torch's own OpenMP workers where the library is built with OpenMP (see
+the C source). One-off, two threads on a 2-core CPU, 1,000 rows x 30 steps: the certified
+ensemble 9.1 ms against 41.5 ms through torch's two threads (5.8 ms on torch's workers instead
+of threads of our own); the unconstrained PETS ensemble 4.5 ms against 8.9 ms through
+``MLPField`` on torch's two (at one thread ``MLPField`` with the MLP kernel, 6.4-6.9 ms, keeps
+that case).
 """
 
 from __future__ import annotations

@@ -663,9 +663,9 @@ static void *rollout_worker(void *arg) {
  * (nothing is then guaranteed written). x0: member e, feature j, row r at x0[e * x0_member + j *
  * x0_feature + r]; u likewise with a step stride (NULL when m = 0); noise (NULL: none) likewise;
  * out: member e, step t (0 .. horizon), feature j, row r. `threads`: how many threads share the
- * tiles (this one and threads - 1 more; fewer where there are fewer tiles). Unlike the MLP kernel's
- * many short calls, a rollout is one long call, so torch's OpenMP workers, spinning for a moment
- * after its last parallel operation, cost threads of ours little. */
+ * tiles (this one and threads - 1 more; fewer where there are fewer tiles): with OpenMP torch's own
+ * workers (as in the training passes below; threads of our own lost up to half their time to
+ * torch's workers spinning after its last parallel operation), else threads started here. */
 int lyagym_model_rollout(const long *spec_words, const double *consts, const float *weights, long weights_member,
                           long members, long rows, long horizon, const float *x0, long x0_member, long x0_feature,
                           const float *u, long u_member, long u_step, long u_feature, const float *noise, long noise_member,
@@ -681,12 +681,18 @@ int lyagym_model_rollout(const long *spec_words, const double *consts, const flo
     job.tiles = members * tiles_per_member(rows);
     if (threads > job.tiles) threads = job.tiles;
     if (threads > 64) threads = 64;
+#ifdef _OPENMP
+    /* torch's own OpenMP threads where it has loaded its libgomp (see the training passes below) */
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    rollout_worker(&job);
+#else
     pthread_t helpers[64];
     long started = 0;
     for (long i = 1; i < threads; i++, started++)
         if (pthread_create(&helpers[started], NULL, rollout_worker, &job) != 0) break; /* fewer threads: the rest still runs */
     rollout_worker(&job);
     for (long i = 0; i < started; i++) pthread_join(helpers[i], NULL);
+#endif
     return job.failed ? -1 : 0;
 }
 
