@@ -24,6 +24,11 @@ environments do): with more, torch's own layers split each product between its t
 a single-threaded kernel would lose to at large batches, and threads of ours would compete with
 the spinning workers of torch's OpenMP pool (measured at two threads, one-off: B = 64 plans 20-30%
 slower through a one-thread kernel, some B = 1 plans 2-3x slower with two kernel threads).
+
+The same library holds the whole-rollout kernel of ``rollout_native`` and the training passes of
+``mlp_train_native``. It is built with ``-fopenmp`` where the compiler has OpenMP: it then links
+``libgomp`` by its soname, which in a process where torch has loaded its own is torch's, so those
+kernels' threads are torch's OpenMP workers rather than threads competing with them.
 """
 
 from __future__ import annotations
