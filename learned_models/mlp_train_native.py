@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from . import mlp_native
 
-__all__ = ["supports", "usable", "stacked_mlp", "batched_mlp"]
+__all__ = ["available", "supports", "usable", "stacked_mlp", "batched_mlp"]
 
 _KERNEL_ACTIVATIONS = {nn.ReLU: 1, nn.SiLU: 2}
 
@@ -124,7 +124,7 @@ def batched_mlp(modules: nn.Sequential, params: list[torch.Tensor | None], h: to
 
 
 @functools.cache
-def _checked() -> bool:
+def available() -> bool:
     """Whether the kernel is built and its training passes agree with torch on a small network
     (checked once: two members, a partial tile, blocks narrower than the register tile, ReLU and
     SiLU, a layer without bias); warns where they disagree."""
@@ -156,7 +156,7 @@ def usable(modules: nn.Sequential, h: torch.Tensor, params: list[torch.Tensor | 
     and the kernel built and checked."""
     tensors = [h, *[p for p in params if p is not None]]
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not torch._C._are_functorch_transforms_active() and supports(modules) and _checked())
+            and not torch._C._are_functorch_transforms_active() and supports(modules) and available())
 
 
 def stacked_mlp(modules: nn.Sequential, params: list[torch.Tensor | None], h: torch.Tensor) -> torch.Tensor:

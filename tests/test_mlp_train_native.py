@@ -10,7 +10,7 @@ from torch import nn
 from lyagym.learned_models import Ensemble, member_factory, mlp_train_native
 from lyagym.learned_models.dynamics_net import mlp
 
-pytestmark = pytest.mark.skipif(not mlp_train_native._checked(), reason="no C compiler")
+pytestmark = pytest.mark.skipif(not mlp_train_native.available(), reason="no C compiler")
 
 
 def _network(widths, activation="silu", bias=True, members=2, seed=0):
@@ -199,3 +199,12 @@ def test_bad_shapes_and_dtypes_are_refused_before_any_work():
         mlp_train_native.stacked_mlp(modules, [p.double() for p in params], h.double())
     with pytest.raises(ValueError, match="ReLU or SiLU"):
         mlp_train_native.stacked_mlp(mlp(3, (8,), 2, activation="tanh"), params, h)
+
+
+def test_a_kernel_that_disagrees_with_torch_is_refused_with_a_warning(monkeypatch):
+    reference = mlp_train_native.batched_mlp
+    monkeypatch.setattr(mlp_train_native, "batched_mlp", lambda *a: reference(*a) * 1.001)  # 0.1% off: beyond the rounding
+    with pytest.warns(RuntimeWarning, match="disagrees with torch"):
+        assert not mlp_train_native.available.__wrapped__()
+    monkeypatch.setattr(mlp_train_native, "batched_mlp", reference)
+    assert mlp_train_native.available.__wrapped__()

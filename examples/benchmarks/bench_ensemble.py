@@ -5,8 +5,10 @@ Prints medians over interleaved repeats (so machine load hits all cases alike) a
 - one training step (forward + backward + Adam, the Gaussian NLL) on a batch of 256 rows per
   member: ``Ensemble`` of E = 5 vs E = 1 (target: <= 2x on a 2-core CPU), for simple members
   and for certified stable members, both with the mechanical priors (sin/cos of the angles,
-  control-affine, SiLU); for reference also the plain single model's own training step
-  (``fit``'s loss ``||model._step(x, u) - x'||^2`` through its fast custom-autograd path);
+  control-affine, SiLU; simple members' networks and variance heads through the compiled
+  training kernel of ``mlp_train_native`` where it runs, as the header line says); for
+  reference also the plain single model's own training step (``fit``'s loss
+  ``||model._step(x, u) - x'||^2``);
 - one planning step of TS-infinity (no gradients, sampling on) on ``B*K = 30000`` rows vs one
   member stepping the same rows alone (``member._step``);
 - the training step as ``fit_ensemble`` runs it (one epoch over ``--fit-rows`` transitions per
@@ -37,6 +39,7 @@ import time
 import torch
 
 from lyagym.learned_models import Ensemble, fit_ensemble, member_factory
+from lyagym.learned_models import mlp_native, mlp_train_native
 from lyagym.learned_models.ensemble import ensemble_optimizer
 
 
@@ -168,6 +171,9 @@ def main() -> None:
     clock = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
     CLOCK = time.thread_time if clock == "thread" else time.perf_counter
     print(f"clock={clock}  malloc={'steady' if steady else 'system'}  threads={args.threads}  links={args.links}  hidden={args.hidden}  integrator={args.integrator}  E={args.members}  batch={args.batch}  plan rows={args.plan_batch}")
+    kernel = mlp_train_native.available()
+    print("members' networks in training: " + (f"compiled kernel (mlp_train_native, {mlp_native.vector_floats()}-float vectors)"
+                                                 if kernel else "torch's batched products (no compiled kernel here)"))
     E = args.members
     for kind in args.kinds:
         t = bench(kind, args)
