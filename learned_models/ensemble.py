@@ -52,8 +52,9 @@ alike) and ~2.2x at one thread. Simple members' networks and variance heads trai
 the compiled kernel of ``mlp_train_native`` (``_stacked_mlp``), whose products run at this
 CPU's vector width where torch's batched products run MKL's at AVX2's rate on AMD; what is
 left of E = 1 is mostly fixed per-operation cost (~0.6 ms). Certified members train under
-``vmap``. A TS-infinity step of 30,000 rows through ``step`` costs 1.3x one member stepping
-those rows; rollouts without autograd run lowered (``rollout``).
+``vmap``. A TS-infinity step of 30,000 rows through ``step`` costs 1.3x (simple members) and
+1.0x (certified) one member stepping those rows at one thread, 1.5-1.6x and 1.1-1.3x with both
+cores; rollouts without autograd run lowered (``rollout``).
 
 Certificates: ``Ensemble.certificate()`` lists each member's own ``Certificate`` (issued by
 ``member(i).certificate()``, with member ``i``'s weights hash) and states what they cover:

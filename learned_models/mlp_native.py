@@ -122,8 +122,10 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
 def vector_floats() -> int:
-    """Floats per vector of the built kernel (16 with AVX-512, 8 with AVX2)."""
+    """Floats per vector of the built kernel (16 with AVX-512, 8 with AVX2; asked once, as the
+    library is built once: the training passes pad to it on every call)."""
     return library().lyagym_mlp_vector_floats()
 
 

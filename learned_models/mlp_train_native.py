@@ -47,9 +47,14 @@ def supports(modules: nn.Sequential) -> bool:
     return linear and all(type(m) in _KERNEL_ACTIVATIONS for m in items[1::2])
 
 
-def _rows_padded(rows: int) -> int:
+def _padded(count: int) -> int:
+    """``count`` rounded up to whole vectors of the kernel (rows, and columns of its scratch)."""
     vector = mlp_native.vector_floats()
-    return -(-rows // vector) * vector
+    return -(-count // vector) * vector
+
+
+def _cpu_float32(tensors: list[torch.Tensor | None]) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors if t is not None)
 
 
 class _StackedMLP(torch.autograd.Function):
@@ -58,7 +63,7 @@ class _StackedMLP(torch.autograd.Function):
         E, rows, _ = h.shape
         weights = [p.detach().contiguous() if p is not None else None for p in params]
         widths = [weights[0].shape[-1]] + [w.shape[-2] for w in weights[::2]]
-        padded, hidden = _rows_padded(rows), sum(widths[1:-1])
+        padded, hidden = _padded(rows), sum(widths[1:-1])
         x = h.new_zeros(E, widths[0], padded)
         x[..., :rows] = h.detach().transpose(1, 2)
         z, a = h.new_empty(E, hidden, padded), h.new_empty(E, hidden, padded)
@@ -86,8 +91,8 @@ class _StackedMLP(torch.autograd.Function):
         grads = [torch.empty_like(w) if w is not None else None for w in weights]
         pointers = (ctypes.c_void_p * len(grads))(*[0 if t is None else t.data_ptr() for t in grads])
         # scratch: every layer's input row-major and its weight gradient, both padded to whole vectors
-        widths, vector = spec.width_list, mlp_native.vector_floats()
-        columns = [-(-w // vector) * vector for w in widths[:-1]]
+        widths = spec.width_list
+        columns = [_padded(w) for w in widths[:-1]]
         at = x.new_empty(E, padded * sum(columns))
         pad = x.new_empty(E, sum(w * c for w, c in zip(widths[1:], columns)))
         mlp_native.library().lyagym_mlp_train_backward(
@@ -154,9 +159,8 @@ def usable(modules: nn.Sequential, h: torch.Tensor, params: list[torch.Tensor | 
     """Whether ``stacked_mlp`` runs ``modules`` on ``h`` with ``params`` (decided before any work):
     float32 tensors on a CPU, no ``torch.func`` transform active, a network ``supports`` accepts
     and the kernel built and checked."""
-    tensors = [h, *[p for p in params if p is not None]]
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not torch._C._are_functorch_transforms_active() and supports(modules) and available())
+    return (_cpu_float32([h, *params]) and not torch._C._are_functorch_transforms_active() and supports(modules)
+            and available())
 
 
 def stacked_mlp(modules: nn.Sequential, params: list[torch.Tensor | None], h: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,7 @@ def stacked_mlp(modules: nn.Sequential, params: list[torch.Tensor | None], h: to
                              f"got {tuple(b.shape)}")
     if h.shape[-1] != linear[0].in_features:
         raise ValueError(f"h must have {linear[0].in_features} features, got {h.shape[-1]}")
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in [h, *[p for p in params if p is not None]]):
+    if not _cpu_float32([h, *params]):
         raise ValueError("h and params must be float32 tensors on the CPU (see usable)")
     acts = tuple(_KERNEL_ACTIVATIONS[type(m)] for m in list(modules)[1::2])
     return _StackedMLP.apply(acts, h, *params)
